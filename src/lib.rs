@@ -1,0 +1,1 @@
+//! Drawbridge: Azure Just-In-Time VM access from Discord.

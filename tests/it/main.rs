@@ -1,0 +1,1 @@
+//! The one integration-test binary: black-box tests of Drawbridge.

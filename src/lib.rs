@@ -1,1 +1,2 @@
 //! Drawbridge: Azure Just-In-Time VM access from Discord.
+pub mod clock;

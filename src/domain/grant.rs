@@ -1,0 +1,231 @@
+//! The grant state machine: the only way a grant's state changes.
+//!
+//! ```text
+//! requested ──initiated──▶ active ──extended──▶ extended ─┐
+//!     │                     │  ▲                 │ ▲      │
+//!   failed                  │  └──extended───────┘ └──────┘
+//!     ▼                     ├──close requested──▶ closing ──closed──▶ closed_early
+//!   failed                  └──window ended────▶ expired
+//! ```
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+/// Where a grant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantState {
+    /// Stored, Azure not yet asked (or the answer not yet recorded).
+    Requested,
+    /// Azure opened the port.
+    Active,
+    /// Opened, then extended at least once.
+    Extended,
+    /// Close early was asked for and is under way.
+    Closing,
+    /// Closed early (the port closes at the short window Azure was given).
+    ClosedEarly,
+    /// The window ended.
+    Expired,
+    /// Azure refused or failed.
+    Failed,
+}
+
+impl GrantState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Active => "active",
+            Self::Extended => "extended",
+            Self::Closing => "closing",
+            Self::ClosedEarly => "closed_early",
+            Self::Expired => "expired",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "requested" => Self::Requested,
+            "active" => Self::Active,
+            "extended" => Self::Extended,
+            "closing" => Self::Closing,
+            "closed_early" => Self::ClosedEarly,
+            "expired" => Self::Expired,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the port may be open.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Active | Self::Extended | Self::Closing)
+    }
+
+    /// Whether nothing more can happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::ClosedEarly | Self::Expired | Self::Failed)
+    }
+
+    /// The state after `event`, or why that is not allowed.
+    pub fn apply(self, event: &GrantEvent) -> Result<GrantState, InvalidTransition> {
+        use GrantEvent as E;
+        use GrantState as S;
+        let next = match (self, event) {
+            (S::Requested, E::Initiated { .. }) => S::Active,
+            (S::Requested, E::Failed) => S::Failed,
+            (S::Active | S::Extended, E::Extended { .. }) => S::Extended,
+            (S::Active | S::Extended, E::CloseRequested) => S::Closing,
+            (S::Closing, E::Closed { .. }) => S::ClosedEarly,
+            (S::Closing, E::CloseFailed { back_to_extended }) => {
+                if *back_to_extended {
+                    S::Extended
+                } else {
+                    S::Active
+                }
+            }
+            (S::Active | S::Extended | S::Closing, E::WindowEnded) => S::Expired,
+            _ => {
+                return Err(InvalidTransition {
+                    from: self,
+                    event: event.name(),
+                });
+            }
+        };
+        Ok(next)
+    }
+}
+
+impl fmt::Display for GrantState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that happens to a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantEvent {
+    /// Azure accepted the initiate; the window ends at `end`.
+    Initiated {
+        /// Azure's `endTimeUtc`.
+        end: DateTime<Utc>,
+    },
+    /// Azure refused or failed.
+    Failed,
+    /// Azure accepted a new window.
+    Extended {
+        /// The new end.
+        end: DateTime<Utc>,
+    },
+    /// The owner asked to close early.
+    CloseRequested,
+    /// Azure accepted the short window.
+    Closed {
+        /// When the port actually closes.
+        end: DateTime<Utc>,
+    },
+    /// The close failed; the grant is as before.
+    CloseFailed {
+        /// Whether it had been extended.
+        back_to_extended: bool,
+    },
+    /// The end time passed.
+    WindowEnded,
+}
+
+impl GrantEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Initiated { .. } => "initiated",
+            Self::Failed => "failed",
+            Self::Extended { .. } => "extended",
+            Self::CloseRequested => "close requested",
+            Self::Closed { .. } => "closed",
+            Self::CloseFailed { .. } => "close failed",
+            Self::WindowEnded => "window ended",
+        }
+    }
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a grant that is {from} cannot be {event}")]
+pub struct InvalidTransition {
+    /// The state it was in.
+    pub from: GrantState,
+    /// What was attempted.
+    pub event: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use GrantEvent as E;
+    use GrantState as S;
+
+    #[test]
+    fn the_lifecycle_follows_the_diagram() {
+        let end = Utc::now();
+        let path = [
+            (S::Requested, E::Initiated { end }, S::Active),
+            (S::Active, E::Extended { end }, S::Extended),
+            (S::Extended, E::Extended { end }, S::Extended),
+            (S::Extended, E::CloseRequested, S::Closing),
+            (
+                S::Closing,
+                E::CloseFailed {
+                    back_to_extended: true,
+                },
+                S::Extended,
+            ),
+            (S::Extended, E::CloseRequested, S::Closing),
+            (S::Closing, E::Closed { end }, S::ClosedEarly),
+            (S::Requested, E::Failed, S::Failed),
+            (S::Active, E::WindowEnded, S::Expired),
+        ];
+        for (from, event, to) in path {
+            assert_eq!(from.apply(&event), Ok(to), "{from} + {event:?}");
+        }
+    }
+
+    #[test]
+    fn final_states_accept_nothing() {
+        let end = Utc::now();
+        for from in [S::ClosedEarly, S::Expired, S::Failed] {
+            for event in [
+                E::Initiated { end },
+                E::Extended { end },
+                E::CloseRequested,
+                E::WindowEnded,
+            ] {
+                let err = from.apply(&event).unwrap_err();
+                assert_eq!(err.from, from);
+            }
+            assert!(from.is_final() && !from.is_open());
+        }
+        assert_eq!(
+            S::Requested
+                .apply(&E::Extended { end })
+                .unwrap_err()
+                .to_string(),
+            "a grant that is requested cannot be extended"
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in [
+            S::Requested,
+            S::Active,
+            S::Extended,
+            S::Closing,
+            S::ClosedEarly,
+            S::Expired,
+            S::Failed,
+        ] {
+            assert_eq!(S::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! Role mappings: which Discord roles may open which ports on which VMs, for
+//! how long and from where. Kept in SQLite and as TOML in git.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::duration::AccessDuration;
+use super::ids::RoleId;
+use super::port::{PortAliases, PortSpec};
+use super::source::SourcePrefix;
+use super::vm::{ResourceGroupName, SubscriptionId, VmIdentity, VmRef};
+
+/// Why a mapping was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// Bad name.
+    #[error(
+        "`{0}` is not a valid mapping name: 1 to 64 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+    )]
+    BadName(String),
+    /// No roles.
+    #[error("mapping `{0}` names no role: give at least one Discord role id")]
+    NoRoles(String),
+    /// A field failed validation.
+    #[error("mapping `{name}`, {field}: {message}")]
+    Field {
+        /// The mapping.
+        name: String,
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A mapping's unique name, such as `sre-web`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MappingName(String);
+
+impl MappingName {
+    /// Validates a mapping name.
+    pub fn parse(input: &str) -> Result<Self, MappingError> {
+        let ok = (1..=64).contains(&input.len())
+            && input.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(input.to_string()))
+        } else {
+            Err(MappingError::BadName(input.chars().take(64).collect()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MappingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for MappingName {
+    type Error = MappingError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<MappingName> for String {
+    fn from(value: MappingName) -> Self {
+        value.0
+    }
+}
+
+/// Which VMs a mapping covers.
+#[derive(Debug, Clone)]
+pub enum VmSelector {
+    /// Every VM (`*`).
+    All,
+    /// Every VM of one subscription (`sub:<id>`).
+    Subscription(SubscriptionId),
+    /// Every VM of one resource group (`rg:<name>` or `rg:<sub>/<name>`).
+    ResourceGroup(Option<SubscriptionId>, ResourceGroupName),
+    /// VM names matching a glob, case-insensitively (`web-*`).
+    Glob(glob::Pattern),
+    /// One VM (`web-01`, `rg/web-01`, `sub/rg/web-01`).
+    Exact(VmRef),
+}
+
+impl PartialEq for VmSelector {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for VmSelector {}
+
+impl VmSelector {
+    /// Parses `*`, `sub:<id>`, `rg:<name>`, `rg:<sub>/<name>`, a glob with `*`,
+    /// `?` or `[…]`, or an exact VM reference.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let input = input.trim();
+        if input == "*" {
+            return Ok(Self::All);
+        }
+        if let Some(sub) = input.strip_prefix("sub:") {
+            return SubscriptionId::parse(sub)
+                .map(Self::Subscription)
+                .map_err(|e| e.to_string());
+        }
+        if let Some(rg) = input.strip_prefix("rg:") {
+            return match rg.split_once('/') {
+                Some((sub, rg)) => Ok(Self::ResourceGroup(
+                    Some(SubscriptionId::parse(sub).map_err(|e| e.to_string())?),
+                    ResourceGroupName::parse(rg).map_err(|e| e.to_string())?,
+                )),
+                None => ResourceGroupName::parse(rg)
+                    .map(|rg| Self::ResourceGroup(None, rg))
+                    .map_err(|e| e.to_string()),
+            };
+        }
+        if input.contains(['*', '?', '[']) {
+            let valid_chars = input.len() <= 64
+                && input.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?' | b'[' | b']' | b'!')
+                });
+            if !valid_chars {
+                return Err(format!(
+                    "`{input}` is not a valid VM name pattern: use VM-name characters with * and ?"
+                ));
+            }
+            return glob::Pattern::new(input)
+                .map(Self::Glob)
+                .map_err(|e| format!("`{input}` is not a valid VM name pattern: {}", e.msg));
+        }
+        VmRef::parse(input)
+            .map(Self::Exact)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether `vm` is covered.
+    pub fn matches(&self, vm: &VmIdentity) -> bool {
+        match self {
+            Self::All => true,
+            Self::Subscription(sub) => *sub == vm.subscription,
+            Self::ResourceGroup(sub, rg) => {
+                sub.as_ref().is_none_or(|s| *s == vm.subscription)
+                    && rg.matches(vm.resource_group.as_str())
+            }
+            Self::Glob(pattern) => pattern.matches_with(
+                vm.name.as_str(),
+                glob::MatchOptions {
+                    case_sensitive: false,
+                    require_literal_separator: false,
+                    require_literal_leading_dot: false,
+                },
+            ),
+            Self::Exact(r) => r.designates(vm),
+        }
+    }
+}
+
+/// The form [`VmSelector::parse`] reads.
+impl fmt::Display for VmSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Subscription(s) => write!(f, "sub:{s}"),
+            Self::ResourceGroup(Some(s), rg) => write!(f, "rg:{s}/{rg}"),
+            Self::ResourceGroup(None, rg) => write!(f, "rg:{rg}"),
+            Self::Glob(p) => f.write_str(p.as_str()),
+            Self::Exact(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// Which ports a mapping allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSelector {
+    /// Every port the VM's JIT policy has (`*`).
+    Any,
+    /// These ports only.
+    Ports(PortSpec),
+}
+
+impl PortSelector {
+    /// Parses `*` or a port spec.
+    pub fn parse(input: &str, aliases: &PortAliases) -> Result<Self, String> {
+        if input.trim() == "*" {
+            Ok(Self::Any)
+        } else {
+            PortSpec::parse(input, aliases)
+                .map(Self::Ports)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Whether every port of `ports` is allowed.
+    pub fn covers(&self, ports: &PortSpec) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Ports(allowed) => allowed.covers(ports),
+        }
+    }
+}
+
+impl fmt::Display for PortSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Ports(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// Where a mapping's grants may be opened from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourcePolicy {
+    /// Anything, including Azure's `*` (open to every address).
+    Any,
+    /// Addresses and networks inside these ranges; never `*`.
+    Within(Vec<IpNet>),
+}
+
+impl Default for SourcePolicy {
+    /// Any single address or network, but not `*`.
+    fn default() -> Self {
+        Self::Within(vec![
+            "0.0.0.0/0".parse().expect("valid literal"),
+            "::/0".parse().expect("valid literal"),
+        ])
+    }
+}
+
+impl SourcePolicy {
+    /// Parses `any`/`*` or a list of addresses and CIDRs.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in items {
+            match SourcePrefix::parse(item).map_err(|e| e.to_string())? {
+                SourcePrefix::Any => return Ok(Self::Any),
+                SourcePrefix::Net(net) => nets.push(net),
+            }
+        }
+        if nets.is_empty() {
+            return Err("no source range given: use any, or addresses and CIDRs".into());
+        }
+        Ok(Self::Within(nets))
+    }
+
+    /// Whether `source` is allowed.
+    pub fn allows(&self, source: &SourcePrefix) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Within(nets) => nets.iter().any(|n| source.within(n)),
+        }
+    }
+
+    /// The items, as [`SourcePolicy::parse`] reads them.
+    pub fn items(&self) -> Vec<String> {
+        match self {
+            Self::Any => vec!["any".into()],
+            Self::Within(nets) => nets.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl fmt::Display for SourcePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.items().join(", "))
+    }
+}
+
+/// A role mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleMapping {
+    /// Unique name.
+    pub name: MappingName,
+    /// Members with any of these roles are covered.
+    pub roles: BTreeSet<RoleId>,
+    /// Which VMs.
+    pub vms: VmSelector,
+    /// Which ports.
+    pub ports: PortSelector,
+    /// The longest window.
+    pub max_duration: AccessDuration,
+    /// Where from.
+    pub sources: SourcePolicy,
+    /// The source used when the member gives none and has none saved.
+    pub default_source: Option<SourcePrefix>,
+    /// Whether a reason must be given.
+    pub require_reason: bool,
+    /// Who approves requests (used by the approvals feature; stored now).
+    pub approver_role: Option<RoleId>,
+}
+
+/// A mapping as written in TOML and JSON: strings, checked by
+/// [`MappingSpec::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    /// Unique name.
+    pub name: String,
+    /// Discord role ids.
+    pub roles: Vec<RoleId>,
+    /// VM selector: `*`, `sub:<id>`, `rg:<name>`, a glob or a VM.
+    pub vms: String,
+    /// Ports: `*` or names and numbers.
+    pub ports: Vec<String>,
+    /// Longest window, e.g. `4h`.
+    pub max_duration: String,
+    /// `any`, or addresses and CIDRs; omitted means any address but not `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+    /// Source used when the member gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_source: Option<String>,
+    /// Whether a reason is required.
+    #[serde(default)]
+    pub require_reason: bool,
+    /// Approver role id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_role: Option<RoleId>,
+}
+
+impl MappingSpec {
+    /// Checks every field and builds the mapping.
+    pub fn validate(&self, aliases: &PortAliases) -> Result<RoleMapping, MappingError> {
+        let name = MappingName::parse(&self.name)?;
+        let field = |field: &'static str, message: String| MappingError::Field {
+            name: self.name.clone(),
+            field,
+            message,
+        };
+        if self.roles.is_empty() {
+            return Err(MappingError::NoRoles(self.name.clone()));
+        }
+        let vms = VmSelector::parse(&self.vms).map_err(|m| field("vms", m))?;
+        let ports = if self.ports.iter().any(|p| p.trim() == "*") {
+            PortSelector::Any
+        } else {
+            PortSelector::parse(&self.ports.join(","), aliases).map_err(|m| field("ports", m))?
+        };
+        let max_duration = AccessDuration::parse(&self.max_duration)
+            .map_err(|e| field("max_duration", e.to_string()))?;
+        let sources = match &self.sources {
+            None => SourcePolicy::default(),
+            Some(items) => SourcePolicy::parse(items.iter().map(String::as_str))
+                .map_err(|m| field("sources", m))?,
+        };
+        let default_source = self
+            .default_source
+            .as_deref()
+            .map(SourcePrefix::parse)
+            .transpose()
+            .map_err(|e| field("default_source", e.to_string()))?;
+        if let Some(src) = &default_source
+            && !sources.allows(src)
+        {
+            return Err(field(
+                "default_source",
+                format!("{src} is outside the mapping's sources ({sources})"),
+            ));
+        }
+        Ok(RoleMapping {
+            name,
+            roles: self.roles.iter().copied().collect(),
+            vms,
+            ports,
+            max_duration,
+            sources,
+            default_source,
+            require_reason: self.require_reason,
+            approver_role: self.approver_role,
+        })
+    }
+}
+
+impl RoleMapping {
+    /// The written form.
+    pub fn to_spec(&self) -> MappingSpec {
+        MappingSpec {
+            name: self.name.to_string(),
+            roles: self.roles.iter().copied().collect(),
+            vms: self.vms.to_string(),
+            ports: vec![self.ports.to_string()],
+            max_duration: self.max_duration.to_string(),
+            sources: match &self.sources {
+                s if *s == SourcePolicy::default() => None,
+                s => Some(s.items()),
+            },
+            default_source: self.default_source.map(|s| s.to_string()),
+            require_reason: self.require_reason,
+            approver_role: self.approver_role,
+        }
+    }
+
+    /// Whether any of `roles` is covered.
+    pub fn applies_to(&self, roles: &[RoleId]) -> bool {
+        roles.iter().any(|r| self.roles.contains(r))
+    }
+}
+
+/// The TOML file of mappings: `[[mapping]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// The mappings.
+    #[serde(default, rename = "mapping")]
+    pub mappings: Vec<MappingSpec>,
+}
+
+impl MappingFile {
+    /// Parses and validates a whole file; names must be unique.
+    pub fn parse(text: &str, aliases: &PortAliases) -> Result<Vec<RoleMapping>, String> {
+        let file: MappingFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(file.mappings.len());
+        for spec in &file.mappings {
+            let mapping = spec.validate(aliases).map_err(|e| e.to_string())?;
+            if !seen.insert(mapping.name.clone()) {
+                return Err(format!("mapping `{}` appears twice", mapping.name));
+            }
+            out.push(mapping);
+        }
+        Ok(out)
+    }
+
+    /// Writes mappings as TOML.
+    pub fn render(mappings: &[RoleMapping]) -> String {
+        let file = MappingFile {
+            mappings: mappings.iter().map(RoleMapping::to_spec).collect(),
+        };
+        toml::to_string_pretty(&file).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::vm::VmName;
+
+    fn vm(sub: &str, rg: &str, name: &str) -> VmIdentity {
+        VmIdentity {
+            subscription: SubscriptionId::parse(sub).unwrap(),
+            resource_group: ResourceGroupName::parse(rg).unwrap(),
+            name: VmName::parse(name).unwrap(),
+        }
+    }
+
+    const A: &str = "00000000-0000-0000-0000-00000000000a";
+    const B: &str = "00000000-0000-0000-0000-00000000000b";
+
+    #[test]
+    fn selectors_cover_what_they_say() {
+        let web = vm(A, "rg-prod", "Web-01");
+        let cases = [
+            ("*", true),
+            (&format!("sub:{A}")[..], true),
+            (&format!("sub:{B}")[..], false),
+            ("rg:RG-PROD", true),
+            (&format!("rg:{B}/rg-prod")[..], false),
+            ("web-*", true),
+            ("web-0?", true),
+            ("db-*", false),
+            ("web-01", true),
+            ("rg-staging/web-01", false),
+        ];
+        for (text, want) in cases {
+            let s = VmSelector::parse(text).unwrap();
+            assert_eq!(s.matches(&web), want, "{text}");
+            assert_eq!(VmSelector::parse(&s.to_string()).unwrap(), s);
+        }
+        assert!(VmSelector::parse("web/*").is_err());
+        assert!(VmSelector::parse("sub:nope").is_err());
+        assert!(VmSelector::parse("[").is_err());
+    }
+
+    #[test]
+    fn the_mapping_file_round_trips_and_validates() {
+        let text = r#"
+[[mapping]]
+name = "sre-web"
+roles = ["111", 222]
+vms = "web-*"
+ports = ["ssh", "8443"]
+max_duration = "4h"
+sources = ["203.0.113.0/24"]
+default_source = "203.0.113.10"
+require_reason = true
+approver_role = "333"
+
+[[mapping]]
+name = "admins"
+roles = ["999"]
+vms = "*"
+ports = ["*"]
+max_duration = "PT8H"
+sources = ["any"]
+"#;
+        let aliases = PortAliases::default();
+        let mappings = MappingFile::parse(text, &aliases).unwrap();
+        assert_eq!(mappings.len(), 2);
+        assert_eq!(
+            mappings[0].ports,
+            PortSelector::Ports(PortSpec::from_numbers([22, 8443]).unwrap())
+        );
+        assert_eq!(mappings[1].sources, SourcePolicy::Any);
+        let again = MappingFile::parse(&MappingFile::render(&mappings), &aliases).unwrap();
+        assert_eq!(again, mappings);
+    }
+
+    #[test]
+    fn bad_mapping_files_name_the_mapping_and_field() {
+        let aliases = PortAliases::default();
+        let base = |extra: &str| {
+            format!(
+                "[[mapping]]\nname = \"m\"\nroles = [\"1\"]\nvms = \"*\"\nports = [\"ssh\"]\nmax_duration = \"2h\"\n{extra}"
+            )
+        };
+        let cases = [
+            (base("sources = [\"nowhere\"]"), "mapping `m`, sources:"),
+            (base("default_source = \"8.8.8.8\"\nsources = [\"10.0.0.0/8\"]"), "outside the mapping's sources"),
+            (base("colour = \"red\""), "unknown field"),
+            ("[[mapping]]\nname = \"Bad Name\"\nroles=[\"1\"]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"2h\"".to_string(), "not a valid mapping name"),
+            ("[[mapping]]\nname = \"m\"\nroles=[]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"2h\"".to_string(), "names no role"),
+            ("[[mapping]]\nname = \"m\"\nroles=[\"1\"]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"30h\"".to_string(), "max_duration"),
+            (format!("{}\n{}", base(""), base("")), "appears twice"),
+        ];
+        for (text, want) in cases {
+            let err = MappingFile::parse(&text, &aliases).unwrap_err();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
+    }
+}

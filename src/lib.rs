@@ -1,3 +1,6 @@
 //! Drawbridge: Azure Just-In-Time VM access from Discord.
+pub mod chat;
 pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod telemetry;

@@ -25,8 +25,9 @@ pub struct AccessQuery<'a> {
     pub ports: &'a PortSpec,
     /// The window.
     pub duration: AccessDuration,
-    /// Where from.
-    pub source: &'a SourcePrefix,
+    /// Where from; `None` skips the source check (`explain` without
+    /// `--from`). Requests always carry one.
+    pub source: Option<&'a SourcePrefix>,
     /// Why, if given.
     pub reason: Option<&'a Reason>,
 }
@@ -226,13 +227,13 @@ pub fn authorize(mappings: &[RoleMapping], query: &AccessQuery<'_>) -> Decision 
     let source_ok: Vec<&RoleMapping> = duration_ok
         .iter()
         .copied()
-        .filter(|m| m.sources.allows(query.source))
+        .filter(|m| query.source.is_none_or(|s| m.sources.allows(s)))
         .collect();
-    if source_ok.is_empty() {
+    if let (true, Some(source)) = (source_ok.is_empty(), query.source) {
         let mut allowed: Vec<String> = duration_ok.iter().flat_map(|m| m.sources.items()).collect();
         allowed.dedup();
         return Decision::Deny(Denial::SourceNotAllowed {
-            source: *query.source,
+            source: *source,
             allowed,
         });
     }
@@ -344,7 +345,7 @@ sources = ["any"]
                 vm,
                 ports: &ports,
                 duration: AccessDuration::parse(dur).unwrap(),
-                source: &source,
+                source: Some(&source),
                 reason: reason.as_ref(),
             },
         )

@@ -124,6 +124,16 @@ impl fmt::Display for AccessDuration {
     }
 }
 
+/// Parses a span such as `30s`, `10m`, `1h30m` or `PT5M` into seconds, with
+/// no bounds: for configuration intervals and `--since`.
+pub fn parse_span_seconds(input: &str) -> Option<u64> {
+    let input = input.trim();
+    if input.is_empty() {
+        return None;
+    }
+    parse_seconds(input).ok()
+}
+
 enum Shape {
     Malformed,
     MissingUnit,

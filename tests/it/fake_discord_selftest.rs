@@ -759,3 +759,87 @@ async fn signatures_verify_with_serenity() {
             .is_err()
     );
 }
+
+/// A minimal HTTP-interactions-mode bot (notes §5): verify, answer PING, defer inline, then edit.
+async fn spawn_http_mode_bot(fake: &FakeDiscord, public_key: &str) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+
+    let verifier = Arc::new(serenity::interactions_endpoint::Verifier::new(public_key));
+    let http = http_for(fake);
+    let handler = move |headers: HeaderMap, body: Bytes| {
+        let (verifier, http) = (verifier.clone(), http.clone());
+        async move {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (signature, timestamp) = (
+                header("x-signature-ed25519"),
+                header("x-signature-timestamp"),
+            );
+            if verifier.verify(&signature, &timestamp, &body).is_err() {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            let response = match serde_json::from_slice::<Interaction>(&body) {
+                Ok(Interaction::Ping(_)) => CreateInteractionResponse::Pong,
+                Ok(Interaction::Command(command)) => {
+                    tokio::spawn(async move {
+                        let edit = EditInteractionResponse::new().content("granted over HTTP");
+                        let _ = command.edit_response(&http, edit).await;
+                    });
+                    CreateInteractionResponse::Defer(
+                        CreateInteractionResponseMessage::new().ephemeral(true),
+                    )
+                }
+                _ => return StatusCode::BAD_REQUEST.into_response(),
+            };
+            axum::Json(serde_json::to_value(&response).expect("response serializes"))
+                .into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind bot");
+    let url = format!(
+        "http://{}/interactions",
+        listener.local_addr().expect("addr")
+    );
+    let app = axum::Router::new().route("/interactions", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn http_mode_bot_answers_inline_and_edits_via_rest() {
+    let fake = FakeDiscord::start().await;
+    let signer = Signer::test();
+    let endpoint = spawn_http_mode_bot(&fake, &signer.public_key_hex()).await;
+
+    let ping = fake.post_interaction(&endpoint, fake.ping(), &signer).await;
+    let forged = fake
+        .post_interaction(&endpoint, fake.ping(), &Signer::from_seed([9; 32]))
+        .await;
+    let command = fake
+        .post_interaction(&endpoint, fake.slash("jit").string("vm", "web-01"), &signer)
+        .await;
+
+    assert_eq!((ping.status, ping.body["type"].as_u64()), (200, Some(1)));
+    assert_eq!(fake.callbacks(ping.sent.id)[0].status, 204);
+    assert_eq!(forged.status, 401);
+    assert_eq!(
+        (command.status, command.body["type"].as_u64()),
+        (200, Some(5))
+    );
+    let edited = fake
+        .wait_for_interaction_response(command.sent.id, WAIT, |m| {
+            m["content"] == "granted over HTTP"
+        })
+        .await
+        .expect("edited original response");
+    assert_eq!(edited["flags"], 64);
+}

@@ -222,6 +222,15 @@ impl SentInteraction {
     }
 }
 
+/// An HTTP-mode bot's answer to [`FakeDiscord::post_interaction`].
+#[derive(Clone, Debug)]
+pub struct HttpDelivery {
+    pub sent: SentInteraction,
+    pub status: u16,
+    /// The response body as JSON (`Null` when empty or not JSON).
+    pub body: Value,
+}
+
 /// Which REST calls a fault applies to.
 #[derive(Clone, Debug)]
 pub enum RouteMatch {
@@ -657,6 +666,45 @@ impl FakeDiscord {
                     .map(|_| sent)
             })
             .expect("send_interaction: no READY gateway client")
+    }
+
+    /// Records `body` as the interaction's response, as if sent to `/callback`: for HTTP-mode
+    /// bots that answer inline (the 200 body of Discord's POST). Returns the status a callback
+    /// would have got (204 accepted, 400 already acknowledged, 404 too late).
+    pub fn record_inline_response(&self, interaction_id: u64, body: Value) -> u16 {
+        self.shared
+            .update(|st| rest::inline_response(st, &self.shared, interaction_id, &body))
+    }
+
+    /// Delivers `interaction` to an HTTP-mode bot as Discord does: a signed POST of the payload
+    /// to `endpoint`. A 200 answer with an interaction response body counts as the callback
+    /// (see [`FakeDiscord::record_inline_response`]); a 202 means the bot uses `/callback`.
+    pub async fn post_interaction(
+        &self,
+        endpoint: &str,
+        interaction: InteractionBuilder,
+        signer: &signing::Signer,
+    ) -> HttpDelivery {
+        let sent = self.interaction_json(interaction);
+        let body = sent.body_bytes();
+        let mut request = reqwest::Client::new()
+            .post(endpoint)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        for (name, value) in signer.headers(&body) {
+            request = request.header(name, value);
+        }
+        let response = request
+            .send()
+            .await
+            .expect("POST to the bot's interactions endpoint");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status == 200 && body.get("type").is_some() {
+            self.record_inline_response(sent.id, body.clone());
+        }
+        HttpDelivery { sent, status, body }
     }
 
     // ----- gateway -----------------------------------------------------------------------------

@@ -381,6 +381,21 @@ fn echo_command(st: &mut State, app_id: u64, guild: Option<u64>, body: &Value) -
     command
 }
 
+/// The status an interaction response (sent to `/callback`, or inline in HTTP mode) gets.
+pub(super) fn inline_response(st: &mut State, shared: &Shared, id: u64, body: &Value) -> u16 {
+    let Some(token) = st.interactions.get(&id).map(|ix| ix.token.clone()) else {
+        return 404;
+    };
+    let req = Request {
+        method: &Method::POST,
+        route: "",
+        query: None,
+        body,
+        at: Instant::now(),
+    };
+    callback(st, shared, &req, &id.to_string(), &token).status
+}
+
 fn callback(st: &mut State, shared: &Shared, req: &Request<'_>, id: &str, token: &str) -> Reply {
     let config = &shared.config;
     let Ok(id) = id.parse::<u64>() else {

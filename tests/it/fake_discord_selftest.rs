@@ -843,3 +843,28 @@ async fn http_mode_bot_answers_inline_and_edits_via_rest() {
         .expect("edited original response");
     assert_eq!(edited["flags"], 64);
 }
+
+#[tokio::test]
+async fn a_malformed_interaction_is_dropped_and_the_shard_stays_up() {
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    // Missing `entitlements`, `attachment_size_limit`, `data`, ...: serenity logs and drops it.
+    let bad = fake
+        .send_interaction_json(
+            json!({"id": "77", "application_id": "2002", "type": 2, "token": "t", "version": 1}),
+        )
+        .await;
+    let good = fake
+        .send_interaction(fake.slash("jit").string("vm", "web-01"))
+        .await;
+    bot.report("edit")
+        .await
+        .expect("the next interaction still works");
+
+    assert!(fake.callbacks(bad.id).is_empty());
+    assert_eq!(fake.callbacks(good.id).len(), 1);
+    assert_eq!(fake.gateway_connections().len(), 1);
+    bot.stop().await;
+}

@@ -366,6 +366,33 @@ struct InteractionRecord {
     modal: Option<Value>,
 }
 
+impl InteractionRecord {
+    fn new(
+        id: u64,
+        token: String,
+        kind: InteractionKind,
+        channel_id: u64,
+        payload: Value,
+        original: Option<Value>,
+    ) -> Self {
+        Self {
+            id,
+            token,
+            kind,
+            channel_id,
+            sent_at: Instant::now(),
+            payload,
+            callbacks: Vec::new(),
+            acked: None,
+            original,
+            loading: false,
+            followups: Vec::new(),
+            autocomplete_choices: None,
+            modal: None,
+        }
+    }
+}
+
 impl FakeDiscord {
     /// Starts a fake with the default ids ([`APPLICATION_ID`], [`GUILD_ID`], ...).
     pub async fn start() -> Self {
@@ -707,6 +734,20 @@ impl FakeDiscord {
         HttpDelivery { sent, status, body }
     }
 
+    /// Sends a hand-written interaction object `d` (e.g. a malformed one) as INTERACTION_CREATE.
+    /// Its `id`, `token`, `type` and `channel_id` are registered so callbacks to it are modelled.
+    pub async fn send_interaction_json(&self, payload: Value) -> SentInteraction {
+        self.wait_until_ready(Duration::from_secs(10)).await;
+        self.shared
+            .update(|st| {
+                let sent = register_raw_interaction(st, payload);
+                st.gateway
+                    .dispatch("INTERACTION_CREATE", sent.payload.clone())
+                    .map(|_| sent)
+            })
+            .expect("send_interaction_json: no READY gateway client")
+    }
+
     // ----- gateway -----------------------------------------------------------------------------
 
     /// Waits until a client has identified (or resumed) and been sent READY (or RESUMED) on the
@@ -787,6 +828,40 @@ impl Drop for FakeDiscord {
         // Dropping the connection's sender ends its task and closes the socket.
         self.shared.lock().gateway.current = None;
     }
+}
+
+fn register_raw_interaction(st: &mut State, payload: Value) -> SentInteraction {
+    let field = |key: &str| rest::snowflake_field(&payload[key]);
+    let id = field("id").unwrap_or_else(|| st.snowflake());
+    let token = payload["token"]
+        .as_str()
+        .map_or_else(|| format!("fake-interaction-token-{id}"), str::to_owned);
+    let kind = match payload["type"].as_u64() {
+        Some(1) => InteractionKind::Ping,
+        Some(3) => InteractionKind::Component,
+        Some(4) => InteractionKind::Autocomplete,
+        _ => InteractionKind::Command,
+    };
+    let sent = SentInteraction {
+        id,
+        token: token.clone(),
+        sent_at: Instant::now(),
+        payload: payload.clone(),
+    };
+    let original = (kind == InteractionKind::Component).then(|| payload["message"].clone());
+    st.interaction_by_token.insert(token.clone(), id);
+    st.interactions.insert(
+        id,
+        InteractionRecord::new(
+            id,
+            token,
+            kind,
+            field("channel_id").unwrap_or(0),
+            payload,
+            original,
+        ),
+    );
+    sent
 }
 
 fn register_interaction(st: &mut State, interaction: InteractionBuilder) -> SentInteraction {

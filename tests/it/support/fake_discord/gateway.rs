@@ -111,14 +111,7 @@ impl GatewayState {
         }
         let d = frame.get("d").cloned().unwrap_or(Value::Null);
         match frame["op"].as_u64() {
-            Some(1) if config.ack_heartbeats => {
-                let id = connection;
-                if let Some(c) = self.current.as_ref()
-                    && c.tx.send(Outgoing::Text(r#"{"op":11}"#.to_owned())).is_ok()
-                {
-                    self.record(id, false, &json!({"op": 11}));
-                }
-            }
+            Some(1) if config.ack_heartbeats => self.send(json!({"op": 11})),
             Some(2) => self.identify(&d, config, gateway_url),
             Some(6) => self.resume(&d),
             _ => {}

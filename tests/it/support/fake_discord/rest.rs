@@ -324,9 +324,9 @@ fn commands(
                 .map(|c| echo_command(st, app_id, guild, c))
                 .collect();
             match guild {
-                Some(g) => st.guild_commands.insert(g, echoed.clone()),
-                None => Some(std::mem::replace(&mut st.global_commands, echoed.clone())),
-            };
+                Some(g) => *st.guild_commands.entry(g).or_default() = echoed.clone(),
+                None => st.global_commands = echoed.clone(),
+            }
             Reply::json(200, Value::Array(echoed))
         }
         "POST" => {
@@ -612,7 +612,7 @@ fn webhook_message(
 }
 
 /// A snowflake given as a JSON string or number.
-fn snowflake_field(value: &Value) -> Option<u64> {
+pub(super) fn snowflake_field(value: &Value) -> Option<u64> {
     value
         .as_u64()
         .or_else(|| value.as_str()?.parse().ok())

@@ -1,1 +1,4 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
+
+mod fake_discord_selftest;
+mod support;

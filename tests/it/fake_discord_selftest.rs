@@ -1,0 +1,870 @@
+//! Tests of the fake Discord itself, driven by a real serenity 0.12.5 client (setup A).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use serenity::all::{
+    ApplicationId, ChannelId, CommandInteraction, CommandOptionType, CreateAutocompleteResponse,
+    CreateCommand, CreateCommandOption, CreateInteractionResponse,
+    CreateInteractionResponseFollowup, CreateInteractionResponseMessage, CreateMessage,
+    EditInteractionResponse, GatewayIntents, GuildId, Interaction, Message, Nonce, Ready,
+    ResolvedValue, ShardManager, UserId,
+};
+use serenity::async_trait;
+use serenity::client::{ClientBuilder, Context, EventHandler};
+use serenity::http::{Http, HttpBuilder, HttpError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::support::fake_discord::signing::Signer;
+use crate::support::fake_discord::{
+    APPLICATION_ID, CHANNEL_ID, FailMode, FakeDiscord, GUILD_ID, RouteMatch, USER_ID,
+};
+
+const TOKEN: &str = "fake-token";
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A serenity `Http` aimed at the fake (setup A), with the application id preset so it works
+/// without a gateway.
+fn http_for(fake: &FakeDiscord) -> Arc<Http> {
+    Arc::new(
+        HttpBuilder::new(TOKEN)
+            .proxy(fake.base_url())
+            .ratelimiter_disabled(true)
+            .application_id(ApplicationId::new(fake.application_id()))
+            .build(),
+    )
+}
+
+/// What the test bot reports back: the step and serenity's result.
+type Report = (&'static str, Result<(), serenity::Error>);
+
+/// A tiny bot. On READY it registers `/jit` in the guild; `/jit` defers ephemerally and then edits
+/// the response; `/twice` answers twice; `/slow` answers after 300 ms; autocomplete offers two
+/// VMs; a button press updates its message.
+struct TestBot {
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+#[async_trait]
+impl EventHandler for TestBot {
+    async fn ready(&self, ctx: Context, _ready: Ready) {
+        let jit = CreateCommand::new("jit")
+            .description("Request JIT access")
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::String, "vm", "The VM")
+                    .required(true)
+                    .set_autocomplete(true),
+            );
+        let result = GuildId::new(GUILD_ID)
+            .set_commands(&ctx.http, vec![jit])
+            .await
+            .map(|_| ());
+        let _ = self.reports.send(("register", result));
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        match interaction {
+            Interaction::Command(command) => self.command(&ctx, &command).await,
+            Interaction::Autocomplete(autocomplete) => {
+                let choices = CreateAutocompleteResponse::new()
+                    .add_string_choice("web-01", "web-01")
+                    .add_string_choice("web-02", "web-02");
+                let result = autocomplete
+                    .create_response(&ctx.http, CreateInteractionResponse::Autocomplete(choices))
+                    .await;
+                let _ = self.reports.send(("autocomplete", result));
+            }
+            Interaction::Component(component) => {
+                let update = CreateInteractionResponseMessage::new()
+                    .content("extended")
+                    .components(vec![]);
+                let result = component
+                    .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
+                    .await;
+                let _ = self.reports.send(("component", result));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl TestBot {
+    async fn command(&self, ctx: &Context, command: &CommandInteraction) {
+        let message = |text: &str| {
+            CreateInteractionResponse::Message(
+                CreateInteractionResponseMessage::new()
+                    .content(text)
+                    .ephemeral(true),
+            )
+        };
+        match command.data.name.as_str() {
+            "jit" => {
+                let defer = CreateInteractionResponse::Defer(
+                    CreateInteractionResponseMessage::new().ephemeral(true),
+                );
+                let result = command.create_response(&ctx.http, defer).await;
+                let _ = self.reports.send(("defer", result));
+                let vm = command.data.options().first().map(|o| match o.value {
+                    ResolvedValue::String(vm) => vm.to_owned(),
+                    _ => String::new(),
+                });
+                let edit = EditInteractionResponse::new()
+                    .content(format!("granted {}", vm.unwrap_or_default()));
+                let result = command.edit_response(&ctx.http, edit).await.map(|_| ());
+                let _ = self.reports.send(("edit", result));
+            }
+            "twice" => {
+                let first = command.create_response(&ctx.http, message("one")).await;
+                let _ = self.reports.send(("first", first));
+                let second = command.create_response(&ctx.http, message("two")).await;
+                let _ = self.reports.send(("second", second));
+            }
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let result = command.create_response(&ctx.http, message("late")).await;
+                let _ = self.reports.send(("slow", result));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A running serenity client plus the reports of its handler.
+struct Bot {
+    shard_manager: Arc<ShardManager>,
+    task: JoinHandle<Result<(), serenity::Error>>,
+    reports: mpsc::UnboundedReceiver<Report>,
+}
+
+impl Bot {
+    /// Builds the client exactly as the notes' setup A: proxy + ratelimiter disabled, and no
+    /// `.token()` afterwards (it would replace the proxied `Http`).
+    async fn start(fake: &FakeDiscord) -> Self {
+        let (tx, reports) = mpsc::unbounded_channel();
+        let http = HttpBuilder::new(TOKEN)
+            .proxy(fake.base_url())
+            .ratelimiter_disabled(true)
+            .build();
+        let mut client = ClientBuilder::new_with_http(http, GatewayIntents::GUILDS)
+            .event_handler(TestBot { reports: tx })
+            .await
+            .expect("build serenity client");
+        let shard_manager = client.shard_manager.clone();
+        let task = tokio::spawn(async move { client.start().await });
+        Self {
+            shard_manager,
+            task,
+            reports,
+        }
+    }
+
+    /// The next report for `step`, skipping others.
+    async fn report(&mut self, step: &str) -> Result<(), serenity::Error> {
+        let wait = async {
+            loop {
+                let (name, result) = self.reports.recv().await.expect("bot reports channel open");
+                if name == step {
+                    return result;
+                }
+            }
+        };
+        match tokio::time::timeout(WAIT, wait).await {
+            Ok(result) => result,
+            Err(_) => panic!("no '{step}' report within {WAIT:?}"),
+        }
+    }
+
+    async fn stop(self) {
+        self.shard_manager.shutdown_all().await;
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+    }
+}
+
+/// Status and Discord error code of a failed serenity HTTP call.
+fn discord_error(result: Result<impl std::fmt::Debug, serenity::Error>) -> (u16, isize) {
+    match result {
+        Err(serenity::Error::Http(HttpError::UnsuccessfulRequest(response))) => {
+            (response.status_code.as_u16(), response.error.code)
+        }
+        other => panic!("expected an unsuccessful request, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn serenity_identifies_registers_commands_and_defers_then_edits() {
+    // Arrange
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(
+        fake.wait_until_ready(WAIT).await,
+        "client never became ready"
+    );
+    bot.report("register").await.expect("command registration");
+
+    // Act
+    let sent = fake
+        .send_interaction(fake.slash("jit").string("vm", "myVM").roles([7007]))
+        .await;
+    bot.report("edit").await.expect("edit_response");
+
+    // Assert: handshake as serenity sends it (notes §2.3).
+    assert_eq!(fake.gateway_connections(), vec!["/?v=10".to_owned()]);
+    let identify = &fake.identifies()[0];
+    assert_eq!(identify["token"], "Bot fake-token");
+    assert_eq!(identify["compress"], true);
+    assert!(
+        identify["presence"]["since"].is_object(),
+        "serenity sends since as an object"
+    );
+    let ready = fake
+        .gateway_frames()
+        .into_iter()
+        .find(|f| f.t.as_deref() == Some("READY"))
+        .expect("READY sent");
+    assert_eq!(ready.s, Some(1));
+    let ready: Ready = serde_json::from_value(ready.d).expect("READY deserializes");
+    assert_eq!(ready.application.id.get(), APPLICATION_ID);
+
+    let put = fake
+        .wait_for_call(WAIT, |c| {
+            c.is(
+                "PUT",
+                &format!("/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands"),
+            )
+        })
+        .await
+        .expect("bulk PUT of guild commands");
+    assert_eq!(put.authorization.as_deref(), Some("Bot fake-token"));
+    let commands = fake.guild_commands(GUILD_ID);
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0]["name"], "jit");
+    assert!(commands[0]["id"].is_string());
+
+    let callback = fake
+        .wait_for_callback(sent.id, WAIT)
+        .await
+        .expect("callback");
+    assert_eq!((callback.status, callback.kind()), (204, Some(5)));
+    assert!(callback.is_ephemeral());
+    assert!(callback.elapsed < Duration::from_secs(3));
+    let response = fake
+        .interaction_response(sent.id)
+        .expect("original response");
+    assert_eq!(response["content"], "granted myVM");
+    assert_eq!(response["flags"], 64, "ephemeral, no longer loading");
+    assert!(fake.calls().iter().any(|c| c.is(
+        "PATCH",
+        &format!(
+            "/webhooks/{APPLICATION_ID}/{}/messages/@original",
+            sent.token
+        )
+    )));
+    serde_json::from_value::<Message>(response).expect("original response is a serenity Message");
+
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_ack_is_rejected_with_40060() {
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    let sent = fake.send_interaction(fake.slash("twice")).await;
+
+    bot.report("first").await.expect("first ack succeeds");
+    assert_eq!(discord_error(bot.report("second").await), (400, 40060));
+    let statuses: Vec<u16> = fake.callbacks(sent.id).iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![204, 400]);
+    assert_eq!(
+        fake.interaction_response(sent.id).expect("original")["content"],
+        "one"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_callback_after_the_window_gets_10062() {
+    let fake = FakeDiscord::builder()
+        .callback_window(Duration::from_millis(100))
+        .start()
+        .await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    let sent = fake.send_interaction(fake.slash("slow")).await;
+
+    assert_eq!(discord_error(bot.report("slow").await), (404, 10062));
+    assert!(fake.interaction_response(sent.id).is_none());
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn autocomplete_and_buttons_round_trip() {
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    let ac = fake
+        .send_interaction(fake.autocomplete("jit").focused("vm", "web"))
+        .await;
+    bot.report("autocomplete")
+        .await
+        .expect("autocomplete response");
+    let press = fake.send_interaction(fake.button("extend:42")).await;
+    bot.report("component").await.expect("component update");
+
+    let choices = fake.autocomplete_choices(ac.id).expect("choices");
+    assert_eq!(choices.len(), 2);
+    assert_eq!(choices[0]["value"], "web-01");
+    let updated = fake
+        .interaction_response(press.id)
+        .expect("the button's message");
+    assert_eq!(updated["content"], "extended");
+    assert_eq!(updated["components"], json!([]));
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn op7_reconnect_resumes_the_session() {
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    fake.send_reconnect();
+    let resume = fake
+        .wait_for_frame(WAIT, |f| f.from_client && f.op == 6)
+        .await
+        .expect("RESUME");
+    assert!(fake.wait_until_ready(WAIT).await, "RESUMED after reconnect");
+
+    assert_eq!(resume.d["session_id"], "fake-session-1");
+    assert_eq!(resume.d["token"], "Bot fake-token");
+    assert_eq!(fake.identifies().len(), 1, "resumed, not re-identified");
+    assert_eq!(fake.gateway_connections().len(), 2);
+    // The resumed session still delivers interactions, with increasing sequence numbers.
+    let sent = fake
+        .send_interaction(fake.slash("jit").string("vm", "web-01"))
+        .await;
+    bot.report("edit").await.expect("edit after resume");
+    assert!(fake.interaction_response(sent.id).is_some());
+    let seqs: Vec<u64> = fake.gateway_frames().iter().filter_map(|f| f.s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers increase: {seqs:?}"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn op9_not_resumable_makes_serenity_identify_again() {
+    let fake = FakeDiscord::start().await;
+    let bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    fake.send_invalid_session(false);
+
+    // Serenity waits out a 5 s shard restart (notes §2.3 item 7).
+    let second = fake
+        .wait_until(Duration::from_secs(12), |f| f.identifies().len() == 2)
+        .await;
+    assert!(second, "no second IDENTIFY");
+    assert!(fake.wait_until_ready(WAIT).await);
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn close_4004_stops_the_client_with_an_error() {
+    let fake = FakeDiscord::start().await;
+    let bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    fake.close_gateway(4004);
+
+    let result = tokio::time::timeout(WAIT, bot.task)
+        .await
+        .expect("client stops")
+        .expect("task joins");
+    assert!(result.is_err(), "4004 is fatal: {result:?}");
+}
+
+#[tokio::test]
+async fn heartbeats_are_acknowledged() {
+    let fake = FakeDiscord::builder()
+        .heartbeat_interval(Duration::from_millis(200))
+        .start()
+        .await;
+    let bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    let ack = fake
+        .wait_for_frame(WAIT, |f| !f.from_client && f.op == 11)
+        .await;
+
+    assert!(ack.is_some(), "no heartbeat ACK");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.gateway_connections().len(),
+        1,
+        "ACKed heartbeats keep the connection"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_channel_message_returns_the_429_to_serenity() {
+    // With the ratelimiter disabled serenity does not retry: it returns
+    // `Error::Http(UnsuccessfulRequest)` with status 429, and the error does not carry
+    // `Retry-After`. A caller retries with its own backoff (e.g. the outbox's next attempt); tests
+    // that need serenity's own 429 handling must use setup B (notes §1.2).
+    let fake = FakeDiscord::start().await;
+    let http = http_for(&fake);
+    fake.fail_next(
+        RouteMatch::ChannelMessages(CHANNEL_ID),
+        FailMode::RateLimited {
+            retry_after_secs: 0.25,
+            global: false,
+        },
+        1,
+    );
+
+    let first = ChannelId::new(CHANNEL_ID)
+        .say(&http, "audit: granted")
+        .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let retry = ChannelId::new(CHANNEL_ID)
+        .say(&http, "audit: granted")
+        .await;
+
+    assert_eq!(discord_error(first), (429, 0));
+    assert_eq!(retry.expect("retry succeeds").content, "audit: granted");
+    let statuses: Vec<(u16, bool)> = fake
+        .calls()
+        .iter()
+        .map(|c| (c.status, c.injected_fault))
+        .collect();
+    assert_eq!(statuses, vec![(429, true), (200, false)]);
+    assert_eq!(fake.channel_messages(CHANNEL_ID).len(), 1);
+}
+
+#[tokio::test]
+async fn a_429_carries_retry_after_and_rate_limit_headers() {
+    let fake = FakeDiscord::start().await;
+    fake.fail_next(
+        RouteMatch::Any,
+        FailMode::RateLimited {
+            retry_after_secs: 1.5,
+            global: true,
+        },
+        1,
+    );
+    let url = format!("{}/api/v10/channels/{CHANNEL_ID}/messages", fake.base_url());
+
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"content": "x"}))
+        .send()
+        .await
+        .expect("request");
+
+    assert_eq!(response.status().as_u16(), 429);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("retry-after").as_deref(), Some("1.5"));
+    assert_eq!(header("x-ratelimit-global").as_deref(), Some("true"));
+    assert_eq!(header("x-ratelimit-scope").as_deref(), Some("global"));
+    assert_eq!(header("x-ratelimit-remaining").as_deref(), Some("0"));
+    let body: Value = response.json().await.expect("json body");
+    assert_eq!(
+        body,
+        json!({"message": "You are being rate limited.", "retry_after": 1.5, "global": true, "code": 0})
+    );
+}
+
+#[tokio::test]
+async fn injected_5xx_lasts_until_cleared() {
+    let fake = FakeDiscord::start().await;
+    let http = http_for(&fake);
+    fake.fail_always(RouteMatch::CreateDm, FailMode::Status(503));
+
+    let failed = UserId::new(USER_ID).create_dm_channel(&http).await;
+    let again = UserId::new(USER_ID).create_dm_channel(&http).await;
+    fake.clear_faults();
+    let ok = UserId::new(USER_ID).create_dm_channel(&http).await;
+
+    assert_eq!(discord_error(failed), (503, 0));
+    assert_eq!(discord_error(again), (503, 0));
+    assert_eq!(ok.expect("DM channel").recipient.id.get(), USER_ID);
+}
+
+#[tokio::test]
+async fn dm_channel_and_message() {
+    let fake = FakeDiscord::start().await;
+    let http = http_for(&fake);
+
+    let channel = UserId::new(USER_ID)
+        .create_dm_channel(&http)
+        .await
+        .expect("DM channel");
+    let message = channel
+        .id
+        .send_message(&http, CreateMessage::new().content("expires in 10 min"))
+        .await
+        .expect("DM");
+    let same = UserId::new(USER_ID)
+        .create_dm_channel(&http)
+        .await
+        .expect("DM channel again");
+
+    assert_eq!(same.id, channel.id, "one DM channel per user");
+    assert_eq!(fake.dm_channel(USER_ID), Some(channel.id.get()));
+    assert_eq!(message.author.id.get(), fake.bot_user_id());
+    let dms = fake.dm_messages(USER_ID);
+    assert_eq!(dms.len(), 1);
+    assert_eq!(dms[0]["content"], "expires in 10 min");
+}
+
+#[tokio::test]
+async fn enforce_nonce_deduplicates_channel_messages() {
+    let fake = FakeDiscord::start().await;
+    let http = http_for(&fake);
+    let channel = ChannelId::new(CHANNEL_ID);
+    let audit = |nonce: &str, enforce: bool| {
+        CreateMessage::new()
+            .content("audit")
+            .nonce(Nonce::String(nonce.to_owned()))
+            .enforce_nonce(enforce)
+    };
+
+    let first = channel
+        .send_message(&http, audit("outbox-1", true))
+        .await
+        .expect("send");
+    let resend = channel
+        .send_message(&http, audit("outbox-1", true))
+        .await
+        .expect("resend");
+    let other = channel
+        .send_message(&http, audit("outbox-2", true))
+        .await
+        .expect("other nonce");
+    let unenforced = channel
+        .send_message(&http, audit("outbox-1", false))
+        .await
+        .expect("not enforced");
+
+    assert_eq!(
+        resend.id, first.id,
+        "same nonce returns the existing message"
+    );
+    assert_ne!(other.id, first.id);
+    assert_ne!(unenforced.id, first.id);
+    assert_eq!(fake.channel_messages(CHANNEL_ID).len(), 3);
+    let too_long = channel
+        .send_message(&http, audit(&"n".repeat(26), true))
+        .await;
+    assert_eq!(discord_error(too_long), (400, 50035));
+}
+
+#[tokio::test]
+async fn first_followup_after_a_defer_edits_the_original() {
+    let fake = FakeDiscord::start().await;
+    let http = http_for(&fake);
+    let sent = fake.interaction_json(fake.slash("jit").string("vm", "web-01"));
+    let command =
+        match serde_json::from_value::<Interaction>(sent.payload.clone()).expect("interaction") {
+            Interaction::Command(command) => command,
+            other => panic!("expected a command, got {other:?}"),
+        };
+    let defer =
+        CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true));
+
+    command.create_response(&http, defer).await.expect("defer");
+    let loading = fake.interaction_response(sent.id).expect("loading message");
+    let first = command
+        .create_followup(
+            &http,
+            CreateInteractionResponseFollowup::new().content("done"),
+        )
+        .await;
+    let second = command
+        .create_followup(
+            &http,
+            CreateInteractionResponseFollowup::new().content("also"),
+        )
+        .await;
+
+    assert_eq!(loading["flags"], 64 | 128, "ephemeral + loading");
+    let first = first.expect("first followup");
+    assert_eq!(
+        first.id.to_string(),
+        loading["id"].as_str().expect("id"),
+        "edited the loading message"
+    );
+    assert_eq!(
+        fake.interaction_response(sent.id).expect("original")["content"],
+        "done"
+    );
+    assert_ne!(second.expect("second followup").id, first.id);
+    assert_eq!(fake.followups(sent.id).len(), 1);
+}
+
+#[tokio::test]
+async fn interaction_tokens_expire() {
+    let fake = FakeDiscord::builder()
+        .token_lifetime(Duration::from_millis(200))
+        .start()
+        .await;
+    let http = http_for(&fake);
+    let sent = fake.interaction_json(fake.slash("jit"));
+    let Interaction::Command(command) =
+        serde_json::from_value(sent.payload.clone()).expect("interaction")
+    else {
+        panic!("expected a command");
+    };
+    command
+        .create_response(
+            &http,
+            CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new()),
+        )
+        .await
+        .expect("defer");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = command
+        .edit_response(&http, EditInteractionResponse::new().content("too late"))
+        .await;
+
+    assert_eq!(discord_error(late), (404, 10062));
+}
+
+#[tokio::test]
+async fn payload_builders_deserialize_into_serenity_models() {
+    let fake = FakeDiscord::start().await;
+
+    let slash = fake.interaction_json(
+        fake.slash("jit")
+            .string("port", "ssh")
+            .string("vm", "myVM")
+            .string("duration", "2h")
+            .string("reason", "patching")
+            .string("from", "10.0.0.0/24")
+            .user(USER_ID, "alice")
+            .roles([7007, 7008]),
+    );
+    let admin = fake.interaction_json(
+        fake.slash("jit-admin")
+            .subcommand("map")
+            .string("role", "7007")
+            .string("vm", "web-*"),
+    );
+    let grouped = fake.interaction_json(
+        fake.slash("jit-admin")
+            .subcommand_group("mappings")
+            .subcommand("list")
+            .integer("page", 2),
+    );
+    let ac = fake.interaction_json(
+        fake.autocomplete("jit")
+            .string("port", "ssh")
+            .focused("vm", "my"),
+    );
+    let button = fake.interaction_json(fake.button("close-early:42"));
+    let select = fake.interaction_json(fake.button("pick").select_values(["a", "b"]));
+    let dm = fake.interaction_json(fake.slash("jit-status").in_dm());
+    let ping = fake.interaction_json(fake.ping());
+
+    let parse = |sent: &crate::support::fake_discord::SentInteraction| -> Interaction {
+        serde_json::from_value(sent.payload.clone())
+            .unwrap_or_else(|e| panic!("{e}: {}", sent.payload))
+    };
+    let Interaction::Command(command) = parse(&slash) else {
+        panic!("slash")
+    };
+    assert_eq!(command.id.get(), slash.id);
+    assert_eq!(command.token, slash.token);
+    assert_eq!(command.user.id.get(), USER_ID);
+    let member = command.member.as_ref().expect("member");
+    assert_eq!(
+        member.roles.iter().map(|r| r.get()).collect::<Vec<_>>(),
+        vec![7007, 7008]
+    );
+    assert_eq!(command.guild_id.map(|g| g.get()), Some(GUILD_ID));
+    let options: Vec<_> = command.data.options().into_iter().map(|o| o.name).collect();
+    assert_eq!(options, vec!["port", "vm", "duration", "reason", "from"]);
+
+    let Interaction::Command(admin) = parse(&admin) else {
+        panic!("admin")
+    };
+    match &admin.data.options()[0].value {
+        ResolvedValue::SubCommand(inner) => assert_eq!(inner.len(), 2),
+        other => panic!("expected a subcommand, got {other:?}"),
+    }
+    let Interaction::Command(grouped) = parse(&grouped) else {
+        panic!("grouped")
+    };
+    match &grouped.data.options()[0].value {
+        ResolvedValue::SubCommandGroup(inner) => assert_eq!(inner[0].name, "list"),
+        other => panic!("expected a group, got {other:?}"),
+    }
+    let Interaction::Autocomplete(ac) = parse(&ac) else {
+        panic!("autocomplete")
+    };
+    assert_eq!(ac.data.autocomplete().expect("focused").name, "vm");
+    let Interaction::Component(button) = parse(&button) else {
+        panic!("component")
+    };
+    assert_eq!(button.data.custom_id, "close-early:42");
+    assert_eq!(button.message.author.id.get(), fake.bot_user_id());
+    let Interaction::Component(select) = parse(&select) else {
+        panic!("select")
+    };
+    assert_eq!(select.data.custom_id, "pick");
+    let Interaction::Command(dm) = parse(&dm) else {
+        panic!("dm")
+    };
+    assert!(dm.guild_id.is_none() && dm.member.is_none());
+    assert_eq!(dm.user.id.get(), USER_ID);
+    assert!(matches!(parse(&ping), Interaction::Ping(_)));
+    // Every interaction gets a fresh, non-zero id and token.
+    let ids = [slash.id, ac.id.get(), button.id.get(), dm.id.get(), ping.id];
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn signatures_verify_with_serenity() {
+    let signer = Signer::test();
+    let body = br#"{"type":1}"#;
+    let [(_, signature), (_, timestamp)] = signer.headers(body);
+
+    let verifier = serenity::interactions_endpoint::Verifier::new(&signer.public_key_hex());
+
+    assert_eq!(signer.public_key_hex().len(), 64);
+    assert!(verifier.verify(&signature, &timestamp, body).is_ok());
+    assert!(
+        verifier
+            .verify(&signature, &timestamp, br#"{"type":2}"#)
+            .is_err()
+    );
+    assert!(
+        verifier
+            .verify(&signer.sign("1", body), &timestamp, body)
+            .is_err()
+    );
+}
+
+/// A minimal HTTP-interactions-mode bot (notes §5): verify, answer PING, defer inline, then edit.
+async fn spawn_http_mode_bot(fake: &FakeDiscord, public_key: &str) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+
+    let verifier = Arc::new(serenity::interactions_endpoint::Verifier::new(public_key));
+    let http = http_for(fake);
+    let handler = move |headers: HeaderMap, body: Bytes| {
+        let (verifier, http) = (verifier.clone(), http.clone());
+        async move {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (signature, timestamp) = (
+                header("x-signature-ed25519"),
+                header("x-signature-timestamp"),
+            );
+            if verifier.verify(&signature, &timestamp, &body).is_err() {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            let response = match serde_json::from_slice::<Interaction>(&body) {
+                Ok(Interaction::Ping(_)) => CreateInteractionResponse::Pong,
+                Ok(Interaction::Command(command)) => {
+                    tokio::spawn(async move {
+                        let edit = EditInteractionResponse::new().content("granted over HTTP");
+                        let _ = command.edit_response(&http, edit).await;
+                    });
+                    CreateInteractionResponse::Defer(
+                        CreateInteractionResponseMessage::new().ephemeral(true),
+                    )
+                }
+                _ => return StatusCode::BAD_REQUEST.into_response(),
+            };
+            axum::Json(serde_json::to_value(&response).expect("response serializes"))
+                .into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind bot");
+    let url = format!(
+        "http://{}/interactions",
+        listener.local_addr().expect("addr")
+    );
+    let app = axum::Router::new().route("/interactions", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn http_mode_bot_answers_inline_and_edits_via_rest() {
+    let fake = FakeDiscord::start().await;
+    let signer = Signer::test();
+    let endpoint = spawn_http_mode_bot(&fake, &signer.public_key_hex()).await;
+
+    let ping = fake.post_interaction(&endpoint, fake.ping(), &signer).await;
+    let forged = fake
+        .post_interaction(&endpoint, fake.ping(), &Signer::from_seed([9; 32]))
+        .await;
+    let command = fake
+        .post_interaction(&endpoint, fake.slash("jit").string("vm", "web-01"), &signer)
+        .await;
+
+    assert_eq!((ping.status, ping.body["type"].as_u64()), (200, Some(1)));
+    assert_eq!(fake.callbacks(ping.sent.id)[0].status, 204);
+    assert_eq!(forged.status, 401);
+    assert_eq!(
+        (command.status, command.body["type"].as_u64()),
+        (200, Some(5))
+    );
+    let edited = fake
+        .wait_for_interaction_response(command.sent.id, WAIT, |m| {
+            m["content"] == "granted over HTTP"
+        })
+        .await
+        .expect("edited original response");
+    assert_eq!(edited["flags"], 64);
+}
+
+#[tokio::test]
+async fn a_malformed_interaction_is_dropped_and_the_shard_stays_up() {
+    let fake = FakeDiscord::start().await;
+    let mut bot = Bot::start(&fake).await;
+    assert!(fake.wait_until_ready(WAIT).await);
+
+    // Missing `entitlements`, `attachment_size_limit`, `data`, ...: serenity logs and drops it.
+    let bad = fake
+        .send_interaction_json(
+            json!({"id": "77", "application_id": "2002", "type": 2, "token": "t", "version": 1}),
+        )
+        .await;
+    let good = fake
+        .send_interaction(fake.slash("jit").string("vm", "web-01"))
+        .await;
+    bot.report("edit")
+        .await
+        .expect("the next interaction still works");
+
+    assert!(fake.callbacks(bad.id).is_empty());
+    assert_eq!(fake.callbacks(good.id).len(), 1);
+    assert_eq!(fake.gateway_connections().len(), 1);
+    bot.stop().await;
+}

@@ -3,4 +3,5 @@ pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod interactions;
 pub mod telemetry;

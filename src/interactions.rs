@@ -1,0 +1,137 @@
+//! The seam between a chat transport and the bot's logic.
+//!
+//! A transport (the Discord adapter in gateway or HTTP mode, or the demo
+//! console) turns what a member did into an [`Invocation`] plus a
+//! [`SlashCommand`], [`AutocompleteQuery`] or [`ButtonAction`], acknowledges
+//! at once, calls the [`InteractionHandler`], and shows the returned
+//! [`ChatMessage`]. Messages that are not replies (audit events, reminders,
+//! expiry notices) go through a [`ChatSender`], fed from the outbox.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::chat::{ButtonAction, ChatMessage};
+use crate::domain::{RoleId, UserId};
+
+/// The member who acted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Their user id.
+    pub user_id: UserId,
+    /// Their display name (for the audit log and Azure's justification).
+    pub name: String,
+    /// Their role ids in this guild, from the interaction (authorization
+    /// uses these, never a cache).
+    pub roles: Vec<RoleId>,
+}
+
+/// One interaction: who, where, and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The interaction id: the request id of anything it starts, so a
+    /// double-delivered interaction is recognised.
+    pub id: String,
+    /// The member.
+    pub member: Member,
+    /// The channel it came from (for reminder fallbacks).
+    pub channel_id: Option<u64>,
+    /// The guild (`None` in a DM).
+    pub guild_id: Option<u64>,
+}
+
+/// A slash command with its options, every value as text: strings as typed,
+/// integers and booleans in their usual form, users and roles as ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlashCommand {
+    /// `jit`, `jit-status`, `jit-ip`, `jit-admin`.
+    pub name: String,
+    /// The subcommand, for `jit-admin`.
+    pub subcommand: Option<String>,
+    /// Option name to value.
+    pub options: BTreeMap<String, String>,
+    /// For user options: the chosen member's role ids (from the
+    /// interaction's resolved data).
+    pub resolved_roles: BTreeMap<String, Vec<RoleId>>,
+}
+
+impl SlashCommand {
+    /// An option's value.
+    pub fn option(&self, name: &str) -> Option<&str> {
+        self.options.get(name).map(String::as_str)
+    }
+}
+
+/// An autocomplete request: the option being typed and what is typed so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutocompleteQuery {
+    /// The command.
+    pub command: String,
+    /// The subcommand, if any.
+    pub subcommand: Option<String>,
+    /// The option being typed.
+    pub focused: String,
+    /// Its partial value.
+    pub partial: String,
+    /// The other options typed so far.
+    pub options: BTreeMap<String, String>,
+}
+
+/// One autocomplete choice (at most 25 are shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// What the member sees.
+    pub name: String,
+    /// What is filled in.
+    pub value: String,
+}
+
+/// The bot's logic, as a transport sees it. Every method answers; errors
+/// become messages (nothing internal is shown).
+#[async_trait]
+pub trait InteractionHandler: Send + Sync + 'static {
+    /// A slash command, after the transport has acknowledged it.
+    async fn command(&self, who: &Invocation, command: &SlashCommand) -> ChatMessage;
+    /// Autocomplete: answered from memory, never by calling Azure.
+    async fn autocomplete(&self, who: &Invocation, query: &AutocompleteQuery) -> Vec<Choice>;
+    /// A button press, after the transport has acknowledged it.
+    async fn button(&self, who: &Invocation, action: &ButtonAction) -> ChatMessage;
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Try again later (rate limit, 5xx, network): after `retry_after` if known.
+    #[error("temporarily failed: {reason}")]
+    Retry {
+        /// Why (no secrets).
+        reason: String,
+        /// When the service asked us to retry.
+        retry_after: Option<Duration>,
+    },
+    /// Will never work (unknown channel, no permission, DMs closed).
+    #[error("failed for good: {0}")]
+    Permanent(String),
+}
+
+/// Sends messages that are not interaction replies. Implementations pass
+/// `idempotency_key` on (Discord: the message nonce with `enforce_nonce`), so
+/// a resend after a crash does not post twice.
+#[async_trait]
+pub trait ChatSender: Send + Sync + 'static {
+    /// Posts to a channel.
+    async fn post(
+        &self,
+        channel_id: u64,
+        message: &ChatMessage,
+        idempotency_key: &str,
+    ) -> Result<(), SendError>;
+    /// Sends a direct message to a user.
+    async fn direct(
+        &self,
+        user_id: u64,
+        message: &ChatMessage,
+        idempotency_key: &str,
+    ) -> Result<(), SendError>;
+}

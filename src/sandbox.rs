@@ -18,6 +18,10 @@
 //! - `faults`: [`Route`], [`Fault`], [`FaultRule`].
 //! - `http`: the axum routes (ARM, token endpoints, `/_emulator/*` control).
 //!
+//! Each ARM call is checked in Azure's order: bearer token (401), path (404
+//! or 405), `api-version` (400), subscription (400/404), then any injected
+//! fault, then the operation itself.
+//!
 //! # Control endpoints (for out-of-process harnesses)
 //! - `POST /_emulator/faults` `{"route":"initiate","fault":{"kind":"throttle","retryAfterSecs":5},"when":{"next":2}}`
 //!   (kinds `throttle`, `serverError` + `status`, `latency` + `millis`, `hang`; `when` is
@@ -350,7 +354,9 @@ impl Emulator {
         let now = self.now();
         let token = random_secret();
         let mut state = self.state();
-        let expires_at = now + state.token_lifetime;
+        let expires_at = now
+            .checked_add_signed(state.token_lifetime)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let principal = state.principal.clone();
         state.tokens.insert(
             token.clone(),

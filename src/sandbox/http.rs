@@ -350,7 +350,7 @@ async fn arm(State(emulator): State<Emulator>, request: Request) -> Response {
     let target = Target::parse(parts.uri.path());
     let route = target.as_ref().and_then(|t| t.route(&parts.method).ok());
     let call = emulator.record_call(&parts, route, body.as_deref().ok());
-    let response = match body {
+    let mut response = match body {
         Ok(body) => emulator
             .answer(&parts, target, &body, caller)
             .await
@@ -363,6 +363,15 @@ async fn arm(State(emulator): State<Emulator>, request: Request) -> Response {
         .into_response(),
     };
     emulator.finish_call(call, response.status());
+    tracing::debug!(
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = response.status().as_u16(),
+        "emulated ARM call"
+    );
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        response.headers_mut().insert("x-ms-request-id", id);
+    }
     response
 }
 

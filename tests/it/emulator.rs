@@ -1287,3 +1287,78 @@ async fn a_bad_seed_file_is_reported_with_its_path() {
     assert!(text.contains("not a GUID"), "{text}");
     assert!(Estate::from_file(dir.path().join("missing.toml")).is_err());
 }
+
+#[tokio::test]
+async fn odd_requests_get_arm_errors_not_panics() {
+    let azure = Azure::sample().await;
+    let web = format!("{}?{SEC}", policy_path("rg-web"));
+    let initiate = format!("{}/initiate?{SEC}", policy_path("rg-web"));
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(Method, String, String)> = vec![
+        (Method::PUT, web.clone(), String::new()),
+        (Method::PUT, web.clone(), "null".to_owned()),
+        (
+            Method::PUT,
+            web.clone(),
+            r#"{"properties":{"virtualMachines":[{"id":5}]}}"#.to_owned(),
+        ),
+        (
+            Method::PUT,
+            web.clone(),
+            r#"{"properties":{"virtualMachines":[{"id":"x","ports":[{"number":-1}]}]}}"#.to_owned(),
+        ),
+        (Method::POST, initiate.clone(), deep),
+        (
+            Method::POST,
+            initiate.clone(),
+            r#"{"virtualMachines":[{"id":null,"ports":[]}]}"#.to_owned(),
+        ),
+        (
+            Method::POST,
+            initiate.clone(),
+            r#"{"virtualMachines":[{"ports":[{"number":99999999999999999999}]}]}"#.to_owned(),
+        ),
+        (
+            Method::GET,
+            format!(
+                "/subscriptions/{SUB_A}/providers/Microsoft.Compute/virtualMachines?api-version=2024-07-01&$skipToken=-1"
+            ),
+            String::new(),
+        ),
+        (
+            Method::GET,
+            format!(
+                "/subscriptions/{SUB_A}/providers/Microsoft.Security/jitNetworkAccessPolicies?{SEC}&$skipToken=abc"
+            ),
+            String::new(),
+        ),
+        (
+            Method::GET,
+            "/subscriptions/%ff%fe/providers/Microsoft.Compute/virtualMachines".to_owned(),
+            String::new(),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let response = azure
+            .http
+            .request(method.clone(), azure.url(&path))
+            .bearer_auth(&azure.token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, answer) = read(response).await;
+        assert!(
+            status.is_client_error(),
+            "{method} {path} {body:.80}: {status} {answer}"
+        );
+        assert!(!error_message(&answer).is_empty());
+    }
+    // A far-away skip token is an empty last page
+    let far = format!(
+        "/subscriptions/{SUB_A}/providers/Microsoft.Security/jitNetworkAccessPolicies?{SEC}&$skipToken=999"
+    );
+    let (status, page) = azure.get(&far).await;
+    assert_eq!((status, page), (StatusCode::OK, json!({"value": []})));
+}

@@ -227,16 +227,15 @@ impl VmRecord {
     /// The VM list entry (`Microsoft.Compute/virtualMachines`).
     pub fn to_json(&self) -> Value {
         let vm = &self.vm;
-        let os_config = match vm.os {
-            super::Os::Linux => {
-                json!({"linuxConfiguration": {"disablePasswordAuthentication": true}})
-            }
-            super::Os::Windows => json!({"windowsConfiguration": {"provisionVMAgent": true}}),
+        let (config_key, config) = match vm.os {
+            super::Os::Linux => (
+                "linuxConfiguration",
+                json!({"disablePasswordAuthentication": true}),
+            ),
+            super::Os::Windows => ("windowsConfiguration", json!({"provisionVMAgent": true})),
         };
         let mut os_profile = json!({"computerName": vm.name, "adminUsername": "azureuser"});
-        if let (Some(profile), Some(config)) = (os_profile.as_object_mut(), os_config.as_object()) {
-            profile.extend(config.clone());
-        }
+        os_profile[config_key] = config;
         let rg_prefix = format!(
             "/subscriptions/{}/resourceGroups/{}",
             self.subscription, vm.resource_group

@@ -1,2 +1,3 @@
 //! Drawbridge: Azure Just-In-Time VM access from Discord.
+pub mod azure;
 pub mod clock;

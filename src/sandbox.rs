@@ -1,0 +1,449 @@
+//! A local emulator of the Azure JIT VM access API (Microsoft.Security
+//! `jitNetworkAccessPolicies`, api-version 2020-01-01), with the Compute VM
+//! list, managed-identity token endpoints, an NSG model and fault injection.
+//! It backs `drawbridge demo`, `drawbridge emulate-azure` and the tests.
+//!
+//! The emulator follows the REST spec (see `../shared/azure-jit-spec`):
+//! the real ARM paths under its base URL, `api-version` checks, bearer tokens,
+//! ARM error bodies `{"error":{"code","message"}}`, paged lists with an
+//! absolute `nextLink`, and initiate validation as Azure does it (ports in the
+//! policy, `endTimeUtc` within `maxRequestAccessDuration`, source within the
+//! allowed prefixes). Request statuses (`Initiated`, then `Revoked` with
+//! `Expired` or `NewerRequestInitiated`) are evaluated from the clock on
+//! every read, so a [`ManualClock`](crate::clock::ManualClock) drives expiry.
+//!
+//! # Layout
+//! - `estate`: the TOML seed ([`Estate`]) and its validation.
+//! - `jit`: policies, request history, body validation, NSG rules.
+//! - `faults`: [`Route`], [`Fault`], [`FaultRule`].
+//! - `http`: the axum routes (ARM, token endpoints, `/_emulator/*` control).
+//!
+//! # Control endpoints (for out-of-process harnesses)
+//! - `POST /_emulator/faults` `{"route":"initiate","fault":{"kind":"throttle","retryAfterSecs":5},"when":{"next":2}}`
+//!   (kinds `throttle`, `serverError` + `status`, `latency` + `millis`, `hang`; `when` is
+//!   `{"next":n}`, `{"probability":p}` or `"always"`); `DELETE /_emulator/faults` clears.
+//! - `GET /_emulator/nsg?vm=<VM resource id>`: the VM's JIT NSG rules.
+//! - `GET /_emulator/calls` (the call log), `DELETE /_emulator/calls` (clear it).
+
+mod estate;
+mod faults;
+mod http;
+mod jit;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, SystemClock};
+
+pub use estate::{Estate, EstateError, Os, PolicySeed, PolicyVmSeed, Subscription, VirtualMachine};
+pub use faults::{Fault, FaultRule, Route, Trigger};
+pub use jit::{NsgAccess, NsgRule, PortRule};
+
+use faults::Faults;
+use jit::{Policy, VmRecord};
+
+/// Items per page of the list operations unless [`Emulator::set_page_size`]
+/// says otherwise: small, so every client exercises `nextLink`.
+pub const DEFAULT_PAGE_SIZE: usize = 5;
+
+/// The principal name written as `requestor` on initiate requests.
+pub const DEFAULT_PRINCIPAL: &str = "drawbridge-test-identity";
+
+/// The emulated Azure. Cheap to clone: clones share one state.
+#[derive(Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    clock: SharedClock,
+    state: Mutex<State>,
+    /// Cancelled when the server shuts down, so hung calls end and graceful
+    /// shutdown does not wait on them.
+    hang_release: Mutex<CancellationToken>,
+}
+
+/// Everything mutable, behind one lock that is never held across an await.
+struct State {
+    vms: Vec<VmRecord>,
+    subscriptions: Vec<String>,
+    /// Lower-cased (subscription, resource group) pairs that exist.
+    resource_groups: Vec<(String, String)>,
+    policies: Vec<Policy>,
+    tokens: HashMap<String, IssuedToken>,
+    token_requests: usize,
+    calls: Vec<CallRecord>,
+    next_call_id: u64,
+    faults: Faults,
+    page_size: usize,
+    identity_header: String,
+    principal: String,
+    token_lifetime: chrono::Duration,
+}
+
+struct IssuedToken {
+    expires_at: DateTime<Utc>,
+    principal: String,
+}
+
+/// One ARM call as the emulator saw it (tokens are never recorded).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    /// Sequence number, increasing.
+    pub id: u64,
+    /// The HTTP method.
+    pub method: String,
+    /// The request path.
+    pub path: String,
+    /// The raw query string.
+    pub query: Option<String>,
+    /// The operation, when the path matched one.
+    pub route: Option<Route>,
+    /// The answer's status; 0 while the call is in flight or hung.
+    pub status: u16,
+    /// The request body, when it was JSON.
+    pub body: Option<serde_json::Value>,
+    /// When the call arrived, by the emulator's clock.
+    pub at: DateTime<Utc>,
+}
+
+impl Emulator {
+    /// An emulator holding `estate`, taking time only from `clock`.
+    pub fn new(estate: Estate, clock: SharedClock) -> Self {
+        let vms: Vec<VmRecord> = estate
+            .vms()
+            .map(|(sub, vm)| VmRecord::new(sub, vm))
+            .collect();
+        let mut resource_groups = Vec::new();
+        let mut policies = Vec::new();
+        for sub in &estate.subscriptions {
+            let sub_key = sub.id.to_lowercase();
+            let rgs = sub
+                .vms
+                .iter()
+                .map(|v| &v.resource_group)
+                .chain(sub.policies.iter().map(|p| &p.resource_group));
+            for rg in rgs {
+                let key = (sub_key.clone(), rg.to_lowercase());
+                if !resource_groups.contains(&key) {
+                    resource_groups.push(key);
+                }
+            }
+            for seed in &sub.policies {
+                policies.push(Policy {
+                    subscription: sub.id.clone(),
+                    resource_group: seed.resource_group.clone(),
+                    location: seed.location.clone(),
+                    name: seed.name.clone(),
+                    kind: seed.kind.clone(),
+                    virtual_machines: seed
+                        .virtual_machines
+                        .iter()
+                        .filter_map(|pvm| {
+                            let rg = pvm
+                                .resource_group
+                                .as_deref()
+                                .unwrap_or(&seed.resource_group);
+                            // Estate validation guarantees the VM exists.
+                            let vm = vms.iter().find(|v| {
+                                v.subscription == sub.id
+                                    && v.vm.name.eq_ignore_ascii_case(&pvm.name)
+                                    && v.vm.resource_group.eq_ignore_ascii_case(rg)
+                            })?;
+                            Some(jit::PolicyVm {
+                                id: vm.id.clone(),
+                                ports: pvm.ports.clone(),
+                                public_ip_address: None,
+                            })
+                        })
+                        .collect(),
+                    requests: Vec::new(),
+                });
+            }
+        }
+        let state = State {
+            vms,
+            subscriptions: estate.subscriptions.iter().map(|s| s.id.clone()).collect(),
+            resource_groups,
+            policies,
+            tokens: HashMap::new(),
+            token_requests: 0,
+            calls: Vec::new(),
+            next_call_id: 1,
+            faults: Faults::new(0),
+            page_size: DEFAULT_PAGE_SIZE,
+            identity_header: random_secret(),
+            principal: DEFAULT_PRINCIPAL.to_owned(),
+            token_lifetime: chrono::Duration::hours(1),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                state: Mutex::new(state),
+                hang_release: Mutex::new(CancellationToken::new()),
+            }),
+        }
+    }
+
+    /// The HTTP routes: ARM, the token endpoints and `/_emulator/*`.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains
+    /// connections (hung calls are released first).
+    ///
+    /// # Errors
+    /// When the listener fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let release = CancellationToken::new();
+        *lock(&self.inner.hang_release) = release.clone();
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                release.cancel();
+            })
+            .await
+    }
+
+    /// Serves on `127.0.0.1:<free port>` in a background task.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn spawn(self) -> std::io::Result<RunningEmulator> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let emulator = self.clone();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningEmulator {
+            base_url: format!("http://{addr}"),
+            emulator,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Sets how many items a list page holds (at least 1).
+    pub fn set_page_size(&self, size: usize) {
+        self.state().page_size = size.max(1);
+    }
+
+    /// Sets the secret the App Service token endpoint expects in
+    /// `x-identity-header` (azure_identity sends `IDENTITY_HEADER`).
+    pub fn set_identity_header(&self, secret: impl Into<String>) {
+        self.state().identity_header = secret.into();
+    }
+
+    /// The secret expected in `x-identity-header` (random unless set).
+    pub fn identity_header(&self) -> String {
+        self.state().identity_header.clone()
+    }
+
+    /// Sets the principal name tokens are issued to (the `requestor`).
+    pub fn set_principal_name(&self, name: impl Into<String>) {
+        self.state().principal = name.into();
+    }
+
+    /// Sets how long new tokens live (default one hour).
+    pub fn set_token_lifetime(&self, lifetime: chrono::Duration) {
+        self.state().token_lifetime = lifetime;
+    }
+
+    /// Issues a bearer token directly, as the token endpoints would.
+    pub fn issue_token(&self) -> String {
+        self.issue().0
+    }
+
+    /// How many requests the token endpoints received.
+    pub fn token_requests(&self) -> usize {
+        self.state().token_requests
+    }
+
+    /// Arms a fault on `route`.
+    pub fn inject(&self, route: Route, rule: FaultRule) {
+        self.state().faults.add(route, rule);
+    }
+
+    /// Disarms every fault.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    /// Reseeds the RNG of probabilistic faults (seed 0 at start).
+    pub fn seed_faults(&self, seed: u64) {
+        self.state().faults.reseed(seed);
+    }
+
+    /// Every ARM call so far, oldest first.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.state().calls.clone()
+    }
+
+    /// The initiate calls so far, oldest first.
+    pub fn initiate_calls(&self) -> Vec<CallRecord> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.route == Some(Route::Initiate))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the call log.
+    pub fn clear_calls(&self) {
+        self.state().calls.clear();
+    }
+
+    /// The JIT rules on the NSG of the VM with resource id `vm_id`
+    /// (case-insensitive) at the clock's now: one Deny rule per policy
+    /// covering the VM, one Allow rule per open request port. Empty for an
+    /// unknown VM.
+    pub fn nsg_rules(&self, vm_id: &str) -> Vec<NsgRule> {
+        let now = self.now();
+        let state = self.state();
+        state
+            .vms
+            .iter()
+            .find(|v| v.id.eq_ignore_ascii_case(vm_id))
+            .map(|vm| jit::nsg_rules(&state.policies, vm, now))
+            .unwrap_or_default()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// Issues a token; returns it with its expiry and resource-independent data.
+    fn issue(&self) -> (String, DateTime<Utc>) {
+        let now = self.now();
+        let token = random_secret();
+        let mut state = self.state();
+        let expires_at = now + state.token_lifetime;
+        let principal = state.principal.clone();
+        state.tokens.insert(
+            token.clone(),
+            IssuedToken {
+                expires_at,
+                principal,
+            },
+        );
+        (token, expires_at)
+    }
+
+    fn hang_release(&self) -> CancellationToken {
+        lock(&self.inner.hang_release).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn random_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// An emulator serving in the background; stops when dropped.
+#[derive(Debug)]
+pub struct RunningEmulator {
+    /// `http://127.0.0.1:PORT`, no trailing slash: the ARM endpoint, with the
+    /// token endpoints at `/msi/token` and `/metadata/identity/oauth2/token`.
+    pub base_url: String,
+    /// The emulator, to inspect and steer.
+    pub emulator: Emulator,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningEmulator {
+    /// Stops serving and waits until the server is down.
+    ///
+    /// # Errors
+    /// When the server had failed.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs the emulator for `drawbridge emulate-azure` until `shutdown`, on
+/// the wall clock, seeded from `seed` or the sample estate, with
+/// `identity_header` as the managed-identity secret.
+///
+/// # Errors
+/// When the seed is invalid or the address cannot be bound.
+pub async fn run_standalone(
+    listen: SocketAddr,
+    seed: Option<PathBuf>,
+    identity_header: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let estate = match &seed {
+        Some(path) => Estate::from_file(path)
+            .with_context(|| format!("loading the estate seed {}", path.display()))?,
+        None => Estate::sample(),
+    };
+    let emulator = Emulator::new(estate, Arc::new(SystemClock));
+    emulator.set_identity_header(identity_header);
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%addr, seed = ?seed, "Azure JIT emulator listening");
+    tracing::info!(
+        "point Drawbridge at it: azure.cloud = \"custom\", azure.arm_endpoint = \"http://{addr}\", \
+         azure.credential = \"managed_identity\", with env IDENTITY_ENDPOINT=http://{addr}/msi/token \
+         and IDENTITY_HEADER set to the identity header given to the emulator"
+    );
+    emulator
+        .serve(listener, shutdown)
+        .await
+        .context("serving the emulator")
+}

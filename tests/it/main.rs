@@ -1,1 +1,3 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
+
+mod azure_client;

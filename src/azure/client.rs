@@ -253,12 +253,15 @@ impl ArmClient {
             location,
             &defaults.policy_name,
         )?;
-        let mut vms = match self.get_policy(&policy).await {
-            Ok(existing) => existing.properties.virtual_machines,
-            Err(ArmError::NotFound { .. }) => Vec::new(),
+        let existing = match self.get_policy(&policy).await {
+            Ok(existing) => Some(existing),
+            Err(ArmError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        let before = vms.clone();
+        let mut vms = existing
+            .as_ref()
+            .map(|p| p.properties.virtual_machines.clone())
+            .unwrap_or_default();
         let rule = |number| PortRule {
             number,
             protocol: "*".to_owned(),
@@ -282,10 +285,10 @@ impl ArmClient {
                 extra: Default::default(),
             }),
         }
-        if vms == before {
-            return self.get_policy(&policy).await;
+        match existing {
+            Some(existing) if existing.properties.virtual_machines == vms => Ok(existing),
+            _ => self.put_policy(&policy, vms).await,
         }
-        self.put_policy(&policy, vms).await
     }
 
     /// Asks Azure to open `ports` of `vm_id` for `source` (`*`, an IP or a CIDR)

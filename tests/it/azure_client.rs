@@ -67,24 +67,26 @@ fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// Managed identity options, IMDS requests aimed at `base_url`.
+fn mi_options(base_url: &str, clock: SharedClock) -> CredentialOptions {
+    CredentialOptions {
+        kind: CredentialKind::ManagedIdentity,
+        tenant_id: None,
+        client_id: None,
+        client_secret: None,
+        user_assigned_id: None,
+        federated_token_file: None,
+        authority_host: Url::parse("https://login.microsoftonline.com").unwrap(),
+        scope: "https://management.azure.com/.default".to_owned(),
+        managed_identity_endpoint: Some(Url::parse(base_url).unwrap()),
+        timeout: Duration::from_secs(10),
+        clock,
+    }
+}
+
 /// The managed identity credential, its IMDS requests aimed at `base_url`.
 fn managed_identity(base_url: &str, clock: SharedClock) -> Arc<AzureTokenSource> {
-    Arc::new(
-        AzureTokenSource::new(CredentialOptions {
-            kind: CredentialKind::ManagedIdentity,
-            tenant_id: None,
-            client_id: None,
-            client_secret: None,
-            user_assigned_id: None,
-            federated_token_file: None,
-            authority_host: Url::parse("https://login.microsoftonline.com").unwrap(),
-            scope: "https://management.azure.com/.default".to_owned(),
-            managed_identity_endpoint: Some(Url::parse(base_url).unwrap()),
-            timeout: Duration::from_secs(10),
-            clock,
-        })
-        .unwrap(),
-    )
+    Arc::new(AzureTokenSource::new(mi_options(base_url, clock)).unwrap())
 }
 
 fn arm_client(
@@ -631,17 +633,8 @@ async fn env_identity_child_process() {
     let clock: SharedClock = Arc::new(drawbridge::clock::SystemClock);
     let tokens = Arc::new(
         AzureTokenSource::new(CredentialOptions {
-            kind: CredentialKind::ManagedIdentity,
-            tenant_id: None,
-            client_id: None,
-            client_secret: None,
-            user_assigned_id: None,
-            federated_token_file: None,
-            authority_host: Url::parse("https://login.microsoftonline.com").unwrap(),
-            scope: "https://management.azure.com/.default".to_owned(),
             managed_identity_endpoint: None,
-            timeout: Duration::from_secs(10),
-            clock: clock.clone(),
+            ..mi_options(&arm, clock.clone())
         })
         .unwrap(),
     );
@@ -878,4 +871,66 @@ async fn tokens_never_reach_the_logs() {
     assert!(!has_token(&logs), "{logs}");
     assert!(!has_token(&err), "{err}");
     assert!(!has_token(&format!("{:?}", h.arm)));
+}
+
+#[tokio::test]
+async fn a_token_arm_refuses_is_replaced_once_and_the_call_succeeds() {
+    // The token source keeps its own clock; only ARM (the emulator) sees time pass,
+    // so the cached token looks fine to us but ARM answers 401.
+    let h = harness().await;
+    let emulator_clock = ManualClock::new(h.now());
+    let azure = Emulator::new(Estate::sample(), Arc::new(emulator_clock.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let tokens = managed_identity(&azure.base_url, Arc::new(h.clock.clone()));
+    let arm = arm_client(
+        &azure.base_url,
+        tokens,
+        Arc::new(h.clock.clone()),
+        Duration::from_secs(5),
+    );
+    arm.list_policies(PROD).await.unwrap();
+
+    emulator_clock.advance(TimeDelta::hours(2));
+    arm.list_policies(PROD).await.unwrap();
+
+    let statuses: Vec<u16> = azure.emulator.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 401, 200]);
+    assert_eq!(azure.emulator.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_hangs_is_an_unauthorized_error_in_bounded_time() {
+    let clock: SharedClock = Arc::new(drawbridge::clock::SystemClock);
+    let azure = Emulator::new(Estate::sample(), clock.clone())
+        .spawn()
+        .await
+        .unwrap();
+    azure
+        .emulator
+        .inject(Route::Token, FaultRule::always(Fault::Hang));
+    let tokens = Arc::new(
+        AzureTokenSource::new(CredentialOptions {
+            timeout: Duration::from_millis(300),
+            ..mi_options(&azure.base_url, clock.clone())
+        })
+        .unwrap(),
+    );
+    let arm = arm_client(&azure.base_url, tokens, clock, Duration::from_secs(5));
+
+    let err = arm.list_policies(PROD).await.unwrap_err();
+
+    assert!(
+        matches!(&err, ArmError::Unauthorized { message } if message.contains("timed out")),
+        "{err:?}"
+    );
+    assert!(
+        azure
+            .emulator
+            .calls()
+            .iter()
+            .all(|c| c.route != Some(Route::ListPolicies)),
+        "no ARM call without a token"
+    );
 }

@@ -1,3 +1,4 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
 
 mod azure_client;
+mod emulator;

@@ -590,3 +590,110 @@ pub fn latest_port_request<'a>(
         .max_by_key(|(key, _)| *key)
         .map(|(_, p)| p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        azure::credential::{AzureTokenSource, CredentialKind, CredentialOptions},
+        clock::SystemClock,
+    };
+
+    /// A client that is never used to send: building a managed identity
+    /// credential does no I/O.
+    fn client(base: &str) -> ArmClient {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let tokens = AzureTokenSource::new(CredentialOptions {
+            kind: CredentialKind::ManagedIdentity,
+            tenant_id: None,
+            client_id: None,
+            client_secret: None,
+            user_assigned_id: None,
+            federated_token_file: None,
+            authority_host: Url::parse("https://login.microsoftonline.com").unwrap(),
+            scope: "https://management.azure.com/.default".into(),
+            managed_identity_endpoint: None,
+            timeout: Duration::from_secs(1),
+            clock: clock.clone(),
+        })
+        .unwrap();
+        ArmClient::new(ArmClientOptions {
+            arm_endpoint: Url::parse(base).unwrap(),
+            token_source: Arc::new(tokens),
+            request_timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            clock,
+        })
+        .unwrap()
+    }
+
+    const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
+
+    #[test]
+    fn urls_are_built_segment_by_segment_under_the_base_path() {
+        let policy = PolicyId::new(SUB, "Grüne(1)", "westeurope", "default").unwrap();
+        let c = client("https://arm.example/prefix");
+        assert_eq!(
+            c.url(&policy.segments(), JIT_API_VERSION).as_str(),
+            format!(
+                "https://arm.example/prefix/subscriptions/{SUB}/resourceGroups/Gr%C3%BCne(1)/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default?api-version=2020-01-01"
+            )
+        );
+        let c = client("https://management.azure.com/");
+        assert!(
+            c.url(&["a"], "v")
+                .as_str()
+                .starts_with("https://management.azure.com/a?")
+        );
+    }
+
+    #[test]
+    fn next_links_must_stay_on_the_arm_origin() {
+        let c = client("https://management.azure.com");
+        assert!(
+            c.check_next_link(
+                Operation::ListPolicies,
+                "https://management.azure.com/x?$skipToken=1"
+            )
+            .is_ok()
+        );
+        for bad in [
+            "https://evil.example/x",
+            "http://management.azure.com/x",
+            "https://management.azure.com:444/x",
+            "/relative",
+        ] {
+            assert!(
+                c.check_next_link(Operation::ListPolicies, bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_are_refused_before_any_request() {
+        let c = client("http://127.0.0.1:9");
+        let policy = PolicyId::new(SUB, "rg", "westeurope", "default").unwrap();
+        let vm = format!(
+            "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
+        );
+        let end = Utc::now();
+        for (vm, ports, source) in [
+            ("../../x", &[22][..], "*"),
+            (vm.as_str(), &[][..], "*"),
+            (vm.as_str(), &[22][..], "10.0.0.0/33"),
+            (vm.as_str(), &[22][..], "me"),
+        ] {
+            let err = c
+                .initiate(&policy, vm, ports, end, source, "")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ArmError::InvalidInput(_)), "{err:?}");
+        }
+        assert!(matches!(
+            c.list_policies("not-a-sub").await,
+            Err(ArmError::InvalidInput(_))
+        ));
+        assert!(c.stats().snapshot().is_empty());
+    }
+}

@@ -1,4 +1,5 @@
 //! Drawbridge: Azure Just-In-Time VM access from Discord.
+pub mod azure;
 pub mod chat;
 pub mod clock;
 pub mod config;

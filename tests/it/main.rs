@@ -1,5 +1,6 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
 
+mod azure_client;
 mod emulator;
 mod fake_discord_selftest;
 mod support;

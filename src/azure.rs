@@ -1,0 +1,49 @@
+//! The Azure adapter: endpoints per cloud, ARM tokens from `azure_identity`,
+//! the ARM client for the Defender for Cloud JIT API (api-version
+//! `2020-01-01`), and the in-memory VM index.
+//!
+//! # Layout
+//!
+//! * [`cloud`]: `public`/`usgov`/`china`/`custom` → ARM endpoint, authority
+//!   host, ARM scope; overrides win.
+//! * [`credential`]: the [`TokenSource`] seam and its azure_identity
+//!   implementation (managed identity, workload identity, client secret, CLI).
+//! * [`client`]: [`ArmClient`]: list/get/put policies, enable a VM, initiate,
+//!   close early; retries on 429/5xx/timeouts with backoff and `Retry-After`.
+//! * [`index`]: [`VmIndex`] / [`SharedVmIndex`]: name → VM and policy, from
+//!   one paged list per subscription; autocomplete search.
+//! * [`policy_check`]: a request checked against the VM's JIT policy.
+//! * [`wire`]: serde types of the API; [`ids`]: ARM id parsing; [`retry`]:
+//!   the retry policy; [`error`]: [`ArmError`] and request counts.
+//!
+//! # Honest about Azure
+//!
+//! Azure has no revoke for a JIT grant. [`ArmClient::close_early`] re-initiates
+//! the same ports with the shortest window (5 minutes, see its docs) and reads
+//! the policy back, so the caller can say what really happened: "closes at
+//! HH:MM; established connections are not cut". Azure restores the NSG when the
+//! window ends; connections already established survive that.
+//!
+//! Tokens never appear in logs, errors or `Debug` output; every ARM call is
+//! logged at debug level with operation, status, latency and attempt only.
+
+pub mod client;
+pub mod cloud;
+pub mod credential;
+pub mod error;
+pub mod ids;
+pub mod index;
+pub mod policy_check;
+pub mod retry;
+pub mod wire;
+
+pub use client::{ArmClient, ArmClientOptions, CloseOutcome, EnableDefaults, PortState};
+pub use cloud::{AzureCloud, Endpoints, resolve_endpoints};
+pub use credential::{
+    AzureTokenSource, Bearer, CredentialKind, CredentialOptions, TokenError, TokenSource,
+};
+pub use error::{ArmError, ArmStats, Operation};
+pub use ids::{PolicyId, VmId};
+pub use index::{AllowedSources, IndexedVm, PolicyPort, ResolveError, SharedVmIndex, VmIndex};
+pub use policy_check::{PolicyViolation, check_request};
+pub use retry::RetryPolicy;

@@ -1,0 +1,716 @@
+//! The VM index: every VM of every configured subscription's JIT policies,
+//! in memory, for name resolution and autocomplete.
+//!
+//! Building it costs one paged `JitNetworkAccessPolicies_List` per
+//! subscription, the only ARM traffic name resolution ever causes. A request
+//! then resolves its VM from memory and costs exactly one ARM call: the
+//! initiate.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ipnet::IpNet;
+
+use super::{
+    client::ArmClient,
+    error::ArmError,
+    ids::{PolicyId, VmId},
+    wire::{Policy, PortRule},
+};
+use crate::clock::SharedClock;
+
+/// Which sources a policy port accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedSources {
+    /// `*`: any source.
+    Any,
+    /// Only sources inside one of these prefixes.
+    Prefixes(Vec<IpNet>),
+}
+
+/// One port rule of a VM's JIT policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPort {
+    /// Port number.
+    pub number: u16,
+    /// `TCP`, `UDP` or `*`.
+    pub protocol: String,
+    /// `maxRequestAccessDuration`.
+    pub max_duration: TimeDelta,
+    /// `allowedSourceAddressPrefix(es)`.
+    pub allowed_sources: AllowedSources,
+}
+
+/// A VM with a JIT policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedVm {
+    /// VM resource id, as Azure spells it.
+    pub vm_id: String,
+    /// Subscription id.
+    pub subscription: String,
+    /// The VM's resource group.
+    pub resource_group: String,
+    /// VM name.
+    pub name: String,
+    /// Region (the policy's location).
+    pub location: String,
+    /// The policy that covers the VM; its resource group may differ from the VM's.
+    pub policy: PolicyId,
+    /// The VM's port rules.
+    pub ports: Vec<PolicyPort>,
+}
+
+impl IndexedVm {
+    /// `rg/name`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.resource_group, self.name)
+    }
+
+    /// `subscription/rg/name`.
+    pub fn fully_qualified_name(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+
+    /// The rule for `port`, if the policy has one.
+    pub fn port(&self, port: u16) -> Option<&PolicyPort> {
+        self.ports.iter().find(|p| p.number == port)
+    }
+}
+
+/// Why a name did not resolve to exactly one VM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No VM with a JIT policy has this name (in the given scope).
+    #[error("no VM named {name} has a JIT policy; an admin can enable it with /jit-admin enable")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// Several VMs have this name.
+    #[error("{} VMs are named like that: {}; say which one", candidates.len(), candidates.join(", "))]
+    Ambiguous {
+        /// Qualified names (`rg/name`, or `sub/rg/name` across subscriptions), sorted.
+        candidates: Vec<String>,
+    },
+}
+
+/// An immutable snapshot of the VMs of all indexed JIT policies.
+#[derive(Debug, Default)]
+pub struct VmIndex {
+    /// Sorted by (lowercase name, lowercase rg, subscription).
+    vms: Vec<Arc<IndexedVm>>,
+    /// Lowercase names, parallel to `vms`.
+    names: Vec<String>,
+    /// Every lowercase name followed by `\n`, for one-pass substring search.
+    blob: String,
+    /// Start of each name in `blob`.
+    starts: Vec<usize>,
+}
+
+impl VmIndex {
+    /// Builds an index from policies. Entries Azure could not have meant (bad
+    /// ids, unreadable durations) are skipped with a warning; a VM listed twice
+    /// is indexed once.
+    pub fn from_policies<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Self {
+        let mut seen = HashSet::new();
+        let mut vms = Vec::new();
+        for policy in policies {
+            let policy_id = match PolicyId::parse(&policy.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a JIT policy with an unexpected id");
+                    continue;
+                }
+            };
+            for vm in &policy.properties.virtual_machines {
+                let vm_id = match VmId::parse(&vm.id) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::warn!(error = %e, policy = %policy.id, "skipping a VM with an unexpected id");
+                        continue;
+                    }
+                };
+                if !seen.insert(vm.id.to_ascii_lowercase()) {
+                    continue;
+                }
+                let ports = vm
+                    .ports
+                    .iter()
+                    .filter_map(|rule| policy_port(rule, &vm.id))
+                    .collect();
+                vms.push(IndexedVm {
+                    vm_id: vm.id.clone(),
+                    subscription: vm_id.subscription,
+                    resource_group: vm_id.resource_group,
+                    name: vm_id.name,
+                    location: policy
+                        .location
+                        .clone()
+                        .unwrap_or_else(|| policy_id.location.clone()),
+                    policy: policy_id.clone(),
+                    ports,
+                });
+            }
+        }
+        Self::from_vms(vms)
+    }
+
+    /// Builds an index from ready entries.
+    pub fn from_vms(vms: Vec<IndexedVm>) -> Self {
+        let mut keyed: Vec<(String, IndexedVm)> = vms
+            .into_iter()
+            .map(|v| (v.name.to_lowercase(), v))
+            .collect();
+        keyed.sort_by(|(a, va), (b, vb)| {
+            (a, va.resource_group.to_lowercase(), &va.subscription).cmp(&(
+                b,
+                vb.resource_group.to_lowercase(),
+                &vb.subscription,
+            ))
+        });
+        let mut blob = String::new();
+        let mut starts = Vec::with_capacity(keyed.len());
+        for (name, _) in &keyed {
+            starts.push(blob.len());
+            blob.push_str(name);
+            blob.push('\n');
+        }
+        let (names, vms) = keyed.into_iter().map(|(n, v)| (n, Arc::new(v))).unzip();
+        Self {
+            vms,
+            names,
+            blob,
+            starts,
+        }
+    }
+
+    /// Number of VMs.
+    pub fn len(&self) -> usize {
+        self.vms.len()
+    }
+
+    /// No VMs at all.
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty()
+    }
+
+    /// All VMs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<IndexedVm>> {
+        self.vms.iter()
+    }
+
+    /// Indices of the VMs whose lowercase name starts with `prefix`.
+    fn prefix_range(&self, prefix: &str) -> std::ops::Range<usize> {
+        let lo = self.names.partition_point(|n| n.as_str() < prefix);
+        let len = self.names[lo..].partition_point(|n| n.starts_with(prefix));
+        lo..lo + len
+    }
+
+    /// Finds the one VM called `name` (case-insensitive), optionally within a
+    /// subscription and resource group.
+    ///
+    /// # Errors
+    /// [`ResolveError::NotFound`] or [`ResolveError::Ambiguous`] with qualified names.
+    pub fn resolve(
+        &self,
+        subscription: Option<&str>,
+        resource_group: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<IndexedVm>, ResolveError> {
+        let lower = name.to_lowercase();
+        let lo = self.names.partition_point(|n| *n < lower);
+        let hi = lo + self.names[lo..].partition_point(|n| *n == lower);
+        let found: Vec<&Arc<IndexedVm>> = self.vms[lo..hi]
+            .iter()
+            .filter(|v| subscription.is_none_or(|s| v.subscription.eq_ignore_ascii_case(s)))
+            .filter(|v| {
+                resource_group.is_none_or(|rg| v.resource_group.to_lowercase() == rg.to_lowercase())
+            })
+            .collect();
+        match found.as_slice() {
+            [] => Err(ResolveError::NotFound {
+                name: name.to_owned(),
+            }),
+            [one] => Ok(Arc::clone(one)),
+            many => {
+                let one_sub = many
+                    .iter()
+                    .all(|v| v.subscription.eq_ignore_ascii_case(&many[0].subscription));
+                let mut candidates: Vec<String> = many
+                    .iter()
+                    .map(|v| {
+                        if one_sub {
+                            v.qualified_name()
+                        } else {
+                            v.fully_qualified_name()
+                        }
+                    })
+                    .collect();
+                candidates.sort();
+                Err(ResolveError::Ambiguous { candidates })
+            }
+        }
+    }
+
+    /// Autocomplete: VMs whose name starts with `query` (case-insensitive),
+    /// then VMs whose name merely contains it, each group by name, at most
+    /// `limit`, keeping only those `filter` accepts.
+    pub fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        filter: impl Fn(&IndexedVm) -> bool,
+    ) -> Vec<Arc<IndexedVm>> {
+        let q = query.to_lowercase();
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        for vm in &self.vms[self.prefix_range(&q)] {
+            if filter(vm) {
+                out.push(Arc::clone(vm));
+                if out.len() == limit {
+                    return out;
+                }
+            }
+        }
+        if q.is_empty() || q.contains('\n') {
+            return out;
+        }
+        let mut last = None;
+        for (offset, _) in self.blob.match_indices(q.as_str()) {
+            let i = self.starts.partition_point(|&s| s <= offset) - 1;
+            if last == Some(i) || self.names[i].starts_with(q.as_str()) {
+                continue; // a second hit in one name, or a prefix match (already listed)
+            }
+            last = Some(i);
+            if filter(&self.vms[i]) {
+                out.push(Arc::clone(&self.vms[i]));
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn policy_port(rule: &PortRule, vm_id: &str) -> Option<PolicyPort> {
+    let Some(max_duration) = parse_iso_duration(&rule.max_request_access_duration) else {
+        tracing::warn!(vm = vm_id, port = rule.number, value = %rule.max_request_access_duration,
+            "skipping a port rule with an unreadable maxRequestAccessDuration");
+        return None;
+    };
+    let raw: Vec<&str> = match (
+        &rule.allowed_source_address_prefix,
+        &rule.allowed_source_address_prefixes,
+    ) {
+        (Some(one), _) => vec![one.as_str()],
+        (None, Some(many)) => many.iter().map(String::as_str).collect(),
+        // Neither given: Azure's portal writes `*` for "Any"; treat absence the same.
+        (None, None) => vec!["*"],
+    };
+    let allowed_sources = if raw.iter().any(|p| p.trim() == "*") {
+        AllowedSources::Any
+    } else {
+        AllowedSources::Prefixes(
+            raw.iter()
+                .filter_map(|p| {
+                    let parsed = parse_prefix(p);
+                    if parsed.is_none() {
+                        tracing::warn!(vm = vm_id, port = rule.number, prefix = %p, "ignoring an unreadable allowed source");
+                    }
+                    parsed
+                })
+                .collect(),
+        )
+    };
+    Some(PolicyPort {
+        number: rule.number,
+        protocol: rule.protocol.clone(),
+        max_duration,
+        allowed_sources,
+    })
+}
+
+/// An IP address (as a host prefix) or a CIDR.
+pub fn parse_prefix(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// Parses an ISO 8601 duration of days, hours, minutes and seconds
+/// (`PT5M`, `PT1H30M`, `P1D`, `P1DT2H`, `PT90S`, `PT0.5S`, `P1W`). Years and
+/// months (not fixed lengths) and anything malformed give `None`.
+pub fn parse_iso_duration(s: &str) -> Option<TimeDelta> {
+    let rest = s.strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    if date.is_empty() && time.is_none() {
+        return None;
+    }
+    // Components in order; each unit at most once.
+    fn components(part: &str, units: &[(char, i64)]) -> Option<TimeDelta> {
+        let mut total = TimeDelta::zero();
+        let mut next_unit = 0;
+        let mut number = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' {
+                number.push(c);
+                continue;
+            }
+            let pos = units[next_unit..].iter().position(|(u, _)| *u == c)? + next_unit;
+            next_unit = pos + 1;
+            let secs = units[pos].1;
+            if number.is_empty() || (number.contains('.') && secs != 1) {
+                return None;
+            }
+            let value: f64 = number.parse().ok()?;
+            if value > 1e7 {
+                return None;
+            }
+            total += TimeDelta::milliseconds((value * secs as f64 * 1000.0).round() as i64);
+            number.clear();
+        }
+        number.is_empty().then_some(total)
+    }
+    let mut total = components(date, &[('W', 7 * 86_400), ('D', 86_400)])?;
+    if let Some(t) = time {
+        total += components(t, &[('H', 3_600), ('M', 60), ('S', 1)])?;
+    }
+    Some(total)
+}
+
+/// A short human form of a duration: `3h`, `1h30m`, `1d`, `45s`.
+pub fn format_duration(d: TimeDelta) -> String {
+    let mut secs = d.num_seconds().max(0);
+    if secs == 0 {
+        return "0m".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, len) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
+/// The current [`VmIndex`], replaced atomically on refresh.
+pub struct SharedVmIndex {
+    current: RwLock<Arc<VmIndex>>,
+    clock: SharedClock,
+    miss_floor: TimeDelta,
+    last_refresh: Mutex<Option<DateTime<Utc>>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for SharedVmIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedVmIndex")
+            .field("vms", &self.snapshot().len())
+            .field("miss_floor", &self.miss_floor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default floor between refreshes caused by misses.
+pub const DEFAULT_MISS_FLOOR: TimeDelta = TimeDelta::seconds(30);
+
+impl SharedVmIndex {
+    /// An empty index; misses refresh at most once per `miss_floor`.
+    pub fn new(clock: SharedClock, miss_floor: TimeDelta) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(VmIndex::default())),
+            clock,
+            miss_floor,
+            last_refresh: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot (cheap).
+    pub fn snapshot(&self) -> Arc<VmIndex> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Rebuilds the index from every subscription's policies and swaps it in.
+    /// On any error the old snapshot stays.
+    ///
+    /// # Errors
+    /// The first [`ArmError`] of a list call.
+    pub async fn refresh(
+        &self,
+        arm: &ArmClient,
+        subscriptions: &[String],
+    ) -> Result<Arc<VmIndex>, ArmError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        self.refresh_locked(arm, subscriptions).await
+    }
+
+    async fn refresh_locked(
+        &self,
+        arm: &ArmClient,
+        subscriptions: &[String],
+    ) -> Result<Arc<VmIndex>, ArmError> {
+        *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
+        let mut policies = Vec::new();
+        for sub in subscriptions {
+            policies.extend(arm.list_policies(sub).await?);
+        }
+        let index = Arc::new(VmIndex::from_policies(&policies));
+        tracing::info!(
+            vms = index.len(),
+            policies = policies.len(),
+            "VM index refreshed"
+        );
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&index);
+        Ok(index)
+    }
+
+    /// After a failed lookup: refreshes unless the last refresh (or attempt)
+    /// was less than the floor ago, so a typo cannot hammer ARM. Returns the
+    /// new snapshot, or `None` when it did not refresh.
+    ///
+    /// # Errors
+    /// The [`ArmError`] of the refresh.
+    pub async fn refresh_on_miss(
+        &self,
+        arm: &ArmClient,
+        subscriptions: &[String],
+    ) -> Result<Option<Arc<VmIndex>>, ArmError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let last = *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| self.clock.now() < t + self.miss_floor) {
+            return Ok(None);
+        }
+        self.refresh_locked(arm, subscriptions).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::wire::List;
+
+    const SUB_A: &str = "00000000-0000-0000-0000-00000000000a";
+    const SUB_B: &str = "00000000-0000-0000-0000-00000000000b";
+
+    fn vm(sub: &str, rg: &str, name: &str) -> IndexedVm {
+        IndexedVm {
+            vm_id: format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+            ),
+            subscription: sub.into(),
+            resource_group: rg.into(),
+            name: name.into(),
+            location: "westeurope".into(),
+            policy: PolicyId::new(sub, rg, "westeurope", "default").unwrap(),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn iso_durations_parse() {
+        let m = TimeDelta::minutes;
+        for (s, want) in [
+            ("PT5M", m(5)),
+            ("PT3H", m(180)),
+            ("PT1H30M", m(90)),
+            ("P1D", m(1440)),
+            ("P1DT2H", m(1560)),
+            ("PT90S", TimeDelta::seconds(90)),
+            ("PT0.5S", TimeDelta::milliseconds(500)),
+            ("P1W", m(7 * 1440)),
+            ("PT24H", m(1440)),
+        ] {
+            assert_eq!(parse_iso_duration(s), Some(want), "{s}");
+        }
+        for bad in [
+            "", "P", "PT", "3H", "PT3", "PTH", "P1Y", "P1M", "PT1M1H", "PT1H1H", "P1.5D", "PT-1H",
+            "pt3h", "P1DT",
+        ] {
+            assert_eq!(parse_iso_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_format_shortly() {
+        assert_eq!(format_duration(TimeDelta::minutes(90)), "1h30m");
+        assert_eq!(format_duration(TimeDelta::hours(24)), "1d");
+        assert_eq!(format_duration(TimeDelta::minutes(5)), "5m");
+    }
+
+    #[test]
+    fn builds_from_the_spec_example_with_policy_rg_and_location() {
+        let text = std::fs::read_to_string(
+            crate::azure::wire::spec_dir()
+                .join("examples/JitNetworkAccessPolicies/GetJitNetworkAccessPoliciesSubscription_example.json"),
+        )
+        .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let list: List<Policy> =
+            serde_json::from_value(doc["responses"]["200"]["body"].clone()).unwrap();
+        let index = VmIndex::from_policies(&list.value);
+        let vm1 = index.resolve(None, None, "VM1").unwrap();
+        assert_eq!(vm1.policy.name, "default");
+        assert_eq!(vm1.location, "westeurope");
+        assert_eq!(vm1.port(22).unwrap().max_duration, TimeDelta::hours(3));
+        assert_eq!(vm1.port(22).unwrap().allowed_sources, AllowedSources::Any);
+    }
+
+    #[test]
+    fn resolves_case_insensitively_and_reports_ambiguity() {
+        let index = VmIndex::from_vms(vec![
+            vm(SUB_A, "rg1", "web-01"),
+            vm(SUB_A, "rg2", "Web-01"),
+            vm(SUB_B, "rg1", "db-01"),
+            vm(SUB_A, "rg1", "db-01"),
+        ]);
+        assert_eq!(
+            index
+                .resolve(None, Some("RG2"), "WEB-01")
+                .unwrap()
+                .resource_group,
+            "rg2"
+        );
+        assert_eq!(
+            index.resolve(None, None, "web-01").unwrap_err(),
+            ResolveError::Ambiguous {
+                candidates: vec!["rg1/web-01".into(), "rg2/Web-01".into()]
+            }
+        );
+        let err = index.resolve(None, None, "db-01").unwrap_err();
+        assert_eq!(
+            err,
+            ResolveError::Ambiguous {
+                candidates: vec![format!("{SUB_A}/rg1/db-01"), format!("{SUB_B}/rg1/db-01")]
+            }
+        );
+        assert!(err.to_string().contains("say which one"));
+        assert_eq!(
+            index
+                .resolve(Some(SUB_B), None, "DB-01")
+                .unwrap()
+                .subscription,
+            SUB_B
+        );
+        assert!(matches!(
+            index.resolve(None, None, "web-0"),
+            Err(ResolveError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn search_lists_prefixes_first_then_substrings_within_the_limit() {
+        let index = VmIndex::from_vms(
+            [
+                "app-web",
+                "web-02",
+                "Web-01",
+                "db",
+                "legacyweb",
+                "webwebweb",
+            ]
+            .iter()
+            .map(|n| vm(SUB_A, "rg", n))
+            .collect(),
+        );
+        let names = |v: Vec<Arc<IndexedVm>>| v.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(index.search("WEB", 10, |_| true)),
+            ["Web-01", "web-02", "webwebweb", "app-web", "legacyweb"]
+        );
+        assert_eq!(
+            names(index.search("web", 2, |_| true)),
+            ["Web-01", "web-02"]
+        );
+        assert_eq!(
+            names(index.search("web", 10, |v| v.name != "web-02")),
+            ["Web-01", "webwebweb", "app-web", "legacyweb"]
+        );
+        assert_eq!(index.search("", 3, |_| true).len(), 3);
+        assert!(index.search("zzz", 3, |_| true).is_empty());
+    }
+
+    #[test]
+    fn search_is_correct_over_50000_vms() {
+        let vms: Vec<IndexedVm> = (0..50_000)
+            .map(|i| vm(SUB_A, &format!("rg{}", i % 7), &format!("vm-{i:05}-x")))
+            .collect();
+        let index = VmIndex::from_vms(vms);
+        assert_eq!(index.len(), 50_000);
+        // Prefix: vm-1234x = 10 VMs, all listed, in order.
+        let hits = index.search("VM-1234", 25, |_| true);
+        assert_eq!(hits.len(), 10);
+        assert!(hits.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(hits.iter().all(|v| v.name.starts_with("vm-1234")));
+        // Substring only: "4999" is in vm-04999-x and vm-4999?-x: 11 names.
+        let hits = index.search("4999", 100, |_| true);
+        let expected: Vec<String> = (0..50_000)
+            .map(|i| format!("vm-{i:05}-x"))
+            .filter(|n| n.contains("4999"))
+            .collect();
+        assert_eq!(
+            hits.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        // A filter and the limit apply together.
+        let hits = index.search("-x", 25, |v| v.resource_group == "rg3");
+        assert_eq!(hits.len(), 25);
+        assert!(hits.iter().all(|v| v.resource_group == "rg3"));
+        assert_eq!(
+            index.resolve(None, None, "VM-49999-X").unwrap().name,
+            "vm-49999-x"
+        );
+    }
+
+    #[test]
+    fn port_rules_read_sources_and_skip_bad_durations() {
+        let rule = |prefix: Option<&str>, prefixes: Option<Vec<&str>>, dur: &str| PortRule {
+            number: 22,
+            protocol: "TCP".into(),
+            allowed_source_address_prefix: prefix.map(Into::into),
+            allowed_source_address_prefixes: prefixes
+                .map(|v| v.into_iter().map(Into::into).collect()),
+            max_request_access_duration: dur.into(),
+            extra: Default::default(),
+        };
+        assert_eq!(
+            policy_port(&rule(Some("*"), None, "PT1H"), "vm")
+                .unwrap()
+                .allowed_sources,
+            AllowedSources::Any
+        );
+        assert_eq!(
+            policy_port(
+                &rule(
+                    None,
+                    Some(vec!["10.0.0.0/8", "203.0.113.7", "Internet"]),
+                    "PT1H"
+                ),
+                "vm"
+            )
+            .unwrap()
+            .allowed_sources,
+            AllowedSources::Prefixes(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "203.0.113.7/32".parse().unwrap()
+            ])
+        );
+        assert!(policy_port(&rule(Some("*"), None, "soon"), "vm").is_none());
+    }
+}

@@ -1,1 +1,2 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
+mod store;

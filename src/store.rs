@@ -184,7 +184,10 @@ impl Store {
                 version: m.version,
                 description: m.description.to_string(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        for m in &applied {
+            tracing::info!(version = m.version, description = %m.description, "applied migration");
+        }
         Ok(applied)
     }
 

@@ -255,9 +255,9 @@ impl Store {
             .begin()
             .await
             .context("starting the audit verification snapshot")?;
-        let (head_seq, head_hash): (i64, String) =
+        let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
                 .context("reading the audit head")?;
         let mut chain = ChainCheck::new();
@@ -280,7 +280,13 @@ impl Store {
                 break;
             }
         }
-        let broken = chain.check_head(head_seq, &head_hash);
+        let broken = match head {
+            Some((seq, hash)) => chain.check_head(seq, &hash),
+            None => Some(BrokenLink {
+                seq: chain.last_seq,
+                problem: "the audit head row is missing".to_string(),
+            }),
+        };
         if let Some(broken) = &broken {
             tracing::warn!(seq = broken.seq, problem = %broken.problem, "audit chain is broken");
         }

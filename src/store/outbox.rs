@@ -204,6 +204,43 @@ impl StoreTx {
     }
 }
 
+/// `error` with the token segment of Discord `/webhooks/<id>/<token>` and
+/// `/interactions/<id>/<token>` paths, and the word after `Bot ` or
+/// `Bearer `, replaced by `[redacted]`.
+fn redact_tokens(error: &str) -> String {
+    let ends_segment = |c: char| c == '/' || c == '?' || c == ')' || c == '"' || c.is_whitespace();
+    let mut out = error.to_string();
+    for marker in ["/webhooks/", "/interactions/"] {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(marker) {
+            let id_start = from + found + marker.len();
+            let Some(id_len) = out[id_start..].find('/') else {
+                break;
+            };
+            let token_start = id_start + id_len + 1;
+            let token_len = out[token_start..]
+                .find(ends_segment)
+                .unwrap_or(out.len() - token_start);
+            if token_len > 0 {
+                out.replace_range(token_start..token_start + token_len, "[redacted]");
+            }
+            from = token_start;
+        }
+    }
+    for marker in ["Bot ", "Bearer "] {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(marker) {
+            let start = from + found + marker.len();
+            let len = out[start..].find(ends_segment).unwrap_or(out.len() - start);
+            if len > 0 {
+                out.replace_range(start..start + len, "[redacted]");
+            }
+            from = start;
+        }
+    }
+    out
+}
+
 fn check_key(key: &str) -> Result<(), StoreError> {
     let ok = (1..=MAX_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
     if ok {
@@ -283,8 +320,10 @@ impl Store {
     }
 
     /// Records a failed attempt of row `id` and when to try again. `error`
-    /// is stored (cut to 500 characters) and shown to operators: it must not
-    /// hold a token or an authorization header.
+    /// is stored (cut to 500 characters) and shown to operators. It should
+    /// hold no secret; as a safety net, interaction and webhook tokens in
+    /// Discord URLs (which HTTP client errors print) and `Bot`/`Bearer`
+    /// credentials are replaced by `[redacted]` first.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] if there is no such row;
@@ -295,7 +334,7 @@ impl Store {
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+        let error: String = redact_tokens(error).chars().take(MAX_ERROR_CHARS).collect();
         let updated = sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?
              WHERE id = ? AND delivered_at IS NULL",
@@ -369,6 +408,24 @@ mod tests {
         assert!(check_key("").is_err());
         assert!(check_key(&"k".repeat(26)).is_err());
         assert!(check_key("with space").is_err());
+    }
+
+    #[test]
+    fn tokens_in_error_text_are_redacted() {
+        let error = "error sending request for url \
+            (https://discord.com/api/v10/webhooks/111/aW50ZXJhY3Rpb24.dG9rZW4/messages/@original): \
+            timed out; POST /interactions/222/c2VjcmV0/callback; Authorization: Bot MTIz.abc";
+        let redacted = redact_tokens(error);
+        for secret in ["aW50ZXJhY3Rpb24", "c2VjcmV0", "MTIz"] {
+            assert!(!redacted.contains(secret), "{redacted}");
+        }
+        assert!(redacted.contains("/webhooks/111/[redacted]/messages/@original"));
+        assert!(redacted.contains("/interactions/222/[redacted]/callback"));
+        assert!(redacted.contains("Bot [redacted]"));
+        assert_eq!(
+            redact_tokens("HTTP 503 from Discord"),
+            "HTTP 503 from Discord"
+        );
     }
 
     #[test]

@@ -816,6 +816,30 @@ async fn user_grants_list_open_ones_first_and_open_grants_are_listed() {
     assert_eq!(open, ["old-open", "someone-else"]);
 }
 
+#[tokio::test]
+async fn a_grant_row_that_cannot_be_read_back_is_a_typed_error() {
+    let db = fresh().await;
+    let id = RequestId::parse("req-bad").unwrap();
+    db.store
+        .insert_grant(new_grant("req-bad", 42, t0()))
+        .await
+        .unwrap();
+    db.raw("UPDATE grants SET ports = '22,ssh' WHERE request_id = 'req-bad';")
+        .await;
+
+    match db.store.grant(&id).await.unwrap_err() {
+        StoreError::CorruptRow {
+            table,
+            key,
+            message,
+        } => {
+            assert_eq!((table, key.as_str()), ("grants", "req-bad"));
+            assert!(message.contains("ports"), "{message}");
+        }
+        other => panic!("expected CorruptRow, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------- outbox
 
 fn dm(text: &str, at: DateTime<Utc>) -> OutboxMessage {

@@ -128,9 +128,17 @@ impl Store {
     /// reports what it applied.
     ///
     /// # Errors
-    /// [`StoreError::Unexpected`] if the URL is malformed or the file cannot be
-    /// opened.
+    /// [`StoreError::InvalidInput`] for an in-memory URL (`sqlite::memory:`):
+    /// the read and write pools would each see a different, short-lived
+    /// database; [`StoreError::Unexpected`] if the URL is malformed or the
+    /// file cannot be opened.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // Each pool would get its own, vanishing database.
+            return Err(StoreError::InvalidInput(format!(
+                "`{url}` is an in-memory database: use a file (a temporary one in tests)"
+            )));
+        }
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("parsing the database URL `{url}`"))?
             .create_if_missing(true)

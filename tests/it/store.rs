@@ -96,6 +96,10 @@ async fn migrations_apply_to_a_fresh_file_and_rerunning_them_is_a_no_op() {
     store.close().await;
 
     let reopened = Store::open(&url).await.unwrap();
+    assert!(matches!(
+        Store::open("sqlite::memory:").await.unwrap_err(),
+        StoreError::InvalidInput(_)
+    ));
     assert!(reopened.migrate().await.unwrap().is_empty());
     assert!(reopened.verify_audit().await.unwrap().is_intact());
 }

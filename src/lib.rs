@@ -6,4 +6,5 @@ pub mod config;
 pub mod domain;
 pub mod interactions;
 pub mod sandbox;
+pub mod store;
 pub mod telemetry;

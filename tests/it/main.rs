@@ -3,4 +3,5 @@
 mod azure_client;
 mod emulator;
 mod fake_discord_selftest;
+mod store;
 mod support;

@@ -1,0 +1,407 @@
+//! The audit log: append-only, hash-chained, verifiable.
+//!
+//! Row `seq` stores `hash = event.chain_hash(seq, prev_hash)` where
+//! `prev_hash` is row `seq - 1`'s hash ([`GENESIS_HASH`] for row 1).
+//! `audit_head` holds the last seq and hash and moves in the same
+//! transaction as each append, so verification also notices a deleted last
+//! row. Each append enqueues an `audit_channel` outbox row in the same
+//! transaction, so the audit channel is fed in log order.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::outbox::{OutboxKind, OutboxMessage};
+use super::{Store, StoreError, StoreTx, ts};
+use crate::domain::audit::{GENESIS_HASH, format_time};
+use crate::domain::{AuditAction, AuditEvent, Outcome};
+
+/// Rows read per query while verifying.
+const VERIFY_PAGE: i64 = 1000;
+
+/// A stored audit event with its place in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Its position: 1, 2, 3, …
+    pub seq: i64,
+    /// The previous row's hash.
+    pub prev_hash: String,
+    /// This row's chained hash.
+    pub hash: String,
+    /// The event.
+    pub event: AuditEvent,
+}
+
+impl AuditRecord {
+    /// The record as one flat JSON object: `seq`, `at`, `actor`, `action`,
+    /// `target`, `outcome`, `detail`, `hash`, `prev_hash`. The audit-channel
+    /// outbox payload and the JSONL export.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "seq": self.seq,
+            "at": self.event.at_text(),
+            "actor": self.event.actor,
+            "action": self.event.action.as_str(),
+            "target": self.event.target,
+            "outcome": self.event.outcome.as_str(),
+            "detail": self.event.detail,
+            "hash": self.hash,
+            "prev_hash": self.prev_hash,
+        })
+    }
+}
+
+/// Which audit events to list; every field narrows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// At or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// By this actor exactly, e.g. `discord:42`.
+    pub actor: Option<String>,
+    /// Of this action.
+    pub action: Option<AuditAction>,
+    /// Only the most recent this many (still returned oldest first).
+    pub limit: Option<u32>,
+}
+
+/// The result of recomputing the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    /// Rows found intact, in order, before the first broken link (every row
+    /// when there is none).
+    pub checked: u64,
+    /// The first place the chain is broken, if any.
+    pub first_broken: Option<BrokenLink>,
+}
+
+impl AuditVerification {
+    /// Whether the whole log verified.
+    pub fn is_intact(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+/// Where and how the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenLink {
+    /// The first seq that does not verify (for missing rows, the first
+    /// missing seq).
+    pub seq: i64,
+    /// What is wrong, e.g. `hash mismatch: row was changed`,
+    /// `missing rows 4..6`, `prev_hash does not match row 3`.
+    pub problem: String,
+}
+
+/// An `audit_log` row as stored.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    at: String,
+    actor: String,
+    action: String,
+    target: String,
+    outcome: String,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl AuditRow {
+    /// The event the row stores, read back exactly (the time must be in the
+    /// log's one format, so it hashes as it was stored).
+    fn event(&self) -> Result<AuditEvent, String> {
+        let at = DateTime::parse_from_rfc3339(&self.at)
+            .map_err(|e| format!("bad time `{}`: {e}", self.at))?
+            .with_timezone(&Utc);
+        if format_time(at) != self.at {
+            return Err(format!("time `{}` is not in the log's format", self.at));
+        }
+        let action = AuditAction::parse(&self.action)
+            .ok_or_else(|| format!("unknown action `{}`", self.action))?;
+        let outcome = Outcome::parse(&self.outcome)
+            .ok_or_else(|| format!("unknown outcome `{}`", self.outcome))?;
+        let detail =
+            serde_json::from_str(&self.detail).map_err(|e| format!("detail is not JSON: {e}"))?;
+        Ok(AuditEvent {
+            at,
+            actor: self.actor.clone(),
+            action,
+            target: self.target.clone(),
+            outcome,
+            detail,
+        })
+    }
+
+    fn into_record(self) -> Result<AuditRecord, StoreError> {
+        let event = self
+            .event()
+            .map_err(|m| StoreError::corrupt("audit_log", self.seq.to_string(), m))?;
+        Ok(AuditRecord {
+            seq: self.seq,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            event,
+        })
+    }
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, target, outcome, detail, prev_hash, hash";
+
+impl StoreTx {
+    /// Appends `event` to the chain after the current head and, in the same
+    /// transaction, enqueues it for the audit channel (outbox kind
+    /// `audit_channel`, key `audit-<seq>`). The time is kept to the
+    /// microsecond, as hashed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn append_audit(&mut self, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
+        let (head_seq, head_hash): (i64, String) =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(&mut *self.tx)
+                .await
+                .context("reading the audit head")?;
+        let seq = head_seq + 1;
+        let mut event = event.clone();
+        event.at = DateTime::from_timestamp_micros(event.at.timestamp_micros()).unwrap_or(event.at);
+        let hash = event.chain_hash(seq, &head_hash);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(seq)
+        .bind(event.at_text())
+        .bind(&event.actor)
+        .bind(event.action.as_str())
+        .bind(&event.target)
+        .bind(event.outcome.as_str())
+        .bind(event.detail.to_string())
+        .bind(&head_hash)
+        .bind(&hash)
+        .execute(&mut *self.tx)
+        .await
+        .with_context(|| format!("appending audit row {seq}"))?;
+        sqlx::query("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
+            .bind(seq)
+            .bind(&hash)
+            .execute(&mut *self.tx)
+            .await
+            .context("moving the audit head")?;
+        let record = AuditRecord {
+            seq,
+            prev_hash: head_hash,
+            hash,
+            event,
+        };
+        self.enqueue(OutboxMessage {
+            kind: OutboxKind::AuditChannel,
+            target: None,
+            payload: record.to_json(),
+            idempotency_key: Some(format!("audit-{seq}")),
+            created_at: record.event.at,
+        })
+        .await?;
+        Ok(record)
+    }
+}
+
+impl Store {
+    /// Appends one event in its own transaction; see
+    /// [`StoreTx::append_audit`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
+        let mut tx = self.begin().await?;
+        let record = tx.append_audit(event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Audit events matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] for a row that cannot be read back;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log
+             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR actor = ?2)
+               AND (?3 IS NULL OR action = ?3)
+             ORDER BY seq DESC LIMIT ?4"
+        );
+        let rows: Vec<AuditRow> = sqlx::query_as(&sql)
+            .bind(filter.since.map(ts))
+            .bind(filter.actor.as_deref())
+            .bind(filter.action.map(AuditAction::as_str))
+            .bind(filter.limit.map_or(-1, i64::from))
+            .fetch_all(&self.read)
+            .await
+            .context("listing audit events")?;
+        rows.into_iter().rev().map(AuditRow::into_record).collect()
+    }
+
+    /// Recomputes every hash from the stored columns, in one consistent
+    /// snapshot, and reports the first row that is edited, missing or out of
+    /// place, or a head that does not match the last row (a deleted last
+    /// row).
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails (a broken chain is
+    /// not an error: it is the answer).
+    pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
+        let mut tx = self
+            .read
+            .begin()
+            .await
+            .context("starting the audit verification snapshot")?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .context("reading the audit head")?;
+        let mut chain = ChainCheck::new();
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?");
+        loop {
+            let page: Vec<AuditRow> = sqlx::query_as(&sql)
+                .bind(chain.last_seq)
+                .bind(VERIFY_PAGE)
+                .fetch_all(&mut *tx)
+                .await
+                .with_context(|| format!("reading audit rows after {}", chain.last_seq))?;
+            let done = page.len() < VERIFY_PAGE as usize;
+            for row in &page {
+                if let Some(broken) = chain.check(row) {
+                    return Ok(chain.result(Some(broken)));
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        let broken = match head {
+            Some((seq, hash)) => chain.check_head(seq, &hash),
+            None => Some(BrokenLink {
+                seq: chain.last_seq,
+                problem: "the audit head row is missing".to_string(),
+            }),
+        };
+        if let Some(broken) = &broken {
+            tracing::warn!(seq = broken.seq, problem = %broken.problem, "audit chain is broken");
+        }
+        Ok(chain.result(broken))
+    }
+}
+
+/// The state of a verification walking the rows in seq order.
+struct ChainCheck {
+    checked: u64,
+    last_seq: i64,
+    last_hash: String,
+}
+
+impl ChainCheck {
+    fn new() -> Self {
+        Self {
+            checked: 0,
+            last_seq: 0,
+            last_hash: GENESIS_HASH.to_string(),
+        }
+    }
+
+    /// Checks the next row; on success it becomes the last one.
+    fn check(&mut self, row: &AuditRow) -> Option<BrokenLink> {
+        let expected = self.last_seq + 1;
+        let broken = |seq: i64, problem: String| Some(BrokenLink { seq, problem });
+        if row.seq != expected {
+            return broken(expected, missing(expected, row.seq - 1));
+        }
+        if row.prev_hash != self.last_hash {
+            let problem = if self.last_seq == 0 {
+                "prev_hash is not the genesis hash".to_string()
+            } else {
+                format!("prev_hash does not match row {}", self.last_seq)
+            };
+            return broken(row.seq, problem);
+        }
+        let event = match row.event() {
+            Ok(event) => event,
+            Err(message) => return broken(row.seq, format!("row cannot be read: {message}")),
+        };
+        if event.chain_hash(row.seq, &row.prev_hash) != row.hash {
+            return broken(row.seq, "hash mismatch: row was changed".to_string());
+        }
+        self.checked += 1;
+        self.last_seq = row.seq;
+        self.last_hash.clone_from(&row.hash);
+        None
+    }
+
+    /// Checks that the head points at the last row.
+    fn check_head(&self, head_seq: i64, head_hash: &str) -> Option<BrokenLink> {
+        if head_seq > self.last_seq {
+            Some(BrokenLink {
+                seq: self.last_seq + 1,
+                problem: missing(self.last_seq + 1, head_seq),
+            })
+        } else if head_seq < self.last_seq {
+            Some(BrokenLink {
+                seq: head_seq + 1,
+                problem: format!(
+                    "rows after {head_seq} were added outside the store (the head is at {head_seq})"
+                ),
+            })
+        } else if head_hash != self.last_hash {
+            Some(BrokenLink {
+                seq: self.last_seq,
+                problem: format!("the head's hash does not match row {}", self.last_seq),
+            })
+        } else {
+            None
+        }
+    }
+
+    fn result(&self, first_broken: Option<BrokenLink>) -> AuditVerification {
+        AuditVerification {
+            checked: self.checked,
+            first_broken,
+        }
+    }
+}
+
+/// `missing row 4` or `missing rows 4..6` (inclusive).
+fn missing(first: i64, last: i64) -> String {
+    if first == last {
+        format!("missing row {first}")
+    } else {
+        format!("missing rows {first}..{last}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ranges_read_naturally() {
+        assert_eq!(missing(4, 4), "missing row 4");
+        assert_eq!(missing(4, 6), "missing rows 4..6");
+    }
+
+    #[test]
+    fn rows_with_times_outside_the_log_format_are_refused() {
+        let row = AuditRow {
+            seq: 1,
+            at: "2026-01-01T00:00:00Z".into(),
+            actor: "cli".into(),
+            action: "bot_started".into(),
+            target: "-".into(),
+            outcome: "info".into(),
+            detail: "{}".into(),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        assert!(row.event().unwrap_err().contains("not in the log's format"));
+    }
+}

@@ -1,0 +1,578 @@
+//! Grants: the request lifecycle, keyed by request id.
+//!
+//! One request id is one grant: inserting it again returns the existing
+//! grant ([`InsertOutcome::Duplicate`]), which is how a retried interaction
+//! never initiates twice. The state changes only through
+//! [`StoreTx::transition_grant`], which applies the domain's
+//! [`GrantState::apply`] and records every change in `grant_transitions`.
+
+use std::fmt;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::SqliteExecutor;
+
+use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
+use crate::domain::request::Reason;
+use crate::domain::{
+    AccessDuration, GrantEvent, GrantState, MappingName, PortSpec, RequestId, Snowflake,
+    SourcePrefix, UserId,
+};
+
+/// Every state, for the SQL that lists open ones.
+const ALL_STATES: [GrantState; 7] = [
+    GrantState::Requested,
+    GrantState::Active,
+    GrantState::Extended,
+    GrantState::Closing,
+    GrantState::ClosedEarly,
+    GrantState::Expired,
+    GrantState::Failed,
+];
+
+/// An interaction token: a 15-minute credential for editing the original
+/// reply. Its `Debug` never shows it; read it with [`InteractionToken::expose`]
+/// only to call Discord.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InteractionToken(String);
+
+impl InteractionToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token, for the one request that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for InteractionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InteractionToken([redacted])")
+    }
+}
+
+/// A grant to insert (state `requested`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    /// The request id.
+    pub request_id: RequestId,
+    /// Who asked.
+    pub user_id: UserId,
+    /// The guild asked in (none from the console and CLI).
+    pub guild_id: Option<Snowflake>,
+    /// The channel asked in.
+    pub channel_id: Option<Snowflake>,
+    /// The VM's full Azure resource id, from the VM index.
+    pub vm_id: String,
+    /// The VM's qualified name, resource-group/name.
+    pub vm_name: String,
+    /// The JIT policy's resource id.
+    pub policy_id: String,
+    /// The ports.
+    pub ports: PortSpec,
+    /// The source prefix.
+    pub source: SourcePrefix,
+    /// The requested window.
+    pub duration: AccessDuration,
+    /// The reason, if given.
+    pub reason: Option<Reason>,
+    /// The mapping that allowed it.
+    pub mapping: MappingName,
+    /// When the request arrived.
+    pub requested_at: DateTime<Utc>,
+    /// The interaction token, for follow-up edits.
+    pub interaction_token: Option<InteractionToken>,
+}
+
+/// A stored grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The request id.
+    pub request_id: RequestId,
+    /// Who asked.
+    pub user_id: UserId,
+    /// The guild asked in.
+    pub guild_id: Option<Snowflake>,
+    /// The channel asked in.
+    pub channel_id: Option<Snowflake>,
+    /// The VM's full Azure resource id.
+    pub vm_id: String,
+    /// The VM's qualified name.
+    pub vm_name: String,
+    /// The JIT policy's resource id.
+    pub policy_id: String,
+    /// The ports.
+    pub ports: PortSpec,
+    /// The source prefix.
+    pub source: SourcePrefix,
+    /// The requested window.
+    pub duration: AccessDuration,
+    /// The reason, if given.
+    pub reason: Option<Reason>,
+    /// The mapping that allowed it.
+    pub mapping: MappingName,
+    /// Where it is in its life.
+    pub state: GrantState,
+    /// When the request arrived.
+    pub requested_at: DateTime<Utc>,
+    /// When the port closes, per Azure (none until initiated).
+    pub end_time: Option<DateTime<Utc>>,
+    /// When the state last changed.
+    pub state_changed_at: DateTime<Utc>,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// What Azure answered.
+    pub azure_detail: Option<serde_json::Value>,
+    /// The interaction token.
+    pub interaction_token: Option<InteractionToken>,
+}
+
+/// What [`StoreTx::insert_grant`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The grant was new.
+    Inserted(Grant),
+    /// The request id was stored already: this is that grant, unchanged.
+    Duplicate(Grant),
+}
+
+impl InsertOutcome {
+    /// The grant, new or existing.
+    pub fn grant(&self) -> &Grant {
+        match self {
+            Self::Inserted(g) | Self::Duplicate(g) => g,
+        }
+    }
+}
+
+/// One recorded state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantTransition {
+    /// The state before.
+    pub from: GrantState,
+    /// The state after.
+    pub to: GrantState,
+    /// What happened: `initiated`, `failed`, `extended`, `close requested`,
+    /// `closed`, `close failed` or `window ended`.
+    pub event: String,
+    /// The end time the event carried.
+    pub end_time: Option<DateTime<Utc>>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The name recorded for an event.
+fn event_name(event: &GrantEvent) -> &'static str {
+    match event {
+        GrantEvent::Initiated { .. } => "initiated",
+        GrantEvent::Failed => "failed",
+        GrantEvent::Extended { .. } => "extended",
+        GrantEvent::CloseRequested => "close requested",
+        GrantEvent::Closed { .. } => "closed",
+        GrantEvent::CloseFailed { .. } => "close failed",
+        GrantEvent::WindowEnded => "window ended",
+    }
+}
+
+/// The end time an event sets.
+fn event_end(event: &GrantEvent) -> Option<DateTime<Utc>> {
+    match event {
+        GrantEvent::Initiated { end }
+        | GrantEvent::Extended { end }
+        | GrantEvent::Closed { end } => Some(*end),
+        _ => None,
+    }
+}
+
+/// `'active', 'extended', 'closing'`: the open states as an SQL list.
+fn open_states_sql() -> String {
+    ALL_STATES
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    request_id: String,
+    user_id: String,
+    guild_id: Option<String>,
+    channel_id: Option<String>,
+    vm_id: String,
+    vm_name: String,
+    policy_id: String,
+    ports: String,
+    source: String,
+    duration_minutes: i64,
+    reason: Option<String>,
+    mapping: String,
+    state: String,
+    requested_at: String,
+    end_time: Option<String>,
+    state_changed_at: String,
+    failure: Option<String>,
+    azure_detail: Option<String>,
+    interaction_token: Option<String>,
+}
+
+const GRANT_COLUMNS: &str = "request_id, user_id, guild_id, channel_id, vm_id, vm_name, policy_id, \
+     ports, source, duration_minutes, reason, mapping, state, requested_at, end_time, \
+     state_changed_at, failure, azure_detail, interaction_token";
+
+impl TryFrom<GrantRow> for Grant {
+    type Error = StoreError;
+
+    fn try_from(row: GrantRow) -> Result<Self, StoreError> {
+        const T: &str = "grants";
+        let key = row.request_id.clone();
+        let bad =
+            |what: &str, e: &dyn fmt::Display| StoreError::corrupt(T, &key, format!("{what}: {e}"));
+        let snowflake = |text: Option<String>, what: &str| {
+            text.map(|t| Snowflake::parse(&t).map_err(|e| bad(what, &e)))
+                .transpose()
+        };
+        let ports = row
+            .ports
+            .split(',')
+            .map(|p| p.trim().parse::<u16>().ok())
+            .collect::<Option<Vec<_>>>()
+            .and_then(PortSpec::from_numbers)
+            .ok_or_else(|| bad("ports", &row.ports))?;
+        let duration = u32::try_from(row.duration_minutes)
+            .ok()
+            .and_then(AccessDuration::from_minutes)
+            .ok_or_else(|| bad("duration_minutes", &row.duration_minutes))?;
+        Ok(Grant {
+            request_id: RequestId::parse(&row.request_id).map_err(|e| bad("request_id", &e))?,
+            user_id: UserId::parse(&row.user_id).map_err(|e| bad("user_id", &e))?,
+            guild_id: snowflake(row.guild_id, "guild_id")?,
+            channel_id: snowflake(row.channel_id, "channel_id")?,
+            vm_id: row.vm_id,
+            vm_name: row.vm_name,
+            policy_id: row.policy_id,
+            ports,
+            source: SourcePrefix::parse(&row.source).map_err(|e| bad("source", &e))?,
+            duration,
+            reason: row
+                .reason
+                .map(|r| Reason::parse(&r).map_err(|e| bad("reason", &e)))
+                .transpose()?,
+            mapping: MappingName::parse(&row.mapping).map_err(|e| bad("mapping", &e))?,
+            state: GrantState::parse(&row.state).ok_or_else(|| bad("state", &row.state))?,
+            requested_at: parse_ts(T, &key, &row.requested_at)?,
+            end_time: parse_opt_ts(T, &key, row.end_time.as_deref())?,
+            state_changed_at: parse_ts(T, &key, &row.state_changed_at)?,
+            failure: row.failure,
+            azure_detail: row
+                .azure_detail
+                .map(|d| serde_json::from_str(&d).map_err(|e| bad("azure_detail", &e)))
+                .transpose()?,
+            interaction_token: row.interaction_token.map(InteractionToken),
+        })
+    }
+}
+
+async fn fetch_grant<'e>(
+    executor: impl SqliteExecutor<'e>,
+    request_id: &RequestId,
+) -> Result<Option<Grant>, StoreError> {
+    let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE request_id = ?");
+    let row: Option<GrantRow> = sqlx::query_as(&sql)
+        .bind(request_id.as_str())
+        .fetch_optional(executor)
+        .await
+        .with_context(|| format!("reading grant {request_id}"))?;
+    row.map(Grant::try_from).transpose()
+}
+
+impl StoreTx {
+    /// The grant `request_id`, as this transaction sees it.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn grant(&mut self, request_id: &RequestId) -> Result<Option<Grant>, StoreError> {
+        fetch_grant(&mut *self.tx, request_id).await
+    }
+
+    /// Inserts a grant in state `requested`, or returns the existing grant of
+    /// that request id unchanged.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn insert_grant(&mut self, new: NewGrant) -> Result<InsertOutcome, StoreError> {
+        let requested_at = ts(new.requested_at);
+        let result = sqlx::query(
+            "INSERT INTO grants (request_id, user_id, guild_id, channel_id, vm_id, vm_name,
+                 policy_id, ports, source, duration_minutes, reason, mapping, state,
+                 requested_at, state_changed_at, interaction_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15)",
+        )
+        .bind(new.request_id.as_str())
+        .bind(new.user_id.to_string())
+        .bind(new.guild_id.map(|g| g.to_string()))
+        .bind(new.channel_id.map(|c| c.to_string()))
+        .bind(&new.vm_id)
+        .bind(&new.vm_name)
+        .bind(&new.policy_id)
+        .bind(new.ports.to_string())
+        .bind(new.source.to_string())
+        .bind(i64::from(new.duration.minutes()))
+        .bind(new.reason.as_ref().map(Reason::as_str))
+        .bind(new.mapping.as_str())
+        .bind(GrantState::Requested.as_str())
+        .bind(&requested_at)
+        .bind(new.interaction_token.as_ref().map(InteractionToken::expose))
+        .execute(&mut *self.tx)
+        .await;
+        let duplicate = match result {
+            Ok(_) => false,
+            // SQLite aborts only the statement: the transaction goes on.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => true,
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("inserting grant {}", new.request_id))
+                    .into());
+            }
+        };
+        let grant = self
+            .grant(&new.request_id)
+            .await?
+            .ok_or_else(|| StoreError::not_found("grant", new.request_id.as_str()))?;
+        Ok(if duplicate {
+            InsertOutcome::Duplicate(grant)
+        } else {
+            InsertOutcome::Inserted(grant)
+        })
+    }
+
+    /// Applies `event` to the grant through the state machine, sets the end
+    /// time from `initiated`, `extended` and `closed` events, records the
+    /// transition and returns the grant as it is now.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such grant;
+    /// [`StoreError::InvalidTransition`] if the state machine refuses the
+    /// event (nothing is changed); [`StoreError::Unexpected`] if the database
+    /// fails.
+    pub async fn transition_grant(
+        &mut self,
+        request_id: &RequestId,
+        event: &GrantEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, StoreError> {
+        let grant = self
+            .grant(request_id)
+            .await?
+            .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))?;
+        let next = grant.state.apply(event)?;
+        let end = event_end(event).map(ts);
+        let now = ts(now);
+        let updated = sqlx::query(
+            "UPDATE grants SET state = ?1, state_changed_at = ?2, end_time = COALESCE(?3, end_time)
+             WHERE request_id = ?4 AND state = ?5",
+        )
+        .bind(next.as_str())
+        .bind(&now)
+        .bind(&end)
+        .bind(request_id.as_str())
+        .bind(grant.state.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .with_context(|| format!("moving grant {request_id} to {next}"))?
+        .rows_affected();
+        if updated != 1 {
+            return Err(anyhow::anyhow!(
+                "grant {request_id} changed while it was moved from {}",
+                grant.state
+            )
+            .into());
+        }
+        sqlx::query(
+            "INSERT INTO grant_transitions (request_id, from_state, to_state, event, end_time, at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(request_id.as_str())
+        .bind(grant.state.as_str())
+        .bind(next.as_str())
+        .bind(event_name(event))
+        .bind(&end)
+        .bind(&now)
+        .execute(&mut *self.tx)
+        .await
+        .with_context(|| format!("recording the transition of grant {request_id}"))?;
+        self.grant(request_id)
+            .await?
+            .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))
+    }
+
+    /// Records why the grant failed, in words fit for the engineer.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such grant;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn set_grant_failure(
+        &mut self,
+        request_id: &RequestId,
+        failure: &str,
+    ) -> Result<(), StoreError> {
+        self.set_grant_column(request_id, "failure", failure.to_string())
+            .await
+    }
+
+    /// Records what Azure answered for the grant.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such grant;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn set_azure_detail(
+        &mut self,
+        request_id: &RequestId,
+        detail: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.set_grant_column(request_id, "azure_detail", detail.to_string())
+            .await
+    }
+
+    /// `column` is one of this module's literals, never input.
+    async fn set_grant_column(
+        &mut self,
+        request_id: &RequestId,
+        column: &'static str,
+        value: String,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(&format!(
+            "UPDATE grants SET {column} = ? WHERE request_id = ?"
+        ))
+        .bind(value)
+        .bind(request_id.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .with_context(|| format!("setting {column} of grant {request_id}"))?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::not_found("grant", request_id.as_str()));
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Inserts one grant in its own transaction; see
+    /// [`StoreTx::insert_grant`].
+    ///
+    /// # Errors
+    /// As [`StoreTx::insert_grant`].
+    pub async fn insert_grant(&self, new: NewGrant) -> Result<InsertOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let outcome = tx.insert_grant(new).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The grant `request_id`, if there is one.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn grant(&self, request_id: &RequestId) -> Result<Option<Grant>, StoreError> {
+        fetch_grant(&self.read, request_id).await
+    }
+
+    /// Up to `limit` of `user`'s grants: open ones first, then the most
+    /// recent (for `/jit-status`).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn grants_for_user(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE user_id = ?
+             ORDER BY CASE WHEN state IN ({}) THEN 0 ELSE 1 END, requested_at DESC, request_id
+             LIMIT ?",
+            open_states_sql()
+        );
+        let rows: Vec<GrantRow> = sqlx::query_as(&sql)
+            .bind(user.to_string())
+            .bind(limit_i64(limit))
+            .fetch_all(&self.read)
+            .await
+            .with_context(|| format!("listing the grants of user {user}"))?;
+        rows.into_iter().map(Grant::try_from).collect()
+    }
+
+    /// Every grant whose port may be open ([`GrantState::is_open`]), by end
+    /// time: for reconciliation and metrics.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn open_grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE state IN ({})
+             ORDER BY end_time, request_id",
+            open_states_sql()
+        );
+        let rows: Vec<GrantRow> = sqlx::query_as(&sql)
+            .fetch_all(&self.read)
+            .await
+            .context("listing open grants")?;
+        rows.into_iter().map(Grant::try_from).collect()
+    }
+
+    /// The grant's state changes, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn grant_transitions(
+        &self,
+        request_id: &RequestId,
+    ) -> Result<Vec<GrantTransition>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT from_state, to_state, event, end_time, at FROM grant_transitions
+             WHERE request_id = ? ORDER BY id",
+        )
+        .bind(request_id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .with_context(|| format!("listing the transitions of grant {request_id}"))?;
+        const T: &str = "grant_transitions";
+        let key = request_id.as_str();
+        let state = |s: &str| {
+            GrantState::parse(s).ok_or_else(|| StoreError::corrupt(T, key, format!("state `{s}`")))
+        };
+        rows.into_iter()
+            .map(|(from, to, event, end, at)| {
+                Ok(GrantTransition {
+                    from: state(&from)?,
+                    to: state(&to)?,
+                    event,
+                    end_time: parse_opt_ts(T, key, end.as_deref())?,
+                    at: parse_ts(T, key, &at)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_show_in_debug_output() {
+        let token = InteractionToken::new("aW50ZXJhY3Rpb24tdG9rZW4");
+        assert_eq!(format!("{token:?}"), "InteractionToken([redacted])");
+        assert_eq!(token.expose(), "aW50ZXJhY3Rpb24tdG9rZW4");
+    }
+
+    #[test]
+    fn open_states_follow_the_domain() {
+        assert_eq!(open_states_sql(), "'active', 'extended', 'closing'");
+    }
+}

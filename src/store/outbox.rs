@@ -1,0 +1,442 @@
+//! The outbox: messages written with the change they report and delivered to
+//! Discord afterwards, retried until Discord accepts them.
+//!
+//! Delivery protocol for the worker:
+//!
+//! 1. [`Store::next_outbox_batch`] returns due, undelivered rows in id order.
+//!    `audit_channel` rows come strictly in id order: an undelivered audit row
+//!    that is not yet due (it failed and waits for its retry) holds back every
+//!    later audit row, so the audit channel never shows a gap or a swap.
+//! 2. Send each row with its `idempotency_key` as Discord's message `nonce`
+//!    (with `enforce_nonce`), so a resend after a crash cannot post twice.
+//!    Send the batch's audit rows one at a time, in order, and stop sending
+//!    audit rows at the first failure.
+//! 3. [`Store::mark_delivered`] on success, [`Store::mark_failed`] with the
+//!    next attempt time on failure.
+//!
+//! One worker delivers per database (see the store's module docs for several).
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
+
+/// Longest stored error text.
+const MAX_ERROR_CHARS: usize = 500;
+/// Discord's limit for a message nonce.
+const MAX_KEY_CHARS: usize = 25;
+
+/// What kind of message a row is, which says what its target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxKind {
+    /// An audit event for the audit channel; no target (the configured
+    /// channel at delivery time). Delivered strictly in order.
+    AuditChannel,
+    /// A direct message; the target is a user id.
+    Dm,
+    /// A message in a channel; the target is a channel id.
+    ChannelMessage,
+    /// An edit of the original interaction reply; the target is the request
+    /// id, whose grant holds the interaction token (never the payload).
+    InteractionEdit,
+}
+
+impl OutboxKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuditChannel => "audit_channel",
+            Self::Dm => "dm",
+            Self::ChannelMessage => "channel_message",
+            Self::InteractionEdit => "interaction_edit",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "audit_channel" => Self::AuditChannel,
+            "dm" => Self::Dm,
+            "channel_message" => Self::ChannelMessage,
+            "interaction_edit" => Self::InteractionEdit,
+            _ => return None,
+        })
+    }
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// What kind.
+    pub kind: OutboxKind,
+    /// Where to (see [`OutboxKind`]).
+    pub target: Option<String>,
+    /// What to send, as JSON. Never a token.
+    pub payload: serde_json::Value,
+    /// At most 25 ASCII characters, unique per message, e.g.
+    /// `rem-<short id>`; enqueueing a key that exists again is a no-op. `None`
+    /// gets a fresh random key.
+    pub idempotency_key: Option<String>,
+    /// When it was enqueued; it is due from then.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored outbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// Its id; ids grow in enqueue order.
+    pub id: i64,
+    /// What kind.
+    pub kind: OutboxKind,
+    /// Where to.
+    pub target: Option<String>,
+    /// What to send.
+    pub payload: serde_json::Value,
+    /// Sent as Discord's message nonce.
+    pub idempotency_key: String,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not before this time.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When it was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+}
+
+/// How far behind delivery is (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Undelivered rows.
+    pub depth: u64,
+    /// Age of the oldest undelivered row.
+    pub oldest_age: Option<chrono::Duration>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RawOutboxRow {
+    id: i64,
+    kind: String,
+    target: Option<String>,
+    payload: String,
+    idempotency_key: String,
+    created_at: String,
+    attempts: i64,
+    next_attempt_at: String,
+    delivered_at: Option<String>,
+    last_error: Option<String>,
+}
+
+impl TryFrom<RawOutboxRow> for OutboxRow {
+    type Error = StoreError;
+
+    fn try_from(raw: RawOutboxRow) -> Result<Self, StoreError> {
+        let key = raw.id.to_string();
+        let corrupt = |m: String| StoreError::corrupt("outbox", &key, m);
+        Ok(OutboxRow {
+            id: raw.id,
+            kind: OutboxKind::parse(&raw.kind)
+                .ok_or_else(|| corrupt(format!("unknown kind `{}`", raw.kind)))?,
+            target: raw.target,
+            payload: serde_json::from_str(&raw.payload)
+                .map_err(|e| corrupt(format!("payload is not JSON: {e}")))?,
+            idempotency_key: raw.idempotency_key,
+            created_at: parse_ts("outbox", &key, &raw.created_at)?,
+            attempts: u32::try_from(raw.attempts)
+                .map_err(|_| corrupt(format!("bad attempts {}", raw.attempts)))?,
+            next_attempt_at: parse_ts("outbox", &key, &raw.next_attempt_at)?,
+            delivered_at: parse_opt_ts("outbox", &key, raw.delivered_at.as_deref())?,
+            last_error: raw.last_error,
+        })
+    }
+}
+
+const OUTBOX_COLUMNS: &str = "id, kind, target, payload, idempotency_key, created_at, attempts, \
+                              next_attempt_at, delivered_at, last_error";
+
+impl StoreTx {
+    /// Enqueues `message` and returns its id. If a row with the same
+    /// idempotency key exists, nothing is written and that row's id is
+    /// returned (the first enqueue wins).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidInput`] for a key that is empty, longer than 25
+    /// characters or not printable ASCII; [`StoreError::Unexpected`] if the
+    /// database fails.
+    pub async fn enqueue(&mut self, message: OutboxMessage) -> Result<i64, StoreError> {
+        let key = match message.idempotency_key {
+            Some(key) => {
+                check_key(&key)?;
+                key
+            }
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                format!("ob-{}", &id[..MAX_KEY_CHARS - 3])
+            }
+        };
+        let created_at = ts(message.created_at);
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO outbox (kind, target, payload, idempotency_key, created_at, next_attempt_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id",
+        )
+        .bind(message.kind.as_str())
+        .bind(message.target.as_deref())
+        .bind(message.payload.to_string())
+        .bind(&key)
+        .bind(&created_at)
+        .bind(&created_at)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .with_context(|| format!("enqueueing outbox message `{key}`"))?;
+        match inserted {
+            Some(id) => Ok(id),
+            None => sqlx::query_scalar("SELECT id FROM outbox WHERE idempotency_key = ?")
+                .bind(&key)
+                .fetch_one(&mut *self.tx)
+                .await
+                .with_context(|| format!("finding outbox message `{key}`"))
+                .map_err(StoreError::from),
+        }
+    }
+}
+
+/// `error` with the token segment of Discord `/webhooks/<id>/<token>` and
+/// `/interactions/<id>/<token>` paths, and the word after `Bot ` or
+/// `Bearer `, replaced by `[redacted]`.
+fn redact_tokens(error: &str) -> String {
+    let ends_segment = |c: char| c == '/' || c == '?' || c == ')' || c == '"' || c.is_whitespace();
+    let mut out = error.to_string();
+    for marker in ["/webhooks/", "/interactions/"] {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(marker) {
+            let id_start = from + found + marker.len();
+            let Some(id_len) = out[id_start..].find('/') else {
+                break;
+            };
+            let token_start = id_start + id_len + 1;
+            let token_len = out[token_start..]
+                .find(ends_segment)
+                .unwrap_or(out.len() - token_start);
+            if token_len > 0 {
+                out.replace_range(token_start..token_start + token_len, "[redacted]");
+            }
+            from = token_start;
+        }
+    }
+    for marker in ["Bot ", "Bearer "] {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(marker) {
+            let start = from + found + marker.len();
+            let len = out[start..].find(ends_segment).unwrap_or(out.len() - start);
+            if len > 0 {
+                out.replace_range(start..start + len, "[redacted]");
+            }
+            from = start;
+        }
+    }
+    out
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    let ok = (1..=MAX_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "outbox key `{}` must be 1 to {MAX_KEY_CHARS} printable ASCII characters",
+            key.chars().take(40).collect::<String>()
+        )))
+    }
+}
+
+impl Store {
+    /// Enqueues one message in its own transaction; see
+    /// [`StoreTx::enqueue`].
+    ///
+    /// # Errors
+    /// As [`StoreTx::enqueue`].
+    pub async fn enqueue(&self, message: OutboxMessage) -> Result<i64, StoreError> {
+        let mut tx = self.begin().await?;
+        let id = tx.enqueue(message).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Up to `limit` undelivered rows due at `now`, in id order, with
+    /// `audit_channel` rows held back behind any earlier undelivered audit
+    /// row that is not due (head-of-line, so the channel keeps log order).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] for a row that cannot be read back;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn next_outbox_batch(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox AS o
+             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ?1
+               AND (o.kind <> 'audit_channel' OR NOT EXISTS (
+                     SELECT 1 FROM outbox AS earlier
+                     WHERE earlier.kind = 'audit_channel' AND earlier.delivered_at IS NULL
+                       AND earlier.id < o.id AND earlier.next_attempt_at > ?1))
+             ORDER BY o.id LIMIT ?2"
+        );
+        let rows: Vec<RawOutboxRow> = sqlx::query_as(&sql)
+            .bind(ts(now))
+            .bind(limit_i64(limit))
+            .fetch_all(&self.read)
+            .await
+            .context("reading the next outbox batch")?;
+        rows.into_iter().map(OutboxRow::try_from).collect()
+    }
+
+    /// Records that row `id` was delivered at `now`; it is never returned
+    /// again. Marking a delivered row again changes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such row;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn mark_delivered(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE outbox SET delivered_at = ?, last_error = NULL
+             WHERE id = ? AND delivered_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .with_context(|| format!("marking outbox row {id} delivered"))?
+        .rows_affected();
+        if updated == 0 {
+            self.outbox_row_exists(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt of row `id` and when to try again. `error`
+    /// is stored (cut to 500 characters) and shown to operators. It should
+    /// hold no secret; as a safety net, interaction and webhook tokens in
+    /// Discord URLs (which HTTP client errors print) and `Bot`/`Bearer`
+    /// credentials are replaced by `[redacted]` first.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such row;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn mark_failed(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let error: String = redact_tokens(error).chars().take(MAX_ERROR_CHARS).collect();
+        let updated = sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?
+             WHERE id = ? AND delivered_at IS NULL",
+        )
+        .bind(error)
+        .bind(ts(next_attempt_at))
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .with_context(|| format!("recording a failed delivery of outbox row {id}"))?
+        .rows_affected();
+        if updated == 0 {
+            self.outbox_row_exists(id).await?;
+        }
+        Ok(())
+    }
+
+    /// One outbox row by id (delivered or not).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such row;
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`] otherwise.
+    pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow, StoreError> {
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?");
+        let row: Option<RawOutboxRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .with_context(|| format!("reading outbox row {id}"))?;
+        row.ok_or_else(|| StoreError::not_found("outbox message", id.to_string()))?
+            .try_into()
+    }
+
+    /// How many rows wait and how old the oldest is, at `now`.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn outbox_stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
+        let (depth, oldest): (i64, Option<String>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+        )
+        .fetch_one(&self.read)
+        .await
+        .context("measuring the outbox")?;
+        let oldest = parse_opt_ts("outbox", "oldest", oldest.as_deref())?;
+        Ok(OutboxStats {
+            depth: u64::try_from(depth).unwrap_or(0),
+            oldest_age: oldest.map(|t| (now - t).max(chrono::Duration::zero())),
+        })
+    }
+
+    async fn outbox_row_exists(&self, id: i64) -> Result<(), StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await
+            .with_context(|| format!("looking up outbox row {id}"))?;
+        found
+            .map(|_| ())
+            .ok_or_else(|| StoreError::not_found("outbox message", id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_fit_a_discord_nonce() {
+        assert!(check_key("audit-9223372036854775807").is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(26)).is_err());
+        assert!(check_key("with space").is_err());
+    }
+
+    #[test]
+    fn tokens_in_error_text_are_redacted() {
+        let error = "error sending request for url \
+            (https://discord.com/api/v10/webhooks/111/aW50ZXJhY3Rpb24.dG9rZW4/messages/@original): \
+            timed out; POST /interactions/222/c2VjcmV0/callback; Authorization: Bot MTIz.abc";
+        let redacted = redact_tokens(error);
+        for secret in ["aW50ZXJhY3Rpb24", "c2VjcmV0", "MTIz"] {
+            assert!(!redacted.contains(secret), "{redacted}");
+        }
+        assert!(redacted.contains("/webhooks/111/[redacted]/messages/@original"));
+        assert!(redacted.contains("/interactions/222/[redacted]/callback"));
+        assert!(redacted.contains("Bot [redacted]"));
+        assert_eq!(
+            redact_tokens("HTTP 503 from Discord"),
+            "HTTP 503 from Discord"
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in [
+            OutboxKind::AuditChannel,
+            OutboxKind::Dm,
+            OutboxKind::ChannelMessage,
+            OutboxKind::InteractionEdit,
+        ] {
+            assert_eq!(OutboxKind::parse(kind.as_str()), Some(kind));
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Durable timers: reminders and expiries that survive a restart and fire
+//! once.
+//!
+//! The scheduler sleeps until the earliest [`Store::next_due`], then claims
+//! due items with [`Store::claim_due`] under a lease, acts on each, and in the
+//! transaction that records what it did calls [`StoreTx::complete_schedule`];
+//! if that returns `false` the item was completed or cancelled meanwhile and
+//! the transaction should be rolled back, so nothing is sent twice. An item
+//! whose claim is older than the lease (its worker crashed) is claimed again;
+//! poll `claim_due` at least once per lease to pick those up.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
+use crate::domain::RequestId;
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScheduleKind {
+    /// Remind the engineer before the window ends.
+    Reminder,
+    /// The window ends: notify and mark the grant expired.
+    Expiry,
+}
+
+impl ScheduleKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reminder => "reminder",
+            Self::Expiry => "expiry",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reminder" => Some(Self::Reminder),
+            "expiry" => Some(Self::Expiry),
+            _ => None,
+        }
+    }
+}
+
+/// A pending timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledItem {
+    /// Its id.
+    pub id: i64,
+    /// The grant it belongs to.
+    pub request_id: RequestId,
+    /// What it is for.
+    pub kind: ScheduleKind,
+    /// When it is due.
+    pub due_at: DateTime<Utc>,
+    /// When it was claimed, if it is.
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// Which worker claimed it.
+    pub claimed_by: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ScheduleRow {
+    id: i64,
+    request_id: String,
+    kind: String,
+    due_at: String,
+    claimed_at: Option<String>,
+    claimed_by: Option<String>,
+}
+
+impl TryFrom<ScheduleRow> for ScheduledItem {
+    type Error = StoreError;
+
+    fn try_from(row: ScheduleRow) -> Result<Self, StoreError> {
+        const T: &str = "schedule";
+        let key = row.id.to_string();
+        Ok(ScheduledItem {
+            id: row.id,
+            request_id: RequestId::parse(&row.request_id)
+                .map_err(|e| StoreError::corrupt(T, &key, e.to_string()))?,
+            kind: ScheduleKind::parse(&row.kind)
+                .ok_or_else(|| StoreError::corrupt(T, &key, format!("kind `{}`", row.kind)))?,
+            due_at: parse_ts(T, &key, &row.due_at)?,
+            claimed_at: parse_opt_ts(T, &key, row.claimed_at.as_deref())?,
+            claimed_by: row.claimed_by,
+        })
+    }
+}
+
+const SCHEDULE_COLUMNS: &str = "id, request_id, kind, due_at, claimed_at, claimed_by";
+
+impl StoreTx {
+    /// Schedules a `kind` timer for the grant at `due_at` and returns its id.
+    /// Scheduling the same timer again returns the same id (and makes it
+    /// pending again if it was cancelled; a fired one stays fired).
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails, including when no
+    /// grant has that request id.
+    pub async fn schedule(
+        &mut self,
+        request_id: &RequestId,
+        kind: ScheduleKind,
+        due_at: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let due = ts(due_at);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO schedule (request_id, kind, due_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (request_id, kind, due_at) DO UPDATE SET cancelled_at = NULL
+             RETURNING id",
+        )
+        .bind(request_id.as_str())
+        .bind(kind.as_str())
+        .bind(&due)
+        .fetch_one(&mut *self.tx)
+        .await
+        .with_context(|| format!("scheduling the {} of grant {request_id}", kind.as_str()))?;
+        Ok(id)
+    }
+
+    /// Cancels the grant's pending timers of these kinds (for example the
+    /// reminder and expiry when it is extended or closed) and returns how
+    /// many were cancelled.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn cancel_schedule(
+        &mut self,
+        request_id: &RequestId,
+        kinds: &[ScheduleKind],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut cancelled = 0;
+        for kind in kinds {
+            cancelled += sqlx::query(
+                "UPDATE schedule SET cancelled_at = ?
+                 WHERE request_id = ? AND kind = ? AND done_at IS NULL AND cancelled_at IS NULL",
+            )
+            .bind(ts(now))
+            .bind(request_id.as_str())
+            .bind(kind.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .with_context(|| format!("cancelling the {} of grant {request_id}", kind.as_str()))?
+            .rows_affected();
+        }
+        Ok(cancelled)
+    }
+
+    /// Marks the timer done, in the transaction that records what firing it
+    /// did. Returns `false` if it was done or cancelled already: roll back
+    /// then, so its effect happens once.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such timer;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn complete_schedule(
+        &mut self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE schedule SET done_at = ? WHERE id = ? AND done_at IS NULL AND cancelled_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .with_context(|| format!("completing timer {id}"))?
+        .rows_affected();
+        if updated == 1 {
+            return Ok(true);
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM schedule WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .with_context(|| format!("looking up timer {id}"))?;
+        match exists {
+            Some(_) => Ok(false),
+            None => Err(StoreError::not_found("timer", id.to_string())),
+        }
+    }
+}
+
+impl Store {
+    /// Up to `limit` pending, unclaimed timers, earliest first: what the
+    /// scheduler sleeps until.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn next_due(&self, limit: u32) -> Result<Vec<ScheduledItem>, StoreError> {
+        let sql = format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedule
+             WHERE done_at IS NULL AND cancelled_at IS NULL AND claimed_at IS NULL
+             ORDER BY due_at, id LIMIT ?"
+        );
+        let rows: Vec<ScheduleRow> = sqlx::query_as(&sql)
+            .bind(limit_i64(limit))
+            .fetch_all(&self.read)
+            .await
+            .context("listing the next timers")?;
+        rows.into_iter().map(ScheduledItem::try_from).collect()
+    }
+
+    /// Atomically claims up to `limit` pending timers due at `now` for
+    /// `worker`, earliest first: unclaimed ones and ones whose claim is
+    /// older than `lease`. Two workers never get the same timer from one
+    /// round of claims.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        worker: &str,
+        lease: chrono::Duration,
+        limit: u32,
+    ) -> Result<Vec<ScheduledItem>, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "UPDATE schedule SET claimed_at = ?1, claimed_by = ?2
+             WHERE id IN (
+                 SELECT id FROM schedule
+                 WHERE done_at IS NULL AND cancelled_at IS NULL AND due_at <= ?1
+                   AND (claimed_at IS NULL OR claimed_at <= ?3)
+                 ORDER BY due_at, id LIMIT ?4)
+             RETURNING {SCHEDULE_COLUMNS}"
+        );
+        let rows: Vec<ScheduleRow> = sqlx::query_as(&sql)
+            .bind(ts(now))
+            .bind(worker)
+            .bind(ts(now - lease))
+            .bind(limit_i64(limit))
+            .fetch_all(&mut *tx.tx)
+            .await
+            .with_context(|| format!("claiming due timers for {worker}"))?;
+        tx.commit().await?;
+        let mut items = rows
+            .into_iter()
+            .map(ScheduledItem::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        items.sort_by_key(|a| (a.due_at, a.id));
+        Ok(items)
+    }
+
+    /// Marks one timer done in its own transaction; see
+    /// [`StoreTx::complete_schedule`].
+    ///
+    /// # Errors
+    /// As [`StoreTx::complete_schedule`].
+    pub async fn complete_schedule(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = tx.complete_schedule(id, now).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+}

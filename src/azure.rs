@@ -31,6 +31,7 @@ pub mod client;
 pub mod cloud;
 pub mod credential;
 pub mod error;
+pub mod gateway;
 pub mod ids;
 pub mod index;
 pub mod policy_check;

@@ -1,10 +1,12 @@
 //! Drawbridge: Azure Just-In-Time VM access from Discord.
 pub mod azure;
 pub mod chat;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod interactions;
 pub mod sandbox;
+pub mod service;
 pub mod store;
 pub mod telemetry;

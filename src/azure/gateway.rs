@@ -1,0 +1,265 @@
+//! [`JitGateway`] over ARM: names resolve through the [`SharedVmIndex`]
+//! (one paged list per subscription, refreshed on an interval and on a miss
+//! with a floor), so a granted access in steady state costs one ARM request:
+//! the initiate.
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::ids::VmId;
+use super::{
+    ArmClient, ArmError, CloseOutcome, EnableDefaults, IndexedVm, ResolveError, SharedVmIndex,
+    VmIndex,
+};
+use crate::domain::VmRef;
+use crate::service::{EnableError, Initiated, JitGateway, LookupError};
+
+/// The Azure side of Drawbridge.
+pub struct AzureJit {
+    arm: ArmClient,
+    index: SharedVmIndex,
+    subscriptions: Vec<String>,
+    enable: EnableDefaults,
+    /// Every VM of the subscriptions (for "exists but has no JIT policy"
+    /// and for enable); filled on refresh.
+    all_vms: RwLock<Arc<Vec<VmId>>>,
+}
+
+impl std::fmt::Debug for AzureJit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureJit")
+            .field("subscriptions", &self.subscriptions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzureJit {
+    /// Wraps a client and an index.
+    pub fn new(
+        arm: ArmClient,
+        index: SharedVmIndex,
+        subscriptions: Vec<String>,
+        enable: EnableDefaults,
+    ) -> Self {
+        Self {
+            arm,
+            index,
+            subscriptions,
+            enable,
+            all_vms: RwLock::new(Arc::new(Vec::new())),
+        }
+    }
+
+    /// The ARM client.
+    pub fn arm(&self) -> &ArmClient {
+        &self.arm
+    }
+
+    /// The index.
+    pub fn index(&self) -> &SharedVmIndex {
+        &self.index
+    }
+
+    /// Rebuilds the index (one list per subscription) and returns its size.
+    ///
+    /// # Errors
+    /// The first ARM failure; the old index stays.
+    pub async fn refresh(&self) -> Result<usize, ArmError> {
+        Ok(self
+            .index
+            .refresh(&self.arm, &self.subscriptions)
+            .await?
+            .len())
+    }
+
+    async fn list_all_vms(&self) -> Result<Arc<Vec<VmId>>, ArmError> {
+        let mut all = Vec::new();
+        for sub in &self.subscriptions {
+            for vm in self.arm.list_vms(sub).await? {
+                match VmId::parse(&vm.id) {
+                    Ok(id) => all.push(id),
+                    Err(e) => tracing::warn!(error = %e, "skipping a VM with an unreadable id"),
+                }
+            }
+        }
+        let all = Arc::new(all);
+        *self.all_vms.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&all);
+        Ok(all)
+    }
+
+    fn lookup(index: &VmIndex, vm: &VmRef) -> Result<Arc<IndexedVm>, ResolveError> {
+        index.resolve(
+            vm.subscription.as_ref().map(|s| s.as_str()),
+            vm.resource_group.as_ref().map(|r| r.as_str()),
+            vm.name.as_str(),
+        )
+    }
+
+    fn matching(all: &[VmId], vm: &VmRef) -> Vec<VmId> {
+        all.iter()
+            .filter(|id| {
+                vm.name.matches(&id.name)
+                    && vm
+                        .resource_group
+                        .as_ref()
+                        .is_none_or(|rg| rg.matches(&id.resource_group))
+                    && vm
+                        .subscription
+                        .as_ref()
+                        .is_none_or(|s| s.as_str().eq_ignore_ascii_case(&id.subscription))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JitGateway for AzureJit {
+    async fn resolve(&self, vm: &VmRef) -> Result<Arc<IndexedVm>, LookupError> {
+        match Self::lookup(&self.index.snapshot(), vm) {
+            Ok(found) => return Ok(found),
+            Err(ResolveError::Ambiguous { candidates }) => {
+                return Err(LookupError::Ambiguous { candidates });
+            }
+            Err(ResolveError::NotFound { .. }) => {}
+        }
+        let refreshed = self
+            .index
+            .refresh_on_miss(&self.arm, &self.subscriptions)
+            .await?;
+        if let Some(index) = &refreshed {
+            match Self::lookup(index, vm) {
+                Ok(found) => return Ok(found),
+                Err(ResolveError::Ambiguous { candidates }) => {
+                    return Err(LookupError::Ambiguous { candidates });
+                }
+                Err(ResolveError::NotFound { .. }) => {}
+            }
+        }
+        // Only look the VM up in the VM list when the floor let us refresh.
+        let exists_without_jit = match refreshed {
+            Some(_) => !Self::matching(&self.list_all_vms().await?, vm).is_empty(),
+            None => !Self::matching(&self.all_vms.read().unwrap_or_else(|e| e.into_inner()), vm)
+                .is_empty(),
+        };
+        Err(LookupError::NotFound {
+            name: vm.to_string(),
+            exists_without_jit,
+        })
+    }
+
+    fn resolve_cached(&self, vm: &VmRef) -> Option<Arc<IndexedVm>> {
+        Self::lookup(&self.index.snapshot(), vm).ok()
+    }
+
+    fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        keep: &(dyn Fn(&IndexedVm) -> bool + Sync),
+    ) -> Vec<Arc<IndexedVm>> {
+        self.index.snapshot().search(query, limit, keep)
+    }
+
+    async fn initiate(
+        &self,
+        vm: &IndexedVm,
+        ports: &[u16],
+        end: DateTime<Utc>,
+        source: &str,
+        justification: &str,
+    ) -> Result<Initiated, ArmError> {
+        let request = self
+            .arm
+            .initiate(&vm.policy, &vm.vm_id, ports, end, source, justification)
+            .await?;
+        let azure_ports: Vec<_> = request
+            .virtual_machines
+            .iter()
+            .flat_map(|v| v.ports.iter())
+            .collect();
+        let azure_end = azure_ports
+            .iter()
+            .map(|p| p.end_time_utc)
+            .max()
+            .unwrap_or(end);
+        Ok(Initiated {
+            end: azure_end,
+            detail: json!({
+                "start": request.start_time_utc,
+                "requestor": request.requestor,
+                "ports": azure_ports.iter().map(|p| json!({
+                    "number": p.number,
+                    "status": p.status,
+                    "end": p.end_time_utc,
+                    "source": p.allowed_source_address_prefix,
+                })).collect::<Vec<_>>(),
+            }),
+        })
+    }
+
+    async fn close_early(
+        &self,
+        vm: &IndexedVm,
+        ports: &[u16],
+        source: &str,
+        justification: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutcome, ArmError> {
+        self.arm
+            .close_early(&vm.policy, &vm.vm_id, ports, source, justification, now)
+            .await
+    }
+
+    async fn enable(&self, vm: &VmRef) -> Result<String, EnableError> {
+        let all = self.list_all_vms().await?;
+        let found = Self::matching(&all, vm);
+        let target = match found.as_slice() {
+            [] => return Err(EnableError::NotFound(vm.to_string())),
+            [one] => one.clone(),
+            many => {
+                return Err(EnableError::Ambiguous(
+                    many.iter()
+                        .map(|v| format!("{}/{}", v.resource_group, v.name))
+                        .collect(),
+                ));
+            }
+        };
+        let listed = self.arm.list_vms(&target.subscription).await?;
+        let location = listed
+            .iter()
+            .find(|v| v.id.eq_ignore_ascii_case(&target.to_string()))
+            .map(|v| v.location.clone())
+            .unwrap_or_default();
+        self.arm
+            .enable_vm(
+                &target.subscription,
+                &target.resource_group,
+                &location,
+                &target.to_string(),
+                &self.enable,
+            )
+            .await?;
+        self.refresh().await?;
+        Ok(format!("{}/{}", target.resource_group, target.name))
+    }
+
+    async fn unprotected_vms(&self) -> Result<Vec<String>, ArmError> {
+        let all = self.list_all_vms().await?;
+        let index = self.index.snapshot();
+        let mut out: Vec<String> = all
+            .iter()
+            .filter(|id| {
+                !index
+                    .iter()
+                    .any(|v| v.vm_id.eq_ignore_ascii_case(&id.to_string()))
+            })
+            .map(|id| format!("{}/{}", id.resource_group, id.name))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,193 @@
+//! The use cases: request access, extend, close early, status, saved source,
+//! and the admin actions, written against the store, the [`JitGateway`] port
+//! and a clock. The chat transports reach them through [`bot::Bot`], which
+//! implements [`crate::interactions::InteractionHandler`].
+//!
+//! # The life of a `/jit` request
+//! 1. The transport acknowledges at once and calls [`Service::request_access`].
+//! 2. The VM is resolved through the index; the source comes from the request,
+//!    the member's saved IP or a mapping's default.
+//! 3. [`crate::domain::authorize`] decides from the member's roles; the
+//!    request is checked against the VM's Azure JIT policy.
+//! 4. The grant (`requested`) and its audit events are written in one
+//!    transaction; a request id already stored returns that grant instead.
+//! 5. Azure is asked to initiate; the outcome, its audit event and the
+//!    reminder and expiry timers are written in one transaction.
+
+pub mod admin;
+pub mod autocomplete;
+pub mod bot;
+pub mod delivery;
+pub mod gateway;
+pub mod lifecycle;
+pub mod render;
+pub mod request;
+pub mod scheduler;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::azure::IndexedVm;
+use crate::clock::SharedClock;
+use crate::domain::{
+    PortAliases, ResourceGroupName, RoleId, RoleMapping, SubscriptionId, VmIdentity, VmName,
+};
+use crate::store::{Store, StoreError};
+
+pub use gateway::{EnableError, Initiated, JitGateway, LookupError};
+
+/// What the use cases need from configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Port names.
+    pub aliases: PortAliases,
+    /// Reminder offsets before the end of a grant.
+    pub reminders_before: Vec<Duration>,
+    /// Who may use `/jit-admin`.
+    pub admin_roles: Vec<RoleId>,
+}
+
+/// The use cases. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    jit: Arc<dyn JitGateway>,
+    clock: SharedClock,
+    config: ServiceConfig,
+    mappings: RwLock<Arc<Vec<RoleMapping>>>,
+    wakers: Wakers,
+}
+
+/// Wake-ups for the workers: the scheduler when timers change, the outbox
+/// when messages are queued.
+#[derive(Debug, Clone, Default)]
+pub struct Wakers {
+    /// Wakes the scheduler.
+    pub scheduler: Arc<tokio::sync::Notify>,
+    /// Wakes the outbox deliverer.
+    pub outbox: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Builds the service and loads the mappings.
+    ///
+    /// # Errors
+    /// If the mappings cannot be read.
+    pub async fn new(
+        store: Store,
+        jit: Arc<dyn JitGateway>,
+        clock: SharedClock,
+        config: ServiceConfig,
+    ) -> Result<Self, StoreError> {
+        let mappings = store.list_mappings(&config.aliases).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                jit,
+                clock,
+                config,
+                mappings: RwLock::new(Arc::new(mappings)),
+                wakers: Wakers::default(),
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// The current mappings (from memory).
+    pub fn mappings(&self) -> Arc<Vec<RoleMapping>> {
+        Arc::clone(
+            &self
+                .inner
+                .mappings
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Re-reads the mappings from the store (after a change, or on an
+    /// interval so that several replicas agree).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub async fn reload_mappings(&self) -> Result<(), StoreError> {
+        let fresh = self
+            .inner
+            .store
+            .list_mappings(&self.inner.config.aliases)
+            .await?;
+        *self
+            .inner
+            .mappings
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The workers' wake-ups.
+    pub fn wakers(&self) -> &Wakers {
+        &self.inner.wakers
+    }
+
+    /// Wakes the workers (after a use case wrote timers or messages) and
+    /// passes `value` through.
+    pub fn wake_after<T>(&self, value: T) -> T {
+        self.inner.wakers.scheduler.notify_one();
+        self.inner.wakers.outbox.notify_one();
+        value
+    }
+
+    /// Every indexed VM matching `partial` (admin autocomplete).
+    pub fn complete_vm_any(&self, partial: &str) -> Vec<crate::interactions::Choice> {
+        self.jit()
+            .search(partial.trim(), autocomplete::MAX_CHOICES, &|_| true)
+            .iter()
+            .map(|vm| crate::interactions::Choice {
+                name: format!("{} ({})", vm.name, vm.resource_group),
+                value: vm.qualified_name(),
+            })
+            .collect()
+    }
+
+    fn jit(&self) -> &dyn JitGateway {
+        self.inner.jit.as_ref()
+    }
+}
+
+/// The domain identity of an indexed VM (`None` if Azure's names fall
+/// outside our validation, which the index then cannot serve).
+pub fn identity_of(vm: &IndexedVm) -> Option<VmIdentity> {
+    Some(VmIdentity {
+        subscription: SubscriptionId::parse(&vm.subscription).ok()?,
+        resource_group: ResourceGroupName::parse(&vm.resource_group).ok()?,
+        name: VmName::parse(&vm.name).ok()?,
+    })
+}
+
+/// The actor string of a Discord member in the audit log.
+pub fn actor(user: crate::domain::UserId) -> String {
+    format!("discord:{user}")
+}

@@ -1,0 +1,160 @@
+//! Autocomplete for `/jit`: answered from memory (the VM index and the
+//! mappings), never by calling Azure.
+
+use super::{Service, identity_of};
+use crate::azure::IndexedVm;
+use crate::domain::authorize;
+use crate::domain::{AccessDuration, PortSpec, RoleId, RoleMapping, VmRef};
+use crate::interactions::Choice;
+
+/// Discord shows at most 25 choices.
+pub const MAX_CHOICES: usize = 25;
+
+const DURATION_STEPS: &[u32] = &[15, 30, 45, 60, 90, 120, 180, 240, 360, 480, 720, 1440];
+
+impl Service {
+    /// VMs the member's roles may request, best matches first; values are
+    /// `rg/name`, so names that exist in several resource groups stay apart.
+    pub fn complete_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
+        let mappings = self.mappings();
+        let keep = |vm: &IndexedVm| {
+            identity_of(vm).is_some_and(|id| authorize::may_request_vm(&mappings, roles, &id))
+        };
+        let found = self.jit().search(partial.trim(), MAX_CHOICES, &keep);
+        let mut choices: Vec<Choice> = found
+            .iter()
+            .map(|vm| Choice {
+                name: format!("{} ({})", vm.name, vm.resource_group),
+                value: vm.qualified_name(),
+            })
+            .collect();
+        choices.truncate(MAX_CHOICES);
+        choices
+    }
+
+    fn fitting<'a>(
+        &self,
+        mappings: &'a [RoleMapping],
+        roles: &'a [RoleId],
+        vm_text: &str,
+    ) -> Option<(std::sync::Arc<IndexedVm>, Vec<&'a RoleMapping>)> {
+        let vm_ref = VmRef::parse(vm_text).ok()?;
+        let vm = self.jit().resolve_cached(&vm_ref)?;
+        let identity = identity_of(&vm)?;
+        let fitting: Vec<&RoleMapping> = mappings
+            .iter()
+            .filter(|m| m.applies_to(roles) && m.vms.matches(&identity))
+            .collect();
+        Some((vm, fitting))
+    }
+
+    /// Ports of the chosen VM's policy that the member's mappings allow, by
+    /// name where one exists.
+    pub fn complete_port(&self, roles: &[RoleId], vm_text: &str, partial: &str) -> Vec<Choice> {
+        let mappings = self.mappings();
+        let aliases = &self.config().aliases;
+        let Some((vm, fitting)) = self.fitting(&mappings, roles, vm_text) else {
+            return ["ssh", "rdp", "winrm"]
+                .iter()
+                .filter(|n| n.starts_with(&partial.trim().to_ascii_lowercase()))
+                .map(|n| Choice {
+                    name: (*n).into(),
+                    value: (*n).into(),
+                })
+                .collect();
+        };
+        let allowed: Vec<u16> = vm
+            .ports
+            .iter()
+            .map(|p| p.number)
+            .filter(|n| {
+                let one = PortSpec::from_numbers([*n]).expect("policy ports are non-zero");
+                fitting.iter().any(|m| m.ports.covers(&one))
+            })
+            .collect();
+        let mut choices = Vec::new();
+        for (name, ports) in aliases.iter() {
+            let nums: Vec<u16> = ports.iter().map(|p| p.number()).collect();
+            if !nums.is_empty() && nums.iter().all(|n| allowed.contains(n)) {
+                choices.push(Choice {
+                    name: format!(
+                        "{name} ({})",
+                        nums.iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    value: name.to_string(),
+                });
+            }
+        }
+        for n in &allowed {
+            choices.push(Choice {
+                name: n.to_string(),
+                value: n.to_string(),
+            });
+        }
+        let partial = partial.trim().to_ascii_lowercase();
+        choices.retain(|c| c.value.starts_with(&partial) || c.name.contains(&partial));
+        choices.truncate(MAX_CHOICES);
+        choices
+    }
+
+    /// Durations up to the member's maximum for the chosen VM and ports.
+    pub fn complete_duration(
+        &self,
+        roles: &[RoleId],
+        vm_text: &str,
+        port_text: &str,
+        partial: &str,
+    ) -> Vec<Choice> {
+        let mappings = self.mappings();
+        let max_minutes = match self.fitting(&mappings, roles, vm_text) {
+            Some((vm, fitting)) => {
+                let ports = PortSpec::parse(port_text, &self.config().aliases).ok();
+                let mapping_max = fitting
+                    .iter()
+                    .filter(|m| ports.as_ref().is_none_or(|p| m.ports.covers(p)))
+                    .map(|m| m.max_duration.minutes())
+                    .max()
+                    .unwrap_or(0);
+                let policy_max = match &ports {
+                    Some(p) => p
+                        .numbers()
+                        .iter()
+                        .filter_map(|n| vm.port(*n).map(|r| r.max_duration.num_minutes()))
+                        .min()
+                        .unwrap_or(0),
+                    None => vm
+                        .ports
+                        .iter()
+                        .map(|r| r.max_duration.num_minutes())
+                        .max()
+                        .unwrap_or(0),
+                };
+                mapping_max.min(u32::try_from(policy_max).unwrap_or(u32::MAX))
+            }
+            None => AccessDuration::max().minutes(),
+        };
+        let partial = partial.trim().to_ascii_lowercase();
+        let mut steps: Vec<u32> = DURATION_STEPS
+            .iter()
+            .copied()
+            .filter(|m| *m <= max_minutes)
+            .collect();
+        if max_minutes >= 5 && !steps.contains(&max_minutes) {
+            steps.push(max_minutes);
+        }
+        steps
+            .into_iter()
+            .filter_map(AccessDuration::from_minutes)
+            .map(|d| d.to_string())
+            .filter(|s| s.starts_with(&partial))
+            .map(|s| Choice {
+                name: s.clone(),
+                value: s,
+            })
+            .take(MAX_CHOICES)
+            .collect()
+    }
+}

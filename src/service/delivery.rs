@@ -1,0 +1,252 @@
+//! Delivers the outbox: audit events to the audit channel (strictly in log
+//! order), DMs (with a fallback to a mention in the request channel) and
+//! channel messages, retried with backoff while the chat service fails.
+//!
+//! Exactly once: a row is marked delivered only after the send succeeded,
+//! and every send carries the row's idempotency key as Discord's message
+//! nonce with `enforce_nonce`, so a send repeated after a crash between
+//! sending and marking returns the message already posted instead of a
+//! second one (at-least-once delivery made idempotent by the receiver).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::render;
+use crate::chat::ChatMessage;
+use crate::clock::SharedClock;
+use crate::domain::{AuditAction, AuditEvent, Outcome};
+use crate::interactions::{ChatSender, SendError};
+use crate::store::{AuditRecord, OutboxKind, OutboxMessage, OutboxRow, Store, StoreError};
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF_SECS: i64 = 300;
+const BATCH: u32 = 50;
+
+/// What one [`Deliverer::tick`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    /// Messages sent.
+    pub delivered: usize,
+    /// Attempts that failed and will be retried.
+    pub retried: usize,
+}
+
+/// The outbox worker.
+pub struct Deliverer {
+    store: Store,
+    sender: Arc<dyn ChatSender>,
+    clock: SharedClock,
+    audit_channel: Option<u64>,
+}
+
+/// The payload of a DM row.
+pub fn dm_payload(message: &ChatMessage, fallback_channel: Option<u64>) -> serde_json::Value {
+    json!({"message": message, "fallback_channel": fallback_channel})
+}
+
+/// An outbox row for a DM to `user`.
+pub fn dm(
+    user: u64,
+    message: &ChatMessage,
+    fallback_channel: Option<u64>,
+    key: String,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    OutboxMessage {
+        kind: OutboxKind::Dm,
+        target: Some(user.to_string()),
+        payload: dm_payload(message, fallback_channel),
+        idempotency_key: Some(key),
+        created_at: now,
+    }
+}
+
+fn record_from_json(v: &serde_json::Value) -> Option<AuditRecord> {
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str());
+    let at = DateTime::parse_from_rfc3339(text("at")?)
+        .ok()?
+        .with_timezone(&Utc);
+    let mut event = AuditEvent::new(
+        at,
+        text("actor")?,
+        AuditAction::parse(text("action")?)?,
+        text("target")?,
+        Outcome::parse(text("outcome")?)?,
+    );
+    event.detail = v.get("detail").cloned().unwrap_or_default();
+    Some(AuditRecord {
+        seq: v.get("seq")?.as_i64()?,
+        prev_hash: text("prev_hash")?.to_string(),
+        hash: text("hash")?.to_string(),
+        event,
+    })
+}
+
+fn backoff(attempts: u32, hint: Option<Duration>) -> chrono::Duration {
+    let exp = 1_i64 << attempts.min(9);
+    let secs = exp.min(MAX_BACKOFF_SECS);
+    let hinted = hint.map(|h| h.as_secs() as i64 + 1).unwrap_or(0);
+    chrono::Duration::seconds(secs.max(hinted))
+}
+
+impl Deliverer {
+    /// A deliverer posting audit events to `audit_channel`.
+    pub fn new(
+        store: Store,
+        sender: Arc<dyn ChatSender>,
+        clock: SharedClock,
+        audit_channel: Option<u64>,
+    ) -> Self {
+        Self {
+            store,
+            sender,
+            clock,
+            audit_channel,
+        }
+    }
+
+    /// Sends what is due now, once. A failed audit row stops the audit rows
+    /// after it (order is kept); other kinds go on.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub async fn tick(&self) -> Result<DeliveryOutcome, StoreError> {
+        let now = self.clock.now();
+        let rows = self.store.next_outbox_batch(now, BATCH).await?;
+        let mut outcome = DeliveryOutcome::default();
+        let mut audit_blocked = false;
+        for row in rows {
+            if row.kind == OutboxKind::AuditChannel && audit_blocked {
+                continue;
+            }
+            match self.send(&row).await {
+                Ok(()) => {
+                    self.store.mark_delivered(row.id, self.clock.now()).await?;
+                    outcome.delivered += 1;
+                }
+                Err(SendError::Retry {
+                    reason,
+                    retry_after,
+                }) => {
+                    let next = self.clock.now() + backoff(row.attempts, retry_after);
+                    tracing::warn!(outbox_id = row.id, kind = row.kind.as_str(), %reason, "delivery failed; will retry");
+                    self.store.mark_failed(row.id, &reason, next).await?;
+                    outcome.retried += 1;
+                    audit_blocked |= row.kind == OutboxKind::AuditChannel;
+                }
+                Err(SendError::Permanent(reason)) => {
+                    self.permanent_failure(&row, &reason).await?;
+                    audit_blocked |= row.kind == OutboxKind::AuditChannel;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn permanent_failure(&self, row: &OutboxRow, reason: &str) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let fallback = row.payload.get("fallback_channel").and_then(|c| c.as_u64());
+        if let (OutboxKind::Dm, Some(channel)) = (row.kind, fallback) {
+            // DMs closed: mention the engineer in the channel they asked in.
+            let mut tx = self.store.begin().await?;
+            tx.enqueue(OutboxMessage {
+                kind: OutboxKind::ChannelMessage,
+                target: Some(channel.to_string()),
+                payload: json!({"message": row.payload.get("message")}),
+                idempotency_key: Some(format!("fb-{}", row.id)),
+                created_at: now,
+            })
+            .await?;
+            tx.commit().await?;
+            tracing::info!(
+                outbox_id = row.id,
+                "DM refused; falling back to a channel mention"
+            );
+            return self.store.mark_delivered(row.id, now).await;
+        }
+        tracing::error!(
+            outbox_id = row.id,
+            kind = row.kind.as_str(),
+            reason,
+            "delivery refused; retrying hourly"
+        );
+        self.store
+            .mark_failed(row.id, reason, now + chrono::Duration::hours(1))
+            .await
+    }
+
+    async fn send(&self, row: &OutboxRow) -> Result<(), SendError> {
+        let key = row.idempotency_key.as_str();
+        let target = row.target.as_deref().and_then(|t| t.parse::<u64>().ok());
+        let message = || -> Result<ChatMessage, SendError> {
+            serde_json::from_value(row.payload.get("message").cloned().unwrap_or_default())
+                .map_err(|e| SendError::Permanent(format!("unreadable payload: {e}")))
+        };
+        match row.kind {
+            OutboxKind::AuditChannel => {
+                let Some(channel) = self.audit_channel else {
+                    return Ok(()); // no audit channel configured: the log itself is the record
+                };
+                let record = record_from_json(&row.payload)
+                    .ok_or_else(|| SendError::Permanent("unreadable audit payload".into()))?;
+                self.sender
+                    .post(channel, &render::audit(&record), key)
+                    .await
+            }
+            OutboxKind::Dm => {
+                let user =
+                    target.ok_or_else(|| SendError::Permanent("DM without a user".into()))?;
+                self.sender.direct(user, &message()?, key).await
+            }
+            OutboxKind::ChannelMessage => {
+                let channel = target
+                    .ok_or_else(|| SendError::Permanent("message without a channel".into()))?;
+                self.sender.post(channel, &message()?, key).await
+            }
+            OutboxKind::InteractionEdit => Err(SendError::Permanent(
+                "interaction edits are not delivered from the outbox".into(),
+            )),
+        }
+    }
+
+    /// Delivers until cancelled: after every tick, waits for `wake` or a
+    /// short poll interval (which also paces retries).
+    pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error.message = %e, error.cause_chain = ?e, "outbox tick failed");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        // A last, short flush so audit events of the shutdown go out.
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tick()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_hints() {
+        assert_eq!(backoff(0, None), chrono::Duration::seconds(1));
+        assert_eq!(backoff(3, None), chrono::Duration::seconds(8));
+        assert_eq!(
+            backoff(30, None),
+            chrono::Duration::seconds(MAX_BACKOFF_SECS)
+        );
+        assert_eq!(
+            backoff(0, Some(Duration::from_secs(9))),
+            chrono::Duration::seconds(10)
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! Domain outcomes as chat messages (pure).
+
+use chrono::{DateTime, Utc};
+
+use super::lifecycle::{Closed, GrantActionError};
+use super::request::RequestError;
+use crate::chat::{
+    Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, time_full, time_relative,
+};
+use crate::domain::{AuditAction, GrantState, Outcome, PortAliases};
+use crate::store::{AuditRecord, Grant};
+
+const CONNECTIONS_NOTE: &str = "Connections already established are not cut when the port closes.";
+
+fn grant_buttons(grant: &Grant) -> Vec<Button> {
+    if !matches!(grant.state, GrantState::Active | GrantState::Extended) {
+        return Vec::new();
+    }
+    let id = grant.request_id.to_string();
+    vec![
+        Button {
+            action: ButtonAction::Extend(id.clone()),
+            label: "Extend".into(),
+            style: ButtonStyle::Primary,
+        },
+        Button {
+            action: ButtonAction::CloseEarly(id),
+            label: "Close early".into(),
+            style: ButtonStyle::Danger,
+        },
+    ]
+}
+
+fn window(grant: &Grant) -> String {
+    match grant.end_time {
+        Some(end) => format!(
+            "{} → {} ({})",
+            time_full(grant.requested_at),
+            time_full(end),
+            time_relative(end)
+        ),
+        None => format!("{} requested", grant.duration),
+    }
+}
+
+/// The card for a grant, with Extend and Close early while it is open.
+pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
+    let ports = grant.ports.describe(aliases);
+    let (title, tone) = match grant.state {
+        GrantState::Active => (
+            format!("Access granted: {ports} on {}", grant.vm_name),
+            Tone::Success,
+        ),
+        GrantState::Extended => (
+            format!("Access extended: {ports} on {}", grant.vm_name),
+            Tone::Success,
+        ),
+        GrantState::Requested => (
+            format!("Access requested: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
+        GrantState::Closing => (
+            format!("Closing: {ports} on {}", grant.vm_name),
+            Tone::Warning,
+        ),
+        GrantState::ClosedEarly => (
+            format!("Closed early: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
+        GrantState::Expired => (format!("Expired: {ports} on {}", grant.vm_name), Tone::Info),
+        GrantState::Failed => (
+            format!("Access failed: {ports} on {}", grant.vm_name),
+            Tone::Error,
+        ),
+    };
+    let mut card = Card::new(title, tone)
+        .field("VM", &grant.vm_name, true)
+        .field("Ports", ports, true)
+        .field("Source", grant.source.to_string(), true)
+        .field("Window", window(grant), false);
+    if let Some(reason) = &grant.reason {
+        card = card.field("Reason", reason.as_str(), false);
+    }
+    if let Some(failure) = &grant.failure {
+        card = card.description(failure.clone());
+    } else if grant.state.is_open() {
+        card = card.description(CONNECTIONS_NOTE);
+    }
+    ChatMessage::card(card.footer(format!("Request {}", grant.request_id)))
+        .with_buttons(grant_buttons(grant))
+}
+
+/// A refusal or failure of a request, for the member.
+pub fn request_error(error: &RequestError, reference: &str) -> ChatMessage {
+    let card = match error {
+        RequestError::Invalid(message) => Card::new("That request is not valid", Tone::Denied).description(message.clone()),
+        RequestError::VmNotFound { name, exists_without_jit: true } => Card::new("VM not under JIT", Tone::Denied).description(format!(
+            "{name} exists but has no JIT policy, so its ports cannot be opened. An admin can enable it with /jit-admin enable."
+        )),
+        RequestError::VmNotFound { name, .. } => Card::new("VM not found", Tone::Denied).description(format!(
+            "No VM named {name} is under JIT in the subscriptions Drawbridge serves. Check the name (autocomplete lists the VMs you may request), or ask an admin to /jit-admin enable it."
+        )),
+        RequestError::VmAmbiguous { candidates } => Card::new("Which VM?", Tone::Denied).description(format!(
+            "Several VMs have that name: {}. Give the resource group, as in {}.",
+            candidates.join(", "),
+            candidates.first().map(String::as_str).unwrap_or("rg/name")
+        )),
+        RequestError::NoSource => Card::new("From which address?", Tone::Denied).description(
+            "Drawbridge needs your public IP to open the port for. Add from:<your IP> to the request, or save it once with /jit-ip <your IP>.",
+        ),
+        RequestError::Denied(denial) => Card::new("Access denied", Tone::Denied).description(denial.to_string()),
+        RequestError::Policy(violation) => Card::new("Not allowed by the VM's JIT policy", Tone::Denied).description(violation.to_string()),
+        RequestError::Azure { message } => Card::new("Azure did not open the port", Tone::Error).description(message.clone()),
+        RequestError::Unexpected(_) => Card::new("Something went wrong", Tone::Error).description(format!(
+            "Drawbridge could not finish this request. An operator can find the details in the logs under reference {reference}."
+        )),
+    };
+    ChatMessage::card(card)
+}
+
+/// A refused button.
+pub fn action_error(error: &GrantActionError, reference: &str) -> ChatMessage {
+    match error {
+        GrantActionError::Request(e) => request_error(e, reference),
+        other => ChatMessage::card(
+            Card::new("Nothing changed", Tone::Denied).description(other.to_string()),
+        ),
+    }
+}
+
+/// The result of Close early.
+pub fn closed(closed: &Closed, aliases: &PortAliases) -> ChatMessage {
+    let at = closed.outcome.closes_at();
+    let azure: Vec<String> = closed
+        .outcome
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p.number,
+                p.status.as_deref().unwrap_or("no request shown")
+            )
+        })
+        .collect();
+    ChatMessage::card(
+        Card::new(
+            format!("Closing early: {} on {}", closed.grant.ports.describe(aliases), closed.grant.vm_name),
+            Tone::Info,
+        )
+        .description(format!(
+            "Azure has no revoke, so Drawbridge asked for the shortest window it allows: the port closes {} ({}). {CONNECTIONS_NOTE}",
+            time_full(at),
+            time_relative(at)
+        ))
+        .field("Azure shows", azure.join("\n"), false)
+        .footer(format!("Request {}", closed.grant.request_id)),
+    )
+}
+
+/// `/jit-status`.
+pub fn status(grants: &[Grant], aliases: &PortAliases) -> ChatMessage {
+    if grants.is_empty() {
+        return ChatMessage::card(Card::new("No grants", Tone::Info).description(
+            "You have no open or recent grants. Ask with /jit <port> <vm> <duration>.",
+        ));
+    }
+    let mut card = Card::new("Your grants", Tone::Info);
+    for g in grants.iter().take(10) {
+        card = card.field(
+            format!(
+                "{} · {} · {}",
+                g.vm_name,
+                g.ports.describe(aliases),
+                g.state
+            ),
+            format!("{}\nRequest {}", window(g), g.request_id),
+            false,
+        );
+    }
+    ChatMessage::card(card)
+}
+
+/// The reminder DM before a grant ends.
+pub fn reminder(grant: &Grant, end: DateTime<Utc>, aliases: &PortAliases) -> ChatMessage {
+    ChatMessage {
+        content: Some(format!("<@{}>", grant.user_id)),
+        card: Some(
+            Card::new(
+                format!("Closing {}: {} on {}", time_relative(end), grant.ports.describe(aliases), grant.vm_name),
+                Tone::Warning,
+            )
+            .description(format!(
+                "Your access ends {}. Extend it, or close it now if you are done. {CONNECTIONS_NOTE}",
+                time_full(end)
+            ))
+            .footer(format!("Request {}", grant.request_id)),
+        ),
+        buttons: grant_buttons(grant),
+    }
+}
+
+/// The notice when a grant's window has ended.
+pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage {
+    let mut text = format!("The port is closed for new connections. {CONNECTIONS_NOTE}");
+    if late {
+        text.push_str(" (This notice is late: Drawbridge was not running when the window ended.)");
+    }
+    ChatMessage {
+        content: Some(format!("<@{}>", grant.user_id)),
+        card: Some(
+            Card::new(
+                format!(
+                    "Expired: {} on {}",
+                    grant.ports.describe(aliases),
+                    grant.vm_name
+                ),
+                Tone::Info,
+            )
+            .description(text)
+            .footer(format!("Request {}", grant.request_id)),
+        ),
+        buttons: Vec::new(),
+    }
+}
+
+fn action_title(action: AuditAction) -> &'static str {
+    match action {
+        AuditAction::RequestReceived => "Request received",
+        AuditAction::AccessAllowed => "Access allowed",
+        AuditAction::AccessDenied => "Access denied",
+        AuditAction::AccessInitiated => "Port opened",
+        AuditAction::AccessFailed => "Access failed",
+        AuditAction::AccessExtended => "Access extended",
+        AuditAction::AccessClosedEarly => "Closed early",
+        AuditAction::ReminderSent => "Reminder sent",
+        AuditAction::AccessExpired => "Access expired",
+        AuditAction::OpenedOutsideDrawbridge => "Opened outside Drawbridge",
+        AuditAction::MappingAdded => "Mapping added",
+        AuditAction::MappingRemoved => "Mapping removed",
+        AuditAction::MappingsImported => "Mappings imported",
+        AuditAction::PolicyEnabled => "JIT enabled on a VM",
+        AuditAction::SourceSaved => "Source IP saved",
+        AuditAction::BotStarted => "Drawbridge started",
+        AuditAction::BotStopped => "Drawbridge stopped",
+    }
+}
+
+/// One audit event as the audit channel shows it.
+pub fn audit(record: &AuditRecord) -> ChatMessage {
+    let e = &record.event;
+    let tone = match (e.action, e.outcome) {
+        (AuditAction::OpenedOutsideDrawbridge, _) => Tone::Warning,
+        (_, Outcome::Success) => Tone::Success,
+        (_, Outcome::Denied) => Tone::Denied,
+        (_, Outcome::Failed) => Tone::Error,
+        (_, Outcome::Info) => Tone::Info,
+    };
+    let actor = match e.actor.strip_prefix("discord:") {
+        Some(id) => format!("<@{id}>"),
+        None => e.actor.clone(),
+    };
+    let mut card = Card::new(action_title(e.action), tone)
+        .field("Who", actor, true)
+        .field(
+            "Target",
+            if e.target.is_empty() {
+                "-".into()
+            } else {
+                e.target.clone()
+            },
+            true,
+        )
+        .field("When", time_full(e.at), true);
+    if let Some(map) = e.detail.as_object() {
+        for (k, v) in map.iter().filter(|(_, v)| !v.is_null()).take(20) {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            card = card.field(k.replace('_', " "), text, true);
+        }
+    }
+    ChatMessage::card(card.footer(format!(
+        "#{} · {}",
+        record.seq,
+        &record.hash[..12.min(record.hash.len())]
+    )))
+}

@@ -2,6 +2,7 @@
 pub mod chat;
 pub mod clock;
 pub mod config;
+pub mod discord;
 pub mod domain;
 pub mod interactions;
 pub mod telemetry;

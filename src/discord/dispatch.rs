@@ -254,6 +254,7 @@ impl Dispatcher {
         {
             return;
         }
+        info!(?action, "button");
         let handler = self.handler.clone();
         let message = guarded(async move { handler.button(&who, &action).await }).await;
         self.show(&component.token, &message).await;

@@ -22,7 +22,7 @@
 //! # Redirection ("setup A")
 //!
 //! Every REST call and the gateway URL come from `discord.base_url`: the
-//! [`Http`](serenity::http::Http) is built with `HttpBuilder::proxy` and the
+//! [`Http`] is built with `HttpBuilder::proxy` and the
 //! ratelimiter disabled (see [`discord_http`]).
 
 pub mod commands;

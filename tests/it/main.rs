@@ -1,6 +1,7 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
 
 mod azure_client;
+mod discord_adapter;
 mod emulator;
 mod fake_discord_selftest;
 mod store;

@@ -1,0 +1,279 @@
+//! The application commands and their registration.
+//!
+//! `/jit port vm duration` takes its three required options in that order,
+//! so `/jit ssh myVM 2h` can be typed straight through.
+
+use anyhow::Context as _;
+use serenity::all::{
+    Command, CommandOptionType, CreateCommand, CreateCommandOption, GuildId, Permissions,
+};
+use serenity::http::Http;
+
+use crate::config::DiscordSettings;
+
+/// `/jit`.
+pub const JIT: &str = "jit";
+/// `/jit-status`.
+pub const JIT_STATUS: &str = "jit-status";
+/// `/jit-ip`.
+pub const JIT_IP: &str = "jit-ip";
+/// `/jit-admin`.
+pub const JIT_ADMIN: &str = "jit-admin";
+
+fn string(name: &str, description: &str) -> CreateCommandOption {
+    CreateCommandOption::new(CommandOptionType::String, name, description)
+}
+
+fn required(option: CreateCommandOption) -> CreateCommandOption {
+    option.required(true)
+}
+
+fn autocompleted(option: CreateCommandOption) -> CreateCommandOption {
+    option.required(true).set_autocomplete(true)
+}
+
+fn subcommand(
+    name: &str,
+    description: &str,
+    options: impl IntoIterator<Item = CreateCommandOption>,
+) -> CreateCommandOption {
+    options.into_iter().fold(
+        CreateCommandOption::new(CommandOptionType::SubCommand, name, description),
+        CreateCommandOption::add_sub_option,
+    )
+}
+
+/// Every command Drawbridge registers.
+pub fn definitions() -> Vec<CreateCommand> {
+    vec![jit(), jit_status(), jit_ip(), jit_admin()]
+}
+
+fn jit() -> CreateCommand {
+    CreateCommand::new(JIT)
+        .description("Open a management port on a VM for a while (Azure Just-In-Time access)")
+        .add_option(autocompleted(string(
+            "port",
+            "ssh, rdp, winrm, a port number such as 22, or several: ssh,8443",
+        )))
+        .add_option(autocompleted(string(
+            "vm",
+            "The VM: myVM, resource-group/myVM or subscription/resource-group/myVM",
+        )))
+        .add_option(autocompleted(string(
+            "duration",
+            "How long to keep it open: 2h, 90m, 1h30m",
+        )))
+        .add_option(string(
+            "reason",
+            "Why you need access (some mappings require it)",
+        ))
+        .add_option(string(
+            "from",
+            "Your source IP or CIDR (default: your registered /jit-ip)",
+        ))
+}
+
+fn jit_status() -> CreateCommand {
+    CreateCommand::new(JIT_STATUS).description("Your active and recent JIT grants")
+}
+
+fn jit_ip() -> CreateCommand {
+    CreateCommand::new(JIT_IP)
+        .description("Show or set the source IP your /jit requests use by default")
+        .add_option(string(
+            "address",
+            "Your public IP address or CIDR, e.g. 203.0.113.7",
+        ))
+}
+
+fn jit_admin() -> CreateCommand {
+    let user =
+        |description: &str| CreateCommandOption::new(CommandOptionType::User, "user", description);
+    CreateCommand::new(JIT_ADMIN)
+        .description("Manage who may open which VM ports")
+        // A UI hint only: the bot authorizes every admin action itself.
+        .default_member_permissions(Permissions::empty())
+        .add_option(subcommand(
+            "map",
+            "Create or replace a role mapping",
+            [
+                required(string("name", "The mapping's name, e.g. web-ssh")),
+                required(CreateCommandOption::new(
+                    CommandOptionType::Role,
+                    "role",
+                    "The role it grants to",
+                )),
+                required(string(
+                    "vms",
+                    "VMs: names, globs (web-*), rg:<group> or sub:<id>, comma-separated",
+                )),
+                required(string(
+                    "ports",
+                    "Ports: ssh, rdp, 22, 8443, comma-separated",
+                )),
+                required(string("max_duration", "The longest window, e.g. 4h")),
+                string(
+                    "sources",
+                    "Allowed source CIDRs, comma-separated (default: any)",
+                ),
+                string(
+                    "default_source",
+                    "The source used when a request gives none",
+                ),
+                CreateCommandOption::new(
+                    CommandOptionType::Boolean,
+                    "require_reason",
+                    "Whether requests must give a reason",
+                ),
+            ],
+        ))
+        .add_option(subcommand(
+            "unmap",
+            "Remove a role mapping",
+            [required(string("name", "The mapping's name"))],
+        ))
+        .add_option(subcommand("mappings", "List the role mappings", []))
+        .add_option(subcommand(
+            "explain",
+            "Explain whether a request would be allowed, and why",
+            [
+                autocompleted(string("vm", "The VM")),
+                required(string("port", "The port(s), e.g. ssh")),
+                required(string("duration", "The window, e.g. 2h")),
+                user("The member to check (default: you)"),
+                string(
+                    "roles",
+                    "Role ids or mentions to check instead, comma-separated",
+                ),
+                string("from", "The source IP or CIDR"),
+            ],
+        ))
+        .add_option(subcommand(
+            "audit",
+            "Show recent audit events",
+            [
+                user("Only this member's events"),
+                string("since", "How far back, e.g. 24h or 7d"),
+                CreateCommandOption::new(
+                    CommandOptionType::Integer,
+                    "limit",
+                    "How many events (1-50)",
+                )
+                .min_int_value(1)
+                .max_int_value(50),
+            ],
+        ))
+        .add_option(subcommand(
+            "coverage",
+            "VMs with a JIT policy that no mapping grants, and mappings that match no VM",
+            [],
+        ))
+        .add_option(subcommand(
+            "enable",
+            "Put a VM under Just-In-Time access with the configured defaults",
+            [required(string("vm", "The VM"))],
+        ))
+}
+
+/// Registers [`definitions`] with one bulk overwrite: to `discord.guild_id`
+/// when set (instant), else globally.
+///
+/// # Errors
+///
+/// When Discord refuses the registration (the message names no token).
+pub async fn register(http: &Http, settings: &DiscordSettings) -> anyhow::Result<()> {
+    let commands = definitions();
+    let result = match settings.guild_id {
+        Some(guild) => GuildId::new(guild.get())
+            .set_commands(http, commands)
+            .await
+            .map(|_| ()),
+        None => Command::set_global_commands(http, commands)
+            .await
+            .map(|_| ()),
+    };
+    result
+        .map_err(|e| anyhow::anyhow!(super::errors::describe(&e)))
+        .with_context(|| match settings.guild_id {
+            Some(guild) => format!("registering the slash commands in guild {guild}"),
+            None => "registering the slash commands globally".to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn command(name: &str) -> Value {
+        definitions()
+            .into_iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .find(|c| c["name"] == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn jit_takes_port_vm_duration_in_order_all_required_and_autocompleted() {
+        let jit = command(JIT);
+        let options = jit["options"].as_array().unwrap();
+        let names: Vec<_> = options
+            .iter()
+            .map(|o| o["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["port", "vm", "duration", "reason", "from"]);
+        for option in &options[..3] {
+            assert_eq!(option["required"], true);
+            assert_eq!(option["autocomplete"], true);
+            assert_eq!(option["type"], 3);
+        }
+        assert_eq!(options[3]["required"], false);
+    }
+
+    #[test]
+    fn jit_admin_is_hidden_by_default_and_has_its_subcommands() {
+        let admin = command(JIT_ADMIN);
+        assert_eq!(admin["default_member_permissions"], "0");
+        let subs: Vec<_> = admin["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                assert_eq!(o["type"], 1);
+                o["name"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            subs,
+            [
+                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable"
+            ]
+        );
+        let map = &admin["options"][0]["options"];
+        assert_eq!(map[1]["name"], "role");
+        assert_eq!(map[1]["type"], 8);
+        let limit = &admin["options"][4]["options"][2];
+        assert_eq!(limit["min_value"], 1);
+        assert_eq!(limit["max_value"], 50);
+    }
+
+    #[test]
+    fn names_and_descriptions_fit_discords_limits() {
+        fn check(option: &Value) {
+            let name = option["name"].as_str().unwrap();
+            assert!((1..=32).contains(&name.len()), "{name}");
+            let description = option["description"].as_str().unwrap();
+            assert!(
+                (1..=100).contains(&description.chars().count()),
+                "{description}"
+            );
+            for child in option["options"].as_array().into_iter().flatten() {
+                check(child);
+            }
+        }
+        for command in definitions() {
+            check(&serde_json::to_value(command).unwrap());
+        }
+    }
+}

@@ -42,6 +42,7 @@ pub use client::{ArmClient, ArmClientOptions, CloseOutcome, EnableDefaults, Port
 pub use cloud::{AzureCloud, Endpoints, resolve_endpoints};
 pub use credential::{
     AzureTokenSource, Bearer, CredentialKind, CredentialOptions, TokenError, TokenSource,
+    UserAssigned,
 };
 pub use error::{ArmError, ArmStats, Operation};
 pub use ids::{PolicyId, VmId};

@@ -33,6 +33,21 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the bot.
+    Run,
+    /// Run the Azure JIT emulator on its own.
+    EmulateAzure {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        listen: std::net::SocketAddr,
+        /// A TOML estate (subscriptions, VMs, policies); default: the sample.
+        #[arg(long, value_name = "FILE")]
+        seed: Option<PathBuf>,
+        /// The managed-identity header secret clients must send
+        /// (default: taken from IDENTITY_HEADER, else random and printed).
+        #[arg(long, env = "IDENTITY_HEADER", hide_env_values = true)]
+        identity_header: Option<String>,
+    },
     /// Apply database migrations.
     Migrate,
     /// Check the configuration and report every problem.
@@ -174,6 +189,37 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let sources = Sources::new(cli.config.as_deref());
     match cli.command {
+        Command::Run => {
+            let settings = load(&sources)?;
+            crate::telemetry::init(
+                settings.logging.format,
+                &settings.logging.filter,
+                std::io::stderr,
+            );
+            let problems = settings.problems_for_run();
+            if !problems.is_empty() {
+                return Err(usage(crate::config::ConfigErrors(problems).to_string()));
+            }
+            let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+            let app = crate::app::App::build(settings, clock).await?;
+            app.run(crate::app::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::EmulateAzure {
+            listen,
+            seed,
+            identity_header,
+        } => {
+            crate::telemetry::init(crate::config::LogFormat::Pretty, "info", std::io::stderr);
+            let header = identity_header.unwrap_or_else(|| {
+                let generated = uuid::Uuid::new_v4().simple().to_string();
+                eprintln!("identity header (IDENTITY_HEADER): {generated}");
+                generated
+            });
+            crate::sandbox::run_standalone(listen, seed, header, crate::app::shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => Ok(check_config(&sources)),
         Command::Explain(args) => explain(&sources, args).await,
         other => run_with_store(&sources, other).await,
@@ -463,7 +509,11 @@ async fn run_with_store(sources: &Sources, command: Command) -> anyhow::Result<E
                 }
             }
         }
-        Command::Migrate | Command::CheckConfig | Command::Explain(_) => ExitCode::SUCCESS,
+        Command::Migrate
+        | Command::CheckConfig
+        | Command::Explain(_)
+        | Command::Run
+        | Command::EmulateAzure { .. } => ExitCode::SUCCESS,
     };
     store.close().await;
     Ok(code)

@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::azure::{AzureCloud, CredentialKind};
 use crate::domain::duration::parse_span_seconds;
 use crate::domain::port::{AliasError, PortAliases};
 use crate::domain::{AccessDuration, RoleId, Snowflake, SourcePrefix, SubscriptionId};
@@ -74,32 +75,6 @@ pub enum DiscordMode {
     Http,
 }
 
-/// Which Azure cloud.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloudName {
-    /// Azure public cloud.
-    Public,
-    /// Azure US Government.
-    UsGov,
-    /// Azure China (21Vianet).
-    China,
-    /// Endpoints given explicitly.
-    Custom,
-}
-
-/// How the bot authenticates to Azure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialName {
-    /// Managed identity (App Service protocol or IMDS).
-    ManagedIdentity,
-    /// AKS workload identity.
-    WorkloadIdentity,
-    /// A service principal with a client secret.
-    ClientSecret,
-    /// The developer's `az` login.
-    AzureCli,
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -159,13 +134,13 @@ pub struct EnableDefaults {
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
     /// The cloud.
-    pub cloud: CloudName,
+    pub cloud: AzureCloud,
     /// Overrides the cloud's ARM endpoint.
     pub arm_endpoint: Option<Url>,
     /// Overrides the cloud's Entra authority host.
     pub authority_host: Option<Url>,
     /// The credential kind.
-    pub credential: CredentialName,
+    pub credential: CredentialKind,
     /// Tenant id (client secret, workload identity).
     pub tenant_id: Option<String>,
     /// Client id (client secret, workload identity).
@@ -559,30 +534,30 @@ impl Settings {
         let a = raw.azure;
         let cloud = c
             .opt("azure.cloud", &a.cloud, |s| match s {
-                "public" => Ok(CloudName::Public),
-                "usgov" => Ok(CloudName::UsGov),
-                "china" => Ok(CloudName::China),
-                "custom" => Ok(CloudName::Custom),
+                "public" => Ok(AzureCloud::Public),
+                "usgov" => Ok(AzureCloud::UsGov),
+                "china" => Ok(AzureCloud::China),
+                "custom" => Ok(AzureCloud::Custom),
                 _ => Err(format!(
                     "`{s}` is not a cloud: use public, usgov, china or custom"
                 )),
             })
-            .unwrap_or(CloudName::Public);
+            .unwrap_or(AzureCloud::Public);
         let azure = AzureSettings {
             cloud,
             arm_endpoint: c.opt("azure.arm_endpoint", &a.arm_endpoint, parse_url),
             authority_host: c.opt("azure.authority_host", &a.authority_host, parse_url),
             credential: c
                 .opt("azure.credential", &a.credential, |s| match s {
-                    "managed_identity" => Ok(CredentialName::ManagedIdentity),
-                    "workload_identity" => Ok(CredentialName::WorkloadIdentity),
-                    "client_secret" => Ok(CredentialName::ClientSecret),
-                    "azure_cli" => Ok(CredentialName::AzureCli),
+                    "managed_identity" => Ok(CredentialKind::ManagedIdentity),
+                    "workload_identity" => Ok(CredentialKind::WorkloadIdentity),
+                    "client_secret" => Ok(CredentialKind::ClientSecret),
+                    "azure_cli" => Ok(CredentialKind::AzureCli),
                     _ => Err(format!(
                         "`{s}` is not a credential: use managed_identity, workload_identity, client_secret or azure_cli"
                     )),
                 })
-                .unwrap_or(CredentialName::ManagedIdentity),
+                .unwrap_or(CredentialKind::ManagedIdentity),
             tenant_id: a.tenant_id.filter(|s| !s.trim().is_empty()),
             client_id: a.client_id.filter(|s| !s.trim().is_empty()),
             client_secret: a
@@ -624,7 +599,7 @@ impl Settings {
                     .unwrap_or(SourcePrefix::Any),
             },
         };
-        if azure.cloud == CloudName::Custom {
+        if azure.cloud == AzureCloud::Custom {
             if azure.arm_endpoint.is_none() {
                 c.missing("azure.arm_endpoint", "required when azure.cloud is custom");
             }
@@ -635,7 +610,7 @@ impl Settings {
                 );
             }
         }
-        if azure.credential == CredentialName::ClientSecret {
+        if azure.credential == CredentialKind::ClientSecret {
             for (key, missing) in [
                 ("azure.tenant_id", azure.tenant_id.is_none()),
                 ("azure.client_id", azure.client_id.is_none()),
@@ -782,7 +757,7 @@ mod tests {
         let s = Settings::load(&env(&[])).unwrap();
         assert_eq!(s.discord.mode, DiscordMode::Gateway);
         assert_eq!(s.discord.base_url.as_str(), "https://discord.com/");
-        assert_eq!(s.azure.cloud, CloudName::Public);
+        assert_eq!(s.azure.cloud, AzureCloud::Public);
         assert_eq!(s.azure.index_refresh, Duration::from_secs(600));
         assert_eq!(s.reminders.before, vec![Duration::from_secs(600)]);
         assert_eq!(s.azure.enable.ports, vec![22, 3389, 5985, 5986]);

@@ -1,4 +1,5 @@
 //! Drawbridge: Azure Just-In-Time VM access from Discord.
+pub mod app;
 pub mod azure;
 pub mod chat;
 pub mod cli;

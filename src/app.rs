@@ -1,0 +1,311 @@
+//! Startup and shutdown: build every part from [`Settings`], run the chat
+//! transport and the workers until a shutdown signal, then stop in order.
+//!
+//! [`App::build`] wires the store, the Azure adapter and the use cases;
+//! [`App::start_workers`] starts the scheduler, the outbox, the index refresh
+//! and the mappings reload; [`App::run`] adds the Discord transport (gateway
+//! or HTTP mode) and waits for the shutdown future. Tests and the demo call
+//! the same functions.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::azure::gateway::AzureJit;
+use crate::azure::index::DEFAULT_MISS_FLOOR;
+use crate::azure::{
+    ArmClient, ArmClientOptions, AzureTokenSource, CredentialOptions, EnableDefaults, RetryPolicy,
+    SharedVmIndex, TokenSource, UserAssigned, resolve_endpoints,
+};
+use crate::clock::SharedClock;
+use crate::config::{DiscordMode, Settings};
+use crate::domain::{AuditAction, AuditEvent, Outcome};
+use crate::interactions::{ChatSender, InteractionHandler};
+use crate::service::bot::Bot;
+use crate::service::delivery::Deliverer;
+use crate::service::scheduler::Scheduler;
+use crate::service::{Service, ServiceConfig};
+use crate::store::Store;
+
+/// How often every replica re-reads the mappings.
+const MAPPINGS_RELOAD: Duration = Duration::from_secs(30);
+/// The longest in-flight work may take after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The assembled application.
+pub struct App {
+    /// The settings it was built from.
+    pub settings: Settings,
+    /// The use cases.
+    pub service: Service,
+    /// The Azure adapter.
+    pub azure: Arc<AzureJit>,
+    /// "Now".
+    pub clock: SharedClock,
+}
+
+/// Running background workers.
+pub struct Workers {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Workers {
+    /// Stops the workers (the outbox gets a short last flush) and waits.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("workers did not stop within the grace period");
+        }
+    }
+}
+
+impl App {
+    /// Builds every part from `settings`. The VM index is filled once; if
+    /// Azure cannot be reached, start-up goes on and the index fills on the
+    /// next refresh or miss.
+    ///
+    /// # Errors
+    /// A bad credential configuration or an unusable database.
+    pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
+        let store = Store::open(&settings.database.url)
+            .await
+            .with_context(|| format!("opening the database {}", settings.database.url))?;
+        let az = &settings.azure;
+        let endpoints =
+            resolve_endpoints(az.cloud, az.arm_endpoint.clone(), az.authority_host.clone())
+                .context("resolving the Azure endpoints")?;
+        let tokens: Arc<dyn TokenSource> = Arc::new(
+            AzureTokenSource::new(CredentialOptions {
+                kind: az.credential,
+                tenant_id: az.tenant_id.clone(),
+                client_id: az.client_id.clone(),
+                client_secret: az.client_secret.clone(),
+                user_assigned_id: az
+                    .managed_identity_client_id
+                    .clone()
+                    .map(UserAssigned::ClientId),
+                federated_token_file: None,
+                authority_host: endpoints.authority_host.clone(),
+                scope: endpoints.arm_scope.clone(),
+                managed_identity_endpoint: az.managed_identity_endpoint.clone(),
+                timeout: az.request_timeout,
+                clock: Arc::clone(&clock),
+            })
+            .context("building the Azure credential")?,
+        );
+        let arm = ArmClient::new(ArmClientOptions {
+            arm_endpoint: endpoints.arm.clone(),
+            token_source: tokens,
+            request_timeout: az.request_timeout,
+            retry: RetryPolicy::default(),
+            clock: Arc::clone(&clock),
+        })
+        .context("building the ARM client")?;
+        let enable = EnableDefaults {
+            ports: az.enable.ports.clone(),
+            max_request_access_duration: az.enable.max_duration.to_iso8601(),
+            allowed_source: az.enable.source.to_string(),
+            ..EnableDefaults::default()
+        };
+        let azure = Arc::new(AzureJit::new(
+            arm,
+            SharedVmIndex::new(Arc::clone(&clock), DEFAULT_MISS_FLOOR),
+            az.subscriptions.iter().map(|s| s.to_string()).collect(),
+            enable,
+        ));
+        match azure.refresh().await {
+            Ok(n) => tracing::info!(vms = n, "VM index built"),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "the VM index could not be built yet; it will be retried")
+            }
+        }
+        let service = Service::new(
+            store,
+            Arc::clone(&azure) as _,
+            Arc::clone(&clock),
+            ServiceConfig {
+                aliases: settings.ports.clone(),
+                reminders_before: settings.reminders.before.clone(),
+                admin_roles: settings.discord.admin_role_ids.clone(),
+            },
+        )
+        .await
+        .context("loading the role mappings")?;
+        Ok(App {
+            settings,
+            service,
+            azure,
+            clock,
+        })
+    }
+
+    /// The interaction handler over the use cases.
+    pub fn handler(&self) -> Arc<dyn InteractionHandler> {
+        Arc::new(Bot::new(self.service.clone()))
+    }
+
+    /// Starts the scheduler, the outbox delivering through `sender`, the
+    /// index refresh and the mappings reload.
+    pub fn start_workers(&self, sender: Arc<dyn ChatSender>) -> Workers {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let wakers = self.service.wakers().clone();
+        let scheduler = Scheduler::new(
+            self.service.clone(),
+            format!("worker-{}", uuid::Uuid::new_v4().simple()),
+        );
+        tracker.spawn(scheduler.run(
+            wakers.scheduler.clone(),
+            wakers.outbox.clone(),
+            cancel.clone(),
+        ));
+        let deliverer = Deliverer::new(
+            self.service.store().clone(),
+            sender,
+            Arc::clone(&self.clock),
+            self.settings.discord.audit_channel_id.map(|c| c.get()),
+        );
+        tracker.spawn(deliverer.run(wakers.outbox.clone(), cancel.clone()));
+        let azure = Arc::clone(&self.azure);
+        let every = self.settings.azure.index_refresh;
+        let stop = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {
+                        if let Err(e) = azure.refresh().await {
+                            tracing::warn!(error.message = %e, "VM index refresh failed; keeping the old one");
+                        }
+                    }
+                }
+            }
+        });
+        let service = self.service.clone();
+        let stop = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(MAPPINGS_RELOAD) => {
+                        if let Err(e) = service.reload_mappings().await {
+                            tracing::warn!(error.message = %e, "reloading the mappings failed");
+                        }
+                    }
+                }
+            }
+        });
+        Workers { cancel, tracker }
+    }
+
+    async fn audit_lifecycle(&self, action: AuditAction) {
+        let event = AuditEvent::new(
+            self.clock.now(),
+            "system",
+            action,
+            "drawbridge",
+            Outcome::Info,
+        )
+        .with_detail(json!({"version": env!("CARGO_PKG_VERSION")}));
+        match self.service.store().append_audit(&event).await {
+            Ok(_) => self.service.wake_after(()),
+            Err(e) => tracing::error!(error.message = %e, "could not audit {action}"),
+        }
+    }
+
+    /// Runs the bot until `shutdown` resolves: Discord in the configured
+    /// mode plus the workers. On shutdown new interactions are refused,
+    /// in-flight ones finish (bounded), the outbox flushes briefly and the
+    /// database closes.
+    ///
+    /// # Errors
+    /// Missing Discord settings, or a transport that fails to start.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let discord = &self.settings.discord;
+        if discord
+            .token
+            .as_ref()
+            .is_none_or(|t| t.expose_secret().is_empty())
+        {
+            anyhow::bail!("discord.token is not set: set DRAWBRIDGE__DISCORD__TOKEN");
+        }
+        let http = crate::discord::discord_http(discord)?;
+        let sender: Arc<dyn ChatSender> =
+            Arc::new(crate::discord::DiscordSender::new(Arc::clone(&http)));
+        let workers = self.start_workers(sender);
+        self.audit_lifecycle(AuditAction::BotStarted).await;
+        let handler = self.handler();
+        let result = match discord.mode {
+            DiscordMode::Gateway => {
+                let status = crate::discord::GatewayStatus::new();
+                crate::discord::run_gateway(discord, handler, status, shutdown).await
+            }
+            DiscordMode::Http => {
+                crate::discord::commands::register(&http, discord).await?;
+                let key = discord
+                    .public_key
+                    .context("discord.public_key is required in http mode")?;
+                let tracker = TaskTracker::new();
+                let router = crate::discord::interactions_router(
+                    key,
+                    http,
+                    handler,
+                    Arc::clone(&self.clock),
+                    tracker.clone(),
+                )?;
+                let listener = tokio::net::TcpListener::bind(self.settings.http.listen)
+                    .await
+                    .with_context(|| format!("listening on {}", self.settings.http.listen))?;
+                tracing::info!(listen = %self.settings.http.listen, "interactions endpoint listening");
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .context("serving the interactions endpoint");
+                tracker.close();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+                served
+            }
+        };
+        self.audit_lifecycle(AuditAction::BotStopped).await;
+        workers.stop().await;
+        self.service.store().close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}

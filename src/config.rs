@@ -232,6 +232,7 @@ struct RawDiscord {
     mode: Option<String>,
     public_key: Option<String>,
     audit_channel_id: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
     admin_role_ids: Vec<String>,
 }
 
@@ -253,6 +254,7 @@ struct RawAzure {
     client_secret: Option<String>,
     managed_identity_client_id: Option<String>,
     managed_identity_endpoint: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
     subscriptions: Vec<String>,
     index_refresh: Option<String>,
     reconcile_interval: Option<String>,
@@ -263,6 +265,7 @@ struct RawAzure {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawEnable {
+    #[serde(deserialize_with = "one_or_many")]
     ports: Vec<String>,
     max_duration: Option<String>,
     source: Option<String>,
@@ -277,6 +280,7 @@ struct RawDatabase {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawReminders {
+    #[serde(deserialize_with = "one_or_many")]
     before: Vec<String>,
 }
 
@@ -298,6 +302,8 @@ enum RawAlias {
 #[serde(untagged)]
 enum RawScalar {
     Number(i64),
+    Float(f64),
+    Flag(bool),
     Text(String),
 }
 
@@ -305,6 +311,8 @@ impl RawScalar {
     fn text(&self) -> String {
         match self {
             Self::Number(n) => n.to_string(),
+            Self::Float(n) => n.to_string(),
+            Self::Flag(b) => b.to_string(),
             Self::Text(s) => s.clone(),
         }
     }
@@ -315,6 +323,21 @@ impl RawScalar {
 struct RawLogging {
     format: Option<String>,
     filter: Option<String>,
+}
+
+/// A list, or a single value: the environment gives `111` (one id) as a
+/// number, not a one-item list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<RawScalar>),
+        One(RawScalar),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v.iter().map(RawScalar::text).collect(),
+        OneOrMany::One(x) => vec![x.text()],
+    })
 }
 
 /// Where to read settings from.
@@ -770,6 +793,7 @@ mod tests {
             ("DRAWBRIDGE__DISCORD__TOKEN", "1234567890"),
             ("DRAWBRIDGE__DISCORD__ADMIN_ROLE_IDS", "111,222"),
             ("DRAWBRIDGE__DISCORD__GUILD_ID", "4004"),
+            ("DRAWBRIDGE__AZURE__ENABLE__PORTS", "22"),
             (
                 "DRAWBRIDGE__AZURE__SUBSCRIPTIONS",
                 "00000000-0000-0000-0000-00000000000a,00000000-0000-0000-0000-00000000000b",
@@ -782,6 +806,16 @@ mod tests {
         assert_eq!(s.discord.guild_id.unwrap().get(), 4004);
         assert_eq!(s.azure.subscriptions.len(), 2);
         assert_eq!(s.reminders.before.len(), 2);
+        assert_eq!(s.azure.enable.ports, vec![22]);
+    }
+
+    #[test]
+    fn a_single_numeric_value_is_a_one_item_list() {
+        let s = Settings::load(&env(&[("DRAWBRIDGE__DISCORD__ADMIN_ROLE_IDS", "900")])).unwrap();
+        assert_eq!(
+            s.discord.admin_role_ids,
+            vec![RoleId::parse("900").unwrap()]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod azure_client;
 mod discord_adapter;
+mod e2e;
 mod emulator;
 mod fake_discord_selftest;
 mod store;

@@ -1,0 +1,242 @@
+//! `spawn_app`: the real application (the same `App::build` + `App::run` as
+//! `drawbridge run`) against the fake Discord and the Azure emulator, with a
+//! fresh SQLite file. Tests talk to it through the fake Discord and inspect
+//! the emulator and the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drawbridge::app::App;
+use drawbridge::clock::{ManualClock, SharedClock, SystemClock};
+use drawbridge::config::{Settings, Sources};
+use drawbridge::domain::PortAliases;
+use drawbridge::domain::mapping::MappingFile;
+use drawbridge::sandbox::{Emulator, Estate, RunningEmulator};
+use drawbridge::store::Store;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::fake_discord::FakeDiscord;
+
+/// The production subscription of the sample estate.
+pub const SUB_PROD: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
+/// The audit channel the app posts to.
+pub const AUDIT_CHANNEL: u64 = 7007;
+/// The admin role.
+pub const ADMIN_ROLE: u64 = 900;
+/// A role mapped to SSH on web-* (see [`DEFAULT_MAPPINGS`]).
+pub const SRE_ROLE: u64 = 100;
+/// A role with no mapping.
+pub const DEV_ROLE: u64 = 200;
+
+/// The mappings a test app starts with.
+pub const DEFAULT_MAPPINGS: &str = r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+"#;
+
+/// How to start the app.
+pub struct TestAppBuilder {
+    http_mode: Option<String>,
+    clock: Option<SharedClock>,
+    mappings: String,
+    env: Vec<(String, String)>,
+}
+
+/// A running app and its surroundings.
+pub struct TestApp {
+    /// The fake Discord.
+    pub discord: FakeDiscord,
+    /// The Azure emulator.
+    pub azure: RunningEmulator,
+    /// The database (opened separately from the app's own pool).
+    pub store: Store,
+    /// The settings the app was built from.
+    pub settings: Settings,
+    /// The clock (a [`ManualClock`] when the test gave one).
+    pub clock: SharedClock,
+    /// HTTP mode: the interactions endpoint URL.
+    pub endpoint: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Default for TestAppBuilder {
+    fn default() -> Self {
+        Self {
+            http_mode: None,
+            clock: None,
+            mappings: DEFAULT_MAPPINGS.to_string(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl TestAppBuilder {
+    /// Interactions-endpoint mode with this Ed25519 public key (hex).
+    pub fn http_mode(mut self, public_key_hex: &str) -> Self {
+        self.http_mode = Some(public_key_hex.to_string());
+        self
+    }
+
+    /// A manual clock (the emulator uses it too).
+    pub fn clock(mut self, clock: ManualClock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The mappings file to import before start.
+    pub fn mappings(mut self, toml: &str) -> Self {
+        self.mappings = toml.to_string();
+        self
+    }
+
+    /// An extra `DRAWBRIDGE__…` setting.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts everything and waits until the bot is ready.
+    pub async fn start(self) -> TestApp {
+        let clock: SharedClock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let discord = FakeDiscord::start().await;
+        let azure = Emulator::new(Estate::sample(), Arc::clone(&clock))
+            .spawn()
+            .await
+            .expect("emulator starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
+        let mut env: HashMap<String, String> = [
+            ("DISCORD__TOKEN", "fake-token".to_string()),
+            (
+                "DISCORD__APPLICATION_ID",
+                discord.application_id().to_string(),
+            ),
+            ("DISCORD__GUILD_ID", discord.guild_id().to_string()),
+            ("DISCORD__BASE_URL", discord.base_url()),
+            ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
+            ("DISCORD__ADMIN_ROLE_IDS", ADMIN_ROLE.to_string()),
+            ("AZURE__CLOUD", "custom".to_string()),
+            ("AZURE__ARM_ENDPOINT", azure.base_url.clone()),
+            ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
+            ("AZURE__CREDENTIAL", "managed_identity".to_string()),
+            ("AZURE__MANAGED_IDENTITY_ENDPOINT", azure.base_url.clone()),
+            ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
+            ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
+            ("DATABASE__URL", db.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))
+        .collect();
+        let mut endpoint = None;
+        if let Some(key) = &self.http_mode {
+            let port = free_port();
+            env.insert("DRAWBRIDGE__DISCORD__MODE".into(), "http".into());
+            env.insert("DRAWBRIDGE__DISCORD__PUBLIC_KEY".into(), key.clone());
+            env.insert(
+                "DRAWBRIDGE__HTTP__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            );
+            endpoint = Some(format!("http://127.0.0.1:{port}/interactions"));
+        }
+        for (k, v) in self.env {
+            env.insert(format!("DRAWBRIDGE__{k}"), v);
+        }
+        let settings = Settings::load(&Sources {
+            file: None,
+            env: Some(env),
+        })
+        .expect("test settings are valid");
+        let store = Store::open(&db).await.expect("database opens");
+        let mappings = MappingFile::parse(&self.mappings, &PortAliases::default())
+            .expect("test mappings are valid");
+        store
+            .import_mappings(&mappings, "test", clock.now())
+            .await
+            .expect("mappings import");
+        let app = App::build(settings.clone(), Arc::clone(&clock))
+            .await
+            .expect("app builds");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run(async {
+            let _ = rx.await;
+        }));
+        match &endpoint {
+            None => assert!(
+                discord.wait_until_ready(Duration::from_secs(10)).await,
+                "the bot connected to the fake gateway"
+            ),
+            Some(url) => wait_for_listener(url).await,
+        }
+        TestApp {
+            discord,
+            azure,
+            store,
+            settings,
+            clock,
+            endpoint,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+}
+
+/// Starts the app with the defaults.
+pub async fn spawn_app() -> TestApp {
+    TestAppBuilder::default().start().await
+}
+
+impl TestApp {
+    /// Sends the shutdown signal and waits for `App::run` to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(handle) => tokio::time::timeout(Duration::from_secs(20), handle)
+                .await
+                .expect("the app stops within 20 s")
+                .expect("the app task did not panic"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn wait_for_listener(url: &str) {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the interactions endpoint did not start listening on {addr}");
+}

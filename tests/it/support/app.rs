@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test uses part of the harness
 //! `spawn_app`: the real application (the same `App::build` + `App::run` as
 //! `drawbridge run`) against the fake Discord and the Azure emulator, with a
 //! fresh SQLite file. Tests talk to it through the fake Discord and inspect

@@ -22,6 +22,8 @@ use crate::domain::{AccessDuration, RoleId, Snowflake, SourcePrefix, Subscriptio
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const DEFAULT_SOURCE: &str = "config/default.toml";
 const ENV_PREFIX: &str = "DRAWBRIDGE";
+/// The source of a required key that no layer sets.
+const NOT_SET: &str = "not set";
 /// Keys whose environment values are comma-separated lists.
 const LIST_KEYS: &[&str] = &[
     "discord.admin_role_ids",
@@ -43,7 +45,10 @@ pub struct ConfigProblem {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (from {}): {}", self.key, self.source, self.message)
+        match self.source.as_str() {
+            NOT_SET => write!(f, "{} (not set): {}", self.key, self.message),
+            source => write!(f, "{} (from {source}): {}", self.key, self.message),
+        }
     }
 }
 
@@ -378,7 +383,7 @@ impl Checker<'_> {
     fn missing(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(ConfigProblem {
             key: key.to_string(),
-            source: "not set".into(),
+            source: NOT_SET.into(),
             message: message.into(),
         });
     }
@@ -718,7 +723,7 @@ impl Settings {
             if missing {
                 out.push(ConfigProblem {
                     key: key.into(),
-                    source: "not set".into(),
+                    source: NOT_SET.into(),
                     message: why.into(),
                 });
             }

@@ -1,0 +1,366 @@
+//! The command line, run as the real binary: migrate, check-config,
+//! mappings, explain and the audit log.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SUB: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
+
+const MAPPINGS: &str = r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+sources = ["203.0.113.0/24"]
+
+[[mapping]]
+name = "db-audited"
+roles = ["200"]
+vms = "rg:rg-data"
+ports = ["ssh"]
+max_duration = "1h"
+require_reason = true
+"#;
+
+fn drawbridge(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(args)
+        .env_clear()
+        .env(
+            "DRAWBRIDGE__DATABASE__URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db");
+    let file = dir.path().join("mappings.toml");
+    std::fs::write(&file, MAPPINGS).unwrap();
+    let out = drawbridge(&db, &["mappings", "import", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    (dir, db)
+}
+
+#[test]
+fn migrate_on_a_fresh_file_applies_every_migration_then_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    let first = drawbridge(&db, &["migrate"]);
+    let (stdout, _) = text(&first);
+    assert!(first.status.success());
+    assert!(stdout.contains("applied migration 1"), "{stdout}");
+    let again = drawbridge(&db, &["migrate"]);
+    assert_eq!(text(&again).0.trim(), "database is up to date");
+}
+
+#[test]
+fn import_reports_the_diff_and_export_round_trips() {
+    let (dir, db) = setup();
+    let changed = MAPPINGS.replace("max_duration = \"3h\"", "max_duration = \"2h\"");
+    let changed = changed
+        .split("[[mapping]]\nname = \"db-audited\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[[mapping]]\nname = \"new-one\"\nroles = [\"300\"]\nvms = \"*\"\nports = [\"rdp\"]\nmax_duration = \"1h\"\n";
+    let file = dir.path().join("changed.toml");
+    std::fs::write(&file, changed).unwrap();
+
+    let dry = drawbridge(
+        &db,
+        &["mappings", "import", "--dry-run", file.to_str().unwrap()],
+    );
+    assert!(
+        text(&dry)
+            .0
+            .contains("dry run: 1 added, 1 removed, 1 changed, 0 unchanged"),
+        "{:?}",
+        text(&dry)
+    );
+    let listed = text(&drawbridge(&db, &["mappings", "list"])).0;
+    assert!(
+        listed.contains("db-audited"),
+        "a dry run changes nothing: {listed}"
+    );
+
+    let real = drawbridge(&db, &["mappings", "import", file.to_str().unwrap()]);
+    let (stdout, _) = text(&real);
+    assert!(stdout.contains("added new-one"), "{stdout}");
+    assert!(stdout.contains("removed db-audited"), "{stdout}");
+    assert!(stdout.contains("changed sre-web"), "{stdout}");
+
+    let exported = text(&drawbridge(&db, &["mappings", "export"])).0;
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &exported).unwrap();
+    let reimport = drawbridge(&db, &["mappings", "import", again.to_str().unwrap()]);
+    assert!(
+        text(&reimport)
+            .0
+            .contains("0 added, 0 removed, 0 changed, 2 unchanged"),
+        "{:?}",
+        text(&reimport)
+    );
+
+    let audit = text(&drawbridge(&db, &["audit", "export", "--format", "jsonl"])).0;
+    assert!(
+        audit.lines().any(|l| l.contains("\"mappings_imported\"")),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"mapping_removed\"") && l.contains("db-audited"))
+    );
+}
+
+#[test]
+fn add_and_remove_from_the_shell_and_bad_input_is_refused() {
+    let (_dir, db) = setup();
+    let add = drawbridge(
+        &db,
+        &[
+            "mappings",
+            "add",
+            "--name",
+            "ops",
+            "--roles",
+            "500,501",
+            "--vms",
+            "rg:rg-prod",
+            "--ports",
+            "ssh,rdp",
+            "--max-duration",
+            "90m",
+        ],
+    );
+    assert_eq!(text(&add).0.trim(), "mapping ops added");
+    let bad = drawbridge(
+        &db,
+        &[
+            "mappings",
+            "add",
+            "--name",
+            "Bad Name",
+            "--roles",
+            "1",
+            "--vms",
+            "*",
+            "--ports",
+            "ssh",
+            "--max-duration",
+            "1h",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).1.contains("not a valid mapping name"),
+        "{:?}",
+        text(&bad)
+    );
+    let remove = drawbridge(&db, &["mappings", "remove", "ops"]);
+    assert_eq!(text(&remove).0.trim(), "mapping ops removed");
+    let missing = drawbridge(&db, &["mappings", "remove", "ops"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).1.contains("no mapping named ops"));
+}
+
+#[test]
+fn explain_json_allows_and_denies_with_reasons() {
+    let (_dir, db) = setup();
+    let vm = format!("{SUB}/rg-web/web-01");
+    let allow = drawbridge(
+        &db,
+        &[
+            "explain",
+            "--roles",
+            "100",
+            "--vm",
+            &vm,
+            "--port",
+            "ssh",
+            "--duration",
+            "2h",
+            "--from",
+            "203.0.113.7",
+            "--json",
+        ],
+    );
+    assert!(allow.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&allow.stdout).expect("one JSON object");
+    assert_eq!(json["decision"], "allow");
+    assert_eq!(json["mapping"], "sre-web");
+    assert_eq!(json["max_duration"], "PT3H");
+    assert!(json["reason"].as_str().unwrap().contains("sre-web"));
+
+    let deny = drawbridge(
+        &db,
+        &[
+            "explain",
+            "--roles",
+            "100",
+            "--vm",
+            &vm,
+            "--port",
+            "ssh",
+            "--duration",
+            "4h",
+            "--json",
+        ],
+    );
+    assert_eq!(deny.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&deny.stdout).unwrap();
+    assert_eq!(json["decision"], "deny");
+    assert!(
+        json["reason"].as_str().unwrap().contains("maximum of 3h"),
+        "{json}"
+    );
+
+    let reason = drawbridge(
+        &db,
+        &[
+            "explain",
+            "--roles",
+            "200",
+            "--vm",
+            &format!("{SUB}/rg-data/db-01"),
+            "--port",
+            "ssh",
+            "--duration",
+            "30m",
+        ],
+    );
+    assert!(
+        text(&reason).0.starts_with("deny: a reason is required"),
+        "{:?}",
+        text(&reason)
+    );
+
+    let bad = drawbridge(
+        &db,
+        &[
+            "explain",
+            "--roles",
+            "abc",
+            "--vm",
+            &vm,
+            "--port",
+            "ssh",
+            "--duration",
+            "2h",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).1.contains("--roles: `abc` is not a Discord id"),
+        "{:?}",
+        text(&bad)
+    );
+    let bad = drawbridge(
+        &db,
+        &[
+            "explain",
+            "--roles",
+            "1",
+            "--vm",
+            &vm,
+            "--port",
+            "ssh",
+            "--duration",
+            "2x",
+        ],
+    );
+    assert!(
+        text(&bad).1.contains("--duration: `2x` is not a duration"),
+        "{:?}",
+        text(&bad)
+    );
+}
+
+#[test]
+fn audit_verify_names_the_row_after_it_is_edited_in_the_database() {
+    let (_dir, db) = setup();
+    let ok = drawbridge(&db, &["audit", "verify"]);
+    assert!(ok.status.success(), "{:?}", text(&ok));
+    assert!(text(&ok).0.contains("audit log intact"));
+
+    // Edit row 2 as someone with the sqlite3 shell would (dropping the
+    // guard trigger first).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER audit_log_no_update")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_log SET target = 'nothing-to-see' WHERE seq = 2")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let broken = drawbridge(&db, &["audit", "verify"]);
+    assert!(!broken.status.success());
+    let (_, stderr) = text(&broken);
+    assert!(stderr.contains("row 2"), "{stderr}");
+}
+
+#[test]
+fn audit_export_csv_has_a_header_and_since_filters() {
+    let (_dir, db) = setup();
+    let csv = text(&drawbridge(&db, &["audit", "export", "--format", "csv"])).0;
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("seq,"), "{csv}");
+    assert!(lines.count() >= 3);
+    let recent = text(&drawbridge(&db, &["audit", "export", "--since", "1h"])).0;
+    assert!(recent.lines().count() >= 3);
+    let bad = drawbridge(&db, &["audit", "export", "--since", "soon"]);
+    assert!(text(&bad).1.contains("--since: `soon` is not a duration"));
+}
+
+#[test]
+fn check_config_reports_every_problem_with_key_and_source() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .arg("check-config")
+        .env_clear()
+        .env("DRAWBRIDGE__AZURE__CLOUD", "mars")
+        .env("DRAWBRIDGE__DISCORD__GUILD_ID", "guild")
+        .env("DRAWBRIDGE__REMINDERS__BEFORE", "soon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    for want in [
+        "azure.cloud (from the environment): `mars` is not a cloud",
+        "discord.guild_id (from the environment)",
+        "reminders.before (from the environment)",
+    ] {
+        assert!(stderr.contains(want), "{want} missing from {stderr}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .arg("check-config")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("discord.token (not set): the bot token is missing"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-value"));
+}

@@ -81,49 +81,7 @@ impl App {
         let store = Store::open(&settings.database.url)
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?;
-        let az = &settings.azure;
-        let endpoints =
-            resolve_endpoints(az.cloud, az.arm_endpoint.clone(), az.authority_host.clone())
-                .context("resolving the Azure endpoints")?;
-        let tokens: Arc<dyn TokenSource> = Arc::new(
-            AzureTokenSource::new(CredentialOptions {
-                kind: az.credential,
-                tenant_id: az.tenant_id.clone(),
-                client_id: az.client_id.clone(),
-                client_secret: az.client_secret.clone(),
-                user_assigned_id: az
-                    .managed_identity_client_id
-                    .clone()
-                    .map(UserAssigned::ClientId),
-                federated_token_file: None,
-                authority_host: endpoints.authority_host.clone(),
-                scope: endpoints.arm_scope.clone(),
-                managed_identity_endpoint: az.managed_identity_endpoint.clone(),
-                timeout: az.request_timeout,
-                clock: Arc::clone(&clock),
-            })
-            .context("building the Azure credential")?,
-        );
-        let arm = ArmClient::new(ArmClientOptions {
-            arm_endpoint: endpoints.arm.clone(),
-            token_source: tokens,
-            request_timeout: az.request_timeout,
-            retry: RetryPolicy::default(),
-            clock: Arc::clone(&clock),
-        })
-        .context("building the ARM client")?;
-        let enable = EnableDefaults {
-            ports: az.enable.ports.clone(),
-            max_request_access_duration: az.enable.max_duration.to_iso8601(),
-            allowed_source: az.enable.source.to_string(),
-            ..EnableDefaults::default()
-        };
-        let azure = Arc::new(AzureJit::new(
-            arm,
-            SharedVmIndex::new(Arc::clone(&clock), DEFAULT_MISS_FLOOR),
-            az.subscriptions.iter().map(|s| s.to_string()).collect(),
-            enable,
-        ));
+        let azure = build_azure(&settings, &clock)?;
         match azure.refresh().await {
             Ok(n) => tracing::info!(vms = n, "VM index built"),
             Err(e) => {
@@ -286,6 +244,55 @@ impl App {
         tracing::info!("stopped");
         result
     }
+}
+
+/// The Azure side from settings: credential, ARM client, an empty VM index.
+///
+/// # Errors
+/// Bad endpoints or a credential azure_identity refuses.
+pub fn build_azure(settings: &Settings, clock: &SharedClock) -> anyhow::Result<Arc<AzureJit>> {
+    let az = &settings.azure;
+    let endpoints = resolve_endpoints(az.cloud, az.arm_endpoint.clone(), az.authority_host.clone())
+        .context("resolving the Azure endpoints")?;
+    let tokens: Arc<dyn TokenSource> = Arc::new(
+        AzureTokenSource::new(CredentialOptions {
+            kind: az.credential,
+            tenant_id: az.tenant_id.clone(),
+            client_id: az.client_id.clone(),
+            client_secret: az.client_secret.clone(),
+            user_assigned_id: az
+                .managed_identity_client_id
+                .clone()
+                .map(UserAssigned::ClientId),
+            federated_token_file: None,
+            authority_host: endpoints.authority_host.clone(),
+            scope: endpoints.arm_scope.clone(),
+            managed_identity_endpoint: az.managed_identity_endpoint.clone(),
+            timeout: az.request_timeout,
+            clock: Arc::clone(clock),
+        })
+        .context("building the Azure credential")?,
+    );
+    let arm = ArmClient::new(ArmClientOptions {
+        arm_endpoint: endpoints.arm.clone(),
+        token_source: tokens,
+        request_timeout: az.request_timeout,
+        retry: RetryPolicy::default(),
+        clock: Arc::clone(clock),
+    })
+    .context("building the ARM client")?;
+    let enable = EnableDefaults {
+        ports: az.enable.ports.clone(),
+        max_request_access_duration: az.enable.max_duration.to_iso8601(),
+        allowed_source: az.enable.source.to_string(),
+        ..EnableDefaults::default()
+    };
+    Ok(Arc::new(AzureJit::new(
+        arm,
+        SharedVmIndex::new(Arc::clone(clock), DEFAULT_MISS_FLOOR),
+        az.subscriptions.iter().map(|s| s.to_string()).collect(),
+        enable,
+    )))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -128,7 +128,7 @@ pub struct ExplainArgs {
     /// The member's role ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
-    /// The VM as subscriptionId/resourceGroup/name.
+    /// The VM: `name` or `rg/name` (looked up in Azure), or `sub/rg/name`.
     #[arg(long)]
     pub vm: String,
     /// Ports, such as ssh or 22,8443.
@@ -230,6 +230,34 @@ fn load(sources: &Sources) -> anyhow::Result<Settings> {
     Settings::load(sources).map_err(|e| usage(e.to_string()))
 }
 
+/// Resolves a VM through Azure's JIT policies (one list per subscription).
+async fn resolve_vm(settings: &Settings, vm: &VmRef) -> anyhow::Result<VmIdentity> {
+    use crate::service::{JitGateway, LookupError};
+    if settings.azure.subscriptions.is_empty() {
+        return Err(usage(
+            "--vm: give the VM as subscriptionId/resourceGroup/name, or configure azure.subscriptions so it can be looked up",
+        ));
+    }
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+    let azure = crate::app::build_azure(settings, &clock)?;
+    let found = azure.resolve(vm).await.map_err(|e| match e {
+        LookupError::NotFound { name, .. } => {
+            usage(format!("--vm: no VM named {name} is under JIT"))
+        }
+        LookupError::Ambiguous { candidates } => usage(format!(
+            "--vm: several VMs are named like that: {}",
+            candidates.join(", ")
+        )),
+        LookupError::Azure(e) => usage(format!("--vm: {}", e.user_message())),
+    })?;
+    crate::service::identity_of(&found).ok_or_else(|| {
+        anyhow::anyhow!(
+            "Azure returned names outside its own rules for {}",
+            found.vm_id
+        )
+    })
+}
+
 fn check_config(sources: &Sources) -> ExitCode {
     let mut problems = match Settings::load(sources) {
         Ok(settings) => settings.problems_for_run(),
@@ -254,16 +282,13 @@ async fn explain(sources: &Sources, args: ExplainArgs) -> anyhow::Result<ExitCod
         .map(|r| RoleId::parse(r).map_err(|e| usage(format!("--roles: {e}"))))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let vm_ref = VmRef::parse(&args.vm).map_err(|e| usage(format!("--vm: {e}")))?;
-    let (Some(subscription), Some(resource_group)) = (vm_ref.subscription, vm_ref.resource_group)
-    else {
-        return Err(usage(
-            "--vm: give the VM as subscriptionId/resourceGroup/name so every selector can be checked",
-        ));
-    };
-    let vm = VmIdentity {
-        subscription,
-        resource_group,
-        name: vm_ref.name,
+    let vm = match (&vm_ref.subscription, &vm_ref.resource_group) {
+        (Some(subscription), Some(resource_group)) => VmIdentity {
+            subscription: subscription.clone(),
+            resource_group: resource_group.clone(),
+            name: vm_ref.name.clone(),
+        },
+        _ => resolve_vm(&settings, &vm_ref).await?,
     };
     let ports = PortSpec::parse(&args.port, aliases).map_err(|e| usage(format!("--port: {e}")))?;
     let duration =

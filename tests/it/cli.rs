@@ -364,3 +364,58 @@ fn check_config_reports_every_problem_with_key_and_source() {
     );
     assert!(!stderr.contains("secret-value"));
 }
+
+#[test]
+fn explain_looks_a_bare_vm_name_up_in_azure() {
+    let (_dir, db) = setup();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emulator = rt.block_on(async {
+        let clock: drawbridge::clock::SharedClock =
+            std::sync::Arc::new(drawbridge::clock::SystemClock);
+        drawbridge::sandbox::Emulator::new(drawbridge::sandbox::Estate::sample(), clock)
+            .spawn()
+            .await
+            .unwrap()
+    });
+    let run = |vm: &str| {
+        Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+            .args([
+                "explain",
+                "--roles",
+                "100",
+                "--vm",
+                vm,
+                "--port",
+                "ssh",
+                "--duration",
+                "1h",
+                "--json",
+            ])
+            .env_clear()
+            .env(
+                "DRAWBRIDGE__DATABASE__URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .env("DRAWBRIDGE__AZURE__CLOUD", "custom")
+            .env("DRAWBRIDGE__AZURE__ARM_ENDPOINT", &emulator.base_url)
+            .env("DRAWBRIDGE__AZURE__AUTHORITY_HOST", "https://login.invalid")
+            .env(
+                "DRAWBRIDGE__AZURE__MANAGED_IDENTITY_ENDPOINT",
+                &emulator.base_url,
+            )
+            .env("DRAWBRIDGE__AZURE__SUBSCRIPTIONS", SUB)
+            .output()
+            .unwrap()
+    };
+    let out = run("WEB-01");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(json["decision"], "allow", "{:?}", text(&out));
+    let out = run("ops-01");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("several VMs are named like that"),
+        "{:?}",
+        text(&out)
+    );
+    drop(emulator);
+}

@@ -419,3 +419,53 @@ fn explain_looks_a_bare_vm_name_up_in_azure() {
     );
     drop(emulator);
 }
+
+#[test]
+fn emulate_azure_serves_the_jit_api_on_its_own() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["emulate-azure", "--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("IDENTITY_HEADER", "test-header")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listed = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let mut token = None;
+        for _ in 0..100 {
+            let reply = http
+                .get(format!("{base}/msi/token?api-version=2019-08-01&resource=https://management.azure.com"))
+                .header("x-identity-header", "test-header")
+                .send()
+                .await;
+            if let Ok(r) = reply {
+                let body: serde_json::Value = r.json().await.unwrap();
+                token = body["access_token"].as_str().map(str::to_string);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let token = token.expect("the emulator answers the managed-identity protocol");
+        http.get(format!(
+            "{base}/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!listed["value"].as_array().unwrap().is_empty(), "{listed}");
+}

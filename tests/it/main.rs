@@ -3,6 +3,10 @@
 mod azure_client;
 mod discord_adapter;
 mod e2e;
+mod e2e_admin;
+mod e2e_audit;
+mod e2e_buttons;
+mod e2e_http;
 mod emulator;
 mod fake_discord_selftest;
 mod store;

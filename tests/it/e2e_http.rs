@@ -8,10 +8,10 @@ use drawbridge::sandbox::{Fault, FaultRule, Route};
 use serde_json::{Value, json};
 
 use crate::e2e::{
-    ACK_LIMIT, audit_actions_for, audit_channel_matches_log, initiated_port, initiates, reply_to,
-    ssh_web_01,
+    ACK_LIMIT, audit_actions_for, audit_channel_matches_log, initiated_port, initiates, jit,
+    reply_to, ssh_web_01,
 };
-use crate::support::app::{TestApp, TestAppBuilder};
+use crate::support::app::{ADMIN_ROLE, DEV_ROLE, SRE_ROLE, TestApp, TestAppBuilder};
 use crate::support::fake_discord::signing::Signer;
 use crate::support::fake_discord::{HttpDelivery, SentInteraction};
 
@@ -75,6 +75,73 @@ async fn a_signed_request_is_deferred_and_granted() {
         ]
     );
     audit_channel_matches_log(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn denial_autocomplete_and_admin_mapping_work_the_same_over_http() {
+    let (app, signer, endpoint) = spawn_http_app().await;
+    let d = &app.discord;
+    let post = |interaction| d.post_interaction(&endpoint, interaction, &signer);
+    let dev_request = || jit(d, "ssh", "web-03", "1h", &[DEV_ROLE]).string("from", "203.0.113.7");
+
+    let denied = post(dev_request()).await;
+    assert_deferred(&denied);
+    let denied = reply_to(d, denied.sent).await;
+    let choices = post(
+        d.autocomplete("jit")
+            .string("port", "ssh")
+            .focused("vm", "")
+            .roles([SRE_ROLE]),
+    )
+    .await;
+    let refused = post(
+        d.slash("jit-admin")
+            .subcommand("mappings")
+            .roles([SRE_ROLE]),
+    )
+    .await;
+    let refused = reply_to(d, refused.sent).await;
+    let mapped = post(
+        d.slash("jit-admin")
+            .subcommand("map")
+            .string("name", "dev-web")
+            .option("role", 8, json!(DEV_ROLE.to_string()))
+            .string("vms", "web-*")
+            .string("ports", "ssh")
+            .string("max_duration", "2h")
+            .roles([ADMIN_ROLE]),
+    )
+    .await;
+    let mapped = reply_to(d, mapped.sent).await;
+    let granted = post(dev_request()).await;
+    let granted = reply_to(d, granted.sent).await;
+
+    assert_eq!(denied.title(), "Access denied", "{}", denied.text());
+    assert_eq!(choices.status, 200);
+    assert_eq!(choices.body["type"], 8, "autocomplete is answered inline");
+    let vms: Vec<&str> = choices.body["data"]["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["value"].as_str())
+        .collect();
+    assert!(
+        vms.len() == 4 && vms.iter().all(|v| v.starts_with("rg-web/web-0")),
+        "{vms:?}"
+    );
+    assert_eq!(refused.title(), "Not allowed", "{}", refused.text());
+    assert_eq!(mapped.title(), "Mapping added", "{}", mapped.text());
+    assert!(
+        granted.title().contains("Access granted"),
+        "{}",
+        granted.text()
+    );
+    assert_eq!(
+        initiates(&app).len(),
+        1,
+        "only the granted request reached Azure"
+    );
     app.stop().await.expect("clean stop");
 }
 

@@ -24,7 +24,7 @@
 //!
 //! # Control endpoints (for out-of-process harnesses)
 //! - `POST /_emulator/faults` `{"route":"initiate","fault":{"kind":"throttle","retryAfterSecs":5},"when":{"next":2}}`
-//!   (kinds `throttle`, `serverError` + `status`, `latency` + `millis`, `hang`; `when` is
+//!   (kinds `throttle`, `serverError` + `status`, `forbidden`, `latency` + `millis`, `hang`; `when` is
 //!   `{"next":n}`, `{"probability":p}` or `"always"`); `DELETE /_emulator/faults` clears.
 //! - `GET /_emulator/nsg?vm=<VM resource id>`: the VM's JIT NSG rules.
 //! - `GET /_emulator/calls` (the call log), `DELETE /_emulator/calls` (clear it).

@@ -63,16 +63,24 @@ impl AzureJit {
         &self.index
     }
 
-    /// Rebuilds the index (one list per subscription) and returns its size.
+    /// Rebuilds the index (one list per subscription) and the list of all
+    /// VMs, and returns the index's size.
     ///
     /// # Errors
-    /// The first ARM failure; the old index stays.
+    /// The first ARM failure of the index; the old index stays. A failed VM
+    /// list only keeps the old list.
     pub async fn refresh(&self) -> Result<usize, ArmError> {
-        Ok(self
+        let size = self
             .index
             .refresh(&self.arm, &self.subscriptions)
             .await?
-            .len())
+            .len();
+        // Without it, a VM without JIT reads as unknown until a miss may
+        // refresh (the miss floor), so the member is not told to enable it.
+        if let Err(e) = self.list_all_vms().await {
+            tracing::warn!(error.message = %e, "listing all VMs failed; keeping the old list");
+        }
+        Ok(size)
     }
 
     async fn list_all_vms(&self) -> Result<Arc<Vec<VmId>>, ArmError> {

@@ -43,6 +43,8 @@ pub enum Fault {
         /// The HTTP status; values outside 500..=599 become 500.
         status: u16,
     },
+    /// 403 `AuthorizationFailed`: the caller's identity lacks the permission.
+    Forbidden,
     /// The normal answer, after a delay.
     Latency {
         /// The added delay in milliseconds.
@@ -206,5 +208,8 @@ mod tests {
         let rule: FaultRule =
             serde_json::from_str(r#"{"fault":{"kind":"hang"},"when":"always"}"#).unwrap();
         assert_eq!(rule, FaultRule::always(Fault::Hang));
+        let rule: FaultRule =
+            serde_json::from_str(r#"{"fault":{"kind":"forbidden"},"when":{"next":1}}"#).unwrap();
+        assert_eq!(rule, FaultRule::next(1, Fault::Forbidden));
     }
 }

@@ -611,6 +611,14 @@ impl Emulator {
                     "The server failed (injected fault).",
                 ))
             }
+            Some(Fault::Forbidden) => Err(ArmError::new(
+                StatusCode::FORBIDDEN,
+                "AuthorizationFailed",
+                format!(
+                    "The client '{}' does not have authorization to perform the {route:?} action over this scope (injected fault).",
+                    self.state().principal
+                ),
+            )),
             Some(Fault::Latency { millis }) => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 Ok(())

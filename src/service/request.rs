@@ -7,11 +7,16 @@ use super::{LookupError, Service, actor, identity_of};
 use crate::azure::{ArmError, IndexedVm, PolicyViolation, check_request};
 use crate::domain::authorize::{self, AccessQuery, Decision, Denial};
 use crate::domain::{
-    AccessRequest, AuditAction, AuditEvent, GrantEvent, MappingName, Outcome, RequestId,
-    SourcePrefix,
+    AccessRequest, AuditAction, AuditEvent, GrantEvent, GrantState, MappingName, Outcome,
+    RequestId, SourcePrefix,
 };
 use crate::interactions::Invocation;
 use crate::store::{Grant, InsertOutcome, NewGrant, ScheduleKind, StoreError, StoreTx};
+
+/// How long a second delivery of an interaction waits for the first one's
+/// outcome (Azure's retries included) before answering with what is stored.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a request did not become an open grant. Every variant but
 /// `Unexpected` is shown to the member as is.
@@ -89,7 +94,7 @@ impl Service {
             .map_err(|e| RequestError::Unexpected(anyhow::anyhow!("interaction id: {e}")))?;
         if let Some(existing) = self.store().grant(&request_id).await? {
             tracing::info!("request id seen before; answering with the stored grant");
-            return Ok(existing);
+            return Ok(self.settled(existing).await?);
         }
         let now = self.clock().now();
         let target = request.vm.to_string();
@@ -211,7 +216,7 @@ impl Service {
             .await?
         {
             InsertOutcome::Inserted(grant) => grant,
-            InsertOutcome::Duplicate(grant) => return Ok(grant),
+            InsertOutcome::Duplicate(grant) => return Ok(self.settled(grant).await?),
         };
         let end = now + request.duration.to_chrono();
         let why = justification(
@@ -224,6 +229,22 @@ impl Service {
             .initiate(&vm, &grant.ports.numbers(), end, &source.to_string(), &why)
             .await;
         self.record_initiate(who, grant, outcome).await
+    }
+
+    /// `grant` once it has left `requested`, or as stored after
+    /// [`SETTLE_WAIT`]: a second delivery of the same interaction edits the
+    /// same reply, and must not replace the first delivery's outcome with a
+    /// stale "requested" (and no buttons).
+    async fn settled(&self, mut grant: Grant) -> Result<Grant, StoreError> {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while grant.state == GrantState::Requested && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_POLL).await;
+            match self.store().grant(&grant.request_id).await? {
+                Some(now) => grant = now,
+                None => break,
+            }
+        }
+        Ok(grant)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,155 @@
+//! End to end: the audit channel is fed from the outbox, in log order,
+//! and survives the channel failing for a while.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use drawbridge::clock::ManualClock;
+use drawbridge::domain::AuditAction;
+
+use crate::e2e::{WAIT, audit_channel_matches_log, audit_log, interact, jit, ssh_web_01};
+use crate::support::app::{AUDIT_CHANNEL, SRE_ROLE, TestApp, TestAppBuilder};
+use crate::support::fake_discord::{FailMode, RecordedCall, RouteMatch};
+
+/// Posts to the audit channel so far.
+fn audit_posts(app: &TestApp) -> Vec<RecordedCall> {
+    app.discord
+        .calls_to("POST", &format!("/channels/{AUDIT_CHANNEL}/messages"))
+}
+
+/// Moves `clock` on a minute at a time (so the outbox's retry becomes due
+/// whenever it was scheduled) until `done` holds.
+async fn advance_until(app: &TestApp, clock: &ManualClock, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not get there"
+        );
+        clock.advance(chrono::Duration::minutes(1));
+        app.discord
+            .wait_until(Duration::from_millis(200), |_| done())
+            .await;
+    }
+}
+
+/// Waits (moving the clock) until the audit channel has refused `n` posts.
+async fn wait_for_refusals(app: &TestApp, clock: &ManualClock, n: usize) {
+    advance_until(app, clock, || {
+        audit_posts(app).iter().filter(|c| c.injected_fault).count() >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_audit_channel_delays_audit_messages_but_loses_and_duplicates_none() {
+    // A manual clock: the outbox's backoff passes when the test says so.
+    let clock = ManualClock::new(Utc::now());
+    let app = TestAppBuilder::default().clock(clock.clone()).start().await;
+    let d = &app.discord;
+    audit_channel_matches_log(&app).await;
+    let shown_before = d.channel_messages(AUDIT_CHANNEL).len();
+
+    // The audit channel answers 500...
+    d.fail_always(
+        RouteMatch::ChannelMessages(AUDIT_CHANNEL),
+        FailMode::Status(500),
+    );
+    let granted = interact(&app, ssh_web_01(d)).await;
+    assert!(
+        granted.title().contains("Access granted"),
+        "{}",
+        granted.text()
+    );
+    wait_for_refusals(&app, &clock, 1).await;
+    // ...then is rate limited...
+    d.clear_faults();
+    d.fail_always(
+        RouteMatch::ChannelMessages(AUDIT_CHANNEL),
+        FailMode::RateLimited {
+            retry_after_secs: 0.2,
+            global: false,
+        },
+    );
+    let denied = interact(
+        &app,
+        jit(d, "rdp", "web-02", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+    )
+    .await;
+    assert_eq!(denied.title(), "Access denied", "{}", denied.text());
+    wait_for_refusals(&app, &clock, 2).await;
+    assert!(
+        audit_posts(&app)
+            .iter()
+            .any(|c| c.injected_fault && c.status == 429)
+    );
+    // Nothing got through meanwhile; the replies were not held up.
+    assert_eq!(d.channel_messages(AUDIT_CHANNEL).len(), shown_before);
+
+    // ...and recovers.
+    d.clear_faults();
+    let log_size = audit_log(&app).await.len();
+    advance_until(&app, &clock, || {
+        d.channel_messages(AUDIT_CHANNEL).len() >= log_size
+    })
+    .await;
+
+    let records = audit_channel_matches_log(&app).await;
+    let actions: Vec<AuditAction> = records[shown_before..]
+        .iter()
+        .map(|r| r.event.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::RequestReceived,
+            AuditAction::AccessAllowed,
+            AuditAction::AccessInitiated,
+            AuditAction::RequestReceived,
+            AuditAction::AccessDenied,
+        ]
+    );
+    let delivered = audit_posts(&app).iter().filter(|c| c.status == 200).count();
+    assert_eq!(delivered, records.len(), "each event was posted once");
+    // Every post carried its idempotency nonce.
+    assert!(
+        audit_posts(&app)
+            .iter()
+            .all(|c| c.body["enforce_nonce"] == true && c.body["nonce"].is_string())
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn audit_messages_of_concurrent_requests_keep_log_order() {
+    let app = TestAppBuilder::default().start().await;
+    let d = &app.discord;
+
+    let requests = (0..4).map(|i| {
+        let app = &app;
+        async move {
+            interact(
+                app,
+                jit(d, "ssh", &format!("web-0{}", i + 1), "1h", &[SRE_ROLE])
+                    .user(7000 + i, "engineer")
+                    .string("from", "203.0.113.7"),
+            )
+            .await
+        }
+    });
+    let replies = futures_util::future::join_all(requests).await;
+
+    for reply in &replies {
+        assert!(reply.title().contains("Access granted"), "{}", reply.text());
+    }
+    let records = audit_channel_matches_log(&app).await;
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.event.action == AuditAction::AccessInitiated)
+            .count(),
+        4
+    );
+    assert_eq!(audit_log(&app).await.len(), records.len());
+    app.stop().await.expect("clean stop");
+}

@@ -165,7 +165,7 @@ fn jit_admin() -> CreateCommand {
         ))
         .add_option(subcommand(
             "coverage",
-            "VMs with a JIT policy that no mapping grants, and mappings that match no VM",
+            "VMs in the configured subscriptions that no JIT policy protects",
             [],
         ))
         .add_option(subcommand(

@@ -687,3 +687,51 @@ async fn a_double_delivered_interaction_initiates_once() {
     );
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn port_and_duration_autocomplete_follow_the_policy_and_the_mapping() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let values = |choices: Vec<Value>| -> Vec<String> {
+        choices
+            .iter()
+            .map(|c| c["value"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+
+    // web-01's policy has 22 and 8443; the SRE mapping allows ssh only.
+    let ports = d
+        .send_interaction(
+            d.autocomplete("jit")
+                .string("vm", "rg-web/web-01")
+                .focused("port", "")
+                .roles([SRE_ROLE]),
+        )
+        .await;
+    d.wait_for_callback(ports.id, ACK_LIMIT)
+        .await
+        .expect("answered");
+    assert_eq!(
+        values(d.autocomplete_choices(ports.id).unwrap()),
+        ["ssh", "22"]
+    );
+
+    // The mapping and the policy both stop at 3 hours.
+    let durations = d
+        .send_interaction(
+            d.autocomplete("jit")
+                .string("vm", "rg-web/web-01")
+                .string("port", "ssh")
+                .focused("duration", "")
+                .roles([SRE_ROLE]),
+        )
+        .await;
+    d.wait_for_callback(durations.id, ACK_LIMIT)
+        .await
+        .expect("answered");
+    assert_eq!(
+        values(d.autocomplete_choices(durations.id).unwrap()),
+        ["15m", "30m", "45m", "1h", "1h30m", "2h", "3h"]
+    );
+    app.stop().await.expect("clean stop");
+}

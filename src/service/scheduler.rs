@@ -37,7 +37,7 @@ use crate::store::{ScheduleKind, ScheduledItem, StoreError};
 /// How long a claim holds before another worker may take the item. Handling
 /// one item is one short local transaction, so this is generous; it bounds
 /// how long an item claimed by a worker that then crashed waits.
-pub const LEASE: Duration = Duration::from_secs(15);
+pub const LEASE: Duration = Duration::from_secs(10);
 /// An expiry handled later than this after its due time is marked late.
 const LATE_AFTER_SECS: i64 = 60;
 const BATCH: u32 = 100;

@@ -528,7 +528,7 @@ async fn a_crashed_workers_claims_are_taken_over_when_its_lease_runs_out() {
     lab.clock.set(due);
     let claimed = lab
         .store()
-        .claim_due(due, "worker-1", TimeDelta::seconds(15), 10)
+        .claim_due(due, "worker-1", TimeDelta::from_std(LEASE).unwrap(), 10)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);

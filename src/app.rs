@@ -2,10 +2,10 @@
 //! transport and the workers until a shutdown signal, then stop in order.
 //!
 //! [`App::build`] wires the store, the Azure adapter and the use cases;
-//! [`App::start_workers`] starts the scheduler, the outbox, the index refresh
-//! and the mappings reload; [`App::run`] adds the Discord transport (gateway
-//! or HTTP mode) and waits for the shutdown future. Tests and the demo call
-//! the same functions.
+//! [`App::start_workers`] starts the scheduler, the outbox, the
+//! reconciliation with Azure, the index refresh and the mappings reload;
+//! [`App::run`] adds the Discord transport (gateway or HTTP mode) and waits
+//! for the shutdown future. Tests and the demo call the same functions.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use crate::domain::{AuditAction, AuditEvent, Outcome};
 use crate::interactions::{ChatSender, InteractionHandler};
 use crate::service::bot::Bot;
 use crate::service::delivery::Deliverer;
+use crate::service::reconcile::Reconciler;
 use crate::service::scheduler::Scheduler;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
@@ -114,7 +115,7 @@ impl App {
     }
 
     /// Starts the scheduler, the outbox delivering through `sender`, the
-    /// index refresh and the mappings reload.
+    /// reconciliation with Azure, the index refresh and the mappings reload.
     pub fn start_workers(&self, sender: Arc<dyn ChatSender>) -> Workers {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -135,6 +136,8 @@ impl App {
             self.settings.discord.audit_channel_id.map(|c| c.get()),
         );
         tracker.spawn(deliverer.run(wakers.outbox.clone(), cancel.clone()));
+        let reconciler = Reconciler::new(self.service.clone(), Arc::clone(&self.azure) as _);
+        tracker.spawn(reconciler.run(self.settings.azure.reconcile_interval, cancel.clone()));
         let azure = Arc::clone(&self.azure);
         let every = self.settings.azure.index_refresh;
         let stop = cancel.clone();

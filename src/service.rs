@@ -20,6 +20,7 @@ pub mod bot;
 pub mod delivery;
 pub mod gateway;
 pub mod lifecycle;
+pub mod reconcile;
 pub mod render;
 pub mod request;
 pub mod scheduler;

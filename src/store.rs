@@ -8,6 +8,7 @@
 //! | `outbox` | messages to deliver to Discord, retried until delivered ([`outbox`]) |
 //! | `schedule` | durable timers: reminders and expiries ([`schedule`]) |
 //! | `user_settings` | saved source prefixes ([`settings`]) |
+//! | `azure_requests_seen` | JIT requests made outside Drawbridge, reported once ([`reconcile`]) |
 //!
 //! The schema lives in `migrations/`, embedded with `sqlx::migrate!()` and
 //! applied by [`Store::open`] and [`Store::migrate`].
@@ -73,6 +74,7 @@ pub mod export;
 pub mod grants;
 pub mod mappings;
 pub mod outbox;
+pub mod reconcile;
 pub mod schedule;
 pub mod settings;
 

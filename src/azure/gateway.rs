@@ -58,6 +58,11 @@ impl AzureJit {
         &self.arm
     }
 
+    /// The configured subscription ids.
+    pub fn subscriptions(&self) -> &[String] {
+        &self.subscriptions
+    }
+
     /// The index.
     pub fn index(&self) -> &SharedVmIndex {
         &self.index

@@ -2,11 +2,26 @@
 //! order), DMs (with a fallback to a mention in the request channel) and
 //! channel messages, retried with backoff while the chat service fails.
 //!
-//! Exactly once: a row is marked delivered only after the send succeeded,
-//! and every send carries the row's idempotency key as Discord's message
-//! nonce with `enforce_nonce`, so a send repeated after a crash between
-//! sending and marking returns the message already posted instead of a
-//! second one (at-least-once delivery made idempotent by the receiver).
+//! # Exactly once, as far as Discord allows
+//!
+//! Delivery is at least once, made idempotent by the receiver. A row is
+//! marked delivered only after Discord accepted the send, and every send
+//! carries the row's idempotency key as the message nonce with
+//! `enforce_nonce: true` (DMs too: they are channel messages in the DM
+//! channel). If the bot dies after Discord posted a message but before the
+//! row is marked (or Discord's answer is lost), the row is sent again with
+//! the same nonce and Discord returns the message it already posted instead
+//! of creating a second one.
+//!
+//! The keys are fixed when the row is written, in the same transaction as
+//! the event it reports (`audit-<seq>` for audit events, `rem-<timer id>`
+//! and `exp-<timer id>` for reminders and expiry notices, `fb-<row id>` for a
+//! DM's channel fallback), and the outbox ignores a second row with a key it
+//! holds: a producer that runs again cannot mint a new message.
+//!
+//! The limit: Discord deduplicates a nonce for a few minutes only. A bot
+//! that dies between posting and marking and stays down longer than that
+//! posts that one message a second time on restart. Nothing is ever lost.
 
 use std::sync::Arc;
 use std::time::Duration;

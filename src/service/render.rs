@@ -224,6 +224,37 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
     }
 }
 
+/// The notice when Azure closed a grant before its end (reconciliation):
+/// `reason` is Azure's status reason, e.g. `NewerRequestInitiated`.
+pub fn ended_by_azure(grant: &Grant, reason: &str, aliases: &PortAliases) -> ChatMessage {
+    let why = match reason {
+        "NewerRequestInitiated" => {
+            "A newer JIT request for the same port replaced yours (someone asked for it, in Drawbridge or outside)."
+                .to_string()
+        }
+        "Expired" => "Azure shows your request as expired.".to_string(),
+        other => format!("Azure no longer shows your request as open ({other})."),
+    };
+    ChatMessage {
+        content: Some(format!("<@{}>", grant.user_id)),
+        card: Some(
+            Card::new(
+                format!(
+                    "Ended early: {} on {}",
+                    grant.ports.describe(aliases),
+                    grant.vm_name
+                ),
+                Tone::Warning,
+            )
+            .description(format!(
+                "{why} The port is closed for your address; ask again with /jit if you still need it. {CONNECTIONS_NOTE}"
+            ))
+            .footer(format!("Request {}", grant.request_id)),
+        ),
+        buttons: Vec::new(),
+    }
+}
+
 fn action_title(action: AuditAction) -> &'static str {
     match action {
         AuditAction::RequestReceived => "Request received",

@@ -1,11 +1,26 @@
 //! Durable timers: reminders before a grant ends and the expiry notice when
 //! it does, driven by the schedule table so a restart loses none.
 //!
+//! Only the next due time is held in memory: [`Scheduler::run`] asks the
+//! store for the earliest pending item (and the oldest live claim), sleeps
+//! until then, and is woken early through [`super::Wakers::scheduler`] when a
+//! use case writes timers (or a test moves its clock). Time comes from the
+//! service's [`crate::clock::Clock`].
+//!
 //! Each due item is claimed in a transaction (with a lease, so a crashed
-//! worker's claims come back), and handled in ONE transaction that writes
-//! the grant's new state, the audit event, the outbox message and marks the
-//! item done: either all of it happens or none, so nothing fires twice. The
-//! outbox then delivers with the item's idempotency key.
+//! worker's claims come back after at most [`LEASE`]; the loop wakes for
+//! that), then handled in ONE transaction that first marks the item done
+//! (refusing if it was done or cancelled meanwhile), then writes the grant's
+//! new state, the audit event and the outbox message: either all of it
+//! happens or none, so nothing fires twice. The claim only keeps workers from
+//! doing the same work at once; the conditional "done" is what makes firing
+//! happen once. The outbox then delivers with the item's idempotency key
+//! (`rem-<id>`, `exp-<id>`; see [`super::delivery`]).
+//!
+//! After a restart, items that fell due while the bot was down are handled
+//! once, in due order: a reminder whose grant has already ended is skipped,
+//! and an expiry handled more than a minute after its due time says it is
+//! late.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +31,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Service, actor, delivery, render};
-use crate::domain::{AuditAction, AuditEvent, GrantEvent, Outcome};
+use crate::domain::{AuditAction, AuditEvent, GrantEvent, GrantState, Outcome};
 use crate::store::{ScheduleKind, ScheduledItem, StoreError};
 
-/// How long a claim holds before another worker may take the item.
-const LEASE_SECS: i64 = 60;
+/// How long a claim holds before another worker may take the item. Handling
+/// one item is one short local transaction, so this is generous; it bounds
+/// how long an item claimed by a worker that then crashed waits.
+pub const LEASE: Duration = Duration::from_secs(10);
 /// An expiry handled later than this after its due time is marked late.
 const LATE_AFTER_SECS: i64 = 60;
 const BATCH: u32 = 100;
@@ -63,12 +80,7 @@ impl Scheduler {
             let items = self
                 .service
                 .store()
-                .claim_due(
-                    now,
-                    &self.worker,
-                    chrono::Duration::seconds(LEASE_SECS),
-                    BATCH,
-                )
+                .claim_due(now, &self.worker, lease(), BATCH)
                 .await?;
             if items.is_empty() {
                 return Ok(outcome);
@@ -90,11 +102,19 @@ impl Scheduler {
     ) -> Result<Handled, StoreError> {
         let store = self.service.store();
         let aliases = &self.service.config().aliases;
-        let grant = store.grant(&item.request_id).await?;
         let mut tx = store.begin().await?;
+        // Done first, in the transaction of the effects: a second worker (or
+        // a cancel by Extend / Close early) that got there first wins.
+        if !tx.complete_schedule(item.id, now).await? {
+            tx.rollback().await?;
+            return Ok(Handled::Skipped);
+        }
+        // Read in the write transaction, so the state cannot move under us.
+        let grant = tx.grant(&item.request_id).await?;
         let handled = match (item.kind, grant) {
             (ScheduleKind::Reminder, Some(grant))
-                if grant.state.is_open() && grant.end_time.is_some_and(|end| end > now) =>
+                if matches!(grant.state, GrantState::Active | GrantState::Extended)
+                    && grant.end_time.is_some_and(|end| end > now) =>
             {
                 let end = grant.end_time.expect("checked above");
                 let message = render::reminder(&grant, end, aliases);
@@ -128,6 +148,10 @@ impl Scheduler {
                 let grant = tx
                     .transition_grant(&grant.request_id, &GrantEvent::WindowEnded, now)
                     .await?;
+                // Any reminder still pending (a restart long after the end)
+                // no longer applies.
+                tx.cancel_schedule(&grant.request_id, &[ScheduleKind::Reminder], now)
+                    .await?;
                 let message = render::expired(&grant, late, aliases);
                 tx.enqueue(delivery::dm(
                     grant.user_id.get(),
@@ -150,6 +174,7 @@ impl Scheduler {
                         "user": actor(grant.user_id),
                         "ended": crate::domain::audit::format_time(item.due_at),
                         "late": late,
+                        "note": "established sessions are not cut when the port closes",
                     })),
                 )
                 .await?;
@@ -157,13 +182,24 @@ impl Scheduler {
             }
             _ => Handled::Skipped,
         };
-        if !tx.complete_schedule(item.id, now).await? {
-            // Another worker finished or cancelled it meanwhile: send nothing.
-            tx.rollback().await?;
-            return Ok(Handled::Skipped);
-        }
         tx.commit().await?;
         Ok(handled)
+    }
+
+    /// When the loop should look next: the earliest pending item, or the
+    /// moment the oldest live claim (of a worker that may have crashed)
+    /// runs out, whichever is first. `None` when nothing is pending.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub async fn next_wake(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let store = self.service.store();
+        let due = store.next_due(1).await?.first().map(|i| i.due_at);
+        let lease_end = store.oldest_claim().await?.map(|at| at + lease());
+        Ok(match (due, lease_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Runs until cancelled: sleeps until the earliest pending item (or a
@@ -179,17 +215,16 @@ impl Scheduler {
                     tracing::error!(error.message = %e, error.cause_chain = ?e, "scheduler tick failed")
                 }
             }
-            let sleep = match self.service.store().next_due(1).await {
-                Ok(items) => items
-                    .first()
-                    .map(|i| {
-                        (i.due_at - self.service.clock().now())
-                            .to_std()
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or(MAX_SLEEP)
+            let sleep = match self.next_wake().await {
+                Ok(Some(at)) => (at - self.service.clock().now())
+                    .to_std()
+                    .unwrap_or_default()
                     .min(MAX_SLEEP),
-                Err(_) => MAX_SLEEP,
+                Ok(None) => MAX_SLEEP,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "could not read the next timer");
+                    MAX_SLEEP
+                }
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -198,6 +233,10 @@ impl Scheduler {
             }
         }
     }
+}
+
+fn lease() -> chrono::Duration {
+    chrono::Duration::from_std(LEASE).expect("the lease fits")
 }
 
 enum Handled {

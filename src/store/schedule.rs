@@ -7,7 +7,7 @@
 //! if that returns `false` the item was completed or cancelled meanwhile and
 //! the transaction should be rolled back, so nothing is sent twice. An item
 //! whose claim is older than the lease (its worker crashed) is claimed again;
-//! poll `claim_due` at least once per lease to pick those up.
+//! [`Store::oldest_claim`] tells when the next such claim runs out.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -203,6 +203,24 @@ impl Store {
             .await
             .context("listing the next timers")?;
         rows.into_iter().map(ScheduledItem::try_from).collect()
+    }
+
+    /// When the oldest claim on a pending timer was taken, if any timer is
+    /// claimed and not yet done: a worker that crashed holding it leaves it
+    /// for others once the lease runs out, so the scheduler wakes then
+    /// ([`Store::next_due`] lists unclaimed timers only).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn oldest_claim(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let at: Option<String> = sqlx::query_scalar(
+            "SELECT MIN(claimed_at) FROM schedule
+             WHERE done_at IS NULL AND cancelled_at IS NULL AND claimed_at IS NOT NULL",
+        )
+        .fetch_one(&self.read)
+        .await
+        .context("reading the oldest timer claim")?;
+        parse_opt_ts("schedule", "oldest claim", at.as_deref())
     }
 
     /// Atomically claims up to `limit` pending timers due at `now` for

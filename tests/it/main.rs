@@ -2,6 +2,7 @@
 
 mod azure_client;
 mod cli;
+mod crash;
 mod discord_adapter;
 mod e2e;
 mod e2e_admin;
@@ -10,5 +11,6 @@ mod e2e_buttons;
 mod e2e_http;
 mod emulator;
 mod fake_discord_selftest;
+mod lifecycle;
 mod store;
 mod support;

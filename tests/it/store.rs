@@ -89,7 +89,7 @@ async fn migrations_apply_to_a_fresh_file_and_rerunning_them_is_a_no_op() {
     let store = Store::connect(&url).await.unwrap();
     let applied = store.migrate().await.unwrap();
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(applied[2].description, "grants");
     assert!(store.migrate().await.unwrap().is_empty());
     store.ping().await.unwrap();

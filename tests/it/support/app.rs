@@ -114,28 +114,7 @@ impl TestAppBuilder {
             .expect("emulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
-        let mut env: HashMap<String, String> = [
-            ("DISCORD__TOKEN", "fake-token".to_string()),
-            (
-                "DISCORD__APPLICATION_ID",
-                discord.application_id().to_string(),
-            ),
-            ("DISCORD__GUILD_ID", discord.guild_id().to_string()),
-            ("DISCORD__BASE_URL", discord.base_url()),
-            ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
-            ("DISCORD__ADMIN_ROLE_IDS", ADMIN_ROLE.to_string()),
-            ("AZURE__CLOUD", "custom".to_string()),
-            ("AZURE__ARM_ENDPOINT", azure.base_url.clone()),
-            ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
-            ("AZURE__CREDENTIAL", "managed_identity".to_string()),
-            ("AZURE__MANAGED_IDENTITY_ENDPOINT", azure.base_url.clone()),
-            ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
-            ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
-            ("DATABASE__URL", db.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))
-        .collect();
+        let mut env = app_env(&discord, &azure.base_url, &db);
         let mut endpoint = None;
         if let Some(key) = &self.http_mode {
             let port = free_port();
@@ -188,6 +167,35 @@ impl TestAppBuilder {
             _dir: dir,
         }
     }
+}
+
+/// The `DRAWBRIDGE__…` environment of a test app: the fake Discord, the
+/// emulator at `arm_base_url` (ARM and managed identity), the sample
+/// estate's production subscription and the database `db_url`. The crash
+/// test gives the same variables to the real binary.
+pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashMap<String, String> {
+    [
+        ("DISCORD__TOKEN", "fake-token".to_string()),
+        (
+            "DISCORD__APPLICATION_ID",
+            discord.application_id().to_string(),
+        ),
+        ("DISCORD__GUILD_ID", discord.guild_id().to_string()),
+        ("DISCORD__BASE_URL", discord.base_url()),
+        ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
+        ("DISCORD__ADMIN_ROLE_IDS", ADMIN_ROLE.to_string()),
+        ("AZURE__CLOUD", "custom".to_string()),
+        ("AZURE__ARM_ENDPOINT", arm_base_url.to_string()),
+        ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
+        ("AZURE__CREDENTIAL", "managed_identity".to_string()),
+        ("AZURE__MANAGED_IDENTITY_ENDPOINT", arm_base_url.to_string()),
+        ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
+        ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
+        ("DATABASE__URL", db_url.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))
+    .collect()
 }
 
 /// Starts the app with the defaults.

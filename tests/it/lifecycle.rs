@@ -1,0 +1,778 @@
+//! The grant lifecycle with a controlled clock: reminders and expiry notices
+//! from durable timers, Extend and Close early moving them, restart recovery,
+//! and reconciliation with Azure's request history.
+//!
+//! The workers are driven one step at a time (`Scheduler::tick`,
+//! `Deliverer::tick`, `Reconciler::tick`) over the real use cases, the real
+//! store and the Azure emulator, with a recording [`ChatSender`] in place of
+//! Discord. Grants are created through [`Service::request_access`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use drawbridge::app::App;
+use drawbridge::chat::{ButtonAction, ChatMessage};
+use drawbridge::clock::{Clock, ManualClock};
+use drawbridge::config::{Settings, Sources};
+use drawbridge::domain::mapping::MappingFile;
+use drawbridge::domain::{
+    AccessRequest, AuditAction, GrantState, PortAliases, RequestId, RoleId, UserId,
+};
+use drawbridge::interactions::{ChatSender, Invocation, Member, SendError};
+use drawbridge::sandbox::{Emulator, Estate, RunningEmulator};
+use drawbridge::service::Service;
+use drawbridge::service::delivery::Deliverer;
+use drawbridge::service::reconcile::Reconciler;
+use drawbridge::service::scheduler::{LEASE, Scheduler};
+use drawbridge::store::{AuditFilter, Grant, ScheduleKind, Store};
+use futures_util::StreamExt as _;
+
+use crate::support::app::{AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD, app_env};
+use crate::support::fake_discord::FakeDiscord;
+
+/// The channel requests come from (reminder fallbacks go there).
+const REQUEST_CHANNEL: u64 = 5005;
+
+fn t0() -> DateTime<Utc> {
+    "2026-03-02T09:00:00Z".parse().unwrap()
+}
+
+/// One message the bot sent.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// `Some(user)` for a DM.
+    dm: Option<u64>,
+    /// `Some(channel)` for a channel post.
+    channel: Option<u64>,
+    key: String,
+    message: ChatMessage,
+    at: DateTime<Utc>,
+}
+
+impl Sent {
+    fn text(&self) -> String {
+        serde_json::to_string(&self.message).unwrap()
+    }
+
+    /// The request id in the card footer (`Request <id>`).
+    fn request_id(&self) -> Option<String> {
+        let footer = self.message.card.as_ref()?.footer.as_deref()?;
+        footer.strip_prefix("Request ").map(str::to_string)
+    }
+
+    fn audit_title(&self) -> Option<&str> {
+        (self.channel == Some(AUDIT_CHANNEL))
+            .then(|| self.message.card.as_ref().map(|c| c.title.as_str()))
+            .flatten()
+    }
+}
+
+/// A [`ChatSender`] that records, and refuses DMs to some users.
+#[derive(Debug)]
+struct Recorder {
+    clock: ManualClock,
+    sent: Mutex<Vec<Sent>>,
+    dms_closed: Mutex<Vec<u64>>,
+}
+
+#[async_trait]
+impl ChatSender for Recorder {
+    async fn post(&self, channel: u64, message: &ChatMessage, key: &str) -> Result<(), SendError> {
+        self.sent.lock().unwrap().push(Sent {
+            dm: None,
+            channel: Some(channel),
+            key: key.to_string(),
+            message: message.clone(),
+            at: self.clock.now(),
+        });
+        Ok(())
+    }
+
+    async fn direct(&self, user: u64, message: &ChatMessage, key: &str) -> Result<(), SendError> {
+        if self.dms_closed.lock().unwrap().contains(&user) {
+            return Err(SendError::Permanent(
+                "Cannot send messages to this user (50007)".into(),
+            ));
+        }
+        self.sent.lock().unwrap().push(Sent {
+            dm: Some(user),
+            channel: None,
+            key: key.to_string(),
+            message: message.clone(),
+            at: self.clock.now(),
+        });
+        Ok(())
+    }
+}
+
+/// The real use cases and workers over a fresh database and the emulator,
+/// stepped by hand.
+struct Lab {
+    clock: ManualClock,
+    service: Service,
+    app: App,
+    scheduler: Scheduler,
+    deliverer: Deliverer,
+    recorder: Arc<Recorder>,
+    azure: RunningEmulator,
+    workers_started: u32,
+    _discord: FakeDiscord,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn new() -> Lab {
+        let clock = ManualClock::new(t0());
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let discord = FakeDiscord::start().await;
+        let azure = Emulator::new(Estate::sample(), Arc::clone(&shared))
+            .spawn()
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
+        let settings = Settings::load(&Sources {
+            file: None,
+            env: Some(app_env(&discord, &azure.base_url, &db)),
+        })
+        .unwrap();
+        let store = Store::open(&db).await.unwrap();
+        let mappings = MappingFile::parse(DEFAULT_MAPPINGS, &PortAliases::default()).unwrap();
+        store
+            .import_mappings(&mappings, "test", t0())
+            .await
+            .unwrap();
+        let app = App::build(settings, Arc::clone(&shared)).await.unwrap();
+        let service = app.service.clone();
+        let recorder = Arc::new(Recorder {
+            clock: clock.clone(),
+            sent: Mutex::new(Vec::new()),
+            dms_closed: Mutex::new(Vec::new()),
+        });
+        let deliverer = Deliverer::new(
+            service.store().clone(),
+            Arc::clone(&recorder) as _,
+            Arc::clone(&shared),
+            Some(AUDIT_CHANNEL),
+        );
+        Lab {
+            scheduler: Scheduler::new(service.clone(), "worker-1"),
+            clock,
+            service,
+            app,
+            deliverer,
+            recorder,
+            azure,
+            workers_started: 1,
+            _discord: discord,
+            _dir: dir,
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.service.store()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn who(n: u64) -> Invocation {
+        Invocation {
+            id: (1_300_000_000_000_000_000 + n).to_string(),
+            member: Member {
+                user_id: UserId::parse(&(600_000 + n % 25).to_string()).unwrap(),
+                name: format!("eng{}", n % 25),
+                roles: vec![RoleId::parse(&SRE_ROLE.to_string()).unwrap()],
+            },
+            channel_id: Some(REQUEST_CHANNEL),
+            guild_id: Some(4004),
+        }
+    }
+
+    /// `/jit ssh <vm> <duration> from:203.0.113.7` by member `n`.
+    async fn request(&self, n: u64, vm: &str, duration: &str) -> Grant {
+        let request = AccessRequest::from_options(
+            "ssh",
+            vm,
+            duration,
+            None,
+            Some("203.0.113.7"),
+            &PortAliases::default(),
+        )
+        .unwrap();
+        let grant = self
+            .service
+            .request_access(&Self::who(n), request)
+            .await
+            .unwrap_or_else(|e| panic!("request {n} ({vm}, {duration}): {e}"));
+        assert_eq!(grant.state, GrantState::Active);
+        grant
+    }
+
+    /// A new scheduler with a new name: what a restarted process has.
+    fn restart_scheduler(&mut self) {
+        self.workers_started += 1;
+        self.scheduler = Scheduler::new(
+            self.service.clone(),
+            format!("worker-{}", self.workers_started),
+        );
+    }
+
+    /// Delivers everything due now.
+    async fn deliver(&self) {
+        loop {
+            let o = self.deliverer.tick().await.unwrap();
+            if o.delivered == 0 {
+                assert_eq!(o.retried, 0);
+                return;
+            }
+        }
+    }
+
+    /// Moves the clock to `until` in `step`s, firing timers and delivering
+    /// after each step.
+    async fn run_until(&self, until: DateTime<Utc>, step: TimeDelta) {
+        loop {
+            self.scheduler.tick(self.now()).await.unwrap();
+            self.deliver().await;
+            if self.now() >= until {
+                return;
+            }
+            self.clock.set((self.now() + step).min(until));
+        }
+    }
+
+    fn sent(&self) -> Vec<Sent> {
+        self.recorder.sent.lock().unwrap().clone()
+    }
+
+    fn dms_for(&self, request_id: &RequestId) -> Vec<Sent> {
+        self.sent()
+            .into_iter()
+            .filter(|s| s.dm.is_some() && s.request_id().as_deref() == Some(request_id.as_str()))
+            .collect()
+    }
+
+    async fn pending(&self, id: &RequestId) -> Vec<(ScheduleKind, DateTime<Utc>)> {
+        self.store()
+            .next_due(10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| &i.request_id == id)
+            .map(|i| (i.kind, i.due_at))
+            .collect()
+    }
+
+    async fn audit(&self, action: AuditAction) -> Vec<serde_json::Value> {
+        self.store()
+            .audit_events(&AuditFilter {
+                action: Some(action),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event.detail)
+            .collect()
+    }
+
+    /// An initiate made straight against the emulator, as the portal would:
+    /// `requestor` is whoever holds the token.
+    async fn initiate_outside(&self, vm: &str, port: u16, source: &str, minutes: i64) {
+        let url = format!(
+            "{}/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default/initiate?api-version=2020-01-01",
+            self.azure.base_url
+        );
+        initiate_direct(&self.azure, &url, vm, port, source, self.now(), minutes).await;
+    }
+}
+
+/// POSTs an initiate to the emulator with a token of its own.
+pub async fn initiate_direct(
+    azure: &RunningEmulator,
+    url: &str,
+    vm: &str,
+    port: u16,
+    source: &str,
+    now: DateTime<Utc>,
+    minutes: i64,
+) {
+    let vm_id = format!(
+        "/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/{vm}"
+    );
+    let body = serde_json::json!({
+        "virtualMachines": [{"id": vm_id, "ports": [{
+            "number": port,
+            "endTimeUtc": (now + TimeDelta::minutes(minutes)).to_rfc3339(),
+            "allowedSourceAddressPrefix": source,
+        }]}],
+        "justification": "hotfix from the portal",
+    });
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(azure.emulator.issue_token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        202,
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+// ------------------------------------------------------------ at scale
+
+/// 1,000 grants of mixed durations, created through the service at t0, then
+/// the clock is moved in one-minute steps past the longest: every grant gets
+/// exactly one reminder and one expiry notice, each within the step of its
+/// due time, everything in due-time order, no reminder after its expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_grants_each_get_one_reminder_then_one_expiry_in_time_order() {
+    // Arrange
+    let lab = Lab::new().await;
+    let vms = ["web-01", "web-02", "web-03", "web-04"];
+    let grants: Vec<Grant> = futures_util::stream::iter(0..1000u64)
+        .map(|n| {
+            let lab = &lab;
+            // 15 min .. 3 h, spread so many end in the same minute.
+            let minutes = 15 + (n * 37) % 166;
+            async move {
+                lab.request(n, vms[(n % 4) as usize], &format!("{minutes}m"))
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let by_id: HashMap<String, &Grant> = grants
+        .iter()
+        .map(|g| (g.request_id.to_string(), g))
+        .collect();
+    assert_eq!(by_id.len(), 1000);
+    lab.deliver().await; // the audit events of the requests
+    let before = lab.sent().len();
+
+    // Act
+    let step = TimeDelta::minutes(1);
+    lab.run_until(t0() + TimeDelta::hours(3) + step, step).await;
+
+    // Assert
+    let reminder_before = TimeDelta::minutes(10);
+    let dms: Vec<Sent> = lab.sent()[before..]
+        .iter()
+        .filter(|s| s.dm.is_some())
+        .cloned()
+        .collect();
+    assert_eq!(dms.len(), 2000, "one reminder and one expiry per grant");
+    let mut per_grant: HashMap<String, (Vec<&Sent>, Vec<&Sent>)> = HashMap::new();
+    let mut last_due = t0();
+    for dm in &dms {
+        let id = dm.request_id().expect("every notice names its request");
+        let grant = by_id[&id];
+        let end = grant.end_time.unwrap();
+        assert_eq!(dm.dm, Some(grant.user_id.get()));
+        let entry = per_grant.entry(id).or_default();
+        let due = if dm.key.starts_with("rem-") {
+            entry.0.push(dm);
+            assert!(dm.text().contains(&format!("<t:{}:R>", end.timestamp())));
+            assert!(matches!(
+                dm.message.buttons[..],
+                [
+                    drawbridge::chat::Button {
+                        action: ButtonAction::Extend(_),
+                        ..
+                    },
+                    drawbridge::chat::Button {
+                        action: ButtonAction::CloseEarly(_),
+                        ..
+                    }
+                ]
+            ));
+            end - reminder_before
+        } else {
+            assert!(dm.key.starts_with("exp-"), "{}", dm.key);
+            assert!(dm.text().contains("not cut"));
+            assert!(!dm.text().contains("late"));
+            entry.1.push(dm);
+            end
+        };
+        assert!(
+            dm.at >= due && dm.at < due + step,
+            "sent at {} for due {due}",
+            dm.at
+        );
+        assert!(due >= last_due, "notices go out in due-time order");
+        last_due = due;
+    }
+    assert_eq!(per_grant.len(), 1000);
+    for (id, (reminders, expiries)) in &per_grant {
+        assert_eq!((reminders.len(), expiries.len()), (1, 1), "grant {id}");
+        assert!(reminders[0].at < expiries[0].at, "grant {id}");
+    }
+    assert!(lab.store().open_grants().await.unwrap().is_empty());
+    assert_eq!(lab.audit(AuditAction::ReminderSent).await.len(), 1000);
+    assert_eq!(lab.audit(AuditAction::AccessExpired).await.len(), 1000);
+    assert!(lab.store().verify_audit().await.unwrap().is_intact());
+    // Every state change is recorded with its time.
+    let g = &grants[0];
+    let moves: Vec<_> = lab
+        .store()
+        .grant_transitions(&g.request_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.from, t.to, t.at))
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (GrantState::Requested, GrantState::Active, t0()),
+            (GrantState::Active, GrantState::Expired, g.end_time.unwrap()),
+        ]
+    );
+}
+
+// ------------------------------------------------------------ notices
+
+#[tokio::test]
+async fn the_expiry_is_audited_saying_sessions_are_not_cut() {
+    let lab = Lab::new().await;
+    let grant = lab.request(1, "web-01", "30m").await;
+    lab.run_until(t0() + TimeDelta::minutes(31), TimeDelta::minutes(1))
+        .await;
+    let expired: Vec<Sent> = lab
+        .sent()
+        .into_iter()
+        .filter(|s| s.audit_title() == Some("Access expired"))
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert!(
+        expired[0].text().contains("not cut"),
+        "{}",
+        expired[0].text()
+    );
+    assert!(expired[0].text().contains(grant.request_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_refused_dm_becomes_a_mention_in_the_request_channel() {
+    let lab = Lab::new().await;
+    let grant = lab.request(2, "web-01", "30m").await;
+    lab.recorder
+        .dms_closed
+        .lock()
+        .unwrap()
+        .push(grant.user_id.get());
+    lab.run_until(t0() + TimeDelta::minutes(21), TimeDelta::minutes(1))
+        .await;
+    let fallback: Vec<Sent> = lab
+        .sent()
+        .into_iter()
+        .filter(|s| s.channel == Some(REQUEST_CHANNEL))
+        .collect();
+    assert_eq!(fallback.len(), 1, "the reminder, once");
+    assert_eq!(
+        fallback[0].message.content.as_deref(),
+        Some(format!("<@{}>", grant.user_id).as_str())
+    );
+    assert!(fallback[0].key.starts_with("fb-"));
+    assert!(lab.dms_for(&grant.request_id).is_empty());
+}
+
+// ------------------------------------------------------------ restart recovery
+
+#[tokio::test]
+async fn after_downtime_a_reminder_for_an_ended_grant_is_skipped_and_the_expiry_is_late() {
+    // Arrange: a 2 h grant, then the bot is down from t0 until t0 + 3 h.
+    let mut lab = Lab::new().await;
+    let grant = lab.request(3, "web-02", "2h").await;
+    lab.deliver().await;
+    lab.clock.set(t0() + TimeDelta::hours(3));
+
+    // Act: the restarted worker's first tick.
+    lab.restart_scheduler();
+    let outcome = lab.scheduler.tick(lab.now()).await.unwrap();
+    lab.deliver().await;
+    let again = lab.scheduler.tick(lab.now()).await.unwrap();
+
+    // Assert
+    assert_eq!(
+        (outcome.reminders, outcome.expiries, outcome.skipped),
+        (0, 1, 1)
+    );
+    assert_eq!(again, Default::default(), "handled once");
+    let dms = lab.dms_for(&grant.request_id);
+    assert_eq!(dms.len(), 1);
+    assert!(dms[0].key.starts_with("exp-"));
+    assert!(dms[0].text().contains("late"), "{}", dms[0].text());
+    let expired = lab.audit(AuditAction::AccessExpired).await;
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["late"], true);
+    assert!(lab.audit(AuditAction::ReminderSent).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_crashed_workers_claims_are_taken_over_when_its_lease_runs_out() {
+    // Arrange: worker-1 claims the reminder, then "crashes".
+    let mut lab = Lab::new().await;
+    let grant = lab.request(4, "web-03", "1h").await;
+    let due = grant.end_time.unwrap() - TimeDelta::minutes(10);
+    lab.clock.set(due);
+    let claimed = lab
+        .store()
+        .claim_due(due, "worker-1", TimeDelta::from_std(LEASE).unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // Act
+    lab.restart_scheduler();
+    let early = lab.scheduler.tick(lab.now()).await.unwrap();
+    let wake = lab.scheduler.next_wake().await.unwrap();
+    lab.clock.set(wake.unwrap());
+    let late = lab.scheduler.tick(lab.now()).await.unwrap();
+    lab.deliver().await;
+
+    // Assert
+    assert_eq!(early.reminders, 0, "the claim still holds");
+    assert_eq!(
+        wake,
+        Some(due + TimeDelta::from_std(LEASE).unwrap()),
+        "the loop wakes when the lease runs out, not on its next poll"
+    );
+    assert_eq!(late.reminders, 1);
+    assert_eq!(lab.dms_for(&grant.request_id).len(), 1);
+}
+
+// ------------------------------------------------------------ extend, close early
+
+#[tokio::test]
+async fn extend_moves_the_reminder_and_the_expiry() {
+    // Arrange: 1 h grant; reminder due at 50 min.
+    let lab = Lab::new().await;
+    let grant = lab.request(5, "web-01", "1h").await;
+    let id = grant.request_id.clone();
+    lab.run_until(t0() + TimeDelta::minutes(30), TimeDelta::minutes(5))
+        .await;
+
+    // Act: the remaining 30 min plus the grant's own hour.
+    let extended = lab.service.extend(&Lab::who(5), id.as_str()).await.unwrap();
+
+    // Assert
+    let new_end = t0() + TimeDelta::minutes(120);
+    assert_eq!(extended.state, GrantState::Extended);
+    assert_eq!(extended.end_time, Some(new_end));
+    assert_eq!(
+        lab.pending(&id).await,
+        vec![
+            (ScheduleKind::Reminder, new_end - TimeDelta::minutes(10)),
+            (ScheduleKind::Expiry, new_end),
+        ]
+    );
+    lab.run_until(new_end + TimeDelta::minutes(1), TimeDelta::minutes(1))
+        .await;
+    let dms = lab.dms_for(&id);
+    let times: Vec<(bool, DateTime<Utc>)> = dms
+        .iter()
+        .map(|d| (d.key.starts_with("rem-"), d.at))
+        .collect();
+    assert_eq!(
+        times,
+        vec![(true, new_end - TimeDelta::minutes(10)), (false, new_end)],
+        "nothing at the old times"
+    );
+}
+
+#[tokio::test]
+async fn close_early_cancels_the_timers_and_audits_when_the_port_closes() {
+    // Arrange
+    let lab = Lab::new().await;
+    let grant = lab.request(6, "web-02", "1h").await;
+    let id = grant.request_id.clone();
+    lab.clock.set(t0() + TimeDelta::minutes(10));
+
+    // Act
+    let closed = lab
+        .service
+        .close_early(&Lab::who(6), id.as_str())
+        .await
+        .unwrap();
+    lab.run_until(t0() + TimeDelta::hours(2), TimeDelta::minutes(5))
+        .await;
+
+    // Assert
+    let closes_at = t0() + TimeDelta::minutes(15);
+    assert_eq!(closed.grant.state, GrantState::ClosedEarly);
+    assert_eq!(closed.outcome.closes_at(), closes_at);
+    assert!(lab.pending(&id).await.is_empty());
+    assert!(lab.dms_for(&id).is_empty(), "no reminder, no expiry notice");
+    let audit = lab.audit(AuditAction::AccessClosedEarly).await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["port_closes_at"], "2026-03-02T09:15:00.000000Z");
+    let states: Vec<GrantState> = lab
+        .store()
+        .grant_transitions(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            GrantState::Active,
+            GrantState::Closing,
+            GrantState::ClosedEarly
+        ]
+    );
+}
+
+// ------------------------------------------------------------ reconciliation
+
+#[tokio::test]
+async fn a_request_made_outside_is_reported_once_even_across_restarts() {
+    // Arrange: one grant of ours, one request from the portal.
+    let lab = Lab::new().await;
+    lab.request(7, "web-01", "1h").await;
+    lab.azure.emulator.set_principal_name("barbara@contoso.com");
+    lab.initiate_outside("web-04", 22, "198.51.100.4", 60).await;
+    lab.clock.set(t0() + TimeDelta::minutes(1));
+
+    // Act: two reconcilers over the same database, as before and after a restart.
+    let first = Reconciler::new(lab.service.clone(), Arc::clone(&lab.app.azure) as _);
+    let a = first.tick(lab.now()).await.unwrap();
+    let b = first.tick(lab.now()).await.unwrap();
+    let second = Reconciler::new(lab.service.clone(), Arc::clone(&lab.app.azure) as _);
+    lab.clock.set(t0() + TimeDelta::minutes(6));
+    let c = second.tick(lab.now()).await.unwrap();
+    lab.deliver().await;
+
+    // Assert
+    assert_eq!(
+        (a.opened_outside, b.opened_outside, c.opened_outside),
+        (1, 0, 0)
+    );
+    assert_eq!(a.closed + b.closed + c.closed, 0, "our grant is untouched");
+    let events = lab
+        .store()
+        .audit_events(&AuditFilter {
+            action: Some(AuditAction::OpenedOutsideDrawbridge),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    let e = &events[0].event;
+    assert_eq!(e.actor, "azure:barbara@contoso.com");
+    assert_eq!(e.target, "rg-web/web-04");
+    assert_eq!(e.detail["flagged"], true);
+    assert_eq!(e.detail["ports"], "22");
+    assert_eq!(e.detail["source"], "198.51.100.4");
+    assert_eq!(e.detail["end"], "2026-03-02T10:00:00.000000Z");
+    let posted: Vec<Sent> = lab
+        .sent()
+        .into_iter()
+        .filter(|s| s.audit_title() == Some("Opened outside Drawbridge"))
+        .collect();
+    assert_eq!(posted.len(), 1);
+}
+
+#[tokio::test]
+async fn a_grant_superseded_in_azure_is_closed_in_our_records() {
+    // Arrange: our grant on web-02, then someone opens web-02:22 in the portal.
+    let lab = Lab::new().await;
+    let grant = lab.request(8, "web-02", "2h").await;
+    let id = grant.request_id.clone();
+    lab.clock.set(t0() + TimeDelta::minutes(5));
+    lab.initiate_outside("web-02", 22, "198.51.100.9", 30).await;
+    lab.clock.set(t0() + TimeDelta::minutes(6));
+
+    // Act
+    let reconciler = Reconciler::new(lab.service.clone(), Arc::clone(&lab.app.azure) as _);
+    let outcome = reconciler.tick(lab.now()).await.unwrap();
+    let again = reconciler.tick(lab.now()).await.unwrap();
+    lab.run_until(t0() + TimeDelta::hours(3), TimeDelta::minutes(10))
+        .await;
+
+    // Assert
+    assert_eq!((outcome.opened_outside, outcome.closed), (1, 1));
+    assert_eq!((again.opened_outside, again.closed), (0, 0));
+    let stored = lab.store().grant(&id).await.unwrap().unwrap();
+    assert_eq!(stored.state, GrantState::Expired);
+    assert!(lab.pending(&id).await.is_empty(), "timers cancelled");
+    let dms = lab.dms_for(&id);
+    assert_eq!(dms.len(), 1, "the engineer is told, and only that");
+    assert!(
+        dms[0].text().contains("newer JIT request"),
+        "{}",
+        dms[0].text()
+    );
+    let expired = lab.audit(AuditAction::AccessExpired).await;
+    assert_eq!(expired.len(), 1);
+    assert!(
+        expired[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("NewerRequestInitiated")
+    );
+    assert!(lab.audit(AuditAction::ReminderSent).await.is_empty());
+    assert!(lab.store().verify_audit().await.unwrap().is_intact());
+}
+
+/// The running app (`App::run`, as `drawbridge run`) reports a port opened
+/// straight against Azure in the audit channel within one reconciliation
+/// interval, and only once.
+#[tokio::test]
+async fn the_running_bot_reports_an_outside_request_in_the_audit_channel_once() {
+    // Arrange
+    let interval = Duration::from_secs(2);
+    let app = crate::support::app::TestAppBuilder::default()
+        .env("AZURE__RECONCILE_INTERVAL", "2s")
+        .start()
+        .await;
+    let url = format!(
+        "{}/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default/initiate?api-version=2020-01-01",
+        app.azure.base_url
+    );
+    let is_outside = |m: &serde_json::Value| m.to_string().contains("Opened outside Drawbridge");
+    let outside = |d: &FakeDiscord| {
+        d.channel_messages(AUDIT_CHANNEL)
+            .into_iter()
+            .filter(|m| is_outside(m))
+            .count()
+    };
+
+    // Act
+    let started = std::time::Instant::now();
+    initiate_direct(&app.azure, &url, "web-03", 22, "192.0.2.10", Utc::now(), 30).await;
+    while outside(&app.discord) == 0 && started.elapsed() < interval * 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen_after = started.elapsed();
+    tokio::time::sleep(interval * 2).await; // two more rounds
+
+    // Assert
+    assert_eq!(outside(&app.discord), 1, "reported, once");
+    assert!(
+        seen_after <= interval + Duration::from_millis(1500),
+        "seen after {seen_after:?}"
+    );
+    let message = app
+        .discord
+        .channel_messages(AUDIT_CHANNEL)
+        .into_iter()
+        .find(|m| is_outside(m))
+        .unwrap()
+        .to_string();
+    assert!(message.contains("rg-web/web-03"), "{message}");
+    assert!(message.contains("192.0.2.10"), "{message}");
+    app.stop().await.unwrap();
+}

@@ -390,18 +390,10 @@ async fn run_with_store(sources: &Sources, command: Command) -> anyhow::Result<E
                     let roles: Vec<String> = m.roles.iter().map(ToString::to_string).collect();
                     writeln!(
                         out,
-                        "{}: roles {} → vms {}, ports {}, up to {}, from {}{}",
+                        "{}: roles {} → {}",
                         m.name,
                         roles.join(","),
-                        m.vms,
-                        m.ports,
-                        m.max_duration,
-                        m.sources,
-                        if m.require_reason {
-                            ", reason required"
-                        } else {
-                            ""
-                        }
+                        m.describe()
                     )?;
                 }
             }

@@ -45,20 +45,12 @@ pub struct PolicyId {
 /// # Errors
 /// [`IdError`] when `s` is not a GUID.
 pub fn check_subscription(s: &str) -> Result<(), IdError> {
-    let groups: Vec<&str> = s.split('-').collect();
-    let ok = groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(IdError {
+    crate::domain::SubscriptionId::parse(s)
+        .map(|_| ())
+        .map_err(|_| IdError {
             kind: "subscription",
             id: s.to_owned(),
         })
-    }
 }
 
 /// Resource group: 1-90 of letters/digits (Unicode), `_ - . ( )`, no trailing period.

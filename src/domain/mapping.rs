@@ -405,6 +405,22 @@ impl RoleMapping {
         }
     }
 
+    /// What it allows, in words: `VMs web-*, ports 22, up to 4h, from any`.
+    pub fn describe(&self) -> String {
+        format!(
+            "VMs {}, ports {}, up to {}, from {}{}",
+            self.vms,
+            self.ports,
+            self.max_duration,
+            self.sources,
+            if self.require_reason {
+                ", reason required"
+            } else {
+                ""
+            }
+        )
+    }
+
     /// Whether any of `roles` is covered.
     pub fn applies_to(&self, roles: &[RoleId]) -> bool {
         roles.iter().any(|r| self.roles.contains(r))

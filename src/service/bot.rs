@@ -379,18 +379,7 @@ fn mapping_summary(m: &crate::domain::RoleMapping) -> String {
         .map(|r| format!("<@&{r}>"))
         .collect::<Vec<_>>()
         .join(" ");
-    format!(
-        "{roles} → VMs `{}`, ports `{}`, up to {}, from {}{}",
-        m.vms,
-        m.ports,
-        m.max_duration,
-        m.sources,
-        if m.require_reason {
-            ", reason required"
-        } else {
-            ""
-        }
-    )
+    format!("{roles} → {}", m.describe())
 }
 
 fn mapping_card(title: &str, m: &crate::domain::RoleMapping) -> Card {

@@ -36,7 +36,7 @@ use crate::chat::ChatMessage;
 use crate::clock::SharedClock;
 use crate::domain::{AuditAction, AuditEvent, Outcome};
 use crate::interactions::{ChatSender, SendError};
-use crate::store::{AuditRecord, OutboxKind, OutboxMessage, OutboxRow, Store, StoreError};
+use crate::store::{AuditRecord, Grant, OutboxKind, OutboxMessage, OutboxRow, Store, StoreError};
 
 /// The longest wait between two attempts.
 const MAX_BACKOFF_SECS: i64 = 300;
@@ -64,18 +64,18 @@ pub fn dm_payload(message: &ChatMessage, fallback_channel: Option<u64>) -> serde
     json!({"message": message, "fallback_channel": fallback_channel})
 }
 
-/// An outbox row for a DM to `user`.
-pub fn dm(
-    user: u64,
+/// An outbox row for a DM to the grant's owner, falling back to a mention
+/// in the channel they asked in.
+pub fn dm_to_owner(
+    grant: &Grant,
     message: &ChatMessage,
-    fallback_channel: Option<u64>,
     key: String,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
     OutboxMessage {
         kind: OutboxKind::Dm,
-        target: Some(user.to_string()),
-        payload: dm_payload(message, fallback_channel),
+        target: Some(grant.user_id.to_string()),
+        payload: dm_payload(message, grant.channel_id.map(|c| c.get())),
         idempotency_key: Some(key),
         created_at: now,
     }

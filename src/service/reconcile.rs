@@ -333,10 +333,9 @@ impl Reconciler {
         )
         .await?;
         let aliases = &self.service.config().aliases;
-        tx.enqueue(delivery::dm(
-            closed.user_id.get(),
+        tx.enqueue(delivery::dm_to_owner(
+            &closed,
             &render::ended_by_azure(&closed, &reason, aliases),
-            closed.channel_id.map(|c| c.get()),
             notice_key(&grant.request_id),
             now,
         ))

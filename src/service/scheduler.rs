@@ -118,10 +118,9 @@ impl Scheduler {
             {
                 let end = grant.end_time.expect("checked above");
                 let message = render::reminder(&grant, end, aliases);
-                tx.enqueue(delivery::dm(
-                    grant.user_id.get(),
+                tx.enqueue(delivery::dm_to_owner(
+                    &grant,
                     &message,
-                    grant.channel_id.map(|c| c.get()),
                     format!("rem-{}", item.id),
                     now,
                 ))
@@ -153,10 +152,9 @@ impl Scheduler {
                 tx.cancel_schedule(&grant.request_id, &[ScheduleKind::Reminder], now)
                     .await?;
                 let message = render::expired(&grant, late, aliases);
-                tx.enqueue(delivery::dm(
-                    grant.user_id.get(),
+                tx.enqueue(delivery::dm_to_owner(
+                    &grant,
                     &message,
-                    grant.channel_id.map(|c| c.get()),
                     format!("exp-{}", item.id),
                     now,
                 ))

@@ -48,6 +48,8 @@ pub struct App {
     pub azure: Arc<AzureJit>,
     /// "Now".
     pub clock: SharedClock,
+    /// ARM tokens (also probed by `/readyz`).
+    pub tokens: Arc<dyn TokenSource>,
 }
 
 /// Running background workers.
@@ -106,7 +108,7 @@ impl App {
         );
         let arm = ArmClient::new(ArmClientOptions {
             arm_endpoint: endpoints.arm.clone(),
-            token_source: tokens,
+            token_source: Arc::clone(&tokens),
             request_timeout: az.request_timeout,
             retry: RetryPolicy::default(),
             clock: Arc::clone(&clock),
@@ -147,7 +149,18 @@ impl App {
             service,
             azure,
             clock,
+            tokens,
         })
+    }
+
+    /// The operations endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops(&self, transport: crate::ops::Transport) -> Arc<crate::ops::Ops> {
+        Arc::new(crate::ops::Ops::new(
+            self.service.store().clone(),
+            Arc::clone(&self.tokens),
+            transport,
+            Arc::clone(&self.clock),
+        ))
     }
 
     /// The interaction handler over the use cases.
@@ -252,7 +265,22 @@ impl App {
         let result = match discord.mode {
             DiscordMode::Gateway => {
                 let status = crate::discord::GatewayStatus::new();
-                crate::discord::run_gateway(discord, handler, status, shutdown).await
+                let ops = self.ops(crate::ops::Transport::Gateway(status.clone()));
+                let listen = self.settings.ops.listen;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen} (ops.listen)"))?;
+                tracing::info!(%listen, "ops endpoints listening");
+                let ops_stop = CancellationToken::new();
+                let ops_server = tokio::spawn(
+                    axum::serve(listener, ops.router())
+                        .with_graceful_shutdown(ops_stop.clone().cancelled_owned())
+                        .into_future(),
+                );
+                let result = crate::discord::run_gateway(discord, handler, status, shutdown).await;
+                ops_stop.cancel();
+                let _ = ops_server.await;
+                result
             }
             DiscordMode::Http => {
                 crate::discord::commands::register(&http, discord).await?;
@@ -266,7 +294,8 @@ impl App {
                     handler,
                     Arc::clone(&self.clock),
                     tracker.clone(),
-                )?;
+                )?
+                .merge(self.ops(crate::ops::Transport::Endpoint).router());
                 let listener = tokio::net::TcpListener::bind(self.settings.http.listen)
                     .await
                     .with_context(|| format!("listening on {}", self.settings.http.listen))?;

@@ -8,6 +8,8 @@ pub mod config;
 pub mod discord;
 pub mod domain;
 pub mod interactions;
+pub mod metrics;
+pub mod ops;
 pub mod sandbox;
 pub mod service;
 pub mod store;

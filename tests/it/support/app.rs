@@ -63,6 +63,8 @@ pub struct TestApp {
     pub clock: SharedClock,
     /// HTTP mode: the interactions endpoint URL.
     pub endpoint: Option<String>,
+    /// `http://127.0.0.1:PORT` serving `/healthz`, `/readyz`, `/metrics`.
+    pub ops_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -132,6 +134,7 @@ impl TestAppBuilder {
             ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
             ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
             ("DATABASE__URL", db.clone()),
+            ("OPS__LISTEN", format!("127.0.0.1:{}", free_port())),
         ]
         .into_iter()
         .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))
@@ -150,6 +153,11 @@ impl TestAppBuilder {
         for (k, v) in self.env {
             env.insert(format!("DRAWBRIDGE__{k}"), v);
         }
+        let ops_listen = match &endpoint {
+            Some(_) => &env["DRAWBRIDGE__HTTP__LISTEN"],
+            None => &env["DRAWBRIDGE__OPS__LISTEN"],
+        };
+        let ops_url = format!("http://{ops_listen}");
         let settings = Settings::load(&Sources {
             file: None,
             env: Some(env),
@@ -183,6 +191,7 @@ impl TestAppBuilder {
             settings,
             clock,
             endpoint,
+            ops_url,
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: dir,

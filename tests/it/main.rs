@@ -1,6 +1,7 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
 
 mod azure_client;
+mod demo;
 mod discord_adapter;
 mod e2e;
 mod emulator;

@@ -6,5 +6,6 @@ mod discord_adapter;
 mod e2e;
 mod emulator;
 mod fake_discord_selftest;
+mod ops;
 mod store;
 mod support;

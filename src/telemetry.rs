@@ -13,9 +13,15 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
+/// Targets capped whatever the filter says, because they log secrets:
+/// serenity's REST client puts each request (whose route holds the
+/// interaction token, valid 15 minutes) into an INFO span and prints failed
+/// responses (with webhook-token URLs) at DEBUG.
+const ALWAYS: &[&str] = &["serenity::http=error"];
+
 /// A subscriber writing `format` to `writer`, keeping what `filter` (a
-/// tracing filter such as `info,serenity=warn`) lets through; an invalid
-/// filter falls back to `info`.
+/// tracing filter such as `info,serenity=warn`) lets through, except the
+/// [`ALWAYS`] caps; an invalid filter falls back to `info`.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: &str,
@@ -24,7 +30,12 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    for cap in ALWAYS {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -6,6 +6,7 @@ mod discord_adapter;
 mod e2e;
 mod emulator;
 mod fake_discord_selftest;
+mod logs;
 mod ops;
 mod store;
 mod support;

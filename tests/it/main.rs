@@ -8,5 +8,6 @@ mod emulator;
 mod fake_discord_selftest;
 mod logs;
 mod ops;
+mod shutdown;
 mod store;
 mod support;

@@ -218,3 +218,33 @@ pub async fn probe(url: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Settings, Sources};
+
+    fn settings(env: &[(&str, &str)]) -> Settings {
+        Settings::load(&Sources {
+            file: None,
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+        .expect("valid settings")
+    }
+
+    #[test]
+    fn the_healthcheck_probes_the_listener_of_the_mode_on_loopback() {
+        assert_eq!(healthz_url(&settings(&[])), "http://127.0.0.1:9090/healthz");
+        let http = settings(&[
+            ("DRAWBRIDGE__DISCORD__MODE", "http"),
+            ("DRAWBRIDGE__HTTP__LISTEN", "[::]:8443"),
+        ]);
+        assert_eq!(healthz_url(&http), "http://[::1]:8443/healthz");
+        let fixed = settings(&[("DRAWBRIDGE__OPS__LISTEN", "10.0.0.5:9100")]);
+        assert_eq!(healthz_url(&fixed), "http://10.0.0.5:9100/healthz");
+    }
+}

@@ -3,6 +3,7 @@
 mod azure_client;
 mod demo;
 mod discord_adapter;
+mod docs;
 mod e2e;
 mod emulator;
 mod fake_discord_selftest;

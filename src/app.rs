@@ -49,6 +49,8 @@ pub struct App {
     pub azure: Arc<AzureJit>,
     /// "Now".
     pub clock: SharedClock,
+    /// ARM tokens (also probed by `/readyz`).
+    pub tokens: Arc<dyn TokenSource>,
 }
 
 /// Running background workers.
@@ -82,7 +84,7 @@ impl App {
         let store = Store::open(&settings.database.url)
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?;
-        let azure = build_azure(&settings, &clock)?;
+        let (azure, tokens) = build_azure(&settings, &clock)?;
         match azure.refresh().await {
             Ok(n) => tracing::info!(vms = n, "VM index built"),
             Err(e) => {
@@ -106,7 +108,18 @@ impl App {
             service,
             azure,
             clock,
+            tokens,
         })
+    }
+
+    /// The operations endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops(&self, transport: crate::ops::Transport) -> Arc<crate::ops::Ops> {
+        Arc::new(crate::ops::Ops::new(
+            self.service.store().clone(),
+            Arc::clone(&self.tokens),
+            transport,
+            Arc::clone(&self.clock),
+        ))
     }
 
     /// The interaction handler over the use cases.
@@ -213,7 +226,22 @@ impl App {
         let result = match discord.mode {
             DiscordMode::Gateway => {
                 let status = crate::discord::GatewayStatus::new();
-                crate::discord::run_gateway(discord, handler, status, shutdown).await
+                let ops = self.ops(crate::ops::Transport::Gateway(status.clone()));
+                let listen = self.settings.ops.listen;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen} (ops.listen)"))?;
+                tracing::info!(%listen, "ops endpoints listening");
+                let ops_stop = CancellationToken::new();
+                let ops_server = tokio::spawn(
+                    axum::serve(listener, ops.router())
+                        .with_graceful_shutdown(ops_stop.clone().cancelled_owned())
+                        .into_future(),
+                );
+                let result = crate::discord::run_gateway(discord, handler, status, shutdown).await;
+                ops_stop.cancel();
+                let _ = ops_server.await;
+                result
             }
             DiscordMode::Http => {
                 crate::discord::commands::register(&http, discord).await?;
@@ -227,7 +255,8 @@ impl App {
                     handler,
                     Arc::clone(&self.clock),
                     tracker.clone(),
-                )?;
+                )?
+                .merge(self.ops(crate::ops::Transport::Endpoint).router());
                 let listener = tokio::net::TcpListener::bind(self.settings.http.listen)
                     .await
                     .with_context(|| format!("listening on {}", self.settings.http.listen))?;
@@ -249,11 +278,15 @@ impl App {
     }
 }
 
-/// The Azure side from settings: credential, ARM client, an empty VM index.
+/// The Azure side from settings: the credential (as a token source, also
+/// probed by `/readyz`), the ARM client and an empty VM index.
 ///
 /// # Errors
 /// Bad endpoints or a credential azure_identity refuses.
-pub fn build_azure(settings: &Settings, clock: &SharedClock) -> anyhow::Result<Arc<AzureJit>> {
+pub fn build_azure(
+    settings: &Settings,
+    clock: &SharedClock,
+) -> anyhow::Result<(Arc<AzureJit>, Arc<dyn TokenSource>)> {
     let az = &settings.azure;
     let endpoints = resolve_endpoints(az.cloud, az.arm_endpoint.clone(), az.authority_host.clone())
         .context("resolving the Azure endpoints")?;
@@ -278,7 +311,7 @@ pub fn build_azure(settings: &Settings, clock: &SharedClock) -> anyhow::Result<A
     );
     let arm = ArmClient::new(ArmClientOptions {
         arm_endpoint: endpoints.arm.clone(),
-        token_source: tokens,
+        token_source: Arc::clone(&tokens),
         request_timeout: az.request_timeout,
         retry: RetryPolicy::default(),
         clock: Arc::clone(clock),
@@ -290,12 +323,13 @@ pub fn build_azure(settings: &Settings, clock: &SharedClock) -> anyhow::Result<A
         allowed_source: az.enable.source.to_string(),
         ..EnableDefaults::default()
     };
-    Ok(Arc::new(AzureJit::new(
+    let azure = Arc::new(AzureJit::new(
         arm,
         SharedVmIndex::new(Arc::clone(clock), DEFAULT_MISS_FLOOR),
         az.subscriptions.iter().map(|s| s.to_string()).collect(),
         enable,
-    )))
+    ));
+    Ok((azure, tokens))
 }
 
 /// Resolves on SIGINT or SIGTERM.

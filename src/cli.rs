@@ -35,6 +35,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the bot.
     Run,
+    /// Try Drawbridge locally: Azure emulator, temporary database, and this
+    /// terminal as the chat (scriptable: pipe commands into it).
+    Demo {
+        /// Demo seconds per real second (default: 1 on a terminal, 0 for a
+        /// script, where time moves only with `:advance`).
+        #[arg(long, value_name = "N")]
+        speed: Option<f64>,
+    },
+    /// Probe a running bot's /healthz (for container health checks); exits
+    /// 0 when it answers.
+    Healthcheck {
+        /// The URL to probe (default: from the configuration: ops.listen in
+        /// gateway mode, http.listen in HTTP mode).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Run the Azure JIT emulator on its own.
     EmulateAzure {
         /// Listen address.
@@ -220,6 +236,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo { speed } => {
+            if speed.is_some_and(|s| !(0.0..=100_000.0).contains(&s)) {
+                return Err(usage("--speed: give a number from 0 to 100000"));
+            }
+            crate::telemetry::init(crate::config::LogFormat::Pretty, "warn", std::io::stderr);
+            crate::demo::run(crate::demo::DemoOptions { speed }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { url } => {
+            let url = match url {
+                Some(url) => url,
+                None => crate::ops::healthz_url(&load(&sources)?),
+            };
+            match crate::ops::probe(&url).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::CheckConfig => Ok(check_config(&sources)),
         Command::Explain(args) => explain(&sources, args).await,
         other => run_with_store(&sources, other).await,
@@ -239,7 +276,7 @@ async fn resolve_vm(settings: &Settings, vm: &VmRef) -> anyhow::Result<VmIdentit
         ));
     }
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
-    let azure = crate::app::build_azure(settings, &clock)?;
+    let (azure, _) = crate::app::build_azure(settings, &clock)?;
     let found = azure.resolve(vm).await.map_err(|e| match e {
         LookupError::NotFound { name, .. } => {
             usage(format!("--vm: no VM named {name} is under JIT"))
@@ -530,6 +567,8 @@ async fn run_with_store(sources: &Sources, command: Command) -> anyhow::Result<E
         | Command::CheckConfig
         | Command::Explain(_)
         | Command::Run
+        | Command::Demo { .. }
+        | Command::Healthcheck { .. }
         | Command::EmulateAzure { .. } => ExitCode::SUCCESS,
     };
     store.close().await;

@@ -488,7 +488,7 @@ impl ArmClient {
             let latency_ms = t0.elapsed().as_millis() as u64;
             let transient = match outcome {
                 Ok((status, headers, bytes)) => {
-                    inner.stats.record(op, status.as_u16());
+                    inner.stats.record(op, status.as_u16(), t0.elapsed());
                     tracing::debug!(
                         operation = op.name(),
                         status = status.as_u16(),
@@ -515,7 +515,7 @@ impl ArmClient {
                     }
                 }
                 Err(e) => {
-                    inner.stats.record(op, 0);
+                    inner.stats.record(op, 0, t0.elapsed());
                     let kind = if e.is_timeout() {
                         "timeout"
                     } else if e.is_connect() {

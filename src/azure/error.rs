@@ -203,7 +203,10 @@ pub struct ArmStats {
 }
 
 impl ArmStats {
-    pub(crate) fn record(&self, operation: Operation, status: u16) {
+    /// Counts one attempt (`status` 0: no response) and feeds the process
+    /// metrics ([`crate::metrics`]) with its latency.
+    pub(crate) fn record(&self, operation: Operation, status: u16, latency: std::time::Duration) {
+        crate::metrics::global().arm_request(operation.name(), status, latency);
         *self
             .counts
             .lock()
@@ -273,9 +276,10 @@ mod tests {
     #[test]
     fn stats_count_by_operation_and_status() {
         let s = ArmStats::default();
-        s.record(Operation::Initiate, 202);
-        s.record(Operation::Initiate, 429);
-        s.record(Operation::ListPolicies, 200);
+        let t = std::time::Duration::from_millis(5);
+        s.record(Operation::Initiate, 202, t);
+        s.record(Operation::Initiate, 429, t);
+        s.record(Operation::ListPolicies, 200, t);
         assert_eq!(s.total(Operation::Initiate), 2);
         assert_eq!(s.snapshot().len(), 3);
     }

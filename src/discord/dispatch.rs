@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serenity::all::{
     AutocompleteChoice, CommandDataOption, CommandDataOptionValue, CommandDataResolved,
@@ -121,20 +121,24 @@ impl Dispatcher {
         Self { http, handler }
     }
 
-    /// Handles one interaction to the end, in its own span (id, command,
-    /// user; never the token).
+    /// Handles one interaction to the end, in its own span (request id,
+    /// command, member, VM; never the token).
     pub(crate) async fn dispatch(&self, interaction: Interaction, ack: Ack) {
+        let received = Instant::now();
         let span = info_span!(
             "interaction",
-            id = %interaction.id(),
+            request_id = %interaction.id(),
             kind = kind_name(&interaction),
             command = tracing::field::Empty,
-            user_id = tracing::field::Empty,
+            member_id = tracing::field::Empty,
+            vm = tracing::field::Empty,
         );
-        self.route(interaction, ack).instrument(span).await;
+        self.route(interaction, ack, received)
+            .instrument(span)
+            .await;
     }
 
-    async fn route(&self, interaction: Interaction, ack: Ack) {
+    async fn route(&self, interaction: Interaction, ack: Ack, received: Instant) {
         match interaction {
             Interaction::Ping(ping) => {
                 ack.send(
@@ -145,9 +149,13 @@ impl Dispatcher {
                 )
                 .await;
             }
-            Interaction::Command(command) => self.command(command, ack).await,
-            Interaction::Autocomplete(command) => self.autocomplete(command, ack).await,
-            Interaction::Component(component) => self.component(component, ack).await,
+            Interaction::Command(command) => self.command(command, ack, received).await,
+            Interaction::Autocomplete(command) => {
+                self.autocomplete(command, ack, received).await;
+            }
+            Interaction::Component(component) => {
+                self.component(component, ack, received).await;
+            }
             Interaction::Modal(modal) => {
                 warn!("modal submissions are not used by Drawbridge");
                 let reply = ephemeral_text("This form is not supported.");
@@ -157,10 +165,11 @@ impl Dispatcher {
         }
     }
 
-    async fn command(&self, command: CommandInteraction, ack: Ack) {
+    async fn command(&self, command: CommandInteraction, ack: Ack, received: Instant) {
         let span = Span::current();
         span.record("command", command.data.name.as_str());
-        span.record("user_id", command.user.id.get());
+        span.record("member_id", command.user.id.get());
+        let metrics = crate::metrics::global();
         let Some(who) = invocation(
             command.id,
             &command.user,
@@ -181,23 +190,29 @@ impl Dispatcher {
             .send(&self.http, command.id, &command.token, deferred())
             .await
         {
+            metrics.interaction(&command.data.name, "not_acknowledged");
             return;
         }
+        metrics.ack_latency("command", received.elapsed());
         let slash = slash_command(
             &command.data.name,
             &command.data.options,
             &command.data.resolved,
         );
+        if let Some(vm) = slash.option("vm") {
+            span.record("vm", vm);
+        }
         info!(subcommand = slash.subcommand.as_deref(), "slash command");
         let handler = self.handler.clone();
         let message = guarded(async move { handler.command(&who, &slash).await }).await;
+        metrics.interaction(&command.data.name, outcome_of(&message));
         self.show(&command.token, &message).await;
     }
 
-    async fn autocomplete(&self, command: CommandInteraction, ack: Ack) {
+    async fn autocomplete(&self, command: CommandInteraction, ack: Ack, received: Instant) {
         let span = Span::current();
         span.record("command", command.data.name.as_str());
-        span.record("user_id", command.user.id.get());
+        span.record("member_id", command.user.id.get());
         let choices = match invocation(
             command.id,
             &command.user,
@@ -225,14 +240,21 @@ impl Dispatcher {
         let response = CreateInteractionResponse::Autocomplete(
             CreateAutocompleteResponse::new().set_choices(autocomplete_choices(choices)),
         );
-        ack.send(&self.http, command.id, &command.token, response)
-            .await;
+        if ack
+            .send(&self.http, command.id, &command.token, response)
+            .await
+        {
+            let metrics = crate::metrics::global();
+            metrics.ack_latency("autocomplete", received.elapsed());
+            metrics.interaction(&command.data.name, "autocomplete");
+        }
     }
 
-    async fn component(&self, component: ComponentInteraction, ack: Ack) {
+    async fn component(&self, component: ComponentInteraction, ack: Ack, received: Instant) {
         let span = Span::current();
         span.record("command", component.data.custom_id.as_str());
-        span.record("user_id", component.user.id.get());
+        span.record("member_id", component.user.id.get());
+        let metrics = crate::metrics::global();
         let action = ButtonAction::parse(&component.data.custom_id);
         let who = invocation(
             component.id,
@@ -246,17 +268,21 @@ impl Dispatcher {
             let reply = ephemeral_text(STALE_BUTTON);
             ack.send(&self.http, component.id, &component.token, reply)
                 .await;
+            metrics.interaction("button", "stale");
             return;
         };
         if !ack
             .send(&self.http, component.id, &component.token, deferred())
             .await
         {
+            metrics.interaction("button", "not_acknowledged");
             return;
         }
+        metrics.ack_latency("component", received.elapsed());
         info!(?action, "button");
         let handler = self.handler.clone();
         let message = guarded(async move { handler.button(&who, &action).await }).await;
+        metrics.interaction("button", outcome_of(&message));
         self.show(&component.token, &message).await;
     }
 
@@ -310,6 +336,22 @@ async fn guarded(call: impl Future<Output = ChatMessage> + Send + 'static) -> Ch
             error!(panicked = e.is_panic(), "the handler failed");
             ChatMessage::text(INTERNAL_ERROR)
         }
+    }
+}
+
+/// What the member saw, for the interactions counter: the card's tone
+/// (`success`, `denied`, `error`, `warning`, `info`).
+fn outcome_of(message: &ChatMessage) -> &'static str {
+    match &message.card {
+        Some(card) => match card.tone {
+            crate::chat::Tone::Success => "success",
+            crate::chat::Tone::Denied => "denied",
+            crate::chat::Tone::Error => "error",
+            crate::chat::Tone::Warning => "warning",
+            crate::chat::Tone::Info => "info",
+        },
+        None if message.content.as_deref() == Some(INTERNAL_ERROR) => "error",
+        None => "info",
     }
 }
 

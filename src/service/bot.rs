@@ -239,10 +239,11 @@ impl Bot {
                         .filter(|r| !r.trim().is_empty())
                         .map(|r| RoleId::parse(r).map_err(|e| AdminError::Invalid(e.to_string())))
                         .collect::<Result<_, _>>()?
-                } else if let Some(user) = opt("user") {
+                } else if opt("user").is_some() {
+                    // Keyed by option name, as the transports fill it.
                     command
                         .resolved_roles
-                        .get(user)
+                        .get("user")
                         .cloned()
                         .unwrap_or_default()
                 } else {

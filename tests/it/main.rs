@@ -3,7 +3,9 @@
 mod azure_client;
 mod cli;
 mod crash;
+mod demo;
 mod discord_adapter;
+mod docs;
 mod e2e;
 mod e2e_admin;
 mod e2e_audit;
@@ -12,5 +14,8 @@ mod e2e_http;
 mod emulator;
 mod fake_discord_selftest;
 mod lifecycle;
+mod logs;
+mod ops;
+mod shutdown;
 mod store;
 mod support;

@@ -63,6 +63,8 @@ pub struct TestApp {
     pub clock: SharedClock,
     /// HTTP mode: the interactions endpoint URL.
     pub endpoint: Option<String>,
+    /// `http://127.0.0.1:PORT` serving `/healthz`, `/readyz`, `/metrics`.
+    pub ops_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -129,6 +131,11 @@ impl TestAppBuilder {
         for (k, v) in self.env {
             env.insert(format!("DRAWBRIDGE__{k}"), v);
         }
+        let ops_listen = match &endpoint {
+            Some(_) => &env["DRAWBRIDGE__HTTP__LISTEN"],
+            None => &env["DRAWBRIDGE__OPS__LISTEN"],
+        };
+        let ops_url = format!("http://{ops_listen}");
         let settings = Settings::load(&Sources {
             file: None,
             env: Some(env),
@@ -162,6 +169,7 @@ impl TestAppBuilder {
             settings,
             clock,
             endpoint,
+            ops_url,
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: dir,
@@ -192,6 +200,7 @@ pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashM
         ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
         ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
         ("DATABASE__URL", db_url.to_string()),
+        ("OPS__LISTEN", format!("127.0.0.1:{}", free_port())),
     ]
     .into_iter()
     .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))

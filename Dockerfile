@@ -1,0 +1,61 @@
+# syntax=docker/dockerfile:1
+# Drawbridge: a multi-stage build with cargo-chef, so dependencies are cached
+# in their own layer and a source change rebuilds only the crate itself.
+#
+#   docker build -t drawbridge .
+#   docker run -v drawbridge-data:/data -e DRAWBRIDGE__DISCORD__TOKEN=... drawbridge
+#
+# No sqlx query macros are used, so the build needs no database (nothing like
+# SQLX_OFFLINE); migrations and config/default.toml are embedded in the binary.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked --version ^0.1
+WORKDIR /app
+
+# The dependency recipe: changes only when Cargo.toml or Cargo.lock do.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /app/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked --bin drawbridge \
+ && strip target/release/drawbridge
+
+FROM debian:bookworm-slim AS runtime
+# CA certificates for TLS to Discord and Azure (the ARM client verifies
+# against the system store).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 drawbridge \
+ && useradd --system --uid 10001 --gid drawbridge --home-dir /data --shell /usr/sbin/nologin drawbridge \
+ && mkdir -p /data \
+ && chown drawbridge:drawbridge /data
+COPY --from=builder /app/target/release/drawbridge /usr/local/bin/drawbridge
+
+# The SQLite database (with its -wal and -shm files) lives on the volume.
+VOLUME ["/data"]
+WORKDIR /data
+ENV DRAWBRIDGE__DATABASE__URL=sqlite:///data/drawbridge.db \
+    DRAWBRIDGE__LOGGING__FORMAT=json \
+    DRAWBRIDGE__OPS__LISTEN=0.0.0.0:9090 \
+    DRAWBRIDGE__HTTP__LISTEN=0.0.0.0:8080
+# 8080: the interactions endpoint and ops endpoints in HTTP mode;
+# 9090: /healthz, /readyz and /metrics in gateway mode.
+EXPOSE 8080 9090
+USER drawbridge:drawbridge
+
+# No curl in the image: the binary probes its own /healthz (ops.listen in
+# gateway mode, http.listen in HTTP mode).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["drawbridge", "healthcheck"]
+
+# SIGTERM (docker stop) shuts down gracefully: in-flight requests finish.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["drawbridge"]
+CMD ["run"]

@@ -1,0 +1,331 @@
+//! The terminal as a chat service: [`ConsoleSender`] is the demo's
+//! [`ChatSender`] (audit channel posts, DMs, channel messages), and
+//! [`render`] turns any [`ChatMessage`] into readable text, with Discord's
+//! timestamp tokens shown in local time.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::chat::{ButtonAction, ChatMessage, Tone, render_times};
+use crate::clock::SharedClock;
+use crate::interactions::{ChatSender, SendError};
+
+/// Where the demo writes, shared by the console loop and the outbox.
+#[derive(Clone)]
+pub struct Output {
+    inner: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// Held while a command runs and its reply is printed, so messages the
+    /// outbox delivers meanwhile come after the reply, as in Discord.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Output {
+    /// Writes to `writer`.
+    pub fn new(writer: Box<dyn Write + Send>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(writer)),
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Prints `text` (a newline is added) and flushes.
+    pub fn line(&self, text: &str) {
+        let mut out = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    /// Prints `text` without a newline (a prompt) and flushes.
+    pub fn prompt(&self, text: &str) {
+        let mut out = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = write!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    /// Holds other printers back until the guard is dropped.
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
+    }
+}
+
+/// Display names for ids: users (`<@id>` mentions, DM recipients) and
+/// channels.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    /// User id to display name.
+    pub users: BTreeMap<u64, String>,
+    /// Channel id to name (without `#`).
+    pub channels: BTreeMap<u64, String>,
+}
+
+impl Names {
+    fn user(&self, id: u64) -> String {
+        self.users
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("user {id}"))
+    }
+
+    fn channel(&self, id: u64) -> String {
+        self.channels
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("channel-{id}"))
+    }
+
+    /// Replaces `<@id>` mentions with `@name`.
+    fn mentions(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("<@") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('>');
+            match end.and_then(|e| after[..e].trim_start_matches('!').parse::<u64>().ok()) {
+                Some(id) => {
+                    out.push('@');
+                    out.push_str(&self.user(id));
+                    rest = &after[end.unwrap_or_default() + 1..];
+                }
+                None => {
+                    out.push_str("<@");
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn text(&self, text: &str, now: DateTime<Utc>) -> String {
+        self.mentions(&render_times(text, now))
+    }
+}
+
+fn mark(tone: Tone) -> &'static str {
+    match tone {
+        Tone::Success => "[ok]",
+        Tone::Denied => "[denied]",
+        Tone::Error => "[error]",
+        Tone::Warning => "[!]",
+        Tone::Info => "[i]",
+    }
+}
+
+/// `message` as text under a `header` line such as `[reply → Sam]`:
+/// content, then the card (title, description, fields, footer) and buttons,
+/// indented.
+pub fn render(header: &str, message: &ChatMessage, names: &Names, now: DateTime<Utc>) -> String {
+    let pad = "    ";
+    let mut lines = Vec::new();
+    let mut first = header.to_owned();
+    if let Some(card) = &message.card {
+        first.push_str(&format!(
+            " {} {}",
+            mark(card.tone),
+            names.text(&card.title, now)
+        ));
+    }
+    lines.push(first);
+    if let Some(content) = &message.content {
+        for l in names.text(content, now).lines() {
+            lines.push(format!("{pad}{l}"));
+        }
+    }
+    if let Some(card) = &message.card {
+        if let Some(description) = &card.description {
+            for l in names.text(description, now).lines() {
+                lines.push(format!("{pad}{l}"));
+            }
+        }
+        let mut inline: Vec<String> = Vec::new();
+        for field in &card.fields {
+            let text = format!("{}: {}", field.name, names.text(&field.value, now));
+            if field.inline && !text.contains('\n') {
+                inline.push(text);
+                continue;
+            }
+            if !inline.is_empty() {
+                lines.push(format!("{pad}{}", inline.join(" · ")));
+                inline.clear();
+            }
+            for l in text.lines() {
+                lines.push(format!("{pad}{l}"));
+            }
+        }
+        if !inline.is_empty() {
+            lines.push(format!("{pad}{}", inline.join(" · ")));
+        }
+        if let Some(footer) = &card.footer {
+            lines.push(format!("{pad}{}", names.text(footer, now)));
+        }
+    }
+    if !message.buttons.is_empty() {
+        let buttons: Vec<String> = message
+            .buttons
+            .iter()
+            .map(|b| {
+                let verb = match b.action {
+                    ButtonAction::Extend(_) => "extend",
+                    ButtonAction::CloseEarly(_) => "close",
+                };
+                format!("[{}] (:press {verb})", b.label)
+            })
+            .collect();
+        lines.push(format!("{pad}{}", buttons.join("  ")));
+    }
+    lines.join("\n")
+}
+
+/// An audit-channel post on one line: title, fields, sequence number.
+pub fn render_audit(message: &ChatMessage, names: &Names, now: DateTime<Utc>) -> String {
+    let Some(card) = &message.card else {
+        return render("[#audit]", message, names, now);
+    };
+    let seq = card
+        .footer
+        .as_deref()
+        .and_then(|f| f.split_whitespace().next())
+        .unwrap_or_default();
+    let fields: Vec<String> = card
+        .fields
+        .iter()
+        .filter(|f| f.name != "When")
+        .map(|f| format!("{}: {}", f.name, names.text(&f.value, now)))
+        .collect();
+    format!(
+        "[#audit {seq}] {} {} — {}",
+        mark(card.tone),
+        names.text(&card.title, now),
+        fields.join(" · ")
+    )
+}
+
+/// Request ids of the buttons each user was last shown, for `:press`.
+pub type LastButtons = Arc<Mutex<BTreeMap<u64, String>>>;
+
+/// Remembers the grant `message`'s buttons act on, for `user`.
+pub fn remember_buttons(last: &LastButtons, user: u64, message: &ChatMessage) {
+    if let Some(button) = message.buttons.first() {
+        let id = match &button.action {
+            ButtonAction::Extend(id) | ButtonAction::CloseEarly(id) => id.clone(),
+        };
+        last.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user, id);
+    }
+}
+
+/// The demo's [`ChatSender`]: prints to the terminal and never fails.
+pub struct ConsoleSender {
+    output: Output,
+    names: Names,
+    clock: SharedClock,
+    audit_channel: u64,
+    last_buttons: LastButtons,
+}
+
+impl ConsoleSender {
+    /// Prints to `output`; posts to `audit_channel` as audit lines.
+    pub fn new(
+        output: Output,
+        names: Names,
+        clock: SharedClock,
+        audit_channel: u64,
+        last_buttons: LastButtons,
+    ) -> Self {
+        Self {
+            output,
+            names,
+            clock,
+            audit_channel,
+            last_buttons,
+        }
+    }
+}
+
+#[async_trait]
+impl ChatSender for ConsoleSender {
+    async fn post(
+        &self,
+        channel_id: u64,
+        message: &ChatMessage,
+        _idempotency_key: &str,
+    ) -> Result<(), SendError> {
+        let _held = self.output.hold().await;
+        let now = self.clock.now();
+        let text = if channel_id == self.audit_channel {
+            render_audit(message, &self.names, now)
+        } else {
+            let header = format!("[#{}]", self.names.channel(channel_id));
+            render(&header, message, &self.names, now)
+        };
+        self.output.line(&text);
+        Ok(())
+    }
+
+    async fn direct(
+        &self,
+        user_id: u64,
+        message: &ChatMessage,
+        _idempotency_key: &str,
+    ) -> Result<(), SendError> {
+        let _held = self.output.hold().await;
+        let header = format!("[DM → {}]", self.names.user(user_id));
+        self.output
+            .line(&render(&header, message, &self.names, self.clock.now()));
+        remember_buttons(&self.last_buttons, user_id, message);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::chat::{Button, ButtonStyle, Card};
+
+    #[test]
+    fn cards_render_with_local_times_names_and_buttons() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 10, 0, 0).unwrap();
+        let end = now + chrono::Duration::hours(2);
+        let mut names = Names::default();
+        names.users.insert(7, "Sam".into());
+        let message = ChatMessage::card(
+            Card::new("Access granted: ssh on web-01", Tone::Success)
+                .description("for <@7>")
+                .field("VM", "web-01", true)
+                .field("Ports", "22", true)
+                .field(
+                    "Window",
+                    format!(
+                        "until <t:{}:f> (<t:{}:R>)",
+                        end.timestamp(),
+                        end.timestamp()
+                    ),
+                    false,
+                )
+                .footer("request 42"),
+        )
+        .with_buttons(vec![Button {
+            action: ButtonAction::Extend("42".into()),
+            label: "Extend".into(),
+            style: ButtonStyle::Primary,
+        }]);
+        let text = render("[reply]", &message, &names, now);
+        assert!(
+            text.starts_with("[reply] [ok] Access granted: ssh on web-01"),
+            "{text}"
+        );
+        assert!(text.contains("for @Sam"), "{text}");
+        assert!(text.contains("VM: web-01 · Ports: 22"), "{text}");
+        assert!(text.contains("(in 2h 0m)"), "{text}");
+        assert!(!text.contains("<t:"), "{text}");
+        assert!(text.contains("[Extend] (:press extend)"), "{text}");
+    }
+}

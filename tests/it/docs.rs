@@ -1,0 +1,111 @@
+//! The operator docs stay true: the configuration reference in
+//! docs/operations.md lists every key of config/default.toml with its
+//! default, and nothing else.
+
+use std::collections::BTreeMap;
+
+const DOCS: &str = include_str!("../../docs/operations.md");
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Leaf keys of a TOML table (an empty table is a leaf: `ports.aliases`).
+fn leaves(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) if !t.is_empty() => leaves(&key, t, out),
+            v => {
+                out.insert(key, v.clone());
+            }
+        }
+    }
+}
+
+/// Keys documented in default.toml only as comments (`# key = ""` or
+/// `# key: set …`): they have no default.
+fn commented_keys() -> Vec<String> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in DEFAULTS.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let Some(comment) = line.strip_prefix('#') else {
+            continue;
+        };
+        let comment = comment.trim_start();
+        let end = comment
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(comment.len());
+        let (word, rest) = comment.split_at(end);
+        let rest = rest.trim_start();
+        if !word.is_empty() && (rest.starts_with('=') || rest.starts_with(':')) {
+            keys.push(format!("{section}.{word}"));
+        }
+    }
+    keys
+}
+
+/// Rows of the reference table: key → default cell (without backticks).
+fn documented() -> BTreeMap<String, String> {
+    let start = DOCS
+        .find("## 4. Configuration reference")
+        .expect("the section exists");
+    let section = &DOCS[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut rows = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let key = cells[0]
+            .trim_start_matches("| ")
+            .trim_matches('`')
+            .to_owned();
+        let default = cells[1].trim().trim_matches('`').to_owned();
+        assert!(
+            rows.insert(key.clone(), default).is_none(),
+            "{key} is documented twice"
+        );
+    }
+    rows
+}
+
+#[test]
+fn every_configuration_key_is_documented_with_its_default() {
+    let table: toml::Table = DEFAULTS.parse().expect("default.toml parses");
+    let mut defaults = BTreeMap::new();
+    leaves("", &table, &mut defaults);
+    let unset = commented_keys();
+    let docs = documented();
+
+    let mut expected: Vec<String> = defaults
+        .keys()
+        .cloned()
+        .chain(unset.iter().cloned())
+        .collect();
+    expected.sort();
+    expected.dedup();
+    let listed: Vec<String> = docs.keys().cloned().collect();
+    assert_eq!(
+        listed, expected,
+        "docs/operations.md §4 and config/default.toml list different keys"
+    );
+
+    for (key, value) in &defaults {
+        let cell = &docs[key];
+        let parsed: toml::Table = format!("v = {cell}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}: the documented default `{cell}` is not TOML: {e}"));
+        assert_eq!(
+            &parsed["v"], value,
+            "{key}: documented default differs from default.toml"
+        );
+    }
+    for key in unset.iter().filter(|k| !defaults.contains_key(*k)) {
+        assert_eq!(docs[key], "unset", "{key} has no default in default.toml");
+    }
+}

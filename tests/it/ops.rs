@@ -1,0 +1,267 @@
+//! The operations endpoints of a running app: /healthz, /readyz, /metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
+
+/// Samples by `name{labels}` (labels as printed), after checking every line
+/// of the exposition strictly: `# HELP`/`# TYPE`/`# UNIT` lines, samples of a
+/// declared family with well-formed names, labels and values, and `# EOF`
+/// last.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    fn is_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    fn check_labels(labels: &str, line: &str) {
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (key, after) = rest
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad labels: {line}"));
+            assert!(is_name(key), "bad label name `{key}`: {line}");
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in after.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            let end = end.unwrap_or_else(|| panic!("unterminated label value: {line}"));
+            rest = &after[end + 1..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+    }
+    let mut families: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "the exposition ends with # EOF"
+    );
+    for line in &lines[..lines.len() - 1] {
+        if let Some(meta) = line.strip_prefix("# ") {
+            let mut parts = meta.splitn(3, ' ');
+            let (kind, name, rest) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("bad metadata: {line}"));
+            assert!(is_name(name), "bad family name: {line}");
+            match kind {
+                Some("HELP") | Some("UNIT") => {}
+                Some("TYPE") => {
+                    let t = rest.unwrap_or_default();
+                    assert!(
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "unknown",
+                            "info",
+                            "stateset",
+                            "gaugehistogram"
+                        ]
+                        .contains(&t),
+                        "bad type: {line}"
+                    );
+                    families.insert(name.to_owned(), t.to_owned());
+                }
+                _ => panic!("unknown metadata line: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample: {line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let name = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels: {line}"));
+                check_labels(labels, line);
+                name
+            }
+            None => series,
+        };
+        assert!(is_name(name), "bad metric name: {line}");
+        let family = [
+            "_total", "_bucket", "_sum", "_count", "_created", "_info", "",
+        ]
+        .iter()
+        .find_map(|suffix| {
+            name.strip_suffix(suffix)
+                .filter(|f| families.contains_key(*f))
+        })
+        .unwrap_or_else(|| panic!("sample of an undeclared family: {line}"));
+        assert!(!family.is_empty());
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+async fn get(url: &str) -> (u16, String, String) {
+    let response = reqwest::get(url).await.expect("the ops endpoint answers");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, content_type, response.text().await.expect("a body"))
+}
+
+async fn scrape(app: &TestApp) -> BTreeMap<String, f64> {
+    let (status, content_type, body) = get(&format!("{}/metrics", app.ops_url)).await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    parse_exposition(&body)
+}
+
+fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
+fn sum_matching(samples: &BTreeMap<String, f64>, prefix: &str, part: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix) && k.contains(part))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_move_with_a_request() {
+    // Arrange
+    let app = spawn_app().await;
+    let (status, _, body) = get(&format!("{}/healthz", app.ops_url)).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _, body) = get(&format!("{}/readyz", app.ops_url)).await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["checks"]["database"], "ok");
+    assert_eq!(ready["checks"]["discord"], "ok");
+    assert_eq!(ready["checks"]["azure_token"], "ok");
+    let before = scrape(&app).await;
+    let granted = r#"drawbridge_interactions_total{command="jit",outcome="success"}"#;
+    let acks = r#"drawbridge_interaction_ack_seconds_count{kind="command"}"#;
+
+    // Act
+    let d = &app.discord;
+    let sent = d
+        .send_interaction(
+            d.slash("jit")
+                .string("port", "ssh")
+                .string("vm", "web-01")
+                .string("duration", "2h")
+                .string("from", "203.0.113.7")
+                .roles([SRE_ROLE]),
+        )
+        .await;
+    d.wait_for_interaction_response(sent.id, Duration::from_secs(10), |m| {
+        m.to_string().contains("Access granted")
+    })
+    .await
+    .expect("the reply shows the grant");
+    // The counter is bumped just before the reply is shown; give it a beat.
+    let mut after = scrape(&app).await;
+    for _ in 0..50 {
+        if value(&after, granted) > value(&before, granted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = scrape(&app).await;
+    }
+
+    // Assert
+    assert!(
+        value(&after, granted) >= value(&before, granted) + 1.0,
+        "{after:#?}"
+    );
+    assert!(
+        value(&after, acks) >= value(&before, acks) + 1.0,
+        "{after:#?}"
+    );
+    let initiates = |s| sum_matching(s, "drawbridge_arm_requests_total", "operation=\"initiate\"");
+    assert!(initiates(&after) >= initiates(&before) + 1.0, "{after:#?}");
+    assert!(
+        sum_matching(
+            &after,
+            "drawbridge_arm_request_seconds_count",
+            "operation=\"initiate\""
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(&after, "drawbridge_active_grants"),
+        1.0,
+        "this app's store has one open grant"
+    );
+    assert!(after.contains_key("drawbridge_outbox_depth"));
+    assert!(after.contains_key("drawbridge_outbox_oldest_age_seconds"));
+    assert!(after.contains_key("drawbridge_scheduler_lag_seconds"));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn http_mode_serves_the_ops_endpoints_beside_the_interactions_endpoint() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let app = TestAppBuilder::default()
+        .http_mode(&hex::encode(key.verifying_key().to_bytes()))
+        .start()
+        .await;
+    let endpoint = app.endpoint.clone().expect("HTTP mode");
+    assert!(
+        endpoint.starts_with(&app.ops_url),
+        "{endpoint} vs {}",
+        app.ops_url
+    );
+    let (status, _, _) = get(&format!("{}/healthz", app.ops_url)).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = get(&format!("{}/readyz", app.ops_url)).await;
+    assert_eq!(status, 200, "{body}");
+    scrape(&app).await;
+    // The healthcheck subcommand probes the same endpoint (from a process
+    // of its own, while this runtime keeps serving).
+    let probe = tokio::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["healthcheck", "--url", &format!("{}/healthz", app.ops_url)])
+        .output()
+        .await
+        .expect("runs");
+    assert!(probe.status.success(), "{probe:?}");
+    app.stop().await.expect("clean stop");
+}
+
+#[test]
+fn the_healthcheck_fails_when_nothing_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a port");
+    let probe = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(probe.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&probe.stderr).contains("unhealthy"));
+}

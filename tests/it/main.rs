@@ -5,5 +5,6 @@ mod discord_adapter;
 mod e2e;
 mod emulator;
 mod fake_discord_selftest;
+mod fault;
 mod store;
 mod support;

@@ -6,5 +6,6 @@ mod e2e;
 mod emulator;
 mod fake_discord_selftest;
 mod fault;
+mod fuzz;
 mod store;
 mod support;

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench load                       # 200 interactions, 2 s Azure latency
 //! cargo bench --bench load -- --interactions 500 --latency-ms 2000
+//! cargo bench --bench load -- --rate 100         # 200 spread over 2 s: all in flight at once
 //! cargo bench --bench load -- --faults all       # azure,token,discord,gateway
 //! DRAWBRIDGE_LOAD_INTERACTIONS=50 cargo bench --bench load
 //! ```
@@ -27,9 +28,9 @@ use support::load::{AzureFaults, LoadConfig, start_and_run};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: load [--interactions N] [--latency-ms MS] [--timeout-s S] \
+        "usage: load [--interactions N] [--rate PER_SEC] [--latency-ms MS] [--timeout-s S] \
          [--faults none|all|azure,token,discord,gateway]\n\
-         env: DRAWBRIDGE_LOAD_INTERACTIONS, DRAWBRIDGE_LOAD_LATENCY_MS, DRAWBRIDGE_LOAD_FAULTS"
+         env: DRAWBRIDGE_LOAD_INTERACTIONS, DRAWBRIDGE_LOAD_RATE, DRAWBRIDGE_LOAD_LATENCY_MS, DRAWBRIDGE_LOAD_FAULTS"
     );
     std::process::exit(2)
 }
@@ -39,6 +40,7 @@ fn config() -> LoadConfig {
     let env = |k: &str| std::env::var(k).ok();
     let mut interactions = env("DRAWBRIDGE_LOAD_INTERACTIONS");
     let mut latency = env("DRAWBRIDGE_LOAD_LATENCY_MS");
+    let mut rate = env("DRAWBRIDGE_LOAD_RATE");
     let mut timeout = env("DRAWBRIDGE_LOAD_TIMEOUT_S");
     let mut faults = env("DRAWBRIDGE_LOAD_FAULTS");
     let mut args = std::env::args().skip(1);
@@ -46,6 +48,7 @@ fn config() -> LoadConfig {
         match arg.as_str() {
             "--interactions" => interactions = args.next(),
             "--latency-ms" => latency = args.next(),
+            "--rate" => rate = args.next(),
             "--timeout-s" => timeout = args.next(),
             "--faults" => faults = args.next(),
             // `cargo bench` passes `--bench`; ignore it and other libtest flags.
@@ -65,6 +68,9 @@ fn config() -> LoadConfig {
     };
     if let Some(n) = number(interactions, "interactions") {
         c.interactions = n.max(1) as usize;
+    }
+    if let Some(r) = number(rate, "rate") {
+        c.rate = Some(r as f64);
     }
     if let Some(ms) = number(latency, "latency") {
         c.azure_latency = Duration::from_millis(ms);
@@ -113,6 +119,14 @@ fn main() {
     let started = std::time::Instant::now();
     let report = rt.block_on(start_and_run(config));
     print!("{}", report.summary());
+    if std::env::var_os("DRAWBRIDGE_LOAD_DUMP").is_some() {
+        for o in &report.outcomes {
+            println!(
+                "{} ack {:?} reply {:?} {}",
+                o.id, o.ack, o.reply, o.reply_text
+            );
+        }
+    }
     println!("run took {:.1} s", started.elapsed().as_secs_f64());
     if !report.problems.is_empty() {
         std::process::exit(1);

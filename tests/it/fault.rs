@@ -21,6 +21,7 @@ fn short() -> LoadConfig {
 }
 
 fn assert_clean(report: &LoadReport) {
+    println!("{}", report.summary());
     assert!(report.problems.is_empty(), "{}", report.summary());
     assert_eq!(report.acks().len(), report.config.interactions);
 }

@@ -25,6 +25,8 @@ use super::fake_discord::{FailMode, RouteMatch};
 pub struct LoadConfig {
     /// Concurrent `/jit` interactions, all sent in one burst.
     pub interactions: usize,
+    /// Interactions sent per second; `None` sends the whole burst at once.
+    pub rate: Option<f64>,
     /// Latency the emulator adds to every initiate.
     pub azure_latency: Duration,
     /// The app's `azure.request_timeout` (a hung call fails after it), whole
@@ -74,6 +76,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         Self {
             interactions: 200,
+            rate: None,
             azure_latency: Duration::from_secs(2),
             azure_timeout: Duration::from_secs(5),
             azure_faults: None,
@@ -187,9 +190,13 @@ impl LoadReport {
             }
         };
         s += &format!(
-            "interactions {n} (granted {granted}, refused/failed {}), Azure latency {}\n",
+            "interactions {n} (granted {granted}, refused/failed {}), Azure latency {}, {}\n",
             n - granted,
-            ms(self.config.azure_latency)
+            ms(self.config.azure_latency),
+            match self.config.rate {
+                Some(r) => format!("sent at {r}/s"),
+                None => "sent as one burst".to_string(),
+            }
         );
         s += &format!(
             "ack latency:   p50 {}  p99 {}  max {}  ({} acks)\n",
@@ -402,6 +409,10 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
             .string("from", &format!("203.0.113.{}", 1 + i % 250))
             .user(user, &format!("member{i}"))
             .roles([SRE_ROLE]);
+        if let Some(rate) = config.rate.filter(|r| *r > 0.0) {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         sent.push(d.send_interaction(interaction).await);
         // Yield so the burst interleaves with the app, as real traffic would.
         tokio::task::yield_now().await;

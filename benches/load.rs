@@ -28,9 +28,9 @@ use support::load::{AzureFaults, LoadConfig, start_and_run};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: load [--interactions N] [--rate PER_SEC] [--latency-ms MS] [--timeout-s S] \
+        "usage: load [--interactions N] [--rate PER_SEC] [--warmup N] [--latency-ms MS] [--timeout-s S] \
          [--faults none|all|azure,token,discord,gateway]\n\
-         env: DRAWBRIDGE_LOAD_INTERACTIONS, DRAWBRIDGE_LOAD_RATE, DRAWBRIDGE_LOAD_LATENCY_MS, DRAWBRIDGE_LOAD_FAULTS"
+         env: DRAWBRIDGE_LOAD_INTERACTIONS, DRAWBRIDGE_LOAD_RATE, DRAWBRIDGE_LOAD_WARMUP, DRAWBRIDGE_LOAD_LATENCY_MS, DRAWBRIDGE_LOAD_FAULTS"
     );
     std::process::exit(2)
 }
@@ -41,6 +41,7 @@ fn config() -> LoadConfig {
     let mut interactions = env("DRAWBRIDGE_LOAD_INTERACTIONS");
     let mut latency = env("DRAWBRIDGE_LOAD_LATENCY_MS");
     let mut rate = env("DRAWBRIDGE_LOAD_RATE");
+    let mut warmup = env("DRAWBRIDGE_LOAD_WARMUP");
     let mut timeout = env("DRAWBRIDGE_LOAD_TIMEOUT_S");
     let mut faults = env("DRAWBRIDGE_LOAD_FAULTS");
     let mut args = std::env::args().skip(1);
@@ -49,6 +50,7 @@ fn config() -> LoadConfig {
             "--interactions" => interactions = args.next(),
             "--latency-ms" => latency = args.next(),
             "--rate" => rate = args.next(),
+            "--warmup" => warmup = args.next(),
             "--timeout-s" => timeout = args.next(),
             "--faults" => faults = args.next(),
             // `cargo bench` passes `--bench`; ignore it and other libtest flags.
@@ -68,6 +70,9 @@ fn config() -> LoadConfig {
     };
     if let Some(n) = number(interactions, "interactions") {
         c.interactions = n.max(1) as usize;
+    }
+    if let Some(w) = number(warmup, "warmup") {
+        c.warmup = w as usize;
     }
     if let Some(r) = number(rate, "rate") {
         c.rate = Some(r as f64);

@@ -169,6 +169,7 @@ async fn one(n: usize, args: &Args) {
         ("DISCORD__GUILD_ID", discord.guild_id().to_string()),
         ("DISCORD__BASE_URL", discord.base_url()),
         ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
+        ("DISCORD__ADMIN_ROLE_IDS", "900".to_string()),
         ("AZURE__CLOUD", "custom".to_string()),
         ("AZURE__ARM_ENDPOINT", azure.base_url.clone()),
         ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
@@ -201,6 +202,11 @@ async fn one(n: usize, args: &Args) {
         })
         .await
         .map(|c| c.received_at.saturating_duration_since(started));
+    if ready.is_none() {
+        eprintln!("{n} mappings: drawbridge did not get ready within 30 s");
+        stop(child);
+        std::process::exit(1);
+    }
     println!(
         "{n} mappings: spawn → gateway READY {}, → commands registered {}",
         ready.map_or("never".into(), ms),

@@ -25,6 +25,9 @@ use super::fake_discord::{FailMode, RouteMatch};
 pub struct LoadConfig {
     /// Concurrent `/jit` interactions, all sent in one burst.
     pub interactions: usize,
+    /// Interactions sent (and answered) one by one before the measured ones,
+    /// to warm the app up; their figures are reported apart.
+    pub warmup: usize,
     /// Interactions sent per second; `None` sends the whole burst at once.
     pub rate: Option<f64>,
     /// Latency the emulator adds to every initiate.
@@ -76,6 +79,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         Self {
             interactions: 200,
+            warmup: 0,
             rate: None,
             azure_latency: Duration::from_secs(2),
             azure_timeout: Duration::from_secs(5),
@@ -131,6 +135,8 @@ pub struct LoadReport {
     /// Peak resident set of this process (`VmHWM`), KiB: harness, fakes,
     /// emulator and app together.
     pub peak_rss_kib: Option<u64>,
+    /// Ack latencies of the warm-up interactions, in order.
+    pub warmup_acks: Vec<Duration>,
     /// Problems found by the checks; empty when all passed.
     pub problems: Vec<String>,
 }
@@ -198,6 +204,13 @@ impl LoadReport {
                 None => "sent as one burst".to_string(),
             }
         );
+        if !self.warmup_acks.is_empty() {
+            let acks: Vec<String> = self.warmup_acks.iter().map(|d| ms(*d)).collect();
+            s += &format!(
+                "warm-up acks:  {} (one at a time, not counted below)\n",
+                acks.join(", ")
+            );
+        }
         s += &format!(
             "ack latency:   p50 {}  p99 {}  max {}  ({} acks)\n",
             ms(percentile(&acks, 50.0)),
@@ -327,6 +340,22 @@ pub async fn start_and_run(config: LoadConfig) -> LoadReport {
 pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
     let d = &app.discord;
     let emu = &app.azure.emulator;
+    let mut warmup_acks = Vec::new();
+    for i in 0..config.warmup {
+        let interaction = d
+            .slash("jit")
+            .string("port", "ssh")
+            .string("vm", "web-01")
+            .string("duration", "1h")
+            .string("from", "198.51.100.1")
+            .user(20_000_000 + i as u64, "warmup")
+            .roles([SRE_ROLE]);
+        let sent = d.send_interaction(interaction).await;
+        let ack = d.wait_for_callback(sent.id, Duration::from_secs(3)).await;
+        warmup_acks.push(ack.map(|c| c.elapsed).unwrap_or_default());
+        d.wait_for_interaction_response(sent.id, config.deadline, |m| !message_text(m).is_empty())
+            .await;
+    }
     // Let the start-up audit events drain first, so they are not counted.
     let base_seq = wait_for_audit_drain(app, Duration::from_secs(10)).await;
     let base_messages = d.channel_messages(AUDIT_CHANNEL).len();
@@ -592,6 +621,7 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
         audit_events: records.len(),
         audit_messages: messages.len(),
         peak_rss_kib: peak_rss_kib(),
+        warmup_acks,
         problems,
         config,
     }

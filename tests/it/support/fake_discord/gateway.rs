@@ -169,9 +169,6 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 // The handshake callback must return tungstenite's large `Result<Response, ErrorResponse>`.
 #[allow(clippy::result_large_err)]
 async fn connection(shared: Arc<Shared>, stream: TcpStream) {
-    // Discord does not hold dispatches back: without this, Nagle's algorithm
-    // and the client's delayed ACK batch a burst of frames 40 ms at a time.
-    let _ = stream.set_nodelay(true);
     let mut uri = String::new();
     let accepted = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
         uri = req.uri().to_string();

@@ -84,6 +84,7 @@ async fn a_token_outage_fails_requests_clearly_and_then_recovers() {
 
     // Act: the burst, then a second one once the endpoint is back.
     let outage = run(&app, during).await;
+    app.azure.emulator.clear_faults();
     let after = run(&app, short()).await;
 
     // Assert

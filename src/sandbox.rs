@@ -286,6 +286,12 @@ impl Emulator {
         self.issue().0
     }
 
+    /// Forgets every token issued so far: ARM answers 401 to them, as after
+    /// a revocation, until the client fetches a new one.
+    pub fn revoke_tokens(&self) {
+        self.state().tokens.clear();
+    }
+
     /// How many requests the token endpoints received.
     pub fn token_requests(&self) -> usize {
         self.state().token_requests

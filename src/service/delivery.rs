@@ -229,12 +229,18 @@ impl Deliverer {
         }
     }
 
-    /// Delivers until cancelled: after every tick, waits for `wake` or a
-    /// short poll interval (which also paces retries).
+    /// Delivers until cancelled: after a tick that delivered something, at
+    /// once again (a backlog drains at full speed, not one batch a second);
+    /// otherwise waits for `wake` or a short poll interval (which also paces
+    /// retries).
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
         loop {
-            if let Err(e) = self.tick().await {
-                tracing::error!(error.message = %e, error.cause_chain = ?e, "outbox tick failed");
+            match self.tick().await {
+                Ok(outcome) if outcome.delivered > 0 && !cancel.is_cancelled() => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error.message = %e, error.cause_chain = ?e, "outbox tick failed");
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,

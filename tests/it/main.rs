@@ -13,6 +13,8 @@ mod e2e_buttons;
 mod e2e_http;
 mod emulator;
 mod fake_discord_selftest;
+mod fault;
+mod fuzz;
 mod lifecycle;
 mod logs;
 mod ops;

@@ -1,0 +1,312 @@
+//! The real binary, measured from outside: `drawbridge run` as a child
+//! process against the fake Discord and the Azure emulator (both in this
+//! process), with N role mappings in its database.
+//!
+//! Reports, per mapping count: start-up to READY (spawn → the gateway's
+//! READY sent) and to the slash commands registered; the child's RSS idle;
+//! then a burst of `/jit` interactions (ack latency measured by the fake)
+//! and the child's RSS and peak RSS after it.
+//!
+//! ```text
+//! cargo bench --bench startup
+//! cargo bench --bench startup -- --mappings 10000 --interactions 200 --latency-ms 2000 --idle-s 5
+//! ```
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drawbridge::clock::SystemClock;
+use drawbridge::domain::mapping::MappingSpec;
+use drawbridge::domain::{PortAliases, RoleId, RoleMapping};
+use drawbridge::sandbox::{Emulator, Estate, Fault, FaultRule, Route};
+use drawbridge::store::Store;
+
+/// The integration tests' fake Discord, shared as it is.
+#[path = "../tests/it/support"]
+mod support {
+    pub mod fake_discord;
+}
+
+use support::fake_discord::FakeDiscord;
+
+const SUB_PROD: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
+const AUDIT_CHANNEL: u64 = 7007;
+const SRE_ROLE: u64 = 100;
+
+struct Args {
+    mappings: Vec<usize>,
+    interactions: usize,
+    latency: Duration,
+    idle: Duration,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        mappings: vec![10, 10_000],
+        interactions: 200,
+        latency: Duration::from_secs(2),
+        idle: Duration::from_secs(5),
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>| -> u64 {
+        v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            eprintln!(
+                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S]"
+            );
+            std::process::exit(2)
+        })
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--mappings" => {
+                a.mappings = it
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|n| num(Some(n.to_string())) as usize)
+                    .collect()
+            }
+            "--interactions" => a.interactions = num(it.next()) as usize,
+            "--latency-ms" => a.latency = Duration::from_millis(num(it.next())),
+            "--idle-s" => a.idle = Duration::from_secs(num(it.next())),
+            _ => {} // `--bench` and other libtest flags
+        }
+    }
+    a
+}
+
+/// `sre-web` (role 100 → web-*, SSH) and `n - 1` others, each for its own role.
+fn mappings(n: usize) -> Vec<RoleMapping> {
+    let aliases = PortAliases::default();
+    let spec = |name: String, role: u64, vms: String| MappingSpec {
+        name,
+        roles: vec![RoleId::parse(&role.to_string()).expect("role")],
+        vms,
+        ports: vec!["ssh".into()],
+        max_duration: "3h".into(),
+        sources: None,
+        default_source: None,
+        require_reason: false,
+        approver_role: None,
+    };
+    std::iter::once(spec("sre-web".into(), SRE_ROLE, "web-*".into()))
+        .chain((1..n).map(|i| {
+            let vms = match i % 3 {
+                0 => format!("app{i}-*"),
+                1 => format!("rg:rg-team-{i}"),
+                _ => format!("rg-team-{i}/vm-{i}"),
+            };
+            spec(format!("m-{i:05}"), 1_000_000 + i as u64, vms)
+        }))
+        .map(|s| s.validate(&aliases).expect("valid mapping"))
+        .collect()
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn one(n: usize, args: &Args) {
+    let discord = FakeDiscord::start().await;
+    let azure = Emulator::new(Estate::sample(), Arc::new(SystemClock))
+        .spawn()
+        .await
+        .expect("emulator starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
+    let store = Store::open(&db).await.expect("database opens");
+    store
+        .import_mappings(&mappings(n), "bench", chrono::Utc::now())
+        .await
+        .expect("mappings import");
+    store.close().await;
+
+    let env = [
+        ("DISCORD__TOKEN", "fake-token".to_string()),
+        (
+            "DISCORD__APPLICATION_ID",
+            discord.application_id().to_string(),
+        ),
+        ("DISCORD__GUILD_ID", discord.guild_id().to_string()),
+        ("DISCORD__BASE_URL", discord.base_url()),
+        ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
+        ("DISCORD__ADMIN_ROLE_IDS", "900".to_string()),
+        ("AZURE__CLOUD", "custom".to_string()),
+        ("AZURE__ARM_ENDPOINT", azure.base_url.clone()),
+        ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
+        ("AZURE__CREDENTIAL", "managed_identity".to_string()),
+        ("AZURE__MANAGED_IDENTITY_ENDPOINT", azure.base_url.clone()),
+        ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
+        ("DATABASE__URL", db.clone()),
+        ("LOGGING__FILTER", "warn".to_string()),
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drawbridge"));
+    cmd.arg("run")
+        .env_remove("IDENTITY_ENDPOINT")
+        .env_remove("IDENTITY_HEADER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(format!("DRAWBRIDGE__{k}"), v);
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().expect("drawbridge starts");
+    let pid = child.id();
+    let ready = discord
+        .wait_until_ready(Duration::from_secs(30))
+        .await
+        .then(|| started.elapsed());
+    let registered = discord
+        .wait_for_call(Duration::from_secs(30), |c| {
+            c.method == "PUT" && c.route().ends_with("/commands")
+        })
+        .await
+        .map(|c| c.received_at.saturating_duration_since(started));
+    if ready.is_none() {
+        eprintln!("{n} mappings: drawbridge did not get ready within 30 s");
+        stop(child);
+        std::process::exit(1);
+    }
+    println!(
+        "{n} mappings: spawn → gateway READY {}, → commands registered {}",
+        ready.map_or("never".into(), ms),
+        registered.map_or("never".into(), ms)
+    );
+    tokio::time::sleep(args.idle).await;
+    println!(
+        "{n} mappings: idle {:?} after ready: VmRSS {}, VmHWM {}",
+        args.idle,
+        mib(status_kib(pid, "VmRSS")),
+        mib(status_kib(pid, "VmHWM"))
+    );
+
+    if args.interactions > 0 {
+        azure.emulator.inject(
+            Route::Initiate,
+            FaultRule::always(Fault::Latency {
+                millis: args.latency.as_millis() as u64,
+            }),
+        );
+        azure.emulator.clear_calls();
+        let mut sent = Vec::new();
+        for i in 0..args.interactions {
+            let interaction = discord
+                .slash("jit")
+                .string("port", "ssh")
+                .string("vm", &format!("web-0{}", 1 + i % 4))
+                .string("duration", "1h")
+                .string("from", &format!("203.0.113.{}", 1 + i % 250))
+                .user(10_000_000 + i as u64, &format!("member{i}"))
+                .roles([SRE_ROLE]);
+            sent.push(discord.send_interaction(interaction).await);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let done = |d: &FakeDiscord| {
+            sent.iter()
+                .filter(|s| {
+                    d.interaction_response(s.id).is_some_and(|m| {
+                        m["flags"].as_u64().unwrap_or(0) & 128 == 0
+                            && (!m["content"].as_str().unwrap_or("").is_empty()
+                                || m["embeds"].as_array().is_some_and(|e| !e.is_empty()))
+                    })
+                })
+                .count()
+        };
+        while done(&discord) < sent.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut acks: Vec<Duration> = sent
+            .iter()
+            .filter_map(|s| {
+                discord
+                    .callbacks(s.id)
+                    .into_iter()
+                    .find(|c| c.status == 204)
+                    .map(|c| c.elapsed)
+            })
+            .collect();
+        acks.sort();
+        let replies = done(&discord);
+        let granted = sent
+            .iter()
+            .filter(|s| {
+                discord
+                    .interaction_response(s.id)
+                    .is_some_and(|m| m.to_string().contains("Access granted"))
+            })
+            .count();
+        let arm = azure
+            .emulator
+            .calls()
+            .iter()
+            .filter(|c| c.route != Some(Route::Token))
+            .count();
+        println!(
+            "{n} mappings: {} /jit at once, Azure latency {:?}: ack p50 {} p99 {} max {} ({} acks); {replies} replies, {granted} granted; {arm} ARM requests",
+            sent.len(),
+            args.latency,
+            ms(pct(&acks, 50.0)),
+            ms(pct(&acks, 99.0)),
+            ms(acks.last().copied().unwrap_or_default()),
+            acks.len(),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!(
+            "{n} mappings: after the burst: VmRSS {}, VmHWM {}",
+            mib(status_kib(pid, "VmRSS")),
+            mib(status_kib(pid, "VmHWM"))
+        );
+    }
+    stop(child);
+}
+
+fn main() {
+    let args = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    for &n in &args.mappings {
+        rt.block_on(one(n, &args));
+    }
+}

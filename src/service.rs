@@ -161,18 +161,6 @@ impl Service {
         value
     }
 
-    /// Every indexed VM matching `partial` (admin autocomplete).
-    pub fn complete_vm_any(&self, partial: &str) -> Vec<crate::interactions::Choice> {
-        self.jit()
-            .search(partial.trim(), autocomplete::MAX_CHOICES, &|_| true)
-            .iter()
-            .map(|vm| crate::interactions::Choice {
-                name: format!("{} ({})", vm.name, vm.resource_group),
-                value: vm.qualified_name(),
-            })
-            .collect()
-    }
-
     fn jit(&self) -> &dyn JitGateway {
         self.inner.jit.as_ref()
     }

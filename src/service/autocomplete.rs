@@ -17,19 +17,25 @@ impl Service {
     /// `rg/name`, so names that exist in several resource groups stay apart.
     pub fn complete_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
         let mappings = self.mappings();
-        let keep = |vm: &IndexedVm| {
+        self.vm_choices(partial, &|vm: &IndexedVm| {
             identity_of(vm).is_some_and(|id| authorize::may_request_vm(&mappings, roles, &id))
-        };
-        let found = self.jit().search(partial.trim(), MAX_CHOICES, &keep);
-        let mut choices: Vec<Choice> = found
+        })
+    }
+
+    /// Every indexed VM matching `partial` (admin autocomplete).
+    pub fn complete_vm_any(&self, partial: &str) -> Vec<Choice> {
+        self.vm_choices(partial, &|_| true)
+    }
+
+    fn vm_choices(&self, partial: &str, keep: &(dyn Fn(&IndexedVm) -> bool + Sync)) -> Vec<Choice> {
+        self.jit()
+            .search(partial.trim(), MAX_CHOICES, keep)
             .iter()
             .map(|vm| Choice {
                 name: format!("{} ({})", vm.name, vm.resource_group),
                 value: vm.qualified_name(),
             })
-            .collect();
-        choices.truncate(MAX_CHOICES);
-        choices
+            .collect()
     }
 
     fn fitting<'a>(

@@ -59,11 +59,6 @@ pub struct Deliverer {
     audit_channel: Option<u64>,
 }
 
-/// The payload of a DM row.
-pub fn dm_payload(message: &ChatMessage, fallback_channel: Option<u64>) -> serde_json::Value {
-    json!({"message": message, "fallback_channel": fallback_channel})
-}
-
 /// An outbox row for a DM to the grant's owner, falling back to a mention
 /// in the channel they asked in.
 pub fn dm_to_owner(
@@ -75,7 +70,10 @@ pub fn dm_to_owner(
     OutboxMessage {
         kind: OutboxKind::Dm,
         target: Some(grant.user_id.to_string()),
-        payload: dm_payload(message, grant.channel_id.map(|c| c.get())),
+        payload: json!({
+            "message": message,
+            "fallback_channel": grant.channel_id.map(|c| c.get()),
+        }),
         idempotency_key: Some(key),
         created_at: now,
     }

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
 
 use crate::app::{App, Workers};
@@ -184,7 +183,6 @@ struct Demo {
     shapes: Vec<CommandShape>,
     current: &'static DemoMember,
     next_interaction: u64,
-    probe: SqlitePool,
     ticker: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -272,15 +270,6 @@ impl Demo {
         );
         let workers = app.start_workers(Arc::new(sender));
         let handler = app.handler();
-        let probe = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(&db_path)
-                    .read_only(true),
-            )
-            .await
-            .context("opening the demo database for reading")?;
         let ticker = (speed > 0.0).then(|| {
             let clock = clock.clone();
             let wake = app.service.wakers().scheduler.clone();
@@ -307,7 +296,6 @@ impl Demo {
             shapes: shapes(),
             current: &MEMBERS[0],
             next_interaction: 1_300_000_000_000_000_000,
-            probe,
             ticker,
             _dir: dir,
         };
@@ -568,16 +556,13 @@ impl Demo {
 
     /// When the pending timers (claimed or not) are due.
     async fn timer_times(&self) -> Vec<DateTime<Utc>> {
-        let due: Vec<String> = sqlx::query_scalar(
-            "SELECT due_at FROM schedule WHERE done_at IS NULL AND cancelled_at IS NULL",
-        )
-        .fetch_all(&self.probe)
-        .await
-        .unwrap_or_default();
-        due.iter()
-            .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .collect()
+        match self.app.service.store().pending_due_times().await {
+            Ok(times) => times,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the pending timers");
+                Vec::new()
+            }
+        }
     }
 
     async fn stop(self) {
@@ -586,7 +571,6 @@ impl Demo {
         }
         self.settle().await;
         self.workers.stop().await;
-        self.probe.close().await;
         self.app.service.store().close().await;
         let _ = self.emulator.shutdown().await;
     }

@@ -1,17 +1,52 @@
-//! The store: Drawbridge's durable state in SQLite through sqlx.
+//! The store: Drawbridge's durable state, through sqlx, on the database that
+//! `database.url` names (SQLite today; PostgreSQL is the next backend).
 //!
 //! | table | holds |
 //! |---|---|
 //! | `audit_log`, `audit_head` | the hash-chained, append-only audit log ([`audit`]) |
 //! | `mappings` | role mappings ([`mappings`]) |
-//! | `grants`, `grant_transitions` | the request lifecycle ([`grants`]) |
+//! | `grants`, `grant_transitions`, `grant_states` | the request lifecycle ([`grants`]) |
 //! | `outbox` | messages to deliver to Discord, retried until delivered ([`outbox`]) |
-//! | `schedule` | durable timers: reminders and expiries ([`schedule`]) |
+//! | `schedule`, `schedule_kinds` | durable timers: reminders and expiries ([`schedule`]) |
 //! | `user_settings` | saved source prefixes ([`settings`]) |
 //! | `azure_requests_seen` | JIT requests made outside Drawbridge, reported once ([`reconcile`]) |
 //!
-//! The schema lives in `migrations/`, embedded with `sqlx::migrate!()` and
-//! applied by [`Store::open`] and [`Store::migrate`].
+//! The schema lives in `migrations/<backend>/`, embedded with
+//! `sqlx::migrate!()` and applied by [`Store::open`] and [`Store::migrate`].
+//!
+//! # One façade, one SQL, several backends
+//!
+//! [`Store`] and [`StoreTx`] are the only types callers see, whatever the
+//! backend. The URL's scheme picks the backend inside (`backend`, private);
+//! the table modules write each query once and run it on whichever backend
+//! is open. That works because every query keeps to what SQLite and
+//! PostgreSQL both accept:
+//!
+//! - `$1`, `$2`, … placeholders (a repeated `$1` is one value on both);
+//! - `INSERT … ON CONFLICT (…) DO NOTHING` or `DO UPDATE`, then a read when
+//!   the caller needs the row that won. A failed statement aborts the whole
+//!   transaction on PostgreSQL, so no code path expects a constraint error
+//!   and carries on;
+//! - `RETURNING`, `COALESCE`, `CASE`, sub-selects; no SQLite-only functions
+//!   (`json_*`, `datetime`) and no `LIMIT -1`.
+//!
+//! # Types both backends decode alike
+//!
+//! | what | column | Rust |
+//! |---|---|---|
+//! | times | `TEXT`, the audit log's format ([`crate::domain::audit::format_time`]): RFC 3339, UTC, microseconds, `Z` | `String`, parsed to `DateTime<Utc>` |
+//! | row ids, seqs, counts, minutes | `INTEGER` (SQLite) / `BIGINT` (PostgreSQL) | `i64` |
+//! | request ids, Discord snowflakes | `TEXT` (a snowflake is a `u64`, which neither stores natively) | `String` |
+//! | JSON (specs, payloads, details) | `TEXT`, as written | `String`, parsed with serde |
+//!
+//! Times are text, not `timestamptz`, because the audit chain hashes the
+//! formatted time: the stored text *is* what was hashed, on every backend.
+//! The format is fixed width, so text order is time order and `<=` compares
+//! times; on PostgreSQL those columns are `TEXT COLLATE "C"` so the order is
+//! byte order whatever the server's locale. Integers are 64-bit everywhere
+//! because sqlx's PostgreSQL driver decodes `i64` only from `BIGINT`. Rows
+//! the store cannot read back (bad time, unknown state, invalid id) are
+//! [`StoreError::CorruptRow`], never a panic.
 //!
 //! # Writes go through one transaction the caller composes
 //!
@@ -23,52 +58,32 @@
 //!
 //! # Writers are serialized
 //!
-//! The audit chain reads the head and appends after it, and a read-then-write
-//! transaction must not fail half-way with `SQLITE_BUSY`. So:
+//! The audit chain reads its head and appends after it; a grant transition
+//! reads the state and moves it; a timer claim picks due rows and marks
+//! them. Each must see the row it changes unchanged until it commits.
 //!
-//! - writes use a pool of **one** connection, so writers in this process queue
-//!   on the pool rather than on SQLite's lock;
-//! - every write transaction starts with `BEGIN IMMEDIATE`, taking SQLite's
-//!   write lock up front (a second process waits up to the busy timeout
-//!   instead of failing on the upgrade from read to write);
-//! - reads use a separate pool whose connections are `query_only`; with WAL
-//!   they never block the writer nor wait for it.
-//!
-//! # PostgreSQL later
-//!
-//! Nothing here assumes one process. On PostgreSQL the two pools become one
-//! pool with several connections, and the serialization moves into the rows:
-//! the chain append takes `SELECT … FROM audit_head WHERE id = 1 FOR UPDATE`
-//! (the head row is the lock), schedule claims use
-//! `FOR UPDATE SKIP LOCKED` in the claiming sub-select, grant transitions
-//! already update `WHERE state = <the state read>` and the idempotent inserts
-//! (`ON CONFLICT … DO NOTHING`) are portable as written. A duplicate grant
-//! insert there would abort the transaction, so it would become
-//! `ON CONFLICT (request_id) DO NOTHING` followed by a read. The outbox is
-//! delivered by one worker per database today; several workers would claim
-//! rows the way the schedule does.
-//!
-//! # Time
-//!
-//! Timestamps are stored as text in the audit log's format
-//! ([`crate::domain::audit::format_time`]): fixed width, so text order is time
-//! order. Rows the store cannot read back (bad time, unknown state, invalid
-//! id) are [`StoreError::CorruptRow`], never a panic.
-
-use std::str::FromStr;
-use std::time::Duration;
+//! - On SQLite, [`Store::begin`] takes the database's write lock up front
+//!   (`BEGIN IMMEDIATE` on a single writer connection: see
+//!   `backend/sqlite.rs`), so every write transaction runs alone.
+//! - On PostgreSQL, `begin` is a plain `BEGIN` (read committed) on a pool
+//!   of several connections, and the serialization moves into the rows:
+//!   the reads that precede a write lock what they read. The audit append
+//!   reads `audit_head … FOR UPDATE` (the head row is the chain's lock, so
+//!   two replicas never fork it), `transition_grant` reads the grant
+//!   `FOR UPDATE` (its `UPDATE … WHERE state = <the state read>` already
+//!   refuses a lost race), and the timer claim's sub-select takes
+//!   `FOR UPDATE SKIP LOCKED`; outbox rows will be claimed the same way.
+//!   SQLite has no `FOR UPDATE`, so those clauses will come from the
+//!   backend, empty on SQLite, where the transaction already holds the lock;
+//!   each such read is marked `PostgreSQL:` in the code.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::migrate::Migrate as _;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
 
 use crate::domain::audit::format_time;
 
 pub mod audit;
+mod backend;
 mod error;
 pub mod export;
 pub mod grants;
@@ -85,20 +100,12 @@ pub use mappings::{MappingChange, MappingDiff};
 pub use outbox::{OutboxKind, OutboxMessage, OutboxRow, OutboxStats};
 pub use schedule::{ScheduleKind, ScheduledItem};
 
-/// How long a writer from another process is waited for before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections for reads.
-const READ_CONNECTIONS: u32 = 4;
+use backend::{Db, Tx, with_read};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
-
-/// The database: cheap to clone (two connection pools behind `Arc`s).
+/// The database: cheap to clone (connection pools behind `Arc`s).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// One connection: every write transaction goes through it.
-    write: SqlitePool,
-    /// Read-only (`query_only`) connections for everything else.
-    read: SqlitePool,
+    db: Db,
 }
 
 /// A migration applied by [`Store::migrate`].
@@ -116,9 +123,8 @@ impl Store {
     /// and applies pending migrations.
     ///
     /// # Errors
-    /// [`StoreError::Unexpected`] if the URL is malformed, the file cannot be
-    /// opened, or a migration fails (an applied migration that was edited is
-    /// such a failure).
+    /// As [`Store::connect`], and [`StoreError::Unexpected`] if a migration
+    /// fails (an applied migration that was edited is such a failure).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let store = Self::connect(url).await?;
         store.migrate().await?;
@@ -130,35 +136,15 @@ impl Store {
     /// reports what it applied.
     ///
     /// # Errors
-    /// [`StoreError::InvalidInput`] for an in-memory URL (`sqlite::memory:`):
-    /// the read and write pools would each see a different, short-lived
-    /// database; [`StoreError::Unexpected`] if the URL is malformed or the
-    /// file cannot be opened.
+    /// [`StoreError::InvalidInput`] for a URL whose scheme is not a backend,
+    /// or an in-memory SQLite URL (`sqlite::memory:`: the read and write
+    /// pools would each see a different, short-lived database);
+    /// [`StoreError::Unexpected`] if the URL is malformed or the database
+    /// cannot be opened.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            // Each pool would get its own, vanishing database.
-            return Err(StoreError::InvalidInput(format!(
-                "`{url}` is an in-memory database: use a file (a temporary one in tests)"
-            )));
-        }
-        let options = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("parsing the database URL `{url}`"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .with_context(|| format!("opening the database `{url}`"))?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .connect_with(options.pragma("query_only", "ON"))
-            .await
-            .with_context(|| format!("opening read connections to `{url}`"))?;
-        Ok(Store { write, read })
+        Ok(Store {
+            db: Db::connect(url).await?,
+        })
     }
 
     /// Applies pending migrations and returns those it applied, in order
@@ -168,37 +154,7 @@ impl Store {
     /// [`StoreError::Unexpected`] if a migration fails or an applied one was
     /// edited.
     pub async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
-        let mut conn = self
-            .write
-            .acquire()
-            .await
-            .context("connecting to migrate")?;
-        conn.ensure_migrations_table()
-            .await
-            .context("creating the migrations table")?;
-        let before: std::collections::BTreeSet<i64> = conn
-            .list_applied_migrations()
-            .await
-            .context("listing applied migrations")?
-            .into_iter()
-            .map(|m| m.version)
-            .collect();
-        MIGRATOR
-            .run(&mut *conn)
-            .await
-            .context("applying migrations")?;
-        let applied = MIGRATOR
-            .iter()
-            .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
-            .map(|m| AppliedMigration {
-                version: m.version,
-                description: m.description.to_string(),
-            })
-            .collect::<Vec<_>>();
-        for m in &applied {
-            tracing::info!(version = m.version, description = %m.description, "applied migration");
-        }
-        Ok(applied)
+        self.db.migrate().await
     }
 
     /// Checks that the database answers (for `/readyz`).
@@ -206,32 +162,27 @@ impl Store {
     /// # Errors
     /// [`StoreError::Unexpected`] if it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.read)
-            .await
+        with_read!(&self.db, |c| sqlx::query("SELECT 1").execute(c).await)
             .context("pinging the database")?;
         Ok(())
     }
 
     /// Closes every connection, waiting for work in progress.
     pub async fn close(&self) {
-        self.write.close().await;
-        self.read.close().await;
+        self.db.close().await;
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`). Dropping it without
-    /// [`StoreTx::commit`] rolls it back.
+    /// Starts a write transaction, serialized with every other writer (see
+    /// the module docs). Dropping it without [`StoreTx::commit`] rolls it
+    /// back.
     ///
     /// # Errors
     /// [`StoreError::Unexpected`] if the database cannot be reached or stays
     /// locked by another process past the busy timeout.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
-        let tx = self
-            .write
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .context("starting a write transaction")?;
-        Ok(StoreTx { tx })
+        Ok(StoreTx {
+            tx: self.db.begin().await?,
+        })
     }
 }
 
@@ -239,7 +190,7 @@ impl Store {
 /// caller can put a grant, its audit event and its outbox rows in one commit.
 #[derive(Debug)]
 pub struct StoreTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: Tx,
 }
 
 impl StoreTx {
@@ -248,8 +199,7 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::Unexpected`] if the commit fails (nothing was written).
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.context("committing a transaction")?;
-        Ok(())
+        self.tx.commit().await
     }
 
     /// Discards every write of this transaction (dropping it does the same).
@@ -257,11 +207,7 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::Unexpected`] if the rollback fails.
     pub async fn rollback(self) -> Result<(), StoreError> {
-        self.tx
-            .rollback()
-            .await
-            .context("rolling back a transaction")?;
-        Ok(())
+        self.tx.rollback().await
     }
 }
 
@@ -277,7 +223,6 @@ fn parse_ts(table: &'static str, key: &str, text: &str) -> Result<DateTime<Utc>,
         .map_err(|e| StoreError::corrupt(table, key, format!("bad time `{text}`: {e}")))
 }
 
-/// Reads an optional stored time back.
 fn parse_opt_ts(
     table: &'static str,
     key: &str,
@@ -286,7 +231,7 @@ fn parse_opt_ts(
     text.map(|t| parse_ts(table, key, t)).transpose()
 }
 
-/// A count as SQLite stores it.
+/// A row count as both backends take it.
 fn limit_i64(limit: u32) -> i64 {
     i64::from(limit)
 }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::backend::{with_read, with_tx};
 use super::outbox::{OutboxKind, OutboxMessage};
 use super::{Store, StoreError, StoreTx, ts};
 use crate::domain::audit::{GENESIS_HASH, format_time};
@@ -26,9 +27,7 @@ pub struct AuditRecord {
     pub seq: i64,
     /// The previous row's hash.
     pub prev_hash: String,
-    /// This row's chained hash.
     pub hash: String,
-    /// The event.
     pub event: AuditEvent,
 }
 
@@ -156,37 +155,44 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::Unexpected`] if the database fails.
     pub async fn append_audit(&mut self, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
-        let (head_seq, head_hash): (i64, String) =
+        // PostgreSQL: this read takes `FOR UPDATE`; the head row is the
+        // chain's lock.
+        let (head_seq, head_hash): (i64, String) = with_tx!(&mut self.tx, |c| {
             sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_one(&mut *self.tx)
+                .fetch_one(c)
                 .await
-                .context("reading the audit head")?;
+        })
+        .context("reading the audit head")?;
         let seq = head_seq + 1;
         let mut event = event.clone();
         event.at = DateTime::from_timestamp_micros(event.at.timestamp_micros()).unwrap_or(event.at);
         let hash = event.chain_hash(seq, &head_hash);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(event.at_text())
-        .bind(&event.actor)
-        .bind(event.action.as_str())
-        .bind(&event.target)
-        .bind(event.outcome.as_str())
-        .bind(event.detail.to_string())
-        .bind(&head_hash)
-        .bind(&hash)
-        .execute(&mut *self.tx)
-        .await
+        const INSERT: &str = "INSERT INTO audit_log
+            (seq, at, actor, action, target, outcome, detail, prev_hash, hash)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query(INSERT)
+                .bind(seq)
+                .bind(event.at_text())
+                .bind(&event.actor)
+                .bind(event.action.as_str())
+                .bind(&event.target)
+                .bind(event.outcome.as_str())
+                .bind(event.detail.to_string())
+                .bind(&head_hash)
+                .bind(&hash)
+                .execute(c)
+                .await
+        })
         .with_context(|| format!("appending audit row {seq}"))?;
-        sqlx::query("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1")
-            .bind(seq)
-            .bind(&hash)
-            .execute(&mut *self.tx)
-            .await
-            .context("moving the audit head")?;
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(seq)
+                .bind(&hash)
+                .execute(c)
+                .await
+        })
+        .context("moving the audit head")?;
         let record = AuditRecord {
             seq,
             prev_hash: head_hash,
@@ -226,18 +232,20 @@ impl Store {
     pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let sql = format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log
-             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR actor = ?2)
-               AND (?3 IS NULL OR action = ?3)
-             ORDER BY seq DESC LIMIT ?4"
+             WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR actor = $2)
+               AND ($3 IS NULL OR action = $3)
+             ORDER BY seq DESC LIMIT $4"
         );
-        let rows: Vec<AuditRow> = sqlx::query_as(&sql)
-            .bind(filter.since.map(ts))
-            .bind(filter.actor.as_deref())
-            .bind(filter.action.map(AuditAction::as_str))
-            .bind(filter.limit.map_or(-1, i64::from))
-            .fetch_all(&self.read)
-            .await
-            .context("listing audit events")?;
+        let rows: Vec<AuditRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql)
+                .bind(filter.since.map(ts))
+                .bind(filter.actor.as_deref())
+                .bind(filter.action.map(AuditAction::as_str))
+                .bind(filter.limit.map_or(i64::MAX, i64::from))
+                .fetch_all(c)
+                .await
+        })
+        .context("listing audit events")?;
         rows.into_iter().rev().map(AuditRow::into_record).collect()
     }
 
@@ -250,26 +258,25 @@ impl Store {
     /// [`StoreError::Unexpected`] if the database fails (a broken chain is
     /// not an error: it is the answer).
     pub async fn verify_audit(&self) -> Result<AuditVerification, StoreError> {
-        let mut tx = self
-            .read
-            .begin()
-            .await
-            .context("starting the audit verification snapshot")?;
-        let head: Option<(i64, String)> =
+        let mut tx = self.db.snapshot().await?;
+        let head: Option<(i64, String)> = with_tx!(&mut tx, |c| {
             sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_optional(&mut *tx)
+                .fetch_optional(c)
                 .await
-                .context("reading the audit head")?;
+        })
+        .context("reading the audit head")?;
         let mut chain = ChainCheck::new();
         let sql =
-            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?");
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
         loop {
-            let page: Vec<AuditRow> = sqlx::query_as(&sql)
-                .bind(chain.last_seq)
-                .bind(VERIFY_PAGE)
-                .fetch_all(&mut *tx)
-                .await
-                .with_context(|| format!("reading audit rows after {}", chain.last_seq))?;
+            let page: Vec<AuditRow> = with_tx!(&mut tx, |c| {
+                sqlx::query_as(&sql)
+                    .bind(chain.last_seq)
+                    .bind(VERIFY_PAGE)
+                    .fetch_all(c)
+                    .await
+            })
+            .with_context(|| format!("reading audit rows after {}", chain.last_seq))?;
             let done = page.len() < VERIFY_PAGE as usize;
             for row in &page {
                 if let Some(broken) = chain.check(row) {

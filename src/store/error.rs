@@ -12,7 +12,6 @@ pub enum StoreError {
     NotFound {
         /// What was looked for: `grant`, `mapping`, `outbox message`, …
         what: &'static str,
-        /// Its key.
         key: String,
     },
     /// The grant state machine refused the event; the grant is unchanged.
@@ -30,9 +29,7 @@ pub enum StoreError {
     /// A stored row cannot be read back into its type.
     #[error("{table} row `{key}` cannot be read: {message}")]
     CorruptRow {
-        /// The table.
         table: &'static str,
-        /// The row's key.
         key: String,
         /// What is wrong.
         message: String,

@@ -9,7 +9,6 @@ use std::str::FromStr;
 
 use super::AuditRecord;
 
-/// An export format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// One JSON object per line; `detail` is a JSON object.

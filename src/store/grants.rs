@@ -10,8 +10,8 @@ use std::fmt;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::SqliteExecutor;
 
+use super::backend::{with_read, with_tx};
 use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
 use crate::domain::request::Reason;
 use crate::domain::{
@@ -37,7 +37,6 @@ const ALL_STATES: [GrantState; 7] = [
 pub struct InteractionToken(String);
 
 impl InteractionToken {
-    /// Wraps a token.
     pub fn new(token: impl Into<String>) -> Self {
         Self(token.into())
     }
@@ -57,13 +56,10 @@ impl fmt::Debug for InteractionToken {
 /// A grant to insert (state `requested`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewGrant {
-    /// The request id.
     pub request_id: RequestId,
-    /// Who asked.
     pub user_id: UserId,
     /// The guild asked in (none from the console and CLI).
     pub guild_id: Option<Snowflake>,
-    /// The channel asked in.
     pub channel_id: Option<Snowflake>,
     /// The VM's full Azure resource id, from the VM index.
     pub vm_id: String,
@@ -71,32 +67,22 @@ pub struct NewGrant {
     pub vm_name: String,
     /// The JIT policy's resource id.
     pub policy_id: String,
-    /// The ports.
     pub ports: PortSpec,
-    /// The source prefix.
     pub source: SourcePrefix,
-    /// The requested window.
     pub duration: AccessDuration,
-    /// The reason, if given.
     pub reason: Option<Reason>,
     /// The mapping that allowed it.
     pub mapping: MappingName,
-    /// When the request arrived.
     pub requested_at: DateTime<Utc>,
     /// The interaction token, for follow-up edits.
     pub interaction_token: Option<InteractionToken>,
 }
 
-/// A stored grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// The request id.
     pub request_id: RequestId,
-    /// Who asked.
     pub user_id: UserId,
-    /// The guild asked in.
     pub guild_id: Option<Snowflake>,
-    /// The channel asked in.
     pub channel_id: Option<Snowflake>,
     /// The VM's full Azure resource id.
     pub vm_id: String,
@@ -104,29 +90,20 @@ pub struct Grant {
     pub vm_name: String,
     /// The JIT policy's resource id.
     pub policy_id: String,
-    /// The ports.
     pub ports: PortSpec,
-    /// The source prefix.
     pub source: SourcePrefix,
-    /// The requested window.
     pub duration: AccessDuration,
-    /// The reason, if given.
     pub reason: Option<Reason>,
     /// The mapping that allowed it.
     pub mapping: MappingName,
     /// Where it is in its life.
     pub state: GrantState,
-    /// When the request arrived.
     pub requested_at: DateTime<Utc>,
     /// When the port closes, per Azure (none until initiated).
     pub end_time: Option<DateTime<Utc>>,
-    /// When the state last changed.
     pub state_changed_at: DateTime<Utc>,
-    /// Why it failed.
     pub failure: Option<String>,
-    /// What Azure answered.
     pub azure_detail: Option<serde_json::Value>,
-    /// The interaction token.
     pub interaction_token: Option<InteractionToken>,
 }
 
@@ -151,20 +128,16 @@ impl InsertOutcome {
 /// One recorded state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantTransition {
-    /// The state before.
     pub from: GrantState,
-    /// The state after.
     pub to: GrantState,
     /// What happened: `initiated`, `failed`, `extended`, `close requested`,
     /// `closed`, `close failed` or `window ended`.
     pub event: String,
     /// The end time the event carried.
     pub end_time: Option<DateTime<Utc>>,
-    /// When.
     pub at: DateTime<Utc>,
 }
 
-/// The name recorded for an event.
 fn event_name(event: &GrantEvent) -> &'static str {
     match event {
         GrantEvent::Initiated { .. } => "initiated",
@@ -177,7 +150,6 @@ fn event_name(event: &GrantEvent) -> &'static str {
     }
 }
 
-/// The end time an event sets.
 fn event_end(event: &GrantEvent) -> Option<DateTime<Utc>> {
     match event {
         GrantEvent::Initiated { end }
@@ -277,17 +249,8 @@ impl TryFrom<GrantRow> for Grant {
     }
 }
 
-async fn fetch_grant<'e>(
-    executor: impl SqliteExecutor<'e>,
-    request_id: &RequestId,
-) -> Result<Option<Grant>, StoreError> {
-    let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE request_id = ?");
-    let row: Option<GrantRow> = sqlx::query_as(&sql)
-        .bind(request_id.as_str())
-        .fetch_optional(executor)
-        .await
-        .with_context(|| format!("reading grant {request_id}"))?;
-    row.map(Grant::try_from).transpose()
+fn grant_by_id_sql() -> String {
+    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE request_id = $1")
 }
 
 impl StoreTx {
@@ -296,7 +259,15 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
     pub async fn grant(&mut self, request_id: &RequestId) -> Result<Option<Grant>, StoreError> {
-        fetch_grant(&mut *self.tx, request_id).await
+        let sql = grant_by_id_sql();
+        let row: Option<GrantRow> = with_tx!(&mut self.tx, |c| {
+            sqlx::query_as(&sql)
+                .bind(request_id.as_str())
+                .fetch_optional(c)
+                .await
+        })
+        .with_context(|| format!("reading grant {request_id}"))?;
+        row.map(Grant::try_from).transpose()
     }
 
     /// Inserts a grant in state `requested`, or returns the existing grant of
@@ -306,47 +277,45 @@ impl StoreTx {
     /// [`StoreError::Unexpected`] if the database fails.
     pub async fn insert_grant(&mut self, new: NewGrant) -> Result<InsertOutcome, StoreError> {
         let requested_at = ts(new.requested_at);
-        let result = sqlx::query(
-            "INSERT INTO grants (request_id, user_id, guild_id, channel_id, vm_id, vm_name,
+        // A duplicate is not an error: on PostgreSQL an error would abort the
+        // caller's whole transaction.
+        let inserted = with_tx!(&mut self.tx, |c| {
+            sqlx::query(
+                "INSERT INTO grants (request_id, user_id, guild_id, channel_id, vm_id, vm_name,
                  policy_id, ports, source, duration_minutes, reason, mapping, state,
                  requested_at, state_changed_at, interaction_token)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15)",
-        )
-        .bind(new.request_id.as_str())
-        .bind(new.user_id.to_string())
-        .bind(new.guild_id.map(|g| g.to_string()))
-        .bind(new.channel_id.map(|c| c.to_string()))
-        .bind(&new.vm_id)
-        .bind(&new.vm_name)
-        .bind(&new.policy_id)
-        .bind(new.ports.to_string())
-        .bind(new.source.to_string())
-        .bind(i64::from(new.duration.minutes()))
-        .bind(new.reason.as_ref().map(Reason::as_str))
-        .bind(new.mapping.as_str())
-        .bind(GrantState::Requested.as_str())
-        .bind(&requested_at)
-        .bind(new.interaction_token.as_ref().map(InteractionToken::expose))
-        .execute(&mut *self.tx)
-        .await;
-        let duplicate = match result {
-            Ok(_) => false,
-            // SQLite aborts only the statement: the transaction goes on.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => true,
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("inserting grant {}", new.request_id))
-                    .into());
-            }
-        };
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(new.request_id.as_str())
+            .bind(new.user_id.to_string())
+            .bind(new.guild_id.map(|g| g.to_string()))
+            .bind(new.channel_id.map(|c| c.to_string()))
+            .bind(&new.vm_id)
+            .bind(&new.vm_name)
+            .bind(&new.policy_id)
+            .bind(new.ports.to_string())
+            .bind(new.source.to_string())
+            .bind(i64::from(new.duration.minutes()))
+            .bind(new.reason.as_ref().map(Reason::as_str))
+            .bind(new.mapping.as_str())
+            .bind(GrantState::Requested.as_str())
+            .bind(&requested_at)
+            .bind(new.interaction_token.as_ref().map(InteractionToken::expose))
+            .execute(c)
+            .await
+        })
+        .with_context(|| format!("inserting grant {}", new.request_id))?
+        .rows_affected()
+            == 1;
         let grant = self
             .grant(&new.request_id)
             .await?
             .ok_or_else(|| StoreError::not_found("grant", new.request_id.as_str()))?;
-        Ok(if duplicate {
-            InsertOutcome::Duplicate(grant)
-        } else {
+        Ok(if inserted {
             InsertOutcome::Inserted(grant)
+        } else {
+            InsertOutcome::Duplicate(grant)
         })
     }
 
@@ -365,6 +334,7 @@ impl StoreTx {
         event: &GrantEvent,
         now: DateTime<Utc>,
     ) -> Result<Grant, StoreError> {
+        // PostgreSQL: this read takes `FOR UPDATE`.
         let grant = self
             .grant(request_id)
             .await?
@@ -372,17 +342,22 @@ impl StoreTx {
         let next = grant.state.apply(event)?;
         let end = event_end(event).map(ts);
         let now = ts(now);
-        let updated = sqlx::query(
-            "UPDATE grants SET state = ?1, state_changed_at = ?2, end_time = COALESCE(?3, end_time)
-             WHERE request_id = ?4 AND state = ?5",
-        )
-        .bind(next.as_str())
-        .bind(&now)
-        .bind(&end)
-        .bind(request_id.as_str())
-        .bind(grant.state.as_str())
-        .execute(&mut *self.tx)
-        .await
+        const MOVE: &str = "UPDATE grants
+            SET state = $1, state_changed_at = $2, end_time = COALESCE($3, end_time)
+            WHERE request_id = $4 AND state = $5";
+        const RECORD: &str = "INSERT INTO grant_transitions
+            (request_id, from_state, to_state, event, end_time, at)
+            VALUES ($1, $2, $3, $4, $5, $6)";
+        let updated = with_tx!(&mut self.tx, |c| {
+            sqlx::query(MOVE)
+                .bind(next.as_str())
+                .bind(&now)
+                .bind(&end)
+                .bind(request_id.as_str())
+                .bind(grant.state.as_str())
+                .execute(c)
+                .await
+        })
         .with_context(|| format!("moving grant {request_id} to {next}"))?
         .rows_affected();
         if updated != 1 {
@@ -392,18 +367,17 @@ impl StoreTx {
             )
             .into());
         }
-        sqlx::query(
-            "INSERT INTO grant_transitions (request_id, from_state, to_state, event, end_time, at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(request_id.as_str())
-        .bind(grant.state.as_str())
-        .bind(next.as_str())
-        .bind(event_name(event))
-        .bind(&end)
-        .bind(&now)
-        .execute(&mut *self.tx)
-        .await
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query(RECORD)
+                .bind(request_id.as_str())
+                .bind(grant.state.as_str())
+                .bind(next.as_str())
+                .bind(event_name(event))
+                .bind(&end)
+                .bind(&now)
+                .execute(c)
+                .await
+        })
         .with_context(|| format!("recording the transition of grant {request_id}"))?;
         self.grant(request_id)
             .await?
@@ -445,13 +419,15 @@ impl StoreTx {
         column: &'static str,
         value: String,
     ) -> Result<(), StoreError> {
-        let updated = sqlx::query(&format!(
-            "UPDATE grants SET {column} = ? WHERE request_id = ?"
-        ))
-        .bind(value)
-        .bind(request_id.as_str())
-        .execute(&mut *self.tx)
-        .await
+        let updated = with_tx!(&mut self.tx, |c| {
+            sqlx::query(&format!(
+                "UPDATE grants SET {column} = $1 WHERE request_id = $2"
+            ))
+            .bind(value)
+            .bind(request_id.as_str())
+            .execute(c)
+            .await
+        })
         .with_context(|| format!("setting {column} of grant {request_id}"))?
         .rows_affected();
         if updated == 0 {
@@ -479,7 +455,15 @@ impl Store {
     /// # Errors
     /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
     pub async fn grant(&self, request_id: &RequestId) -> Result<Option<Grant>, StoreError> {
-        fetch_grant(&self.read, request_id).await
+        let sql = grant_by_id_sql();
+        let row: Option<GrantRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql)
+                .bind(request_id.as_str())
+                .fetch_optional(c)
+                .await
+        })
+        .with_context(|| format!("reading grant {request_id}"))?;
+        row.map(Grant::try_from).transpose()
     }
 
     /// Up to `limit` of `user`'s grants: open ones first, then the most
@@ -493,17 +477,19 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Grant>, StoreError> {
         let sql = format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE user_id = ?
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE user_id = $1
              ORDER BY CASE WHEN state IN ({}) THEN 0 ELSE 1 END, requested_at DESC, request_id
-             LIMIT ?",
+             LIMIT $2",
             open_states_sql()
         );
-        let rows: Vec<GrantRow> = sqlx::query_as(&sql)
-            .bind(user.to_string())
-            .bind(limit_i64(limit))
-            .fetch_all(&self.read)
-            .await
-            .with_context(|| format!("listing the grants of user {user}"))?;
+        let rows: Vec<GrantRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql)
+                .bind(user.to_string())
+                .bind(limit_i64(limit))
+                .fetch_all(c)
+                .await
+        })
+        .with_context(|| format!("listing the grants of user {user}"))?;
         rows.into_iter().map(Grant::try_from).collect()
     }
 
@@ -518,9 +504,7 @@ impl Store {
              ORDER BY end_time, request_id",
             open_states_sql()
         );
-        let rows: Vec<GrantRow> = sqlx::query_as(&sql)
-            .fetch_all(&self.read)
-            .await
+        let rows: Vec<GrantRow> = with_read!(&self.db, |c| sqlx::query_as(&sql).fetch_all(c).await)
             .context("listing open grants")?;
         rows.into_iter().map(Grant::try_from).collect()
     }
@@ -533,14 +517,17 @@ impl Store {
         &self,
         request_id: &RequestId,
     ) -> Result<Vec<GrantTransition>, StoreError> {
-        let rows: Vec<(String, String, String, Option<String>, String)> = sqlx::query_as(
-            "SELECT from_state, to_state, event, end_time, at FROM grant_transitions
-             WHERE request_id = ? ORDER BY id",
-        )
-        .bind(request_id.as_str())
-        .fetch_all(&self.read)
-        .await
-        .with_context(|| format!("listing the transitions of grant {request_id}"))?;
+        let rows: Vec<(String, String, String, Option<String>, String)> =
+            with_read!(&self.db, |c| {
+                sqlx::query_as(
+                    "SELECT from_state, to_state, event, end_time, at FROM grant_transitions
+                     WHERE request_id = $1 ORDER BY id",
+                )
+                .bind(request_id.as_str())
+                .fetch_all(c)
+                .await
+            })
+            .with_context(|| format!("listing the transitions of grant {request_id}"))?;
         const T: &str = "grant_transitions";
         let key = request_id.as_str();
         let state = |s: &str| {

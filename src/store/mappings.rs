@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::backend::{with_read, with_tx};
 use super::{Store, StoreError, StoreTx, ts};
 use crate::domain::mapping::MappingSpec;
 use crate::domain::{AuditAction, AuditEvent, MappingName, Outcome, PortAliases, RoleMapping};
@@ -103,11 +104,13 @@ fn parse_name(name: &str) -> Result<MappingName, StoreError> {
 
 impl StoreTx {
     async fn stored_spec(&mut self, name: &MappingName) -> Result<Option<MappingSpec>, StoreError> {
-        let text: Option<String> = sqlx::query_scalar("SELECT spec FROM mappings WHERE name = ?")
-            .bind(name.as_str())
-            .fetch_optional(&mut *self.tx)
-            .await
-            .with_context(|| format!("reading mapping `{name}`"))?;
+        let text: Option<String> = with_tx!(&mut self.tx, |c| {
+            sqlx::query_scalar("SELECT spec FROM mappings WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_optional(c)
+                .await
+        })
+        .with_context(|| format!("reading mapping `{name}`"))?;
         text.map(|t| read_spec(name.as_str(), &t)).transpose()
     }
 
@@ -129,15 +132,17 @@ impl StoreTx {
         if before.as_ref().is_some_and(|b| same(b, mapping)) {
             return Ok(MappingChange::Unchanged);
         }
-        sqlx::query(
-            "INSERT INTO mappings (name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-        )
-        .bind(mapping.name.as_str())
-        .bind(spec_json(mapping)?)
-        .bind(ts(now))
-        .execute(&mut *self.tx)
-        .await
+        const UPSERT: &str = "INSERT INTO mappings (name, spec, created_at, updated_at)
+            VALUES ($1, $2, $3, $3)
+            ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at";
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query(UPSERT)
+                .bind(mapping.name.as_str())
+                .bind(spec_json(mapping)?)
+                .bind(ts(now))
+                .execute(c)
+                .await
+        })
         .with_context(|| format!("storing mapping `{}`", mapping.name))?;
         Ok(match before {
             None => MappingChange::Added,
@@ -155,12 +160,13 @@ impl StoreTx {
         &mut self,
         name: &MappingName,
     ) -> Result<Option<MappingSpec>, StoreError> {
-        let text: Option<String> =
-            sqlx::query_scalar("DELETE FROM mappings WHERE name = ? RETURNING spec")
+        let text: Option<String> = with_tx!(&mut self.tx, |c| {
+            sqlx::query_scalar("DELETE FROM mappings WHERE name = $1 RETURNING spec")
                 .bind(name.as_str())
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(c)
                 .await
-                .with_context(|| format!("removing mapping `{name}`"))?;
+        })
+        .with_context(|| format!("removing mapping `{name}`"))?;
         Ok(text.map(|t| read_spec(name.as_str(), &t).unwrap_or_else(|_| empty_spec(name))))
     }
 
@@ -184,10 +190,12 @@ impl StoreTx {
                 )));
             }
         }
-        let stored: Vec<(String,)> = sqlx::query_as("SELECT name FROM mappings")
-            .fetch_all(&mut *self.tx)
-            .await
-            .context("listing stored mappings")?;
+        let stored: Vec<(String,)> = with_tx!(&mut self.tx, |c| {
+            sqlx::query_as("SELECT name FROM mappings")
+                .fetch_all(c)
+                .await
+        })
+        .context("listing stored mappings")?;
         let mut diff = MappingDiff::default();
         let mut sorted: Vec<&RoleMapping> = mappings.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -205,11 +213,13 @@ impl StoreTx {
             .collect();
         gone.sort();
         for name in gone {
-            sqlx::query("DELETE FROM mappings WHERE name = ?")
-                .bind(&name)
-                .execute(&mut *self.tx)
-                .await
-                .with_context(|| format!("removing mapping `{name}`"))?;
+            with_tx!(&mut self.tx, |c| {
+                sqlx::query("DELETE FROM mappings WHERE name = $1")
+                    .bind(&name)
+                    .execute(c)
+                    .await
+            })
+            .with_context(|| format!("removing mapping `{name}`"))?;
             diff.removed.push(parse_name(&name)?);
         }
         Ok(diff)
@@ -227,11 +237,12 @@ impl Store {
         &self,
         aliases: &PortAliases,
     ) -> Result<Vec<RoleMapping>, StoreError> {
-        let rows: Vec<(String, String)> =
+        let rows: Vec<(String, String)> = with_read!(&self.db, |c| {
             sqlx::query_as("SELECT name, spec FROM mappings ORDER BY name")
-                .fetch_all(&self.read)
+                .fetch_all(c)
                 .await
-                .context("listing mappings")?;
+        })
+        .context("listing mappings")?;
         rows.into_iter()
             .map(|(name, text)| {
                 read_spec(&name, &text)?.validate(aliases).map_err(|e| {
@@ -299,13 +310,14 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<MappingDiff, StoreError> {
         let mut tx = self.begin().await?;
-        let before: BTreeMap<String, String> =
+        let before: BTreeMap<String, String> = with_tx!(&mut tx.tx, |c| {
             sqlx::query_as::<_, (String, String)>("SELECT name, spec FROM mappings")
-                .fetch_all(&mut *tx.tx)
+                .fetch_all(c)
                 .await
-                .context("reading mappings before the import")?
-                .into_iter()
-                .collect();
+        })
+        .context("reading mappings before the import")?
+        .into_iter()
+        .collect();
         let diff = tx.replace_mappings(mappings, now).await?;
         let by_name: BTreeMap<&MappingName, &RoleMapping> =
             mappings.iter().map(|m| (&m.name, m)).collect();

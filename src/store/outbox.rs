@@ -19,6 +19,7 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
+use super::backend::{with_read, with_tx, with_write};
 use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
 
 /// Longest stored error text.
@@ -42,7 +43,6 @@ pub enum OutboxKind {
 }
 
 impl OutboxKind {
-    /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AuditChannel => "audit_channel",
@@ -52,7 +52,6 @@ impl OutboxKind {
         }
     }
 
-    /// Parses the stored name.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "audit_channel" => Self::AuditChannel,
@@ -64,10 +63,8 @@ impl OutboxKind {
     }
 }
 
-/// A message to enqueue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxMessage {
-    /// What kind.
     pub kind: OutboxKind,
     /// Where to (see [`OutboxKind`]).
     pub target: Option<String>,
@@ -81,28 +78,21 @@ pub struct OutboxMessage {
     pub created_at: DateTime<Utc>,
 }
 
-/// A stored outbox row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     /// Its id; ids grow in enqueue order.
     pub id: i64,
-    /// What kind.
     pub kind: OutboxKind,
-    /// Where to.
     pub target: Option<String>,
-    /// What to send.
     pub payload: serde_json::Value,
     /// Sent as Discord's message nonce.
     pub idempotency_key: String,
-    /// When it was enqueued.
     pub created_at: DateTime<Utc>,
     /// Failed attempts so far.
     pub attempts: u32,
     /// Not before this time.
     pub next_attempt_at: DateTime<Utc>,
-    /// When it was delivered.
     pub delivered_at: Option<DateTime<Utc>>,
-    /// The last delivery error.
     pub last_error: Option<String>,
 }
 
@@ -177,29 +167,33 @@ impl StoreTx {
             }
         };
         let created_at = ts(message.created_at);
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO outbox (kind, target, payload, idempotency_key, created_at, next_attempt_at)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id",
-        )
-        .bind(message.kind.as_str())
-        .bind(message.target.as_deref())
-        .bind(message.payload.to_string())
-        .bind(&key)
-        .bind(&created_at)
-        .bind(&created_at)
-        .fetch_optional(&mut *self.tx)
-        .await
+        const INSERT: &str = "INSERT INTO outbox
+            (kind, target, payload, idempotency_key, created_at, next_attempt_at)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id";
+        let inserted: Option<i64> = with_tx!(&mut self.tx, |c| {
+            sqlx::query_scalar(INSERT)
+                .bind(message.kind.as_str())
+                .bind(message.target.as_deref())
+                .bind(message.payload.to_string())
+                .bind(&key)
+                .bind(&created_at)
+                .bind(&created_at)
+                .fetch_optional(c)
+                .await
+        })
         .with_context(|| format!("enqueueing outbox message `{key}`"))?;
         match inserted {
             Some(id) => Ok(id),
-            None => sqlx::query_scalar("SELECT id FROM outbox WHERE idempotency_key = ?")
-                .bind(&key)
-                .fetch_one(&mut *self.tx)
-                .await
-                .with_context(|| format!("finding outbox message `{key}`"))
-                .map_err(StoreError::from),
+            None => with_tx!(&mut self.tx, |c| {
+                sqlx::query_scalar("SELECT id FROM outbox WHERE idempotency_key = $1")
+                    .bind(&key)
+                    .fetch_one(c)
+                    .await
+            })
+            .with_context(|| format!("finding outbox message `{key}`"))
+            .map_err(StoreError::from),
         }
     }
 }
@@ -280,19 +274,21 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let sql = format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox AS o
-             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ?1
+             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
                AND (o.kind <> 'audit_channel' OR NOT EXISTS (
                      SELECT 1 FROM outbox AS earlier
                      WHERE earlier.kind = 'audit_channel' AND earlier.delivered_at IS NULL
-                       AND earlier.id < o.id AND earlier.next_attempt_at > ?1))
-             ORDER BY o.id LIMIT ?2"
+                       AND earlier.id < o.id AND earlier.next_attempt_at > $1))
+             ORDER BY o.id LIMIT $2"
         );
-        let rows: Vec<RawOutboxRow> = sqlx::query_as(&sql)
-            .bind(ts(now))
-            .bind(limit_i64(limit))
-            .fetch_all(&self.read)
-            .await
-            .context("reading the next outbox batch")?;
+        let rows: Vec<RawOutboxRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql)
+                .bind(ts(now))
+                .bind(limit_i64(limit))
+                .fetch_all(c)
+                .await
+        })
+        .context("reading the next outbox batch")?;
         rows.into_iter().map(OutboxRow::try_from).collect()
     }
 
@@ -303,14 +299,16 @@ impl Store {
     /// [`StoreError::NotFound`] if there is no such row;
     /// [`StoreError::Unexpected`] if the database fails.
     pub async fn mark_delivered(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let updated = sqlx::query(
-            "UPDATE outbox SET delivered_at = ?, last_error = NULL
-             WHERE id = ? AND delivered_at IS NULL",
-        )
-        .bind(ts(now))
-        .bind(id)
-        .execute(&self.write)
-        .await
+        let updated = with_write!(&self.db, |c| {
+            sqlx::query(
+                "UPDATE outbox SET delivered_at = $1, last_error = NULL
+                 WHERE id = $2 AND delivered_at IS NULL",
+            )
+            .bind(ts(now))
+            .bind(id)
+            .execute(c)
+            .await
+        })
         .with_context(|| format!("marking outbox row {id} delivered"))?
         .rows_affected();
         if updated == 0 {
@@ -335,15 +333,17 @@ impl Store {
         next_attempt_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let error: String = redact_tokens(error).chars().take(MAX_ERROR_CHARS).collect();
-        let updated = sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?
-             WHERE id = ? AND delivered_at IS NULL",
-        )
-        .bind(error)
-        .bind(ts(next_attempt_at))
-        .bind(id)
-        .execute(&self.write)
-        .await
+        let updated = with_write!(&self.db, |c| {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2
+                 WHERE id = $3 AND delivered_at IS NULL",
+            )
+            .bind(error)
+            .bind(ts(next_attempt_at))
+            .bind(id)
+            .execute(c)
+            .await
+        })
         .with_context(|| format!("recording a failed delivery of outbox row {id}"))?
         .rows_affected();
         if updated == 0 {
@@ -358,12 +358,11 @@ impl Store {
     /// [`StoreError::NotFound`] if there is no such row;
     /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`] otherwise.
     pub async fn outbox_row(&self, id: i64) -> Result<OutboxRow, StoreError> {
-        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?");
-        let row: Option<RawOutboxRow> = sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await
-            .with_context(|| format!("reading outbox row {id}"))?;
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1");
+        let row: Option<RawOutboxRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql).bind(id).fetch_optional(c).await
+        })
+        .with_context(|| format!("reading outbox row {id}"))?;
         row.ok_or_else(|| StoreError::not_found("outbox message", id.to_string()))?
             .try_into()
     }
@@ -373,11 +372,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
     pub async fn outbox_stats(&self, now: DateTime<Utc>) -> Result<OutboxStats, StoreError> {
-        let (depth, oldest): (i64, Option<String>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
-        )
-        .fetch_one(&self.read)
-        .await
+        let (depth, oldest): (i64, Option<String>) = with_read!(&self.db, |c| {
+            sqlx::query_as(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+            )
+            .fetch_one(c)
+            .await
+        })
         .context("measuring the outbox")?;
         let oldest = parse_opt_ts("outbox", "oldest", oldest.as_deref())?;
         Ok(OutboxStats {
@@ -387,11 +388,13 @@ impl Store {
     }
 
     async fn outbox_row_exists(&self, id: i64) -> Result<(), StoreError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.write)
-            .await
-            .with_context(|| format!("looking up outbox row {id}"))?;
+        let found: Option<i64> = with_write!(&self.db, |c| {
+            sqlx::query_scalar("SELECT id FROM outbox WHERE id = $1")
+                .bind(id)
+                .fetch_optional(c)
+                .await
+        })
+        .with_context(|| format!("looking up outbox row {id}"))?;
         found
             .map(|_| ())
             .ok_or_else(|| StoreError::not_found("outbox message", id.to_string()))

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
+use super::backend::{with_read, with_tx};
 use super::{Store, StoreError, StoreTx, ts};
 
 impl StoreTx {
@@ -21,17 +22,19 @@ impl StoreTx {
         audit_seq: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO azure_requests_seen (key, policy_id, started_at, seen_at, audit_seq)
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(policy_id)
-        .bind(started_at.map(ts))
-        .bind(ts(now))
-        .bind(audit_seq)
-        .execute(&mut *self.tx)
-        .await
+        let inserted = with_tx!(&mut self.tx, |c| {
+            sqlx::query(
+                "INSERT INTO azure_requests_seen (key, policy_id, started_at, seen_at, audit_seq)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(policy_id)
+            .bind(started_at.map(ts))
+            .bind(ts(now))
+            .bind(audit_seq)
+            .execute(c)
+            .await
+        })
         .with_context(|| format!("remembering Azure request {key}"))?
         .rows_affected();
         Ok(inserted == 1)
@@ -46,14 +49,14 @@ impl StoreTx {
         &mut self,
         before: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM azure_requests_seen WHERE started_at < ?")
+        Ok(with_tx!(&mut self.tx, |c| {
+            sqlx::query("DELETE FROM azure_requests_seen WHERE started_at < $1")
                 .bind(ts(before))
-                .execute(&mut *self.tx)
+                .execute(c)
                 .await
-                .context("forgetting old Azure requests")?
-                .rows_affected(),
-        )
+        })
+        .context("forgetting old Azure requests")?
+        .rows_affected())
     }
 }
 
@@ -63,12 +66,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Unexpected`] if the database fails.
     pub async fn azure_request_seen(&self, key: &str) -> Result<bool, StoreError> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT audit_seq FROM azure_requests_seen WHERE key = ?")
+        let found: Option<i64> = with_read!(&self.db, |c| {
+            sqlx::query_scalar("SELECT audit_seq FROM azure_requests_seen WHERE key = $1")
                 .bind(key)
-                .fetch_optional(&self.read)
+                .fetch_optional(c)
                 .await
-                .with_context(|| format!("looking up Azure request {key}"))?;
+        })
+        .with_context(|| format!("looking up Azure request {key}"))?;
         Ok(found.is_some())
     }
 }

@@ -12,6 +12,7 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
+use super::backend::{with_read, with_tx};
 use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
 use crate::domain::RequestId;
 
@@ -25,7 +26,6 @@ pub enum ScheduleKind {
 }
 
 impl ScheduleKind {
-    /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reminder => "reminder",
@@ -33,7 +33,6 @@ impl ScheduleKind {
         }
     }
 
-    /// Parses the stored name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "reminder" => Some(Self::Reminder),
@@ -43,16 +42,13 @@ impl ScheduleKind {
     }
 }
 
-/// A pending timer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledItem {
-    /// Its id.
     pub id: i64,
     /// The grant it belongs to.
     pub request_id: RequestId,
     /// What it is for.
     pub kind: ScheduleKind,
-    /// When it is due.
     pub due_at: DateTime<Utc>,
     /// When it was claimed, if it is.
     pub claimed_at: Option<DateTime<Utc>>,
@@ -106,16 +102,18 @@ impl StoreTx {
         due_at: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
         let due = ts(due_at);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO schedule (request_id, kind, due_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (request_id, kind, due_at) DO UPDATE SET cancelled_at = NULL
-             RETURNING id",
-        )
-        .bind(request_id.as_str())
-        .bind(kind.as_str())
-        .bind(&due)
-        .fetch_one(&mut *self.tx)
-        .await
+        let id: i64 = with_tx!(&mut self.tx, |c| {
+            sqlx::query_scalar(
+                "INSERT INTO schedule (request_id, kind, due_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (request_id, kind, due_at) DO UPDATE SET cancelled_at = NULL
+                 RETURNING id",
+            )
+            .bind(request_id.as_str())
+            .bind(kind.as_str())
+            .bind(&due)
+            .fetch_one(c)
+            .await
+        })
         .with_context(|| format!("scheduling the {} of grant {request_id}", kind.as_str()))?;
         Ok(id)
     }
@@ -134,15 +132,17 @@ impl StoreTx {
     ) -> Result<u64, StoreError> {
         let mut cancelled = 0;
         for kind in kinds {
-            cancelled += sqlx::query(
-                "UPDATE schedule SET cancelled_at = ?
-                 WHERE request_id = ? AND kind = ? AND done_at IS NULL AND cancelled_at IS NULL",
-            )
-            .bind(ts(now))
-            .bind(request_id.as_str())
-            .bind(kind.as_str())
-            .execute(&mut *self.tx)
-            .await
+            cancelled += with_tx!(&mut self.tx, |c| {
+                sqlx::query(
+                    "UPDATE schedule SET cancelled_at = $1
+                     WHERE request_id = $2 AND kind = $3 AND done_at IS NULL AND cancelled_at IS NULL",
+                )
+                .bind(ts(now))
+                .bind(request_id.as_str())
+                .bind(kind.as_str())
+                .execute(c)
+                .await
+            })
             .with_context(|| format!("cancelling the {} of grant {request_id}", kind.as_str()))?
             .rows_affected();
         }
@@ -161,23 +161,27 @@ impl StoreTx {
         id: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE schedule SET done_at = ? WHERE id = ? AND done_at IS NULL AND cancelled_at IS NULL",
-        )
-        .bind(ts(now))
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await
+        const COMPLETE: &str = "UPDATE schedule SET done_at = $1
+            WHERE id = $2 AND done_at IS NULL AND cancelled_at IS NULL";
+        let updated = with_tx!(&mut self.tx, |c| {
+            sqlx::query(COMPLETE)
+                .bind(ts(now))
+                .bind(id)
+                .execute(c)
+                .await
+        })
         .with_context(|| format!("completing timer {id}"))?
         .rows_affected();
         if updated == 1 {
             return Ok(true);
         }
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM schedule WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .with_context(|| format!("looking up timer {id}"))?;
+        let exists: Option<i64> = with_tx!(&mut self.tx, |c| {
+            sqlx::query_scalar("SELECT id FROM schedule WHERE id = $1")
+                .bind(id)
+                .fetch_optional(c)
+                .await
+        })
+        .with_context(|| format!("looking up timer {id}"))?;
         match exists {
             Some(_) => Ok(false),
             None => Err(StoreError::not_found("timer", id.to_string())),
@@ -195,13 +199,15 @@ impl Store {
         let sql = format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedule
              WHERE done_at IS NULL AND cancelled_at IS NULL AND claimed_at IS NULL
-             ORDER BY due_at, id LIMIT ?"
+             ORDER BY due_at, id LIMIT $1"
         );
-        let rows: Vec<ScheduleRow> = sqlx::query_as(&sql)
-            .bind(limit_i64(limit))
-            .fetch_all(&self.read)
-            .await
-            .context("listing the next timers")?;
+        let rows: Vec<ScheduleRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql)
+                .bind(limit_i64(limit))
+                .fetch_all(c)
+                .await
+        })
+        .context("listing the next timers")?;
         rows.into_iter().map(ScheduledItem::try_from).collect()
     }
 
@@ -213,14 +219,36 @@ impl Store {
     /// # Errors
     /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
     pub async fn oldest_claim(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let at: Option<String> = sqlx::query_scalar(
-            "SELECT MIN(claimed_at) FROM schedule
-             WHERE done_at IS NULL AND cancelled_at IS NULL AND claimed_at IS NOT NULL",
-        )
-        .fetch_one(&self.read)
-        .await
+        let at: Option<String> = with_read!(&self.db, |c| {
+            sqlx::query_scalar(
+                "SELECT MIN(claimed_at) FROM schedule
+                 WHERE done_at IS NULL AND cancelled_at IS NULL AND claimed_at IS NOT NULL",
+            )
+            .fetch_one(c)
+            .await
+        })
         .context("reading the oldest timer claim")?;
         parse_opt_ts("schedule", "oldest claim", at.as_deref())
+    }
+
+    /// When each timer that has neither fired nor been cancelled is due,
+    /// claimed or not, earliest first: the demo stops its clock at each.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn pending_due_times(&self) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        let due: Vec<String> = with_read!(&self.db, |c| {
+            sqlx::query_scalar(
+                "SELECT due_at FROM schedule
+                 WHERE done_at IS NULL AND cancelled_at IS NULL ORDER BY due_at, id",
+            )
+            .fetch_all(c)
+            .await
+        })
+        .context("listing pending timers")?;
+        due.iter()
+            .map(|t| parse_ts("schedule", "pending", t))
+            .collect()
     }
 
     /// Atomically claims up to `limit` pending timers due at `now` for
@@ -238,23 +266,26 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ScheduledItem>, StoreError> {
         let mut tx = self.begin().await?;
+        // PostgreSQL: the sub-select takes `FOR UPDATE SKIP LOCKED`.
         let sql = format!(
-            "UPDATE schedule SET claimed_at = ?1, claimed_by = ?2
+            "UPDATE schedule SET claimed_at = $1, claimed_by = $2
              WHERE id IN (
                  SELECT id FROM schedule
-                 WHERE done_at IS NULL AND cancelled_at IS NULL AND due_at <= ?1
-                   AND (claimed_at IS NULL OR claimed_at <= ?3)
-                 ORDER BY due_at, id LIMIT ?4)
+                 WHERE done_at IS NULL AND cancelled_at IS NULL AND due_at <= $1
+                   AND (claimed_at IS NULL OR claimed_at <= $3)
+                 ORDER BY due_at, id LIMIT $4)
              RETURNING {SCHEDULE_COLUMNS}"
         );
-        let rows: Vec<ScheduleRow> = sqlx::query_as(&sql)
-            .bind(ts(now))
-            .bind(worker)
-            .bind(ts(now - lease))
-            .bind(limit_i64(limit))
-            .fetch_all(&mut *tx.tx)
-            .await
-            .with_context(|| format!("claiming due timers for {worker}"))?;
+        let rows: Vec<ScheduleRow> = with_tx!(&mut tx.tx, |c| {
+            sqlx::query_as(&sql)
+                .bind(ts(now))
+                .bind(worker)
+                .bind(ts(now - lease))
+                .bind(limit_i64(limit))
+                .fetch_all(c)
+                .await
+        })
+        .with_context(|| format!("claiming due timers for {worker}"))?;
         tx.commit().await?;
         let mut items = rows
             .into_iter()

@@ -1,0 +1,135 @@
+//! The SQLite backend: one file, in WAL mode, with a single writer.
+//!
+//! The audit chain reads the head and appends after it, and a read-then-write
+//! transaction must not fail half-way with `SQLITE_BUSY`. So:
+//!
+//! - writes use a pool of **one** connection, so writers in this process queue
+//!   on the pool rather than on SQLite's lock;
+//! - every write transaction starts with `BEGIN IMMEDIATE`, taking SQLite's
+//!   write lock up front (a second process waits up to the busy timeout
+//!   instead of failing on the upgrade from read to write);
+//! - reads use a separate pool whose connections are `query_only`; with WAL
+//!   they never block the writer nor wait for it.
+//!
+//! The schema is `migrations/sqlite/`, embedded in the binary.
+
+use std::collections::BTreeSet;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::migrate::{Migrate as _, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use super::applied_since;
+use crate::store::{AppliedMigration, StoreError};
+
+/// How long a writer from another process is waited for before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_CONNECTIONS: u32 = 4;
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+pub(in crate::store) type SqliteTx = Transaction<'static, Sqlite>;
+
+#[derive(Debug, Clone)]
+pub(in crate::store) struct SqliteDb {
+    /// One connection: every write transaction goes through it.
+    write: SqlitePool,
+    /// Read-only (`query_only`) connections for everything else.
+    read: SqlitePool,
+}
+
+impl SqliteDb {
+    /// Opens (creating if missing) the file `url` names.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidInput`] for an in-memory URL (`sqlite::memory:`):
+    /// the read and write pools would each see a different, short-lived
+    /// database; [`StoreError::Unexpected`] if the URL is malformed or the
+    /// file cannot be opened.
+    pub(in crate::store) async fn connect(url: &str) -> Result<SqliteDb, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::InvalidInput(format!(
+                "`{url}` is an in-memory database: use a file (a temporary one in tests)"
+            )));
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("parsing the database URL `{url}`"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening the database `{url}`"))?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await
+            .with_context(|| format!("opening read connections to `{url}`"))?;
+        Ok(SqliteDb { write, read })
+    }
+
+    pub(in crate::store) fn read(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    pub(in crate::store) fn write(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    /// `BEGIN IMMEDIATE` on the writer: the write lock is taken now, not at
+    /// the first write.
+    pub(in crate::store) async fn begin(&self) -> Result<SqliteTx, StoreError> {
+        Ok(self
+            .write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .context("starting a write transaction")?)
+    }
+
+    /// A deferred `BEGIN` on a reader: in WAL mode its first read fixes the
+    /// snapshot every later read sees.
+    pub(in crate::store) async fn snapshot(&self) -> Result<SqliteTx, StoreError> {
+        Ok(self
+            .read
+            .begin()
+            .await
+            .context("starting a read transaction")?)
+    }
+
+    pub(in crate::store) async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        let mut conn = self
+            .write
+            .acquire()
+            .await
+            .context("connecting to migrate")?;
+        conn.ensure_migrations_table()
+            .await
+            .context("creating the migrations table")?;
+        let before: BTreeSet<i64> = conn
+            .list_applied_migrations()
+            .await
+            .context("listing applied migrations")?
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        MIGRATOR
+            .run(&mut *conn)
+            .await
+            .context("applying migrations")?;
+        Ok(applied_since(&MIGRATOR, &before))
+    }
+
+    pub(in crate::store) async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}

@@ -1,0 +1,209 @@
+//! What only the SQLite backend does: its migrations, their history, and the
+//! URLs it refuses.
+
+use chrono::{DateTime, Utc};
+use drawbridge::domain::audit::GENESIS_HASH;
+use drawbridge::domain::{AuditAction, AuditEvent, GrantEvent, GrantState, Outcome, RequestId};
+use drawbridge::store::{ScheduleKind, Store, StoreError};
+use sha2::{Digest as _, Sha384};
+use sqlx::Connection as _;
+
+use super::backend::{Backend as _, Sqlite};
+
+/// The SHA-384 of every migration as first applied; sqlx refuses to start on
+/// a database where an applied migration's checksum changed.
+const APPLIED: [(&str, &str); 8] = [
+    (
+        "0001_audit_log.sql",
+        "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
+    ),
+    (
+        "0002_mappings.sql",
+        "551f81bbd5faa299752d524e73cab5437fb8e40489e8119a6975d7cc92d2ab707939e788d5f53cb173d4f994e59c12c2",
+    ),
+    (
+        "0003_grants.sql",
+        "a668b7fbdbb0a9bf3639894a0e263bb8ef79880cc867e8117e56787eaea6d9e7b208370ae5302eb53bd46cb313ba0329",
+    ),
+    (
+        "0004_outbox.sql",
+        "d90fab304f68a8597922fb3a9ffcbd56321e19fa03e855837e6b2116e7948f1559b0f94cf7b5514d35379abe333da7a9",
+    ),
+    (
+        "0005_schedule.sql",
+        "948495daa29f1d81054171bd82b60c7ca50f1ad520e32afa33ccaf73132dbbd42c5efc9019435385da6a53eedfac009e",
+    ),
+    (
+        "0006_user_settings.sql",
+        "6561fa517bf79e4e1528c360ee58253fe3280078b1a8fe64564bfb24ef1715438b9e9dd4f96582c282baf3581c27bacd",
+    ),
+    (
+        "0007_azure_requests_seen.sql",
+        "45cc4c071ed24b2f753ebb5437c9492cb07ee83cd2fef13bcbf38ad1b385ec7de877601045ee2f11b840bf29d6c8d09a",
+    ),
+    (
+        "0008_state_and_kind_tables.sql",
+        "c1a1e1fef6aabac1cc41f8f102c97e0130add259225ad7a178d5b433839d865d2d9f29ec3c6ddb07bde20b85e2c69f33",
+    ),
+];
+
+fn migrations_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite")
+}
+
+fn time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::test]
+async fn migrations_are_numbered_from_one_and_each_applies_once() {
+    let empty = Sqlite.empty().await;
+    let store = Store::connect(&empty.url).await.unwrap();
+    let applied = store.migrate().await.unwrap();
+    let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
+    assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+    assert_eq!(applied[2].description, "grants");
+    assert_eq!(applied[7].description, "state and kind tables");
+    assert!(store.migrate().await.unwrap().is_empty());
+}
+
+#[test]
+fn applied_migrations_are_never_edited() {
+    let mut files: Vec<String> = std::fs::read_dir(migrations_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let pinned: Vec<&str> = APPLIED.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        files, pinned,
+        "pin every new migration here once it is applied"
+    );
+    for (name, checksum) in APPLIED {
+        let text = std::fs::read(migrations_dir().join(name)).unwrap();
+        assert_eq!(
+            hex::encode(Sha384::digest(&text)),
+            checksum,
+            "{name} was edited after it was applied: add a new migration instead"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_memory_and_unknown_database_urls_are_refused_with_a_clear_message() {
+    for url in ["sqlite::memory:", "sqlite://file.db?mode=memory"] {
+        match Store::open(url).await.unwrap_err() {
+            StoreError::InvalidInput(message) => {
+                assert!(message.contains("in-memory"), "{message}")
+            }
+            other => panic!("{url}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    match Store::open("mysql://drawbridge:hunter2@db.internal/drawbridge")
+        .await
+        .unwrap_err()
+    {
+        StoreError::InvalidInput(message) => {
+            assert!(message.contains("`mysql`"), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+/// A database as the releases before issue 10 left it: migrated from the
+/// flat `migrations/` folder (versions 1 to 7), with a grant, its timers and
+/// an audit event in it.
+async fn database_of_the_flat_layout(url: &str) {
+    let flat = tempfile::tempdir().unwrap();
+    for (name, _) in &APPLIED[..7] {
+        std::fs::copy(migrations_dir().join(name), flat.path().join(name)).unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(flat.path()).await.unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    migrator.run(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+
+    let event = AuditEvent::new(
+        time("2026-11-22T10:00:02.123456Z"),
+        "discord:42",
+        AuditAction::AccessInitiated,
+        "rg/web-01",
+        Outcome::Success,
+    );
+    let hash = event.chain_hash(1, GENESIS_HASH);
+    Sqlite
+        .raw(
+            url,
+            &format!(
+                "INSERT INTO grants (request_id, user_id, guild_id, channel_id, vm_id, vm_name,
+                     policy_id, ports, source, duration_minutes, reason, mapping, state,
+                     requested_at, end_time, state_changed_at)
+                 VALUES ('req-old', '42', '5', '6', '/subscriptions/sub/vm/web-01', 'rg/web-01',
+                     '/subscriptions/sub/jit/default', '22', '203.0.113.7', 120, NULL, 'sre-web',
+                     'active', '2026-11-22T10:00:00.000000Z', '2026-11-22T12:00:00.000000Z',
+                     '2026-11-22T10:00:02.000000Z');
+                 INSERT INTO grant_transitions (request_id, from_state, to_state, event, end_time, at)
+                 VALUES ('req-old', 'requested', 'active', 'initiated',
+                     '2026-11-22T12:00:00.000000Z', '2026-11-22T10:00:02.000000Z');
+                 INSERT INTO schedule (id, request_id, kind, due_at)
+                 VALUES (7, 'req-old', 'reminder', '2026-11-22T11:50:00.000000Z'),
+                        (9, 'req-old', 'expiry', '2026-11-22T12:00:00.000000Z');
+                 INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail,
+                     prev_hash, hash)
+                 VALUES (1, '{}', 'discord:42', 'access_initiated', 'rg/web-01', 'success', '{}',
+                     '{GENESIS_HASH}', '{hash}');
+                 UPDATE audit_head SET seq = 1, hash = '{hash}' WHERE id = 1;",
+                event.at_text(),
+                event.detail,
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
+    let empty = Sqlite.empty().await;
+    database_of_the_flat_layout(&empty.url).await;
+
+    let store = Store::connect(&empty.url).await.unwrap();
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), [8]);
+
+    let id = RequestId::parse("req-old").unwrap();
+    let grant = store.grant(&id).await.unwrap().unwrap();
+    assert_eq!(grant.state, GrantState::Active);
+    assert_eq!(grant.end_time, Some(time("2026-11-22T12:00:00Z")));
+    assert_eq!(store.grant_transitions(&id).await.unwrap().len(), 1);
+    // Timer ids are kept: outbox keys name timers by id.
+    let timers = store.next_due(10).await.unwrap();
+    let timers: Vec<(i64, ScheduleKind)> = timers.iter().map(|t| (t.id, t.kind)).collect();
+    assert_eq!(
+        timers,
+        [(7, ScheduleKind::Reminder), (9, ScheduleKind::Expiry)]
+    );
+    let audit = store.verify_audit().await.unwrap();
+    assert!(audit.is_intact(), "{:?}", audit.first_broken);
+    assert_eq!(audit.checked, 1);
+
+    // The rebuilt tables still enforce their references.
+    let mut tx = store.begin().await.unwrap();
+    let ended = tx
+        .transition_grant(&id, &GrantEvent::WindowEnded, time("2026-11-22T12:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(ended.state, GrantState::Expired);
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let missing = RequestId::parse("req-none").unwrap();
+    assert!(
+        tx.schedule(&missing, ScheduleKind::Expiry, time("2026-11-23T00:00:00Z"))
+            .await
+            .is_err()
+    );
+}

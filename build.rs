@@ -1,5 +1,6 @@
 //! Rebuilds when a migration changes: `sqlx::migrate!()` embeds the
-//! `migrations/` folder but cannot tell cargo to watch it on stable Rust.
+//! `migrations/<backend>/` folders but cannot tell cargo to watch them on
+//! stable Rust (cargo watches a directory's whole tree).
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
 }

@@ -92,8 +92,9 @@ impl Db {
         }
     }
 
-    /// A write transaction that holds whatever the backend needs so that a
-    /// read-then-write inside it never fails half-way on a lock.
+    /// A write transaction in which a read-then-write never fails half-way
+    /// on a lock: SQLite locks the database up front; PostgreSQL will lock
+    /// the rows read (see the store's module docs).
     pub(super) async fn begin(&self) -> Result<Tx, StoreError> {
         match self {
             Db::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?)),
@@ -101,7 +102,7 @@ impl Db {
     }
 
     /// A read-only transaction: every read in it sees one consistent
-    /// snapshot.
+    /// snapshot (on PostgreSQL: `REPEATABLE READ, READ ONLY`).
     pub(super) async fn snapshot(&self) -> Result<Tx, StoreError> {
         match self {
             Db::Sqlite(db) => Ok(Tx::Sqlite(db.snapshot().await?)),

@@ -9,12 +9,13 @@ use std::hint::black_box;
 
 use chrono::{TimeDelta, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use drawbridge::azure::{AllowedSources, IndexedVm, PolicyId, PolicyPort, VmIndex};
+use drawbridge::azure::VmIndex;
 use drawbridge::domain::mapping::MappingSpec;
 use drawbridge::domain::{
     AccessDuration, AccessQuery, AccessRequest, AuditAction, AuditEvent, Outcome, PortAliases,
     PortSpec, RoleId, RoleMapping, SourcePrefix, VmIdentity, authorize,
 };
+use drawbridge::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort};
 use drawbridge::domain::{ResourceGroupName, SubscriptionId, VmName};
 use drawbridge::store::Store;
 

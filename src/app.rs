@@ -17,10 +17,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::azure::gateway::AzureJit;
 use crate::azure::index::DEFAULT_MISS_FLOOR;
 use crate::azure::{
-    ArmClient, ArmClientOptions, AzureTokenSource, CredentialOptions, EnableDefaults, RetryPolicy,
+    ArmClient, ArmClientOptions, ArmJit, AzureTokenSource, CredentialOptions, RetryPolicy,
     SharedVmIndex, TokenSource, UserAssigned, resolve_endpoints,
 };
 use crate::clock::SharedClock;
@@ -46,7 +45,7 @@ pub struct App {
     /// The use cases.
     pub service: Service,
     /// The Azure adapter.
-    pub azure: Arc<AzureJit>,
+    pub azure: Arc<ArmJit>,
     /// "Now".
     pub clock: SharedClock,
     /// ARM tokens (also probed by `/readyz`).
@@ -149,7 +148,7 @@ impl App {
             self.settings.discord.audit_channel_id.map(|c| c.get()),
         );
         tracker.spawn(deliverer.run(wakers.outbox.clone(), cancel.clone()));
-        let reconciler = Reconciler::new(self.service.clone(), Arc::clone(&self.azure) as _);
+        let reconciler = Reconciler::new(self.service.clone());
         tracker.spawn(reconciler.run(self.settings.azure.reconcile_interval, cancel.clone()));
         let azure = Arc::clone(&self.azure);
         let every = self.settings.azure.index_refresh;
@@ -286,7 +285,7 @@ impl App {
 pub fn build_azure(
     settings: &Settings,
     clock: &SharedClock,
-) -> anyhow::Result<(Arc<AzureJit>, Arc<dyn TokenSource>)> {
+) -> anyhow::Result<(Arc<ArmJit>, Arc<dyn TokenSource>)> {
     let az = &settings.azure;
     let endpoints = resolve_endpoints(az.cloud, az.arm_endpoint.clone(), az.authority_host.clone())
         .context("resolving the Azure endpoints")?;
@@ -317,17 +316,11 @@ pub fn build_azure(
         clock: Arc::clone(clock),
     })
     .context("building the ARM client")?;
-    let enable = EnableDefaults {
-        ports: az.enable.ports.clone(),
-        max_request_access_duration: az.enable.max_duration.to_iso8601(),
-        allowed_source: az.enable.source.to_string(),
-        ..EnableDefaults::default()
-    };
-    let azure = Arc::new(AzureJit::new(
+    let azure = Arc::new(ArmJit::new(
         arm,
         SharedVmIndex::new(Arc::clone(clock), DEFAULT_MISS_FLOOR),
         az.subscriptions.iter().map(|s| s.to_string()).collect(),
-        enable,
+        az.enable.clone(),
     ));
     Ok((azure, tokens))
 }

@@ -269,7 +269,7 @@ fn load(sources: &Sources) -> anyhow::Result<Settings> {
 
 /// Resolves a VM through Azure's JIT policies (one list per subscription).
 async fn resolve_vm(settings: &Settings, vm: &VmRef) -> anyhow::Result<VmIdentity> {
-    use crate::service::{JitGateway, LookupError};
+    use crate::service::ResolveVmError;
     if settings.azure.subscriptions.is_empty() {
         return Err(usage(
             "--vm: give the VM as subscriptionId/resourceGroup/name, or configure azure.subscriptions so it can be looked up",
@@ -277,22 +277,11 @@ async fn resolve_vm(settings: &Settings, vm: &VmRef) -> anyhow::Result<VmIdentit
     }
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
     let (azure, _) = crate::app::build_azure(settings, &clock)?;
-    let found = azure.resolve(vm).await.map_err(|e| match e {
-        LookupError::NotFound { name, .. } => {
-            usage(format!("--vm: no VM named {name} is under JIT"))
-        }
-        LookupError::Ambiguous { candidates } => usage(format!(
-            "--vm: several VMs are named like that: {}",
-            candidates.join(", ")
-        )),
-        LookupError::Azure(e) => usage(format!("--vm: {}", e.user_message())),
-    })?;
-    crate::service::identity_of(&found).ok_or_else(|| {
-        anyhow::anyhow!(
-            "Azure returned names outside its own rules for {}",
-            found.vm_id
-        )
-    })
+    match crate::service::resolve_vm(azure.as_ref(), vm).await {
+        Ok(found) => Ok(found.identity),
+        Err(ResolveVmError::Unexpected(e)) => Err(e),
+        Err(e) => Err(usage(format!("--vm: {e}"))),
+    }
 }
 
 fn check_config(sources: &Sources) -> ExitCode {

@@ -16,7 +16,9 @@ use url::Url;
 use crate::azure::{AzureCloud, CredentialKind};
 use crate::domain::duration::parse_span_seconds;
 use crate::domain::port::{AliasError, PortAliases};
-use crate::domain::{AccessDuration, RoleId, Snowflake, SourcePrefix, SubscriptionId};
+use crate::domain::{
+    AccessDuration, PolicyDefaults, RoleId, Snowflake, SourcePrefix, SubscriptionId,
+};
 
 /// The defaults, checked in as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -124,17 +126,6 @@ pub struct OpsSettings {
     pub listen: SocketAddr,
 }
 
-/// `[azure.enable]`: what `/jit-admin enable` configures.
-#[derive(Debug, Clone)]
-pub struct EnableDefaults {
-    /// Ports put under JIT.
-    pub ports: Vec<u16>,
-    /// Their maximum request duration.
-    pub max_duration: AccessDuration,
-    /// Their allowed source (`*` or an address/CIDR).
-    pub source: SourcePrefix,
-}
-
 /// `[azure]`.
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
@@ -164,8 +155,8 @@ pub struct AzureSettings {
     pub reconcile_interval: Duration,
     /// Timeout of one ARM request.
     pub request_timeout: Duration,
-    /// What `/jit-admin enable` configures.
-    pub enable: EnableDefaults,
+    /// What `/jit-admin enable` configures (`[azure.enable]`).
+    pub enable: PolicyDefaults,
 }
 
 /// `[database]`.
@@ -608,7 +599,7 @@ impl Settings {
                 Duration::from_secs(300),
             ),
             request_timeout: c.span("azure.request_timeout", &a.request_timeout, Duration::from_secs(30)),
-            enable: EnableDefaults {
+            enable: PolicyDefaults {
                 ports: c.list("azure.enable.ports", &a.enable.ports, |s| {
                     s.parse::<u16>()
                         .ok()

@@ -13,7 +13,7 @@
 //! - `dispatch`: one path from a serenity `Interaction` to the handler and
 //!   back, shared by both delivery modes; only the acknowledgement differs
 //!   (a REST callback over the gateway, the HTTP response body in HTTP mode).
-//! - [`render`]: `ChatMessage` to serenity builders, within Discord's limits.
+//! - [`builders`]: `ChatMessage` to serenity builders, within Discord's limits.
 //! - [`sender`]: [`DiscordSender`], the [`ChatSender`](crate::interactions::ChatSender)
 //!   for channel messages and DMs.
 //! - [`gateway`]: [`run_gateway`], the websocket mode.
@@ -25,12 +25,12 @@
 //! [`Http`] is built with `HttpBuilder::proxy` and the
 //! ratelimiter disabled (see [`discord_http`]).
 
+pub mod builders;
 pub mod commands;
 mod dispatch;
 pub mod endpoint;
 mod errors;
 pub mod gateway;
-pub mod render;
 pub mod sender;
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The pure domain: validated values, role mappings, the authorization
-//! decision, the grant state machine and audit events. Nothing here does I/O;
+//! decision, the grant state machine, audit events, and Azure JIT policies
+//! as values with the pre-check of a request against them. Nothing here does I/O;
 //! every function is a function of its arguments (time is passed in).
 //!
 //! The request grammar lives in [`request`]: `/jit ssh myVM 2h` parses into one
@@ -11,7 +12,9 @@ pub mod authorize;
 pub mod duration;
 pub mod grant;
 pub mod ids;
+pub mod jit_policy;
 pub mod mapping;
+pub mod policy_check;
 pub mod port;
 pub mod request;
 pub mod source;
@@ -22,7 +25,12 @@ pub use authorize::{AccessQuery, Allowed, Decision, Denial, authorize};
 pub use duration::{AccessDuration, DurationError};
 pub use grant::{GrantEvent, GrantState, InvalidTransition};
 pub use ids::{IdError, RequestId, RoleId, Snowflake, UserId};
+pub use jit_policy::{
+    AllowedSources, CloseOutcome, IndexedVm, InvalidPolicyId, JitRequestRecord, PolicyDefaults,
+    PolicyId, PolicyPort, PortState, RequestedPort, RequestedVm,
+};
 pub use mapping::{MappingError, MappingName, PortSelector, RoleMapping, SourcePolicy, VmSelector};
+pub use policy_check::{PolicyViolation, check_request};
 pub use port::{Port, PortAliases, PortSpec, PortSpecError};
 pub use request::{AccessRequest, Reason, ReasonError, RequestParseError};
 pub use source::{SourceError, SourcePrefix};

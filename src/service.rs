@@ -18,29 +18,28 @@ pub mod admin;
 pub mod autocomplete;
 pub mod bot;
 pub mod delivery;
-pub mod gateway;
+pub mod jit_port;
 pub mod lifecycle;
+pub mod messages;
+pub mod phases;
 pub mod reconcile;
-pub mod render;
 pub mod request;
 pub mod scheduler;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::azure::IndexedVm;
 use crate::clock::SharedClock;
-use crate::domain::{
-    PortAliases, ResourceGroupName, RoleId, RoleMapping, SubscriptionId, VmIdentity, VmName,
-};
+use crate::domain::{PortAliases, RoleId, RoleMapping};
 use crate::store::{Store, StoreError};
 
-pub use gateway::{EnableError, Initiated, JitGateway, LookupError};
+pub use jit_port::{Initiated, JitError, JitPort, OpenRequest};
+pub use phases::resolve::{ResolveVmError, ResolvedVm, resolve_vm};
 
 /// What the use cases need from configuration.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// Port names.
+    /// Port names: `ssh`, `rdp`, `winrm` and the configured aliases.
     pub aliases: PortAliases,
     /// Reminder offsets before the end of a grant.
     pub reminders_before: Vec<Duration>,
@@ -48,7 +47,7 @@ pub struct ServiceConfig {
     pub admin_roles: Vec<RoleId>,
 }
 
-/// The use cases. Cheap to clone.
+/// The use cases; cheap to clone.
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
@@ -56,7 +55,7 @@ pub struct Service {
 
 struct Inner {
     store: Store,
-    jit: Arc<dyn JitGateway>,
+    jit: Arc<dyn JitPort>,
     clock: SharedClock,
     config: ServiceConfig,
     mappings: RwLock<Arc<Vec<RoleMapping>>>,
@@ -86,7 +85,7 @@ impl Service {
     /// If the mappings cannot be read.
     pub async fn new(
         store: Store,
-        jit: Arc<dyn JitGateway>,
+        jit: Arc<dyn JitPort>,
         clock: SharedClock,
         config: ServiceConfig,
     ) -> Result<Self, StoreError> {
@@ -103,17 +102,16 @@ impl Service {
         })
     }
 
-    /// The store.
+    /// The store, for the workers and start-up; the chat transports go
+    /// through the use cases.
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    /// The clock.
     pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
     }
 
-    /// The configuration.
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
     }
@@ -148,7 +146,6 @@ impl Service {
         Ok(())
     }
 
-    /// The workers' wake-ups.
     pub fn wakers(&self) -> &Wakers {
         &self.inner.wakers
     }
@@ -161,19 +158,9 @@ impl Service {
         value
     }
 
-    fn jit(&self) -> &dyn JitGateway {
+    fn jit(&self) -> &dyn JitPort {
         self.inner.jit.as_ref()
     }
-}
-
-/// The domain identity of an indexed VM (`None` if Azure's names fall
-/// outside our validation, which the index then cannot serve).
-pub fn identity_of(vm: &IndexedVm) -> Option<VmIdentity> {
-    Some(VmIdentity {
-        subscription: SubscriptionId::parse(&vm.subscription).ok()?,
-        resource_group: ResourceGroupName::parse(&vm.resource_group).ok()?,
-        name: VmName::parse(&vm.name).ok()?,
-    })
 }
 
 /// The actor string of a Discord member in the audit log.

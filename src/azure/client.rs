@@ -12,7 +12,7 @@ use url::Url;
 use super::{
     credential::TokenSource,
     error::{ArmError, ArmStats, Operation},
-    ids::{PolicyId, VmId, check_subscription},
+    ids::{VmId, check_subscription},
     retry::{RetryPolicy, server_retry_hint},
     wire::{
         COMPUTE_API_VERSION, ComputeVm, InitiatePort, InitiateRequest, InitiateVm, JIT_API_VERSION,
@@ -20,6 +20,7 @@ use super::{
     },
 };
 use crate::clock::SharedClock;
+use crate::domain::{CloseOutcome, PolicyDefaults, PolicyId, PortState};
 
 /// Most pages one list may span before we call it a loop.
 const MAX_PAGES: usize = 10_000;
@@ -42,62 +43,8 @@ pub struct ArmClientOptions {
     pub clock: SharedClock,
 }
 
-/// A port rule set used by [`ArmClient::enable_vm`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnableDefaults {
-    /// Ports to allow (default 22, 3389, 5985, 5986).
-    pub ports: Vec<u16>,
-    /// `maxRequestAccessDuration` (default `PT3H`, the portal's default).
-    pub max_request_access_duration: String,
-    /// `allowedSourceAddressPrefix` (default `*`; set from config).
-    pub allowed_source: String,
-    /// Policy name (default `default`, as the portal).
-    pub policy_name: String,
-}
-
-impl Default for EnableDefaults {
-    fn default() -> Self {
-        Self {
-            ports: vec![22, 3389, 5985, 5986],
-            max_request_access_duration: "PT3H".to_owned(),
-            allowed_source: "*".to_owned(),
-            policy_name: "default".to_owned(),
-        }
-    }
-}
-
-/// What Azure shows for one port after [`ArmClient::close_early`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortState {
-    /// The port.
-    pub number: u16,
-    /// Azure's status of the newest request for the port (`Initiated`, ...),
-    /// `None` if the policy shows no request for it.
-    pub status: Option<String>,
-    /// When Azure closes the port, per the newest request.
-    pub end_time_utc: Option<DateTime<Utc>>,
-}
-
-/// The result of [`ArmClient::close_early`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseOutcome {
-    /// The end time we asked for.
-    pub requested_end: DateTime<Utc>,
-    /// What Azure's policy showed afterwards, per port.
-    pub ports: Vec<PortState>,
-}
-
-impl CloseOutcome {
-    /// The latest close time Azure shows for any of the ports (or the requested
-    /// end when Azure shows none): "closes at HH:MM".
-    pub fn closes_at(&self) -> DateTime<Utc> {
-        self.ports
-            .iter()
-            .filter_map(|p| p.end_time_utc)
-            .max()
-            .unwrap_or(self.requested_end)
-    }
-}
+/// The policy name `/jit-admin enable` creates, as the portal does.
+pub const ENABLE_POLICY_NAME: &str = "default";
 
 /// Azure Resource Manager client for the JIT API. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -230,7 +177,7 @@ impl ArmClient {
         parse(Operation::PutPolicy, &body)
     }
 
-    /// Enables JIT for a VM: reads the policy `defaults.policy_name` in
+    /// Enables JIT for a VM: reads the policy [`ENABLE_POLICY_NAME`] in
     /// `resource_group`/`location` (absent = a new one), merges the VM into its
     /// `virtualMachines` without touching the other VMs (a VM already present
     /// keeps its rules and gains only missing default ports), and PUTs it back.
@@ -244,15 +191,10 @@ impl ArmClient {
         resource_group: &str,
         location: &str,
         vm_id: &str,
-        defaults: &EnableDefaults,
+        defaults: &PolicyDefaults,
     ) -> Result<Policy, ArmError> {
         let vm = VmId::parse(vm_id)?;
-        let policy = PolicyId::new(
-            subscription,
-            resource_group,
-            location,
-            &defaults.policy_name,
-        )?;
+        let policy = PolicyId::new(subscription, resource_group, location, ENABLE_POLICY_NAME)?;
         let existing = match self.get_policy(&policy).await {
             Ok(existing) => Some(existing),
             Err(ArmError::NotFound { .. }) => None,
@@ -265,9 +207,9 @@ impl ArmClient {
         let rule = |number| PortRule {
             number,
             protocol: "*".to_owned(),
-            allowed_source_address_prefix: Some(defaults.allowed_source.clone()),
+            allowed_source_address_prefix: Some(defaults.source.to_string()),
             allowed_source_address_prefixes: None,
-            max_request_access_duration: defaults.max_request_access_duration.clone(),
+            max_request_access_duration: defaults.max_duration.to_iso8601(),
             extra: Default::default(),
         };
         match vms.iter_mut().find(|v| v.id.eq_ignore_ascii_case(vm_id)) {

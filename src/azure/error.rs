@@ -125,6 +125,12 @@ impl From<IdError> for ArmError {
     }
 }
 
+impl From<crate::domain::InvalidPolicyId> for ArmError {
+    fn from(e: crate::domain::InvalidPolicyId) -> Self {
+        Self::InvalidInput(e.to_string())
+    }
+}
+
 impl ArmError {
     /// Maps a non-success, non-retried response to an error.
     pub(crate) fn from_response(op: Operation, status: StatusCode, body: &[u8]) -> Self {

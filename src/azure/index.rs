@@ -18,71 +18,11 @@ use ipnet::IpNet;
 use super::{
     client::ArmClient,
     error::ArmError,
-    ids::{PolicyId, VmId},
+    ids::VmId,
     wire::{Policy, PortRule},
 };
 use crate::clock::SharedClock;
-
-/// Which sources a policy port accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowedSources {
-    /// `*`: any source.
-    Any,
-    /// Only sources inside one of these prefixes.
-    Prefixes(Vec<IpNet>),
-}
-
-/// One port rule of a VM's JIT policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyPort {
-    /// Port number.
-    pub number: u16,
-    /// `TCP`, `UDP` or `*`.
-    pub protocol: String,
-    /// `maxRequestAccessDuration`.
-    pub max_duration: TimeDelta,
-    /// `allowedSourceAddressPrefix(es)`.
-    pub allowed_sources: AllowedSources,
-}
-
-/// A VM with a JIT policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexedVm {
-    /// VM resource id, as Azure spells it.
-    pub vm_id: String,
-    /// Subscription id.
-    pub subscription: String,
-    /// The VM's resource group.
-    pub resource_group: String,
-    /// VM name.
-    pub name: String,
-    /// Region (the policy's location).
-    pub location: String,
-    /// The policy that covers the VM; its resource group may differ from the VM's.
-    pub policy: PolicyId,
-    /// The VM's port rules.
-    pub ports: Vec<PolicyPort>,
-}
-
-impl IndexedVm {
-    /// `rg/name`.
-    pub fn qualified_name(&self) -> String {
-        format!("{}/{}", self.resource_group, self.name)
-    }
-
-    /// `subscription/rg/name`.
-    pub fn fully_qualified_name(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.subscription, self.resource_group, self.name
-        )
-    }
-
-    /// The rule for `port`, if the policy has one.
-    pub fn port(&self, port: u16) -> Option<&PolicyPort> {
-        self.ports.iter().find(|p| p.number == port)
-    }
-}
+use crate::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort};
 
 /// Why a name did not resolve to exactly one VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -393,22 +333,6 @@ pub fn parse_iso_duration(s: &str) -> Option<TimeDelta> {
     Some(total)
 }
 
-/// A short human form of a duration: `3h`, `1h30m`, `1d`, `45s`.
-pub fn format_duration(d: TimeDelta) -> String {
-    let mut secs = d.num_seconds().max(0);
-    if secs == 0 {
-        return "0m".to_owned();
-    }
-    let mut out = String::new();
-    for (unit, len) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
-        if secs >= len {
-            out.push_str(&format!("{}{unit}", secs / len));
-            secs %= len;
-        }
-    }
-    out
-}
-
 /// The current [`VmIndex`], replaced atomically on refresh.
 pub struct SharedVmIndex {
     current: RwLock<Arc<VmIndex>>,
@@ -545,13 +469,6 @@ mod tests {
         ] {
             assert_eq!(parse_iso_duration(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn durations_format_shortly() {
-        assert_eq!(format_duration(TimeDelta::minutes(90)), "1h30m");
-        assert_eq!(format_duration(TimeDelta::hours(24)), "1d");
-        assert_eq!(format_duration(TimeDelta::minutes(5)), "5m");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serenity::http::Http;
 use tokio::sync::oneshot;
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
 
-use super::{errors, render};
+use super::{builders, errors};
 use crate::chat::{ButtonAction, ChatMessage};
 use crate::domain::{RoleId, Snowflake, UserId};
 use crate::interactions::{
@@ -105,7 +105,7 @@ fn deferred() -> CreateInteractionResponse {
 }
 
 fn ephemeral_text(text: &str) -> CreateInteractionResponse {
-    CreateInteractionResponse::Message(render::ephemeral_message(&ChatMessage::text(text)))
+    CreateInteractionResponse::Message(builders::ephemeral_message(&ChatMessage::text(text)))
 }
 
 /// Drives the handler for interactions of either mode.
@@ -291,7 +291,7 @@ impl Dispatcher {
     /// message" (in HTTP mode the edit can reach Discord before the inline
     /// acknowledgement has been processed).
     async fn show(&self, token: &str, message: &ChatMessage) {
-        let edit = render::edit_response(message);
+        let edit = builders::edit_response(message);
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=EDIT_ATTEMPTS {
             match self
@@ -497,8 +497,8 @@ fn autocomplete_choices(choices: Vec<Choice>) -> Vec<AutocompleteChoice> {
                 &c.name
             };
             AutocompleteChoice::new(
-                render::truncate(name, CHOICE_MAX),
-                render::truncate(&c.value, CHOICE_MAX),
+                builders::truncate(name, CHOICE_MAX),
+                builders::truncate(&c.value, CHOICE_MAX),
             )
         })
         .collect()

@@ -8,7 +8,7 @@ use serenity::all::{ChannelId, UserId};
 use serenity::http::Http;
 use tracing::{debug, instrument};
 
-use super::{errors, render};
+use super::{builders, errors};
 use crate::chat::ChatMessage;
 use crate::interactions::{ChatSender, SendError};
 
@@ -38,7 +38,7 @@ impl DiscordSender {
         message: &ChatMessage,
         idempotency_key: &str,
     ) -> Result<(), SendError> {
-        let create = render::create_message(message, idempotency_key);
+        let create = builders::create_message(message, idempotency_key);
         let sent = channel
             .send_message(&self.http, create)
             .await

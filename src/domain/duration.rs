@@ -124,6 +124,22 @@ impl fmt::Display for AccessDuration {
     }
 }
 
+/// A short human form of any span: `3h`, `1h30m`, `1d`, `45s`.
+pub fn format_duration(d: chrono::TimeDelta) -> String {
+    let mut secs = d.num_seconds().max(0);
+    if secs == 0 {
+        return "0m".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, len) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
 /// Parses a span such as `30s`, `10m`, `1h30m` or `PT5M` into seconds, with
 /// no bounds: for configuration intervals and `--since`.
 pub fn parse_span_seconds(input: &str) -> Option<u64> {
@@ -236,6 +252,14 @@ fn parse_seconds(input: &str) -> Result<u64, Shape> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_format_shortly() {
+        assert_eq!(format_duration(chrono::TimeDelta::minutes(90)), "1h30m");
+        assert_eq!(format_duration(chrono::TimeDelta::hours(24)), "1d");
+        assert_eq!(format_duration(chrono::TimeDelta::minutes(5)), "5m");
+        assert_eq!(format_duration(chrono::TimeDelta::seconds(45)), "45s");
+    }
 
     #[test]
     fn accepted_forms_parse_to_minutes() {

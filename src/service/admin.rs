@@ -3,16 +3,26 @@
 
 use serde_json::json;
 
+use super::jit_port::JitError;
+use super::phases::ResolveVmError;
 use super::request::RequestError;
-use super::{LookupError, Service, actor, identity_of};
+use super::{Service, actor};
 use crate::domain::authorize::{self, AccessQuery, Decision};
+use crate::domain::duration::parse_span_seconds;
 use crate::domain::mapping::MappingSpec;
 use crate::domain::{
     AccessDuration, AuditAction, AuditEvent, MappingName, Outcome, PortSpec, Reason, RoleId,
     RoleMapping, SourcePrefix, VmIdentity, VmRef,
 };
-use crate::interactions::Invocation;
-use crate::store::{MappingChange, StoreError};
+use crate::interactions::{Choice, Invocation};
+use crate::store::{AuditFilter, AuditRecord, MappingChange, StoreError};
+
+/// The most audit events `/jit-admin audit` lists.
+pub const AUDIT_LIMIT_MAX: u32 = 50;
+/// What it lists when no limit is given.
+const AUDIT_LIMIT_DEFAULT: u32 = 10;
+/// How far back `since:` reaches at most, in seconds (ten years).
+const AUDIT_SINCE_MAX_SECS: u64 = 10 * 365 * 86_400;
 
 /// Why an admin action failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +44,28 @@ pub enum AdminError {
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         Self::Unexpected(e.into())
+    }
+}
+
+impl From<ResolveVmError> for AdminError {
+    fn from(e: ResolveVmError) -> Self {
+        match e {
+            ResolveVmError::Azure(message) => Self::Azure(message),
+            ResolveVmError::Unexpected(e) => Self::Unexpected(e),
+            lookup => Self::Invalid(lookup.to_string()),
+        }
+    }
+}
+
+impl From<JitError> for AdminError {
+    fn from(e: JitError) -> Self {
+        match e {
+            JitError::Refused { .. } | JitError::NoAnswer { .. } => {
+                tracing::warn!(error.message = %e, error.cause_chain = ?e, "Azure failed an admin action");
+                Self::Azure(e.user_message())
+            }
+            lookup => Self::Invalid(lookup.user_message()),
+        }
     }
 }
 
@@ -129,31 +161,20 @@ impl Service {
             .map(Reason::parse)
             .transpose()
             .map_err(|e| invalid(&e))?;
-        let indexed = self.jit().resolve(&vm_ref).await.map_err(|e| match e {
-            LookupError::Azure(e) => AdminError::Azure(e.user_message()),
-            LookupError::NotFound { name, .. } => {
-                AdminError::Invalid(format!("no VM named {name} is under JIT"))
-            }
-            LookupError::Ambiguous { candidates } => AdminError::Invalid(format!(
-                "several VMs are named like that: {}",
-                candidates.join(", ")
-            )),
-        })?;
-        let identity = identity_of(&indexed)
-            .ok_or_else(|| AdminError::Unexpected(anyhow::anyhow!("indexed VM names invalid")))?;
+        let target = self.resolve_vm(&vm_ref).await?;
         let mappings = self.mappings();
         let decision = authorize::authorize(
             &mappings,
             &AccessQuery {
                 roles,
-                vm: &identity,
+                vm: &target.identity,
                 ports: &ports,
                 duration,
                 source: source.as_ref(),
                 reason: reason.as_ref(),
             },
         );
-        Ok((identity, decision))
+        Ok((target.identity, decision))
     }
 
     /// Puts a VM under JIT with the configured defaults (audited).
@@ -163,18 +184,7 @@ impl Service {
     pub async fn enable(&self, who: &Invocation, vm: &str) -> Result<String, AdminError> {
         self.require_admin(who)?;
         let vm_ref = VmRef::parse(vm).map_err(|e| AdminError::Invalid(e.to_string()))?;
-        let qualified = self.jit().enable(&vm_ref).await.map_err(|e| match e {
-            super::EnableError::NotFound(name) => AdminError::Invalid(format!(
-                "no VM named {name} in the configured subscriptions"
-            )),
-            super::EnableError::Ambiguous(c) => {
-                AdminError::Invalid(format!("several VMs are named like that: {}", c.join(", ")))
-            }
-            super::EnableError::Azure(e) => {
-                tracing::warn!(error.message = %e, "enable failed");
-                AdminError::Azure(e.user_message())
-            }
-        })?;
+        let qualified = self.jit().enable(&vm_ref).await?;
         let now = self.clock().now();
         self.store()
             .append_audit(
@@ -197,10 +207,56 @@ impl Service {
     /// [`AdminError`].
     pub async fn coverage(&self, who: &Invocation) -> Result<Vec<String>, AdminError> {
         self.require_admin(who)?;
-        self.jit()
-            .unprotected_vms()
-            .await
-            .map_err(|e| AdminError::Azure(e.user_message()))
+        Ok(self.jit().unprotected_vms().await?)
+    }
+
+    /// The latest audit events, oldest first: at most `limit` (1 to
+    /// [`AUDIT_LIMIT_MAX`], default 10), no older than `since` (a span such
+    /// as `2h` or `7d`) ago, by the Discord user `user` if given.
+    ///
+    /// # Errors
+    /// [`AdminError`]; a `since` that is not a span is `Invalid`.
+    pub async fn recent_audit(
+        &self,
+        who: &Invocation,
+        since: Option<&str>,
+        user: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<AuditRecord>, AdminError> {
+        self.require_admin(who)?;
+        let since = match since {
+            Some(text) => {
+                let secs = parse_span_seconds(text).ok_or_else(|| {
+                    AdminError::Invalid(format!(
+                        "`{text}` is not a duration: use forms like 2h or 7d"
+                    ))
+                })?;
+                let ago = chrono::Duration::seconds(secs.min(AUDIT_SINCE_MAX_SECS) as i64);
+                Some(self.clock().now() - ago)
+            }
+            None => None,
+        };
+        let filter = AuditFilter {
+            since,
+            actor: user.map(|u| format!("discord:{u}")),
+            limit: Some(
+                limit
+                    .unwrap_or(AUDIT_LIMIT_DEFAULT)
+                    .clamp(1, AUDIT_LIMIT_MAX),
+            ),
+            ..AuditFilter::default()
+        };
+        Ok(self.store().audit_events(&filter).await?)
+    }
+
+    /// Admin autocomplete: every indexed VM matching `partial`, and nothing
+    /// for a member who is not an admin.
+    pub fn complete_admin_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
+        if self.is_admin(roles) {
+            self.complete_vm_any(partial)
+        } else {
+            Vec::new()
+        }
     }
 }
 

@@ -1,10 +1,9 @@
 //! Autocomplete for `/jit`: answered from memory (the VM index and the
 //! mappings), never by calling Azure.
 
-use super::{Service, identity_of};
-use crate::azure::IndexedVm;
+use super::Service;
 use crate::domain::authorize;
-use crate::domain::{AccessDuration, PortSpec, RoleId, RoleMapping, VmRef};
+use crate::domain::{AccessDuration, IndexedVm, PortSpec, RoleId, RoleMapping, VmRef};
 use crate::interactions::Choice;
 
 /// Discord shows at most 25 choices.
@@ -18,7 +17,8 @@ impl Service {
     pub fn complete_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
         let mappings = self.mappings();
         self.vm_choices(partial, &|vm: &IndexedVm| {
-            identity_of(vm).is_some_and(|id| authorize::may_request_vm(&mappings, roles, &id))
+            vm.identity()
+                .is_some_and(|id| authorize::may_request_vm(&mappings, roles, &id))
         })
     }
 
@@ -46,7 +46,7 @@ impl Service {
     ) -> Option<(std::sync::Arc<IndexedVm>, Vec<&'a RoleMapping>)> {
         let vm_ref = VmRef::parse(vm_text).ok()?;
         let vm = self.jit().resolve_cached(&vm_ref)?;
-        let identity = identity_of(&vm)?;
+        let identity = vm.identity()?;
         let fitting: Vec<&RoleMapping> = mappings
             .iter()
             .filter(|m| m.applies_to(roles) && m.vms.matches(&identity))
@@ -125,12 +125,7 @@ impl Service {
                     .max()
                     .unwrap_or(0);
                 let policy_max = match &ports {
-                    Some(p) => p
-                        .numbers()
-                        .iter()
-                        .filter_map(|n| vm.port(*n).map(|r| r.max_duration.num_minutes()))
-                        .min()
-                        .unwrap_or(0),
+                    Some(p) => vm.max_duration_for(&p.numbers()).num_minutes(),
                     None => vm
                         .ports
                         .iter()

@@ -31,7 +31,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::render;
+use super::messages;
 use crate::chat::ChatMessage;
 use crate::clock::SharedClock;
 use crate::domain::{AuditAction, AuditEvent, Outcome};
@@ -208,7 +208,7 @@ impl Deliverer {
                 let record = record_from_json(&row.payload)
                     .ok_or_else(|| SendError::Permanent("unreadable audit payload".into()))?;
                 self.sender
-                    .post(channel, &render::audit(&record), key)
+                    .post(channel, &messages::audit(&record), key)
                     .await
             }
             OutboxKind::Dm => {

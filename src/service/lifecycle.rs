@@ -1,17 +1,21 @@
 //! Extend, Close early, `/jit-status` and `/jit-ip`.
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::phases::{Ask, ResolveVmError, ResolvedVm, decide};
 use super::request::{RequestError, justification};
-use super::{Service, actor, identity_of};
-use crate::azure::{CloseOutcome, check_request};
-use crate::domain::authorize::{self, AccessQuery, Decision};
+use super::{Service, actor};
+use crate::domain::authorize;
 use crate::domain::{
-    AccessDuration, AuditAction, AuditEvent, GrantEvent, GrantState, Outcome, RequestId,
-    SourcePrefix, VmRef,
+    AccessDuration, AuditAction, AuditEvent, CloseOutcome, Denial, GrantEvent, GrantState, Outcome,
+    RequestId, SourcePrefix, VmRef,
 };
 use crate::interactions::Invocation;
-use crate::store::{Grant, ScheduleKind, StoreError};
+use crate::store::{Grant, StoreError};
+
+/// What Close early says when the VM cannot be found any more.
+const VM_GONE: &str = "the VM is no longer under JIT, so Azure cannot be asked";
 
 /// Why a button did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,14 @@ impl Service {
         Ok(grant)
     }
 
+    /// Resolves the VM of a stored grant.
+    async fn resolve_grant_vm(&self, grant: &Grant) -> Result<ResolvedVm, ResolveVmError> {
+        let vm_ref = VmRef::parse(&grant.vm_name).map_err(|e| {
+            ResolveVmError::Unexpected(anyhow::anyhow!("stored VM name {}: {e}", grant.vm_name))
+        })?;
+        self.resolve_vm(&vm_ref).await
+    }
+
     /// Extends an open grant: a new window from now, as long as the grant's
     /// own duration plus what remains, capped by the member's mappings (as
     /// they are now) and the VM's policy. Reminders move with the new end.
@@ -80,123 +92,70 @@ impl Service {
     ) -> Result<Grant, GrantActionError> {
         let grant = self.owned_open_grant(who, request_id).await?;
         let now = self.clock().now();
-        let vm_ref = VmRef::parse(&grant.vm_name)
-            .map_err(|e| RequestError::Unexpected(anyhow::anyhow!("stored VM name: {e}")))?;
-        let vm = self.jit().resolve(&vm_ref).await.map_err(|e| match e {
-            super::LookupError::Azure(e) => RequestError::Azure {
+        let target = self
+            .resolve_grant_vm(&grant)
+            .await
+            .map_err(RequestError::from)?;
+        let window = self.extension_window(who, &grant, &target, now)?;
+        let ask = Ask {
+            roles: &who.member.roles,
+            ports: &grant.ports,
+            duration: window,
+            source: &grant.source,
+            reason: grant.reason.as_ref(),
+        };
+        decide(&self.mappings(), &target, &ask).map_err(RequestError::from)?;
+        let end = now + window.to_chrono();
+        let why = justification(who, &grant.request_id, Some("extend"));
+        let initiated = self
+            .initiate(&target.vm, &grant, end, why)
+            .await
+            .map_err(|e| RequestError::Azure {
                 message: e.user_message(),
-            },
-            _ => RequestError::VmNotFound {
-                name: grant.vm_name.clone(),
-                exists_without_jit: false,
-            },
-        })?;
-        let identity = identity_of(&vm)
-            .ok_or_else(|| RequestError::Unexpected(anyhow::anyhow!("indexed VM names invalid")))?;
+            })?;
+        Ok(self
+            .settle_extended(who, &grant, window, &initiated, now)
+            .await?)
+    }
+
+    /// The window an extension asks for: what remains plus the grant's own
+    /// duration, capped by the longest the member's mappings allow for its
+    /// ports and source, and by the VM's policy.
+    fn extension_window(
+        &self,
+        who: &Invocation,
+        grant: &Grant,
+        target: &ResolvedVm,
+        now: DateTime<Utc>,
+    ) -> Result<AccessDuration, RequestError> {
         let remaining = grant
             .end_time
             .map(|end| (end - now).num_minutes().max(0))
             .unwrap_or(0);
         let wanted = (remaining + i64::from(grant.duration.minutes())).min(i64::from(u32::MAX));
         let mappings = self.mappings();
-        let max_allowed = authorize::mappings_for(&mappings, &who.member.roles, &identity)
+        let max_allowed = authorize::mappings_for(&mappings, &who.member.roles, &target.identity)
             .filter(|m| m.ports.covers(&grant.ports) && m.sources.allows(&grant.source))
             .map(|m| m.max_duration)
             .max()
-            .ok_or(RequestError::Denied(
-                crate::domain::Denial::NoMappingForVm {
-                    vm: identity.qualified(),
-                },
-            ))?;
-        let policy_max = grant
-            .ports
-            .numbers()
-            .iter()
-            .filter_map(|p| vm.port(*p).map(|r| r.max_duration.num_minutes()))
-            .min()
-            .unwrap_or(0);
+            .ok_or_else(|| {
+                RequestError::Denied(Denial::NoMappingForVm {
+                    vm: target.identity.qualified(),
+                })
+            })?;
+        let policy_max = target
+            .vm
+            .max_duration_for(&grant.ports.numbers())
+            .num_minutes();
         let minutes = wanted
             .min(i64::from(max_allowed.minutes()))
             .min(policy_max)
             .max(0) as u32;
-        let Some(window) = AccessDuration::from_minutes(minutes) else {
-            return Err(RequestError::Invalid(
+        AccessDuration::from_minutes(minutes).ok_or_else(|| {
+            RequestError::Invalid(
                 "the grant cannot be extended: the limits leave less than 5 minutes".into(),
             )
-            .into());
-        };
-        // The window must still pass the member's mappings and the policy.
-        let decision = authorize::authorize(
-            &mappings,
-            &AccessQuery {
-                roles: &who.member.roles,
-                vm: &identity,
-                ports: &grant.ports,
-                duration: window,
-                source: Some(&grant.source),
-                reason: grant.reason.as_ref(),
-            },
-        );
-        if let Decision::Deny(denial) = decision {
-            return Err(RequestError::Denied(denial).into());
-        }
-        let net = match grant.source {
-            SourcePrefix::Any => None,
-            SourcePrefix::Net(n) => Some(n),
-        };
-        check_request(&vm, &grant.ports.numbers(), window.to_chrono(), net)
-            .map_err(RequestError::Policy)?;
-        let end = now + window.to_chrono();
-        let why = justification(who, &grant.request_id, Some("extend"));
-        let initiated = self
-            .jit()
-            .initiate(
-                &vm,
-                &grant.ports.numbers(),
-                end,
-                &grant.source.to_string(),
-                &why,
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error.message = %e, "extend failed");
-                RequestError::Azure {
-                    message: e.user_message(),
-                }
-            })?;
-        let mut tx = self.store().begin().await?;
-        let updated = tx
-            .transition_grant(
-                &grant.request_id,
-                &GrantEvent::Extended { end: initiated.end },
-                now,
-            )
-            .await?;
-        tx.cancel_schedule(
-            &grant.request_id,
-            &[ScheduleKind::Reminder, ScheduleKind::Expiry],
-            now,
-        )
-        .await?;
-        self.schedule_timers(&mut tx, &grant.request_id, initiated.end, now)
-            .await?;
-        tx.append_audit(
-            &AuditEvent::new(
-                now,
-                actor(who.member.user_id),
-                AuditAction::AccessExtended,
-                &grant.vm_name,
-                Outcome::Success,
-            )
-            .with_detail(json!({
-                "request_id": grant.request_id.as_str(),
-                "window": window.to_string(),
-                "end": crate::domain::audit::format_time(initiated.end),
-            })),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(updated)
+        })
     }
 
     /// Closes an open grant early. Azure has no revoke: the ports are
@@ -218,71 +177,22 @@ impl Service {
         tx.transition_grant(&grant.request_id, &GrantEvent::CloseRequested, now)
             .await?;
         tx.commit().await?;
-        let vm_ref = VmRef::parse(&grant.vm_name).ok();
-        let vm = match vm_ref {
-            Some(r) => self.jit().resolve(&r).await.ok(),
-            None => None,
-        };
-        let why = justification(who, &grant.request_id, Some("close early"));
-        let outcome = match vm {
-            Some(vm) => self
-                .jit()
-                .close_early(
-                    &vm,
-                    &grant.ports.numbers(),
-                    &grant.source.to_string(),
-                    &why,
-                    now,
-                )
-                .await
-                .map_err(|e| e.user_message()),
-            None => Err("the VM is no longer under JIT, so Azure cannot be asked".to_string()),
-        };
-        let mut tx = self.store().begin().await?;
-        match outcome {
-            Ok(outcome) => {
-                let closes_at = outcome.closes_at();
-                let updated = tx
-                    .transition_grant(
-                        &grant.request_id,
-                        &GrantEvent::Closed { end: closes_at },
-                        now,
-                    )
-                    .await?;
-                tx.cancel_schedule(
-                    &grant.request_id,
-                    &[ScheduleKind::Reminder, ScheduleKind::Expiry],
-                    now,
-                )
-                .await?;
-                tx.append_audit(
-                    &AuditEvent::new(now, actor(who.member.user_id), AuditAction::AccessClosedEarly, &grant.vm_name, Outcome::Success)
-                        .with_detail(json!({
-                            "request_id": grant.request_id.as_str(),
-                            "port_closes_at": crate::domain::audit::format_time(closes_at),
-                            "azure_status": outcome.ports.iter().map(|p| json!({"port": p.number, "status": p.status})).collect::<Vec<_>>(),
-                        })),
-                )
-                .await?;
-                tx.commit().await?;
-                Ok(Closed {
-                    grant: updated,
-                    outcome,
-                })
+        let outcome = match self.resolve_grant_vm(&grant).await {
+            Ok(target) => {
+                let why = justification(who, &grant.request_id, Some("close early"));
+                self.jit()
+                    .close_early(&target.vm, &grant.ports, &grant.source, &why, now)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error.message = %e, error.cause_chain = ?e, "close early failed");
+                        e.user_message()
+                    })
             }
-            Err(message) => {
-                tx.transition_grant(
-                    &grant.request_id,
-                    &GrantEvent::CloseFailed {
-                        back_to_extended: was_extended,
-                    },
-                    now,
-                )
-                .await?;
-                tx.commit().await?;
-                Err(RequestError::Azure { message }.into())
-            }
-        }
+            Err(ResolveVmError::Azure(message)) => Err(message),
+            Err(_) => Err(VM_GONE.to_string()),
+        };
+        self.settle_closed(who, &grant, was_extended, outcome, now)
+            .await
     }
 
     /// The member's open and recent grants.
@@ -291,6 +201,14 @@ impl Service {
     /// If the store fails.
     pub async fn status(&self, who: &Invocation) -> Result<Vec<Grant>, StoreError> {
         self.store().grants_for_user(who.member.user_id, 10).await
+    }
+
+    /// The member's saved source address, if any.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub async fn saved_source(&self, who: &Invocation) -> Result<Option<SourcePrefix>, StoreError> {
+        self.store().saved_source(who.member.user_id).await
     }
 
     /// Saves the member's source address.

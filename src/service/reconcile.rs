@@ -44,21 +44,20 @@
 //!   it open.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{Service, actor, delivery, render};
-use crate::azure::gateway::AzureJit;
-use crate::azure::wire::{JitRequest, Policy, RequestPort};
-use crate::azure::{ArmError, VmId};
+use super::jit_port::JitError;
+use super::{Service, actor, delivery, messages};
 use crate::domain::audit::format_time;
-use crate::domain::{AuditAction, AuditEvent, GrantEvent, GrantState, Outcome, RequestId};
+use crate::domain::{
+    AuditAction, AuditEvent, GrantEvent, GrantState, JitRequestRecord, Outcome, RequestId,
+    RequestedPort,
+};
 use crate::store::{Grant, ScheduleKind, StoreError};
 
 /// How far back a closed request made outside Drawbridge is still reported
@@ -71,30 +70,12 @@ pub const END_SLACK: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
 /// What precedes our request id in the justification.
 const MARKER: &str = "Drawbridge request ";
 
-/// Where the JIT policies (with their request history) come from.
-#[async_trait]
-pub trait PolicySource: Send + Sync + 'static {
-    /// Every JIT policy of the configured subscriptions.
-    async fn list_policies(&self) -> Result<Vec<Policy>, ArmError>;
-}
-
-#[async_trait]
-impl PolicySource for AzureJit {
-    async fn list_policies(&self) -> Result<Vec<Policy>, ArmError> {
-        let mut all = Vec::new();
-        for subscription in self.subscriptions() {
-            all.extend(self.arm().list_policies(subscription).await?);
-        }
-        Ok(all)
-    }
-}
-
 /// Why a reconciliation round failed (it is retried on the next interval).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// Azure could not be listed.
     #[error(transparent)]
-    Azure(#[from] ArmError),
+    Azure(#[from] JitError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -103,8 +84,8 @@ pub enum ReconcileError {
 /// What one [`Reconciler::tick`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReconcileOutcome {
-    /// Policies read.
-    pub policies: usize,
+    /// Requests read (Azure's history included).
+    pub requests: usize,
     /// Requests made outside Drawbridge, reported now.
     pub opened_outside: usize,
     /// Grants closed because Azure no longer shows them open.
@@ -114,19 +95,12 @@ pub struct ReconcileOutcome {
 /// The reconciliation worker.
 pub struct Reconciler {
     service: Service,
-    azure: Arc<dyn PolicySource>,
-}
-
-/// One of our requests as Azure shows it: the newest one per grant.
-struct Ours<'a> {
-    start: Option<DateTime<Utc>>,
-    request: &'a JitRequest,
 }
 
 impl Reconciler {
-    /// A reconciler reading policies from `azure`.
-    pub fn new(service: Service, azure: Arc<dyn PolicySource>) -> Self {
-        Self { service, azure }
+    /// A reconciler reading Azure's requests through the service's port.
+    pub fn new(service: Service) -> Self {
+        Self { service }
     }
 
     /// Lists the policies once and reconciles them with the store at `now`.
@@ -135,62 +109,35 @@ impl Reconciler {
     /// [`ReconcileError`]; what was written before the failure stays (each
     /// event is its own transaction).
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<ReconcileOutcome, ReconcileError> {
-        let policies = self.azure.list_policies().await?;
+        let requests = self.service.jit().requests().await?;
         let mut outcome = ReconcileOutcome {
-            policies: policies.len(),
+            requests: requests.len(),
             ..ReconcileOutcome::default()
         };
-        let store = self.service.store();
-        // Our grants' newest requests, by request id.
-        let mut ours: HashMap<RequestId, Ours<'_>> = HashMap::new();
-        let mut grants: HashMap<RequestId, Option<Grant>> = HashMap::new();
-        for policy in &policies {
-            for request in &policy.properties.requests {
-                let grant = match drawbridge_id(request) {
-                    Some(id) => {
-                        if !grants.contains_key(&id) {
-                            grants.insert(id.clone(), store.grant(&id).await?);
-                        }
-                        grants[&id]
-                            .as_ref()
-                            .filter(|g| {
-                                request
-                                    .virtual_machines
-                                    .iter()
-                                    .any(|vm| vm.id.eq_ignore_ascii_case(&g.vm_id))
-                            })
-                            .map(|g| g.request_id.clone())
+        let mut ours: HashMap<RequestId, &JitRequestRecord> = HashMap::new();
+        let mut grants = HashMap::new();
+        for request in &requests {
+            match self.ours(request, &mut grants).await? {
+                // The newest request per grant counts.
+                Some(id) => {
+                    let newer = ours.get(&id).is_none_or(|o| request.start >= o.start);
+                    if newer {
+                        ours.insert(id, request);
                     }
-                    None => None,
-                };
-                match grant {
-                    Some(id) => {
-                        let newer = ours
-                            .get(&id)
-                            .is_none_or(|o| request.start_time_utc >= o.start);
-                        if newer {
-                            ours.insert(
-                                id,
-                                Ours {
-                                    start: request.start_time_utc,
-                                    request,
-                                },
-                            );
-                        }
-                    }
-                    None => {
-                        if self.report_outside(policy, request, now).await? {
-                            outcome.opened_outside += 1;
-                        }
+                }
+                None => {
+                    if self.report_outside(request, now).await? {
+                        outcome.opened_outside += 1;
                     }
                 }
             }
         }
+        let store = self.service.store();
         for grant in store.open_grants().await? {
             let Some(found) = ours.get(&grant.request_id) else {
                 continue;
             };
-            if self.close_if_ended(&grant, found.request, now).await? {
+            if self.close_if_ended(&grant, found, now).await? {
                 outcome.closed += 1;
             }
         }
@@ -200,74 +147,54 @@ impl Reconciler {
         Ok(outcome)
     }
 
+    /// The grant `request` belongs to: the one its justification names, if
+    /// that grant is for one of the request's VMs. `grants` keeps what was
+    /// read this round (one grant has several requests in Azure's history).
+    async fn ours(
+        &self,
+        request: &JitRequestRecord,
+        grants: &mut HashMap<RequestId, Option<Grant>>,
+    ) -> Result<Option<RequestId>, StoreError> {
+        let Some(id) = drawbridge_id(request) else {
+            return Ok(None);
+        };
+        if !grants.contains_key(&id) {
+            let grant = self.service.store().grant(&id).await?;
+            grants.insert(id.clone(), grant);
+        }
+        Ok(grants[&id]
+            .as_ref()
+            .filter(|g| {
+                request
+                    .vms
+                    .iter()
+                    .any(|vm| vm.vm_id.eq_ignore_ascii_case(&g.vm_id))
+            })
+            .map(|g| g.request_id.clone()))
+    }
+
     /// Reports a request made outside Drawbridge, once. Returns whether it
     /// was reported now.
     async fn report_outside(
         &self,
-        policy: &Policy,
-        request: &JitRequest,
+        request: &JitRequestRecord,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let ports: Vec<&RequestPort> = request
-            .virtual_machines
-            .iter()
-            .flat_map(|vm| vm.ports.iter())
-            .collect();
-        let open = ports
-            .iter()
-            .any(|p| is_open_status(&p.status) && p.end_time_utc > now);
-        let recent = request.start_time_utc.is_some_and(|s| s >= now - LOOKBACK);
+        let open = ports_of(request).any(|p| p.is_open_at(now));
+        let recent = request.start.is_some_and(|s| s >= now - LOOKBACK);
         if !open && !recent {
             return Ok(false);
         }
-        let key = request_key(&policy.id, request);
+        let key = request_key(request);
         let store = self.service.store();
         if store.azure_request_seen(&key).await? {
             return Ok(false);
         }
-        let vms: Vec<String> = request
-            .virtual_machines
-            .iter()
-            .map(|vm| match VmId::parse(&vm.id) {
-                Ok(id) => format!("{}/{}", id.resource_group, id.name),
-                Err(_) => vm.id.clone(),
-            })
-            .collect();
-        let mut numbers: Vec<u16> = ports.iter().map(|p| p.number).collect();
-        numbers.sort_unstable();
-        numbers.dedup();
-        let mut sources: Vec<String> = ports.iter().flat_map(|p| sources_of(p)).collect();
-        sources.sort();
-        sources.dedup();
-        let end = ports.iter().map(|p| p.end_time_utc).max();
-        let requestor = request.requestor.clone().unwrap_or_default();
-        let event = AuditEvent::new(
-            now,
-            if requestor.is_empty() {
-                "azure".to_string()
-            } else {
-                format!("azure:{requestor}")
-            },
-            AuditAction::OpenedOutsideDrawbridge,
-            vms.join(", "),
-            Outcome::Info,
-        )
-        .with_detail(json!({
-            "flagged": true,
-            "requestor": request.requestor,
-            "ports": numbers.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
-            "source": sources.join(", "),
-            "start": request.start_time_utc.map(format_time),
-            "end": end.map(format_time),
-            "open": open,
-            "justification": request.justification,
-            "policy": policy.id,
-            "vm_ids": request.virtual_machines.iter().map(|vm| vm.id.as_str()).collect::<Vec<_>>(),
-        }));
+        let event = outside_event(request, open, now);
         let mut tx = store.begin().await?;
         let record = tx.append_audit(&event).await?;
         if !tx
-            .remember_azure_request(&key, &policy.id, request.start_time_utc, record.seq, now)
+            .remember_azure_request(&key, &request.policy_id, request.start, record.seq, now)
             .await?
         {
             // Another replica reported it meanwhile.
@@ -275,6 +202,7 @@ impl Reconciler {
             return Ok(false);
         }
         tx.commit().await?;
+        let requestor = request.requestor.as_deref().unwrap_or_default();
         tracing::warn!(vm = %event.target, requestor, "JIT request made outside Drawbridge");
         Ok(true)
     }
@@ -284,7 +212,7 @@ impl Reconciler {
     async fn close_if_ended(
         &self,
         grant: &Grant,
-        request: &JitRequest,
+        request: &JitRequestRecord,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         if !matches!(grant.state, GrantState::Active | GrantState::Extended)
@@ -294,20 +222,28 @@ impl Reconciler {
             return Ok(false);
         }
         let numbers = grant.ports.numbers();
-        let azure: Vec<&RequestPort> = request
-            .virtual_machines
+        let azure: Vec<&RequestedPort> = request
+            .vms
             .iter()
-            .filter(|vm| vm.id.eq_ignore_ascii_case(&grant.vm_id))
+            .filter(|vm| vm.vm_id.eq_ignore_ascii_case(&grant.vm_id))
             .flat_map(|vm| vm.ports.iter())
             .filter(|p| numbers.contains(&p.number))
             .collect();
-        if azure.is_empty()
-            || azure
-                .iter()
-                .any(|p| is_open_status(&p.status) && p.end_time_utc > now)
-        {
+        if azure.is_empty() || azure.iter().any(|p| p.is_open_at(now)) {
             return Ok(false);
         }
+        self.close_in_records(grant, &azure, now).await
+    }
+
+    /// Closes `grant` (`WindowEnded`), cancels its timers, tells its owner
+    /// and audits what Azure shows, in one transaction; unless the grant
+    /// changed since it was read.
+    async fn close_in_records(
+        &self,
+        grant: &Grant,
+        azure: &[&RequestedPort],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let reason = azure
             .iter()
             .find_map(|p| p.status_reason.clone())
@@ -335,35 +271,13 @@ impl Reconciler {
         let aliases = &self.service.config().aliases;
         tx.enqueue(delivery::dm_to_owner(
             &closed,
-            &render::ended_by_azure(&closed, &reason, aliases),
+            &messages::ended_by_azure(&closed, &reason, aliases),
             notice_key(&grant.request_id),
             now,
         ))
         .await?;
-        tx.append_audit(
-            &AuditEvent::new(
-                now,
-                "system",
-                AuditAction::AccessExpired,
-                &grant.vm_name,
-                Outcome::Info,
-            )
-            .with_detail(json!({
-                "request_id": grant.request_id.as_str(),
-                "user": actor(grant.user_id),
-                "ended": format_time(now),
-                "scheduled_end": grant.end_time.map(format_time),
-                "reason": format!("Azure no longer shows the request as open ({reason})"),
-                "azure": azure.iter().map(|p| json!({
-                    "port": p.number,
-                    "status": p.status,
-                    "status_reason": p.status_reason,
-                    "end": format_time(p.end_time_utc),
-                })).collect::<Vec<_>>(),
-                "note": "established sessions are not cut when the port closes",
-            })),
-        )
-        .await?;
+        tx.append_audit(&ended_event(grant, azure, &reason, now))
+            .await?;
         tx.commit().await?;
         tracing::info!(request_id = %grant.request_id, %reason, "grant closed: Azure no longer shows it open");
         Ok(true)
@@ -388,24 +302,89 @@ impl Reconciler {
     }
 }
 
-/// `Initiated`, or the `Initiating` of a fresh request.
-fn is_open_status(status: &str) -> bool {
-    status.eq_ignore_ascii_case("Initiated") || status.eq_ignore_ascii_case("Initiating")
+fn ports_of(request: &JitRequestRecord) -> impl Iterator<Item = &RequestedPort> {
+    request.vms.iter().flat_map(|vm| vm.ports.iter())
 }
 
-fn sources_of(port: &RequestPort) -> Vec<String> {
-    match (
-        &port.allowed_source_address_prefix,
-        &port.allowed_source_address_prefixes,
-    ) {
-        (Some(one), _) => vec![one.clone()],
-        (None, Some(many)) => many.clone(),
-        (None, None) => Vec::new(),
-    }
+/// The flagged audit event of a request made outside Drawbridge.
+fn outside_event(request: &JitRequestRecord, open: bool, now: DateTime<Utc>) -> AuditEvent {
+    let vms: Vec<&str> = request
+        .vms
+        .iter()
+        .map(|vm| vm.display_name.as_str())
+        .collect();
+    let mut numbers: Vec<u16> = ports_of(request).map(|p| p.number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut sources: Vec<&str> = ports_of(request)
+        .flat_map(|p| p.sources.iter().map(String::as_str))
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let end = ports_of(request).map(|p| p.end).max();
+    let actor = match request.requestor.as_deref() {
+        None | Some("") => "azure".to_string(),
+        Some(requestor) => format!("azure:{requestor}"),
+    };
+    AuditEvent::new(
+        now,
+        actor,
+        AuditAction::OpenedOutsideDrawbridge,
+        vms.join(", "),
+        Outcome::Info,
+    )
+    .with_detail(json!({
+        "flagged": true,
+        "requestor": request.requestor,
+        "ports": numbers.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+        "source": sources.join(", "),
+        "start": request.start.map(format_time),
+        "end": end.map(format_time),
+        "open": open,
+        "justification": request.justification,
+        "policy": request.policy_id,
+        "vm_ids": request.vms.iter().map(|vm| vm.vm_id.as_str()).collect::<Vec<_>>(),
+    }))
+}
+
+/// The audit event of a grant Azure ended before its time.
+fn ended_event(
+    grant: &Grant,
+    azure: &[&RequestedPort],
+    reason: &str,
+    now: DateTime<Utc>,
+) -> AuditEvent {
+    let ports: Vec<_> = azure
+        .iter()
+        .map(|p| {
+            json!({
+                "port": p.number,
+                "status": p.status,
+                "status_reason": p.status_reason,
+                "end": format_time(p.end),
+            })
+        })
+        .collect();
+    AuditEvent::new(
+        now,
+        "system",
+        AuditAction::AccessExpired,
+        &grant.vm_name,
+        Outcome::Info,
+    )
+    .with_detail(json!({
+        "request_id": grant.request_id.as_str(),
+        "user": actor(grant.user_id),
+        "ended": format_time(now),
+        "scheduled_end": grant.end_time.map(format_time),
+        "reason": format!("Azure no longer shows the request as open ({reason})"),
+        "azure": ports,
+        "note": "established sessions are not cut when the port closes",
+    }))
 }
 
 /// The request id a justification names, if it looks like one of ours.
-pub fn drawbridge_id(request: &JitRequest) -> Option<RequestId> {
+pub fn drawbridge_id(request: &JitRequestRecord) -> Option<RequestId> {
     let text = request.justification.as_deref()?;
     let rest = &text[text.find(MARKER)? + MARKER.len()..];
     let id: String = rest
@@ -417,18 +396,19 @@ pub fn drawbridge_id(request: &JitRequest) -> Option<RequestId> {
 
 /// A stable key for an Azure request (Azure gives none): SHA-256 over the
 /// policy, start time, requestor and each VM's ports with their end times.
-pub fn request_key(policy_id: &str, request: &JitRequest) -> String {
+/// Keys are stored: the recipe must not change.
+pub fn request_key(request: &JitRequestRecord) -> String {
     let mut h = Sha256::new();
-    h.update(policy_id.to_ascii_lowercase());
+    h.update(request.policy_id.to_ascii_lowercase());
     h.update("|");
-    h.update(request.start_time_utc.map(format_time).unwrap_or_default());
+    h.update(request.start.map(format_time).unwrap_or_default());
     h.update("|");
     h.update(request.requestor.as_deref().unwrap_or_default());
-    for vm in &request.virtual_machines {
+    for vm in &request.vms {
         h.update("|");
-        h.update(vm.id.to_ascii_lowercase());
+        h.update(vm.vm_id.to_ascii_lowercase());
         for p in &vm.ports {
-            h.update(format!(",{}@{}", p.number, format_time(p.end_time_utc)));
+            h.update(format!(",{}@{}", p.number, format_time(p.end)));
         }
     }
     hex::encode(h.finalize())
@@ -443,16 +423,27 @@ fn notice_key(id: &RequestId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::RequestedVm;
 
-    fn request(justification: Option<&str>) -> JitRequest {
-        serde_json::from_value(json!({
-            "virtualMachines": [{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1",
-                "ports": [{"number": 22, "endTimeUtc": "2026-01-01T12:00:00Z", "status": "Initiated", "statusReason": "UserRequested"}]}],
-            "startTimeUtc": "2026-01-01T10:00:00.1234567Z",
-            "requestor": "barbara@contoso.com",
-            "justification": justification,
-        }))
-        .unwrap()
+    fn request(justification: Option<&str>) -> JitRequestRecord {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        JitRequestRecord {
+            policy_id: "/p".into(),
+            start: Some(at("2026-01-01T10:00:00.1234567Z")),
+            requestor: Some("barbara@contoso.com".into()),
+            justification: justification.map(Into::into),
+            vms: vec![RequestedVm {
+                vm_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1".into(),
+                display_name: "rg/vm1".into(),
+                ports: vec![RequestedPort {
+                    number: 22,
+                    status: "Initiated".into(),
+                    status_reason: Some("UserRequested".into()),
+                    end: at("2026-01-01T12:00:00Z"),
+                    sources: vec!["203.0.113.7".into()],
+                }],
+            }],
+        }
     }
 
     #[test]
@@ -469,14 +460,21 @@ mod tests {
     #[test]
     fn request_keys_are_stable_and_tell_requests_apart() {
         let a = request(None);
-        assert_eq!(request_key("/P", &a), request_key("/p", &a));
+        // Stored keys: the recipe (policy|start|requestor|vm,port@end…) is fixed.
+        assert_eq!(
+            request_key(&a),
+            "409319c0294bf363fc5e83af50f0b19920e9426914f5ecea8ffd9075211a27e0"
+        );
+        let mut upper = a.clone();
+        upper.policy_id = "/P".into();
+        assert_eq!(request_key(&a), request_key(&upper));
         let mut b = a.clone();
-        b.virtual_machines[0].ports[0].end_time_utc += chrono::TimeDelta::minutes(1);
-        assert_ne!(request_key("/p", &a), request_key("/p", &b));
+        b.vms[0].ports[0].end += chrono::TimeDelta::minutes(1);
+        assert_ne!(request_key(&a), request_key(&b));
         // The status changes over time; the key must not.
         let mut c = a.clone();
-        c.virtual_machines[0].ports[0].status = "Revoked".into();
-        assert_eq!(request_key("/p", &a), request_key("/p", &c));
+        c.vms[0].ports[0].status = "Revoked".into();
+        assert_eq!(request_key(&a), request_key(&c));
         assert!(notice_key(&RequestId::generate()).len() <= 25);
     }
 }

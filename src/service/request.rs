@@ -1,17 +1,19 @@
-//! `/jit`: request access.
+//! `/jit`: request access, as the phases of [`super::phases`] in order.
+//! Every refusal is audited (request received, access denied) before it is
+//! returned.
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{LookupError, Service, actor, identity_of};
-use crate::azure::{ArmError, IndexedVm, PolicyViolation, check_request};
-use crate::domain::authorize::{self, AccessQuery, Decision, Denial};
+use super::phases::persist::request_detail;
+use super::phases::{Admitted, Ask, Asking, Refusal, ResolveVmError, ResolvedVm, decide};
+use super::{Service, actor};
+use crate::domain::authorize;
 use crate::domain::{
-    AccessRequest, AuditAction, AuditEvent, GrantEvent, GrantState, MappingName, Outcome,
+    AccessRequest, AuditAction, AuditEvent, Denial, GrantState, Outcome, PolicyViolation,
     RequestId, SourcePrefix,
 };
 use crate::interactions::Invocation;
-use crate::store::{Grant, InsertOutcome, NewGrant, ScheduleKind, StoreError, StoreTx};
+use crate::store::{Grant, InsertOutcome, StoreError};
 
 /// How long a second delivery of an interaction waits for the first one's
 /// outcome (Azure's retries included) before answering with what is stored.
@@ -65,6 +67,46 @@ impl From<StoreError> for RequestError {
     }
 }
 
+impl From<ResolveVmError> for RequestError {
+    fn from(e: ResolveVmError) -> Self {
+        match e {
+            ResolveVmError::NotFound {
+                name,
+                exists_without_jit,
+            } => Self::VmNotFound {
+                name,
+                exists_without_jit,
+            },
+            ResolveVmError::Ambiguous { candidates } => Self::VmAmbiguous { candidates },
+            ResolveVmError::Azure(message) => Self::Azure { message },
+            ResolveVmError::Unexpected(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+impl From<Refusal> for RequestError {
+    fn from(e: Refusal) -> Self {
+        match e {
+            Refusal::Denied(denial) => Self::Denied(denial),
+            Refusal::Policy(violation) => Self::Policy(violation),
+        }
+    }
+}
+
+impl RequestError {
+    /// The audit log's code and reason for a refusal; `None` for what is
+    /// not a refusal (Azure failing, a missing source, internal errors).
+    fn audit_code(&self) -> Option<(&'static str, String)> {
+        match self {
+            Self::VmNotFound { .. } => Some(("vm_not_found", "no such VM under JIT".into())),
+            Self::VmAmbiguous { .. } => Some(("vm_ambiguous", "VM name is ambiguous".into())),
+            Self::Denied(denial) => Some((denial.code(), denial.to_string())),
+            Self::Policy(violation) => Some(("policy", violation.to_string())),
+            _ => None,
+        }
+    }
+}
+
 /// The justification Azure records: the human, their reason, the request id.
 pub fn justification(who: &Invocation, request_id: &RequestId, reason: Option<&str>) -> String {
     let mut text = format!(
@@ -90,152 +132,87 @@ impl Service {
         who: &Invocation,
         request: AccessRequest,
     ) -> Result<Grant, RequestError> {
-        let request_id = RequestId::parse(&who.id)
+        let id = RequestId::parse(&who.id)
             .map_err(|e| RequestError::Unexpected(anyhow::anyhow!("interaction id: {e}")))?;
-        if let Some(existing) = self.store().grant(&request_id).await? {
+        if let Some(existing) = self.store().grant(&id).await? {
             tracing::info!("request id seen before; answering with the stored grant");
-            return Ok(self.settled(existing).await?);
+            return Ok(self.first_outcome(existing).await?);
         }
-        let now = self.clock().now();
-        let target = request.vm.to_string();
-        let vm = match self.jit().resolve(&request.vm).await {
-            Ok(vm) => vm,
-            Err(LookupError::NotFound {
-                name,
-                exists_without_jit,
-            }) => {
-                self.audit_refusal(
-                    who,
-                    &request_id,
-                    &request,
-                    &target,
-                    "vm_not_found",
-                    "no such VM under JIT",
-                    now,
-                )
-                .await?;
-                return Err(RequestError::VmNotFound {
-                    name,
-                    exists_without_jit,
-                });
-            }
-            Err(LookupError::Ambiguous { candidates }) => {
-                self.audit_refusal(
-                    who,
-                    &request_id,
-                    &request,
-                    &target,
-                    "vm_ambiguous",
-                    "VM name is ambiguous",
-                    now,
-                )
-                .await?;
-                return Err(RequestError::VmAmbiguous { candidates });
-            }
-            Err(LookupError::Azure(e)) => {
-                tracing::error!(error.message = %e, error.cause_chain = ?e, "VM lookup failed");
-                return Err(RequestError::Azure {
-                    message: e.user_message(),
-                });
-            }
-        };
-        let identity = identity_of(&vm).ok_or_else(|| {
-            anyhow::anyhow!("indexed VM {} has names outside Azure's rules", vm.vm_id)
-        })?;
-        let target = identity.qualified();
-        let mappings = self.mappings();
-        let source = match request.source {
-            Some(source) => source,
-            None => match self.store().saved_source(who.member.user_id).await? {
-                Some(saved) => saved,
-                None => authorize::mappings_for(&mappings, &who.member.roles, &identity)
-                    .find_map(|m| m.default_source)
-                    .ok_or(RequestError::NoSource)?,
-            },
-        };
-        let decision = authorize::authorize(
-            &mappings,
-            &AccessQuery {
-                roles: &who.member.roles,
-                vm: &identity,
-                ports: &request.ports,
-                duration: request.duration,
-                source: Some(&source),
-                reason: request.reason.as_ref(),
-            },
-        );
-        let allowed = match decision {
-            Decision::Deny(denial) => {
-                self.audit_refusal(
-                    who,
-                    &request_id,
-                    &request,
-                    &target,
-                    denial.code(),
-                    &denial.to_string(),
-                    now,
-                )
-                .await?;
-                return Err(RequestError::Denied(denial));
-            }
-            Decision::Allow(allowed) => allowed,
-        };
-        let net = match source {
-            SourcePrefix::Any => None,
-            SourcePrefix::Net(net) => Some(net),
-        };
-        if let Err(violation) = check_request(
-            &vm,
-            &request.ports.numbers(),
-            request.duration.to_chrono(),
-            net,
-        ) {
-            self.audit_refusal(
-                who,
-                &request_id,
-                &request,
-                &target,
-                "policy",
-                &violation.to_string(),
-                now,
-            )
-            .await?;
-            return Err(RequestError::Policy(violation));
-        }
-        let grant = match self
-            .persist_request(
-                who,
-                &request_id,
-                &request,
-                &vm,
-                &target,
-                source,
-                allowed.mapping,
-                now,
-            )
-            .await?
-        {
-            InsertOutcome::Inserted(grant) => grant,
-            InsertOutcome::Duplicate(grant) => return Ok(self.settled(grant).await?),
-        };
-        let end = now + request.duration.to_chrono();
-        let why = justification(
+        let asking = Asking {
             who,
-            &request_id,
-            request.reason.as_ref().map(|r| r.as_str()),
-        );
-        let outcome = self
-            .jit()
-            .initiate(&vm, &grant.ports.numbers(), end, &source.to_string(), &why)
-            .await;
-        self.record_initiate(who, grant, outcome).await
+            id: &id,
+            request: &request,
+            now: self.clock().now(),
+        };
+        let admitted = self.admit(&asking).await?;
+        let grant = match self.persist(&asking, &admitted).await? {
+            InsertOutcome::Inserted(grant) => grant,
+            InsertOutcome::Duplicate(grant) => return Ok(self.first_outcome(grant).await?),
+        };
+        let end = asking.now + request.duration.to_chrono();
+        let why = justification(who, &id, request.reason.as_ref().map(|r| r.as_str()));
+        let outcome = self.initiate(&admitted.target.vm, &grant, end, why).await;
+        self.settle_opened(who, grant, outcome).await
+    }
+
+    /// Resolves and decides; a refusal is audited against the VM as far as
+    /// it was resolved.
+    async fn admit(&self, asking: &Asking<'_>) -> Result<Admitted, RequestError> {
+        let request = asking.request;
+        let target = match self.resolve_vm(&request.vm).await {
+            Ok(target) => target,
+            Err(e) => {
+                return Err(self
+                    .refused(asking, &request.vm.to_string(), e.into())
+                    .await);
+            }
+        };
+        let source = self.source_for(asking.who, &target, request.source).await?;
+        let ask = Ask {
+            roles: &asking.who.member.roles,
+            ports: &request.ports,
+            duration: request.duration,
+            source: &source,
+            reason: request.reason.as_ref(),
+        };
+        match decide(&self.mappings(), &target, &ask) {
+            Ok(allowed) => Ok(Admitted {
+                target,
+                source,
+                mapping: allowed.mapping,
+            }),
+            Err(refusal) => {
+                let qualified = target.identity.qualified();
+                Err(self.refused(asking, &qualified, refusal.into()).await)
+            }
+        }
+    }
+
+    /// The source to open for: the request's, else the member's saved one,
+    /// else the first default of a mapping that applies to them and the VM.
+    async fn source_for(
+        &self,
+        who: &Invocation,
+        target: &ResolvedVm,
+        given: Option<SourcePrefix>,
+    ) -> Result<SourcePrefix, RequestError> {
+        if let Some(source) = given {
+            return Ok(source);
+        }
+        if let Some(saved) = self.store().saved_source(who.member.user_id).await? {
+            return Ok(saved);
+        }
+        let mappings = self.mappings();
+        authorize::mappings_for(&mappings, &who.member.roles, &target.identity)
+            .find_map(|m| m.default_source)
+            .ok_or(RequestError::NoSource)
     }
 
     /// `grant` once it has left `requested`, or as stored after
     /// [`SETTLE_WAIT`]: a second delivery of the same interaction edits the
     /// same reply, and must not replace the first delivery's outcome with a
     /// stale "requested" (and no buttons).
-    async fn settled(&self, mut grant: Grant) -> Result<Grant, StoreError> {
+    async fn first_outcome(&self, mut grant: Grant) -> Result<Grant, StoreError> {
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         while grant.state == GrantState::Requested && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(SETTLE_POLL).await;
@@ -247,201 +224,45 @@ impl Service {
         Ok(grant)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn persist_request(
+    /// Audits `error` against `target` if it is a refusal (request received,
+    /// access denied, in one transaction) and returns it.
+    async fn refused(
         &self,
-        who: &Invocation,
-        request_id: &RequestId,
-        request: &AccessRequest,
-        vm: &IndexedVm,
+        asking: &Asking<'_>,
         target: &str,
-        source: SourcePrefix,
-        mapping: MappingName,
-        now: DateTime<Utc>,
-    ) -> Result<InsertOutcome, RequestError> {
-        let mut tx = self.store().begin().await?;
-        let outcome = tx
-            .insert_grant(NewGrant {
-                request_id: request_id.clone(),
-                user_id: who.member.user_id,
-                guild_id: who.guild_id.and_then(crate::domain::Snowflake::from_u64),
-                channel_id: who.channel_id.and_then(crate::domain::Snowflake::from_u64),
-                vm_id: vm.vm_id.clone(),
-                vm_name: target.to_string(),
-                policy_id: vm.policy.to_string(),
-                ports: request.ports.clone(),
-                source,
-                duration: request.duration,
-                reason: request.reason.clone(),
-                mapping: mapping.clone(),
-                requested_at: now,
-                interaction_token: None,
-            })
-            .await?;
-        if matches!(outcome, InsertOutcome::Inserted(_)) {
-            let detail = request_detail(who, request_id, request, Some(&source));
-            tx.append_audit(
-                &AuditEvent::new(
-                    now,
-                    actor(who.member.user_id),
-                    AuditAction::RequestReceived,
-                    target,
-                    Outcome::Info,
-                )
-                .with_detail(detail.clone()),
-            )
-            .await?;
-            let mut allowed = detail;
-            allowed["mapping"] = json!(mapping.as_str());
-            tx.append_audit(
-                &AuditEvent::new(
-                    now,
-                    actor(who.member.user_id),
-                    AuditAction::AccessAllowed,
-                    target,
-                    Outcome::Success,
-                )
-                .with_detail(allowed),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn record_initiate(
-        &self,
-        who: &Invocation,
-        grant: Grant,
-        outcome: Result<super::Initiated, ArmError>,
-    ) -> Result<Grant, RequestError> {
-        let now = self.clock().now();
-        let id = grant.request_id.clone();
-        let mut tx = self.store().begin().await?;
-        match outcome {
-            Ok(initiated) => {
-                let grant = tx
-                    .transition_grant(&id, &GrantEvent::Initiated { end: initiated.end }, now)
-                    .await?;
-                tx.set_azure_detail(&id, &initiated.detail).await?;
-                tx.append_audit(
-                    &AuditEvent::new(
-                        now,
-                        actor(who.member.user_id),
-                        AuditAction::AccessInitiated,
-                        &grant.vm_name,
-                        Outcome::Success,
-                    )
-                    .with_detail(json!({
-                        "request_id": id.as_str(),
-                        "ports": grant.ports.to_string(),
-                        "source": grant.source.to_string(),
-                        "end": crate::domain::audit::format_time(initiated.end),
-                    })),
-                )
-                .await?;
-                self.schedule_timers(&mut tx, &id, initiated.end, now)
-                    .await?;
-                tx.commit().await?;
-                Ok(grant)
-            }
-            Err(error) => {
-                tracing::warn!(error.message = %error, error.cause_chain = ?error, "initiate failed");
-                let message = error.user_message();
-                tx.transition_grant(&id, &GrantEvent::Failed, now).await?;
-                tx.set_grant_failure(&id, &message).await?;
-                tx.append_audit(
-                    &AuditEvent::new(
-                        now,
-                        actor(who.member.user_id),
-                        AuditAction::AccessFailed,
-                        &grant.vm_name,
-                        Outcome::Failed,
-                    )
-                    .with_detail(json!({"request_id": id.as_str(), "error": message})),
-                )
-                .await?;
-                tx.commit().await?;
-                Err(RequestError::Azure { message })
-            }
-        }
-    }
-
-    /// Schedules the reminders that are still ahead and the expiry at `end`.
-    pub(crate) async fn schedule_timers(
-        &self,
-        tx: &mut StoreTx,
-        id: &RequestId,
-        end: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        for before in &self.config().reminders_before {
-            let Ok(before) = chrono::Duration::from_std(*before) else {
-                continue;
-            };
-            let due = end - before;
-            if due > now {
-                tx.schedule(id, ScheduleKind::Reminder, due).await?;
-            }
-        }
-        tx.schedule(id, ScheduleKind::Expiry, end).await?;
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn audit_refusal(
-        &self,
-        who: &Invocation,
-        request_id: &RequestId,
-        request: &AccessRequest,
-        target: &str,
-        code: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let detail = request_detail(who, request_id, request, request.source.as_ref());
+        error: RequestError,
+    ) -> RequestError {
+        let Some((code, reason)) = error.audit_code() else {
+            return error;
+        };
+        let detail = request_detail(asking, asking.request.source.as_ref());
         let mut denied = detail.clone();
         denied["code"] = json!(code);
         denied["reason"] = json!(reason);
-        let mut tx = self.store().begin().await?;
-        tx.append_audit(
-            &AuditEvent::new(
-                now,
-                actor(who.member.user_id),
-                AuditAction::RequestReceived,
-                target,
-                Outcome::Info,
-            )
-            .with_detail(detail),
-        )
-        .await?;
-        tx.append_audit(
-            &AuditEvent::new(
-                now,
-                actor(who.member.user_id),
-                AuditAction::AccessDenied,
-                target,
-                Outcome::Denied,
-            )
-            .with_detail(denied),
-        )
-        .await?;
-        tx.commit().await
+        let by = actor(asking.who.member.user_id);
+        let received = AuditEvent::new(
+            asking.now,
+            by.clone(),
+            AuditAction::RequestReceived,
+            target,
+            Outcome::Info,
+        );
+        let deny = AuditEvent::new(
+            asking.now,
+            by,
+            AuditAction::AccessDenied,
+            target,
+            Outcome::Denied,
+        );
+        let written = async {
+            let mut tx = self.store().begin().await?;
+            tx.append_audit(&received.with_detail(detail)).await?;
+            tx.append_audit(&deny.with_detail(denied)).await?;
+            tx.commit().await
+        };
+        match written.await {
+            Ok(()) => error,
+            Err(e) => e.into(),
+        }
     }
-}
-
-fn request_detail(
-    who: &Invocation,
-    request_id: &RequestId,
-    request: &AccessRequest,
-    source: Option<&SourcePrefix>,
-) -> serde_json::Value {
-    json!({
-        "request_id": request_id.as_str(),
-        "user": who.member.name,
-        "ports": request.ports.to_string(),
-        "duration": request.duration.to_string(),
-        "source": source.map(ToString::to_string),
-        "reason": request.reason.as_ref().map(|r| r.as_str()),
-    })
 }

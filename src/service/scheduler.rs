@@ -30,7 +30,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Service, actor, delivery, render};
+use super::{Service, actor, delivery, messages};
 use crate::domain::{AuditAction, AuditEvent, GrantEvent, GrantState, Outcome};
 use crate::store::{ScheduleKind, ScheduledItem, StoreError};
 
@@ -117,7 +117,7 @@ impl Scheduler {
                     && grant.end_time.is_some_and(|end| end > now) =>
             {
                 let end = grant.end_time.expect("checked above");
-                let message = render::reminder(&grant, end, aliases);
+                let message = messages::reminder(&grant, end, aliases);
                 tx.enqueue(delivery::dm_to_owner(
                     &grant,
                     &message,
@@ -151,7 +151,7 @@ impl Scheduler {
                 // no longer applies.
                 tx.cancel_schedule(&grant.request_id, &[ScheduleKind::Reminder], now)
                     .await?;
-                let message = render::expired(&grant, late, aliases);
+                let message = messages::expired(&grant, late, aliases);
                 tx.enqueue(delivery::dm_to_owner(
                     &grant,
                     &message,

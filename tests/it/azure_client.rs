@@ -7,10 +7,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use drawbridge::{
     azure::{
         ArmClient, ArmClientOptions, ArmError, AzureTokenSource, CredentialKind, CredentialOptions,
-        EnableDefaults, Operation, PolicyId, ResolveError, RetryPolicy, SharedVmIndex,
-        check_request, index::DEFAULT_MISS_FLOOR,
+        Operation, ResolveError, RetryPolicy, SharedVmIndex, index::DEFAULT_MISS_FLOOR,
     },
     clock::{ManualClock, SharedClock},
+    domain::{AccessDuration, PolicyDefaults, PolicyId, PortSpec, SourcePrefix, check_request},
     sandbox::{Emulator, Estate, Fault, FaultRule, NsgAccess, Route, RunningEmulator},
 };
 use url::Url;
@@ -176,7 +176,7 @@ async fn enable_vm_merges_into_the_policy_and_keeps_other_vms() {
             "rg-web",
             "westeurope",
             &legacy,
-            &EnableDefaults::default(),
+            &PolicyDefaults::default(),
         )
         .await
         .unwrap();
@@ -227,7 +227,7 @@ async fn enable_vm_merges_into_the_policy_and_keeps_other_vms() {
             "rg-web",
             "westeurope",
             &legacy,
-            &EnableDefaults::default(),
+            &PolicyDefaults::default(),
         )
         .await
         .unwrap();
@@ -238,9 +238,9 @@ async fn enable_vm_merges_into_the_policy_and_keeps_other_vms() {
 async fn enable_vm_creates_a_missing_policy() {
     let h = harness().await;
     let legacy = Harness::vm_id("rg-legacy", "legacy-01");
-    let defaults = EnableDefaults {
+    let defaults = PolicyDefaults {
         ports: vec![22],
-        ..EnableDefaults::default()
+        ..PolicyDefaults::default()
     };
 
     let policy = h
@@ -558,8 +558,15 @@ async fn a_steady_state_grant_costs_exactly_one_arm_request() {
     let tokens_before = h.emulator().token_requests();
 
     let vm = index.snapshot().resolve(None, None, "db-01").unwrap();
-    let source = "10.20.3.4/32".parse().unwrap();
-    check_request(&vm, &[22], TimeDelta::minutes(45), Some(source)).unwrap();
+    let source = SourcePrefix::parse("10.20.3.4/32").unwrap();
+    let ports = PortSpec::from_numbers([22]).unwrap();
+    check_request(
+        &vm,
+        &ports,
+        AccessDuration::from_minutes(45).unwrap(),
+        &source,
+    )
+    .unwrap();
     h.arm
         .initiate(
             &vm.policy,

@@ -206,7 +206,7 @@ pub(crate) async fn audit_channel_matches_log(app: &TestApp) -> Vec<AuditRecord>
             let want: Vec<i64> = records.iter().map(|r| r.seq).collect();
             assert_eq!(seqs, want, "the audit channel shows the log, in order");
             for (message, record) in posted.iter().zip(&records) {
-                let card = drawbridge::service::render::audit(record)
+                let card = drawbridge::service::messages::audit(record)
                     .card
                     .expect("audit messages are cards");
                 assert_eq!(message["embeds"][0]["title"], card.title.as_str());

@@ -113,7 +113,7 @@ impl ChatSender for Recorder {
 struct Lab {
     clock: ManualClock,
     service: Service,
-    app: App,
+    _app: App,
     scheduler: Scheduler,
     deliverer: Deliverer,
     recorder: Arc<Recorder>,
@@ -162,7 +162,7 @@ impl Lab {
             scheduler: Scheduler::new(service.clone(), "worker-1"),
             clock,
             service,
-            app,
+            _app: app,
             deliverer,
             recorder,
             azure,
@@ -647,10 +647,10 @@ async fn a_request_made_outside_is_reported_once_even_across_restarts() {
     lab.clock.set(t0() + TimeDelta::minutes(1));
 
     // Act: two reconcilers over the same database, as before and after a restart.
-    let first = Reconciler::new(lab.service.clone(), Arc::clone(&lab.app.azure) as _);
+    let first = Reconciler::new(lab.service.clone());
     let a = first.tick(lab.now()).await.unwrap();
     let b = first.tick(lab.now()).await.unwrap();
-    let second = Reconciler::new(lab.service.clone(), Arc::clone(&lab.app.azure) as _);
+    let second = Reconciler::new(lab.service.clone());
     lab.clock.set(t0() + TimeDelta::minutes(6));
     let c = second.tick(lab.now()).await.unwrap();
     lab.deliver().await;
@@ -696,7 +696,7 @@ async fn a_grant_superseded_in_azure_is_closed_in_our_records() {
     lab.clock.set(t0() + TimeDelta::minutes(6));
 
     // Act
-    let reconciler = Reconciler::new(lab.service.clone(), Arc::clone(&lab.app.azure) as _);
+    let reconciler = Reconciler::new(lab.service.clone());
     let outcome = reconciler.tick(lab.now()).await.unwrap();
     let again = reconciler.tick(lab.now()).await.unwrap();
     lab.run_until(t0() + TimeDelta::hours(3), TimeDelta::minutes(10))

@@ -6,7 +6,10 @@ use std::fmt;
 use chrono::TimeDelta;
 use ipnet::IpNet;
 
-use super::index::{AllowedSources, IndexedVm, format_duration};
+use super::duration::{AccessDuration, format_duration};
+use super::jit_policy::{AllowedSources, IndexedVm};
+use super::port::PortSpec;
+use super::source::SourcePrefix;
 
 /// How a request breaks the VM's JIT policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,18 +63,23 @@ fn source_text(source: &Option<IpNet>) -> String {
     }
 }
 
-/// Checks `ports`, `duration` and `source` (`None` = `*`, any address)
-/// against the VM's policy. The first problem found is reported.
+/// Checks `ports`, `duration` and `source` against the VM's policy. The
+/// first problem found is reported.
 ///
 /// # Errors
 /// The [`PolicyViolation`].
 pub fn check_request(
     vm: &IndexedVm,
-    ports: &[u16],
-    duration: TimeDelta,
-    source: Option<IpNet>,
+    ports: &PortSpec,
+    duration: AccessDuration,
+    source: &SourcePrefix,
 ) -> Result<(), PolicyViolation> {
-    for &port in ports {
+    let duration = duration.to_chrono();
+    let source = match source {
+        SourcePrefix::Any => None,
+        SourcePrefix::Net(net) => Some(*net),
+    };
+    for port in ports.numbers() {
         let Some(rule) = vm.port(port) else {
             let mut policy_ports: Vec<u16> = vm.ports.iter().map(|p| p.number).collect();
             policy_ports.sort_unstable();
@@ -99,7 +107,7 @@ pub fn check_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::azure::{ids::PolicyId, index::PolicyPort};
+    use crate::domain::jit_policy::{PolicyId, PolicyPort};
 
     fn vm() -> IndexedVm {
         let sub = "00000000-0000-0000-0000-00000000000a";
@@ -127,20 +135,28 @@ mod tests {
         }
     }
 
-    fn net(s: &str) -> Option<IpNet> {
-        Some(s.parse().unwrap())
+    fn net(s: &str) -> SourcePrefix {
+        SourcePrefix::parse(s).unwrap()
+    }
+
+    fn ports(numbers: &[u16]) -> PortSpec {
+        PortSpec::from_numbers(numbers.iter().copied()).unwrap()
+    }
+
+    fn minutes(m: u32) -> AccessDuration {
+        AccessDuration::from_minutes(m).unwrap()
     }
 
     #[test]
     fn a_request_within_the_policy_passes() {
-        check_request(&vm(), &[22], TimeDelta::hours(3), net("10.1.2.3/32")).unwrap();
-        check_request(&vm(), &[3389], TimeDelta::minutes(30), None).unwrap();
+        check_request(&vm(), &ports(&[22]), minutes(180), &net("10.1.2.3/32")).unwrap();
+        check_request(&vm(), &ports(&[3389]), minutes(30), &SourcePrefix::Any).unwrap();
     }
 
     #[test]
     fn unknown_ports_are_named_with_the_policy_ports() {
         let e =
-            check_request(&vm(), &[22, 23], TimeDelta::hours(1), net("10.0.0.1/32")).unwrap_err();
+            check_request(&vm(), &ports(&[22, 23]), minutes(60), &net("10.0.0.1/32")).unwrap_err();
         assert_eq!(
             e,
             PolicyViolation::PortNotInPolicy {
@@ -156,7 +172,7 @@ mod tests {
 
     #[test]
     fn durations_over_the_port_max_are_refused() {
-        let e = check_request(&vm(), &[3389], TimeDelta::minutes(90), None).unwrap_err();
+        let e = check_request(&vm(), &ports(&[3389]), minutes(90), &SourcePrefix::Any).unwrap_err();
         assert_eq!(
             e.to_string(),
             "this VM's JIT policy allows at most 1h; ask for 1h or less"
@@ -165,16 +181,16 @@ mod tests {
 
     #[test]
     fn sources_must_sit_inside_an_allowed_prefix() {
-        let e = check_request(&vm(), &[22], TimeDelta::hours(1), net("192.0.2.1/32")).unwrap_err();
+        let e = check_request(&vm(), &ports(&[22]), minutes(60), &net("192.0.2.1/32")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "source 192.0.2.1/32 is not allowed by this VM's JIT policy, which accepts only 10.0.0.0/8"
         );
-        let e = check_request(&vm(), &[22], TimeDelta::hours(1), None).unwrap_err();
+        let e = check_request(&vm(), &ports(&[22]), minutes(60), &SourcePrefix::Any).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("access from any address is not allowed")
         );
-        assert!(check_request(&vm(), &[22], TimeDelta::hours(1), net("10.0.0.0/7")).is_err());
+        assert!(check_request(&vm(), &ports(&[22]), minutes(60), &net("10.0.0.0/7")).is_err());
     }
 }

@@ -1,7 +1,8 @@
-//! [`JitGateway`] over ARM: names resolve through the [`SharedVmIndex`]
+//! The [`JitPort`] over ARM: names resolve through the [`SharedVmIndex`]
 //! (one paged list per subscription, refreshed on an interval and on a miss
 //! with a floor), so a granted access in steady state costs one ARM request:
-//! the initiate.
+//! the initiate. ARM's errors and wire types are turned into the port's
+//! domain values here, and go no further.
 
 use std::sync::{Arc, RwLock};
 
@@ -10,39 +11,41 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::ids::VmId;
-use super::{
-    ArmClient, ArmError, CloseOutcome, EnableDefaults, IndexedVm, ResolveError, SharedVmIndex,
-    VmIndex,
+use super::wire::{JitRequest, Policy, RequestPort};
+use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
+use crate::domain::{
+    CloseOutcome, IndexedVm, JitRequestRecord, PolicyDefaults, PortSpec, RequestedPort,
+    RequestedVm, SourcePrefix, VmRef,
 };
-use crate::domain::VmRef;
-use crate::service::{EnableError, Initiated, JitGateway, LookupError};
+use crate::service::jit_port::{Initiated, JitError, JitPort, OpenRequest};
 
-/// The Azure side of Drawbridge.
-pub struct AzureJit {
+/// Azure's JIT API over ARM, with the VM index.
+pub struct ArmJit {
     arm: ArmClient,
     index: SharedVmIndex,
     subscriptions: Vec<String>,
-    enable: EnableDefaults,
+    enable: PolicyDefaults,
     /// Every VM of the subscriptions (for "exists but has no JIT policy"
     /// and for enable); filled on refresh.
     all_vms: RwLock<Arc<Vec<VmId>>>,
 }
 
-impl std::fmt::Debug for AzureJit {
+impl std::fmt::Debug for ArmJit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzureJit")
+        f.debug_struct("ArmJit")
             .field("subscriptions", &self.subscriptions)
             .finish_non_exhaustive()
     }
 }
 
-impl AzureJit {
-    /// Wraps a client and an index.
+impl ArmJit {
+    /// Wraps a client and an index; `enable` is what `/jit-admin enable`
+    /// writes.
     pub fn new(
         arm: ArmClient,
         index: SharedVmIndex,
         subscriptions: Vec<String>,
-        enable: EnableDefaults,
+        enable: PolicyDefaults,
     ) -> Self {
         Self {
             arm,
@@ -53,17 +56,14 @@ impl AzureJit {
         }
     }
 
-    /// The ARM client.
     pub fn arm(&self) -> &ArmClient {
         &self.arm
     }
 
-    /// The configured subscription ids.
     pub fn subscriptions(&self) -> &[String] {
         &self.subscriptions
     }
 
-    /// The index.
     pub fn index(&self) -> &SharedVmIndex {
         &self.index
     }
@@ -129,13 +129,28 @@ impl AzureJit {
     }
 }
 
+impl From<ArmError> for JitError {
+    /// `Unavailable` and `Unexpected` leave a write's outcome unknown; every
+    /// other ARM error is an answer that nothing was done.
+    fn from(e: ArmError) -> Self {
+        let message = e.user_message();
+        let unknown = matches!(e, ArmError::Unavailable { .. } | ArmError::Unexpected(_));
+        let cause = anyhow::Error::from(e);
+        if unknown {
+            Self::NoAnswer { message, cause }
+        } else {
+            Self::Refused { message, cause }
+        }
+    }
+}
+
 #[async_trait]
-impl JitGateway for AzureJit {
-    async fn resolve(&self, vm: &VmRef) -> Result<Arc<IndexedVm>, LookupError> {
+impl JitPort for ArmJit {
+    async fn resolve(&self, vm: &VmRef) -> Result<Arc<IndexedVm>, JitError> {
         match Self::lookup(&self.index.snapshot(), vm) {
             Ok(found) => return Ok(found),
             Err(ResolveError::Ambiguous { candidates }) => {
-                return Err(LookupError::Ambiguous { candidates });
+                return Err(JitError::Ambiguous { candidates });
             }
             Err(ResolveError::NotFound { .. }) => {}
         }
@@ -147,7 +162,7 @@ impl JitGateway for AzureJit {
             match Self::lookup(index, vm) {
                 Ok(found) => return Ok(found),
                 Err(ResolveError::Ambiguous { candidates }) => {
-                    return Err(LookupError::Ambiguous { candidates });
+                    return Err(JitError::Ambiguous { candidates });
                 }
                 Err(ResolveError::NotFound { .. }) => {}
             }
@@ -158,7 +173,7 @@ impl JitGateway for AzureJit {
             None => !Self::matching(&self.all_vms.read().unwrap_or_else(|e| e.into_inner()), vm)
                 .is_empty(),
         };
-        Err(LookupError::NotFound {
+        Err(JitError::NotUnderJit {
             name: vm.to_string(),
             exists_without_jit,
         })
@@ -177,17 +192,17 @@ impl JitGateway for AzureJit {
         self.index.snapshot().search(query, limit, keep)
     }
 
-    async fn initiate(
-        &self,
-        vm: &IndexedVm,
-        ports: &[u16],
-        end: DateTime<Utc>,
-        source: &str,
-        justification: &str,
-    ) -> Result<Initiated, ArmError> {
+    async fn initiate(&self, vm: &IndexedVm, open: &OpenRequest) -> Result<Initiated, JitError> {
         let request = self
             .arm
-            .initiate(&vm.policy, &vm.vm_id, ports, end, source, justification)
+            .initiate(
+                &vm.policy,
+                &vm.vm_id,
+                &open.ports.numbers(),
+                open.end,
+                &open.source.to_string(),
+                &open.justification,
+            )
             .await?;
         let azure_ports: Vec<_> = request
             .virtual_machines
@@ -198,7 +213,7 @@ impl JitGateway for AzureJit {
             .iter()
             .map(|p| p.end_time_utc)
             .max()
-            .unwrap_or(end);
+            .unwrap_or(open.end);
         Ok(Initiated {
             end: azure_end,
             detail: json!({
@@ -217,28 +232,36 @@ impl JitGateway for AzureJit {
     async fn close_early(
         &self,
         vm: &IndexedVm,
-        ports: &[u16],
-        source: &str,
+        ports: &PortSpec,
+        source: &SourcePrefix,
         justification: &str,
         now: DateTime<Utc>,
-    ) -> Result<CloseOutcome, ArmError> {
-        self.arm
-            .close_early(&vm.policy, &vm.vm_id, ports, source, justification, now)
-            .await
+    ) -> Result<CloseOutcome, JitError> {
+        let source = source.to_string();
+        let ports = ports.numbers();
+        Ok(self
+            .arm
+            .close_early(&vm.policy, &vm.vm_id, &ports, &source, justification, now)
+            .await?)
     }
 
-    async fn enable(&self, vm: &VmRef) -> Result<String, EnableError> {
+    async fn enable(&self, vm: &VmRef) -> Result<String, JitError> {
         let all = self.list_all_vms().await?;
         let found = Self::matching(&all, vm);
         let target = match found.as_slice() {
-            [] => return Err(EnableError::NotFound(vm.to_string())),
+            [] => {
+                return Err(JitError::NoSuchVm {
+                    name: vm.to_string(),
+                });
+            }
             [one] => one.clone(),
             many => {
-                return Err(EnableError::Ambiguous(
-                    many.iter()
+                return Err(JitError::Ambiguous {
+                    candidates: many
+                        .iter()
                         .map(|v| format!("{}/{}", v.resource_group, v.name))
                         .collect(),
-                ));
+                });
             }
         };
         let listed = self.arm.list_vms(&target.subscription).await?;
@@ -260,7 +283,7 @@ impl JitGateway for AzureJit {
         Ok(format!("{}/{}", target.resource_group, target.name))
     }
 
-    async fn unprotected_vms(&self) -> Result<Vec<String>, ArmError> {
+    async fn unprotected_vms(&self) -> Result<Vec<String>, JitError> {
         let all = self.list_all_vms().await?;
         let index = self.index.snapshot();
         let mut out: Vec<String> = all
@@ -274,5 +297,61 @@ impl JitGateway for AzureJit {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// One paged list of JIT policies per configured subscription: the call
+    /// the VM index already makes, whatever the number of grants.
+    async fn requests(&self) -> Result<Vec<JitRequestRecord>, JitError> {
+        let mut all = Vec::new();
+        for subscription in &self.subscriptions {
+            for policy in self.arm.list_policies(subscription).await? {
+                all.extend(records_of(&policy));
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// The requests a policy shows, as domain records.
+fn records_of(policy: &Policy) -> impl Iterator<Item = JitRequestRecord> + '_ {
+    policy
+        .properties
+        .requests
+        .iter()
+        .map(|request: &JitRequest| JitRequestRecord {
+            policy_id: policy.id.clone(),
+            start: request.start_time_utc,
+            requestor: request.requestor.clone(),
+            justification: request.justification.clone(),
+            vms: request
+                .virtual_machines
+                .iter()
+                .map(|vm| RequestedVm {
+                    vm_id: vm.id.clone(),
+                    display_name: match VmId::parse(&vm.id) {
+                        Ok(id) => format!("{}/{}", id.resource_group, id.name),
+                        Err(_) => vm.id.clone(),
+                    },
+                    ports: vm.ports.iter().map(requested_port).collect(),
+                })
+                .collect(),
+        })
+}
+
+fn requested_port(port: &RequestPort) -> RequestedPort {
+    let sources = match (
+        &port.allowed_source_address_prefix,
+        &port.allowed_source_address_prefixes,
+    ) {
+        (Some(one), _) => vec![one.clone()],
+        (None, Some(many)) => many.clone(),
+        (None, None) => Vec::new(),
+    };
+    RequestedPort {
+        number: port.number,
+        status: port.status.clone(),
+        status_reason: port.status_reason.clone(),
+        end: port.end_time_utc,
+        sources,
     }
 }

@@ -1,4 +1,6 @@
-//! Domain outcomes as chat messages (pure).
+//! What Drawbridge says: grants, refusals, reminders, notices and audit
+//! cards as transport-neutral [`ChatMessage`]s (pure). Each chat transport
+//! turns them into its own format (Discord: [`crate::discord::builders`]).
 
 use chrono::{DateTime, Utc};
 

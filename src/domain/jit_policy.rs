@@ -1,0 +1,379 @@
+//! Azure JIT as the use cases see it: the VMs under a JIT policy with their
+//! port rules (what the VM index holds), the rules `/jit-admin enable`
+//! writes, and what Azure shows of the requests made on a policy.
+//!
+//! These are plain values. The ARM adapter builds them from Azure's answers
+//! and the use cases decide on them; neither side sees the other's types.
+
+use std::fmt;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ipnet::IpNet;
+
+use super::duration::AccessDuration;
+use super::source::SourcePrefix;
+use super::vm::{ResourceGroupName, SubscriptionId, VmIdentity, VmName};
+
+/// Why a string is not a JIT policy resource id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid JIT policy resource id: {0:?}")]
+pub struct InvalidPolicyId(pub String);
+
+/// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Security/locations/{loc}/jitNetworkAccessPolicies/{name}`
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyId {
+    /// Subscription id (a GUID).
+    pub subscription: String,
+    /// Resource group holding the policy (may differ from its VMs').
+    pub resource_group: String,
+    /// The `ascLocation` of the policy.
+    pub location: String,
+    /// Policy name (the portal uses `default`).
+    pub name: String,
+}
+
+const POLICY_SHAPE: [&str; 10] = [
+    "subscriptions",
+    "{}",
+    "resourceGroups",
+    "{}",
+    "providers",
+    "Microsoft.Security",
+    "locations",
+    "{}",
+    "jitNetworkAccessPolicies",
+    "{}",
+];
+
+impl PolicyId {
+    /// Builds a policy id from its parts, checking each.
+    ///
+    /// # Errors
+    /// [`InvalidPolicyId`] when a part is malformed.
+    pub fn new(
+        subscription: &str,
+        resource_group: &str,
+        location: &str,
+        name: &str,
+    ) -> Result<Self, InvalidPolicyId> {
+        Self::parse(&format!(
+            "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Security/locations/{location}/jitNetworkAccessPolicies/{name}"
+        ))
+    }
+
+    /// Parses a JIT policy resource id as Azure returns it.
+    ///
+    /// # Errors
+    /// [`InvalidPolicyId`] when `id` is not a well-formed JIT policy id.
+    pub fn parse(id: &str) -> Result<Self, InvalidPolicyId> {
+        let err = || InvalidPolicyId(id.to_owned());
+        let v = match_shape(id, &POLICY_SHAPE).ok_or_else(err)?;
+        let (sub, rg, loc, name) = (v[0], v[1], v[2], v[3]);
+        if SubscriptionId::parse(sub).is_err()
+            || ResourceGroupName::parse(rg).is_err()
+            || !is_location(loc)
+            || !is_resource_name(name)
+        {
+            return Err(err());
+        }
+        Ok(Self {
+            subscription: sub.to_owned(),
+            resource_group: rg.to_owned(),
+            location: loc.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The resource id's path segments, one by one (the variable ones are
+    /// checked, so none can contain a `/`).
+    pub fn segments(&self) -> [&str; 10] {
+        let mut out = POLICY_SHAPE;
+        out[1] = &self.subscription;
+        out[3] = &self.resource_group;
+        out[7] = &self.location;
+        out[9] = &self.name;
+        out
+    }
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("/")?;
+        f.write_str(&self.segments().join("/"))
+    }
+}
+
+/// Splits `id` into segments, matching the literal ones case-insensitively and
+/// returning the variable ones (written `{}` in `shape`).
+pub(crate) fn match_shape<'a>(id: &'a str, shape: &[&str]) -> Option<Vec<&'a str>> {
+    let rest = id.strip_prefix('/')?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    if segs.len() != shape.len() {
+        return None;
+    }
+    let mut vars = Vec::new();
+    for (seg, want) in segs.into_iter().zip(shape) {
+        if *want == "{}" {
+            vars.push(seg);
+        } else if !seg.eq_ignore_ascii_case(want) {
+            return None;
+        }
+    }
+    Some(vars)
+}
+
+/// Location: a short lowercase-ish region name such as `westeurope`.
+fn is_location(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A resource name: 1-80 of ASCII letters, digits and `. _ -`, not `.` or `..`.
+/// A superset of every revision of the VM naming rules.
+pub(crate) fn is_resource_name(s: &str) -> bool {
+    (1..=80).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Which sources a policy port accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedSources {
+    /// `*`: any source.
+    Any,
+    /// Only sources inside one of these prefixes.
+    Prefixes(Vec<IpNet>),
+}
+
+/// One port rule of a VM's JIT policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPort {
+    /// Port number.
+    pub number: u16,
+    /// `TCP`, `UDP` or `*`.
+    pub protocol: String,
+    /// `maxRequestAccessDuration`.
+    pub max_duration: TimeDelta,
+    /// `allowedSourceAddressPrefix(es)`.
+    pub allowed_sources: AllowedSources,
+}
+
+/// A VM with a JIT policy, as the VM index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedVm {
+    /// VM resource id, as Azure spells it.
+    pub vm_id: String,
+    /// Subscription id.
+    pub subscription: String,
+    /// The VM's resource group.
+    pub resource_group: String,
+    /// VM name.
+    pub name: String,
+    /// Region (the policy's location).
+    pub location: String,
+    /// The policy that covers the VM; its resource group may differ from the VM's.
+    pub policy: PolicyId,
+    /// The VM's port rules.
+    pub ports: Vec<PolicyPort>,
+}
+
+impl IndexedVm {
+    /// `rg/name`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.resource_group, self.name)
+    }
+
+    /// `subscription/rg/name`.
+    pub fn fully_qualified_name(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.subscription, self.resource_group, self.name
+        )
+    }
+
+    /// The rule for `port`, if the policy has one.
+    pub fn port(&self, port: u16) -> Option<&PolicyPort> {
+        self.ports.iter().find(|p| p.number == port)
+    }
+
+    /// The longest window the policy allows for all of `ports` that it has
+    /// a rule for (zero when it has none of them).
+    pub fn max_duration_for(&self, ports: &[u16]) -> TimeDelta {
+        ports
+            .iter()
+            .filter_map(|n| self.port(*n).map(|r| r.max_duration))
+            .min()
+            .unwrap_or(TimeDelta::zero())
+    }
+
+    /// The VM's validated names (`None` if Azure's names fall outside our
+    /// validation, which then cannot serve it).
+    pub fn identity(&self) -> Option<VmIdentity> {
+        Some(VmIdentity {
+            subscription: SubscriptionId::parse(&self.subscription).ok()?,
+            resource_group: ResourceGroupName::parse(&self.resource_group).ok()?,
+            name: VmName::parse(&self.name).ok()?,
+        })
+    }
+}
+
+/// The port rules `/jit-admin enable` writes into a VM's JIT policy
+/// (`[azure.enable]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDefaults {
+    /// Ports put under JIT.
+    pub ports: Vec<u16>,
+    /// Their `maxRequestAccessDuration`.
+    pub max_duration: AccessDuration,
+    /// Their allowed source (`*` or an address/CIDR).
+    pub source: SourcePrefix,
+}
+
+impl Default for PolicyDefaults {
+    /// SSH, RDP and WinRM for up to 3 hours from any source, as the portal.
+    fn default() -> Self {
+        Self {
+            ports: vec![22, 3389, 5985, 5986],
+            max_duration: AccessDuration::from_minutes(180).unwrap_or_else(AccessDuration::max),
+            source: SourcePrefix::Any,
+        }
+    }
+}
+
+/// One JIT request as Azure's policy shows it (Azure keeps a history of
+/// them per policy; it gives them no id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JitRequestRecord {
+    /// The policy's resource id, as Azure spells it.
+    pub policy_id: String,
+    /// `startTimeUtc`.
+    pub start: Option<DateTime<Utc>>,
+    /// Who asked (Azure's `requestor`).
+    pub requestor: Option<String>,
+    /// The justification given.
+    pub justification: Option<String>,
+    /// The VMs of the request with their ports.
+    pub vms: Vec<RequestedVm>,
+}
+
+/// One VM of a [`JitRequestRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedVm {
+    /// VM resource id, as Azure spells it.
+    pub vm_id: String,
+    /// `rg/name` when the id reads as a VM id, otherwise the id itself.
+    pub display_name: String,
+    /// Its ports.
+    pub ports: Vec<RequestedPort>,
+}
+
+/// One port of a [`RequestedVm`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedPort {
+    /// The port.
+    pub number: u16,
+    /// Azure's status (`Initiated`, `Revoked`, ...).
+    pub status: String,
+    /// Azure's reason for the status (`UserRequested`, `NewerRequestInitiated`, ...).
+    pub status_reason: Option<String>,
+    /// When Azure closes (or closed) the port.
+    pub end: DateTime<Utc>,
+    /// The allowed source prefixes, as Azure spells them.
+    pub sources: Vec<String>,
+}
+
+impl RequestedPort {
+    /// Open at `now`: `Initiated` (or `Initiating`, a fresh request) and
+    /// not past its end.
+    pub fn is_open_at(&self, now: DateTime<Utc>) -> bool {
+        (self.status.eq_ignore_ascii_case("Initiated")
+            || self.status.eq_ignore_ascii_case("Initiating"))
+            && self.end > now
+    }
+}
+
+/// What Azure shows for one port after Close early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortState {
+    /// The port.
+    pub number: u16,
+    /// Azure's status of the newest request for the port (`Initiated`, ...),
+    /// `None` if the policy shows no request for it.
+    pub status: Option<String>,
+    /// When Azure closes the port, per the newest request.
+    pub end_time_utc: Option<DateTime<Utc>>,
+}
+
+/// What Close early asked for and what Azure then showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The end time we asked for.
+    pub requested_end: DateTime<Utc>,
+    /// What Azure's policy showed afterwards, per port.
+    pub ports: Vec<PortState>,
+}
+
+impl CloseOutcome {
+    /// The latest close time Azure shows for any of the ports (or the requested
+    /// end when Azure shows none): "closes at HH:MM".
+    pub fn closes_at(&self) -> DateTime<Utc> {
+        self.ports
+            .iter()
+            .filter_map(|p| p.end_time_utc)
+            .max()
+            .unwrap_or(self.requested_end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
+
+    #[test]
+    fn policy_ids_parse_case_insensitively_and_round_trip() {
+        let id = format!(
+            "/subscriptions/{SUB}/resourcegroups/myRg1/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default"
+        );
+        let p = PolicyId::parse(&id).unwrap();
+        assert_eq!(
+            (
+                p.resource_group.as_str(),
+                p.location.as_str(),
+                p.name.as_str()
+            ),
+            ("myRg1", "westeurope", "default")
+        );
+        assert_eq!(PolicyId::parse(&p.to_string()).unwrap(), p);
+        assert!(PolicyId::new(SUB, "rg", "west europe", "default").is_err());
+        assert!(PolicyId::new(SUB, "rg.", "westeurope", "default").is_err());
+        assert!(PolicyId::new(SUB, "rg", "westeurope", "..").is_err());
+        assert!(PolicyId::new("not-a-guid", "rg", "westeurope", "default").is_err());
+    }
+
+    #[test]
+    fn the_policy_maximum_is_that_of_the_strictest_port() {
+        let port = |number, hours| PolicyPort {
+            number,
+            protocol: "*".into(),
+            max_duration: TimeDelta::hours(hours),
+            allowed_sources: AllowedSources::Any,
+        };
+        let vm = IndexedVm {
+            vm_id: "x".into(),
+            subscription: SUB.into(),
+            resource_group: "rg".into(),
+            name: "web".into(),
+            location: "westeurope".into(),
+            policy: PolicyId::new(SUB, "rg", "westeurope", "default").unwrap(),
+            ports: vec![port(22, 3), port(3389, 1)],
+        };
+        assert_eq!(vm.max_duration_for(&[22]), TimeDelta::hours(3));
+        assert_eq!(vm.max_duration_for(&[22, 3389]), TimeDelta::hours(1));
+        assert_eq!(vm.max_duration_for(&[22, 443]), TimeDelta::hours(3));
+        assert_eq!(vm.max_duration_for(&[443]), TimeDelta::zero());
+        assert_eq!(vm.identity().unwrap().qualified(), "rg/web");
+    }
+}

@@ -1,0 +1,76 @@
+//! `/jit-admin`: one file per subcommand. Each parses its options, calls
+//! one use case (which checks the admin role) and words the outcome.
+
+mod audit;
+mod coverage;
+mod enable;
+mod explain;
+mod map;
+mod mappings;
+mod unmap;
+
+use super::notice;
+use crate::chat::{Card, ChatMessage, Tone};
+use crate::domain::RoleMapping;
+use crate::interactions::{Invocation, SlashCommand};
+use crate::service::Service;
+use crate::service::admin::AdminError;
+
+/// Runs subcommand `sub`; every outcome, failures included, is a message.
+pub(super) async fn run(
+    s: &Service,
+    who: &Invocation,
+    sub: &str,
+    command: &SlashCommand,
+) -> ChatMessage {
+    let result = match sub {
+        "map" => map::run(s, who, command).await,
+        "unmap" => unmap::run(s, who, command).await,
+        "mappings" => mappings::run(s, who),
+        "explain" => explain::run(s, who, command).await,
+        "audit" => audit::run(s, who, command).await,
+        "coverage" => coverage::run(s, who).await,
+        "enable" => enable::run(s, who, command).await,
+        other => Err(AdminError::Invalid(format!("unknown subcommand {other}"))),
+    };
+    s.wake_after(result.unwrap_or_else(|e| admin_error(&e, &who.id)))
+}
+
+/// A required option's value.
+fn required<'a>(command: &'a SlashCommand, name: &str) -> Result<&'a str, AdminError> {
+    command
+        .option(name)
+        .ok_or_else(|| AdminError::Invalid(format!("the option {name} is required")))
+}
+
+fn admin_error(error: &AdminError, reference: &str) -> ChatMessage {
+    match error {
+        AdminError::NotAdmin => notice("Not allowed", Tone::Denied, error.to_string()),
+        AdminError::Invalid(m) => notice("That did not work", Tone::Denied, m.clone()),
+        AdminError::Azure(m) => notice("Azure did not do it", Tone::Error, m.clone()),
+        AdminError::Unexpected(e) => {
+            tracing::error!(reference, error.message = %e, error.cause_chain = ?e, "admin action failed");
+            notice(
+                "Something went wrong",
+                Tone::Error,
+                format!(
+                    "An operator can find the details in the logs under reference {reference}."
+                ),
+            )
+        }
+    }
+}
+
+fn mapping_summary(m: &RoleMapping) -> String {
+    let roles = m
+        .roles
+        .iter()
+        .map(|r| format!("<@&{r}>"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("{roles} → {}", m.describe())
+}
+
+fn mapping_card(title: &str, m: &RoleMapping) -> Card {
+    Card::new(title, Tone::Success).field(m.name.to_string(), mapping_summary(m), false)
+}

@@ -1,0 +1,67 @@
+//! `/jit-admin explain`: why given roles would be allowed or denied.
+
+use super::required;
+use crate::chat::{Card, ChatMessage, Tone};
+use crate::domain::{Decision, RoleId};
+use crate::interactions::{Invocation, SlashCommand};
+use crate::service::Service;
+use crate::service::admin::AdminError;
+
+pub(super) async fn run(
+    s: &Service,
+    who: &Invocation,
+    command: &SlashCommand,
+) -> Result<ChatMessage, AdminError> {
+    let opt = |n: &str| command.option(n);
+    let roles = roles_to_explain(who, command)?;
+    let (vm, decision) = s
+        .explain(
+            who,
+            &roles,
+            required(command, "vm")?,
+            required(command, "port")?,
+            required(command, "duration")?,
+            opt("from"),
+            opt("reason"),
+        )
+        .await?;
+    let card = match &decision {
+        Decision::Allow(a) => Card::new("Would be allowed", Tone::Success).description(format!(
+            "Mapping {} allows it on {} (maximum {}).",
+            a.mapping,
+            vm.qualified(),
+            a.max_duration
+        )),
+        Decision::Deny(d) => Card::new("Would be denied", Tone::Denied).description(d.to_string()),
+    };
+    let roles_text = roles
+        .iter()
+        .map(|r| format!("<@&{r}>"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let roles_text = if roles_text.is_empty() {
+        "none".into()
+    } else {
+        roles_text
+    };
+    Ok(ChatMessage::card(card.field("Roles", roles_text, false)))
+}
+
+/// The roles to explain for: listed, a chosen member's, or the admin's own.
+fn roles_to_explain(who: &Invocation, command: &SlashCommand) -> Result<Vec<RoleId>, AdminError> {
+    if let Some(list) = command.option("roles") {
+        list.split(',')
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| RoleId::parse(r).map_err(|e| AdminError::Invalid(e.to_string())))
+            .collect()
+    } else if command.option("user").is_some() {
+        // Keyed by option name, as the transports fill it.
+        Ok(command
+            .resolved_roles
+            .get("user")
+            .cloned()
+            .unwrap_or_default())
+    } else {
+        Ok(who.member.roles.clone())
+    }
+}

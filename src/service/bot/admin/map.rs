@@ -1,0 +1,39 @@
+//! `/jit-admin map`: adds or replaces a mapping.
+
+use super::{mapping_card, required};
+use crate::chat::ChatMessage;
+use crate::domain::RoleId;
+use crate::domain::mapping::MappingSpec;
+use crate::interactions::{Invocation, SlashCommand};
+use crate::service::Service;
+use crate::service::admin::AdminError;
+use crate::store::MappingChange;
+
+pub(super) async fn run(
+    s: &Service,
+    who: &Invocation,
+    command: &SlashCommand,
+) -> Result<ChatMessage, AdminError> {
+    let opt = |n: &str| command.option(n);
+    let name = required(command, "name")?.to_string();
+    let role = RoleId::parse(required(command, "role")?)
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let spec = MappingSpec {
+        name,
+        roles: vec![role],
+        vms: required(command, "vms")?.to_string(),
+        ports: vec![required(command, "ports")?.to_string()],
+        max_duration: required(command, "max_duration")?.to_string(),
+        sources: opt("sources").map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
+        default_source: opt("default_source").map(str::to_string),
+        require_reason: opt("require_reason") == Some("true"),
+        approver_role: None,
+    };
+    let (mapping, change) = s.map(who, spec).await?;
+    let verb = match change {
+        MappingChange::Added => "Mapping added",
+        MappingChange::Changed { .. } => "Mapping changed",
+        MappingChange::Unchanged => "Mapping unchanged",
+    };
+    Ok(ChatMessage::card(mapping_card(verb, &mapping)))
+}

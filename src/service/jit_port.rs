@@ -1,0 +1,148 @@
+//! Azure, as the use cases need it: a port that takes and returns domain
+//! values and fails with one [`JitError`]. [`crate::azure::arm_jit`]
+//! implements it over ARM; nothing of ARM (its errors, wire types or ids)
+//! crosses it.
+//!
+//! Resolving a VM never costs ARM traffic in steady state (the adapter
+//! keeps an index), so a request costs one ARM call: the initiate.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{CloseOutcome, IndexedVm, JitRequestRecord, PortSpec, SourcePrefix, VmRef};
+
+/// Why Azure did not do what the port was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    /// No VM with a JIT policy matches the reference.
+    #[error("no VM named {name} is under JIT")]
+    NotUnderJit {
+        /// The reference, as given.
+        name: String,
+        /// The VM exists in a configured subscription but has no JIT policy.
+        exists_without_jit: bool,
+    },
+    /// No VM of that name in the configured subscriptions at all.
+    #[error("no VM named {name} in the configured subscriptions")]
+    NoSuchVm {
+        /// The reference, as given.
+        name: String,
+    },
+    /// Several VMs match.
+    #[error("several VMs are named like that: {}", candidates.join(", "))]
+    Ambiguous {
+        /// Their qualified names.
+        candidates: Vec<String>,
+    },
+    /// Azure answered and did not do it: nothing changed in Azure.
+    #[error("Azure refused: {cause}")]
+    Refused {
+        /// One sentence for the member.
+        message: String,
+        /// What Azure said; logged, never shown.
+        #[source]
+        cause: anyhow::Error,
+    },
+    /// Azure could not be reached or gave no usable answer: whether a write
+    /// took effect is unknown until the policy is read back.
+    #[error("no usable answer from Azure: {cause}")]
+    NoAnswer {
+        /// One sentence for the member.
+        message: String,
+        /// What went wrong; logged, never shown.
+        #[source]
+        cause: anyhow::Error,
+    },
+}
+
+impl JitError {
+    /// One clear sentence for a member or an admin: no ids, tokens or
+    /// internals beyond Azure's own explanation of a refusal.
+    pub fn user_message(&self) -> String {
+        match self {
+            Self::NotUnderJit { .. } | Self::NoSuchVm { .. } | Self::Ambiguous { .. } => {
+                self.to_string()
+            }
+            Self::Refused { message, .. } | Self::NoAnswer { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// A window to open: `ports` of a VM for `source` until `end`.
+#[derive(Debug, Clone)]
+pub struct OpenRequest {
+    /// The ports.
+    pub ports: PortSpec,
+    /// Where from.
+    pub source: SourcePrefix,
+    /// When Azure should close them again.
+    pub end: DateTime<Utc>,
+    /// What Azure records: who, why, which request (see
+    /// [`super::request::justification`]).
+    pub justification: String,
+}
+
+/// What Azure answered to an initiate.
+#[derive(Debug, Clone)]
+pub struct Initiated {
+    /// When Azure closes the port (its `endTimeUtc`).
+    pub end: DateTime<Utc>,
+    /// Azure's answer, for the record.
+    pub detail: serde_json::Value,
+}
+
+/// Azure's JIT API, as the use cases need it.
+#[async_trait]
+pub trait JitPort: Send + Sync + 'static {
+    /// Resolves a VM through the index, refreshing it on a miss (with a
+    /// floor, so a typo cannot hammer ARM).
+    ///
+    /// # Errors
+    /// `NotUnderJit`, `Ambiguous`, or Azure's failure to list.
+    async fn resolve(&self, vm: &VmRef) -> Result<Arc<IndexedVm>, JitError>;
+    /// Resolves from memory only (autocomplete never calls Azure).
+    fn resolve_cached(&self, vm: &VmRef) -> Option<Arc<IndexedVm>>;
+    /// Searches the index in memory: prefix matches first, then substrings.
+    fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        keep: &(dyn Fn(&IndexedVm) -> bool + Sync),
+    ) -> Vec<Arc<IndexedVm>>;
+    /// Opens the window and reports the end Azure shows.
+    ///
+    /// # Errors
+    /// `Refused` (nothing opened) or `NoAnswer` (unknown).
+    async fn initiate(&self, vm: &IndexedVm, open: &OpenRequest) -> Result<Initiated, JitError>;
+    /// Closes as early as Azure allows and reports what Azure then shows.
+    ///
+    /// # Errors
+    /// `Refused` or `NoAnswer`.
+    async fn close_early(
+        &self,
+        vm: &IndexedVm,
+        ports: &PortSpec,
+        source: &SourcePrefix,
+        justification: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutcome, JitError>;
+    /// Puts a VM under JIT with the configured defaults; returns its
+    /// qualified name.
+    ///
+    /// # Errors
+    /// `NoSuchVm`, `Ambiguous`, or Azure's refusal.
+    async fn enable(&self, vm: &VmRef) -> Result<String, JitError>;
+    /// VMs of the configured subscriptions that no JIT policy protects.
+    ///
+    /// # Errors
+    /// Azure's failure to list.
+    async fn unprotected_vms(&self) -> Result<Vec<String>, JitError>;
+    /// Every JIT request Azure's policies of the configured subscriptions
+    /// show (their history included), for reconciliation.
+    ///
+    /// # Errors
+    /// Azure's failure to list.
+    async fn requests(&self) -> Result<Vec<JitRequestRecord>, JitError>;
+}

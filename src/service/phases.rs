@@ -1,0 +1,58 @@
+//! The phases of putting a window on a VM, named so that `/jit`, Extend,
+//! `/jit-admin explain` (and approvals, later) are built from the same
+//! parts rather than each from its own copy:
+//!
+//! 1. [`resolve`]: the VM a member names, through the index, with one error
+//!    type for every caller.
+//! 2. [`decide`]: the member's mappings, then the VM's Azure JIT policy
+//!    (ports, window, source). Pure.
+//! 3. [`persist`]: the grant, `requested`, with its audit events, in one
+//!    transaction, before Azure is asked anything.
+//! 4. [`initiate`]: the one ARM call, through the [`JitPort`](super::JitPort).
+//! 5. [`settle`]: what Azure answered, written with its audit event and the
+//!    timers in one transaction.
+//!
+//! Where the next changes slot in: an approval is `decide` then `persist`
+//! in a waiting state, and `initiate` + `settle` when approved; a claim of
+//! the grant before Azure is called belongs at the start of `initiate`; a
+//! read-back of the policy that settles every grant on the VM's ports
+//! belongs in `settle`; a check that the member's roles reach any VM at all
+//! belongs before `resolve`.
+
+pub mod decide;
+pub mod initiate;
+pub mod persist;
+pub mod resolve;
+pub mod settle;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{AccessRequest, MappingName, RequestId, SourcePrefix};
+use crate::interactions::Invocation;
+
+pub use decide::{Ask, Refusal, decide};
+pub use resolve::{ResolveVmError, ResolvedVm};
+
+/// One `/jit` request on its way through the phases.
+#[derive(Debug, Clone, Copy)]
+pub struct Asking<'a> {
+    /// Who asks, and through which interaction.
+    pub who: &'a Invocation,
+    /// The interaction id, which is the request id.
+    pub id: &'a RequestId,
+    /// What they ask for.
+    pub request: &'a AccessRequest,
+    /// When they asked.
+    pub now: DateTime<Utc>,
+}
+
+/// What `resolve` and `decide` let through.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The VM.
+    pub target: ResolvedVm,
+    /// The source the window opens for.
+    pub source: SourcePrefix,
+    /// The mapping that allows it.
+    pub mapping: MappingName,
+}

@@ -1,6 +1,6 @@
 //! Azure, as the use cases need it: a port that takes and returns domain
-//! values and fails with one [`JitError`]. [`crate::azure::arm_jit`]
-//! implements it over ARM; nothing of ARM (its errors, wire types or ids)
+//! values and fails with one [`JitError`]. The ARM adapter (`ArmJit`, in the
+//! Azure adapter) implements it; nothing of ARM (its errors, wire types or ids)
 //! crosses it.
 //!
 //! Resolving a VM never costs ARM traffic in steady state (the adapter

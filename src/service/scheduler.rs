@@ -31,8 +31,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Service, actor, delivery, messages};
+use crate::domain::audit::format_time;
 use crate::domain::{AuditAction, AuditEvent, GrantEvent, GrantState, Outcome};
-use crate::store::{ScheduleKind, ScheduledItem, StoreError};
+use crate::store::{Grant, ScheduleKind, ScheduledItem, StoreError, StoreTx};
 
 /// How long a claim holds before another worker may take the item. Handling
 /// one item is one short local transaction, so this is generous; it bounds
@@ -100,9 +101,7 @@ impl Scheduler {
         item: &ScheduledItem,
         now: DateTime<Utc>,
     ) -> Result<Handled, StoreError> {
-        let store = self.service.store();
-        let aliases = &self.service.config().aliases;
-        let mut tx = store.begin().await?;
+        let mut tx = self.service.store().begin().await?;
         // Done first, in the transaction of the effects: a second worker (or
         // a cancel by Extend / Close early) that got there first wins.
         if !tx.complete_schedule(item.id, now).await? {
@@ -113,75 +112,92 @@ impl Scheduler {
         let grant = tx.grant(&item.request_id).await?;
         let handled = match (item.kind, grant) {
             (ScheduleKind::Reminder, Some(grant))
-                if matches!(grant.state, GrantState::Active | GrantState::Extended)
-                    && grant.end_time.is_some_and(|end| end > now) =>
+                if matches!(grant.state, GrantState::Active | GrantState::Extended) =>
             {
-                let end = grant.end_time.expect("checked above");
-                let message = messages::reminder(&grant, end, aliases);
-                tx.enqueue(delivery::dm_to_owner(
-                    &grant,
-                    &message,
-                    format!("rem-{}", item.id),
-                    now,
-                ))
-                .await?;
-                tx.append_audit(
-                    &AuditEvent::new(
-                        now,
-                        "system",
-                        AuditAction::ReminderSent,
-                        &grant.vm_name,
-                        Outcome::Info,
-                    )
-                    .with_detail(json!({
-                        "request_id": grant.request_id.as_str(),
-                        "user": actor(grant.user_id),
-                        "ends": crate::domain::audit::format_time(end),
-                    })),
-                )
-                .await?;
-                Handled::Reminder
+                match grant.end_time.filter(|end| *end > now) {
+                    Some(end) => {
+                        self.remind(&mut tx, item, &grant, end, now).await?;
+                        Handled::Reminder
+                    }
+                    None => Handled::Skipped,
+                }
             }
             (ScheduleKind::Expiry, Some(grant)) if grant.state.is_open() => {
-                let late = (now - item.due_at).num_seconds() > LATE_AFTER_SECS;
-                let grant = tx
-                    .transition_grant(&grant.request_id, &GrantEvent::WindowEnded, now)
-                    .await?;
-                // Any reminder still pending (a restart long after the end)
-                // no longer applies.
-                tx.cancel_schedule(&grant.request_id, &[ScheduleKind::Reminder], now)
-                    .await?;
-                let message = messages::expired(&grant, late, aliases);
-                tx.enqueue(delivery::dm_to_owner(
-                    &grant,
-                    &message,
-                    format!("exp-{}", item.id),
-                    now,
-                ))
-                .await?;
-                tx.append_audit(
-                    &AuditEvent::new(
-                        now,
-                        "system",
-                        AuditAction::AccessExpired,
-                        &grant.vm_name,
-                        Outcome::Info,
-                    )
-                    .with_detail(json!({
-                        "request_id": grant.request_id.as_str(),
-                        "user": actor(grant.user_id),
-                        "ended": crate::domain::audit::format_time(item.due_at),
-                        "late": late,
-                        "note": "established sessions are not cut when the port closes",
-                    })),
-                )
-                .await?;
+                self.expire(&mut tx, item, &grant, now).await?;
                 Handled::Expiry
             }
             _ => Handled::Skipped,
         };
         tx.commit().await?;
         Ok(handled)
+    }
+
+    /// Queues the reminder DM for `grant`, ending at `end`, and audits it.
+    async fn remind(
+        &self,
+        tx: &mut StoreTx,
+        item: &ScheduledItem,
+        grant: &Grant,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let message = messages::reminder(grant, end, &self.service.config().aliases);
+        let key = format!("rem-{}", item.id);
+        tx.enqueue(delivery::dm_to_owner(grant, &message, key, now))
+            .await?;
+        let event = AuditEvent::new(
+            now,
+            "system",
+            AuditAction::ReminderSent,
+            &grant.vm_name,
+            Outcome::Info,
+        );
+        tx.append_audit(&event.with_detail(json!({
+            "request_id": grant.request_id.as_str(),
+            "user": actor(grant.user_id),
+            "ends": format_time(end),
+        })))
+        .await?;
+        Ok(())
+    }
+
+    /// Ends `grant` (`WindowEnded`), queues the expiry notice and audits it.
+    async fn expire(
+        &self,
+        tx: &mut StoreTx,
+        item: &ScheduledItem,
+        grant: &Grant,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let late = (now - item.due_at).num_seconds() > LATE_AFTER_SECS;
+        let id = &grant.request_id;
+        let grant = tx
+            .transition_grant(id, &GrantEvent::WindowEnded, now)
+            .await?;
+        // Any reminder still pending (a restart long after the end) no
+        // longer applies.
+        tx.cancel_schedule(id, &[ScheduleKind::Reminder], now)
+            .await?;
+        let message = messages::expired(&grant, late, &self.service.config().aliases);
+        let key = format!("exp-{}", item.id);
+        tx.enqueue(delivery::dm_to_owner(&grant, &message, key, now))
+            .await?;
+        let event = AuditEvent::new(
+            now,
+            "system",
+            AuditAction::AccessExpired,
+            &grant.vm_name,
+            Outcome::Info,
+        );
+        tx.append_audit(&event.with_detail(json!({
+            "request_id": id.as_str(),
+            "user": actor(grant.user_id),
+            "ended": format_time(item.due_at),
+            "late": late,
+            "note": "established sessions are not cut when the port closes",
+        })))
+        .await?;
+        Ok(())
     }
 
     /// When the loop should look next: the earliest pending item, or the

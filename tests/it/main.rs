@@ -15,6 +15,7 @@ mod emulator;
 mod fake_discord_selftest;
 mod fault;
 mod fuzz;
+mod layout;
 mod lifecycle;
 mod logs;
 mod ops;

@@ -355,3 +355,33 @@ fn requested_port(port: &RequestPort) -> RequestedPort {
         sources,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm_errors_become_refusals_or_unknown_outcomes_with_the_same_sentence() {
+        let refused = ArmError::BadRequest {
+            code: "InvalidPort".into(),
+            message: "port 23 is not in the policy".into(),
+        };
+        let sentence = refused.user_message();
+        let e = JitError::from(refused);
+        assert!(matches!(e, JitError::Refused { .. }));
+        assert_eq!(e.user_message(), sentence);
+        for unknown in [
+            ArmError::Unavailable {
+                attempts: 3,
+                last: "timeout".into(),
+            },
+            ArmError::Unexpected(anyhow::anyhow!("HTTP 200 with an unreadable body")),
+        ] {
+            assert!(matches!(JitError::from(unknown), JitError::NoAnswer { .. }));
+        }
+        assert!(matches!(
+            JitError::from(ArmError::Throttled { attempts: 3 }),
+            JitError::Refused { .. }
+        ));
+    }
+}

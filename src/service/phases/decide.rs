@@ -71,3 +71,98 @@ pub fn decide(
     check_request(&target.vm, ask.ports, ask.duration, ask.source).map_err(Refusal::Policy)?;
     Ok(allowed)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::domain::mapping::MappingFile;
+    use crate::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort, PortAliases};
+
+    const SUB: &str = "00000000-0000-0000-0000-00000000000a";
+
+    fn target(max_hours: i64, sources: AllowedSources) -> ResolvedVm {
+        let vm = IndexedVm {
+            vm_id: "x".into(),
+            subscription: SUB.into(),
+            resource_group: "rg".into(),
+            name: "web-01".into(),
+            location: "westeurope".into(),
+            policy: PolicyId::new(SUB, "rg", "westeurope", "default").unwrap(),
+            ports: vec![PolicyPort {
+                number: 22,
+                protocol: "*".into(),
+                max_duration: TimeDelta::hours(max_hours),
+                allowed_sources: sources,
+            }],
+        };
+        let identity = vm.identity().unwrap();
+        ResolvedVm {
+            vm: Arc::new(vm),
+            identity,
+        }
+    }
+
+    fn mappings() -> Vec<RoleMapping> {
+        MappingFile::parse(
+            r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+"#,
+            &PortAliases::default(),
+        )
+        .unwrap()
+    }
+
+    fn decide_for(role: u64, minutes: u32, target: &ResolvedVm) -> Result<Allowed, Refusal> {
+        let roles = [RoleId::parse(&role.to_string()).unwrap()];
+        let ports = PortSpec::from_numbers([22]).unwrap();
+        let source = SourcePrefix::parse("203.0.113.7").unwrap();
+        let ask = Ask {
+            roles: &roles,
+            ports: &ports,
+            duration: AccessDuration::from_minutes(minutes).unwrap(),
+            source: &source,
+            reason: None,
+        };
+        decide(&mappings(), target, &ask)
+    }
+
+    #[test]
+    fn a_request_both_allow_names_its_mapping() {
+        let allowed = decide_for(100, 60, &target(3, AllowedSources::Any)).unwrap();
+        assert_eq!(allowed.mapping.as_str(), "sre-web");
+    }
+
+    #[test]
+    fn the_mappings_are_asked_before_the_policy() {
+        // The policy would refuse too (1h max), but a member without a
+        // mapping learns only that.
+        let refusal = decide_for(200, 120, &target(1, AllowedSources::Any)).unwrap_err();
+        assert_eq!(refusal, Refusal::Denied(Denial::NoMappingForRoles));
+        assert_eq!(refusal.code(), "no_mapping_for_roles");
+    }
+
+    #[test]
+    fn the_policy_refuses_what_the_mappings_allow_beyond_it() {
+        let refusal = decide_for(100, 120, &target(1, AllowedSources::Any)).unwrap_err();
+        assert!(matches!(
+            refusal,
+            Refusal::Policy(PolicyViolation::DurationOverPolicyMax { .. })
+        ));
+        assert_eq!(refusal.code(), "policy");
+        let narrow = AllowedSources::Prefixes(vec!["10.0.0.0/8".parse().unwrap()]);
+        let refusal = decide_for(100, 60, &target(3, narrow)).unwrap_err();
+        assert!(matches!(
+            refusal,
+            Refusal::Policy(PolicyViolation::SourceNotAllowed { .. })
+        ));
+    }
+}

@@ -1,18 +1,37 @@
 //! The use cases: request access, extend, close early, status, saved source,
-//! and the admin actions, written against the store, the [`JitGateway`] port
-//! and a clock. The chat transports reach them through [`bot::Bot`], which
+//! the admin actions, and the workers (timers, outbox, reconciliation),
+//! written against the store, the [`JitPort`] (Azure, in domain terms) and a
+//! clock. The chat transports reach them through [`bot::Bot`], which
 //! implements [`crate::interactions::InteractionHandler`].
 //!
 //! # The life of a `/jit` request
 //! 1. The transport acknowledges at once and calls [`Service::request_access`].
-//! 2. The VM is resolved through the index; the source comes from the request,
-//!    the member's saved IP or a mapping's default.
-//! 3. [`crate::domain::authorize`] decides from the member's roles; the
-//!    request is checked against the VM's Azure JIT policy.
-//! 4. The grant (`requested`) and its audit events are written in one
-//!    transaction; a request id already stored returns that grant instead.
-//! 5. Azure is asked to initiate; the outcome, its audit event and the
-//!    reminder and expiry timers are written in one transaction.
+//!    A request id already stored answers with that grant: one interaction
+//!    never initiates twice.
+//! 2. **Resolve** ([`phases::resolve`]): the VM through the index, from
+//!    memory in steady state. The source comes from the request, the
+//!    member's saved IP or a mapping's default.
+//! 3. **Decide** ([`phases::decide`](mod@phases::decide)): the member's roles against the
+//!    mappings ([`crate::domain::authorize`](mod@crate::domain::authorize)), then the request against the
+//!    VM's Azure JIT policy. A refusal is audited and returned.
+//! 4. **Persist** ([`phases::persist`]): the grant (`requested`) and its
+//!    audit events in one transaction, before Azure hears of it.
+//! 5. **Initiate** ([`phases::initiate`]): the one ARM call.
+//! 6. **Settle** ([`phases::settle`]): Azure's answer (its end time, or why
+//!    not), the audit event and the reminder and expiry timers, in one
+//!    transaction. The workers take it from there.
+//!
+//! Extend is resolve, decide, initiate and settle on a stored grant;
+//! `/jit-admin explain` is resolve and the mappings half of decide.
+//!
+//! # Layout
+//! - [`request`], [`lifecycle`], [`admin`], [`autocomplete`]: the use cases;
+//!   [`phases`]: the parts they share.
+//! - [`jit_port`]: the port to Azure.
+//! - [`bot`]: slash commands, buttons and autocomplete to use cases, one
+//!   file per command; [`messages`]: what Drawbridge says, as chat messages.
+//! - [`scheduler`], [`delivery`], [`reconcile`]: the workers (reminders and
+//!   expiry, the outbox, Azure's view compared with ours).
 
 pub mod admin;
 pub mod autocomplete;
@@ -66,9 +85,7 @@ struct Inner {
 /// when messages are queued.
 #[derive(Debug, Clone, Default)]
 pub struct Wakers {
-    /// Wakes the scheduler.
     pub scheduler: Arc<tokio::sync::Notify>,
-    /// Wakes the outbox deliverer.
     pub outbox: Arc<tokio::sync::Notify>,
 }
 

@@ -131,12 +131,10 @@ impl VmIndex {
         }
     }
 
-    /// Number of VMs.
     pub fn len(&self) -> usize {
         self.vms.len()
     }
 
-    /// No VMs at all.
     pub fn is_empty(&self) -> bool {
         self.vms.is_empty()
     }

@@ -149,7 +149,6 @@ pub enum AllowedSources {
 /// One port rule of a VM's JIT policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyPort {
-    /// Port number.
     pub number: u16,
     /// `TCP`, `UDP` or `*`.
     pub protocol: String,
@@ -164,17 +163,13 @@ pub struct PolicyPort {
 pub struct IndexedVm {
     /// VM resource id, as Azure spells it.
     pub vm_id: String,
-    /// Subscription id.
     pub subscription: String,
-    /// The VM's resource group.
     pub resource_group: String,
-    /// VM name.
     pub name: String,
     /// Region (the policy's location).
     pub location: String,
     /// The policy that covers the VM; its resource group may differ from the VM's.
     pub policy: PolicyId,
-    /// The VM's port rules.
     pub ports: Vec<PolicyPort>,
 }
 

@@ -27,7 +27,6 @@ const AUDIT_SINCE_MAX_SECS: u64 = 10 * 365 * 86_400;
 /// Why an admin action failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// Not an admin.
     #[error("you need one of the admin roles to use /jit-admin")]
     NotAdmin,
     /// Bad input.

@@ -3,8 +3,8 @@
 //!
 //! It parses options and words replies; it never reads the store or decides
 //! who may do what: that is the [`Service`]'s. One file per command, as
-//! mini-redis does: [`member`] for `/jit`, `/jit-status` and `/jit-ip`,
-//! [`admin`] for `/jit-admin` (one file per subcommand below it).
+//! mini-redis does: `member` for `/jit`, `/jit-status` and `/jit-ip`,
+//! `admin` for `/jit-admin` (one file per subcommand below it).
 
 mod admin;
 mod member;

@@ -45,7 +45,6 @@ const BATCH: u32 = 50;
 /// What one [`Deliverer::tick`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryOutcome {
-    /// Messages sent.
     pub delivered: usize,
     /// Attempts that failed and will be retried.
     pub retried: usize,

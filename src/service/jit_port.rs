@@ -73,9 +73,7 @@ impl JitError {
 /// A window to open: `ports` of a VM for `source` until `end`.
 #[derive(Debug, Clone)]
 pub struct OpenRequest {
-    /// The ports.
     pub ports: PortSpec,
-    /// Where from.
     pub source: SourcePrefix,
     /// When Azure should close them again.
     pub end: DateTime<Utc>,

@@ -20,10 +20,8 @@ const VM_GONE: &str = "the VM is no longer under JIT, so Azure cannot be asked";
 /// Why a button did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantActionError {
-    /// No such grant.
     #[error("this grant no longer exists")]
     NotFound,
-    /// Someone else's grant.
     #[error("only the engineer who asked for this grant can change it")]
     NotOwner,
     /// The grant is not open any more.

@@ -4,7 +4,7 @@
 //!
 //! 1. [`resolve`]: the VM a member names, through the index, with one error
 //!    type for every caller.
-//! 2. [`decide`]: the member's mappings, then the VM's Azure JIT policy
+//! 2. [`decide`](mod@decide): the member's mappings, then the VM's Azure JIT policy
 //!    (ports, window, source). Pure.
 //! 3. [`persist`]: the grant, `requested`, with its audit events, in one
 //!    transaction, before Azure is asked anything.
@@ -40,16 +40,13 @@ pub struct Asking<'a> {
     pub who: &'a Invocation,
     /// The interaction id, which is the request id.
     pub id: &'a RequestId,
-    /// What they ask for.
     pub request: &'a AccessRequest,
-    /// When they asked.
     pub now: DateTime<Utc>,
 }
 
 /// What `resolve` and `decide` let through.
 #[derive(Debug, Clone)]
 pub struct Admitted {
-    /// The VM.
     pub target: ResolvedVm,
     /// The source the window opens for.
     pub source: SourcePrefix,

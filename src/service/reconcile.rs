@@ -76,7 +76,6 @@ pub enum ReconcileError {
     /// Azure could not be listed.
     #[error(transparent)]
     Azure(#[from] JitError),
-    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

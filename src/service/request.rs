@@ -30,7 +30,6 @@ pub enum RequestError {
     /// No VM of that name is under JIT.
     #[error("no VM named {name} is under JIT")]
     VmNotFound {
-        /// The name.
         name: String,
         /// It exists but has no JIT policy.
         exists_without_jit: bool,

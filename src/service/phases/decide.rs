@@ -1,6 +1,6 @@
 //! Phase 2: whether a member may have a window, decided before anything is
 //! written or asked of Azure. First the role mappings
-//! ([`crate::domain::authorize`]), then the VM's Azure JIT policy
+//! ([`crate::domain::authorize`](mod@crate::domain::authorize)), then the VM's Azure JIT policy
 //! ([`crate::domain::check_request`]): Azure would refuse the rest, and our
 //! message is better than Azure's. Pure.
 
@@ -14,13 +14,9 @@ use crate::domain::{
 /// What a member asks of a resolved VM.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
-    /// The member's roles.
     pub roles: &'a [RoleId],
-    /// The ports.
     pub ports: &'a PortSpec,
-    /// The window.
     pub duration: AccessDuration,
-    /// Where from.
     pub source: &'a SourcePrefix,
     /// Why, if given.
     pub reason: Option<&'a Reason>,

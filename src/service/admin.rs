@@ -70,7 +70,7 @@ impl From<JitError> for AdminError {
 
 impl Service {
     /// Whether any of `roles` is an admin role.
-    pub fn is_admin(&self, roles: &[RoleId]) -> bool {
+    fn is_admin(&self, roles: &[RoleId]) -> bool {
         roles.iter().any(|r| self.config().admin_roles.contains(r))
     }
 

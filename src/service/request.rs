@@ -17,8 +17,8 @@ use crate::store::{Grant, InsertOutcome, StoreError};
 
 /// How long a second delivery of an interaction waits for the first one's
 /// outcome (Azure's retries included) before answering with what is stored.
-const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const FIRST_OUTCOME_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const FIRST_OUTCOME_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a request did not become an open grant. Every variant but
 /// `Unexpected` is shown to the member as is.
@@ -208,13 +208,13 @@ impl Service {
     }
 
     /// `grant` once it has left `requested`, or as stored after
-    /// [`SETTLE_WAIT`]: a second delivery of the same interaction edits the
+    /// [`FIRST_OUTCOME_WAIT`]: a second delivery of the same interaction edits the
     /// same reply, and must not replace the first delivery's outcome with a
     /// stale "requested" (and no buttons).
     async fn first_outcome(&self, mut grant: Grant) -> Result<Grant, StoreError> {
-        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let deadline = tokio::time::Instant::now() + FIRST_OUTCOME_WAIT;
         while grant.state == GrantState::Requested && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(SETTLE_POLL).await;
+            tokio::time::sleep(FIRST_OUTCOME_POLL).await;
             match self.store().grant(&grant.request_id).await? {
                 Some(now) => grant = now,
                 None => break,

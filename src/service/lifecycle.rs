@@ -9,7 +9,7 @@ use super::{Service, actor};
 use crate::domain::authorize;
 use crate::domain::{
     AccessDuration, AuditAction, AuditEvent, CloseOutcome, Denial, GrantEvent, GrantState, Outcome,
-    RequestId, SourcePrefix, VmRef,
+    RequestId, RoleMapping, SourcePrefix, VmRef,
 };
 use crate::interactions::Invocation;
 use crate::store::{Grant, StoreError};
@@ -94,7 +94,8 @@ impl Service {
             .resolve_grant_vm(&grant)
             .await
             .map_err(RequestError::from)?;
-        let window = self.extension_window(who, &grant, &target, now)?;
+        let mappings = self.mappings();
+        let window = extension_window(&mappings, who, &grant, &target, now)?;
         let ask = Ask {
             roles: &who.member.roles,
             ports: &grant.ports,
@@ -102,7 +103,7 @@ impl Service {
             source: &grant.source,
             reason: grant.reason.as_ref(),
         };
-        decide(&self.mappings(), &target, &ask).map_err(RequestError::from)?;
+        decide(&mappings, &target, &ask).map_err(RequestError::from)?;
         let end = now + window.to_chrono();
         let why = justification(who, &grant.request_id, Some("extend"));
         let initiated = self
@@ -114,46 +115,6 @@ impl Service {
         Ok(self
             .settle_extended(who, &grant, window, &initiated, now)
             .await?)
-    }
-
-    /// The window an extension asks for: what remains plus the grant's own
-    /// duration, capped by the longest the member's mappings allow for its
-    /// ports and source, and by the VM's policy.
-    fn extension_window(
-        &self,
-        who: &Invocation,
-        grant: &Grant,
-        target: &ResolvedVm,
-        now: DateTime<Utc>,
-    ) -> Result<AccessDuration, RequestError> {
-        let remaining = grant
-            .end_time
-            .map(|end| (end - now).num_minutes().max(0))
-            .unwrap_or(0);
-        let wanted = (remaining + i64::from(grant.duration.minutes())).min(i64::from(u32::MAX));
-        let mappings = self.mappings();
-        let max_allowed = authorize::mappings_for(&mappings, &who.member.roles, &target.identity)
-            .filter(|m| m.ports.covers(&grant.ports) && m.sources.allows(&grant.source))
-            .map(|m| m.max_duration)
-            .max()
-            .ok_or_else(|| {
-                RequestError::Denied(Denial::NoMappingForVm {
-                    vm: target.identity.qualified(),
-                })
-            })?;
-        let policy_max = target
-            .vm
-            .max_duration_for(&grant.ports.numbers())
-            .num_minutes();
-        let minutes = wanted
-            .min(i64::from(max_allowed.minutes()))
-            .min(policy_max)
-            .max(0) as u32;
-        AccessDuration::from_minutes(minutes).ok_or_else(|| {
-            RequestError::Invalid(
-                "the grant cannot be extended: the limits leave less than 5 minutes".into(),
-            )
-        })
     }
 
     /// Closes an open grant early. Azure has no revoke: the ports are
@@ -234,4 +195,43 @@ impl Service {
         .await?;
         tx.commit().await
     }
+}
+
+/// The window an extension asks for: what remains plus the grant's own
+/// duration, capped by the longest the member's mappings allow for its
+/// ports and source, and by the VM's policy.
+fn extension_window(
+    mappings: &[RoleMapping],
+    who: &Invocation,
+    grant: &Grant,
+    target: &ResolvedVm,
+    now: DateTime<Utc>,
+) -> Result<AccessDuration, RequestError> {
+    let remaining = grant
+        .end_time
+        .map(|end| (end - now).num_minutes().max(0))
+        .unwrap_or(0);
+    let wanted = (remaining + i64::from(grant.duration.minutes())).min(i64::from(u32::MAX));
+    let max_allowed = authorize::mappings_for(mappings, &who.member.roles, &target.identity)
+        .filter(|m| m.ports.covers(&grant.ports) && m.sources.allows(&grant.source))
+        .map(|m| m.max_duration)
+        .max()
+        .ok_or_else(|| {
+            RequestError::Denied(Denial::NoMappingForVm {
+                vm: target.identity.qualified(),
+            })
+        })?;
+    let policy_max = target
+        .vm
+        .max_duration_for(&grant.ports.numbers())
+        .num_minutes();
+    let minutes = wanted
+        .min(i64::from(max_allowed.minutes()))
+        .min(policy_max)
+        .max(0) as u32;
+    AccessDuration::from_minutes(minutes).ok_or_else(|| {
+        RequestError::Invalid(
+            "the grant cannot be extended: the limits leave less than 5 minutes".into(),
+        )
+    })
 }

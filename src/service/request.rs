@@ -10,7 +10,7 @@ use super::{Service, actor};
 use crate::domain::authorize;
 use crate::domain::{
     AccessRequest, AuditAction, AuditEvent, Denial, GrantState, Outcome, PolicyViolation,
-    RequestId, SourcePrefix,
+    RequestId, RoleMapping, SourcePrefix,
 };
 use crate::interactions::Invocation;
 use crate::store::{Grant, InsertOutcome, StoreError};
@@ -166,7 +166,10 @@ impl Service {
                     .await);
             }
         };
-        let source = self.source_for(asking.who, &target, request.source).await?;
+        let mappings = self.mappings();
+        let source = self
+            .source_for(asking.who, &mappings, &target, request.source)
+            .await?;
         let ask = Ask {
             roles: &asking.who.member.roles,
             ports: &request.ports,
@@ -174,7 +177,7 @@ impl Service {
             source: &source,
             reason: request.reason.as_ref(),
         };
-        match decide(&self.mappings(), &target, &ask) {
+        match decide(&mappings, &target, &ask) {
             Ok(allowed) => Ok(Admitted {
                 target,
                 source,
@@ -192,6 +195,7 @@ impl Service {
     async fn source_for(
         &self,
         who: &Invocation,
+        mappings: &[RoleMapping],
         target: &ResolvedVm,
         given: Option<SourcePrefix>,
     ) -> Result<SourcePrefix, RequestError> {
@@ -201,16 +205,15 @@ impl Service {
         if let Some(saved) = self.store().saved_source(who.member.user_id).await? {
             return Ok(saved);
         }
-        let mappings = self.mappings();
-        authorize::mappings_for(&mappings, &who.member.roles, &target.identity)
+        authorize::mappings_for(mappings, &who.member.roles, &target.identity)
             .find_map(|m| m.default_source)
             .ok_or(RequestError::NoSource)
     }
 
     /// `grant` once it has left `requested`, or as stored after
-    /// [`FIRST_OUTCOME_WAIT`]: a second delivery of the same interaction edits the
-    /// same reply, and must not replace the first delivery's outcome with a
-    /// stale "requested" (and no buttons).
+    /// [`FIRST_OUTCOME_WAIT`]: a second delivery of the same interaction
+    /// edits the same reply, and must not replace the first delivery's
+    /// outcome with a stale "requested" (and no buttons).
     async fn first_outcome(&self, mut grant: Grant) -> Result<Grant, StoreError> {
         let deadline = tokio::time::Instant::now() + FIRST_OUTCOME_WAIT;
         while grant.state == GrantState::Requested && tokio::time::Instant::now() < deadline {

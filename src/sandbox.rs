@@ -3,7 +3,7 @@
 //! list, managed-identity token endpoints, an NSG model and fault injection.
 //! It backs `drawbridge demo`, `drawbridge emulate-azure` and the tests.
 //!
-//! The emulator follows the REST spec (see `../shared/azure-jit-spec`):
+//! The emulator follows the REST spec (see `tests/fixtures/azure-jit-spec`):
 //! the real ARM paths under its base URL, `api-version` checks, bearer tokens,
 //! ARM error bodies `{"error":{"code","message"}}`, paged lists with an
 //! absolute `nextLink`, and initiate validation as Azure does it (ports in the

@@ -247,17 +247,10 @@ pub struct ComputeVm {
     pub location: String,
 }
 
-/// The API spec copy for tests: `shared/azure-jit-spec` beside the clone (as
-/// in CI), or beside one of its ancestors (a git worktree nested one deeper).
+/// The vendored REST spec and its examples (see its README for source and licence).
 #[cfg(test)]
 pub(crate) fn spec_dir() -> std::path::PathBuf {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .skip(1)
-        .map(|a| a.join("shared/azure-jit-spec"))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| manifest.join("../shared/azure-jit-spec"))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/azure-jit-spec")
 }
 
 #[cfg(test)]
@@ -269,7 +262,7 @@ mod tests {
         let mut files = Vec::new();
         for dir in ["examples/JitNetworkAccessPolicies", "alt-revisions"] {
             for entry in
-                std::fs::read_dir(spec_dir().join(dir)).expect("spec examples beside the clone")
+                std::fs::read_dir(spec_dir().join(dir)).expect("the vendored spec examples")
             {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "json") {

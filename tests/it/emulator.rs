@@ -21,15 +21,9 @@ fn start_time() -> DateTime<Utc> {
     "2026-03-01T12:00:00Z".parse().unwrap()
 }
 
-/// `../shared/azure-jit-spec` beside the checkout (CI, the main worktree),
-/// else the nearest ancestor holding `shared/azure-jit-spec` (other worktrees).
+/// The vendored REST spec and its examples (see its README for source and licence).
 fn spec_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    root.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("shared/azure-jit-spec"))
-        .find(|dir| dir.is_dir())
-        .unwrap_or_else(|| root.join("../shared/azure-jit-spec"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/azure-jit-spec")
 }
 
 fn example(name: &str) -> Value {

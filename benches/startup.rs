@@ -178,6 +178,7 @@ async fn one(n: usize, args: &Args) {
         ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
         ("DATABASE__URL", db.clone()),
         ("LOGGING__FILTER", "warn".to_string()),
+        ("OPS__LISTEN", "127.0.0.1:0".to_string()),
     ];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_drawbridge"));
     cmd.arg("run")

@@ -1,19 +1,24 @@
-//! Startup and shutdown: build every part from [`Settings`], run the chat
-//! transport and the workers until a shutdown signal, then stop in order.
+//! Startup and shutdown: build every part from [`Settings`], bind the
+//! listener, run the chat transport and the workers until a shutdown signal,
+//! then stop in order.
 //!
 //! [`App::build`] wires the store, the Azure adapter and the use cases;
 //! [`App::start_workers`] starts the scheduler, the outbox, the
 //! reconciliation with Azure, the index refresh and the mappings reload;
-//! [`App::run`] adds the Discord transport (gateway or HTTP mode) and waits
-//! for the shutdown future. Tests and the demo call the same functions.
+//! [`App::bind`] binds the listener (so port 0 works and callers learn the
+//! port before anything runs) and [`Server::run`] adds the Discord transport
+//! (gateway or HTTP mode) and waits for the shutdown future. Tests and the
+//! demo call the same functions.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -197,6 +202,99 @@ impl App {
         }
     }
 
+    /// Binds the listener of the configured Discord mode: the ops endpoints
+    /// on `ops.listen` in gateway mode; the interactions endpoint, with the
+    /// ops endpoints beside it, on `http.listen` in HTTP mode. Port 0 takes
+    /// any free port: [`Server::local_addr`] says which, and so does the log.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn bind(self) -> anyhow::Result<Server> {
+        let (listen, key, what) = match self.settings.discord.mode {
+            DiscordMode::Gateway => (self.settings.ops.listen, " (ops.listen)", "ops endpoints"),
+            DiscordMode::Http => (self.settings.http.listen, "", "interactions endpoint"),
+        };
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}{key}"))?;
+        let local_addr = listener
+            .local_addr()
+            .context("reading the listen address")?;
+        tracing::info!(listen = %local_addr, "{what} listening");
+        Ok(Server {
+            app: self,
+            listener,
+            local_addr,
+        })
+    }
+
+    async fn serve_gateway(
+        &self,
+        listener: TcpListener,
+        handler: Arc<dyn InteractionHandler>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let status = crate::discord::GatewayStatus::new();
+        let ops = self.ops(crate::ops::Transport::Gateway(status.clone()));
+        let ops_stop = CancellationToken::new();
+        let ops_server = tokio::spawn(
+            axum::serve(listener, ops.router())
+                .with_graceful_shutdown(ops_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let result =
+            crate::discord::run_gateway(&self.settings.discord, handler, status, shutdown).await;
+        ops_stop.cancel();
+        let _ = ops_server.await;
+        result
+    }
+
+    async fn serve_http(
+        &self,
+        listener: TcpListener,
+        http: Arc<serenity::http::Http>,
+        handler: Arc<dyn InteractionHandler>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let discord = &self.settings.discord;
+        crate::discord::commands::register(&http, discord).await?;
+        let key = discord
+            .public_key
+            .context("discord.public_key is required in http mode")?;
+        let tracker = TaskTracker::new();
+        let router = crate::discord::interactions_router(
+            key,
+            http,
+            handler,
+            Arc::clone(&self.clock),
+            tracker.clone(),
+        )?
+        .merge(self.ops(crate::ops::Transport::Endpoint).router());
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the interactions endpoint");
+        tracker.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+        served
+    }
+}
+
+/// The [`App`] with its listener bound ([`App::bind`]), ready to run.
+pub struct Server {
+    app: App,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// The bound address: the ops endpoints in gateway mode, the
+    /// interactions endpoint (`/interactions`) and the ops endpoints in HTTP
+    /// mode.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
     /// Runs the bot until `shutdown` resolves: Discord in the configured
     /// mode plus the workers. On shutdown new interactions are refused,
     /// in-flight ones finish (bounded), the outbox flushes briefly and the
@@ -208,7 +306,8 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let discord = &self.settings.discord;
+        let Server { app, listener, .. } = self;
+        let discord = &app.settings.discord;
         if discord
             .token
             .as_ref()
@@ -219,59 +318,16 @@ impl App {
         let http = crate::discord::discord_http(discord)?;
         let sender: Arc<dyn ChatSender> =
             Arc::new(crate::discord::DiscordSender::new(Arc::clone(&http)));
-        let workers = self.start_workers(sender);
-        self.audit_lifecycle(AuditAction::BotStarted).await;
-        let handler = self.handler();
+        let workers = app.start_workers(sender);
+        app.audit_lifecycle(AuditAction::BotStarted).await;
+        let handler = app.handler();
         let result = match discord.mode {
-            DiscordMode::Gateway => {
-                let status = crate::discord::GatewayStatus::new();
-                let ops = self.ops(crate::ops::Transport::Gateway(status.clone()));
-                let listen = self.settings.ops.listen;
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("listening on {listen} (ops.listen)"))?;
-                tracing::info!(%listen, "ops endpoints listening");
-                let ops_stop = CancellationToken::new();
-                let ops_server = tokio::spawn(
-                    axum::serve(listener, ops.router())
-                        .with_graceful_shutdown(ops_stop.clone().cancelled_owned())
-                        .into_future(),
-                );
-                let result = crate::discord::run_gateway(discord, handler, status, shutdown).await;
-                ops_stop.cancel();
-                let _ = ops_server.await;
-                result
-            }
-            DiscordMode::Http => {
-                crate::discord::commands::register(&http, discord).await?;
-                let key = discord
-                    .public_key
-                    .context("discord.public_key is required in http mode")?;
-                let tracker = TaskTracker::new();
-                let router = crate::discord::interactions_router(
-                    key,
-                    http,
-                    handler,
-                    Arc::clone(&self.clock),
-                    tracker.clone(),
-                )?
-                .merge(self.ops(crate::ops::Transport::Endpoint).router());
-                let listener = tokio::net::TcpListener::bind(self.settings.http.listen)
-                    .await
-                    .with_context(|| format!("listening on {}", self.settings.http.listen))?;
-                tracing::info!(listen = %self.settings.http.listen, "interactions endpoint listening");
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .context("serving the interactions endpoint");
-                tracker.close();
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
-                served
-            }
+            DiscordMode::Gateway => app.serve_gateway(listener, handler, shutdown).await,
+            DiscordMode::Http => app.serve_http(listener, http, handler, shutdown).await,
         };
-        self.audit_lifecycle(AuditAction::BotStopped).await;
+        app.audit_lifecycle(AuditAction::BotStopped).await;
         workers.stop().await;
-        self.service.store().close().await;
+        app.service.store().close().await;
         tracing::info!("stopped");
         result
     }

@@ -218,7 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
             let app = crate::app::App::build(settings, clock).await?;
-            app.run(crate::app::shutdown_signal()).await?;
+            app.bind().await?.run(crate::app::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::EmulateAzure {
@@ -232,7 +232,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("identity header (IDENTITY_HEADER): {generated}");
                 generated
             });
-            crate::sandbox::run_standalone(listen, seed, header, crate::app::shutdown_signal())
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            crate::sandbox::run_standalone(listener, seed, header, crate::app::shutdown_signal())
                 .await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -423,14 +423,15 @@ impl Drop for RunningEmulator {
     }
 }
 
-/// Runs the emulator for `drawbridge emulate-azure` until `shutdown`, on
-/// the wall clock, seeded from `seed` or the sample estate, with
-/// `identity_header` as the managed-identity secret.
+/// Runs the emulator for `drawbridge emulate-azure` on `listener` until
+/// `shutdown`, on the wall clock, seeded from `seed` or the sample estate,
+/// with `identity_header` as the managed-identity secret. It logs the bound
+/// address (the caller may have bound port 0).
 ///
 /// # Errors
-/// When the seed is invalid or the address cannot be bound.
+/// When the seed is invalid.
 pub async fn run_standalone(
-    listen: SocketAddr,
+    listener: TcpListener,
     seed: Option<PathBuf>,
     identity_header: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -442,9 +443,6 @@ pub async fn run_standalone(
     };
     let emulator = Emulator::new(estate, Arc::new(SystemClock));
     emulator.set_identity_header(identity_header);
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::child::wait_for_logged_addr;
+
 const SUB: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
 
 const MAPPINGS: &str = r#"
@@ -422,38 +424,40 @@ fn explain_looks_a_bare_vm_name_up_in_azure() {
 
 #[test]
 fn emulate_azure_serves_the_jit_api_on_its_own() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("emulator.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .args(["emulate-azure", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["emulate-azure", "--listen", "127.0.0.1:0"])
         .env_clear()
         .env("IDENTITY_HEADER", "test-header")
+        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listed = rt.block_on(async {
+        let addr = wait_for_logged_addr(
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            "Azure JIT emulator listening",
+            "addr",
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        let base = format!("http://{addr}");
         let http = reqwest::Client::new();
-        let mut token = None;
-        for _ in 0..100 {
-            let reply = http
-                .get(format!("{base}/msi/token?api-version=2019-08-01&resource=https://management.azure.com"))
-                .header("x-identity-header", "test-header")
-                .send()
-                .await;
-            if let Ok(r) = reply {
-                let body: serde_json::Value = r.json().await.unwrap();
-                token = body["access_token"].as_str().map(str::to_string);
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let token = token.expect("the emulator answers the managed-identity protocol");
+        let token: serde_json::Value = http
+            .get(format!("{base}/msi/token?api-version=2019-08-01&resource=https://management.azure.com"))
+            .header("x-identity-header", "test-header")
+            .send()
+            .await
+            .expect("the logged address answers")
+            .json()
+            .await
+            .unwrap();
+        let token = token["access_token"]
+            .as_str()
+            .expect("the emulator answers the managed-identity protocol");
         http.get(format!(
             "{base}/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
         ))

@@ -136,8 +136,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_no_notice() {
         grants.push(seed_grant(&store, n, reminder, end).await);
     }
     let last_end = t + TimeDelta::milliseconds(2_000 + 800 * (GRANTS as i64 - 1) + 14_000);
-    let mut env = app_env(&discord, &azure.base_url, &db);
-    env.insert("DRAWBRIDGE__OPS__LISTEN".into(), "127.0.0.1:0".into());
+    let env = app_env(&discord, &azure.base_url, &db);
     let log_path = dir.path().join("drawbridge.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let expected = |d: &FakeDiscord| {

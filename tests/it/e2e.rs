@@ -1,4 +1,4 @@
-//! End to end: the real app (the same `App::build` + `App::run` as
+//! End to end: the real app (the same `App::build`, `bind` and `run` as
 //! `drawbridge run`) against the fake Discord and the Azure emulator.
 //!
 //! This file holds the `/jit` request path and the helpers the other

@@ -1207,16 +1207,12 @@ async fn the_imds_token_endpoint_needs_the_metadata_header_and_can_fault() {
 
 #[tokio::test]
 async fn the_standalone_emulator_serves_the_sample_estate_until_shut_down() {
-    // Arrange: find a free port, then hand it to the standalone server
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // Arrange: a listener on any free port, handed to the standalone server
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(run_standalone(
-        listen,
+        listener,
         None,
         "harness-secret".to_owned(),
         async move {
@@ -1268,7 +1264,7 @@ async fn a_bad_seed_file_is_reported_with_its_path() {
     std::fs::write(&path, "[[subscriptions]]\nid = \"x\"\n").unwrap();
 
     let err = run_standalone(
-        "127.0.0.1:0".parse().unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         Some(path.clone()),
         String::new(),
         async {},

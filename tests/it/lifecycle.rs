@@ -727,7 +727,7 @@ async fn a_grant_superseded_in_azure_is_closed_in_our_records() {
     assert!(lab.store().verify_audit().await.unwrap().is_intact());
 }
 
-/// The running app (`App::run`, as `drawbridge run`) reports a port opened
+/// The running app (`Server::run`, as `drawbridge run`) reports a port opened
 /// straight against Azure in the audit channel within one reconciliation
 /// interval, and only once.
 #[tokio::test]

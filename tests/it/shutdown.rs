@@ -1,5 +1,6 @@
 //! Graceful shutdown of the real binary: SIGTERM while a request is in
-//! flight lets it finish, and the process exits 0.
+//! flight lets it finish, and the process exits 0. The binary listens on
+//! port 0 and logs the address it got.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -11,15 +12,9 @@ use drawbridge::domain::mapping::MappingFile;
 use drawbridge::sandbox::{Emulator, Estate, Fault, FaultRule, Route};
 use drawbridge::store::Store;
 
-use crate::support::app::{ADMIN_ROLE, AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD};
+use crate::support::app::{DEFAULT_MAPPINGS, SRE_ROLE, app_env};
+use crate::support::child::wait_for_logged_addr;
 use crate::support::fake_discord::FakeDiscord;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[tokio::test]
 async fn sigterm_during_a_request_lets_it_finish_and_exits_0() {
@@ -43,45 +38,36 @@ async fn sigterm_during_a_request_lets_it_finish_and_exits_0() {
         .expect("import");
     store.close().await;
     let log = dir.path().join("drawbridge.log");
-    let env = [
-        ("DISCORD__TOKEN", "fake-token".to_string()),
-        (
-            "DISCORD__APPLICATION_ID",
-            discord.application_id().to_string(),
-        ),
-        ("DISCORD__GUILD_ID", discord.guild_id().to_string()),
-        ("DISCORD__BASE_URL", discord.base_url()),
-        ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
-        ("DISCORD__ADMIN_ROLE_IDS", ADMIN_ROLE.to_string()),
-        ("AZURE__CLOUD", "custom".to_string()),
-        ("AZURE__ARM_ENDPOINT", azure.base_url.clone()),
-        ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
-        ("AZURE__CREDENTIAL", "managed_identity".to_string()),
-        ("AZURE__MANAGED_IDENTITY_ENDPOINT", azure.base_url.clone()),
-        ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
-        ("DATABASE__URL", db.clone()),
-        ("OPS__LISTEN", format!("127.0.0.1:{}", free_port())),
-    ];
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"));
     command
         .arg("run")
         .env_remove("RUST_LOG")
         .env_remove("IDENTITY_ENDPOINT")
         .env_remove("IDENTITY_HEADER")
+        .env("NO_COLOR", "1")
+        .envs(app_env(&discord, &azure.base_url, &db))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .kill_on_drop(true);
-    for (k, v) in env {
-        command.env(format!("DRAWBRIDGE__{k}"), v);
-    }
     let mut child = command.spawn().expect("the binary starts");
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ops = wait_for_logged_addr(
+        logs,
+        "ops endpoints listening",
+        "listen",
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(
         discord.wait_until_ready(Duration::from_secs(20)).await,
         "the bot connected:\n{}",
         logs()
     );
+    let health = reqwest::get(format!("http://{ops}/healthz"))
+        .await
+        .expect("the logged ops address answers");
+    assert!(health.status().is_success(), "{health:?}");
 
     // Act: a /jit, and SIGTERM while Azure is still answering its initiate.
     let sent = discord

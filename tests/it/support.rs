@@ -1,5 +1,6 @@
 //! Test support shared by the integration tests.
 
 pub mod app;
+pub mod child;
 pub mod fake_discord;
 pub mod load;

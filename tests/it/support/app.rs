@@ -1,6 +1,6 @@
 #![allow(dead_code)] // each test uses part of the harness
-//! `spawn_app`: the real application (the same `App::build` + `App::run` as
-//! `drawbridge run`) against the fake Discord and the Azure emulator, with a
+//! `spawn_app`: the real application (the same `App::build`, `bind` and
+//! `run` as `drawbridge run`) against the fake Discord and the Azure emulator, with a
 //! fresh SQLite file. Tests talk to it through the fake Discord and inspect
 //! the emulator and the database.
 
@@ -117,25 +117,14 @@ impl TestAppBuilder {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
         let mut env = app_env(&discord, &azure.base_url, &db);
-        let mut endpoint = None;
         if let Some(key) = &self.http_mode {
-            let port = free_port();
             env.insert("DRAWBRIDGE__DISCORD__MODE".into(), "http".into());
             env.insert("DRAWBRIDGE__DISCORD__PUBLIC_KEY".into(), key.clone());
-            env.insert(
-                "DRAWBRIDGE__HTTP__LISTEN".into(),
-                format!("127.0.0.1:{port}"),
-            );
-            endpoint = Some(format!("http://127.0.0.1:{port}/interactions"));
+            env.insert("DRAWBRIDGE__HTTP__LISTEN".into(), "127.0.0.1:0".into());
         }
         for (k, v) in self.env {
             env.insert(format!("DRAWBRIDGE__{k}"), v);
         }
-        let ops_listen = match &endpoint {
-            Some(_) => &env["DRAWBRIDGE__HTTP__LISTEN"],
-            None => &env["DRAWBRIDGE__OPS__LISTEN"],
-        };
-        let ops_url = format!("http://{ops_listen}");
         let settings = Settings::load(&Sources {
             file: None,
             env: Some(env),
@@ -148,11 +137,19 @@ impl TestAppBuilder {
             .import_mappings(&mappings, "test", clock.now())
             .await
             .expect("mappings import");
-        let app = App::build(settings.clone(), Arc::clone(&clock))
+        let server = App::build(settings.clone(), Arc::clone(&clock))
             .await
-            .expect("app builds");
+            .expect("app builds")
+            .bind()
+            .await
+            .expect("the app binds its listener");
+        let ops_url = format!("http://{}", server.local_addr());
+        let endpoint = self
+            .http_mode
+            .is_some()
+            .then(|| format!("{ops_url}/interactions"));
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run(async {
+        let handle = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         match &endpoint {
@@ -160,7 +157,7 @@ impl TestAppBuilder {
                 discord.wait_until_ready(Duration::from_secs(10)).await,
                 "the bot connected to the fake gateway"
             ),
-            Some(url) => wait_for_listener(url).await,
+            Some(_) => wait_until_serving(&ops_url).await,
         }
         TestApp {
             discord,
@@ -200,7 +197,7 @@ pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashM
         ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
         ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
         ("DATABASE__URL", db_url.to_string()),
-        ("OPS__LISTEN", format!("127.0.0.1:{}", free_port())),
+        ("OPS__LISTEN", "127.0.0.1:0".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))
@@ -213,7 +210,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
-    /// Sends the shutdown signal and waits for `App::run` to return.
+    /// Sends the shutdown signal and waits for `Server::run` to return.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -236,25 +233,15 @@ impl Drop for TestApp {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn wait_for_listener(url: &str) {
-    let addr = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+/// Waits until the endpoint answers `/healthz`: bound is not yet serving.
+async fn wait_until_serving(ops_url: &str) {
+    let http = reqwest::Client::new();
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        let answer = http.get(format!("{ops_url}/healthz")).send().await;
+        if answer.is_ok_and(|r| r.status().is_success()) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("the interactions endpoint did not start listening on {addr}");
+    panic!("the interactions endpoint at {ops_url} did not start serving");
 }

@@ -114,6 +114,15 @@ fn import_reports_the_diff_and_export_round_trips() {
         "{:?}",
         text(&reimport)
     );
+    let json = text(&drawbridge(&db, &["mappings", "list", "--json"])).0;
+    let specs: serde_json::Value = serde_json::from_str(&json).expect("one JSON array");
+    let names: Vec<&str> = specs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["new-one", "sre-web"], "{json}");
 
     let audit = text(&drawbridge(&db, &["audit", "export", "--format", "jsonl"])).0;
     assert!(

@@ -43,21 +43,17 @@ const MAPPINGS_RELOAD: Duration = Duration::from_secs(30);
 /// The longest in-flight work may take after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The assembled application.
+/// The assembled application: every part, nothing running yet.
 pub struct App {
-    /// The settings it was built from.
     pub settings: Settings,
-    /// The use cases.
     pub service: Service,
-    /// The Azure adapter.
     pub azure: Arc<ArmJit>,
-    /// "Now".
     pub clock: SharedClock,
     /// ARM tokens (also probed by `/readyz`).
     pub tokens: Arc<dyn TokenSource>,
 }
 
-/// Running background workers.
+/// Running background workers; [`Workers::stop`] ends them in order.
 pub struct Workers {
     cancel: CancellationToken,
     tracker: TaskTracker,

@@ -3,22 +3,20 @@
 //! variables. [`Settings::load`] checks every key and reports every problem at
 //! once, each naming the key and the source it came from.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::Deserialize;
 use url::Url;
 
 use crate::azure::{AzureCloud, CredentialKind};
-use crate::domain::duration::parse_span_seconds;
-use crate::domain::port::{AliasError, PortAliases};
-use crate::domain::{
-    AccessDuration, PolicyDefaults, RoleId, Snowflake, SourcePrefix, SubscriptionId,
-};
+use crate::domain::port::PortAliases;
+use crate::domain::{PolicyDefaults, RoleId, Snowflake, SubscriptionId};
+
+mod check;
+mod raw;
 
 /// The defaults, checked in as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -82,7 +80,6 @@ pub enum DiscordMode {
     Http,
 }
 
-/// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable.
@@ -91,12 +88,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[discord]`.
 #[derive(Debug, Clone)]
 pub struct DiscordSettings {
     /// The bot token (secret).
     pub token: Option<SecretString>,
-    /// The application id.
     pub application_id: Option<Snowflake>,
     /// Register commands to this guild when set, else globally.
     pub guild_id: Option<Snowflake>,
@@ -112,30 +107,25 @@ pub struct DiscordSettings {
     pub admin_role_ids: Vec<RoleId>,
 }
 
-/// `[http]`.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// Listen address of the interactions endpoint.
     pub listen: SocketAddr,
 }
 
-/// `[ops]`.
 #[derive(Debug, Clone)]
 pub struct OpsSettings {
     /// Listen address of /healthz, /readyz, /metrics in gateway mode.
     pub listen: SocketAddr,
 }
 
-/// `[azure]`.
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
-    /// The cloud.
     pub cloud: AzureCloud,
     /// Overrides the cloud's ARM endpoint.
     pub arm_endpoint: Option<Url>,
     /// Overrides the cloud's Entra authority host.
     pub authority_host: Option<Url>,
-    /// The credential kind.
     pub credential: CredentialKind,
     /// Tenant id (client secret, workload identity).
     pub tenant_id: Option<String>,
@@ -159,181 +149,37 @@ pub struct AzureSettings {
     pub enable: PolicyDefaults,
 }
 
-/// `[database]`.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     /// sqlx database URL.
     pub url: String,
 }
 
-/// `[reminders]`.
 #[derive(Debug, Clone)]
 pub struct ReminderSettings {
     /// Offsets before the end of a grant.
     pub before: Vec<Duration>,
 }
 
-/// `[logging]`.
 #[derive(Debug, Clone)]
 pub struct LoggingSettings {
-    /// Pretty or JSON.
     pub format: LogFormat,
     /// tracing filter (RUST_LOG wins).
     pub filter: String,
 }
 
-/// All settings, checked.
+/// All settings, checked: one field per section of the file.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `[discord]`.
     pub discord: DiscordSettings,
-    /// `[http]`.
     pub http: HttpSettings,
-    /// `[ops]`.
     pub ops: OpsSettings,
-    /// `[azure]`.
     pub azure: AzureSettings,
-    /// `[database]`.
     pub database: DatabaseSettings,
-    /// `[reminders]`.
     pub reminders: ReminderSettings,
-    /// Built-in and configured port names.
+    /// The built-in port names plus `[ports.aliases]`.
     pub ports: PortAliases,
-    /// `[logging]`.
     pub logging: LoggingSettings,
-}
-
-// ---- raw layer: lenient types, so every field can be checked and reported ----
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Raw {
-    discord: RawDiscord,
-    http: RawListen,
-    ops: RawListen,
-    azure: RawAzure,
-    database: RawDatabase,
-    reminders: RawReminders,
-    ports: RawPorts,
-    logging: RawLogging,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawDiscord {
-    token: Option<String>,
-    application_id: Option<String>,
-    guild_id: Option<String>,
-    base_url: Option<String>,
-    mode: Option<String>,
-    public_key: Option<String>,
-    audit_channel_id: Option<String>,
-    #[serde(deserialize_with = "one_or_many")]
-    admin_role_ids: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawListen {
-    listen: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawAzure {
-    cloud: Option<String>,
-    arm_endpoint: Option<String>,
-    authority_host: Option<String>,
-    credential: Option<String>,
-    tenant_id: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    managed_identity_client_id: Option<String>,
-    managed_identity_endpoint: Option<String>,
-    #[serde(deserialize_with = "one_or_many")]
-    subscriptions: Vec<String>,
-    index_refresh: Option<String>,
-    reconcile_interval: Option<String>,
-    request_timeout: Option<String>,
-    enable: RawEnable,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawEnable {
-    #[serde(deserialize_with = "one_or_many")]
-    ports: Vec<String>,
-    max_duration: Option<String>,
-    source: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawDatabase {
-    url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawReminders {
-    #[serde(deserialize_with = "one_or_many")]
-    before: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawPorts {
-    aliases: BTreeMap<String, RawAlias>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawAlias {
-    Number(i64),
-    One(String),
-    Many(Vec<RawScalar>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawScalar {
-    Number(i64),
-    Float(f64),
-    Flag(bool),
-    Text(String),
-}
-
-impl RawScalar {
-    fn text(&self) -> String {
-        match self {
-            Self::Number(n) => n.to_string(),
-            Self::Float(n) => n.to_string(),
-            Self::Flag(b) => b.to_string(),
-            Self::Text(s) => s.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawLogging {
-    format: Option<String>,
-    filter: Option<String>,
-}
-
-/// A list, or a single value: the environment gives `111` (one id) as a
-/// number, not a one-item list.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<RawScalar>),
-        One(RawScalar),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::Many(v) => v.iter().map(RawScalar::text).collect(),
-        OneOrMany::One(x) => vec![x.text()],
-    })
 }
 
 /// Where to read settings from.
@@ -353,110 +199,6 @@ impl Sources {
             env: None,
         }
     }
-}
-
-struct Checker<'a> {
-    cfg: &'a config::Config,
-    problems: Vec<ConfigProblem>,
-}
-
-impl Checker<'_> {
-    fn source_of(&self, key: &str) -> String {
-        // `get_table` keeps each value's origin; `get::<Value>` does not.
-        key.rsplit_once('.')
-            .and_then(|(parent, leaf)| {
-                let table = self.cfg.get_table(parent).ok()?;
-                table.get(leaf)?.origin().map(str::to_string)
-            })
-            .unwrap_or_else(|| DEFAULT_SOURCE.to_string())
-    }
-
-    fn missing(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(ConfigProblem {
-            key: key.to_string(),
-            source: NOT_SET.into(),
-            message: message.into(),
-        });
-    }
-
-    fn problem(&mut self, key: &str, message: impl Into<String>) {
-        let source = self.source_of(key);
-        self.problems.push(ConfigProblem {
-            key: key.to_string(),
-            source,
-            message: message.into(),
-        });
-    }
-
-    /// Runs `parse` on a present, non-empty value; records a problem on error.
-    fn opt<T>(
-        &mut self,
-        key: &str,
-        value: &Option<String>,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Option<T> {
-        let text = value.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
-        match parse(text) {
-            Ok(v) => Some(v),
-            Err(message) => {
-                self.problem(key, message);
-                None
-            }
-        }
-    }
-
-    fn list<T>(
-        &mut self,
-        key: &str,
-        values: &[String],
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Vec<T> {
-        let mut out = Vec::new();
-        for v in values.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            match parse(v) {
-                Ok(x) => out.push(x),
-                Err(m) => self.problem(key, m),
-            }
-        }
-        out
-    }
-
-    fn span(&mut self, key: &str, value: &Option<String>, default: Duration) -> Duration {
-        self.opt(key, value, parse_span).unwrap_or(default)
-    }
-}
-
-fn parse_span(s: &str) -> Result<Duration, String> {
-    match parse_span_seconds(s) {
-        Some(0) | None => Err(format!(
-            "`{s}` is not a duration: use forms like 30s, 10m, 1h or PT5M"
-        )),
-        Some(secs) => Ok(Duration::from_secs(secs)),
-    }
-}
-
-fn parse_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("`{s}` is not an http(s) URL with a host"));
-    }
-    Ok(url)
-}
-
-fn parse_snowflake(s: &str) -> Result<Snowflake, String> {
-    Snowflake::parse(s).map_err(|e| e.to_string())
-}
-
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("`{s}` is not a listen address: use host:port such as 0.0.0.0:8080"))
-}
-
-fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
-    let bytes = hex::decode(s).map_err(|_| "the public key is not hex".to_string())?;
-    bytes
-        .try_into()
-        .map_err(|_| "the public key must be 32 bytes (64 hex digits)".to_string())
 }
 
 impl Settings {
@@ -492,217 +234,22 @@ impl Settings {
                 message: e.to_string(),
             }])
         })?;
-        let raw: Raw = cfg.clone().try_deserialize().map_err(|e| {
+        let raw: raw::Raw = cfg.clone().try_deserialize().map_err(|e| {
             ConfigErrors(vec![ConfigProblem {
                 key: "(structure)".into(),
                 source: "the configuration".into(),
                 message: e.to_string(),
             }])
         })?;
-        let mut c = Checker {
+        let mut c = check::Checker {
             cfg: &cfg,
             problems: Vec::new(),
         };
-        let settings = Self::check(&mut c, raw);
+        let settings = check::check(&mut c, raw);
         if c.problems.is_empty() {
             Ok(settings)
         } else {
             Err(ConfigErrors(c.problems))
-        }
-    }
-
-    fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
-        let d = raw.discord;
-        let discord = DiscordSettings {
-            token: d
-                .token
-                .filter(|t| !t.trim().is_empty())
-                .map(|t| SecretString::from(t.trim().to_string())),
-            application_id: c.opt("discord.application_id", &d.application_id, parse_snowflake),
-            guild_id: c.opt("discord.guild_id", &d.guild_id, parse_snowflake),
-            base_url: c
-                .opt("discord.base_url", &d.base_url, parse_url)
-                .unwrap_or_else(|| Url::parse("https://discord.com").expect("valid literal")),
-            mode: c
-                .opt("discord.mode", &d.mode, |s| match s {
-                    "gateway" => Ok(DiscordMode::Gateway),
-                    "http" => Ok(DiscordMode::Http),
-                    _ => Err(format!("`{s}` is not a mode: use gateway or http")),
-                })
-                .unwrap_or(DiscordMode::Gateway),
-            public_key: c.opt("discord.public_key", &d.public_key, parse_public_key),
-            audit_channel_id: c.opt(
-                "discord.audit_channel_id",
-                &d.audit_channel_id,
-                parse_snowflake,
-            ),
-            admin_role_ids: c.list("discord.admin_role_ids", &d.admin_role_ids, |s| {
-                RoleId::parse(s).map_err(|e| e.to_string())
-            }),
-        };
-        let http = HttpSettings {
-            listen: c
-                .opt("http.listen", &raw.http.listen, parse_listen)
-                .unwrap_or_else(|| "0.0.0.0:8080".parse().expect("valid literal")),
-        };
-        let ops = OpsSettings {
-            listen: c
-                .opt("ops.listen", &raw.ops.listen, parse_listen)
-                .unwrap_or_else(|| "0.0.0.0:9090".parse().expect("valid literal")),
-        };
-        let a = raw.azure;
-        let cloud = c
-            .opt("azure.cloud", &a.cloud, |s| match s {
-                "public" => Ok(AzureCloud::Public),
-                "usgov" => Ok(AzureCloud::UsGov),
-                "china" => Ok(AzureCloud::China),
-                "custom" => Ok(AzureCloud::Custom),
-                _ => Err(format!(
-                    "`{s}` is not a cloud: use public, usgov, china or custom"
-                )),
-            })
-            .unwrap_or(AzureCloud::Public);
-        let azure = AzureSettings {
-            cloud,
-            arm_endpoint: c.opt("azure.arm_endpoint", &a.arm_endpoint, parse_url),
-            authority_host: c.opt("azure.authority_host", &a.authority_host, parse_url),
-            credential: c
-                .opt("azure.credential", &a.credential, |s| match s {
-                    "managed_identity" => Ok(CredentialKind::ManagedIdentity),
-                    "workload_identity" => Ok(CredentialKind::WorkloadIdentity),
-                    "client_secret" => Ok(CredentialKind::ClientSecret),
-                    "azure_cli" => Ok(CredentialKind::AzureCli),
-                    _ => Err(format!(
-                        "`{s}` is not a credential: use managed_identity, workload_identity, client_secret or azure_cli"
-                    )),
-                })
-                .unwrap_or(CredentialKind::ManagedIdentity),
-            tenant_id: a.tenant_id.filter(|s| !s.trim().is_empty()),
-            client_id: a.client_id.filter(|s| !s.trim().is_empty()),
-            client_secret: a
-                .client_secret
-                .filter(|s| !s.trim().is_empty())
-                .map(SecretString::from),
-            managed_identity_client_id: a.managed_identity_client_id.filter(|s| !s.trim().is_empty()),
-            managed_identity_endpoint: c.opt(
-                "azure.managed_identity_endpoint",
-                &a.managed_identity_endpoint,
-                parse_url,
-            ),
-            subscriptions: c.list("azure.subscriptions", &a.subscriptions, |s| {
-                SubscriptionId::parse(s).map_err(|e| e.to_string())
-            }),
-            index_refresh: c.span("azure.index_refresh", &a.index_refresh, Duration::from_secs(600)),
-            reconcile_interval: c.span(
-                "azure.reconcile_interval",
-                &a.reconcile_interval,
-                Duration::from_secs(300),
-            ),
-            request_timeout: c.span("azure.request_timeout", &a.request_timeout, Duration::from_secs(30)),
-            enable: PolicyDefaults {
-                ports: c.list("azure.enable.ports", &a.enable.ports, |s| {
-                    s.parse::<u16>()
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| format!("`{s}` is not a port: use numbers from 1 to 65535"))
-                }),
-                max_duration: c
-                    .opt("azure.enable.max_duration", &a.enable.max_duration, |s| {
-                        AccessDuration::parse(s).map_err(|e| e.to_string())
-                    })
-                    .unwrap_or_else(|| AccessDuration::from_minutes(180).expect("in range")),
-                source: c
-                    .opt("azure.enable.source", &a.enable.source, |s| {
-                        SourcePrefix::parse(s).map_err(|e| e.to_string())
-                    })
-                    .unwrap_or(SourcePrefix::Any),
-            },
-        };
-        if azure.cloud == AzureCloud::Custom {
-            if azure.arm_endpoint.is_none() {
-                c.missing("azure.arm_endpoint", "required when azure.cloud is custom");
-            }
-            if azure.authority_host.is_none() {
-                c.problem(
-                    "azure.authority_host",
-                    "required when azure.cloud is custom",
-                );
-            }
-        }
-        if azure.credential == CredentialKind::ClientSecret {
-            for (key, missing) in [
-                ("azure.tenant_id", azure.tenant_id.is_none()),
-                ("azure.client_id", azure.client_id.is_none()),
-                ("azure.client_secret", azure.client_secret.is_none()),
-            ] {
-                if missing {
-                    c.missing(key, "required when azure.credential is client_secret");
-                }
-            }
-        }
-        let database = DatabaseSettings {
-            url: raw
-                .database
-                .url
-                .filter(|u| !u.trim().is_empty())
-                .unwrap_or_else(|| "sqlite://drawbridge.db".into()),
-        };
-        if !database.url.starts_with("sqlite:") {
-            c.problem("database.url", "only sqlite: URLs are supported for now");
-        }
-        let reminders = ReminderSettings {
-            before: c.list("reminders.before", &raw.reminders.before, parse_span),
-        };
-        let mut alias_list: Vec<(String, Vec<u16>)> = Vec::new();
-        for (name, value) in &raw.ports.aliases {
-            let key = format!("ports.aliases.{name}");
-            let items = match value {
-                RawAlias::Number(n) => vec![n.to_string()],
-                RawAlias::One(s) => s.split(',').map(str::to_string).collect(),
-                RawAlias::Many(v) => v.iter().map(RawScalar::text).collect(),
-            };
-            let nums: Vec<u16> = c.list(&key, &items, |s| {
-                s.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("`{s}` is not a port: use numbers from 1 to 65535"))
-            });
-            alias_list.push((name.clone(), nums));
-        }
-        let ports = match PortAliases::with_aliases(
-            alias_list.iter().map(|(n, p)| (n.as_str(), p.as_slice())),
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                let key = match &e {
-                    AliasError::BadName(n) | AliasError::ShadowsBuiltIn(n) => {
-                        format!("ports.aliases.{n}")
-                    }
-                    AliasError::BadPorts { name, .. } => format!("ports.aliases.{name}"),
-                };
-                c.problem(&key, e.to_string());
-                PortAliases::default()
-            }
-        };
-        let logging = LoggingSettings {
-            format: c
-                .opt("logging.format", &raw.logging.format, |s| match s {
-                    "pretty" => Ok(LogFormat::Pretty),
-                    "json" => Ok(LogFormat::Json),
-                    _ => Err(format!("`{s}` is not a log format: use pretty or json")),
-                })
-                .unwrap_or(LogFormat::Pretty),
-            filter: raw.logging.filter.unwrap_or_else(|| "info".into()),
-        };
-        Settings {
-            discord,
-            http,
-            ops,
-            azure,
-            database,
-            reminders,
-            ports,
-            logging,
         }
     }
 

@@ -56,7 +56,6 @@ impl std::fmt::Debug for Ops {
 }
 
 impl Ops {
-    /// The endpoints' state.
     pub fn new(
         store: Store,
         tokens: Arc<dyn TokenSource>,

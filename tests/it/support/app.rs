@@ -24,7 +24,6 @@ use super::fake_discord::FakeDiscord;
 pub const SUB_PROD: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
 /// The audit channel the app posts to.
 pub const AUDIT_CHANNEL: u64 = 7007;
-/// The admin role.
 pub const ADMIN_ROLE: u64 = 900;
 /// A role mapped to SSH on web-* (see [`DEFAULT_MAPPINGS`]).
 pub const SRE_ROLE: u64 = 100;
@@ -41,7 +40,6 @@ ports = ["ssh"]
 max_duration = "3h"
 "#;
 
-/// How to start the app.
 pub struct TestAppBuilder {
     http_mode: Option<String>,
     clock: Option<SharedClock>,
@@ -49,15 +47,12 @@ pub struct TestAppBuilder {
     env: Vec<(String, String)>,
 }
 
-/// A running app and its surroundings.
+/// A running app and the fakes around it.
 pub struct TestApp {
-    /// The fake Discord.
     pub discord: FakeDiscord,
-    /// The Azure emulator.
     pub azure: RunningEmulator,
     /// The database (opened separately from the app's own pool).
     pub store: Store,
-    /// The settings the app was built from.
     pub settings: Settings,
     /// The clock (a [`ManualClock`] when the test gave one).
     pub clock: SharedClock,
@@ -204,7 +199,6 @@ pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashM
     .collect()
 }
 
-/// Starts the app with the defaults.
 pub async fn spawn_app() -> TestApp {
     TestAppBuilder::default().start().await
 }

@@ -101,9 +101,26 @@ impl TestAppBuilder {
         self
     }
 
+    /// `env` with this builder's mode and extra settings, loaded.
+    fn settings(&self, mut env: HashMap<String, String>) -> Settings {
+        if let Some(key) = &self.http_mode {
+            env.insert("DRAWBRIDGE__DISCORD__MODE".into(), "http".into());
+            env.insert("DRAWBRIDGE__DISCORD__PUBLIC_KEY".into(), key.clone());
+            env.insert("DRAWBRIDGE__HTTP__LISTEN".into(), "127.0.0.1:0".into());
+        }
+        for (k, v) in &self.env {
+            env.insert(format!("DRAWBRIDGE__{k}"), v.clone());
+        }
+        Settings::load(&Sources {
+            file: None,
+            env: Some(env),
+        })
+        .expect("test settings are valid")
+    }
+
     /// Starts everything and waits until the bot is ready.
     pub async fn start(self) -> TestApp {
-        let clock: SharedClock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let clock: SharedClock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
         let discord = FakeDiscord::start().await;
         let azure = Emulator::new(Estate::sample(), Arc::clone(&clock))
             .spawn()
@@ -111,20 +128,7 @@ impl TestAppBuilder {
             .expect("emulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
-        let mut env = app_env(&discord, &azure.base_url, &db);
-        if let Some(key) = &self.http_mode {
-            env.insert("DRAWBRIDGE__DISCORD__MODE".into(), "http".into());
-            env.insert("DRAWBRIDGE__DISCORD__PUBLIC_KEY".into(), key.clone());
-            env.insert("DRAWBRIDGE__HTTP__LISTEN".into(), "127.0.0.1:0".into());
-        }
-        for (k, v) in self.env {
-            env.insert(format!("DRAWBRIDGE__{k}"), v);
-        }
-        let settings = Settings::load(&Sources {
-            file: None,
-            env: Some(env),
-        })
-        .expect("test settings are valid");
+        let settings = self.settings(app_env(&discord, &azure.base_url, &db));
         let store = Store::open(&db).await.expect("database opens");
         let mappings = MappingFile::parse(&self.mappings, &PortAliases::default())
             .expect("test mappings are valid");

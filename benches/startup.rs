@@ -170,7 +170,7 @@ async fn one(n: usize, args: &Args) {
         ("DISCORD__BASE_URL", discord.base_url()),
         ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
         ("DISCORD__ADMIN_ROLE_IDS", "900".to_string()),
-        ("AZURE__CLOUD", "custom".to_string()),
+        ("AZURE__CLOUD", "public".to_string()),
         ("AZURE__ARM_ENDPOINT", azure.base_url.clone()),
         ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
         ("AZURE__CREDENTIAL", "managed_identity".to_string()),

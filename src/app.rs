@@ -339,8 +339,13 @@ pub fn build_azure(
     clock: &SharedClock,
 ) -> anyhow::Result<(Arc<ArmJit>, Arc<dyn TokenSource>)> {
     let az = &settings.azure;
-    let endpoints = resolve_endpoints(az.cloud, az.arm_endpoint.clone(), az.authority_host.clone())
-        .context("resolving the Azure endpoints")?;
+    let endpoints = resolve_endpoints(
+        az.cloud,
+        az.arm_endpoint.clone(),
+        az.authority_host.clone(),
+        az.arm_audience.clone(),
+    )
+    .context("resolving the Azure endpoints")?;
     let tokens: Arc<dyn TokenSource> = Arc::new(
         AzureTokenSource::new(CredentialOptions {
             kind: az.credential,

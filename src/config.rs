@@ -126,6 +126,8 @@ pub struct AzureSettings {
     pub arm_endpoint: Option<Url>,
     /// Overrides the cloud's Entra authority host.
     pub authority_host: Option<Url>,
+    /// Overrides the cloud's ARM token audience (required with `custom`).
+    pub arm_audience: Option<String>,
     pub credential: CredentialKind,
     /// Tenant id (client secret, workload identity).
     pub tenant_id: Option<String>,
@@ -403,6 +405,7 @@ mod tests {
         for want in [
             "azure.arm_endpoint",
             "azure.authority_host",
+            "azure.arm_audience (not set): required when azure.cloud is custom",
             "azure.client_secret",
             "azure.tenant_id",
             "ports.aliases",
@@ -410,6 +413,65 @@ mod tests {
             assert!(text.contains(want), "{want} missing from {text}");
         }
         assert!(text.contains("bot.toml"), "{text}");
+    }
+
+    #[test]
+    fn the_arm_audience_is_optional_kept_verbatim_and_checked() {
+        let s = Settings::load(&env(&[(
+            "DRAWBRIDGE__AZURE__ARM_ENDPOINT",
+            "https://arm-proxy.internal.example",
+        )]))
+        .unwrap();
+        assert_eq!(s.azure.arm_audience, None, "the cloud's own is used");
+
+        let s = Settings::load(&env(&[(
+            "DRAWBRIDGE__AZURE__ARM_AUDIENCE",
+            "https://management.core.windows.net/",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.azure.arm_audience.as_deref(),
+            Some("https://management.core.windows.net/")
+        );
+
+        for (bad, want) in [
+            (
+                "https://management.azure.com/.default",
+                "leave out /.default",
+            ),
+            ("management.azure.com", "not an audience"),
+            ("https://", "not an audience"),
+        ] {
+            let err = Settings::load(&env(&[("DRAWBRIDGE__AZURE__ARM_AUDIENCE", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("azure.arm_audience (from the environment)") && err.contains(want),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_custom_cloud_with_its_audience_loads() {
+        let s = Settings::load(&env(&[
+            ("DRAWBRIDGE__AZURE__CLOUD", "custom"),
+            (
+                "DRAWBRIDGE__AZURE__ARM_ENDPOINT",
+                "https://management.local.azurestack.external",
+            ),
+            (
+                "DRAWBRIDGE__AZURE__AUTHORITY_HOST",
+                "https://adfs.local.azurestack.external",
+            ),
+            (
+                "DRAWBRIDGE__AZURE__ARM_AUDIENCE",
+                "https://management.adfs.azurestack.local/4de154de-f8a8-4017-af41-df619da68155",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(s.azure.cloud, AzureCloud::Custom);
+        assert!(s.azure.arm_audience.is_some());
     }
 
     #[test]

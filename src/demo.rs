@@ -212,7 +212,7 @@ impl Demo {
             ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
             ("DISCORD__GUILD_ID", GUILD.to_string()),
             ("DISCORD__ADMIN_ROLE_IDS", "900".to_string()),
-            ("AZURE__CLOUD", "custom".to_string()),
+            ("AZURE__CLOUD", "public".to_string()),
             ("AZURE__ARM_ENDPOINT", emulator.base_url.clone()),
             ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
             ("AZURE__CREDENTIAL", "managed_identity".to_string()),

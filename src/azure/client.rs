@@ -11,7 +11,7 @@ use url::Url;
 
 use super::{
     credential::TokenSource,
-    error::{ArmError, ArmStats, Operation},
+    error::{ArmError, ArmStats, Operation, is_wrong_audience},
     ids::{VmId, check_subscription},
     retry::{RetryPolicy, server_retry_hint},
     wire::{
@@ -443,7 +443,9 @@ impl ArmClient {
                     }
                     let hint = server_retry_hint(&headers, inner.clock.now());
                     match status {
-                        StatusCode::UNAUTHORIZED if !refused_token => {
+                        StatusCode::UNAUTHORIZED
+                            if !refused_token && !is_wrong_audience(&bytes) =>
+                        {
                             // A token ARM refuses (expired early, revoked): get a new one once.
                             refused_token = true;
                             inner.tokens.reject(&bearer);

@@ -1,4 +1,13 @@
 //! Which Azure cloud Drawbridge talks to, and the endpoints that follow from it.
+//!
+//! The ARM token audience is a property of the cloud, not of the ARM
+//! endpoint's URL: a proxy, a private link or an ARM-compatible gateway in
+//! front of ARM changes the endpoint, never the audience. Entra refuses a token
+//! for a resource it does not know (AADSTS500011), and ARM refuses a token
+//! minted for another audience (401 `InvalidAuthenticationTokenAudience`), so
+//! the audience is its own setting (`azure.arm_audience`), defaulting per cloud
+//! and kept when only the endpoint is overridden. Azure Stack Hub, the main
+//! custom cloud, has an audience unlike its endpoint, so `custom` requires it.
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -25,7 +34,9 @@ pub struct Endpoints {
     pub arm: Url,
     /// Entra ID authority host, e.g. `https://login.microsoftonline.com/`.
     pub authority_host: Url,
-    /// OAuth2 scope for ARM tokens: the ARM endpoint followed by `/.default`.
+    /// The audience ARM tokens are requested for, e.g. `https://management.azure.com`.
+    pub arm_audience: String,
+    /// OAuth2 scope for ARM tokens: the audience followed by `/.default`.
     pub arm_scope: String,
 }
 
@@ -46,6 +57,16 @@ pub enum EndpointError {
 }
 
 impl AzureCloud {
+    /// The cloud's own ARM token audience (`None` for `Custom`).
+    pub fn arm_audience(self) -> Option<&'static str> {
+        match self {
+            Self::Public => Some("https://management.azure.com"),
+            Self::UsGov => Some("https://management.usgovcloudapi.net"),
+            Self::China => Some("https://management.chinacloudapi.cn"),
+            Self::Custom => None,
+        }
+    }
+
     /// The cloud's own ARM endpoint and authority host (`None` for `Custom`).
     fn defaults(self) -> Option<(&'static str, &'static str)> {
         match self {
@@ -67,14 +88,17 @@ impl AzureCloud {
 }
 
 /// Resolves the endpoints for `cloud`. An override wins whenever it is set and is
-/// required for [`AzureCloud::Custom`].
+/// required for [`AzureCloud::Custom`]. The audience never follows the ARM
+/// endpoint: without `audience_override` it is the cloud's own.
 ///
 /// # Errors
-/// [`EndpointError`] when `custom` lacks an endpoint or an override is not http(s).
+/// [`EndpointError`] when `custom` lacks an endpoint or the audience, or an
+/// override is not http(s).
 pub fn resolve_endpoints(
     cloud: AzureCloud,
     arm_override: Option<Url>,
     authority_override: Option<Url>,
+    audience_override: Option<String>,
 ) -> Result<Endpoints, EndpointError> {
     let defaults = cloud.defaults();
     let pick = |over: Option<Url>, default: Option<&str>, key: &'static str| {
@@ -93,12 +117,22 @@ pub fn resolve_endpoints(
     };
     let arm = pick(arm_override, defaults.map(|d| d.0), "arm_endpoint")?;
     let authority_host = pick(authority_override, defaults.map(|d| d.1), "authority_host")?;
-    let arm_scope = format!("{}/.default", arm.as_str().trim_end_matches('/'));
+    let arm_audience = audience_override
+        .or_else(|| cloud.arm_audience().map(str::to_owned))
+        .ok_or(EndpointError::MissingForCustom("arm_audience"))?;
     Ok(Endpoints {
         arm,
         authority_host,
-        arm_scope,
+        arm_scope: scope_for(&arm_audience),
+        arm_audience,
     })
+}
+
+/// The `.default` scope of `audience`. An audience written with a trailing
+/// slash keeps it (`https://management.core.windows.net//.default`), as Entra
+/// expects: the token is then issued for exactly that identifier.
+pub fn scope_for(audience: &str) -> String {
+    format!("{audience}/.default")
 }
 
 #[cfg(test)]
@@ -129,9 +163,10 @@ mod tests {
             ),
         ];
         for (cloud, arm, authority) in cases {
-            let e = resolve_endpoints(cloud, None, None).unwrap();
+            let e = resolve_endpoints(cloud, None, None, None).unwrap();
             assert_eq!(e.arm.as_str(), arm);
             assert_eq!(e.authority_host.as_str(), authority);
+            assert_eq!(e.arm_audience, arm.trim_end_matches('/'));
             assert_eq!(
                 e.arm_scope,
                 format!("{}/.default", arm.trim_end_matches('/'))
@@ -140,11 +175,17 @@ mod tests {
     }
 
     #[test]
-    fn overrides_win_over_the_cloud() {
-        let e =
-            resolve_endpoints(AzureCloud::UsGov, Some(url("http://127.0.0.1:8080")), None).unwrap();
+    fn an_endpoint_override_keeps_the_clouds_audience() {
+        let e = resolve_endpoints(
+            AzureCloud::UsGov,
+            Some(url("http://127.0.0.1:8080")),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(e.arm.as_str(), "http://127.0.0.1:8080/");
-        assert_eq!(e.arm_scope, "http://127.0.0.1:8080/.default");
+        assert_eq!(e.arm_audience, "https://management.usgovcloudapi.net");
+        assert_eq!(e.arm_scope, "https://management.usgovcloudapi.net/.default");
         assert_eq!(
             e.authority_host.as_str(),
             "https://login.microsoftonline.us/"
@@ -152,28 +193,54 @@ mod tests {
     }
 
     #[test]
-    fn custom_requires_both_endpoints() {
+    fn an_audience_override_is_used_verbatim() {
+        let e = resolve_endpoints(
+            AzureCloud::Public,
+            None,
+            None,
+            Some("https://management.core.windows.net/".into()),
+        )
+        .unwrap();
+        assert_eq!(e.arm.as_str(), "https://management.azure.com/");
+        assert_eq!(e.arm_scope, "https://management.core.windows.net//.default");
+    }
+
+    #[test]
+    fn custom_requires_both_endpoints_and_the_audience() {
+        let (arm, login) = (url("https://arm.example"), url("https://login.example"));
         assert_eq!(
-            resolve_endpoints(AzureCloud::Custom, None, Some(url("https://login.example"))),
+            resolve_endpoints(AzureCloud::Custom, None, Some(login.clone()), None),
             Err(EndpointError::MissingForCustom("arm_endpoint"))
         );
         assert_eq!(
-            resolve_endpoints(AzureCloud::Custom, Some(url("https://arm.example")), None),
+            resolve_endpoints(AzureCloud::Custom, Some(arm.clone()), None, None),
             Err(EndpointError::MissingForCustom("authority_host"))
         );
+        assert_eq!(
+            resolve_endpoints(
+                AzureCloud::Custom,
+                Some(arm.clone()),
+                Some(login.clone()),
+                None
+            ),
+            Err(EndpointError::MissingForCustom("arm_audience"))
+        );
+        let stack_hub =
+            "https://management.adfs.azurestack.local/4de154de-f8a8-4017-af41-df619da68155";
         let e = resolve_endpoints(
             AzureCloud::Custom,
-            Some(url("https://arm.example")),
-            Some(url("https://login.example")),
+            Some(arm),
+            Some(login),
+            Some(stack_hub.into()),
         )
         .unwrap();
-        assert_eq!(e.arm_scope, "https://arm.example/.default");
+        assert_eq!(e.arm_scope, format!("{stack_hub}/.default"));
     }
 
     #[test]
     fn non_http_overrides_are_refused() {
-        let err =
-            resolve_endpoints(AzureCloud::Public, Some(url("ftp://x.example")), None).unwrap_err();
+        let err = resolve_endpoints(AzureCloud::Public, Some(url("ftp://x.example")), None, None)
+            .unwrap_err();
         assert!(matches!(
             err,
             EndpointError::NotHttp {

@@ -104,6 +104,17 @@ pub enum TokenError {
         /// What went wrong (redacted).
         message: String,
     },
+    /// The token service does not know the audience asked for (Entra's
+    /// AADSTS500011): `azure.arm_audience` (or the cloud's default) is wrong.
+    #[error(
+        "azure.arm_audience: the token service does not know the audience `{audience}` (AADSTS500011: resource principal not found), so the {credential} credential got no token; set azure.arm_audience to the audience your cloud's Resource Manager accepts"
+    )]
+    UnknownAudience {
+        /// Which credential.
+        credential: &'static str,
+        /// The audience asked for.
+        audience: String,
+    },
     /// The token endpoint did not answer in time.
     #[error("timed out after {after:?} getting an ARM token with the {credential} credential")]
     Timeout {
@@ -288,10 +299,7 @@ impl AzureTokenSource {
                 credential: name,
                 after: self.options.timeout,
             })?
-            .map_err(|e| TokenError::Acquire {
-                credential: name,
-                message: redact(&e.to_string(), self.options.client_secret.as_ref()),
-            })?;
+            .map_err(|e| self.acquire_error(&e))?;
         let exp = token.expires_on;
         let expires_on =
             DateTime::from_timestamp(exp.unix_timestamp(), exp.nanosecond()).unwrap_or_default();
@@ -301,6 +309,57 @@ impl AzureTokenSource {
             generation,
         })
     }
+}
+
+impl AzureTokenSource {
+    fn acquire_error(&self, e: &azure_core::Error) -> TokenError {
+        let credential = self.options.kind.name();
+        if is_unknown_resource(e) {
+            let scope = self.options.scope.as_str();
+            return TokenError::UnknownAudience {
+                credential,
+                audience: scope.strip_suffix("/.default").unwrap_or(scope).to_owned(),
+            };
+        }
+        TokenError::Acquire {
+            credential,
+            message: redact(&e.to_string(), self.options.client_secret.as_ref()),
+        }
+    }
+}
+
+/// Entra's code for "the resource principal was not found in the tenant".
+const UNKNOWN_RESOURCE: &str = "AADSTS500011";
+
+/// Whether `e`, or an error it wraps, is Entra's AADSTS500011. azure_identity
+/// keeps it in different places per credential: the message (client secret,
+/// workload identity, the CLI's stderr), the error code, or only the raw
+/// response (managed identity, whose message reads "The requested identity
+/// has not been assigned to this resource" for any 400).
+fn is_unknown_resource(e: &azure_core::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.to_string().contains(UNKNOWN_RESOURCE) {
+            return true;
+        }
+        if let Some(azure) = err.downcast_ref::<azure_core::Error>()
+            && let azure_core::error::ErrorKind::HttpResponse {
+                error_code,
+                raw_response,
+                ..
+            } = azure.kind()
+        {
+            let code = error_code.as_deref().unwrap_or_default();
+            let body = raw_response.as_ref().map(|r| &**r.body());
+            if code.split(',').any(|c| c.trim() == "500011")
+                || body.is_some_and(|b| String::from_utf8_lossy(b).contains(UNKNOWN_RESOURCE))
+            {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// How close to expiry (by our clock) a token is no longer handed out.

@@ -131,6 +131,15 @@ impl From<crate::domain::InvalidPolicyId> for ArmError {
     }
 }
 
+/// ARM's error code for a token minted for another audience.
+const WRONG_AUDIENCE: &str = "InvalidAuthenticationTokenAudience";
+
+/// Whether an ARM 401 body says the token is for the wrong audience: a new
+/// token from the same credential would be refused too.
+pub(crate) fn is_wrong_audience(body: &[u8]) -> bool {
+    serde_json::from_slice::<CloudError>(body).is_ok_and(|c| c.error.code == WRONG_AUDIENCE)
+}
+
 impl ArmError {
     /// Maps a non-success, non-retried response to an error.
     pub(crate) fn from_response(op: Operation, status: StatusCode, body: &[u8]) -> Self {
@@ -147,6 +156,11 @@ impl ArmError {
         };
         let message = cloud.message;
         match status.as_u16() {
+            401 if code == WRONG_AUDIENCE => Self::Unauthorized {
+                message: format!(
+                    "azure.arm_audience: ARM refused the token because it was issued for another audience ({code}: {message}); set azure.arm_audience to the audience your cloud's Resource Manager accepts"
+                ),
+            },
             401 => Self::Unauthorized {
                 message: format!("ARM refused the token ({code})"),
             },
@@ -277,6 +291,21 @@ mod tests {
             ArmError::from_response(Operation::PutPolicy, StatusCode::IM_A_TEAPOT, b"<html>"),
             ArmError::Unexpected(_)
         ));
+    }
+
+    #[test]
+    fn a_token_for_another_audience_names_the_setting() {
+        let body = br#"{"error":{"code":"InvalidAuthenticationTokenAudience","message":"The access token has been obtained for wrong audience or resource 'https://vault.azure.net'."}}"#;
+        assert!(is_wrong_audience(body));
+        let e = ArmError::from_response(Operation::ListPolicies, StatusCode::UNAUTHORIZED, body);
+        let text = e.to_string();
+        assert!(text.contains("azure.arm_audience"), "{text}");
+        assert!(text.contains("https://vault.azure.net"), "{text}");
+
+        let expired = br#"{"error":{"code":"ExpiredAuthenticationToken","message":"expired"}}"#;
+        assert!(!is_wrong_audience(expired));
+        let e = ArmError::from_response(Operation::ListPolicies, StatusCode::UNAUTHORIZED, expired);
+        assert!(!e.to_string().contains("arm_audience"));
     }
 
     #[test]

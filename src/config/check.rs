@@ -110,6 +110,22 @@ fn parse_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// A token audience: an absolute URI, given without the `/.default` suffix of
+/// a scope. Kept exactly as written: Entra issues the token for that identifier.
+fn parse_audience(s: &str) -> Result<String, String> {
+    if s.ends_with("/.default") {
+        return Err(format!(
+            "`{s}` is a scope, not an audience: leave out /.default"
+        ));
+    }
+    match Url::parse(s) {
+        Ok(url) if url.has_host() && !s.contains(char::is_whitespace) => Ok(s.to_owned()),
+        _ => Err(format!(
+            "`{s}` is not an audience: use an absolute URI such as https://management.azure.com"
+        )),
+    }
+}
+
 fn parse_snowflake(s: &str) -> Result<Snowflake, String> {
     Snowflake::parse(s).map_err(|e| e.to_string())
 }
@@ -177,12 +193,18 @@ fn listen(c: &mut Checker<'_>, key: &str, raw: &RawListen, default: &str) -> Soc
 }
 
 fn azure(c: &mut Checker<'_>, a: RawAzure) -> AzureSettings {
+    // Given but unreadable is reported as such, not also as missing.
+    let audience_given = a
+        .arm_audience
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty());
     let azure = AzureSettings {
         cloud: c
             .opt("azure.cloud", &a.cloud, parse_cloud)
             .unwrap_or(AzureCloud::Public),
         arm_endpoint: c.opt("azure.arm_endpoint", &a.arm_endpoint, parse_url),
         authority_host: c.opt("azure.authority_host", &a.authority_host, parse_url),
+        arm_audience: c.opt("azure.arm_audience", &a.arm_audience, parse_audience),
         credential: c
             .opt("azure.credential", &a.credential, parse_credential)
             .unwrap_or(CredentialKind::ManagedIdentity),
@@ -220,12 +242,12 @@ fn azure(c: &mut Checker<'_>, a: RawAzure) -> AzureSettings {
         ),
         enable: enable(c, a.enable),
     };
-    azure_requirements(c, &azure);
+    azure_requirements(c, &azure, audience_given);
     azure
 }
 
 /// The keys a cloud or a credential kind needs.
-fn azure_requirements(c: &mut Checker<'_>, azure: &AzureSettings) {
+fn azure_requirements(c: &mut Checker<'_>, azure: &AzureSettings, audience_given: bool) {
     if azure.cloud == AzureCloud::Custom {
         if azure.arm_endpoint.is_none() {
             c.missing("azure.arm_endpoint", "required when azure.cloud is custom");
@@ -234,6 +256,12 @@ fn azure_requirements(c: &mut Checker<'_>, azure: &AzureSettings) {
             c.problem(
                 "azure.authority_host",
                 "required when azure.cloud is custom",
+            );
+        }
+        if !audience_given {
+            c.missing(
+                "azure.arm_audience",
+                "required when azure.cloud is custom: the token audience your Resource Manager accepts (for Azure Stack Hub, its management audience, not the endpoint URL)",
             );
         }
     }

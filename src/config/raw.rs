@@ -45,6 +45,7 @@ pub(super) struct RawAzure {
     pub(super) cloud: Option<String>,
     pub(super) arm_endpoint: Option<String>,
     pub(super) authority_host: Option<String>,
+    pub(super) arm_audience: Option<String>,
     pub(super) credential: Option<String>,
     pub(super) tenant_id: Option<String>,
     pub(super) client_id: Option<String>,

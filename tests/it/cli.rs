@@ -407,7 +407,7 @@ fn explain_looks_a_bare_vm_name_up_in_azure() {
                 "DRAWBRIDGE__DATABASE__URL",
                 format!("sqlite://{}", db.display()),
             )
-            .env("DRAWBRIDGE__AZURE__CLOUD", "custom")
+            .env("DRAWBRIDGE__AZURE__CLOUD", "public")
             .env("DRAWBRIDGE__AZURE__ARM_ENDPOINT", &emulator.base_url)
             .env("DRAWBRIDGE__AZURE__AUTHORITY_HOST", "https://login.invalid")
             .env(

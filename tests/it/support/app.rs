@@ -188,7 +188,7 @@ pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashM
         ("DISCORD__BASE_URL", discord.base_url()),
         ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
         ("DISCORD__ADMIN_ROLE_IDS", ADMIN_ROLE.to_string()),
-        ("AZURE__CLOUD", "custom".to_string()),
+        ("AZURE__CLOUD", "public".to_string()),
         ("AZURE__ARM_ENDPOINT", arm_base_url.to_string()),
         ("AZURE__AUTHORITY_HOST", "https://login.invalid".to_string()),
         ("AZURE__CREDENTIAL", "managed_identity".to_string()),

@@ -72,6 +72,10 @@ pub enum Command {
         /// (default: taken from IDENTITY_HEADER, else random and printed).
         #[arg(long, env = "IDENTITY_HEADER", hide_env_values = true)]
         identity_header: Option<String>,
+        /// The only token audience ARM accepts (default: the public cloud's,
+        /// https://management.azure.com, and its legacy identifier).
+        #[arg(long, value_name = "URI")]
+        arm_audience: Option<String>,
     },
     /// Apply database migrations.
     Migrate,
@@ -107,7 +111,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             seed,
             identity_header,
-        } => emulate_azure::execute(listen, seed, identity_header).await,
+            arm_audience,
+        } => emulate_azure::execute(listen, seed, identity_header, arm_audience).await,
         Command::Migrate => migrate::execute(&sources).await,
         Command::CheckConfig => Ok(check_config::execute(&sources)),
         Command::Mappings(command) => mappings::execute(&sources, command).await,

@@ -1,6 +1,7 @@
 //! A local emulator of the Azure JIT VM access API (Microsoft.Security
 //! `jitNetworkAccessPolicies`, api-version 2020-01-01), with the Compute VM
-//! list, managed-identity token endpoints, an NSG model and fault injection.
+//! list, the token endpoints (managed identity, and Entra's v2 endpoint for
+//! client secrets and workload identity), an NSG model and fault injection.
 //! It backs `drawbridge demo`, `drawbridge emulate-azure` and the tests.
 //!
 //! The emulator follows the REST spec (see `tests/fixtures/azure-jit-spec`):
@@ -16,11 +17,22 @@
 //! - `estate`: the TOML seed ([`Estate`]) and its validation.
 //! - `jit`: policies, request history, body validation, NSG rules.
 //! - `faults`: [`Route`], [`Fault`], [`FaultRule`].
+//! - `entra`: the tenant: known resources, app registrations, the v2 token
+//!   endpoint, the audience rules ([`TokenRecord`]).
+//! - `tls`: serving over https ([`TlsIdentity`]).
 //! - `http`: the axum routes (ARM, token endpoints, `/_emulator/*` control).
 //!
-//! Each ARM call is checked in Azure's order: bearer token (401), path (404
-//! or 405), `api-version` (400), subscription (400/404), then any injected
-//! fault, then the operation itself.
+//! Each ARM call is checked in Azure's order: bearer token and its audience
+//! (401), path (404 or 405), `api-version` (400), subscription (400/404), then
+//! any injected fault, then the operation itself.
+//!
+//! # Audiences
+//! Every token endpoint refuses a resource the tenant does not know with
+//! Entra's AADSTS500011, and ARM refuses a token minted for another audience
+//! with 401 `InvalidAuthenticationTokenAudience`. ARM accepts
+//! [`DEFAULT_ARM_AUDIENCES`] (the public cloud's) unless
+//! [`Emulator::set_arm_audience`] names another; [`Emulator::token_log`]
+//! records the audience of every token request.
 //!
 //! # Control endpoints (for out-of-process harnesses)
 //! - `POST /_emulator/faults` `{"route":"initiate","fault":{"kind":"throttle","retryAfterSecs":5},"when":{"next":2}}`
@@ -29,10 +41,12 @@
 //! - `GET /_emulator/nsg?vm=<VM resource id>`: the VM's JIT NSG rules.
 //! - `GET /_emulator/calls` (the call log), `DELETE /_emulator/calls` (clear it).
 
+mod entra;
 mod estate;
 mod faults;
 mod http;
 mod jit;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -50,12 +64,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, SystemClock};
 
+pub use entra::{
+    DEFAULT_ARM_AUDIENCES, DEFAULT_TENANT_ID, TOKEN_EXCHANGE_AUDIENCE, TokenEndpoint, TokenRecord,
+};
 pub use estate::{Estate, EstateError, Os, PolicySeed, PolicyVmSeed, Subscription, VirtualMachine};
 pub use faults::{Fault, FaultRule, Route, Trigger};
 pub use jit::{NsgAccess, NsgRule, PortRule};
+pub use tls::TlsIdentity;
 
+use entra::Directory;
 use faults::Faults;
 use jit::{Policy, VmRecord};
+use tls::{TlsListener, TlsPeer};
 
 /// Items per page of the list operations unless [`Emulator::set_page_size`]
 /// says otherwise: small, so every client exercises `nextLink`.
@@ -100,11 +120,14 @@ struct State {
     identity_header: String,
     principal: String,
     token_lifetime: chrono::Duration,
+    directory: Directory,
 }
 
 struct IssuedToken {
     expires_at: DateTime<Utc>,
     principal: String,
+    /// The resource it was issued for (its `aud`).
+    audience: String,
 }
 
 /// One ARM call as the emulator saw it (tokens are never recorded).
@@ -197,6 +220,7 @@ impl Emulator {
             identity_header: random_secret(),
             principal: DEFAULT_PRINCIPAL.to_owned(),
             token_lifetime: chrono::Duration::hours(1),
+            directory: Directory::new(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -222,8 +246,7 @@ impl Emulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let release = CancellationToken::new();
-        *lock(&self.inner.hang_release) = release.clone();
+        let release = self.new_hang_release();
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -233,6 +256,44 @@ impl Emulator {
                 release.cancel();
             })
             .await
+    }
+
+    /// Serves the same routes over https on `listener` with `identity`
+    /// until `shutdown` completes. Entra's v2 token endpoint answers only here.
+    ///
+    /// # Errors
+    /// When the certificate and key do not fit together, or the listener fails.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        identity: TlsIdentity,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = TlsListener::new(listener, identity).map_err(std::io::Error::other)?;
+        self.serve_tls_on(listener, shutdown).await
+    }
+
+    async fn serve_tls_on(
+        self,
+        listener: TlsListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let release = self.new_hang_release();
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<TlsPeer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                release.cancel();
+            })
+            .await
+    }
+
+    fn new_hang_release(&self) -> CancellationToken {
+        let release = CancellationToken::new();
+        *lock(&self.inner.hang_release) = release.clone();
+        release
     }
 
     /// Serves on `127.0.0.1:<free port>` in a background task.
@@ -249,7 +310,43 @@ impl Emulator {
         }));
         Ok(RunningEmulator {
             base_url: format!("http://{addr}"),
+            tls_base_url: None,
             emulator,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Serves on two free ports of `127.0.0.1` in a background task: plain
+    /// http ([`RunningEmulator::base_url`]) and https with `identity`
+    /// ([`RunningEmulator::tls_base_url`]), the same routes on both.
+    ///
+    /// # Errors
+    /// When no port can be bound or the certificate and key do not fit.
+    pub async fn spawn_with_tls(self, identity: TlsIdentity) -> std::io::Result<RunningEmulator> {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let https = TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, tls_addr) = (http.local_addr()?, https.local_addr()?);
+        let https = TlsListener::new(https, identity).map_err(std::io::Error::other)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let down = CancellationToken::new();
+        let (plain, secure) = (self.clone(), self.clone());
+        let (down_plain, down_secure) = (down.clone(), down.clone());
+        let task = tokio::spawn(async move {
+            tokio::spawn(async move {
+                let _ = stopped.await;
+                down.cancel();
+            });
+            let (a, b) = tokio::join!(
+                plain.serve(http, down_plain.cancelled_owned()),
+                secure.serve_tls_on(https, down_secure.cancelled_owned()),
+            );
+            a.and(b)
+        });
+        Ok(RunningEmulator {
+            base_url: format!("http://{addr}"),
+            tls_base_url: Some(format!("https://{tls_addr}")),
+            emulator: self,
             stop: Some(stop),
             task: Some(task),
         })
@@ -281,9 +378,74 @@ impl Emulator {
         self.state().token_lifetime = lifetime;
     }
 
-    /// Issues a bearer token directly, as the token endpoints would.
+    /// Issues a bearer token for ARM directly, as the token endpoints would.
     pub fn issue_token(&self) -> String {
-        self.issue().0
+        let audience = self.state().directory.primary_arm_audience().to_owned();
+        self.issue_for(&audience).0
+    }
+
+    /// Issues a bearer token for another audience, as a token endpoint would
+    /// for that resource: ARM refuses it.
+    pub fn issue_token_for(&self, audience: &str) -> String {
+        self.issue_for(audience).0
+    }
+
+    /// Makes ARM accept tokens for `audience` only (up to a trailing slash),
+    /// as the Resource Manager of another cloud would; the token endpoints
+    /// know it as a resource. The default is [`DEFAULT_ARM_AUDIENCES`].
+    pub fn set_arm_audience(&self, audience: impl Into<String>) {
+        self.state().directory.set_arm_audience(audience.into());
+    }
+
+    /// The tenant id of the emulated directory ([`DEFAULT_TENANT_ID`] unless set).
+    pub fn tenant_id(&self) -> String {
+        self.state().directory.tenant_id().to_owned()
+    }
+
+    /// Sets the tenant id the v2 token endpoint answers for.
+    pub fn set_tenant_id(&self, tenant: impl Into<String>) {
+        self.state().directory.set_tenant_id(tenant.into());
+    }
+
+    /// Registers an app `client_id` (if new) with a client secret.
+    pub fn add_client_secret(&self, client_id: &str, secret: impl Into<String>) {
+        self.state()
+            .directory
+            .add_client_secret(client_id, secret.into());
+    }
+
+    /// Registers an app `client_id` (if new) with a federated credential
+    /// trusting `subject` of `issuer` (workload identity).
+    pub fn add_federated_credential(
+        &self,
+        client_id: &str,
+        issuer: impl Into<String>,
+        subject: impl Into<String>,
+    ) {
+        self.state()
+            .directory
+            .add_federated_credential(client_id, issuer.into(), subject.into());
+    }
+
+    /// A service-account token of `subject` from `issuer`, as Kubernetes
+    /// projects it into a pod (`AZURE_FEDERATED_TOKEN_FILE`): a JWT for
+    /// `api://AzureADTokenExchange`, valid for `lifetime` from now.
+    pub fn mint_federated_assertion(
+        &self,
+        issuer: &str,
+        subject: &str,
+        lifetime: chrono::Duration,
+    ) -> String {
+        let now = self.now();
+        let expires = now.checked_add_signed(lifetime).unwrap_or(now);
+        self.state()
+            .directory
+            .mint_assertion(issuer, subject, now, expires)
+    }
+
+    /// Every token request so far, oldest first, with the audience asked for.
+    pub fn token_log(&self) -> Vec<TokenRecord> {
+        self.state().directory.log.clone()
     }
 
     /// Forgets every token issued so far: ARM answers 401 to them, as after
@@ -355,8 +517,8 @@ impl Emulator {
         lock(&self.inner.state)
     }
 
-    /// Issues a token; returns it with its expiry and resource-independent data.
-    fn issue(&self) -> (String, DateTime<Utc>) {
+    /// Issues a token for `audience`; returns it with its expiry.
+    fn issue_for(&self, audience: &str) -> (String, DateTime<Utc>) {
         let now = self.now();
         let token = random_secret();
         let mut state = self.state();
@@ -369,9 +531,14 @@ impl Emulator {
             IssuedToken {
                 expires_at,
                 principal,
+                audience: audience.to_owned(),
             },
         );
         (token, expires_at)
+    }
+
+    fn log_token(&self, record: TokenRecord) {
+        self.state().directory.log.push(record);
     }
 
     fn hang_release(&self) -> CancellationToken {
@@ -393,6 +560,10 @@ pub struct RunningEmulator {
     /// `http://127.0.0.1:PORT`, no trailing slash: the ARM endpoint, with the
     /// token endpoints at `/msi/token` and `/metadata/identity/oauth2/token`.
     pub base_url: String,
+    /// `https://127.0.0.1:PORT` when started with [`Emulator::spawn_with_tls`]:
+    /// the same routes over https, and the Entra authority host (the v2 token
+    /// endpoint at `/{tenant}/oauth2/v2.0/token`).
+    pub tls_base_url: Option<String>,
     /// The emulator, to inspect and steer.
     pub emulator: Emulator,
     stop: Option<oneshot::Sender<()>>,
@@ -423,6 +594,17 @@ impl Drop for RunningEmulator {
     }
 }
 
+/// How `drawbridge emulate-azure` runs the emulator.
+#[derive(Debug, Clone)]
+pub struct StandaloneOptions {
+    /// The estate seed; `None` for the sample.
+    pub seed: Option<PathBuf>,
+    /// The managed-identity secret clients send as `x-identity-header`.
+    pub identity_header: String,
+    /// The only audience ARM accepts; `None` for [`DEFAULT_ARM_AUDIENCES`].
+    pub arm_audience: Option<String>,
+}
+
 /// Runs the emulator for `drawbridge emulate-azure` on `listener` until
 /// `shutdown`, on the wall clock, seeded from `seed` or the sample estate,
 /// with `identity_header` as the managed-identity secret. It logs the bound
@@ -436,6 +618,28 @@ pub async fn run_standalone(
     identity_header: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let options = StandaloneOptions {
+        seed,
+        identity_header,
+        arm_audience: None,
+    };
+    run_standalone_with(listener, options, shutdown).await
+}
+
+/// [`run_standalone`] with every option.
+///
+/// # Errors
+/// When the seed is invalid.
+pub async fn run_standalone_with(
+    listener: TcpListener,
+    options: StandaloneOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let StandaloneOptions {
+        seed,
+        identity_header,
+        arm_audience,
+    } = options;
     let estate = match &seed {
         Some(path) => Estate::from_file(path)
             .with_context(|| format!("loading the estate seed {}", path.display()))?,
@@ -443,12 +647,22 @@ pub async fn run_standalone(
     };
     let emulator = Emulator::new(estate, Arc::new(SystemClock));
     emulator.set_identity_header(identity_header);
+    let audience = match arm_audience {
+        Some(audience) => {
+            emulator.set_arm_audience(audience.clone());
+            format!("set azure.arm_audience = \"{audience}\"")
+        }
+        None => format!(
+            "the public cloud's audience {} is kept",
+            DEFAULT_ARM_AUDIENCES[0]
+        ),
+    };
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, seed = ?seed, "Azure JIT emulator listening");
     tracing::info!(
-        "point Drawbridge at it: azure.cloud = \"custom\", azure.arm_endpoint = \"http://{addr}\", \
+        "point Drawbridge at it: azure.arm_endpoint = \"http://{addr}\" ({audience}), \
          azure.credential = \"managed_identity\", with env IDENTITY_ENDPOINT=http://{addr}/msi/token \
          and IDENTITY_HEADER set to the identity header given to the emulator"
     );

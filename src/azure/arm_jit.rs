@@ -134,12 +134,21 @@ impl From<ArmError> for JitError {
     /// other ARM error is an answer that nothing was done.
     fn from(e: ArmError) -> Self {
         let message = e.user_message();
+        let detail = e.operator_message();
         let unknown = matches!(e, ArmError::Unavailable { .. } | ArmError::Unexpected(_));
         let cause = anyhow::Error::from(e);
         if unknown {
-            Self::NoAnswer { message, cause }
+            Self::NoAnswer {
+                message,
+                detail,
+                cause,
+            }
         } else {
-            Self::Refused { message, cause }
+            Self::Refused {
+                message,
+                detail,
+                cause,
+            }
         }
     }
 }
@@ -383,5 +392,29 @@ mod tests {
             JitError::from(ArmError::Throttled { attempts: 3 }),
             JitError::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_sign_in_problem_is_told_in_full_to_the_operator_only() {
+        let e = JitError::from(ArmError::Unauthorized {
+            message: "azure.arm_audience: the token service does not know the audience `https://arm-proxy.example`".into(),
+        });
+        assert!(
+            e.operator_message().contains("https://arm-proxy.example"),
+            "{}",
+            e.operator_message()
+        );
+        assert!(
+            !e.user_message().contains("arm-proxy"),
+            "{}",
+            e.user_message()
+        );
+
+        let refused = ArmError::BadRequest {
+            code: "InvalidPort".into(),
+            message: "port 23 is not in the policy".into(),
+        };
+        let sentence = refused.user_message();
+        assert_eq!(JitError::from(refused).operator_message(), sentence);
     }
 }

@@ -178,6 +178,17 @@ impl ArmError {
         }
     }
 
+    /// One sentence for the operator running the CLI: a sign-in problem in
+    /// full (what Azure or the token service said, and the setting to fix),
+    /// since it is theirs to fix and never holds a secret or token; any other
+    /// failure as [`ArmError::user_message`] says it.
+    pub fn operator_message(&self) -> String {
+        match self {
+            Self::Unauthorized { .. } => self.to_string(),
+            _ => self.user_message(),
+        }
+    }
+
     /// One clear sentence for a Discord user: no ids, tokens or internals
     /// beyond Azure's own explanation of a refused request.
     pub fn user_message(&self) -> String {

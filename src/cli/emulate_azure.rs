@@ -13,6 +13,7 @@ pub(super) async fn execute(
     listen: SocketAddr,
     seed: Option<PathBuf>,
     identity_header: Option<String>,
+    arm_audience: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(LogFormat::Pretty, "info", std::io::stderr);
     let header = identity_header.unwrap_or_else(|| {
@@ -23,6 +24,11 @@ pub(super) async fn execute(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    crate::sandbox::run_standalone(listener, seed, header, crate::app::shutdown_signal()).await?;
+    let options = crate::sandbox::StandaloneOptions {
+        seed,
+        identity_header: header,
+        arm_audience,
+    };
+    crate::sandbox::run_standalone_with(listener, options, crate::app::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -134,6 +134,9 @@ async fn resolve_vm(settings: &Settings, vm: &VmRef) -> anyhow::Result<VmIdentit
     match crate::service::resolve_vm(azure.as_ref(), vm).await {
         Ok(found) => Ok(found.identity),
         Err(ResolveVmError::Unexpected(e)) => Err(e),
+        // The operator runs this: a credential or audience problem is theirs
+        // to fix, so say what it is (the text never holds a secret or token).
+        Err(ResolveVmError::Azure { detail, .. }) => Err(usage(format!("--vm: {detail}"))),
         Err(e) => Err(usage(format!("--vm: {e}"))),
     }
 }

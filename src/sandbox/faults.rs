@@ -21,7 +21,7 @@ pub enum Route {
     Initiate,
     /// The Compute VM list.
     ListVms,
-    /// Both managed-identity token endpoints.
+    /// Every token endpoint (managed identity and Entra v2).
     Token,
 }
 

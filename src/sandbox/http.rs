@@ -1,5 +1,6 @@
 //! The HTTP face of the emulator: ARM routes (matched case-insensitively, as
-//! ARM does), the managed-identity token endpoints and `/_emulator/*`.
+//! ARM does), the token endpoints (managed identity here, Entra's v2 in
+//! `entra.rs`) and `/_emulator/*`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -16,7 +17,9 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::entra::{self, EntraError, TokenEndpoint, TokenRecord};
 use super::jit::{self, Policy, Rejection};
+use super::tls::TlsPeer;
 use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorState, Trigger};
 
 /// The only api-version of the JIT API the emulator speaks.
@@ -32,6 +35,7 @@ pub(crate) fn router(emulator: Emulator) -> Router {
     Router::new()
         .route("/msi/token", get(app_service_token))
         .route("/metadata/identity/oauth2/token", get(imds_token))
+        .route("/{tenant}/oauth2/v2.0/token", post(entra::v2_token))
         .route("/_emulator/faults", post(add_fault).delete(clear_faults))
         .route("/_emulator/nsg", get(nsg))
         .route("/_emulator/calls", get(calls).delete(clear_calls))
@@ -41,7 +45,7 @@ pub(crate) fn router(emulator: Emulator) -> Router {
 
 /// An ARM error answer: `{"error":{"code","message"}}`.
 #[derive(Debug)]
-struct ArmError {
+pub(super) struct ArmError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -345,7 +349,14 @@ async fn arm(State(emulator): State<Emulator>, request: Request) -> Response {
     let caller = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip());
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<TlsPeer>>()
+                .map(|c| c.0.0.ip())
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let body = axum::body::to_bytes(body, MAX_BODY).await;
     let target = Target::parse(parts.uri.path());
     let route = target.as_ref().and_then(|t| t.route(&parts.method).ok());
@@ -567,6 +578,16 @@ impl Emulator {
                 "The access token is invalid.".to_owned(),
             )
         })?;
+        if !state.directory.is_arm_audience(&token.audience) {
+            return Err(unauthorized(
+                "InvalidAuthenticationTokenAudience",
+                format!(
+                    "The access token has been obtained for wrong audience or resource '{}'. It should exactly match with one of the allowed audiences {}.",
+                    token.audience,
+                    state.directory.arm_audience_list()
+                ),
+            ));
+        }
         if now >= token.expires_at {
             return Err(unauthorized(
                 "ExpiredAuthenticationToken",
@@ -581,7 +602,7 @@ impl Emulator {
     }
 
     /// Fires the armed fault for `route`, if any: an error answer, a delay or a hang.
-    async fn apply_fault(&self, route: Route) -> Result<(), ArmError> {
+    pub(super) async fn apply_fault(&self, route: Route) -> Result<(), ArmError> {
         let fault = self.state().faults.take(route);
         match fault {
             None => Ok(()),
@@ -663,70 +684,58 @@ impl Emulator {
         }
     }
 
-    /// Both token protocols: check, maybe fault, issue.
+    /// Both managed-identity protocols: check, maybe fault, issue; logged.
     async fn token(&self, imds: bool, headers: &HeaderMap, query: Option<&str>) -> Response {
         self.state().token_requests += 1;
-        let refuse = |status: StatusCode, error: &str, description: &str| {
-            (
-                status,
-                Json(json!({"error": error, "error_description": description})),
-            )
-                .into_response()
+        let resource = query_param(query, "resource").unwrap_or_default();
+        let response = match self
+            .managed_identity_token(imds, headers, query, &resource)
+            .await
+        {
+            Ok(response) | Err(response) => response,
         };
-        let version = query_param(query, "api-version").unwrap_or_default();
-        let header_is = |name: &str, want: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case(want))
-        };
-        if imds {
-            if !matches!(version.as_str(), "2018-02-01" | "2019-08-01") {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "api-version must be 2018-02-01 or 2019-08-01",
-                );
-            }
-            if !header_is("metadata", "true") {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "Required metadata header not specified",
-                );
-            }
-        } else {
-            if version != "2019-08-01" {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "api-version must be 2019-08-01",
-                );
-            }
-            let secret = self.identity_header();
-            let given = headers
-                .get("x-identity-header")
-                .and_then(|v| v.to_str().ok());
-            if given != Some(secret.as_str()) {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "The x-identity-header header is missing or wrong",
-                );
-            }
-        }
-        let Some(resource) = query_param(query, "resource").filter(|r| !r.is_empty()) else {
-            return refuse(
+        self.log_token(TokenRecord {
+            endpoint: if imds {
+                TokenEndpoint::Imds
+            } else {
+                TokenEndpoint::AppService
+            },
+            resource,
+            client_id: query_param(query, "client_id"),
+            status: response.status().as_u16(),
+            at: self.now(),
+        });
+        response
+    }
+
+    async fn managed_identity_token(
+        &self,
+        imds: bool,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        resource: &str,
+    ) -> Result<Response, Response> {
+        check_managed_identity_request(self, imds, headers, query)
+            .map_err(IntoResponse::into_response)?;
+        if resource.is_empty() {
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "The resource parameter is required",
-            );
-        };
-        if let Err(e) = self.apply_fault(Route::Token).await {
-            return e.into_response();
+            ));
         }
         let now = self.now();
-        let (token, expires_at) = self.issue();
+        {
+            let state = self.state();
+            if !state.directory.knows(resource) {
+                let tenant = state.directory.tenant_id().to_owned();
+                return Err(EntraError::unknown_resource(resource, &tenant).into_response_at(now));
+            }
+        }
+        self.apply_fault(Route::Token)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (token, expires_at) = self.issue_for(resource);
         let expires_on = expires_at.timestamp().to_string();
         let body = if imds {
             let expires_in = (expires_at - now).num_seconds().to_string();
@@ -748,8 +757,66 @@ impl Emulator {
                 "token_type": "Bearer",
             })
         };
-        Json(body).into_response()
+        Ok(Json(body).into_response())
     }
+}
+
+fn refuse(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// A managed-identity endpoint refusing a request: status, error, description.
+struct Refusal(StatusCode, &'static str, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1, self.2)
+    }
+}
+
+/// The protocol checks of the IMDS and App Service endpoints.
+fn check_managed_identity_request(
+    emulator: &Emulator,
+    imds: bool,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(), Refusal> {
+    let version = query_param(query, "api-version").unwrap_or_default();
+    let header_is = |name: &str, want: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+    };
+    let bad = |description| Refusal(StatusCode::BAD_REQUEST, "invalid_request", description);
+    if imds {
+        if !matches!(version.as_str(), "2018-02-01" | "2019-08-01") {
+            return Err(bad("api-version must be 2018-02-01 or 2019-08-01"));
+        }
+        if !header_is("metadata", "true") {
+            return Err(bad("Required metadata header not specified"));
+        }
+        return Ok(());
+    }
+    if version != "2019-08-01" {
+        return Err(bad("api-version must be 2019-08-01"));
+    }
+    let secret = emulator.identity_header();
+    let given = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok());
+    if given != Some(secret.as_str()) {
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The x-identity-header header is missing or wrong",
+        ));
+    }
+    Ok(())
 }
 
 async fn app_service_token(

@@ -49,7 +49,7 @@ impl From<StoreError> for AdminError {
 impl From<ResolveVmError> for AdminError {
     fn from(e: ResolveVmError) -> Self {
         match e {
-            ResolveVmError::Azure(message) => Self::Azure(message),
+            ResolveVmError::Azure { message, .. } => Self::Azure(message),
             ResolveVmError::Unexpected(e) => Self::Unexpected(e),
             lookup => Self::Invalid(lookup.to_string()),
         }

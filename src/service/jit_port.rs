@@ -41,6 +41,8 @@ pub enum JitError {
     Refused {
         /// One sentence for the member.
         message: String,
+        /// The sentence for an operator (see [`JitError::operator_message`]).
+        detail: String,
         /// What Azure said; logged, never shown.
         #[source]
         cause: anyhow::Error,
@@ -51,6 +53,8 @@ pub enum JitError {
     NoAnswer {
         /// One sentence for the member.
         message: String,
+        /// The sentence for an operator (see [`JitError::operator_message`]).
+        detail: String,
         /// What went wrong; logged, never shown.
         #[source]
         cause: anyhow::Error,
@@ -66,6 +70,17 @@ impl JitError {
                 self.to_string()
             }
             Self::Refused { message, .. } | Self::NoAnswer { message, .. } => message.clone(),
+        }
+    }
+
+    /// One sentence for the operator running the CLI: where the fix is
+    /// theirs (Drawbridge's credential or token audience), what Azure said
+    /// and the setting to change; otherwise the member's sentence. Never a
+    /// secret or a token.
+    pub fn operator_message(&self) -> String {
+        match self {
+            Self::Refused { detail, .. } | Self::NoAnswer { detail, .. } => detail.clone(),
+            _ => self.user_message(),
         }
     }
 }

@@ -147,7 +147,7 @@ impl Service {
                         e.user_message()
                     })
             }
-            Err(ResolveVmError::Azure(message)) => Err(message),
+            Err(ResolveVmError::Azure { message, .. }) => Err(message),
             Err(_) => Err(VM_GONE.to_string()),
         };
         self.settle_closed(who, &grant, was_extended, outcome, now)

@@ -77,7 +77,7 @@ impl From<ResolveVmError> for RequestError {
                 exists_without_jit,
             },
             ResolveVmError::Ambiguous { candidates } => Self::VmAmbiguous { candidates },
-            ResolveVmError::Azure(message) => Self::Azure { message },
+            ResolveVmError::Azure { message, .. } => Self::Azure { message },
             ResolveVmError::Unexpected(e) => Self::Unexpected(e),
         }
     }

@@ -3,6 +3,7 @@
 mod azure_client;
 mod cli;
 mod crash;
+mod credentials;
 mod demo;
 mod discord_adapter;
 mod docs;
@@ -12,6 +13,7 @@ mod e2e_audit;
 mod e2e_buttons;
 mod e2e_http;
 mod emulator;
+mod emulator_tokens;
 mod fake_discord_selftest;
 mod fault;
 mod fuzz;

@@ -4,3 +4,4 @@ pub mod app;
 pub mod child;
 pub mod fake_discord;
 pub mod load;
+pub mod tls;

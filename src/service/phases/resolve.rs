@@ -35,8 +35,14 @@ pub enum ResolveVmError {
         candidates: Vec<String>,
     },
     /// Azure could not be asked (logged where it happened).
-    #[error("{0}")]
-    Azure(String),
+    #[error("{message}")]
+    Azure {
+        /// One sentence for a member or an admin in Discord.
+        message: String,
+        /// One sentence for the operator running the CLI, who can fix a
+        /// credential or audience problem (see [`JitError::operator_message`]).
+        detail: String,
+    },
     /// Azure's names for the VM fall outside its own rules.
     #[error(transparent)]
     Unexpected(anyhow::Error),
@@ -63,7 +69,10 @@ pub async fn resolve_vm(jit: &dyn JitPort, vm: &VmRef) -> Result<ResolvedVm, Res
         JitError::Ambiguous { candidates } => ResolveVmError::Ambiguous { candidates },
         azure @ (JitError::Refused { .. } | JitError::NoAnswer { .. }) => {
             tracing::error!(error.message = %azure, error.cause_chain = ?azure, "VM lookup failed");
-            ResolveVmError::Azure(azure.user_message())
+            ResolveVmError::Azure {
+                message: azure.user_message(),
+                detail: azure.operator_message(),
+            }
         }
     })?;
     let identity = found.identity().ok_or_else(|| {

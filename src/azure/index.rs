@@ -241,6 +241,13 @@ impl VmIndex {
 }
 
 fn policy_port(rule: &PortRule, vm_id: &str) -> Option<PolicyPort> {
+    if rule.number == 0 {
+        // The schema allows it; no request can name it, so it is never offered.
+        tracing::warn!(
+            vm = vm_id,
+            "the JIT policy has a rule for port 0, which no request can name"
+        );
+    }
     let Some(max_duration) = parse_iso_duration(&rule.max_request_access_duration) else {
         tracing::warn!(vm = vm_id, port = rule.number, value = %rule.max_request_access_duration,
             "skipping a port rule with an unreadable maxRequestAccessDuration");

@@ -50,10 +50,10 @@ pub struct Policy {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyProperties {
     /// VMs covered by the policy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub virtual_machines: Vec<PolicyVm>,
     /// History of initiate requests.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub requests: Vec<JitRequest>,
     /// e.g. `Succeeded`.
     #[serde(default)]
@@ -67,7 +67,7 @@ pub struct PolicyVm {
     /// VM resource id.
     pub id: String,
     /// Port rules.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub ports: Vec<PortRule>,
     /// Public IP of a linked Azure Firewall, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,12 +103,22 @@ fn any_protocol() -> String {
     "*".to_owned()
 }
 
+/// An array written as `null` reads as empty, as when it is left out: one
+/// such policy must not stop the whole list from parsing.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// `JitNetworkAccessRequest`: an initiate request as Azure records it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JitRequest {
     /// VMs and ports of the request.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub virtual_machines: Vec<RequestVm>,
     /// When the request was made.
     #[serde(default)]
@@ -128,7 +138,7 @@ pub struct RequestVm {
     /// VM resource id.
     pub id: String,
     /// The ports requested.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub ports: Vec<RequestPort>,
 }
 
@@ -456,5 +466,18 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn arrays_written_as_null_read_as_empty() {
+        let policy: Policy = serde_json::from_str(
+            r#"{"id":"p","properties":{"virtualMachines":[{"id":"v","ports":null}],"requests":null}}"#,
+        )
+        .unwrap();
+        assert!(policy.properties.virtual_machines[0].ports.is_empty());
+        assert!(policy.properties.requests.is_empty());
+        let request: JitRequest =
+            serde_json::from_str(r#"{"virtualMachines":[{"id":"v","ports":null}]}"#).unwrap();
+        assert!(request.virtual_machines[0].ports.is_empty());
     }
 }

@@ -69,15 +69,17 @@ impl Service {
                 })
                 .collect();
         };
-        let allowed: Vec<u16> = vm
-            .ports
-            .iter()
-            .map(|p| p.number)
-            .filter(|n| {
-                let one = PortSpec::from_numbers([*n]).expect("policy ports are non-zero");
-                fitting.iter().any(|m| m.ports.covers(&one))
-            })
-            .collect();
+        // Azure's schema allows port 0 and repeats a port per protocol: only
+        // ports a member can ask for, once each.
+        let mut allowed: Vec<u16> = Vec::new();
+        for n in vm.ports.iter().map(|p| p.number) {
+            let Some(one) = PortSpec::from_numbers([n]) else {
+                continue;
+            };
+            if !allowed.contains(&n) && fitting.iter().any(|m| m.ports.covers(&one)) {
+                allowed.push(n);
+            }
+        }
         let mut choices = Vec::new();
         for (name, ports) in aliases.iter() {
             let nums: Vec<u16> = ports.iter().map(|p| p.number()).collect();

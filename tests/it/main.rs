@@ -21,6 +21,7 @@ mod layout;
 mod lifecycle;
 mod logs;
 mod ops;
+mod policy_fuzz;
 mod shutdown;
 mod store;
 mod support;

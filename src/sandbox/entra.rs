@@ -377,7 +377,7 @@ impl Emulator {
         form: &Form,
         now: DateTime<Utc>,
     ) -> Result<Response, EntraError> {
-        {
+        let resource = {
             let state = self.state();
             let dir = &state.directory;
             if !tenant.eq_ignore_ascii_case(dir.tenant_id()) {
@@ -414,13 +414,12 @@ impl Emulator {
             if !dir.knows(resource) {
                 return Err(EntraError::unknown_resource(resource, dir.tenant_id()));
             }
-        }
+            resource.to_owned()
+        };
         if let Err(e) = self.apply_fault(Route::Token).await {
             return Ok(e.into_response());
         }
-        let scope = form.required("scope")?;
-        let resource = default_scope_resource(scope)?;
-        let (token, expires_at) = self.issue_for(resource);
+        let (token, expires_at) = self.issue_for(&resource);
         let expires_in = (expires_at - now).num_seconds();
         Ok(Json(json!({
             "token_type": "Bearer",

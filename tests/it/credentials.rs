@@ -26,7 +26,7 @@ use drawbridge::sandbox::{
 
 use crate::e2e::{initiates, interact, ssh_web_01};
 use crate::support::app::{
-    ADMIN_ROLE, AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD, spawn_app,
+    ADMIN_ROLE, AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD, TestAppBuilder, spawn_app,
 };
 use crate::support::fake_discord::FakeDiscord;
 use crate::support::tls::TestCa;
@@ -509,4 +509,77 @@ async fn the_real_bot_with_a_client_secret_grants_access() {
         "{tokens:?}"
     );
     assert!(!logs().contains(SECRET), "the secret stays out of the log");
+}
+
+#[tokio::test]
+async fn check_config_requires_the_audience_of_a_custom_cloud_and_checks_its_form() {
+    let run = |extra: &[(&str, &str)]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"));
+        command
+            .arg("check-config")
+            .env_clear()
+            .env("DRAWBRIDGE__AZURE__CLOUD", "custom")
+            .env(
+                "DRAWBRIDGE__AZURE__ARM_ENDPOINT",
+                "https://management.local.azurestack.external",
+            )
+            .env(
+                "DRAWBRIDGE__AZURE__AUTHORITY_HOST",
+                "https://adfs.local.azurestack.external/adfs",
+            );
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command.output()
+    };
+
+    let missing = run(&[]).await.unwrap();
+    let scope = run(&[(
+        "DRAWBRIDGE__AZURE__ARM_AUDIENCE",
+        "https://management.adfs.azurestack.local/4de154de/.default",
+    )])
+    .await
+    .unwrap();
+
+    let (_, stderr) = text(&missing);
+    assert!(!missing.status.success());
+    assert!(
+        stderr.contains("azure.arm_audience (not set): required when azure.cloud is custom"),
+        "{stderr}"
+    );
+    let (_, stderr) = text(&scope);
+    assert!(!scope.status.success());
+    assert!(
+        stderr.contains("azure.arm_audience (from the environment)")
+            && stderr.contains("leave out /.default"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_azure_arm_audience_when_the_token_service_refuses_it() {
+    // Arrange: the test app with an audience the tenant does not know
+    let app = TestAppBuilder::default()
+        .env(
+            "AZURE__ARM_AUDIENCE",
+            "https://arm-gateway.internal.example",
+        )
+        .start()
+        .await;
+
+    // Act
+    let response = reqwest::get(format!("{}/readyz", app.ops_url))
+        .await
+        .expect("ops answers");
+
+    // Assert
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let token = body["checks"]["azure_token"].as_str().unwrap_or_default();
+    assert!(
+        token.starts_with("azure.arm_audience: ")
+            && token.contains("https://arm-gateway.internal.example")
+            && token.contains("AADSTS500011"),
+        "{body}"
+    );
 }

@@ -258,21 +258,8 @@ impl Emulator {
             .await
     }
 
-    /// Serves the same routes over https on `listener` with `identity`
-    /// until `shutdown` completes. Entra's v2 token endpoint answers only here.
-    ///
-    /// # Errors
-    /// When the certificate and key do not fit together, or the listener fails.
-    pub async fn serve_tls(
-        self,
-        listener: TcpListener,
-        identity: TlsIdentity,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let listener = TlsListener::new(listener, identity).map_err(std::io::Error::other)?;
-        self.serve_tls_on(listener, shutdown).await
-    }
-
+    /// Serves the same routes over https until `shutdown` completes. Entra's
+    /// v2 token endpoint answers only here.
     async fn serve_tls_on(
         self,
         listener: TlsListener,
@@ -384,12 +371,6 @@ impl Emulator {
         self.issue_for(&audience).0
     }
 
-    /// Issues a bearer token for another audience, as a token endpoint would
-    /// for that resource: ARM refuses it.
-    pub fn issue_token_for(&self, audience: &str) -> String {
-        self.issue_for(audience).0
-    }
-
     /// Makes ARM accept tokens for `audience` only (up to a trailing slash),
     /// as the Resource Manager of another cloud would; the token endpoints
     /// know it as a resource. The default is [`DEFAULT_ARM_AUDIENCES`].
@@ -397,14 +378,9 @@ impl Emulator {
         self.state().directory.set_arm_audience(audience.into());
     }
 
-    /// The tenant id of the emulated directory ([`DEFAULT_TENANT_ID`] unless set).
+    /// The tenant id of the emulated directory, [`DEFAULT_TENANT_ID`].
     pub fn tenant_id(&self) -> String {
         self.state().directory.tenant_id().to_owned()
-    }
-
-    /// Sets the tenant id the v2 token endpoint answers for.
-    pub fn set_tenant_id(&self, tenant: impl Into<String>) {
-        self.state().directory.set_tenant_id(tenant.into());
     }
 
     /// Registers an app `client_id` (if new) with a client secret.

@@ -33,7 +33,7 @@ use serde_json::json;
 use super::tls::TlsPeer;
 use super::{Emulator, Route};
 
-/// The tenant the emulator's directory answers for, unless set otherwise.
+/// The tenant the emulator's directory answers for.
 pub const DEFAULT_TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 
 /// The ARM audiences accepted unless [`Emulator::set_arm_audience`] says
@@ -131,10 +131,6 @@ impl Directory {
 
     pub(crate) fn tenant_id(&self) -> &str {
         &self.tenant_id
-    }
-
-    pub(crate) fn set_tenant_id(&mut self, tenant: String) {
-        self.tenant_id = tenant;
     }
 
     pub(crate) fn set_arm_audience(&mut self, audience: String) {

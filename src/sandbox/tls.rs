@@ -8,7 +8,6 @@
 //! never holds up the others.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,17 +54,6 @@ impl TlsIdentity {
         let key =
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("reading the private key")?;
         Ok(Self { chain, key })
-    }
-
-    /// From two PEM files.
-    ///
-    /// # Errors
-    /// When a file cannot be read or holds no usable PEM item.
-    pub fn from_pem_files(chain: &Path, key: &Path) -> anyhow::Result<Self> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        Self::from_pem(&read(chain)?, &read(key)?)
     }
 
     fn acceptor(self) -> anyhow::Result<TlsAcceptor> {

@@ -134,6 +134,11 @@ impl From<crate::domain::InvalidPolicyId> for ArmError {
 /// ARM's error code for a token minted for another audience.
 const WRONG_AUDIENCE: &str = "InvalidAuthenticationTokenAudience";
 
+/// How an [`ArmError::Unauthorized`] about the token audience begins, whether
+/// ARM refused the token or the token service refused the audience
+/// ([`super::TokenError::UnknownAudience`]).
+const AUDIENCE_PROBLEM: &str = "azure.arm_audience: ";
+
 /// Whether an ARM 401 body says the token is for the wrong audience: a new
 /// token from the same credential would be refused too.
 pub(crate) fn is_wrong_audience(body: &[u8]) -> bool {
@@ -189,6 +194,46 @@ impl ArmError {
         }
     }
 
+    /// The same error again (for an answer that repeats a remembered
+    /// failure); an unexpected one keeps its text.
+    pub fn replay(&self) -> Self {
+        match self {
+            Self::Forbidden {
+                code,
+                message,
+                needed_action,
+            } => Self::Forbidden {
+                code: code.clone(),
+                message: message.clone(),
+                needed_action,
+            },
+            Self::NotFound { code, message } => Self::NotFound {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Self::BadRequest { code, message } => Self::BadRequest {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Self::Conflict { code, message } => Self::Conflict {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            Self::Throttled { attempts } => Self::Throttled {
+                attempts: *attempts,
+            },
+            Self::Unavailable { attempts, last } => Self::Unavailable {
+                attempts: *attempts,
+                last: last.clone(),
+            },
+            Self::Unauthorized { message } => Self::Unauthorized {
+                message: message.clone(),
+            },
+            Self::InvalidInput(text) => Self::InvalidInput(text.clone()),
+            Self::Unexpected(e) => Self::Unexpected(anyhow::anyhow!("{e:#}")),
+        }
+    }
+
     /// One clear sentence for a Discord user: no ids, tokens or internals
     /// beyond Azure's own explanation of a refused request.
     pub fn user_message(&self) -> String {
@@ -206,6 +251,9 @@ impl ArmError {
             }
             Self::Throttled { .. } => "Azure is throttling requests right now; try again in a minute.".to_owned(),
             Self::Unavailable { .. } => "Azure is not answering right now; try again shortly.".to_owned(),
+            Self::Unauthorized { message } if message.starts_with(AUDIENCE_PROBLEM) => {
+                "Drawbridge could not sign in to Azure: its token audience (azure.arm_audience) is wrong; an operator needs to fix its configuration.".to_owned()
+            }
             Self::Unauthorized { .. } => {
                 "Drawbridge could not sign in to Azure; an operator needs to check its credential.".to_owned()
             }
@@ -312,11 +360,26 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("azure.arm_audience"), "{text}");
         assert!(text.contains("https://vault.azure.net"), "{text}");
+        assert!(e.user_message().contains("(azure.arm_audience) is wrong"));
+        assert!(
+            !e.user_message().contains("vault"),
+            "Azure's detail is logged, not shown"
+        );
 
         let expired = br#"{"error":{"code":"ExpiredAuthenticationToken","message":"expired"}}"#;
         assert!(!is_wrong_audience(expired));
         let e = ArmError::from_response(Operation::ListPolicies, StatusCode::UNAUTHORIZED, expired);
         assert!(!e.to_string().contains("arm_audience"));
+        assert!(!e.user_message().contains("arm_audience"));
+
+        let unknown = super::super::TokenError::UnknownAudience {
+            credential: "managed identity",
+            audience: "https://arm-proxy.example".into(),
+        };
+        let e = ArmError::Unauthorized {
+            message: unknown.to_string(),
+        };
+        assert!(e.user_message().contains("(azure.arm_audience) is wrong"));
     }
 
     #[test]

@@ -344,6 +344,9 @@ pub struct SharedVmIndex {
     clock: SharedClock,
     miss_floor: TimeDelta,
     last_refresh: Mutex<Option<DateTime<Utc>>>,
+    /// Why the last refresh failed, if it did: a miss inside the floor then
+    /// reports that, not "no such VM", which the index could not know.
+    last_failure: Mutex<Option<ArmError>>,
     refreshing: tokio::sync::Mutex<()>,
 }
 
@@ -367,6 +370,7 @@ impl SharedVmIndex {
             clock,
             miss_floor,
             last_refresh: Mutex::new(None),
+            last_failure: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
         }
     }
@@ -398,8 +402,15 @@ impl SharedVmIndex {
         *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
         let mut policies = Vec::new();
         for sub in subscriptions {
-            policies.extend(arm.list_policies(sub).await?);
+            match arm.list_policies(sub).await {
+                Ok(page) => policies.extend(page),
+                Err(e) => {
+                    *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.replay());
+                    return Err(e);
+                }
+            }
         }
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let index = Arc::new(VmIndex::from_policies(&policies));
         tracing::info!(
             vms = index.len(),
@@ -415,7 +426,8 @@ impl SharedVmIndex {
     /// new snapshot, or `None` when it did not refresh.
     ///
     /// # Errors
-    /// The [`ArmError`] of the refresh.
+    /// The [`ArmError`] of the refresh; inside the floor, that of the last
+    /// attempt if it failed.
     pub async fn refresh_on_miss(
         &self,
         arm: &ArmClient,
@@ -424,7 +436,11 @@ impl SharedVmIndex {
         let _one_at_a_time = self.refreshing.lock().await;
         let last = *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| self.clock.now() < t + self.miss_floor) {
-            return Ok(None);
+            let failure = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+            return match failure.as_ref() {
+                Some(e) => Err(e.replay()),
+                None => Ok(None),
+            };
         }
         self.refresh_locked(arm, subscriptions).await.map(Some)
     }

@@ -547,6 +547,35 @@ async fn refresh_on_miss_has_a_floor() {
 }
 
 #[tokio::test]
+async fn a_miss_after_a_failed_refresh_reports_the_failure_not_a_missing_vm() {
+    // Arrange: the first refresh fails (ARM refuses the identity)
+    let h = harness().await;
+    let subs = Harness::subscriptions();
+    let index = SharedVmIndex::new(Arc::new(h.clock.clone()), TimeDelta::seconds(30));
+    h.emulator()
+        .inject(Route::ListPolicies, FaultRule::next(1, Fault::Forbidden));
+    assert!(index.refresh(&h.arm, &subs).await.is_err());
+    let lists = h.calls_to(Route::ListPolicies);
+
+    // Act: a miss inside the floor, then one after it
+    let inside = index.refresh_on_miss(&h.arm, &subs).await;
+    h.clock.advance(TimeDelta::seconds(31));
+    let after = index.refresh_on_miss(&h.arm, &subs).await;
+
+    // Assert
+    assert!(
+        matches!(inside, Err(ArmError::Forbidden { .. })),
+        "{inside:?}"
+    );
+    assert!(matches!(after, Ok(Some(_))), "{after:?}");
+    assert!(h.calls_to(Route::ListPolicies) > lists);
+    assert!(
+        matches!(index.refresh_on_miss(&h.arm, &subs).await, Ok(None)),
+        "a success clears the failure"
+    );
+}
+
+#[tokio::test]
 async fn a_steady_state_grant_costs_exactly_one_arm_request() {
     let h = harness().await;
     let index = SharedVmIndex::new(Arc::new(h.clock.clone()), DEFAULT_MISS_FLOOR);

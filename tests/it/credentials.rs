@@ -557,7 +557,7 @@ async fn check_config_requires_the_audience_of_a_custom_cloud_and_checks_its_for
 }
 
 #[tokio::test]
-async fn readyz_names_azure_arm_audience_when_the_token_service_refuses_it() {
+async fn readyz_and_the_reply_name_azure_arm_audience_when_the_token_service_refuses_it() {
     // Arrange: the test app with an audience the tenant does not know
     let app = TestAppBuilder::default()
         .env(
@@ -568,11 +568,17 @@ async fn readyz_names_azure_arm_audience_when_the_token_service_refuses_it() {
         .await;
 
     // Act
+    let reply = interact(&app, ssh_web_01(&app.discord)).await;
     let response = reqwest::get(format!("{}/readyz", app.ops_url))
         .await
         .expect("ops answers");
 
     // Assert
+    assert!(
+        reply.text().contains("(azure.arm_audience) is wrong"),
+        "{}",
+        reply.text()
+    );
     assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = response.json().await.expect("JSON");
     let token = body["checks"]["azure_token"].as_str().unwrap_or_default();

@@ -27,7 +27,7 @@ pub use grant::{GrantEvent, GrantState, InvalidTransition};
 pub use ids::{IdError, RequestId, RoleId, Snowflake, UserId};
 pub use jit_policy::{
     AllowedSources, CloseOutcome, IndexedVm, InvalidPolicyId, JitRequestRecord, PolicyDefaults,
-    PolicyId, PolicyPort, PortState, RequestedPort, RequestedVm,
+    PolicyId, PolicyPort, PortState, RequestedPort, RequestedVm, VmKey,
 };
 pub use mapping::{MappingError, MappingName, PortSelector, RoleMapping, SourcePolicy, VmSelector};
 pub use policy_check::{PolicyViolation, check_request};

@@ -15,7 +15,7 @@ use super::wire::{JitRequest, Policy, RequestPort};
 use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
 use crate::domain::{
     CloseOutcome, IndexedVm, JitRequestRecord, PolicyDefaults, PortSpec, RequestedPort,
-    RequestedVm, SourcePrefix, VmRef,
+    RequestedVm, SourcePrefix, VmKey, VmRef,
 };
 use crate::service::jit_port::{Initiated, JitError, JitPort, OpenRequest};
 
@@ -190,6 +190,10 @@ impl JitPort for ArmJit {
 
     fn resolve_cached(&self, vm: &VmRef) -> Option<Arc<IndexedVm>> {
         Self::lookup(&self.index.snapshot(), vm).ok()
+    }
+
+    fn by_key(&self, key: &VmKey) -> Option<Arc<IndexedVm>> {
+        self.index.snapshot().by_key(key)
     }
 
     fn search(

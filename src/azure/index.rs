@@ -7,7 +7,7 @@
 //! initiate.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     sync::{Arc, Mutex, RwLock},
 };
@@ -22,7 +22,7 @@ use super::{
     wire::{Policy, PortRule},
 };
 use crate::clock::SharedClock;
-use crate::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort};
+use crate::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort, VmKey};
 
 /// Why a name did not resolve to exactly one VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +52,8 @@ pub struct VmIndex {
     blob: String,
     /// Start of each name in `blob`.
     starts: Vec<usize>,
+    /// Each VM's [`VmKey`] to its place in `vms` (autocomplete values).
+    keys: HashMap<VmKey, usize>,
 }
 
 impl VmIndex {
@@ -122,12 +124,15 @@ impl VmIndex {
             blob.push_str(name);
             blob.push('\n');
         }
-        let (names, vms) = keyed.into_iter().map(|(n, v)| (n, Arc::new(v))).unzip();
+        let (names, vms): (Vec<String>, Vec<Arc<IndexedVm>>) =
+            keyed.into_iter().map(|(n, v)| (n, Arc::new(v))).unzip();
+        let keys = vms.iter().enumerate().map(|(i, v)| (v.key(), i)).collect();
         Self {
             vms,
             names,
             blob,
             starts,
+            keys,
         }
     }
 
@@ -195,6 +200,11 @@ impl VmIndex {
                 Err(ResolveError::Ambiguous { candidates })
             }
         }
+    }
+
+    /// The VM an autocomplete value names.
+    pub fn by_key(&self, key: &VmKey) -> Option<Arc<IndexedVm>> {
+        self.keys.get(key).map(|&i| Arc::clone(&self.vms[i]))
     }
 
     /// Autocomplete: VMs whose name starts with `query` (case-insensitive),

@@ -483,12 +483,23 @@ fn autocomplete_query(name: &str, options: &[CommandDataOption]) -> Autocomplete
     query
 }
 
-/// At most 25 choices, names and values within 100 characters; a choice
-/// with no name shows its value.
+/// At most 25 choices, names cut to 100 characters for display; a choice
+/// with no name shows its value. A value is never cut (a cut value names
+/// nothing): a choice whose value is empty or longer than 100 characters is
+/// left out, with a warning.
 fn autocomplete_choices(choices: Vec<Choice>) -> Vec<AutocompleteChoice> {
     choices
         .into_iter()
-        .filter(|c| !c.value.is_empty())
+        .filter(|c| {
+            let fits = (1..=CHOICE_MAX).contains(&c.value.chars().count());
+            if !fits {
+                warn!(
+                    length = c.value.chars().count(),
+                    "leaving out an autocomplete choice whose value Discord would refuse"
+                );
+            }
+            fits
+        })
         .take(MAX_CHOICES)
         .map(|c| {
             let name = if c.name.trim().is_empty() {
@@ -496,10 +507,7 @@ fn autocomplete_choices(choices: Vec<Choice>) -> Vec<AutocompleteChoice> {
             } else {
                 &c.name
             };
-            AutocompleteChoice::new(
-                builders::truncate(name, CHOICE_MAX),
-                builders::truncate(&c.value, CHOICE_MAX),
-            )
+            AutocompleteChoice::new(builders::truncate(name, CHOICE_MAX), c.value)
         })
         .collect()
 }
@@ -574,5 +582,20 @@ mod tests {
         let out = out.as_array().unwrap();
         assert_eq!(out.len(), MAX_CHOICES);
         assert_eq!(out[0]["name"].as_str().unwrap().chars().count(), CHOICE_MAX);
+    }
+
+    #[test]
+    fn values_are_never_cut() {
+        let choice = |value: String| Choice {
+            name: "vm".into(),
+            value,
+        };
+        let out = autocomplete_choices(vec![
+            choice("r".repeat(101)),
+            choice(String::new()),
+            choice("v".repeat(100)),
+        ]);
+        let out = serde_json::to_value(out).unwrap();
+        assert_eq!(out, json!([{"name": "vm", "value": "v".repeat(100)}]));
     }
 }

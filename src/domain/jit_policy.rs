@@ -173,7 +173,52 @@ pub struct IndexedVm {
     pub ports: Vec<PolicyPort>,
 }
 
+/// A short, stable handle on an indexed VM: `#` and 16 hex digits of the
+/// SHA-256 of its lowercase resource id.
+///
+/// Why: autocomplete values are limited to 100 characters, and `rg/name`
+/// reaches 155 (a 90-character resource group and a 64-character name), so
+/// a choice's value cannot be the VM's name. A key is always short, never
+/// ambiguous across subscriptions, and the same after every index refresh
+/// (it depends on the resource id only). `#` cannot start a VM reference, so
+/// a key is never mistaken for a name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VmKey(String);
+
+impl VmKey {
+    const HEX_DIGITS: usize = 16;
+
+    /// The key of the VM with resource id `vm_id` (case-insensitive, as Azure ids are).
+    pub fn of(vm_id: &str) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let digest = hex::encode(Sha256::digest(vm_id.to_ascii_lowercase().as_bytes()));
+        Self(format!("#{}", &digest[..Self::HEX_DIGITS]))
+    }
+
+    /// `text` as a key, when it has a key's shape (`#` and 16 hex digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.trim().strip_prefix('#')?;
+        (hex.len() == Self::HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(format!("#{}", hex.to_ascii_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl IndexedVm {
+    /// The VM's [`VmKey`].
+    pub fn key(&self) -> VmKey {
+        VmKey::of(&self.vm_id)
+    }
+
     /// `rg/name`.
     pub fn qualified_name(&self) -> String {
         format!("{}/{}", self.resource_group, self.name)
@@ -326,6 +371,28 @@ mod tests {
     use super::*;
 
     const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
+
+    #[test]
+    fn vm_keys_are_short_case_insensitive_and_never_names() {
+        let id = format!(
+            "/subscriptions/{SUB}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+            "r".repeat(90),
+            "v".repeat(64)
+        );
+        let key = VmKey::of(&id);
+        assert_eq!(key.as_str().len(), 17);
+        assert_eq!(key, VmKey::of(&id.to_uppercase()));
+        assert_ne!(key, VmKey::of(&id.replace("vvv", "vvw")));
+        assert_eq!(
+            VmKey::parse(&key.as_str().to_uppercase()),
+            Some(key.clone())
+        );
+        assert_eq!(VmKey::parse(key.as_str()), Some(key));
+        for not_a_key in ["web-01", "rg/web-01", "#12", "#0123456789abcdeg", ""] {
+            assert_eq!(VmKey::parse(not_a_key), None, "{not_a_key}");
+        }
+        assert!(crate::domain::VmRef::parse("#0123456789abcdef").is_err());
+    }
 
     #[test]
     fn policy_ids_parse_case_insensitively_and_round_trip() {

@@ -1,13 +1,48 @@
 //! Autocomplete for `/jit`: answered from memory (the VM index and the
 //! mappings), never by calling Azure.
 
+//!
+//! A VM choice's value is the VM's [`VmKey`], not its name: Discord limits
+//! values to 100 characters and `rg/name` reaches 155. Every command handler
+//! turns a key back into the VM's full name with [`Service::vm_option`]
+//! before parsing it; names are cut for display only.
+
+use std::borrow::Cow;
+
 use super::Service;
 use crate::domain::authorize;
-use crate::domain::{AccessDuration, IndexedVm, PortSpec, RoleId, RoleMapping, VmRef};
+use crate::domain::{AccessDuration, IndexedVm, PortSpec, RoleId, RoleMapping, VmKey, VmRef};
 use crate::interactions::Choice;
 
 /// Discord shows at most 25 choices.
 pub const MAX_CHOICES: usize = 25;
+/// A choice's name (what the member sees), at most.
+pub const CHOICE_NAME_MAX: usize = 100;
+
+/// A VM choice whose VM has left the index since it was offered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the VM you picked is no longer under JIT (it left the list after it was offered); pick it again or type its name as resourceGroup/name"
+)]
+pub struct StaleVmChoice;
+
+/// `name (rg)`, the resource group cut (never the name) to fit Discord's
+/// 100 characters.
+fn vm_choice_name(vm: &IndexedVm) -> String {
+    let room = CHOICE_NAME_MAX.saturating_sub(vm.name.chars().count() + 3);
+    let rg: String = if vm.resource_group.chars().count() <= room {
+        vm.resource_group.clone()
+    } else {
+        let mut cut: String = vm
+            .resource_group
+            .chars()
+            .take(room.saturating_sub(1))
+            .collect();
+        cut.push('…');
+        cut
+    };
+    format!("{} ({rg})", vm.name)
+}
 
 const DURATION_STEPS: &[u32] = &[15, 30, 45, 60, 90, 120, 180, 240, 360, 480, 720, 1440];
 
@@ -27,13 +62,30 @@ impl Service {
         self.vm_choices(partial, &|_| true)
     }
 
+    /// What a `vm` option names: the text as typed, or for a picked
+    /// choice (a [`VmKey`]) the VM's `subscription/rg/name`, which resolves
+    /// to exactly that VM.
+    ///
+    /// # Errors
+    /// [`StaleVmChoice`] when the key's VM is no longer indexed.
+    pub fn vm_option<'a>(&self, text: &'a str) -> Result<Cow<'a, str>, StaleVmChoice> {
+        match VmKey::parse(text) {
+            None => Ok(Cow::Borrowed(text)),
+            Some(key) => self
+                .jit()
+                .by_key(&key)
+                .map(|vm| Cow::Owned(vm.fully_qualified_name()))
+                .ok_or(StaleVmChoice),
+        }
+    }
+
     fn vm_choices(&self, partial: &str, keep: &(dyn Fn(&IndexedVm) -> bool + Sync)) -> Vec<Choice> {
         self.jit()
             .search(partial.trim(), MAX_CHOICES, keep)
             .iter()
             .map(|vm| Choice {
-                name: format!("{} ({})", vm.name, vm.resource_group),
-                value: vm.qualified_name(),
+                name: vm_choice_name(vm),
+                value: vm.key().to_string(),
             })
             .collect()
     }
@@ -44,7 +96,7 @@ impl Service {
         roles: &'a [RoleId],
         vm_text: &str,
     ) -> Option<(std::sync::Arc<IndexedVm>, Vec<&'a RoleMapping>)> {
-        let vm_ref = VmRef::parse(vm_text).ok()?;
+        let vm_ref = VmRef::parse(&self.vm_option(vm_text).ok()?).ok()?;
         let vm = self.jit().resolve_cached(&vm_ref)?;
         let identity = vm.identity()?;
         let fitting: Vec<&RoleMapping> = mappings

@@ -41,6 +41,19 @@ fn notice(title: &str, tone: Tone, text: impl Into<String>) -> ChatMessage {
 impl InteractionHandler for Bot {
     async fn command(&self, who: &Invocation, command: &SlashCommand) -> ChatMessage {
         let s = &self.service;
+        let picked;
+        let command = match command.option("vm").map(|vm| s.vm_option(vm)) {
+            Some(Err(stale)) => {
+                return notice("Pick the VM again", Tone::Denied, stale.to_string());
+            }
+            Some(Ok(std::borrow::Cow::Owned(vm))) => {
+                let mut with_name = command.clone();
+                with_name.options.insert("vm".to_owned(), vm);
+                picked = with_name;
+                &picked
+            }
+            _ => command,
+        };
         match (command.name.as_str(), command.subcommand.as_deref()) {
             ("jit", _) => member::jit(s, who, command).await,
             ("jit-status", _) => member::status(s, who).await,

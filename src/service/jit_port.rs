@@ -11,7 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CloseOutcome, IndexedVm, JitRequestRecord, PortSpec, SourcePrefix, VmRef};
+use crate::domain::{
+    CloseOutcome, IndexedVm, JitRequestRecord, PortSpec, SourcePrefix, VmKey, VmRef,
+};
 
 /// Why Azure did not do what the port was asked.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,8 @@ pub trait JitPort: Send + Sync + 'static {
     async fn resolve(&self, vm: &VmRef) -> Result<Arc<IndexedVm>, JitError>;
     /// Resolves from memory only (autocomplete never calls Azure).
     fn resolve_cached(&self, vm: &VmRef) -> Option<Arc<IndexedVm>>;
+    /// The indexed VM an autocomplete value ([`VmKey`]) names, from memory.
+    fn by_key(&self, key: &VmKey) -> Option<Arc<IndexedVm>>;
     /// Searches the index in memory: prefix matches first, then substrings.
     fn search(
         &self,

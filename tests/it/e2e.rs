@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drawbridge::domain::{AuditAction, GrantState, RequestId};
-use drawbridge::sandbox::{CallRecord, Fault, FaultRule, Route};
+use drawbridge::sandbox::{CallRecord, Estate, Fault, FaultRule, Route};
 use drawbridge::store::{AuditFilter, AuditRecord, Grant};
 use serde_json::Value;
 
-use crate::support::app::{AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, TestApp, spawn_app};
+use crate::support::app::{
+    AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, SUB_PROD, TestApp, TestAppBuilder, spawn_app,
+};
 use crate::support::fake_discord::{Callback, FakeDiscord, InteractionBuilder, SentInteraction};
 
 /// Discord's limit for the first response.
@@ -411,21 +413,31 @@ async fn autocomplete_offers_only_permitted_vms_without_calling_azure() {
             .map(|c| c["value"].as_str().unwrap_or_default().to_owned())
             .collect()
     };
-    let mut sre = values(&answers[0]);
+    let names = |choices: &[Value]| -> Vec<String> {
+        choices
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let mut sre = names(&answers[0]);
     sre.sort();
     assert_eq!(
         sre,
         [
-            "rg-web/web-01",
-            "rg-web/web-02",
-            "rg-web/web-03",
-            "rg-web/web-04"
+            "web-01 (rg-web)",
+            "web-02 (rg-web)",
+            "web-03 (rg-web)",
+            "web-04 (rg-web)"
         ]
     );
-    assert!(answers[1].is_empty(), "an unmapped role sees no VM");
-    let typed = values(&d.autocomplete_choices(typed.id).unwrap_or_default());
     assert!(
-        !typed.is_empty() && typed.iter().all(|v| v.starts_with("rg-web/web-0")),
+        values(&answers[0]).iter().all(|v| v.len() <= 100),
+        "values fit Discord's limit"
+    );
+    assert!(answers[1].is_empty(), "an unmapped role sees no VM");
+    let typed = names(&d.autocomplete_choices(typed.id).unwrap_or_default());
+    assert!(
+        !typed.is_empty() && typed.iter().all(|v| v.starts_with("web-0")),
         "{typed:?}"
     );
     assert_eq!(
@@ -433,6 +445,135 @@ async fn autocomplete_offers_only_permitted_vms_without_calling_azure() {
         calls_before,
         "autocomplete never calls Azure"
     );
+    app.stop().await.expect("clean stop");
+}
+
+/// The sample estate plus a VM with Azure's longest names: a 90-character
+/// resource group and a 64-character (Linux) VM name, 155 characters as
+/// `rg/name`. Returns the estate, the resource group and the name.
+fn estate_with_longest_names() -> (Estate, String, String) {
+    let rg = format!("rg-{}", "a".repeat(87));
+    let name = format!("web-{}", "b".repeat(60));
+    let extra = Estate::from_toml_str(&format!(
+        r#"
+        [[subscriptions]]
+        id = "{SUB_PROD}"
+        [[subscriptions.vms]]
+        name = "{name}"
+        resourceGroup = "{rg}"
+        location = "westeurope"
+        os = "linux"
+        privateIp = "10.10.9.4"
+        [[subscriptions.policies]]
+        resourceGroup = "{rg}"
+        location = "westeurope"
+        [[subscriptions.policies.virtualMachines]]
+        name = "{name}"
+        ports = [{{ number = 22, protocol = "*", allowedSourceAddressPrefix = "*", maxRequestAccessDuration = "PT3H" }}]
+        "#
+    ))
+    .expect("a valid estate");
+    let mut estate = Estate::sample();
+    let [extra]: [_; 1] = extra.subscriptions.try_into().expect("one subscription");
+    let prod = estate
+        .subscriptions
+        .iter_mut()
+        .find(|s| s.id == SUB_PROD)
+        .expect("the sample has the production subscription");
+    prod.vms.extend(extra.vms);
+    prod.policies.extend(extra.policies);
+    (estate, rg, name)
+}
+
+// See: issue 15 (autocomplete cut values to 100 characters, so a VM with
+// long names could be offered but never requested).
+#[tokio::test]
+async fn a_vm_with_the_longest_names_picked_from_autocomplete_is_granted() {
+    // Arrange
+    let (estate, rg, name) = estate_with_longest_names();
+    assert_eq!(format!("{rg}/{name}").chars().count(), 155);
+    let app = TestAppBuilder::default().estate(estate).start().await;
+    let d = &app.discord;
+
+    // Act: the member types the start of the name and picks the choice.
+    let typed = d
+        .send_interaction(
+            d.autocomplete("jit")
+                .string("port", "ssh")
+                .focused("vm", &name[..10])
+                .roles([SRE_ROLE]),
+        )
+        .await;
+    d.wait_for_callback(typed.id, ACK_LIMIT)
+        .await
+        .expect("autocomplete answered");
+    let choices = d.autocomplete_choices(typed.id).expect("choices");
+    let picked = choices
+        .iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(&name)))
+        .unwrap_or_else(|| panic!("the long VM is offered: {choices:?}"));
+    let value = picked["value"].as_str().expect("a string value").to_owned();
+    let ports = d
+        .send_interaction(
+            d.autocomplete("jit")
+                .string("vm", &value)
+                .focused("port", "")
+                .roles([SRE_ROLE]),
+        )
+        .await;
+    d.wait_for_callback(ports.id, ACK_LIMIT)
+        .await
+        .expect("answered");
+    let reply = interact(
+        &app,
+        jit(d, "ssh", &value, "2h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+    )
+    .await;
+
+    // Assert
+    assert!(
+        (1..=100).contains(&value.chars().count()),
+        "the value fits Discord's limit uncut: {value}"
+    );
+    let port_values: Vec<Value> = d
+        .autocomplete_choices(ports.id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c["value"].clone())
+        .collect();
+    assert_eq!(
+        port_values,
+        ["ssh", "22"],
+        "the picked VM's own ports are offered"
+    );
+    assert!(reply.title().contains("Access granted"), "{}", reply.text());
+    let calls = initiates(&app);
+    assert_eq!(calls.len(), 1, "one initiate");
+    assert!(
+        calls[0].path.contains(&rg)
+            && calls[0].body.as_ref().is_some_and(|b| {
+                b["virtualMachines"][0]["id"]
+                    .as_str()
+                    .is_some_and(|id| id.ends_with(&format!("/{name}")))
+            }),
+        "Azure was asked for the long VM: {:?}",
+        calls[0]
+    );
+    let stored = grant(&app, &reply.request_id()).await;
+    assert_eq!(stored.state, GrantState::Active);
+    assert_eq!(stored.vm_name, format!("{rg}/{name}"));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_stale_vm_choice_is_refused_with_a_clear_message() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    let reply = interact(&app, jit(d, "ssh", "#0123456789abcdef", "2h", &[SRE_ROLE])).await;
+
+    assert!(reply.text().contains("pick it again"), "{}", reply.text());
+    assert!(initiates(&app).is_empty(), "nothing asked of Azure");
     app.stop().await.expect("clean stop");
 }
 

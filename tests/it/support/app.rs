@@ -42,6 +42,7 @@ max_duration = "3h"
 
 pub struct TestAppBuilder {
     http_mode: Option<String>,
+    estate: Option<Estate>,
     clock: Option<SharedClock>,
     mappings: String,
     env: Vec<(String, String)>,
@@ -69,6 +70,7 @@ impl Default for TestAppBuilder {
     fn default() -> Self {
         Self {
             http_mode: None,
+            estate: None,
             clock: None,
             mappings: DEFAULT_MAPPINGS.to_string(),
             env: Vec::new(),
@@ -80,6 +82,12 @@ impl TestAppBuilder {
     /// Interactions-endpoint mode with this Ed25519 public key (hex).
     pub fn http_mode(mut self, public_key_hex: &str) -> Self {
         self.http_mode = Some(public_key_hex.to_string());
+        self
+    }
+
+    /// The emulator's estate (the sample estate otherwise).
+    pub fn estate(mut self, estate: Estate) -> Self {
+        self.estate = Some(estate);
         self
     }
 
@@ -122,7 +130,8 @@ impl TestAppBuilder {
     pub async fn start(self) -> TestApp {
         let clock: SharedClock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
         let discord = FakeDiscord::start().await;
-        let azure = Emulator::new(Estate::sample(), Arc::clone(&clock))
+        let estate = self.estate.clone().unwrap_or_else(Estate::sample);
+        let azure = Emulator::new(estate, Arc::clone(&clock))
             .spawn()
             .await
             .expect("emulator starts");

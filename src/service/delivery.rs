@@ -38,8 +38,13 @@ use crate::domain::{AuditAction, AuditEvent, Outcome};
 use crate::interactions::{ChatSender, SendError};
 use crate::store::{AuditRecord, Grant, OutboxKind, OutboxMessage, OutboxRow, Store, StoreError};
 
-/// The longest wait between two attempts.
-const MAX_BACKOFF_SECS: i64 = 300;
+/// The first wait after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Each further failure waits this much longer than the one before.
+const BACKOFF_GROWTH: f64 = 1.5;
+/// The longest wait between two attempts: after an outage, the backlog
+/// starts draining within this long of Discord's return.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const BATCH: u32 = 50;
 
 /// What one [`Deliverer::tick`] did.
@@ -99,11 +104,22 @@ fn record_from_json(v: &serde_json::Value) -> Option<AuditRecord> {
     })
 }
 
-fn backoff(attempts: u32, hint: Option<Duration>) -> chrono::Duration {
-    let exp = 1_i64 << attempts.min(9);
-    let secs = exp.min(MAX_BACKOFF_SECS);
-    let hinted = hint.map(|h| h.as_secs() as i64 + 1).unwrap_or(0);
-    chrono::Duration::seconds(secs.max(hinted))
+/// The wait before the next attempt after `attempts` earlier failures
+/// (0 for the first): 1 s growing by half each time up to 30 s, scaled by
+/// `jitter` (in `[0, 1]`) to between half and all of that so that replicas
+/// and rows do not retry in step, and never shorter than Discord's
+/// `Retry-After` hint.
+///
+/// Why this curve: six failures in a row take at most 21 s of waiting
+/// (1 + 1.5 + 2.25 + 3.4 + 5.1 + 7.6), so a blip of a few 500s delays an
+/// audit message by seconds, not a minute; a long outage is polled every
+/// 30 s at most.
+fn backoff(attempts: u32, hint: Option<Duration>, jitter: f64) -> chrono::Duration {
+    let growth = BACKOFF_GROWTH.powi(i32::try_from(attempts.min(64)).unwrap_or(64));
+    let nominal = FIRST_BACKOFF.mul_f64(growth).min(MAX_BACKOFF);
+    let wait = nominal.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+    let wait = hint.map_or(wait, |h| wait.max(h));
+    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(30))
 }
 
 impl Deliverer {
@@ -145,7 +161,8 @@ impl Deliverer {
                     reason,
                     retry_after,
                 }) => {
-                    let next = self.clock.now() + backoff(row.attempts, retry_after);
+                    let jitter = rand::random::<f64>();
+                    let next = self.clock.now() + backoff(row.attempts, retry_after, jitter);
                     tracing::warn!(outbox_id = row.id, kind = row.kind.as_str(), %reason, "delivery failed; will retry");
                     self.store.mark_failed(row.id, &reason, next).await?;
                     outcome.retried += 1;
@@ -255,16 +272,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_honours_hints() {
-        assert_eq!(backoff(0, None), chrono::Duration::seconds(1));
-        assert_eq!(backoff(3, None), chrono::Duration::seconds(8));
-        assert_eq!(
-            backoff(30, None),
-            chrono::Duration::seconds(MAX_BACKOFF_SECS)
-        );
-        assert_eq!(
-            backoff(0, Some(Duration::from_secs(9))),
-            chrono::Duration::seconds(10)
-        );
+    fn backoff_grows_by_half_up_to_30_s_and_honours_hints() {
+        let ms = |d: chrono::Duration| d.num_milliseconds();
+        assert_eq!(ms(backoff(0, None, 1.0)), 1000);
+        assert_eq!(ms(backoff(0, None, 0.0)), 500);
+        assert_eq!(ms(backoff(3, None, 1.0)), 3375);
+        assert_eq!(ms(backoff(30, None, 1.0)), 30_000);
+        assert_eq!(ms(backoff(u32::MAX, None, 0.5)), 22_500);
+        assert_eq!(ms(backoff(0, Some(Duration::from_secs(9)), 0.3)), 9000);
+    }
+
+    #[test]
+    fn six_failures_in_a_row_wait_well_under_35_s_in_all() {
+        for jitter in [0.0, 0.5, 1.0] {
+            let total: i64 = (0..6)
+                .map(|n| backoff(n, None, jitter).num_milliseconds())
+                .sum();
+            assert!(total <= 21_000, "{total} ms with jitter {jitter}");
+        }
+    }
+
+    #[test]
+    fn no_wait_is_ever_longer_than_30_s_without_a_hint() {
+        for n in 0..100 {
+            assert!(backoff(n, None, 1.0) <= chrono::Duration::seconds(30));
+        }
     }
 }

@@ -31,7 +31,7 @@ use drawbridge::store::{AuditFilter, Grant, ScheduleKind, Store};
 use futures_util::StreamExt as _;
 
 use crate::support::app::{AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD, app_env};
-use crate::support::fake_discord::FakeDiscord;
+use crate::support::fake_discord::{FailMode, FakeDiscord, RouteMatch};
 
 /// The channel requests come from (reminder fallbacks go there).
 const REQUEST_CHANNEL: u64 = 5005;
@@ -119,7 +119,9 @@ struct Lab {
     recorder: Arc<Recorder>,
     azure: RunningEmulator,
     workers_started: u32,
-    _discord: FakeDiscord,
+    discord: FakeDiscord,
+    /// The Discord settings the app was built with (a real sender can use them).
+    discord_settings: drawbridge::config::DiscordSettings,
     _dir: tempfile::TempDir,
 }
 
@@ -145,6 +147,7 @@ impl Lab {
             .import_mappings(&mappings, "test", t0())
             .await
             .unwrap();
+        let discord_settings = settings.discord.clone();
         let app = App::build(settings, Arc::clone(&shared)).await.unwrap();
         let service = app.service.clone();
         let recorder = Arc::new(Recorder {
@@ -167,7 +170,8 @@ impl Lab {
             recorder,
             azure,
             workers_started: 1,
-            _discord: discord,
+            discord,
+            discord_settings,
             _dir: dir,
         }
     }
@@ -775,4 +779,73 @@ async fn the_running_bot_reports_an_outside_request_in_the_audit_channel_once() 
     assert!(message.contains("rg-web/web-03"), "{message}");
     assert!(message.contains("192.0.2.10"), "{message}");
     app.stop().await.unwrap();
+}
+
+// See: issue 15 (after six 500s the next attempt came 63 s later).
+#[tokio::test]
+async fn after_six_500s_in_a_row_the_audit_message_arrives_within_35_s_of_the_first_failure() {
+    // Arrange: a real sender to the fake Discord, whose audit channel
+    // answers 500 six times; the deliverer polls once a second, as `run` does.
+    let lab = Lab::new().await;
+    let d = &lab.discord;
+    let http = drawbridge::discord::discord_http(&lab.discord_settings).unwrap();
+    let deliverer = Deliverer::new(
+        lab.store().clone(),
+        Arc::new(drawbridge::discord::DiscordSender::new(http)),
+        Arc::new(lab.clock.clone()),
+        Some(AUDIT_CHANNEL),
+    );
+    d.fail_next(
+        RouteMatch::ChannelMessages(AUDIT_CHANNEL),
+        FailMode::Status(500),
+        6,
+    );
+    let first_failure = lab.now();
+    lab.request(1, "web-01", "1h").await;
+
+    // Act
+    let give_up = first_failure + TimeDelta::seconds(120);
+    while d.channel_messages(AUDIT_CHANNEL).is_empty() && lab.now() < give_up {
+        deliverer.tick().await.unwrap();
+        if d.channel_messages(AUDIT_CHANNEL).is_empty() {
+            lab.clock.set(lab.now() + TimeDelta::seconds(1));
+        }
+    }
+    let arrived = lab.now();
+    let posted_before_drain = d.channel_messages(AUDIT_CHANNEL).len();
+    while deliverer.tick().await.unwrap().delivered > 0 {}
+
+    // Assert
+    let failures = d
+        .calls_to("POST", &format!("/channels/{AUDIT_CHANNEL}/messages"))
+        .iter()
+        .filter(|c| c.status == 500)
+        .count();
+    assert_eq!(failures, 6, "Discord answered 500 six times");
+    assert!(posted_before_drain > 0, "the audit message arrived");
+    assert!(
+        arrived - first_failure <= TimeDelta::seconds(35),
+        "the audit message arrived {} s after the first failure",
+        (arrived - first_failure).num_seconds()
+    );
+    let titles: Vec<String> = d
+        .channel_messages(AUDIT_CHANNEL)
+        .iter()
+        .map(|m| {
+            m["embeds"][0]["title"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let logged = lab
+        .store()
+        .audit_events(&AuditFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        titles.len(),
+        logged.len(),
+        "every audit event, once: {titles:?}"
+    );
 }

@@ -40,6 +40,12 @@ pub const NONCE_MAX: usize = 25;
 /// Users in `allowed_mentions`, at most.
 const MENTIONS_MAX: usize = 100;
 
+/// The last field of a card whose fields do not all fit: `…` and "N more
+/// not shown", so a cut list says that it was cut.
+const MORE_NAME: &str = "…";
+/// Room kept for that note: its name and "N more not shown" for any N.
+const MORE_NOTE_MAX: usize = 32;
+
 /// What an otherwise empty message says (Discord refuses empty messages).
 const EMPTY_FALLBACK: &str = "Done.";
 /// A field name or value may not be empty: a zero-width space stands in.
@@ -182,7 +188,7 @@ fn len(text: &str) -> usize {
 
 /// The card as one embed: each piece within its limit, and all of it within
 /// the 6000-character total (the description first, then fields in order
-/// while they fit).
+/// while they fit, the last one saying how many did not).
 fn embed(card: &Card) -> CreateEmbed {
     let mut embed = CreateEmbed::new().colour(card.tone.color());
     let mut budget = EMBED_TOTAL_MAX;
@@ -201,15 +207,32 @@ fn embed(card: &Card) -> CreateEmbed {
         budget -= len(&description);
         embed = embed.description(description);
     }
-    for field in card.fields.iter().take(FIELDS_MAX) {
+    let total = card.fields.len();
+    let mut shown = 0;
+    for (i, field) in card.fields.iter().enumerate() {
         let name = non_blank(truncate(&field.name, FIELD_NAME_MAX));
         let value = non_blank(truncate(&field.value, FIELD_VALUE_MAX));
         let cost = len(&name) + len(&value);
-        if cost > budget {
+        // Keep a field's slot and room for the note if more fields follow.
+        let last = i + 1 == total;
+        let (slots, reserve) = if last {
+            (FIELDS_MAX, 0)
+        } else {
+            (FIELDS_MAX - 1, MORE_NOTE_MAX)
+        };
+        if shown == slots || cost + reserve > budget {
             break;
         }
         budget -= cost;
         embed = embed.field(name, value, field.inline);
+        shown += 1;
+    }
+    if shown < total {
+        embed = embed.field(
+            MORE_NAME,
+            format!("{} more not shown", total - shown),
+            false,
+        );
     }
     embed
 }
@@ -331,9 +354,14 @@ mod tests {
         assert_eq!(text_len(&embed["description"]), DESCRIPTION_MAX);
         let fields = embed["fields"].as_array().unwrap();
         assert!(fields.len() <= FIELDS_MAX);
-        for field in fields {
+        let (note, shown) = fields.split_last().unwrap();
+        for field in shown {
             assert_eq!(text_len(&field["value"]), FIELD_VALUE_MAX);
         }
+        assert!(
+            note["value"].as_str().unwrap().ends_with("more not shown"),
+            "{note}"
+        );
         let total: usize = text_len(&embed["title"])
             + text_len(&embed["description"])
             + fields
@@ -350,7 +378,25 @@ mod tests {
             card = card.field(format!("f{i}"), "x", true);
         }
         let body = json_of(edit_response(&ChatMessage::card(card)));
-        assert_eq!(body["embeds"][0]["fields"].as_array().unwrap().len(), 25);
+        let fields = body["embeds"][0]["fields"].as_array().unwrap();
+        assert_eq!(fields.len(), 25);
+        assert_eq!(fields[23]["name"], "f23");
+        assert_eq!(
+            fields[24],
+            json!({"name": "…", "value": "16 more not shown", "inline": false})
+        );
+    }
+
+    #[test]
+    fn exactly_twenty_five_fields_are_all_shown() {
+        let mut card = Card::new("full", Tone::Info);
+        for i in 0..25 {
+            card = card.field(format!("f{i}"), "x", true);
+        }
+        let body = json_of(edit_response(&ChatMessage::card(card)));
+        let fields = body["embeds"][0]["fields"].as_array().unwrap();
+        assert_eq!(fields.len(), 25);
+        assert_eq!(fields[24]["name"], "f24");
     }
 
     #[test]

@@ -868,3 +868,496 @@ async fn a_malformed_interaction_is_dropped_and_the_shard_stays_up() {
     assert_eq!(fake.gateway_connections().len(), 1);
     bot.stop().await;
 }
+
+// ----- Discord's body limits: each one refuses with 400 / 50035 and the field path ---------------
+
+/// Sends `body` to `route` (below `/api/v10`) as a bot would; the status and the JSON answer.
+async fn send_raw(fake: &FakeDiscord, method: &str, route: &str, body: &Value) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let response = reqwest::Client::new()
+        .request(method, format!("{}/api/v10{route}", fake.base_url()))
+        .header("authorization", format!("Bot {TOKEN}"))
+        .json(body)
+        .send()
+        .await
+        .expect("the fake answers");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The code of the first error Discord lists at `path` (a JSON pointer below `errors`).
+fn form_error<'a>(answer: &'a Value, path: &str) -> Option<&'a str> {
+    assert_eq!(answer["code"], 50035, "Invalid Form Body: {answer}");
+    assert_eq!(answer["message"], "Invalid Form Body");
+    answer
+        .pointer(&format!("/errors{path}/_errors/0/code"))
+        .and_then(Value::as_str)
+}
+
+/// Posts `message` to the default channel: the status and answer.
+async fn post_message(fake: &FakeDiscord, message: Value) -> (u16, Value) {
+    send_raw(
+        fake,
+        "POST",
+        &format!("/channels/{CHANNEL_ID}/messages"),
+        &message,
+    )
+    .await
+}
+
+/// Asserts that `message` is refused with `code` at `path`, and names the case on failure.
+async fn assert_refused(fake: &FakeDiscord, case: &str, message: Value, path: &str, code: &str) {
+    let (status, answer) = post_message(fake, message).await;
+    assert_eq!(status, 400, "{case}: {answer}");
+    assert_eq!(form_error(&answer, path), Some(code), "{case}: {answer}");
+}
+
+fn text(n: usize) -> String {
+    "x".repeat(n)
+}
+
+fn embed_with(key: &str, value: Value) -> Value {
+    let mut embed = json!({"title": "t"});
+    embed[key] = value;
+    json!({"embeds": [embed]})
+}
+
+fn field(name: usize, value: usize) -> Value {
+    json!({"name": text(name), "value": text(value), "inline": false})
+}
+
+fn buttons(ids: &[String]) -> Value {
+    json!({"type": 1, "components": ids.iter().map(|id| json!({
+        "type": 2, "style": 1, "label": "Go", "custom_id": id,
+    })).collect::<Vec<_>>()})
+}
+
+#[tokio::test]
+async fn messages_at_every_limit_are_accepted() {
+    let fake = FakeDiscord::start().await;
+    let fields: Vec<Value> = (0..25).map(|_| field(10, 10)).collect();
+    let rows: Vec<Value> = (0..5)
+        .map(|r| {
+            buttons(
+                &(0..5)
+                    .map(|i| format!("{r}{i}{}", text(98)))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let message = json!({
+        "content": text(2000),
+        "embeds": [{"title": text(256), "description": text(4096), "fields": fields,
+                    "footer": {"text": text(1000)}}],
+        "components": rows,
+        "allowed_mentions": {"users": ["6006"], "parse": []},
+    });
+
+    let (status, answer) = post_message(&fake, message).await;
+
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn content_over_2000_characters_is_refused() {
+    let fake = FakeDiscord::start().await;
+    assert_refused(
+        &fake,
+        "content",
+        json!({"content": text(2001)}),
+        "/content",
+        "BASE_TYPE_MAX_LENGTH",
+    )
+    .await;
+    // Characters, not bytes: 2000 two-byte characters fit.
+    let (status, _) = post_message(&fake, json!({"content": "é".repeat(2000)})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn each_embed_limit_refuses() {
+    let fake = FakeDiscord::start().await;
+    let max = "BASE_TYPE_MAX_LENGTH";
+    let cases = [
+        (
+            "title 257",
+            embed_with("title", json!(text(257))),
+            "/embeds/0/title",
+            max,
+        ),
+        (
+            "description 4097",
+            embed_with("description", json!(text(4097))),
+            "/embeds/0/description",
+            max,
+        ),
+        (
+            "footer 2049",
+            embed_with("footer", json!({"text": text(2049)})),
+            "/embeds/0/footer/text",
+            max,
+        ),
+        (
+            "author 257",
+            embed_with("author", json!({"name": text(257)})),
+            "/embeds/0/author/name",
+            max,
+        ),
+        (
+            "26 fields",
+            embed_with(
+                "fields",
+                json!((0..26).map(|_| field(1, 1)).collect::<Vec<_>>()),
+            ),
+            "/embeds/0/fields",
+            max,
+        ),
+        (
+            "field name 257",
+            embed_with("fields", json!([field(257, 1)])),
+            "/embeds/0/fields/0/name",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "field value 1025",
+            embed_with("fields", json!([field(1, 1025)])),
+            "/embeds/0/fields/0/value",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "empty field value",
+            embed_with("fields", json!([field(1, 0)])),
+            "/embeds/0/fields/0/value",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "11 embeds",
+            json!({"embeds": (0..11).map(|_| json!({"title": "t"})).collect::<Vec<_>>()}),
+            "/embeds",
+            max,
+        ),
+        (
+            "6001 in total over two embeds",
+            json!({"embeds": [{"description": text(3000)}, {"description": text(3000), "title": "t"}]}),
+            "/embeds",
+            "MAX_EMBED_SIZE_EXCEEDED",
+        ),
+    ];
+    for (case, message, path, code) in cases {
+        assert_refused(&fake, case, message, path, code).await;
+    }
+    assert!(
+        fake.channel_messages(CHANNEL_ID).is_empty(),
+        "nothing refused was posted"
+    );
+}
+
+#[tokio::test]
+async fn each_component_limit_refuses() {
+    let fake = FakeDiscord::start().await;
+    let ids = |n: usize, tag: &str| (0..n).map(|i| format!("{tag}{i}")).collect::<Vec<_>>();
+    let six_rows: Vec<Value> = (0..6)
+        .map(|r| buttons(&ids(1, &format!("r{r}-"))))
+        .collect();
+    let mut long_label = buttons(&ids(1, "a"));
+    long_label["components"][0]["label"] = json!(text(81));
+    let cases = [
+        (
+            "6 rows",
+            json!({"components": six_rows}),
+            "/components",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            "6 buttons in a row",
+            json!({"components": [buttons(&ids(6, "b"))]}),
+            "/components/0/components",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            "custom_id 101",
+            json!({"components": [buttons(&[text(101)])]}),
+            "/components/0/components/0/custom_id",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "empty custom_id",
+            json!({"components": [buttons(&[String::new()])]}),
+            "/components/0/components/0/custom_id",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "duplicate custom_id",
+            json!({"components": [buttons(&["same".to_owned()]), buttons(&["same".to_owned()])]}),
+            "/components/1/components/0/custom_id",
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+        ),
+        (
+            "label 81",
+            json!({"components": [long_label]}),
+            "/components/0/components/0/label",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+    ];
+    for (case, mut message, path, code) in cases {
+        message["content"] = json!("with buttons");
+        assert_refused(&fake, case, message, path, code).await;
+    }
+}
+
+#[tokio::test]
+async fn allowed_mentions_of_the_wrong_shape_are_refused() {
+    let fake = FakeDiscord::start().await;
+    let with = |mentions: Value| json!({"content": "<@6006>", "allowed_mentions": mentions});
+    let users: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
+    let cases = [
+        (
+            "parse users and a users list",
+            with(json!({"parse": ["users"], "users": ["6006"]})),
+            "/allowed_mentions",
+            "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+        ),
+        (
+            "unknown parse value",
+            with(json!({"parse": ["here"]})),
+            "/allowed_mentions/parse/0",
+            "BASE_TYPE_CHOICES",
+        ),
+        (
+            "a user that is not a snowflake",
+            with(json!({"users": ["alice"]})),
+            "/allowed_mentions/users/0",
+            "NUMBER_TYPE_COERCE",
+        ),
+        (
+            "101 users",
+            with(json!({"users": users})),
+            "/allowed_mentions/users",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            "not an object",
+            with(json!(["users"])),
+            "/allowed_mentions",
+            "DICT_TYPE_CONVERT",
+        ),
+    ];
+    for (case, message, path, code) in cases {
+        assert_refused(&fake, case, message, path, code).await;
+    }
+}
+
+#[tokio::test]
+async fn edits_followups_and_inline_responses_are_held_to_the_same_limits() {
+    let fake = FakeDiscord::start().await;
+    let sent = fake.interaction_json(fake.slash("jit").string("vm", "web-01"));
+    let callback = format!("/interactions/{}/{}/callback", sent.id, sent.token);
+    let webhook = format!("/webhooks/{APPLICATION_ID}/{}", sent.token);
+    let too_long = json!({"content": text(2001)});
+
+    let (inline, inline_answer) = send_raw(
+        &fake,
+        "POST",
+        &callback,
+        &json!({"type": 4, "data": too_long}),
+    )
+    .await;
+    let (deferred, _) = send_raw(
+        &fake,
+        "POST",
+        &callback,
+        &json!({"type": 5, "data": {"flags": 64}}),
+    )
+    .await;
+    let (edit, edit_answer) = send_raw(
+        &fake,
+        "PATCH",
+        &format!("{webhook}/messages/@original"),
+        &too_long,
+    )
+    .await;
+    let (followup, followup_answer) = send_raw(&fake, "POST", &webhook, &too_long).await;
+
+    assert_eq!(inline, 400, "{inline_answer}");
+    assert_eq!(
+        form_error(&inline_answer, "/data/content"),
+        Some("BASE_TYPE_MAX_LENGTH")
+    );
+    assert_eq!(
+        deferred, 204,
+        "a refused response does not count as the acknowledgement"
+    );
+    assert_eq!(edit, 400);
+    assert_eq!(
+        form_error(&edit_answer, "/content"),
+        Some("BASE_TYPE_MAX_LENGTH")
+    );
+    assert_eq!(followup, 400);
+    assert_eq!(
+        form_error(&followup_answer, "/content"),
+        Some("BASE_TYPE_MAX_LENGTH")
+    );
+}
+
+#[tokio::test]
+async fn each_autocomplete_limit_refuses() {
+    let fake = FakeDiscord::start().await;
+    let choice = |name: String, value: String| json!({"name": name, "value": value});
+    let cases = [
+        (
+            "26 choices",
+            (0..26)
+                .map(|i| choice(i.to_string(), i.to_string()))
+                .collect::<Vec<_>>(),
+            "/data/choices",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            "name 101",
+            vec![choice(text(101), "v".into())],
+            "/data/choices/0/name",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "value 101",
+            vec![choice("n".into(), text(101))],
+            "/data/choices/0/value",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "empty value",
+            vec![choice("n".into(), String::new())],
+            "/data/choices/0/value",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "empty name",
+            vec![choice(String::new(), "v".into())],
+            "/data/choices/0/name",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+    ];
+    for (case, choices, path, code) in cases {
+        let sent = fake.interaction_json(fake.autocomplete("jit").focused("vm", ""));
+        let route = format!("/interactions/{}/{}/callback", sent.id, sent.token);
+        let body = json!({"type": 8, "data": {"choices": choices}});
+        let (status, answer) = send_raw(&fake, "POST", &route, &body).await;
+        assert_eq!(status, 400, "{case}: {answer}");
+        assert_eq!(form_error(&answer, path), Some(code), "{case}: {answer}");
+        assert_eq!(
+            fake.autocomplete_choices(sent.id),
+            None,
+            "{case}: nothing shown"
+        );
+    }
+    let sent = fake.interaction_json(fake.autocomplete("jit").focused("vm", ""));
+    let route = format!("/interactions/{}/{}/callback", sent.id, sent.token);
+    let at_limit: Vec<Value> = (0..25)
+        .map(|i| choice(format!("{i:02}{}", text(98)), format!("{i:02}{}", text(98))))
+        .collect();
+    let (status, answer) = send_raw(
+        &fake,
+        "POST",
+        &route,
+        &json!({"type": 8, "data": {"choices": at_limit}}),
+    )
+    .await;
+    assert_eq!(status, 204, "25 choices of 100 characters fit: {answer}");
+}
+
+#[tokio::test]
+async fn each_command_registration_limit_refuses() {
+    let fake = FakeDiscord::start().await;
+    let route = format!("/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands");
+    let option = |name: &str, required: bool| json!({"type": 3, "name": name, "description": "d", "required": required});
+    let command = |name: &str, description: &str, options: Vec<Value>| json!({"type": 1, "name": name, "description": description, "options": options});
+    let many: Vec<Value> = (0..26).map(|i| option(&format!("o{i}"), false)).collect();
+    let mut choices = option("port", false);
+    choices["choices"] = json!(
+        (0..26)
+            .map(|i| json!({"name": i.to_string(), "value": i.to_string()}))
+            .collect::<Vec<_>>()
+    );
+    let mut long_choice = option("port", false);
+    long_choice["choices"] = json!([{"name": "ssh", "value": text(101)}]);
+    let cases = [
+        (
+            "uppercase name",
+            command("Jit", "d", vec![]),
+            "/0/name",
+            "APPLICATION_COMMAND_INVALID_NAME",
+        ),
+        (
+            "name 33",
+            command(&text(33), "d", vec![]),
+            "/0/name",
+            "APPLICATION_COMMAND_INVALID_NAME",
+        ),
+        (
+            "space in a name",
+            command("jit admin", "d", vec![]),
+            "/0/name",
+            "APPLICATION_COMMAND_INVALID_NAME",
+        ),
+        (
+            "empty description",
+            command("jit", "", vec![]),
+            "/0/description",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "description 101",
+            command("jit", &text(101), vec![]),
+            "/0/description",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "26 options",
+            command("jit", "d", many),
+            "/0/options",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            "26 choices",
+            command("jit", "d", vec![choices]),
+            "/0/options/0/choices",
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            "choice value 101",
+            command("jit", "d", vec![long_choice]),
+            "/0/options/0/choices/0/value",
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            "option name Vm",
+            command("jit", "d", vec![option("Vm", true)]),
+            "/0/options/0/name",
+            "APPLICATION_COMMAND_INVALID_NAME",
+        ),
+        (
+            "required after optional",
+            command("jit", "d", vec![option("a", false), option("b", true)]),
+            "/0/options/1",
+            "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID_ORDER",
+        ),
+    ];
+    for (case, command, path, code) in cases {
+        let (status, answer) = send_raw(&fake, "PUT", &route, &json!([command])).await;
+        assert_eq!(status, 400, "{case}: {answer}");
+        assert_eq!(form_error(&answer, path), Some(code), "{case}: {answer}");
+    }
+    assert!(
+        fake.guild_commands(GUILD_ID).is_empty(),
+        "nothing refused was registered"
+    );
+    let (status, answer) = send_raw(
+        &fake,
+        "PUT",
+        &route,
+        &json!([command("jit-admin", "d", vec![option("vm", true)])]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -25,3 +25,4 @@ mod policy_fuzz;
 mod shutdown;
 mod store;
 mod support;
+mod worst_case;

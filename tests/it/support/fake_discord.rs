@@ -21,12 +21,18 @@
 //! followups (first one after a type-5 defer edits the original), original-response edits and the
 //! 15 min token lifetime; DM channels; channel messages with `nonce` + `enforce_nonce`
 //! idempotency; and injected 5xx / 429 faults. Every REST call is recorded.
+//!
+//! It is strict about bodies as Discord is ([`limits`]): content, embed, component, autocomplete,
+//! `allowed_mentions` and command-registration limits, refused with 400 / 50035 and the field
+//! path.
 
 // Test-support code: each test binary uses a different subset of this API.
 #![allow(dead_code)]
 
 #[path = "fake_discord/gateway.rs"]
 mod gateway;
+#[path = "fake_discord/limits.rs"]
+pub mod limits;
 #[path = "fake_discord/payloads.rs"]
 mod payloads;
 #[path = "fake_discord/rest.rs"]

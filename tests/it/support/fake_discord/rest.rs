@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use super::limits;
 use super::payloads::{apply_message_body, message_json, timestamp, user_json};
 use super::{
     Callback, FailMode, InteractionKind, InteractionRecord, RecordedCall, RouteMatch, Shared, State,
@@ -71,6 +72,10 @@ impl Reply {
     }
     fn invalid_form(message: &str) -> Self {
         Self::error(400, 50035, message)
+    }
+    /// 400 with Discord's `Invalid Form Body` and the offending field paths ([`limits`]).
+    fn form_errors(body: Value) -> Self {
+        Self::json(400, body)
     }
 }
 
@@ -319,6 +324,9 @@ fn commands(
             let Some(list) = req.body.as_array() else {
                 return Reply::invalid_form("Invalid Form Body");
             };
+            if let Err(body) = limits::command_list(list) {
+                return Reply::form_errors(body);
+            }
             let echoed: Vec<Value> = list
                 .iter()
                 .map(|c| echo_command(st, app_id, guild, c))
@@ -330,6 +338,9 @@ fn commands(
             Reply::json(200, Value::Array(echoed))
         }
         "POST" => {
+            if let Err(body) = limits::command(req.body) {
+                return Reply::form_errors(body);
+            }
             let command = echo_command(st, app_id, guild, req.body);
             let list = match guild {
                 Some(g) => st.guild_commands.entry(g).or_default(),
@@ -453,6 +464,9 @@ fn accept_callback(
             "Invalid Form Body: callback type {kind} for this interaction"
         ));
     }
+    if let Err(errors) = limits::interaction_response(body) {
+        return Reply::form_errors(errors);
+    }
     let data = &body["data"];
     match kind {
         4 | 5 => {
@@ -524,6 +538,9 @@ fn webhook_interaction<'a>(
 
 fn followup(st: &mut State, shared: &Shared, req: &Request<'_>, app: &str, token: &str) -> Reply {
     let config = &shared.config;
+    if let Err(errors) = limits::message(req.body) {
+        return Reply::form_errors(errors);
+    }
     let message_id = st.snowflake();
     let ix = match webhook_interaction(st, shared, req, app, token) {
         Ok(ix) => ix,
@@ -567,6 +584,11 @@ fn webhook_message(
     };
     let now = timestamp(&chrono::Utc::now());
     let method = req.method.as_str();
+    if method == "PATCH"
+        && let Err(errors) = limits::message(req.body)
+    {
+        return Reply::form_errors(errors);
+    }
     if message == "@original" {
         let Some(original) = ix.original.as_mut() else {
             return Reply::unknown_message();
@@ -659,6 +681,9 @@ fn create_message(st: &mut State, shared: &Shared, req: &Request<'_>, channel: u
     if nonce.as_ref().is_some_and(|n| n.chars().count() > 25) {
         return Reply::invalid_form("Invalid Form Body: nonce must be at most 25 characters");
     }
+    if let Err(errors) = limits::message(body) {
+        return Reply::form_errors(errors);
+    }
     let empty = |key: &str| {
         body[key].as_str().is_none_or(str::is_empty)
             && body[key].as_array().is_none_or(Vec::is_empty)
@@ -725,6 +750,9 @@ fn channel_message(st: &mut State, req: &Request<'_>, channel: u64, message: u64
     match req.method.as_str() {
         "GET" => Reply::json(200, messages[index].clone()),
         "PATCH" => {
+            if let Err(errors) = limits::message(req.body) {
+                return Reply::form_errors(errors);
+            }
             apply_message_body(&mut messages[index], req.body);
             messages[index]["edited_timestamp"] = json!(timestamp(&chrono::Utc::now()));
             Reply::json(200, messages[index].clone())

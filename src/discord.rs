@@ -15,7 +15,7 @@
 //!   (a REST callback over the gateway, the HTTP response body in HTTP mode).
 //! - [`builders`]: `ChatMessage` to serenity builders, within Discord's limits.
 //! - [`sender`]: [`DiscordSender`], the [`ChatSender`](crate::interactions::ChatSender)
-//!   for channel messages and DMs.
+//!   for channel messages and DMs, paced by [`ratelimit`].
 //! - [`gateway`]: [`run_gateway`], the websocket mode.
 //! - [`endpoint`]: [`interactions_router`], the HTTP interactions mode.
 //!
@@ -31,6 +31,7 @@ mod dispatch;
 pub mod endpoint;
 mod errors;
 pub mod gateway;
+pub mod ratelimit;
 pub mod sender;
 
 use std::sync::Arc;
@@ -63,8 +64,9 @@ pub fn discord_http(settings: &DiscordSettings) -> anyhow::Result<Arc<Http>> {
 /// that prefix with `discord.base_url`. But with the ratelimiter on, serenity
 /// builds requests with no proxy at all (serenity#1739), so the setting would
 /// be silently ignored and calls would go to the real Discord. The ratelimiter
-/// is therefore always off, and callers handle 429 themselves (the sender
-/// reports `SendError::Retry`). When `base_url` is the real
+/// is therefore always off: the sender paces itself with the buckets Discord's
+/// headers announce ([`ratelimit`]), and a 429 that still comes is reported as
+/// `SendError::Retry`. When `base_url` is the real
 /// `https://discord.com`, the replacement is a no-op.
 fn build_http(settings: &DiscordSettings) -> anyhow::Result<Http> {
     let token = settings

@@ -2,34 +2,67 @@
 //! replies (audit events, reminders, expiry notices).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serenity::all::{ChannelId, UserId};
-use serenity::http::Http;
+use serenity::http::{Http, LightMethod, Request, Route};
 use tracing::{debug, instrument};
 
+use super::ratelimit::{BucketHeaders, RateLimits};
 use super::{builders, errors};
 use crate::chat::ChatMessage;
 use crate::interactions::{ChatSender, SendError};
 
 /// Discord: cannot send messages to this user (DMs closed, no shared guild).
 const CANNOT_DM: isize = 50007;
+/// The rate-limit route of "open a DM channel".
+const DM_ROUTE: &str = "users/@me/channels";
 
 /// Sends through serenity's REST client. Each message carries a nonce from
 /// its idempotency key with `enforce_nonce`, so Discord returns the first
 /// message instead of posting a second one when a send is repeated.
 ///
-/// The ratelimiter is off (see [`super::discord_http`]): a 429 comes back as
-/// [`SendError::Retry`] for the caller (the outbox) to schedule.
+/// Every request first waits for a slot in its rate-limit bucket
+/// ([`RateLimits`], fed by the headers of Discord's answers), so a burst
+/// (an outbox backlog) is paced as Discord asks instead of running into
+/// 429s. A 429 that still happens comes back as [`SendError::Retry`] for the
+/// caller (the outbox) to schedule.
 #[derive(Clone)]
 pub struct DiscordSender {
     http: Arc<Http>,
+    limits: Arc<RateLimits>,
 }
 
 impl DiscordSender {
     /// A sender over `http` (from [`super::discord_http`]).
     pub fn new(http: Arc<Http>) -> Self {
-        Self { http }
+        Self {
+            http,
+            limits: Arc::new(RateLimits::new()),
+        }
+    }
+
+    /// Sends `request` once its bucket allows, and records the bucket
+    /// Discord's answer announces. Returns the answer's body.
+    async fn request(&self, route: &str, request: Request<'_>) -> Result<Vec<u8>, SendError> {
+        self.limits.acquire(route).await;
+        let response = self.http.request(request).await.map_err(|e| classify(&e))?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if let Some(bucket) = BucketHeaders::parse(header) {
+            self.limits.update(route, bucket, Instant::now());
+        }
+        let body = response.bytes().await.map_err(|e| SendError::Retry {
+            reason: format!("Discord's answer could not be read: {e}"),
+            retry_after: None,
+        })?;
+        Ok(body.to_vec())
     }
 
     async fn send(
@@ -39,12 +72,39 @@ impl DiscordSender {
         idempotency_key: &str,
     ) -> Result<(), SendError> {
         let create = builders::create_message(message, idempotency_key);
-        let sent = channel
-            .send_message(&self.http, create)
-            .await
-            .map_err(|e| classify(&e))?;
-        debug!(message_id = %sent.id, "message sent");
+        let body = serde_json::to_vec(&create)
+            .map_err(|e| SendError::Permanent(format!("message not serializable: {e}")))?;
+        let request = Request::new(
+            Route::ChannelMessages {
+                channel_id: channel,
+            },
+            LightMethod::Post,
+        )
+        .body(Some(body));
+        let answer = self.request(&format!("channel:{channel}"), request).await?;
+        let id = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|m| m["id"].as_str().map(str::to_owned));
+        debug!(message_id = id.as_deref().unwrap_or("?"), "message sent");
         Ok(())
+    }
+
+    /// The DM channel with `user` (Discord returns the existing one when
+    /// there is one).
+    async fn dm_channel(&self, user: UserId) -> Result<ChannelId, SendError> {
+        let body = serde_json::json!({"recipient_id": user.to_string()}).to_string();
+        let request =
+            Request::new(Route::UserMeDmChannels, LightMethod::Post).body(Some(body.into_bytes()));
+        let answer = self.request(DM_ROUTE, request).await?;
+        serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|c| c["id"].as_str()?.parse::<u64>().ok())
+            .filter(|id| *id != 0)
+            .map(ChannelId::new)
+            .ok_or_else(|| SendError::Retry {
+                reason: "Discord's DM channel had no readable id".into(),
+                retry_after: None,
+            })
     }
 }
 
@@ -70,12 +130,8 @@ impl ChatSender for DiscordSender {
         idempotency_key: &str,
     ) -> Result<(), SendError> {
         let user = nonzero(user_id, "user")?;
-        // Discord returns the existing DM channel when there is one.
-        let channel = UserId::new(user)
-            .create_dm_channel(&self.http)
-            .await
-            .map_err(|e| classify(&e))?;
-        self.send(channel.id, message, idempotency_key).await
+        let channel = self.dm_channel(UserId::new(user)).await?;
+        self.send(channel, message, idempotency_key).await
     }
 }
 

@@ -849,3 +849,85 @@ async fn after_six_500s_in_a_row_the_audit_message_arrives_within_35_s_of_the_fi
         "every audit event, once: {titles:?}"
     );
 }
+
+// See: issue 15 (serenity's rate limiter is off; the bot learned of limits only from 429s).
+#[tokio::test]
+async fn three_hundred_audit_events_and_a_hundred_dms_go_out_in_order_without_a_429() {
+    // Arrange: a fake Discord with buckets of 5 requests per 50 ms (Discord's 5 per 5 s, sped
+    // up) and Discord's global limit of 50 per second; the production sender.
+    let lab = Lab::new().await;
+    let strict = FakeDiscord::builder()
+        .rate_limit(5, Duration::from_millis(50))
+        .global_limit(50)
+        .start()
+        .await;
+    let settings = Settings::load(&Sources {
+        file: None,
+        env: Some(app_env(&strict, "http://127.0.0.1:9", "sqlite://unused.db")),
+    })
+    .unwrap();
+    let http = drawbridge::discord::discord_http(&settings.discord).unwrap();
+    let deliverer = Deliverer::new(
+        lab.store().clone(),
+        Arc::new(drawbridge::discord::DiscordSender::new(http)),
+        Arc::new(lab.clock.clone()),
+        Some(AUDIT_CHANNEL),
+    );
+    for n in 0..300 {
+        let event = drawbridge::domain::AuditEvent::new(
+            lab.now(),
+            "discord:6006",
+            AuditAction::SourceSaved,
+            format!("event {n}"),
+            drawbridge::domain::Outcome::Info,
+        );
+        lab.store().append_audit(&event).await.unwrap();
+    }
+    for user in 0..100u64 {
+        lab.store()
+            .enqueue(drawbridge::store::OutboxMessage {
+                kind: drawbridge::store::OutboxKind::Dm,
+                target: Some((700_000 + user).to_string()),
+                payload: serde_json::json!({"message": ChatMessage::text(format!("dm {user}"))}),
+                idempotency_key: Some(format!("dm-{user}")),
+                created_at: lab.now(),
+            })
+            .await
+            .unwrap();
+    }
+
+    // Act
+    while deliverer.tick().await.unwrap().delivered > 0 {}
+
+    // Assert
+    let calls = strict.calls();
+    let limited: Vec<String> = calls
+        .iter()
+        .filter(|c| c.status == 429)
+        .map(|c| c.route().to_owned())
+        .collect();
+    assert!(
+        limited.is_empty(),
+        "{} requests got 429: {limited:?}",
+        limited.len()
+    );
+    let posted: Vec<i64> = strict
+        .channel_messages(AUDIT_CHANNEL)
+        .iter()
+        .map(crate::e2e::audit_seq)
+        .collect();
+    let logged: Vec<i64> = lab
+        .store()
+        .audit_events(&AuditFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert!(logged.len() >= 300, "{} audit events", logged.len());
+    assert_eq!(posted, logged, "every audit event, once, in order");
+    let dms = (0..100u64)
+        .filter(|u| strict.dm_messages(700_000 + u).len() == 1)
+        .count();
+    assert_eq!(dms, 100, "every DM, once");
+}

@@ -83,6 +83,14 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Whether op 1 heartbeats are answered with op 11 (turn off to provoke a zombie reconnect).
     pub ack_heartbeats: bool,
+    /// Requests per route bucket (a channel's messages, DM channel creation, one webhook token,
+    /// command registration) per [`Config::rate_window`]; over it, 429. Every bucketed answer
+    /// carries `X-RateLimit-*`. Discord's real values are tighter (5 per 5 s for a channel's
+    /// messages); the default is loose so that tests not about rate limits do not wait.
+    pub rate_limit: u32,
+    pub rate_window: Duration,
+    /// Discord's global limit (50 requests per second per bot), when set.
+    pub global_limit: Option<u32>,
 }
 
 impl Default for Config {
@@ -98,6 +106,9 @@ impl Default for Config {
             nonce_window: Duration::from_secs(5 * 60),
             heartbeat_interval: Duration::from_millis(41_250),
             ack_heartbeats: true,
+            rate_limit: 50,
+            rate_window: Duration::from_secs(1),
+            global_limit: None,
         }
     }
 }
@@ -143,6 +154,17 @@ impl FakeDiscordBuilder {
     }
     pub fn ack_heartbeats(mut self, ack: bool) -> Self {
         self.config.ack_heartbeats = ack;
+        self
+    }
+    /// `limit` requests per route bucket per `window`.
+    pub fn rate_limit(mut self, limit: u32, window: Duration) -> Self {
+        self.config.rate_limit = limit;
+        self.config.rate_window = window;
+        self
+    }
+    /// At most `per_second` bucketed requests per second in all.
+    pub fn global_limit(mut self, per_second: u32) -> Self {
+        self.config.global_limit = Some(per_second);
         self
     }
     pub async fn start(self) -> FakeDiscord {
@@ -333,6 +355,10 @@ struct State {
     guild_commands: BTreeMap<u64, Vec<Value>>,
     /// Command name → id, stable across re-registration (Discord keeps ids by name).
     command_ids: HashMap<(Option<u64>, String), u64>,
+    /// Route bucket → (window start, requests in it).
+    buckets: HashMap<String, (Instant, u32)>,
+    /// The global window: (start, requests in it).
+    global_window: Option<(Instant, u32)>,
     gateway: gateway::GatewayState,
 }
 

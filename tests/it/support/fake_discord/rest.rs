@@ -133,16 +133,21 @@ async fn handle(
         let injected_fault = fault.is_some();
         let reply = match (fault, route) {
             (Some(reply), _) => reply,
-            (None, Some(route)) => {
-                let request = Request {
-                    method: &method,
-                    route,
-                    query: query.as_deref(),
-                    body: &body,
-                    at: received_at,
-                };
-                route_request(st, &shared, &request)
-            }
+            (None, Some(route)) => match take_rate_limit(st, &shared.config, route, received_at) {
+                Err(limited) => limited,
+                Ok(headers) => {
+                    let request = Request {
+                        method: &method,
+                        route,
+                        query: query.as_deref(),
+                        body: &body,
+                        at: received_at,
+                    };
+                    let mut reply = route_request(st, &shared, &request);
+                    reply.headers.extend(headers);
+                    reply
+                }
+            },
             (None, None) => Reply::not_found(),
         };
         st.calls.push(RecordedCall {
@@ -230,6 +235,86 @@ fn matches(route: &RouteMatch, method: &Method, path: &str) -> bool {
                 && segments.last() == Some(&"commands")
         }
     }
+}
+
+/// The rate-limit bucket of a route, as Discord groups them (by top-level resource): a channel's
+/// messages, DM channel creation, one webhook (interaction token), command registration.
+/// Interaction callbacks and the gateway URL have none here.
+fn bucket_of(route: &str) -> Option<String> {
+    let segments: Vec<&str> = route.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["channels", channel, "messages", ..] => Some(format!("channel:{channel}")),
+        ["users", "@me", "channels"] => Some("dm".to_owned()),
+        ["webhooks", _, token, ..] => Some(format!("webhook:{token}")),
+        ["applications", .., "commands"] => Some("commands".to_owned()),
+        _ => None,
+    }
+}
+
+/// Counts the request against its bucket and the global limit: the `X-RateLimit-*` headers for
+/// the answer, or a 429 as Discord sends it when either is used up.
+fn take_rate_limit(
+    st: &mut State,
+    config: &super::Config,
+    route: &str,
+    at: Instant,
+) -> Result<Vec<(&'static str, String)>, Reply> {
+    let Some(bucket) = bucket_of(route) else {
+        return Ok(Vec::new());
+    };
+    let limit = config.rate_limit;
+    let (start, count) = match st.buckets.get(&bucket) {
+        Some(&(start, count)) if at < start + config.rate_window => (start, count),
+        _ => (at, 0),
+    };
+    let reset_after = (start + config.rate_window)
+        .saturating_duration_since(at)
+        .as_secs_f64();
+    if count >= limit {
+        return Err(limited(reset_after, false, limit, &bucket));
+    }
+    if let Some(per_second) = config.global_limit {
+        let window = std::time::Duration::from_secs(1);
+        let (global_start, global_count) = match st.global_window {
+            Some((s, c)) if at < s + window => (s, c),
+            _ => (at, 0),
+        };
+        if global_count >= per_second {
+            let wait = (global_start + window).saturating_duration_since(at);
+            return Err(limited(wait.as_secs_f64(), true, per_second, "global"));
+        }
+        st.global_window = Some((global_start, global_count + 1));
+    }
+    st.buckets.insert(bucket.clone(), (start, count + 1));
+    let reset = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 + reset_after;
+    Ok(vec![
+        ("x-ratelimit-limit", limit.to_string()),
+        ("x-ratelimit-remaining", (limit - count - 1).to_string()),
+        ("x-ratelimit-reset", format!("{reset:.3}")),
+        ("x-ratelimit-reset-after", format!("{reset_after:.3}")),
+        ("x-ratelimit-bucket", bucket_hash(&bucket)),
+    ])
+}
+
+/// An opaque bucket id, as Discord's `X-RateLimit-Bucket` is.
+fn bucket_hash(bucket: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bucket.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// A 429 for a used-up bucket (`global: false`, scope `user`) or the global limit.
+fn limited(retry_after: f64, global: bool, limit: u32, bucket: &str) -> Reply {
+    let mut reply = rate_limited(retry_after, global);
+    for (name, value) in &mut reply.headers {
+        match *name {
+            "x-ratelimit-limit" => *value = limit.to_string(),
+            "x-ratelimit-bucket" => *value = bucket_hash(bucket),
+            _ => {}
+        }
+    }
+    reply
 }
 
 /// 429 as Discord sends it (dapi:topics/rate-limits.mdx): float `Retry-After`, `X-RateLimit-*`.

@@ -16,13 +16,16 @@
 //! The state is pure: [`RateLimits::reserve`] says how long to wait, and the
 //! sender sleeps (so the limits can be tested with made-up instants).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Discord's global limit: requests per second per bot.
-pub const GLOBAL_PER_SECOND: u32 = 50;
-const GLOBAL_WINDOW: Duration = Duration::from_secs(1);
+pub const GLOBAL_PER_SECOND: usize = 50;
+/// No more than [`GLOBAL_PER_SECOND`] requests leave within any span this
+/// long: a second, and a margin for requests that reach Discord faster than
+/// the ones before them (Discord counts arrivals, we count departures).
+const GLOBAL_WINDOW: Duration = Duration::from_millis(1100);
 
 /// What one answer said about its bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,8 +57,8 @@ struct Bucket {
 struct State {
     /// Per route key (e.g. `channel:123`), as Discord's headers last said.
     buckets: HashMap<String, Bucket>,
-    /// Start of the current global window and the requests sent in it.
-    global: Option<(Instant, u32)>,
+    /// When the last [`GLOBAL_PER_SECOND`] requests left, oldest first.
+    sent: VecDeque<Instant>,
 }
 
 /// The buckets seen so far, shared by every send.
@@ -73,12 +76,13 @@ impl RateLimits {
     /// asking again (nothing is taken then).
     pub fn reserve(&self, route: &str, now: Instant) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let global_wait = match state.global {
-            Some((start, count)) if now < start + GLOBAL_WINDOW && count >= GLOBAL_PER_SECOND => {
-                Some(start + GLOBAL_WINDOW - now)
-            }
-            _ => None,
-        };
+        let global_wait = state
+            .sent
+            .front()
+            .filter(|_| state.sent.len() >= GLOBAL_PER_SECOND)
+            .map(|&oldest| oldest + GLOBAL_WINDOW)
+            .filter(|&free| now < free)
+            .map(|free| free - now);
         let bucket_wait = state
             .buckets
             .get(route)
@@ -93,10 +97,10 @@ impl RateLimits {
         } else if let Some(bucket) = state.buckets.get_mut(route) {
             bucket.remaining -= 1;
         }
-        state.global = match state.global {
-            Some((start, count)) if now < start + GLOBAL_WINDOW => Some((start, count + 1)),
-            _ => Some((now, 1)),
-        };
+        if state.sent.len() >= GLOBAL_PER_SECOND {
+            state.sent.pop_front();
+        }
+        state.sent.push_back(now);
         None
     }
 
@@ -168,18 +172,19 @@ mod tests {
     }
 
     #[test]
-    fn at_most_fifty_requests_leave_per_second() {
+    fn at_most_fifty_requests_leave_in_any_second() {
         let limits = RateLimits::new();
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         for i in 0..GLOBAL_PER_SECOND {
-            assert_eq!(limits.reserve(&format!("channel:{i}"), t0), None);
+            let at = t0 + ms(10 * i as u64);
+            assert_eq!(limits.reserve(&format!("channel:{i}"), at), None);
         }
-        let later = t0 + Duration::from_millis(300);
-        assert_eq!(
-            limits.reserve("channel:99", later),
-            Some(Duration::from_millis(700))
-        );
-        assert_eq!(limits.reserve("channel:99", t0 + GLOBAL_WINDOW), None);
+        // The 51st waits until the first is more than a second (and a margin) old.
+        assert_eq!(limits.reserve("channel:99", t0 + ms(600)), Some(ms(500)));
+        assert_eq!(limits.reserve("channel:99", t0 + ms(1100)), None);
+        // The 52nd waits for the second one.
+        assert_eq!(limits.reserve("channel:98", t0 + ms(1100)), Some(ms(10)));
     }
 
     #[test]

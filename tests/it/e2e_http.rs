@@ -124,10 +124,13 @@ async fn denial_autocomplete_and_admin_mapping_work_the_same_over_http() {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|c| c["value"].as_str())
+        .filter_map(|c| c["name"].as_str())
         .collect();
     assert!(
-        vms.len() == 4 && vms.iter().all(|v| v.starts_with("rg-web/web-0")),
+        vms.len() == 4
+            && vms
+                .iter()
+                .all(|v| v.starts_with("web-0") && v.ends_with("(rg-web)")),
         "{vms:?}"
     );
     assert_eq!(refused.title(), "Not allowed", "{}", refused.text());

@@ -11,6 +11,7 @@ mod e2e;
 mod e2e_admin;
 mod e2e_audit;
 mod e2e_buttons;
+mod e2e_gateway;
 mod e2e_http;
 mod emulator;
 mod emulator_tokens;

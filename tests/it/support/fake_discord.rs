@@ -17,7 +17,8 @@
 //! with explicit `#[path]`s so they resolve the same way in both inclusions.
 //!
 //! What it models: HELLO/IDENTIFY/READY, heartbeat ACKs, RESUME/RESUMED, scripted op 7, op 9 and
-//! close codes; command registration; the 3 s interaction callback window and double-ACK 40060;
+//! close codes; a session's dispatches held while it reconnects and replayed on RESUME, lost when
+//! it is invalidated ([`FakeDiscord::dispatch_interaction`]); command registration; the 3 s interaction callback window and double-ACK 40060;
 //! followups (first one after a type-5 defer edits the original), original-response edits and the
 //! 15 min token lifetime; DM channels; channel messages with `nonce` + `enforce_nonce`
 //! idempotency; and injected 5xx / 429 faults. Every REST call is recorded.
@@ -725,6 +726,19 @@ impl FakeDiscord {
                     .map(|_| sent)
             })
             .expect("send_interaction: no READY gateway client")
+    }
+
+    /// Sends `interaction` as Discord does whatever the connection's state: at once to a ready
+    /// connection; held for the session while it reconnects (after op 7) and replayed on its
+    /// RESUME; lost when there is no session (after op 9 `false`, until the next IDENTIFY). Does
+    /// not wait, so a test can dispatch into a reconnect.
+    pub fn dispatch_interaction(&self, interaction: InteractionBuilder) -> SentInteraction {
+        self.shared.update(|st| {
+            let sent = register_interaction(st, interaction);
+            st.gateway
+                .dispatch_or_hold("INTERACTION_CREATE", sent.payload.clone());
+            sent
+        })
     }
 
     /// Records `body` as the interaction's response, as if sent to `/callback`: for HTTP-mode

@@ -418,6 +418,9 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
             d.send_reconnect();
         }
         if config.gateway_faults && i == 2 * n / 3 {
+            // The op 9 ends the session: first let the bot resume it, or what the fake holds
+            // for it is lost (as on Discord).
+            d.wait_until_ready(Duration::from_secs(10)).await;
             d.send_invalid_session(false);
         }
         if let Some(times) = config.token_outage
@@ -442,7 +445,15 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        sent.push(d.send_interaction(interaction).await);
+        // Between the op 7 and the op 9 the interactions are dispatched without waiting for
+        // the bot: those sent while it reconnects are held by the fake and replayed on RESUME
+        // (or lost, if the bot did not resume), as Discord does.
+        let into_reconnect = config.gateway_faults && (n / 3..2 * n / 3).contains(&i);
+        sent.push(if into_reconnect {
+            d.dispatch_interaction(interaction)
+        } else {
+            d.send_interaction(interaction).await
+        });
         // Yield so the burst interleaves with the app, as real traffic would.
         tokio::task::yield_now().await;
     }

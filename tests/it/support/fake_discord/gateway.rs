@@ -1,4 +1,9 @@
 //! The gateway: plain `ws://`, text frames, one live connection at a time (notes §2).
+//!
+//! Like Discord, a session outlives its connection: a dispatch made while the session has no
+//! ready connection (after op 7, during a reconnect) is held with its sequence number and
+//! replayed to the client that RESUMEs the session from an earlier sequence; a session that is
+//! invalidated (op 9 `false`) or replaced by a new IDENTIFY loses what it held.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +39,8 @@ pub(super) struct Connection {
 pub(super) struct Session {
     id: String,
     seq: u64,
+    /// Dispatches of this session (not READY / RESUMED), for replay on RESUME.
+    log: Vec<Value>,
 }
 
 enum Outgoing {
@@ -46,15 +53,29 @@ impl GatewayState {
         self.current.as_ref().is_some_and(|c| c.ready) && self.session.is_some()
     }
 
-    /// Sends a dispatch to the ready connection; returns its sequence number.
+    /// Sends a dispatch to the ready connection; returns its sequence number. `None` (nothing
+    /// sent, nothing held) when the session has no ready connection.
     pub(super) fn dispatch(&mut self, t: &str, d: Value) -> Option<u64> {
         if !self.is_ready() {
             return None;
         }
+        self.dispatch_or_hold(t, d)
+    }
+
+    /// Sends a dispatch now if the session's connection is ready, else holds it for a RESUME.
+    /// `None` when there is no session at all (never identified, or invalidated).
+    pub(super) fn dispatch_or_hold(&mut self, t: &str, d: Value) -> Option<u64> {
+        let ready = self.is_ready();
         let session = self.session.as_mut()?;
         session.seq += 1;
         let s = session.seq;
-        self.send(json!({"op": 0, "s": s, "t": t, "d": d}));
+        let frame = json!({"op": 0, "s": s, "t": t, "d": d});
+        if !matches!(t, "READY" | "RESUMED") {
+            session.log.push(frame.clone());
+        }
+        if ready {
+            self.send(frame);
+        }
         Some(s)
     }
 
@@ -124,6 +145,7 @@ impl GatewayState {
         self.session = Some(Session {
             id: session_id.clone(),
             seq: 0,
+            log: Vec::new(),
         });
         if let Some(connection) = self.current.as_mut() {
             connection.ready = true;
@@ -150,6 +172,18 @@ impl GatewayState {
         if known {
             if let Some(connection) = self.current.as_mut() {
                 connection.ready = true;
+            }
+            // Replay what the client missed: everything after the sequence it resumes from.
+            let from = d["seq"].as_u64().unwrap_or(0);
+            let missed: Vec<Value> = self.session.as_ref().map_or_else(Vec::new, |s| {
+                s.log
+                    .iter()
+                    .filter(|f| f["s"].as_u64().is_some_and(|n| n > from))
+                    .cloned()
+                    .collect()
+            });
+            for frame in missed {
+                self.send(frame);
             }
             self.dispatch("RESUMED", json!({}));
         } else {

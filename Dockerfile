@@ -45,13 +45,12 @@ ENV DRAWBRIDGE__DATABASE__URL=sqlite:///data/drawbridge.db \
     DRAWBRIDGE__LOGGING__FORMAT=json \
     DRAWBRIDGE__OPS__LISTEN=0.0.0.0:9090 \
     DRAWBRIDGE__HTTP__LISTEN=0.0.0.0:8080
-# 8080: the interactions endpoint and ops endpoints in HTTP mode;
-# 9090: /healthz, /readyz and /metrics in gateway mode.
+# 8080: the interactions endpoint (HTTP mode);
+# 9090: /healthz, /readyz and /metrics (both modes; publish it internally only).
 EXPOSE 8080 9090
 USER drawbridge:drawbridge
 
-# No curl in the image: the binary probes its own /healthz (ops.listen in
-# gateway mode, http.listen in HTTP mode).
+# No curl in the image: the binary probes its own /healthz on ops.listen.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["drawbridge", "healthcheck"]
 

@@ -5,10 +5,12 @@
 //! [`App::build`] wires the store, the Azure adapter and the use cases;
 //! [`App::start_workers`] starts the scheduler, the outbox, the
 //! reconciliation with Azure, the index refresh and the mappings reload;
-//! [`App::bind`] binds the listener (so port 0 works and callers learn the
-//! port before anything runs) and [`Server::run`] adds the Discord transport
-//! (gateway or HTTP mode) and waits for the shutdown future. Tests and the
-//! demo call the same functions.
+//! [`App::bind`] binds the listeners (so port 0 works and callers learn the
+//! ports before anything runs): the ops endpoints on `ops.listen` always,
+//! and in HTTP mode the interactions endpoint on `http.listen`, a listener
+//! of its own that serves nothing else. [`Server::run`] adds the Discord
+//! transport (gateway or HTTP mode) and waits for the shutdown future.
+//! Tests and the demo call the same functions.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -119,6 +121,7 @@ impl App {
             Arc::clone(&self.tokens),
             transport,
             Arc::clone(&self.clock),
+            self.settings.ops.metrics_refresh,
         ))
     }
 
@@ -198,51 +201,31 @@ impl App {
         }
     }
 
-    /// Binds the listener of the configured Discord mode: the ops endpoints
-    /// on `ops.listen` in gateway mode; the interactions endpoint, with the
-    /// ops endpoints beside it, on `http.listen` in HTTP mode. Port 0 takes
-    /// any free port: [`Server::local_addr`] says which, and so does the log.
+    /// Binds the listeners: the ops endpoints on `ops.listen`, and in HTTP
+    /// mode the interactions endpoint on `http.listen`. Port 0 takes any
+    /// free port: [`Server::ops_addr`] and [`Server::interactions_addr`]
+    /// say which, and so does the log.
     ///
     /// # Errors
-    /// The address cannot be bound.
+    /// An address cannot be bound.
     pub async fn bind(self) -> anyhow::Result<Server> {
-        let (listen, key, what) = match self.settings.discord.mode {
-            DiscordMode::Gateway => (self.settings.ops.listen, " (ops.listen)", "ops endpoints"),
-            DiscordMode::Http => (self.settings.http.listen, "", "interactions endpoint"),
+        let ops = Bound::bind(self.settings.ops.listen, "ops.listen", "ops endpoints").await?;
+        let interactions = match self.settings.discord.mode {
+            DiscordMode::Gateway => None,
+            DiscordMode::Http => Some(
+                Bound::bind(
+                    self.settings.http.listen,
+                    "http.listen",
+                    "interactions endpoint",
+                )
+                .await?,
+            ),
         };
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}{key}"))?;
-        let local_addr = listener
-            .local_addr()
-            .context("reading the listen address")?;
-        tracing::info!(listen = %local_addr, "{what} listening");
         Ok(Server {
             app: self,
-            listener,
-            local_addr,
+            ops,
+            interactions,
         })
-    }
-
-    async fn serve_gateway(
-        &self,
-        listener: TcpListener,
-        handler: Arc<dyn InteractionHandler>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let status = crate::discord::GatewayStatus::new();
-        let ops = self.ops(crate::ops::Transport::Gateway(status.clone()));
-        let ops_stop = CancellationToken::new();
-        let ops_server = tokio::spawn(
-            axum::serve(listener, ops.router())
-                .with_graceful_shutdown(ops_stop.clone().cancelled_owned())
-                .into_future(),
-        );
-        let result =
-            crate::discord::run_gateway(&self.settings.discord, handler, status, shutdown).await;
-        ops_stop.cancel();
-        let _ = ops_server.await;
-        result
     }
 
     async fn serve_http(
@@ -258,15 +241,18 @@ impl App {
             .public_key
             .context("discord.public_key is required in http mode")?;
         let tracker = TaskTracker::new();
-        let router = crate::discord::interactions_router(
+        let mut router = crate::discord::interactions_router(
             key,
             http,
             handler,
             Arc::clone(&self.clock),
             tracker.clone(),
-        )?
-        .merge(self.ops(crate::ops::Transport::Endpoint).router());
-        let served = axum::serve(listener, router)
+            Arc::new(self.service.store().clone()),
+        )?;
+        if self.settings.http.healthz {
+            router = router.route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        }
+        let served = axum::serve(listener, crate::surface::harden(router))
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving the interactions endpoint");
@@ -276,25 +262,48 @@ impl App {
     }
 }
 
-/// The [`App`] with its listener bound ([`App::bind`]), ready to run.
+/// A bound listener and its address.
+struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    async fn bind(listen: SocketAddr, key: &str, what: &str) -> anyhow::Result<Bound> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen} ({key})"))?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listen address")?;
+        tracing::info!(listen = %addr, "{what} listening");
+        Ok(Bound { listener, addr })
+    }
+}
+
+/// The [`App`] with its listeners bound ([`App::bind`]), ready to run.
 pub struct Server {
     app: App,
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    ops: Bound,
+    interactions: Option<Bound>,
 }
 
 impl Server {
-    /// The bound address: the ops endpoints in gateway mode, the
-    /// interactions endpoint (`/interactions`) and the ops endpoints in HTTP
-    /// mode.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The address of the ops endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.addr
     }
 
-    /// Runs the bot until `shutdown` resolves: Discord in the configured
-    /// mode plus the workers. On shutdown new interactions are refused,
-    /// in-flight ones finish (bounded), the outbox flushes briefly and the
-    /// database closes.
+    /// HTTP mode: the address of the interactions endpoint
+    /// (`POST /interactions`).
+    pub fn interactions_addr(&self) -> Option<SocketAddr> {
+        self.interactions.as_ref().map(|b| b.addr)
+    }
+
+    /// Runs the bot until `shutdown` resolves: the ops endpoints, Discord
+    /// in the configured mode, and the workers. On shutdown new
+    /// interactions are refused, in-flight ones finish (bounded), the
+    /// outbox flushes briefly and the database closes.
     ///
     /// # Errors
     /// Missing Discord settings, or a transport that fails to start.
@@ -302,7 +311,11 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Server { app, listener, .. } = self;
+        let Server {
+            app,
+            ops,
+            interactions,
+        } = self;
         let discord = &app.settings.discord;
         if discord
             .token
@@ -317,10 +330,24 @@ impl Server {
         let workers = app.start_workers(sender);
         app.audit_lifecycle(AuditAction::BotStarted).await;
         let handler = app.handler();
-        let result = match discord.mode {
-            DiscordMode::Gateway => app.serve_gateway(listener, handler, shutdown).await,
-            DiscordMode::Http => app.serve_http(listener, http, handler, shutdown).await,
+        let status = crate::discord::GatewayStatus::new();
+        let transport = match interactions {
+            Some(_) => crate::ops::Transport::Endpoint,
+            None => crate::ops::Transport::Gateway(status.clone()),
         };
+        let ops_stop = CancellationToken::new();
+        let ops_server = tokio::spawn(app.ops(transport).serve(ops.listener, ops_stop.clone()));
+        let result = match interactions {
+            None => {
+                crate::discord::run_gateway(&app.settings.discord, handler, status, shutdown).await
+            }
+            Some(bound) => {
+                app.serve_http(bound.listener, http, handler, shutdown)
+                    .await
+            }
+        };
+        ops_stop.cancel();
+        let _ = ops_server.await;
         app.audit_lifecycle(AuditAction::BotStopped).await;
         workers.stop().await;
         app.service.store().close().await;

@@ -55,8 +55,7 @@ pub enum Command {
     /// Probe a running bot's /healthz (for container health checks); exits
     /// 0 when it answers.
     Healthcheck {
-        /// The URL to probe (default: from the configuration: ops.listen in
-        /// gateway mode, http.listen in HTTP mode).
+        /// The URL to probe (default: from the configuration: ops.listen).
         #[arg(long)]
         url: Option<String>,
     },

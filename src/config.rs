@@ -111,12 +111,18 @@ pub struct DiscordSettings {
 pub struct HttpSettings {
     /// Listen address of the interactions endpoint.
     pub listen: SocketAddr,
+    /// Whether that listener also answers `GET /healthz` (a load
+    /// balancer's probe); the rest of the ops endpoints never go there.
+    pub healthz: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct OpsSettings {
-    /// Listen address of /healthz, /readyz, /metrics in gateway mode.
+    /// Listen address of /healthz, /readyz, /metrics, in both modes.
     pub listen: SocketAddr,
+    /// How often the gauges of /metrics are read from the database (a
+    /// scrape never queries it).
+    pub metrics_refresh: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +217,7 @@ impl Settings {
             config::FileFormat::Toml,
         ));
         if let Some(file) = &sources.file {
+            check_toml_syntax(file)?;
             builder = builder.add_source(config::File::from(file.clone()).required(true));
         }
         let mut env = config::Environment::with_prefix(ENV_PREFIX)
@@ -233,14 +240,14 @@ impl Settings {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| DEFAULT_SOURCE.into()),
-                message: e.to_string(),
+                message: redact_values(&e.to_string()),
             }])
         })?;
         let raw: raw::Raw = cfg.clone().try_deserialize().map_err(|e| {
             ConfigErrors(vec![ConfigProblem {
                 key: "(structure)".into(),
                 source: "the configuration".into(),
-                message: e.to_string(),
+                message: redact_values(&e.to_string()),
             }])
         })?;
         let mut c = check::Checker {
@@ -300,6 +307,65 @@ impl Settings {
         );
         out
     }
+}
+
+/// Parses the `--config` file as TOML first, so that a syntax error is
+/// reported by line and column only. The parsers' own messages quote the
+/// offending line, and that line may hold a secret.
+fn check_toml_syntax(file: &Path) -> Result<(), ConfigErrors> {
+    let problem = |message: String| {
+        ConfigErrors(vec![ConfigProblem {
+            key: "(file)".into(),
+            source: file.display().to_string(),
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| problem(format!("cannot be read: {}", e.kind())))?;
+    match toml::from_str::<toml::Table>(&text) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let at = e.span().map(|span| line_and_column(&text, span.start));
+            Err(problem(match at {
+                Some((line, column)) => format!(
+                    "not valid TOML at line {line}, column {column} (the line is not shown: it may hold a secret)"
+                ),
+                None => "not valid TOML (the line is not shown: it may hold a secret)".into(),
+            }))
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Blanks what a parser quotes (`"…"` and `` `…` ``): the value of a line,
+/// which may be a secret.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -472,6 +538,38 @@ mod tests {
         .unwrap();
         assert_eq!(s.azure.cloud, AzureCloud::Custom);
         assert!(s.azure.arm_audience.is_some());
+    }
+
+    #[test]
+    fn the_arm_endpoint_must_be_https_except_on_loopback() {
+        for ok in [
+            "https://arm.example.com",
+            "http://127.0.0.1:8443",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            let s = Settings::load(&env(&[("DRAWBRIDGE__AZURE__ARM_ENDPOINT", ok)]));
+            assert!(s.is_ok(), "{ok}: {s:?}");
+        }
+        let err = Settings::load(&env(&[(
+            "DRAWBRIDGE__AZURE__ARM_ENDPOINT",
+            "http://arm-proxy.internal.example",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("azure.arm_endpoint (from the environment)") && err.contains("use https"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quoted_values_are_redacted_from_parser_messages() {
+        assert_eq!(
+            redact_values("invalid type: string \"hunter2\", expected `a b`"),
+            "invalid type: string \"…\", expected `…`"
+        );
+        assert_eq!(line_and_column("a = 1\nb = x\n", 10), (2, 5));
     }
 
     #[test]

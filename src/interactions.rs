@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::chat::{ButtonAction, ChatMessage};
 use crate::domain::{RoleId, UserId};
@@ -134,4 +135,38 @@ pub trait ChatSender: Send + Sync + 'static {
         message: &ChatMessage,
         idempotency_key: &str,
     ) -> Result<(), SendError>;
+}
+
+/// What a [`InteractionLedger::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The first delivery of this id: run it.
+    First,
+    /// A repeat: do not run it. Holds the first delivery's response (JSON)
+    /// once recorded, `None` while the first is still being handled.
+    Repeat(Option<String>),
+}
+
+/// Which interactions the HTTP endpoint has taken, shared by every replica
+/// (the store), so that a delivery replayed by id is answered from the
+/// first outcome and never runs twice.
+#[async_trait]
+pub trait InteractionLedger: Send + Sync + 'static {
+    /// Claims interaction `id`, received at `now`.
+    ///
+    /// # Errors
+    /// The ledger cannot be reached: the caller must not run the interaction.
+    async fn claim(&self, id: &str, now: DateTime<Utc>) -> anyhow::Result<Claim>;
+
+    /// Records the first response (JSON) of a claimed interaction.
+    ///
+    /// # Errors
+    /// The ledger cannot be reached.
+    async fn record(&self, id: &str, response: &str) -> anyhow::Result<()>;
+
+    /// The recorded first response of `id`, if any yet.
+    ///
+    /// # Errors
+    /// The ledger cannot be reached.
+    async fn first_response(&self, id: &str) -> anyhow::Result<Option<String>>;
 }

@@ -28,7 +28,8 @@
 //! - [`sandbox`]: the Azure JIT emulator (`drawbridge emulate-azure`, the
 //!   demo and the tests); [`demo`]: everything local with a console chat.
 //! - [`app`]: wiring and shutdown; [`cli`]: the commands of the binary;
-//!   [`config`], [`telemetry`], [`metrics`], [`ops`], [`clock`]: the rest.
+//!   [`config`], [`telemetry`], [`metrics`], [`ops`], [`surface`] (the
+//!   limits of every HTTP listener), [`clock`]: the rest.
 pub mod app;
 pub mod azure;
 pub mod chat;
@@ -44,4 +45,5 @@ pub mod ops;
 pub mod sandbox;
 pub mod service;
 pub mod store;
+pub mod surface;
 pub mod telemetry;

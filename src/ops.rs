@@ -1,8 +1,12 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can
 //! do its job: database, Discord, an ARM token) and `/metrics` (Prometheus).
 //!
-//! In gateway mode they listen on `ops.listen`; in HTTP mode they share the
-//! router (and port, `http.listen`) of the interactions endpoint.
+//! They listen on `ops.listen` (default `127.0.0.1:9090`) in both modes,
+//! never beside the interactions endpoint, which faces the internet: their
+//! answers say what is open and what is failing. Even so, they give away
+//! little and cost little: `/readyz` says what is wrong in general words
+//! (the details go to the log), and `/metrics` serves gauges read from the
+//! database on a timer ([`Ops::serve`]), so a flood of scrapes runs no query.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +17,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::azure::TokenSource;
+use crate::azure::{TokenError, TokenSource};
 use crate::clock::SharedClock;
 use crate::discord::GatewayStatus;
 use crate::metrics::Snapshot;
@@ -28,13 +34,17 @@ const TOKEN_FAILED_TTL: Duration = Duration::from_secs(5);
 /// The longest a readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What `/readyz` says about a failed check: general words only.
+const DATABASE_DOWN: &str = "the database does not answer";
+const GATEWAY_DOWN: &str = "not connected to Discord";
+const TOKEN_TIMED_OUT: &str = "the Azure token service did not answer in time";
+
 /// How chat reaches the bot, for readiness.
 #[derive(Debug, Clone)]
 pub enum Transport {
     /// Gateway mode: ready while the websocket is connected.
     Gateway(GatewayStatus),
-    /// HTTP mode: this router is the interactions endpoint, so answering
-    /// `/readyz` means it is serving.
+    /// HTTP mode: the interactions endpoint serves from this process.
     Endpoint,
 }
 
@@ -44,7 +54,10 @@ pub struct Ops {
     tokens: Arc<dyn TokenSource>,
     transport: Transport,
     clock: SharedClock,
-    token_check: Mutex<Option<(Instant, Result<(), String>)>>,
+    refresh_every: Duration,
+    token_check: Mutex<Option<(Instant, Result<(), &'static str>)>>,
+    /// The state gauges as last read (see [`Ops::refresh`]).
+    gauges: Mutex<Snapshot>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -56,18 +69,23 @@ impl std::fmt::Debug for Ops {
 }
 
 impl Ops {
+    /// The endpoints over `store` and `tokens`; the gauges of `/metrics`
+    /// are re-read every `refresh_every` while [`Ops::serve`] runs.
     pub fn new(
         store: Store,
         tokens: Arc<dyn TokenSource>,
         transport: Transport,
         clock: SharedClock,
+        refresh_every: Duration,
     ) -> Self {
         Self {
             store,
             tokens,
             transport,
             clock,
+            refresh_every,
             token_check: Mutex::new(None),
+            gauges: Mutex::new(Snapshot::default()),
         }
     }
 
@@ -80,7 +98,51 @@ impl Ops {
             .with_state(self)
     }
 
-    async fn token_ok(&self) -> Result<(), String> {
+    /// Serves the routes on `listener`, behind the limits of
+    /// [`crate::surface::harden`], until `stop` is cancelled; reads the
+    /// gauges once first, then every `refresh_every`.
+    ///
+    /// # Errors
+    /// The listener fails.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.refresh().await;
+        let ops = Arc::clone(&self);
+        let refresher_stop = stop.clone();
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = refresher_stop.cancelled() => break,
+                    _ = tokio::time::sleep(ops.refresh_every) => ops.refresh().await,
+                }
+            }
+        });
+        let served = axum::serve(listener, crate::surface::harden(self.router()))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        refresher.abort();
+        served
+    }
+
+    /// Reads the state gauges from the store into the cache `/metrics`
+    /// serves; on a failure the previous values stay (and it is logged).
+    pub async fn refresh(&self) {
+        match self.snapshot().await {
+            Ok(snapshot) => *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = snapshot,
+            Err(e) => {
+                tracing::warn!(error.message = %e, "reading the metrics gauges failed; keeping the last ones");
+            }
+        }
+    }
+
+    fn gauges(&self) -> Snapshot {
+        *self.gauges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn token_ok(&self) -> Result<(), &'static str> {
         if let Some((at, result)) = &*self.token_check.lock().unwrap_or_else(|e| e.into_inner()) {
             let ttl = if result.is_ok() {
                 TOKEN_OK_TTL
@@ -88,16 +150,22 @@ impl Ops {
                 TOKEN_FAILED_TTL
             };
             if at.elapsed() < ttl {
-                return result.clone();
+                return *result;
             }
         }
         let result = match tokio::time::timeout(CHECK_TIMEOUT, self.tokens.bearer()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_owned()),
+            Ok(Err(e)) => {
+                tracing::warn!(error.message = %e, "readiness: no ARM token");
+                Err(token_problem(&e))
+            }
+            Err(_) => {
+                tracing::warn!("readiness: the ARM token check timed out");
+                Err(TOKEN_TIMED_OUT)
+            }
         };
         *self.token_check.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), result.clone()));
+            Some((Instant::now(), result));
         result
     }
 
@@ -128,6 +196,19 @@ impl Ops {
     }
 }
 
+/// A token failure in general words: which setting to look at, never the
+/// token service's own text (which can hold URLs, tenant and client ids).
+fn token_problem(error: &TokenError) -> &'static str {
+    match error {
+        TokenError::Configuration { .. } => "the Azure credential is misconfigured",
+        TokenError::Acquire { .. } => "the Azure token service refused or failed",
+        TokenError::UnknownAudience { .. } => {
+            "the token service does not know the audience: check azure.arm_audience"
+        }
+        TokenError::Timeout { .. } => TOKEN_TIMED_OUT,
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -135,22 +216,33 @@ async fn healthz() -> &'static str {
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let database = match tokio::time::timeout(CHECK_TIMEOUT, ops.store.ping()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".to_owned()),
+        Ok(Err(e)) => {
+            tracing::warn!(error.message = %e, "readiness: the database does not answer");
+            Err(DATABASE_DOWN)
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database ping timed out");
+            Err(DATABASE_DOWN)
+        }
     };
     let discord = match &ops.transport {
         Transport::Gateway(status) if status.is_connected() => Ok(()),
-        Transport::Gateway(_) => Err("gateway not connected".to_owned()),
+        Transport::Gateway(_) => Err(GATEWAY_DOWN),
         Transport::Endpoint => Ok(()),
     };
     let azure = ops.token_ok().await;
     let ready = database.is_ok() && discord.is_ok() && azure.is_ok();
-    let show = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
+    let show = |r: &Result<(), &'static str>| match r {
+        Ok(()) => "ok",
+        Err(e) => e,
     };
     if !ready {
-        tracing::warn!(database = %show(&database), discord = %show(&discord), azure_token = %show(&azure), "not ready");
+        tracing::warn!(
+            database = show(&database),
+            discord = show(&discord),
+            azure_token = show(&azure),
+            "not ready"
+        );
     }
     let body = json!({
         "ready": ready,
@@ -169,28 +261,18 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
-    let snapshot = match ops.snapshot().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error.message = %e, "reading the metrics snapshot failed");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable\n").into_response();
-        }
-    };
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::global().render(&snapshot),
+        crate::metrics::global().render(&ops.gauges()),
     )
         .into_response()
 }
 
-/// The URL `drawbridge healthcheck` probes: the ops listener in gateway
-/// mode, the interactions endpoint's listener in HTTP mode, with an
-/// unspecified address (`0.0.0.0`, `::`) replaced by loopback.
+/// The URL `drawbridge healthcheck` probes: the ops listener (in both
+/// modes), with an unspecified address (`0.0.0.0`, `::`) replaced by
+/// loopback.
 pub fn healthz_url(settings: &crate::config::Settings) -> String {
-    let mut addr = match settings.discord.mode {
-        crate::config::DiscordMode::Gateway => settings.ops.listen,
-        crate::config::DiscordMode::Http => settings.http.listen,
-    };
+    let mut addr = settings.ops.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -236,13 +318,14 @@ mod tests {
     }
 
     #[test]
-    fn the_healthcheck_probes_the_listener_of_the_mode_on_loopback() {
+    fn the_healthcheck_probes_the_ops_listener_on_loopback() {
         assert_eq!(healthz_url(&settings(&[])), "http://127.0.0.1:9090/healthz");
         let http = settings(&[
             ("DRAWBRIDGE__DISCORD__MODE", "http"),
             ("DRAWBRIDGE__HTTP__LISTEN", "[::]:8443"),
+            ("DRAWBRIDGE__OPS__LISTEN", "[::]:9100"),
         ]);
-        assert_eq!(healthz_url(&http), "http://[::1]:8443/healthz");
+        assert_eq!(healthz_url(&http), "http://[::1]:9100/healthz");
         let fixed = settings(&[("DRAWBRIDGE__OPS__LISTEN", "10.0.0.5:9100")]);
         assert_eq!(healthz_url(&fixed), "http://10.0.0.5:9100/healthz");
     }

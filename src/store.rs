@@ -10,6 +10,7 @@
 //! | `schedule`, `schedule_kinds` | durable timers: reminders and expiries ([`schedule`]) |
 //! | `user_settings` | saved source prefixes ([`settings`]) |
 //! | `azure_requests_seen` | JIT requests made outside Drawbridge, reported once ([`reconcile`]) |
+//! | `interactions_seen` | interactions the HTTP endpoint took, so a replay never runs twice ([`interactions`]) |
 //!
 //! The schema lives in `migrations/<backend>/`, embedded with
 //! `sqlx::migrate!()` and applied by [`Store::open`] and [`Store::migrate`].
@@ -87,6 +88,7 @@ mod backend;
 mod error;
 pub mod export;
 pub mod grants;
+pub mod interactions;
 pub mod mappings;
 pub mod outbox;
 pub mod reconcile;

@@ -8,9 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::raw::{
-    Raw, RawAlias, RawAzure, RawDiscord, RawEnable, RawListen, RawLogging, RawPorts, RawScalar,
-};
+use super::raw::{Raw, RawAlias, RawAzure, RawDiscord, RawEnable, RawLogging, RawPorts, RawScalar};
 use super::{
     AzureSettings, ConfigProblem, DEFAULT_SOURCE, DatabaseSettings, DiscordMode, DiscordSettings,
     HttpSettings, LogFormat, LoggingSettings, NOT_SET, OpsSettings, ReminderSettings, Settings,
@@ -135,6 +133,32 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{s}` is not a listen address: use host:port such as 0.0.0.0:8080"))
 }
 
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("`{s}` is not a flag: use true or false")),
+    }
+}
+
+/// The ARM endpoint receives the bearer token with every call, so plain
+/// http is refused except on a loopback host (a local emulator or proxy).
+fn parse_arm_endpoint(s: &str) -> Result<Url, String> {
+    let url = parse_url(s)?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(format!(
+            "`{s}` is plain http: use https (http is allowed only on a loopback host such as 127.0.0.1), or the ARM token would travel in clear"
+        ));
+    }
+    Ok(url)
+}
+
 fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(s).map_err(|_| "the public key is not hex".to_string())?;
     bytes
@@ -146,10 +170,22 @@ pub(super) fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
     Settings {
         discord: discord(c, raw.discord),
         http: HttpSettings {
-            listen: listen(c, "http.listen", &raw.http, "0.0.0.0:8080"),
+            listen: listen(c, "http.listen", &raw.http.listen, "0.0.0.0:8080"),
+            healthz: c
+                .opt(
+                    "http.healthz",
+                    &raw.http.healthz.as_ref().map(RawScalar::text),
+                    parse_flag,
+                )
+                .unwrap_or(false),
         },
         ops: OpsSettings {
-            listen: listen(c, "ops.listen", &raw.ops, "0.0.0.0:9090"),
+            listen: listen(c, "ops.listen", &raw.ops.listen, "127.0.0.1:9090"),
+            metrics_refresh: c.span(
+                "ops.metrics_refresh",
+                &raw.ops.metrics_refresh,
+                Duration::from_secs(15),
+            ),
         },
         azure: azure(c, raw.azure),
         database: database(c, raw.database.url),
@@ -187,8 +223,8 @@ fn discord(c: &mut Checker<'_>, d: RawDiscord) -> DiscordSettings {
     }
 }
 
-fn listen(c: &mut Checker<'_>, key: &str, raw: &RawListen, default: &str) -> SocketAddr {
-    c.opt(key, &raw.listen, parse_listen)
+fn listen(c: &mut Checker<'_>, key: &str, raw: &Option<String>, default: &str) -> SocketAddr {
+    c.opt(key, raw, parse_listen)
         .unwrap_or_else(|| default.parse().expect("valid literal"))
 }
 
@@ -202,7 +238,7 @@ fn azure(c: &mut Checker<'_>, a: RawAzure) -> AzureSettings {
         cloud: c
             .opt("azure.cloud", &a.cloud, parse_cloud)
             .unwrap_or(AzureCloud::Public),
-        arm_endpoint: c.opt("azure.arm_endpoint", &a.arm_endpoint, parse_url),
+        arm_endpoint: c.opt("azure.arm_endpoint", &a.arm_endpoint, parse_arm_endpoint),
         authority_host: c.opt("azure.authority_host", &a.authority_host, parse_url),
         arm_audience: c.opt("azure.arm_audience", &a.arm_audience, parse_audience),
         credential: c

@@ -10,8 +10,8 @@ use serde::Deserialize;
 #[serde(default)]
 pub(super) struct Raw {
     pub(super) discord: RawDiscord,
-    pub(super) http: RawListen,
-    pub(super) ops: RawListen,
+    pub(super) http: RawHttp,
+    pub(super) ops: RawOps,
     pub(super) azure: RawAzure,
     pub(super) database: RawDatabase,
     pub(super) reminders: RawReminders,
@@ -35,8 +35,16 @@ pub(super) struct RawDiscord {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(super) struct RawListen {
+pub(super) struct RawHttp {
     pub(super) listen: Option<String>,
+    pub(super) healthz: Option<RawScalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawOps {
+    pub(super) listen: Option<String>,
+    pub(super) metrics_refresh: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,13 @@
 //! its own, hands its first response back through a oneshot, and continues
 //! (the handler, then a REST edit of the original response) after the HTTP
 //! answer has gone out.
+//!
+//! A signed body stays valid while its timestamp is within 5 minutes, so
+//! the same interaction can arrive twice (Discord retrying, or someone
+//! replaying a captured POST). The first delivery claims the interaction id
+//! in the [`InteractionLedger`] and records its first response; a repeat is
+//! answered with that response and runs nothing, whatever the interaction
+//! (a command, a button, an admin action).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +27,11 @@ use serenity::http::Http;
 use serenity::interactions_endpoint::Verifier;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::dispatch::{Ack, Dispatcher};
 use crate::clock::SharedClock;
-use crate::interactions::InteractionHandler;
+use crate::interactions::{Claim, InteractionHandler, InteractionLedger};
 
 /// The largest body accepted (Discord's interactions are a few KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -33,6 +40,8 @@ pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
 /// How long the POST waits for the dispatch's first response (Discord
 /// gives up after 3 s).
 const INLINE_DEADLINE: Duration = Duration::from_millis(2_800);
+/// How often a repeat looks for the first delivery's response.
+const REPEAT_POLL: Duration = Duration::from_millis(25);
 
 const SIGNATURE: &str = "x-signature-ed25519";
 const TIMESTAMP: &str = "x-signature-timestamp";
@@ -42,6 +51,7 @@ struct Endpoint {
     dispatcher: Dispatcher,
     clock: SharedClock,
     tracker: TaskTracker,
+    ledger: Arc<dyn InteractionLedger>,
 }
 
 /// The router of HTTP interactions mode: `POST /interactions`.
@@ -52,11 +62,14 @@ struct Endpoint {
 /// - `clock`: "now" for the timestamp freshness check.
 /// - `tracker`: every dispatch runs in it; at shutdown, stop the server,
 ///   then `tracker.close()` and wait (bounded) for replies in flight.
+/// - `ledger`: the interactions taken so far (the store), so a repeat of
+///   one is answered with its first response and never runs twice.
 ///
 /// Answers 401 to a missing or bad signature and to a timestamp more than
 /// 5 minutes from now, 413 to a body over 64 KiB, 400 to a signed body that
 /// is not an interaction, `{"type":1}` to PING, and the interaction's first
-/// response (a deferred ephemeral reply, autocomplete choices, ...) inline.
+/// response (a deferred ephemeral reply, autocomplete choices, ...) inline;
+/// 503 when the ledger cannot be reached (nothing runs).
 ///
 /// # Errors
 ///
@@ -67,6 +80,7 @@ pub fn interactions_router(
     handler: Arc<dyn InteractionHandler>,
     clock: SharedClock,
     tracker: TaskTracker,
+    ledger: Arc<dyn InteractionLedger>,
 ) -> anyhow::Result<Router> {
     let verifier =
         Verifier::try_new(public_key).map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
@@ -75,6 +89,7 @@ pub fn interactions_router(
         dispatcher: Dispatcher::new(http, handler),
         clock,
         tracker,
+        ledger,
     });
     Ok(Router::new()
         .route("/interactions", post(receive))
@@ -102,13 +117,28 @@ async fn receive(
     if matches!(interaction, Interaction::Ping(_)) {
         return axum::Json(serde_json::json!({"type": 1})).into_response();
     }
+    let id = interaction.id().to_string();
+    match endpoint.ledger.claim(&id, endpoint.clock.now()).await {
+        Ok(Claim::First) => {}
+        Ok(Claim::Repeat(first)) => return endpoint.repeat(&id, first).await,
+        Err(e) => {
+            error!(error.message = %e, interaction = %id, "could not claim the interaction; not running it");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     let (reply, first_response) = oneshot::channel();
     let dispatcher = endpoint.dispatcher.clone();
     endpoint
         .tracker
         .spawn(async move { dispatcher.dispatch(interaction, Ack::Inline(reply)).await });
     match tokio::time::timeout(INLINE_DEADLINE, first_response).await {
-        Ok(Ok(response)) => axum::Json(response).into_response(),
+        Ok(Ok(response)) => {
+            let body = serde_json::to_string(&response).unwrap_or_default();
+            if let Err(e) = endpoint.ledger.record(&id, &body).await {
+                warn!(error.message = %e, interaction = %id, "could not record the first response; a repeat will not be answered with it");
+            }
+            json_response(body)
+        }
         Ok(Err(_)) => {
             error!("the interaction ended without a response");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -120,7 +150,42 @@ async fn receive(
     }
 }
 
+fn json_response(body: String) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 impl Endpoint {
+    /// Answers a repeat of interaction `id` with the first delivery's
+    /// response, waiting (within Discord's deadline) for it if the first is
+    /// still being handled. Runs nothing.
+    async fn repeat(&self, id: &str, mut first: Option<String>) -> Response {
+        let started = tokio::time::Instant::now();
+        while first.is_none() && started.elapsed() < INLINE_DEADLINE {
+            tokio::time::sleep(REPEAT_POLL).await;
+            first = match self.ledger.first_response(id).await {
+                Ok(found) => found,
+                Err(e) => {
+                    error!(error.message = %e, interaction = %id, "could not read the first response");
+                    break;
+                }
+            };
+        }
+        match first {
+            Some(body) => {
+                info!(interaction = %id, "a repeated interaction, answered with its first response");
+                json_response(body)
+            }
+            None => {
+                warn!(interaction = %id, "a repeated interaction whose first response is not known; not running it");
+                StatusCode::CONFLICT.into_response()
+            }
+        }
+    }
+
     /// Checks the signature over timestamp ‖ body and the timestamp's
     /// freshness (the verifier has no replay check of its own).
     fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {

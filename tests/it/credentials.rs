@@ -582,10 +582,9 @@ async fn readyz_and_the_reply_name_azure_arm_audience_when_the_token_service_ref
     assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = response.json().await.expect("JSON");
     let token = body["checks"]["azure_token"].as_str().unwrap_or_default();
+    assert!(token.contains("azure.arm_audience"), "{body}");
     assert!(
-        token.starts_with("azure.arm_audience: ")
-            && token.contains("https://arm-gateway.internal.example")
-            && token.contains("AADSTS500011"),
-        "{body}"
+        !token.contains("arm-gateway.internal.example") && !token.contains("AADSTS"),
+        "general words only, the details go to the log: {body}"
     );
 }

@@ -712,7 +712,15 @@ async fn serve_endpoint(
         .unwrap();
     let http = discord_http(&settings(fake)).unwrap();
     let tracker = TaskTracker::new();
-    let router = interactions_router(key, http, handler, clock, tracker.clone()).unwrap();
+    let router = interactions_router(
+        key,
+        http,
+        handler,
+        clock,
+        tracker.clone(),
+        Arc::new(crate::support::ledger::MemoryLedger::default()),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/interactions", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {

@@ -257,8 +257,15 @@ fn the_interactions_endpoint_answers_random_requests_with_400_401_or_413_quickly
             .build(),
     );
     let tracker = TaskTracker::new();
-    let router = interactions_router(key, http, Arc::new(Quiet), Arc::new(SystemClock), tracker)
-        .expect("router");
+    let router = interactions_router(
+        key,
+        http,
+        Arc::new(Quiet),
+        Arc::new(SystemClock),
+        tracker,
+        Arc::new(crate::support::ledger::MemoryLedger::default()),
+    )
+    .expect("router");
     let strategy = (
         body(),
         signature(),

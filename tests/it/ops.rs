@@ -180,10 +180,13 @@ async fn health_readiness_and_metrics_move_with_a_request() {
     })
     .await
     .expect("the reply shows the grant");
-    // The counter is bumped just before the reply is shown; give it a beat.
+    // The counter is bumped just before the reply is shown, and the gauges
+    // are re-read every second (ops.metrics_refresh): give them a beat.
     let mut after = scrape(&app).await;
-    for _ in 0..50 {
-        if value(&after, granted) > value(&before, granted) {
+    for _ in 0..250 {
+        if value(&after, granted) > value(&before, granted)
+            && value(&after, "drawbridge_active_grants") > 0.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -220,7 +223,7 @@ async fn health_readiness_and_metrics_move_with_a_request() {
 }
 
 #[tokio::test]
-async fn http_mode_serves_the_ops_endpoints_beside_the_interactions_endpoint() {
+async fn http_mode_serves_the_ops_endpoints_on_their_own_listener() {
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let app = TestAppBuilder::default()
         .http_mode(&hex::encode(key.verifying_key().to_bytes()))
@@ -228,7 +231,7 @@ async fn http_mode_serves_the_ops_endpoints_beside_the_interactions_endpoint() {
         .await;
     let endpoint = app.endpoint.clone().expect("HTTP mode");
     assert!(
-        endpoint.starts_with(&app.ops_url),
+        !endpoint.starts_with(&app.ops_url),
         "{endpoint} vs {}",
         app.ops_url
     );
@@ -246,6 +249,38 @@ async fn http_mode_serves_the_ops_endpoints_beside_the_interactions_endpoint() {
         .expect("runs");
     assert!(probe.status.success(), "{probe:?}");
     app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_interactions_listener_answers_healthz_only_when_configured() {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let public_key = hex::encode(key.verifying_key().to_bytes());
+    let plain = TestAppBuilder::default()
+        .http_mode(&public_key)
+        .start()
+        .await;
+    let with_healthz = TestAppBuilder::default()
+        .http_mode(&public_key)
+        .env("HTTP__HEALTHZ", "true")
+        .start()
+        .await;
+    let base = |app: &TestApp| {
+        app.endpoint
+            .clone()
+            .expect("HTTP mode")
+            .trim_end_matches("/interactions")
+            .to_owned()
+    };
+
+    let (off, _, _) = get(&format!("{}/healthz", base(&plain))).await;
+    let (on, _, body) = get(&format!("{}/healthz", base(&with_healthz))).await;
+    let (readyz, _, _) = get(&format!("{}/readyz", base(&with_healthz))).await;
+
+    assert_eq!(off, 404);
+    assert_eq!((on, body.trim()), (200, "ok"));
+    assert_eq!(readyz, 404, "only /healthz joins /interactions");
+    plain.stop().await.expect("clean stop");
+    with_healthz.stop().await.expect("clean stop");
 }
 
 #[test]

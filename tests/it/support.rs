@@ -3,5 +3,6 @@
 pub mod app;
 pub mod child;
 pub mod fake_discord;
+pub mod ledger;
 pub mod load;
 pub mod tls;

@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 8] = [
+const APPLIED: [(&str, &str); 9] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -45,6 +45,10 @@ const APPLIED: [(&str, &str); 8] = [
         "0008_state_and_kind_tables.sql",
         "c1a1e1fef6aabac1cc41f8f102c97e0130add259225ad7a178d5b433839d865d2d9f29ec3c6ddb07bde20b85e2c69f33",
     ),
+    (
+        "0035_interactions_seen.sql",
+        "d826d554b9fa4354a601fb1ed2d80ad047d0696ad375e245e2d15117bf9c859aa71c2a8490513da3826b8434324a8014",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -63,7 +67,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     let store = Store::connect(&empty.url).await.unwrap();
     let applied = store.migrate().await.unwrap();
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-    assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=8).chain([35]).collect::<Vec<i64>>());
     assert_eq!(applied[2].description, "grants");
     assert_eq!(applied[7].description, "state and kind tables");
     assert!(store.migrate().await.unwrap().is_empty());
@@ -173,7 +177,10 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
 
     let store = Store::connect(&empty.url).await.unwrap();
     let applied = store.migrate().await.unwrap();
-    assert_eq!(applied.iter().map(|m| m.version).collect::<Vec<_>>(), [8]);
+    assert_eq!(
+        applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+        [8, 35]
+    );
 
     let id = RequestId::parse("req-old").unwrap();
     let grant = store.grant(&id).await.unwrap().unwrap();

@@ -57,7 +57,7 @@ pub struct TestApp {
     pub settings: Settings,
     /// The clock (a [`ManualClock`] when the test gave one).
     pub clock: SharedClock,
-    /// HTTP mode: the interactions endpoint URL.
+    /// HTTP mode: the interactions endpoint URL (a listener of its own).
     pub endpoint: Option<String>,
     /// `http://127.0.0.1:PORT` serving `/healthz`, `/readyz`, `/metrics`.
     pub ops_url: String,
@@ -151,11 +151,10 @@ impl TestAppBuilder {
             .bind()
             .await
             .expect("the app binds its listener");
-        let ops_url = format!("http://{}", server.local_addr());
-        let endpoint = self
-            .http_mode
-            .is_some()
-            .then(|| format!("{ops_url}/interactions"));
+        let ops_url = format!("http://{}", server.ops_addr());
+        let endpoint = server
+            .interactions_addr()
+            .map(|addr| format!("http://{addr}/interactions"));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -206,6 +205,7 @@ pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashM
         ("AZURE__REQUEST_TIMEOUT", "5s".to_string()),
         ("DATABASE__URL", db_url.to_string()),
         ("OPS__LISTEN", "127.0.0.1:0".to_string()),
+        ("OPS__METRICS_REFRESH", "1s".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("DRAWBRIDGE__{k}"), v))

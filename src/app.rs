@@ -33,6 +33,7 @@ use crate::clock::SharedClock;
 use crate::config::{DiscordMode, Settings};
 use crate::domain::{AuditAction, AuditEvent, Outcome};
 use crate::interactions::{ChatSender, InteractionHandler};
+use crate::service::audit_watch::AuditWatch;
 use crate::service::bot::Bot;
 use crate::service::delivery::Deliverer;
 use crate::service::reconcile::Reconciler;
@@ -186,7 +187,38 @@ impl App {
         Workers { cancel, tracker }
     }
 
-    async fn audit_lifecycle(&self, action: AuditAction) {
+    /// Verifies the audit chain now (a break is audited, so it reaches the
+    /// audit channel) and then hourly among `workers`.
+    async fn watch_audit(&self, workers: &Workers) {
+        let mut watch = AuditWatch::new(self.service.clone());
+        if let Err(e) = watch.check().await {
+            tracing::warn!(error.message = %e, "verifying the audit chain at start-up failed");
+        }
+        workers.tracker.spawn(watch.run(workers.cancel.clone()));
+    }
+
+    /// The `bot_started` event: the version, the effective configuration
+    /// (no secrets) and the chain head it starts from.
+    async fn audit_started(&self) {
+        let head = match self.service.store().audit_head().await {
+            Ok((seq, hash)) => json!({"seq": seq, "hash": hash}),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not read the audit head");
+                serde_json::Value::Null
+            }
+        };
+        self.audit_lifecycle(
+            AuditAction::BotStarted,
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": self.settings.audit_summary(),
+                "chain_head": head,
+            }),
+        )
+        .await;
+    }
+
+    async fn audit_lifecycle(&self, action: AuditAction, detail: serde_json::Value) {
         let event = AuditEvent::new(
             self.clock.now(),
             "system",
@@ -194,7 +226,7 @@ impl App {
             "drawbridge",
             Outcome::Info,
         )
-        .with_detail(json!({"version": env!("CARGO_PKG_VERSION")}));
+        .with_detail(detail);
         match self.service.store().append_audit(&event).await {
             Ok(_) => self.service.wake_after(()),
             Err(e) => tracing::error!(error.message = %e, "could not audit {action}"),
@@ -328,7 +360,8 @@ impl Server {
         let sender: Arc<dyn ChatSender> =
             Arc::new(crate::discord::DiscordSender::new(Arc::clone(&http)));
         let workers = app.start_workers(sender);
-        app.audit_lifecycle(AuditAction::BotStarted).await;
+        app.watch_audit(&workers).await;
+        app.audit_started().await;
         let handler = app.handler();
         let status = crate::discord::GatewayStatus::new();
         let transport = match interactions {
@@ -348,7 +381,11 @@ impl Server {
         };
         ops_stop.cancel();
         let _ = ops_server.await;
-        app.audit_lifecycle(AuditAction::BotStopped).await;
+        app.audit_lifecycle(
+            AuditAction::BotStopped,
+            json!({"version": env!("CARGO_PKG_VERSION")}),
+        )
+        .await;
         workers.stop().await;
         app.service.store().close().await;
         tracing::info!("stopped");

@@ -262,6 +262,41 @@ impl Settings {
         }
     }
 
+    /// The effective configuration for the start-up audit event: what the
+    /// bot runs with, so a changed setting shows in the audit log. Never a
+    /// secret: the token and client secret appear only as whether they are
+    /// set, and a database URL loses its password.
+    pub fn audit_summary(&self) -> serde_json::Value {
+        let d = &self.discord;
+        let a = &self.azure;
+        let text = |v: &Option<Url>| v.as_ref().map(Url::to_string);
+        serde_json::json!({
+            "discord": {
+                "mode": format!("{:?}", d.mode).to_lowercase(),
+                "application_id": d.application_id.map(|s| s.to_string()),
+                "guild_id": d.guild_id.map(|s| s.to_string()),
+                "base_url": d.base_url.to_string(),
+                "audit_channel_id": d.audit_channel_id.map(|s| s.to_string()),
+                "admin_role_ids": d.admin_role_ids.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                "token_set": d.token.is_some(),
+            },
+            "http": {"listen": self.http.listen.to_string(), "healthz": self.http.healthz},
+            "ops": {"listen": self.ops.listen.to_string()},
+            "azure": {
+                "cloud": format!("{:?}", a.cloud).to_lowercase(),
+                "arm_endpoint": text(&a.arm_endpoint),
+                "authority_host": text(&a.authority_host),
+                "arm_audience": a.arm_audience,
+                "credential": format!("{:?}", a.credential),
+                "client_id": a.client_id,
+                "client_secret_set": a.client_secret.is_some(),
+                "subscriptions": a.subscriptions.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            },
+            "database": without_password(&self.database.url),
+            "reminders_before_secs": self.reminders.before.iter().map(Duration::as_secs).collect::<Vec<_>>(),
+        })
+    }
+
     /// What `drawbridge run` needs beyond well-formed values: the keys that
     /// must be set to talk to Discord and Azure.
     pub fn problems_for_run(&self) -> Vec<ConfigProblem> {
@@ -306,6 +341,17 @@ impl Settings {
             "no admin role: nobody could manage mappings from Discord",
         );
         out
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn without_password(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -570,6 +616,22 @@ mod tests {
             "invalid type: string \"…\", expected `…`"
         );
         assert_eq!(line_and_column("a = 1\nb = x\n", 10), (2, 5));
+    }
+
+    #[test]
+    fn the_audit_summary_holds_no_secret() {
+        let s = Settings::load(&env(&[
+            ("DRAWBRIDGE__DISCORD__TOKEN", "super-secret-token"),
+            ("DRAWBRIDGE__AZURE__CLIENT_SECRET", "super-secret-client"),
+        ]))
+        .unwrap();
+        let summary = s.audit_summary().to_string();
+        assert!(!summary.contains("super-secret"), "{summary}");
+        assert!(summary.contains(r#""token_set":true"#), "{summary}");
+        assert_eq!(
+            without_password("postgres://bot:super-secret-pw@db.internal/drawbridge"),
+            "postgres://bot:***@db.internal/drawbridge"
+        );
     }
 
     #[test]

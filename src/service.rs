@@ -34,6 +34,7 @@
 //!   expiry, the outbox, Azure's view compared with ours).
 
 pub mod admin;
+pub mod audit_watch;
 pub mod autocomplete;
 pub mod bot;
 pub mod delivery;

@@ -51,6 +51,9 @@ pub enum AuditAction {
     BotStarted,
     /// The bot stopped.
     BotStopped,
+    /// Recomputing the hash chain found a row edited, missing or out of
+    /// place.
+    AuditChainBroken,
 }
 
 impl AuditAction {
@@ -74,6 +77,7 @@ impl AuditAction {
             Self::SourceSaved => "source_saved",
             Self::BotStarted => "bot_started",
             Self::BotStopped => "bot_stopped",
+            Self::AuditChainBroken => "audit_chain_broken",
         }
     }
 

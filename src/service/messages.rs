@@ -276,6 +276,7 @@ fn action_title(action: AuditAction) -> &'static str {
         AuditAction::SourceSaved => "Source IP saved",
         AuditAction::BotStarted => "Drawbridge started",
         AuditAction::BotStopped => "Drawbridge stopped",
+        AuditAction::AuditChainBroken => "Audit chain broken",
     }
 }
 
@@ -314,9 +315,6 @@ pub fn audit(record: &AuditRecord) -> ChatMessage {
             card = card.field(k.replace('_', " "), text, true);
         }
     }
-    ChatMessage::card(card.footer(format!(
-        "#{} · {}",
-        record.seq,
-        &record.hash[..12.min(record.hash.len())]
-    )))
+    // The whole hash: the channel, outside the database, witnesses the chain.
+    ChatMessage::card(card.footer(format!("#{} · {}", record.seq, record.hash)))
 }

@@ -224,6 +224,20 @@ impl Store {
         Ok(record)
     }
 
+    /// The chain's head: the last row's seq and hash (0 and the genesis
+    /// hash for an empty log).
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        Ok(with_read!(&self.db, |c| {
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(c)
+                .await
+        })
+        .context("reading the audit head")?)
+    }
+
     /// Audit events matching `filter`, oldest first.
     ///
     /// # Errors

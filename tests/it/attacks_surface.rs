@@ -1,7 +1,8 @@
 //! Attacks on the bot's surface (issue 12, part B), each as an attacker or a
 //! careless operator would try it: the ops endpoints from the internet, a
 //! replayed signed button, error text from `/readyz`, tokens in the log at
-//! any filter, a secret on a broken config line, a token sent in clear.
+//! any filter, a secret on a broken config line, a token sent in clear, an
+//! audit row edited in the database.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -9,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drawbridge::clock::SystemClock;
-use drawbridge::domain::PortAliases;
 use drawbridge::domain::mapping::MappingFile;
+use drawbridge::domain::{AuditAction, PortAliases};
 use drawbridge::sandbox::{Emulator, Estate};
 use drawbridge::store::Store;
 use serde_json::Value;
 
 use crate::e2e::{initiates, reply_to, ssh_web_01};
-use crate::support::app::{DEFAULT_MAPPINGS, SRE_ROLE, TestApp, TestAppBuilder, app_env};
+use crate::support::app::{
+    AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, TestApp, TestAppBuilder, app_env,
+};
 use crate::support::fake_discord::FakeDiscord;
 use crate::support::fake_discord::signing::Signer;
 
@@ -280,4 +283,80 @@ fn an_http_arm_endpoint_off_loopback_is_refused() {
         !stderr.contains("azure.arm_endpoint"),
         "loopback may use http: {stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_tampered_audit_row_is_detected_at_start_up() {
+    // Arrange: someone with write access to the database drops the
+    // append-only trigger and edits the first row (the mappings import)
+    let app = TestAppBuilder::default()
+        .prepare(
+            "DROP TRIGGER audit_log_no_update;
+             UPDATE audit_log SET actor = 'someone-else' WHERE seq = 1;",
+        )
+        .start()
+        .await;
+    let d = &app.discord;
+
+    // Act: the bot verifies the chain as it starts
+    let alerted = d
+        .wait_until(Duration::from_secs(20), |d| {
+            d.channel_messages(AUDIT_CHANNEL)
+                .iter()
+                .any(|m| m["embeds"][0]["title"] == "Audit chain broken")
+        })
+        .await;
+
+    // Assert: the alert names the first broken row; every audit message
+    // carries its event's whole hash
+    assert!(alerted, "{:#?}", d.channel_messages(AUDIT_CHANNEL));
+    let log = app
+        .store
+        .audit_events(&drawbridge::store::AuditFilter::default())
+        .await
+        .expect("the log");
+    let alert = log
+        .iter()
+        .find(|r| r.event.action == AuditAction::AuditChainBroken)
+        .expect("the break is audited");
+    assert_eq!(alert.event.detail["first_broken_row"], 1);
+    let messages = d.channel_messages(AUDIT_CHANNEL);
+    let shown = messages
+        .iter()
+        .find(|m| m["embeds"][0]["title"] == "Audit chain broken")
+        .expect("posted");
+    assert!(
+        shown.to_string().contains(&alert.hash),
+        "the message carries the event's hash: {shown}"
+    );
+    let started = log
+        .iter()
+        .find(|r| r.event.action == AuditAction::BotStarted)
+        .expect("start-up is audited");
+    assert!(started.event.detail["chain_head"]["hash"].is_string());
+    assert_eq!(started.event.detail["config"]["discord"]["token_set"], true);
+    assert!(!started.event.detail.to_string().contains("fake-token"));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_intact_chain_raises_no_alert() {
+    let app = TestAppBuilder::default().start().await;
+    let d = &app.discord;
+
+    let started = d
+        .wait_until(Duration::from_secs(20), |d| {
+            d.channel_messages(AUDIT_CHANNEL)
+                .iter()
+                .any(|m| m["embeds"][0]["title"] == "Drawbridge started")
+        })
+        .await;
+
+    assert!(started);
+    assert!(
+        !d.channel_messages(AUDIT_CHANNEL)
+            .iter()
+            .any(|m| m["embeds"][0]["title"] == "Audit chain broken")
+    );
+    app.stop().await.expect("clean stop");
 }

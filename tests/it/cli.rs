@@ -330,6 +330,53 @@ fn audit_verify_names_the_row_after_it_is_edited_in_the_database() {
 }
 
 #[test]
+fn audit_verify_against_an_export_finds_a_rebuilt_chain() {
+    // Arrange: an export kept outside, then the tail cut and the head moved
+    // back by someone with write access: the chain alone still verifies
+    let (dir, db) = setup();
+    let export = drawbridge(&db, &["audit", "export", "--format", "jsonl"]);
+    let export_text = text(&export).0;
+    let rows = export_text.lines().count() as i64;
+    assert!(rows >= 2, "{export_text}");
+    let file = dir.path().join("audit.jsonl");
+    std::fs::write(&file, &export_text).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::raw_sql(&format!(
+            "DROP TRIGGER audit_log_no_delete;
+             DROP TRIGGER audit_head_forward_only;
+             DELETE FROM audit_log WHERE seq = {rows};
+             UPDATE audit_head SET seq = {prev},
+                 hash = (SELECT hash FROM audit_log WHERE seq = {prev}) WHERE id = 1;",
+            prev = rows - 1
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    });
+
+    // Act
+    let chain_only = drawbridge(&db, &["audit", "verify"]);
+    let against = drawbridge(
+        &db,
+        &["audit", "verify", "--against", file.to_str().unwrap()],
+    );
+
+    // Assert
+    assert!(chain_only.status.success(), "{:?}", text(&chain_only));
+    assert_eq!(against.status.code(), Some(3), "{:?}", text(&against));
+    let (_, stderr) = text(&against);
+    assert!(
+        stderr.contains(&format!("at row {rows}: the row is missing")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn audit_export_csv_has_a_header_and_since_filters() {
     let (_dir, db) = setup();
     let csv = text(&drawbridge(&db, &["audit", "export", "--format", "csv"])).0;

@@ -182,7 +182,7 @@ pub(crate) async fn audit_actions_for(app: &TestApp, request_id: &RequestId) -> 
         .collect()
 }
 
-/// The audit seq an audit-channel message shows in its footer (`#12 · 3fa2…`).
+/// The audit seq an audit-channel message shows in its footer (`#12 · <hash>`).
 pub(crate) fn audit_seq(message: &Value) -> i64 {
     let footer = message["embeds"][0]["footer"]["text"]
         .as_str()

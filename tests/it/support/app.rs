@@ -46,6 +46,7 @@ pub struct TestAppBuilder {
     clock: Option<SharedClock>,
     mappings: String,
     env: Vec<(String, String)>,
+    prepare: Option<String>,
 }
 
 /// A running app and the fakes around it.
@@ -74,6 +75,7 @@ impl Default for TestAppBuilder {
             clock: None,
             mappings: DEFAULT_MAPPINGS.to_string(),
             env: Vec::new(),
+            prepare: None,
         }
     }
 }
@@ -100,6 +102,13 @@ impl TestAppBuilder {
     /// The mappings file to import before start.
     pub fn mappings(mut self, toml: &str) -> Self {
         self.mappings = toml.to_string();
+        self
+    }
+
+    /// SQL run on the database after the mappings import, before the app
+    /// starts: a state the app must notice (a tampered row, say).
+    pub fn prepare(mut self, sql: &str) -> Self {
+        self.prepare = Some(sql.to_string());
         self
     }
 
@@ -145,6 +154,16 @@ impl TestAppBuilder {
             .import_mappings(&mappings, "test", clock.now())
             .await
             .expect("mappings import");
+        if let Some(sql) = &self.prepare {
+            let pool = sqlx::SqlitePool::connect(&db)
+                .await
+                .expect("raw connection");
+            sqlx::raw_sql(sql)
+                .execute(&pool)
+                .await
+                .expect("the prepared SQL runs");
+            pool.close().await;
+        }
         let server = App::build(settings.clone(), Arc::clone(&clock))
             .await
             .expect("app builds")

@@ -310,7 +310,7 @@ pub fn message_text(message: &Value) -> String {
     parts.join(" | ")
 }
 
-/// The audit seq in an audit message's footer (`#<seq> · <hash12>`).
+/// The audit seq and hash in an audit message's footer (`#<seq> · <hash>`).
 fn audit_footer(message: &Value) -> Option<(i64, String)> {
     let footer = message["embeds"][0]["footer"]["text"].as_str()?;
     let (seq, hash) = footer.strip_prefix('#')?.split_once(" · ")?;
@@ -588,10 +588,7 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
     if posted.len() != messages.len() {
         problems.push("an audit message without a `#seq · hash` footer".into());
     }
-    let expected: Vec<(i64, String)> = records
-        .iter()
-        .map(|r| (r.seq, r.hash[..12].to_string()))
-        .collect();
+    let expected: Vec<(i64, String)> = records.iter().map(|r| (r.seq, r.hash.clone())).collect();
     if posted != expected {
         let missing = expected.iter().filter(|e| !posted.contains(e)).count();
         let mut seen = std::collections::HashSet::new();

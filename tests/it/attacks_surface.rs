@@ -360,3 +360,41 @@ async fn an_intact_chain_raises_no_alert() {
     );
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_metrics_scrape_runs_no_database_query() {
+    // Arrange: a running app whose gauges were read once
+    let app = TestAppBuilder::default().start().await;
+    let metrics = format!("{}/metrics", app.ops_url);
+    assert_eq!(reqwest::get(&metrics).await.expect("answers").status(), 200);
+    let raw = sqlx::SqlitePool::connect(&app.settings.database.url)
+        .await
+        .expect("raw connection");
+
+    // Act: the tables behind the gauges disappear, then a flood of scrapes
+    sqlx::raw_sql("ALTER TABLE outbox RENAME TO outbox_hidden")
+        .execute(&raw)
+        .await
+        .expect("renamed");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let response = reqwest::get(&metrics).await.expect("answers");
+        statuses.push(response.status().as_u16());
+        assert!(
+            response
+                .text()
+                .await
+                .expect("a body")
+                .contains("drawbridge_outbox_depth"),
+        );
+    }
+    sqlx::raw_sql("ALTER TABLE outbox_hidden RENAME TO outbox")
+        .execute(&raw)
+        .await
+        .expect("renamed back");
+    raw.close().await;
+
+    // Assert: every scrape was served from the cached gauges
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    app.stop().await.expect("clean stop");
+}

@@ -3,7 +3,12 @@
 # in their own layer and a source change rebuilds only the crate itself.
 #
 #   docker build -t drawbridge .
-#   docker run -v drawbridge-data:/data -e DRAWBRIDGE__DISCORD__TOKEN=... drawbridge
+#   docker run --stop-timeout 40 -v drawbridge-data:/data -e DRAWBRIDGE__DISCORD__TOKEN=... drawbridge
+#
+# The image sets no DRAWBRIDGE__* variable: its settings are a config file,
+# /etc/drawbridge/drawbridge.toml (config/container.toml), named by
+# DRAWBRIDGE_CONFIG. Replace that file, or point DRAWBRIDGE_CONFIG at yours;
+# run, healthcheck and every other command read the same file.
 #
 # No sqlx query macros are used, so the build needs no database (nothing like
 # SQLX_OFFLINE); migrations and config/default.toml are embedded in the binary.
@@ -37,24 +42,26 @@ RUN apt-get update \
  && mkdir -p /data \
  && chown drawbridge:drawbridge /data
 COPY --from=builder /app/target/release/drawbridge /usr/local/bin/drawbridge
+COPY config/container.toml /etc/drawbridge/drawbridge.toml
 
 # The SQLite database (with its -wal and -shm files) lives on the volume.
 VOLUME ["/data"]
 WORKDIR /data
-ENV DRAWBRIDGE__DATABASE__URL=sqlite:///data/drawbridge.db \
-    DRAWBRIDGE__LOGGING__FORMAT=json \
-    DRAWBRIDGE__OPS__LISTEN=0.0.0.0:9090 \
-    DRAWBRIDGE__HTTP__LISTEN=0.0.0.0:8080
+ENV DRAWBRIDGE_CONFIG=/etc/drawbridge/drawbridge.toml
 # 8080: the interactions endpoint (HTTP mode);
 # 9090: /healthz, /readyz and /metrics (both modes; publish it internally only).
 EXPOSE 8080 9090
 USER drawbridge:drawbridge
 
-# No curl in the image: the binary probes its own /healthz on ops.listen.
+# No curl in the image: the binary probes its own /healthz on ops.listen,
+# read from DRAWBRIDGE_CONFIG like the bot's own settings.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["drawbridge", "healthcheck"]
 
 # SIGTERM (docker stop) shuts down gracefully: in-flight requests finish.
+# Shutdown can take up to about 25 s (docs/operations.md), longer than
+# Docker's default 10 s stop timeout: run with --stop-timeout 40 (Kubernetes:
+# terminationGracePeriodSeconds: 40).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["drawbridge"]
 CMD ["run"]

@@ -16,6 +16,7 @@ use crate::config::{Settings, Sources};
 use crate::store::Store;
 
 mod audit;
+mod backup;
 mod check_config;
 mod demo;
 mod emulate_azure;
@@ -33,8 +34,9 @@ pub use mappings::{MappingArgs, MappingsCommand};
 #[derive(Debug, Parser)]
 #[command(name = "drawbridge", version, about)]
 pub struct Cli {
-    /// A configuration file layered over config/default.toml.
-    #[arg(long, global = true, value_name = "FILE")]
+    /// A configuration file layered over config/default.toml (the
+    /// container image sets DRAWBRIDGE_CONFIG to its baked-in file).
+    #[arg(long, global = true, value_name = "FILE", env = "DRAWBRIDGE_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -85,9 +87,16 @@ pub enum Command {
     Mappings(MappingsCommand),
     /// Explain whether roles would be allowed a request, and why.
     Explain(ExplainArgs),
-    /// Export or verify the audit log.
+    /// Export or verify the audit log (opens the database read-only).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy the database, while the bot runs, to a new file and verify the
+    /// copy's audit chain.
+    Backup {
+        /// The new file (must not exist).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// A failure the user caused, printed as is (no cause chain, no internals).
@@ -117,11 +126,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mappings(command) => mappings::execute(&sources, command).await,
         Command::Explain(args) => explain::execute(&sources, args).await,
         Command::Audit(command) => audit::execute(&sources, command).await,
+        Command::Backup { file } => backup::execute(&sources, &file).await,
     }
 }
 
 fn load(sources: &Sources) -> anyhow::Result<Settings> {
     Settings::load(sources).map_err(|e| usage(e.to_string()))
+}
+
+/// Opens the configured database read-only; it must exist.
+async fn open_read_only(settings: &Settings) -> anyhow::Result<Store> {
+    open_url_read_only(&settings.database.url).await
+}
+
+/// Opens the SQLite file `path` read-only; it must exist.
+async fn open_file_read_only(path: &std::path::Path) -> anyhow::Result<Store> {
+    open_url_read_only(&format!("sqlite://{}", path.display())).await
+}
+
+async fn open_url_read_only(url: &str) -> anyhow::Result<Store> {
+    Store::open_read_only(url).await.map_err(|e| match e {
+        crate::store::StoreError::InvalidInput(message) => usage(message),
+        other => anyhow::Error::new(other).context(format!("opening {url}")),
+    })
 }
 
 /// Opens (and migrates) the configured database.

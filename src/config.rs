@@ -313,7 +313,7 @@ impl Settings {
         need(
             "discord.token",
             self.discord.token.is_none(),
-            "the bot token is missing: set DRAWBRIDGE__DISCORD__TOKEN",
+            "the bot token is missing: set DRAWBRIDGE__DISCORD__TOKEN or DRAWBRIDGE__DISCORD__TOKEN_FILE",
         );
         need(
             "discord.application_id",
@@ -464,6 +464,50 @@ mod tests {
         assert_eq!(s.azure.subscriptions.len(), 2);
         assert_eq!(s.reminders.before.len(), 2);
         assert_eq!(s.azure.enable.ports, vec![22]);
+    }
+
+    #[test]
+    fn secrets_can_be_read_from_files_as_kubernetes_mounts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let secret = dir.path().join("secret");
+        std::fs::write(&token, "from-a-file\n").unwrap();
+        std::fs::write(&secret, "azure-secret").unwrap();
+        let s = Settings::load(&env(&[
+            ("DRAWBRIDGE__DISCORD__TOKEN_FILE", token.to_str().unwrap()),
+            (
+                "DRAWBRIDGE__AZURE__CLIENT_SECRET_FILE",
+                secret.to_str().unwrap(),
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(s.discord.token.unwrap().expose_secret(), "from-a-file");
+        assert_eq!(
+            s.azure.client_secret.unwrap().expose_secret(),
+            "azure-secret"
+        );
+    }
+
+    #[test]
+    fn a_secret_file_that_is_missing_or_doubled_is_a_problem_without_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = Settings::load(&env(&[
+            ("DRAWBRIDGE__DISCORD__TOKEN_FILE", missing.to_str().unwrap()),
+            ("DRAWBRIDGE__AZURE__CLIENT_SECRET", "hunter2"),
+            ("DRAWBRIDGE__AZURE__CLIENT_SECRET_FILE", "/etc/hostname"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("discord.token_file") && text.contains("cannot read"),
+            "{text}"
+        );
+        assert!(
+            text.contains("azure.client_secret_file") && text.contains("not both"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[test]

@@ -62,6 +62,15 @@ vms = "web-*"
 ports = ["ssh"]
 max_duration = "3h"
 
+# SREs may RDP or WinRM to win-07 for up to 2 hours, saying why.
+[[mapping]]
+name = "sre-windows"
+roles = ["100"]
+vms = "win-07"
+ports = ["rdp", "winrm", "winrm-https"]
+max_duration = "2h"
+require_reason = true
+
 # Developers may SSH to staging only, for up to an hour.
 [[mapping]]
 name = "dev-staging"
@@ -96,7 +105,7 @@ pub const MEMBERS: [DemoMember; 3] = [
         user_id: 1001,
         roles: &[100],
         source: "203.0.113.10",
-        about: "role 100: may SSH to web-* for up to 3h (mapping sre-web)",
+        about: "role 100: may SSH to web-* for up to 3h (sre-web), RDP/WinRM to win-07 for up to 2h with a reason (sre-windows)",
     },
     DemoMember {
         key: "dev",
@@ -259,6 +268,10 @@ impl Demo {
                 (REQUEST_CHANNEL, "ops-requests".to_owned()),
             ]
             .into(),
+            roles: ROLE_NAMES
+                .iter()
+                .map(|(name, id)| (*id, (*name).to_owned()))
+                .collect(),
         };
         let last_buttons = console::LastButtons::default();
         let sender = ConsoleSender::new(

@@ -149,6 +149,31 @@ impl Store {
         })
     }
 
+    /// Opens the existing database at `url` for reading only: a missing
+    /// file is an error, nothing is created or migrated, and every write
+    /// fails (`drawbridge audit`, `drawbridge backup`).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidInput`] when there is no such database or the
+    /// scheme is not a backend; [`StoreError::Unexpected`] if it cannot be
+    /// opened.
+    pub async fn open_read_only(url: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            db: Db::connect_read_only(url).await?,
+        })
+    }
+
+    /// Writes a consistent copy of the database, taken while it is in use,
+    /// to the new file `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidInput`] for a path that is not UTF-8;
+    /// [`StoreError::Unexpected`] if the copy fails (for one, because `path`
+    /// exists and is not empty).
+    pub async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        self.db.backup_into(path).await
+    }
+
     /// Applies pending migrations and returns those it applied, in order
     /// (none when the schema is current).
     ///

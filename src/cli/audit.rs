@@ -1,5 +1,7 @@
 //! `drawbridge audit …`: the audit log, for auditors and for tamper checks
-//! outside the bot.
+//! outside the bot. Both open the database read-only: a mistyped path is an
+//! error rather than a new empty log that "verifies", and a backup under
+//! inspection is never migrated or written.
 //!
 //! The chain alone proves that no row was changed *unless* someone with
 //! write access rebuilt it (recomputed every hash after an edit, or cut the
@@ -31,6 +33,9 @@ pub enum AuditCommand {
         /// Only events newer than this, such as 24h or 7d.
         #[arg(long)]
         since: Option<String>,
+        /// A database file (a backup, say) instead of database.url.
+        #[arg(value_name = "DATABASE")]
+        database: Option<PathBuf>,
     },
     /// Recompute the hash chain; exits non-zero at the first broken link.
     Verify {
@@ -38,6 +43,9 @@ pub enum AuditCommand {
         /// every row in it must be in the database with the same hash.
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
+        /// A database file (a backup, say) instead of database.url.
+        #[arg(value_name = "DATABASE")]
+        database: Option<PathBuf>,
     },
 }
 
@@ -50,15 +58,19 @@ pub enum ExportFormat {
 }
 
 pub(super) async fn execute(sources: &Sources, command: AuditCommand) -> anyhow::Result<ExitCode> {
-    let settings = super::load(sources)?;
     let now = Utc::now();
     let mut out = std::io::stdout().lock();
-    let store = super::open_store(&settings).await?;
+    let database = match &command {
+        AuditCommand::Export { database, .. } | AuditCommand::Verify { database, .. } => {
+            database.as_deref()
+        }
+    };
+    let store = open(sources, database).await?;
     let code = match command {
-        AuditCommand::Export { format, since } => {
+        AuditCommand::Export { format, since, .. } => {
             export(&store, format, since.as_deref(), now, &mut out).await
         }
-        AuditCommand::Verify { against } => match verify(&store, &mut out).await {
+        AuditCommand::Verify { against, .. } => match verify(&store, &mut out).await {
             Ok(code) if code == ExitCode::SUCCESS => match against {
                 Some(file) => verify_against(&store, &file, &mut out).await,
                 None => Ok(code),
@@ -68,6 +80,15 @@ pub(super) async fn execute(sources: &Sources, command: AuditCommand) -> anyhow:
     };
     store.close().await;
     code
+}
+
+/// The database named on the command line, else the configured one;
+/// read-only either way.
+async fn open(sources: &Sources, database: Option<&Path>) -> anyhow::Result<Store> {
+    match database {
+        Some(path) => super::open_file_read_only(path).await,
+        None => super::open_read_only(&super::load(sources)?).await,
+    }
 }
 
 async fn export(
@@ -105,7 +126,8 @@ fn parse_since(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> 
     Ok(now - chrono::Duration::seconds(secs))
 }
 
-async fn verify(store: &Store, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+/// Checks the chain of `store`; exits 3 when it is broken.
+pub(super) async fn verify(store: &Store, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let report = store.verify_audit().await?;
     match report.first_broken {
         None => {

@@ -199,10 +199,7 @@ pub(super) fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
 
 fn discord(c: &mut Checker<'_>, d: RawDiscord) -> DiscordSettings {
     DiscordSettings {
-        token: d
-            .token
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| SecretString::from(t.trim().to_string())),
+        token: secret(c, "discord.token", d.token, d.token_file),
         application_id: c.opt("discord.application_id", &d.application_id, parse_snowflake),
         guild_id: c.opt("discord.guild_id", &d.guild_id, parse_snowflake),
         base_url: c
@@ -220,6 +217,42 @@ fn discord(c: &mut Checker<'_>, d: RawDiscord) -> DiscordSettings {
         admin_role_ids: c.list("discord.admin_role_ids", &d.admin_role_ids, |s| {
             RoleId::parse(s).map_err(|e| e.to_string())
         }),
+    }
+}
+
+/// A secret given as `key` or read from the file `key_file` (a Kubernetes
+/// secret mount); surrounding whitespace, such as a final newline, is
+/// dropped. Problems name the path, never the content.
+fn secret(
+    c: &mut Checker<'_>,
+    key: &str,
+    value: Option<String>,
+    file: Option<String>,
+) -> Option<SecretString> {
+    let value = value.filter(|v| !v.trim().is_empty());
+    let file = file.filter(|f| !f.trim().is_empty());
+    let file_key = format!("{key}_file");
+    match (value, file) {
+        (Some(_), Some(_)) => {
+            c.problem(&file_key, format!("set {key} or {file_key}, not both"));
+            None
+        }
+        (Some(v), None) => Some(SecretString::from(v.trim().to_owned())),
+        (None, Some(path)) => match std::fs::read_to_string(path.trim()) {
+            Ok(text) if !text.trim().is_empty() => Some(SecretString::from(text.trim().to_owned())),
+            Ok(_) => {
+                c.problem(&file_key, format!("{} is empty", path.trim()));
+                None
+            }
+            Err(e) => {
+                c.problem(
+                    &file_key,
+                    format!("cannot read {}: {}", path.trim(), e.kind()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
     }
 }
 
@@ -246,10 +279,12 @@ fn azure(c: &mut Checker<'_>, a: RawAzure) -> AzureSettings {
             .unwrap_or(CredentialKind::ManagedIdentity),
         tenant_id: a.tenant_id.filter(|s| !s.trim().is_empty()),
         client_id: a.client_id.filter(|s| !s.trim().is_empty()),
-        client_secret: a
-            .client_secret
-            .filter(|s| !s.trim().is_empty())
-            .map(SecretString::from),
+        client_secret: secret(
+            c,
+            "azure.client_secret",
+            a.client_secret,
+            a.client_secret_file,
+        ),
         managed_identity_client_id: a
             .managed_identity_client_id
             .filter(|s| !s.trim().is_empty()),

@@ -23,6 +23,7 @@ pub(super) struct Raw {
 #[serde(default)]
 pub(super) struct RawDiscord {
     pub(super) token: Option<String>,
+    pub(super) token_file: Option<String>,
     pub(super) application_id: Option<String>,
     pub(super) guild_id: Option<String>,
     pub(super) base_url: Option<String>,
@@ -58,6 +59,7 @@ pub(super) struct RawAzure {
     pub(super) tenant_id: Option<String>,
     pub(super) client_id: Option<String>,
     pub(super) client_secret: Option<String>,
+    pub(super) client_secret_file: Option<String>,
     pub(super) managed_identity_client_id: Option<String>,
     pub(super) managed_identity_endpoint: Option<String>,
     #[serde(deserialize_with = "one_or_many")]

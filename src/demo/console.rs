@@ -60,6 +60,8 @@ pub struct Names {
     pub users: BTreeMap<u64, String>,
     /// Channel id to name (without `#`).
     pub channels: BTreeMap<u64, String>,
+    /// Role id to name (without `@`).
+    pub roles: BTreeMap<u64, String>,
 }
 
 impl Names {
@@ -77,7 +79,14 @@ impl Names {
             .unwrap_or_else(|| format!("channel-{id}"))
     }
 
-    /// Replaces `<@id>` mentions with `@name`.
+    fn role(&self, id: u64) -> String {
+        self.roles
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("role {id}"))
+    }
+
+    /// Replaces `<@id>` and `<@&id>` mentions with `@name`.
     fn mentions(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
@@ -85,10 +94,16 @@ impl Names {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let end = after.find('>');
-            match end.and_then(|e| after[..e].trim_start_matches('!').parse::<u64>().ok()) {
-                Some(id) => {
+            let mention = end.map(|e| &after[..e]);
+            let role = mention.and_then(|m| m.strip_prefix('&')?.parse::<u64>().ok());
+            let user = mention.and_then(|m| m.trim_start_matches('!').parse::<u64>().ok());
+            match role
+                .map(|id| self.role(id))
+                .or(user.map(|id| self.user(id)))
+            {
+                Some(name) => {
                     out.push('@');
-                    out.push_str(&self.user(id));
+                    out.push_str(&name);
                     rest = &after[end.unwrap_or_default() + 1..];
                 }
                 None => {
@@ -181,7 +196,8 @@ pub fn render(header: &str, message: &ChatMessage, names: &Names, now: DateTime<
     lines.join("\n")
 }
 
-/// An audit-channel post on one line: title, fields, sequence number.
+/// An audit-channel post on one line: sequence number, title, who and
+/// what, then the event's human form (the card's description).
 pub fn render_audit(message: &ChatMessage, names: &Names, now: DateTime<Utc>) -> String {
     let Some(card) = &message.card else {
         return render("[#audit]", message, names, now);
@@ -197,12 +213,17 @@ pub fn render_audit(message: &ChatMessage, names: &Names, now: DateTime<Utc>) ->
         .filter(|f| f.name != "When")
         .map(|f| format!("{}: {}", f.name, names.text(&f.value, now)))
         .collect();
-    format!(
+    let mut line = format!(
         "[#audit {seq}] {} {} — {}",
         mark(card.tone),
         names.text(&card.title, now),
         fields.join(" · ")
-    )
+    );
+    if let Some(description) = &card.description {
+        line.push_str(" — ");
+        line.push_str(&names.text(description, now));
+    }
+    line
 }
 
 /// Request ids of the buttons each user was last shown, for `:press`.

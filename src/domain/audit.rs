@@ -57,6 +57,28 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
+    /// Every kind, in the order above.
+    pub const ALL: [AuditAction; 18] = [
+        Self::RequestReceived,
+        Self::AccessAllowed,
+        Self::AccessDenied,
+        Self::AccessInitiated,
+        Self::AccessFailed,
+        Self::AccessExtended,
+        Self::AccessClosedEarly,
+        Self::ReminderSent,
+        Self::AccessExpired,
+        Self::OpenedOutsideDrawbridge,
+        Self::MappingAdded,
+        Self::MappingRemoved,
+        Self::MappingsImported,
+        Self::PolicyEnabled,
+        Self::SourceSaved,
+        Self::BotStarted,
+        Self::BotStopped,
+        Self::AuditChainBroken,
+    ];
+
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -283,11 +305,7 @@ mod tests {
 
     #[test]
     fn action_names_round_trip() {
-        for a in [
-            AuditAction::RequestReceived,
-            AuditAction::OpenedOutsideDrawbridge,
-            AuditAction::BotStopped,
-        ] {
+        for a in AuditAction::ALL {
             assert_eq!(AuditAction::parse(a.as_str()), Some(a));
         }
         assert_eq!(AuditAction::parse("nope"), None);

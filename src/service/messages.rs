@@ -2,6 +2,9 @@
 //! cards as transport-neutral [`ChatMessage`]s (pure). Each chat transport
 //! turns them into its own format (Discord: [`crate::discord::builders`]).
 
+mod audit_line;
+
+pub use audit_line::{audit_line, describe_spec};
 use chrono::{DateTime, Utc};
 
 use super::lifecycle::{Closed, GrantActionError};
@@ -257,7 +260,8 @@ pub fn ended_by_azure(grant: &Grant, reason: &str, aliases: &PortAliases) -> Cha
     }
 }
 
-fn action_title(action: AuditAction) -> &'static str {
+/// The title of an audit event's kind, such as "Port opened".
+pub fn action_title(action: AuditAction) -> &'static str {
     match action {
         AuditAction::RequestReceived => "Request received",
         AuditAction::AccessAllowed => "Access allowed",
@@ -280,7 +284,8 @@ fn action_title(action: AuditAction) -> &'static str {
     }
 }
 
-/// One audit event as the audit channel shows it.
+/// One audit event as the audit channel shows it: the kind as title, the
+/// one-line human form as description (never the JSON detail).
 pub fn audit(record: &AuditRecord) -> ChatMessage {
     let e = &record.event;
     let tone = match (e.action, e.outcome) {
@@ -290,12 +295,9 @@ pub fn audit(record: &AuditRecord) -> ChatMessage {
         (_, Outcome::Failed) => Tone::Error,
         (_, Outcome::Info) => Tone::Info,
     };
-    let actor = match e.actor.strip_prefix("discord:") {
-        Some(id) => format!("<@{id}>"),
-        None => e.actor.clone(),
-    };
     let mut card = Card::new(action_title(e.action), tone)
-        .field("Who", actor, true)
+        .description(audit_line(e))
+        .field("Who", audit_line::actor(&e.actor), true)
         .field(
             "Target",
             if e.target.is_empty() {
@@ -306,14 +308,8 @@ pub fn audit(record: &AuditRecord) -> ChatMessage {
             true,
         )
         .field("When", time_full(e.at), true);
-    if let Some(map) = e.detail.as_object() {
-        for (k, v) in map.iter().filter(|(_, v)| !v.is_null()).take(20) {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            card = card.field(k.replace('_', " "), text, true);
-        }
+    if let Some(id) = e.detail.get("request_id").and_then(|v| v.as_str()) {
+        card = card.field("Request", id, true);
     }
     // The whole hash: the channel, outside the database, witnesses the chain.
     ChatMessage::card(card.footer(format!("#{} · {}", record.seq, record.hash)))

@@ -86,6 +86,24 @@ impl Db {
         }
     }
 
+    /// Opens the existing database `url` names for reading only.
+    pub(super) async fn connect_read_only(url: &str) -> Result<Db, StoreError> {
+        match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => Ok(Db::Sqlite(sqlite::SqliteDb::connect_read_only(url).await?)),
+            scheme => Err(StoreError::InvalidInput(format!(
+                "the database URL scheme `{}` is not supported: use sqlite://PATH",
+                scheme.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Writes a consistent copy of the whole database to the new file `path`.
+    pub(super) async fn backup_into(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(db) => db.backup_into(path).await,
+        }
+    }
+
     pub(super) async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
         match self {
             Db::Sqlite(db) => db.migrate().await,

@@ -377,6 +377,106 @@ fn audit_verify_against_an_export_finds_a_rebuilt_chain() {
 }
 
 #[test]
+fn audit_verify_on_a_missing_file_fails_and_creates_nothing() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let configured = dir.path().join("configured.db");
+
+    // Act
+    let named = drawbridge(&configured, &["audit", "verify", missing.to_str().unwrap()]);
+    let from_config = drawbridge(&configured, &["audit", "verify"]);
+    let export = drawbridge(&configured, &["audit", "export"]);
+
+    // Assert
+    for out in [&named, &from_config, &export] {
+        assert!(!out.status.success(), "{:?}", text(out));
+        assert!(
+            text(out).1.contains("there is no database file at"),
+            "{:?}",
+            text(out)
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing is created: {left:?}");
+}
+
+#[test]
+fn audit_verify_does_not_migrate_or_write_the_database_it_reads() {
+    // Arrange: a database whose schema is one migration short.
+    let (_dir, db) = setup();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let last = rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let (last,): (i64,) = sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+            .bind(last)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        last
+    });
+
+    // Act
+    let out = drawbridge(&db, &["audit", "verify", db.to_str().unwrap()]);
+
+    // Assert
+    assert!(out.status.success(), "{:?}", text(&out));
+    let applied: Option<i64> = rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE version = ?")
+            .bind(last)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap()
+    });
+    assert_eq!(applied, None, "audit verify ran a migration");
+}
+
+#[test]
+fn backup_copies_the_database_and_verifies_the_copy() {
+    // Arrange
+    let (dir, db) = setup();
+    let copy = dir.path().join("backup.db");
+
+    // Act
+    let out = drawbridge(&db, &["backup", copy.to_str().unwrap()]);
+    let again = drawbridge(&db, &["backup", copy.to_str().unwrap()]);
+    let verified = drawbridge(&db, &["audit", "verify", copy.to_str().unwrap()]);
+    let exported = drawbridge(&db, &["audit", "export", copy.to_str().unwrap()]);
+
+    // Assert
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("audit log intact"), "{stdout}");
+    assert!(stdout.contains("backup written to"), "{stdout}");
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
+    assert!(
+        text(&again).1.contains("already exists"),
+        "{:?}",
+        text(&again)
+    );
+    assert!(verified.status.success(), "{:?}", text(&verified));
+    assert!(
+        text(&exported).0.contains("\"mappings_imported\""),
+        "{:?}",
+        text(&exported)
+    );
+}
+
+#[test]
 fn audit_export_csv_has_a_header_and_since_filters() {
     let (_dir, db) = setup();
     let csv = text(&drawbridge(&db, &["audit", "export", "--format", "csv"])).0;

@@ -109,3 +109,125 @@ fn every_configuration_key_is_documented_with_its_default() {
         assert_eq!(docs[key], "unset", "{key} has no default in default.toml");
     }
 }
+
+/// Every key the configuration knows: default.toml's leaves and its
+/// commented keys.
+fn known_keys() -> Vec<String> {
+    let table: toml::Table = DEFAULTS.parse().expect("default.toml parses");
+    let mut defaults = BTreeMap::new();
+    leaves("", &table, &mut defaults);
+    defaults.into_keys().chain(commented_keys()).collect()
+}
+
+/// Backticked spans of `text`.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn every_configuration_key_the_operator_guide_names_exists() {
+    let known = known_keys();
+    let sections = [
+        "discord",
+        "http",
+        "ops",
+        "azure",
+        "database",
+        "reminders",
+        "ports",
+        "logging",
+    ];
+    let mut unknown = Vec::new();
+    for span in code_spans(DOCS) {
+        let Some((section, rest)) = span.split_once('.') else {
+            continue;
+        };
+        let is_key = sections.contains(&section)
+            && !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+        if !is_key {
+            continue;
+        }
+        let key = span.to_owned();
+        let under_a_table = known
+            .iter()
+            .any(|k| k == &key || key.starts_with(&format!("{k}.")));
+        if !under_a_table {
+            unknown.push(key);
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "docs/operations.md names keys that do not exist: {unknown:?}"
+    );
+}
+
+/// `drawbridge <command> …` as the docs show it: in code spans, and in lines
+/// without spans (code blocks); after `docker exec drawbridge`, the last.
+fn documented_commands(text: &str) -> Vec<String> {
+    let spans = code_spans(text).into_iter();
+    let lines = text.lines().filter(|l| !l.contains('`'));
+    spans
+        .chain(lines)
+        .filter_map(|s| {
+            let start = s
+                .match_indices("drawbridge ")
+                .map(|(i, _)| i)
+                .filter(|i| s[i + 11..].starts_with(|c: char| c.is_ascii_lowercase()))
+                .last()?;
+            Some(s[start..].replace("\\|", "|"))
+        })
+        .collect()
+}
+
+/// Words of a documented command line, with `[optional]` parts opened and
+/// `a|b` alternatives cut to the first (and, where two alternations follow
+/// each other, as in `list|import FILE|export`, cut there).
+fn words(command: &str) -> Vec<String> {
+    let opened = command.replace(['[', ']'], " ");
+    let mut out = Vec::new();
+    let mut after_alternation = false;
+    for word in opened.split_whitespace() {
+        let shell = [">", ">>", "2>", "#", "&&", ";", "||"];
+        if word == "\\" || shell.contains(&word) || (after_alternation && word.contains('|')) {
+            break;
+        }
+        after_alternation = word.contains('|');
+        out.push(word.split('|').next().unwrap_or(word).to_owned());
+    }
+    out
+}
+
+#[test]
+fn every_command_and_flag_the_docs_use_parses() {
+    use clap::Parser as _;
+    use clap::error::ErrorKind;
+    let readme = include_str!("../../README.md");
+    let mut checked = 0;
+    for text in [DOCS, readme] {
+        for command in documented_commands(text) {
+            let words = words(&command);
+            let Err(e) = drawbridge::cli::Cli::try_parse_from(&words) else {
+                checked += 1;
+                continue;
+            };
+            // A placeholder such as ADDR is not a value, and a mention such
+            // as `drawbridge explain` leaves its arguments out: the flags
+            // and subcommands given exist.
+            let fine = [
+                ErrorKind::MissingRequiredArgument,
+                ErrorKind::MissingSubcommand,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+                ErrorKind::DisplayHelp,
+                ErrorKind::DisplayVersion,
+                ErrorKind::ValueValidation,
+                ErrorKind::InvalidValue,
+            ];
+            assert!(fine.contains(&e.kind()), "`{command}` does not parse: {e}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "the docs' commands were found ({checked})");
+}

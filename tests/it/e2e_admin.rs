@@ -1,6 +1,7 @@
 //! End to end: `/jit-admin` against the real app.
 
 use drawbridge::domain::AuditAction;
+use drawbridge::service::messages::action_title;
 use serde_json::json;
 
 use crate::e2e::{Reply, audit_log, initiates, interact, jit};
@@ -238,10 +239,12 @@ async fn audit_shows_the_latest_events_of_the_log() {
     let last_three = &log[log.len() - 3..];
     assert_eq!(reply.title(), "3 audit events", "{}", reply.text());
     for record in last_three {
-        let name = format!("#{} {}", record.seq, record.event.action);
+        let name = format!("#{} {}", record.seq, action_title(record.event.action));
+        let value = reply.field(&name);
+        assert!(value.is_some(), "{name} is listed: {}", reply.text());
         assert!(
-            reply.field(&name).is_some(),
-            "{name} is listed: {}",
+            value.is_some_and(|v| !v.contains('{') && v.contains("rg-web/web-01")),
+            "{name} reads as a sentence, not JSON: {}",
             reply.text()
         );
     }

@@ -3,6 +3,7 @@
 mod attacks_surface;
 mod azure_client;
 mod cli;
+mod container;
 mod crash;
 mod credentials;
 mod demo;
@@ -24,6 +25,7 @@ mod lifecycle;
 mod logs;
 mod ops;
 mod policy_fuzz;
+mod readme;
 mod shutdown;
 mod store;
 mod support;

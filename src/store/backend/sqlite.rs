@@ -77,6 +77,57 @@ impl SqliteDb {
         Ok(SqliteDb { write, read })
     }
 
+    /// Opens the existing file `url` names for reading only: nothing is
+    /// created, migrated or written (audit tools on a live database or a
+    /// backup).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidInput`] when there is no such file;
+    /// [`StoreError::Unexpected`] if the URL is malformed or the file cannot
+    /// be opened.
+    pub(in crate::store) async fn connect_read_only(url: &str) -> Result<SqliteDb, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("parsing the database URL `{url}`"))?;
+        let path = options.get_filename();
+        if url.contains(":memory:") || !path.is_file() {
+            return Err(StoreError::InvalidInput(format!(
+                "there is no database file at {}",
+                path.display()
+            )));
+        }
+        let options = options
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening the database `{url}` read-only"))?;
+        Ok(SqliteDb {
+            write: pool.clone(),
+            read: pool,
+        })
+    }
+
+    /// Writes a consistent copy of the database to the new file `path`
+    /// (`VACUUM INTO`: one read transaction, so concurrent writers neither
+    /// block it nor tear it).
+    pub(in crate::store) async fn backup_into(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        let target = path.to_str().ok_or_else(|| {
+            StoreError::InvalidInput(format!("{} is not a UTF-8 path", path.display()))
+        })?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&self.read)
+            .await
+            .with_context(|| format!("copying the database to {}", path.display()))?;
+        Ok(())
+    }
+
     pub(in crate::store) fn read(&self) -> &SqlitePool {
         &self.read
     }

@@ -1,10 +1,12 @@
-//! `/jit-admin audit`: the latest audit events.
+//! `/jit-admin audit`: the latest audit events, each as its one-line
+//! human form (the JSON stays in `drawbridge audit export`).
 
 use super::notice;
 use crate::chat::{Card, ChatMessage, Tone, time_full};
 use crate::interactions::{Invocation, SlashCommand};
 use crate::service::Service;
 use crate::service::admin::AdminError;
+use crate::service::messages::{action_title, audit_line};
 
 /// A card holds at most this many fields.
 const SHOWN: usize = 25;
@@ -24,14 +26,8 @@ pub(super) async fn run(
     let mut card = Card::new(format!("{} audit events", records.len()), Tone::Info);
     for r in records.iter().rev().take(SHOWN) {
         card = card.field(
-            format!("#{} {}", r.seq, r.event.action),
-            format!(
-                "{} · {} · {} · {}",
-                time_full(r.event.at),
-                r.event.actor,
-                r.event.target,
-                r.event.outcome.as_str()
-            ),
+            format!("#{} {}", r.seq, action_title(r.event.action)),
+            format!("{} · {}", time_full(r.event.at), audit_line(&r.event)),
             false,
         );
     }

@@ -48,6 +48,18 @@ impl Operation {
     }
 }
 
+/// The action in Azure's `AuthorizationFailed` message: "… does not have
+/// authorization to perform action 'Microsoft.X/y/read' over scope …".
+fn reported_action(message: &str) -> Option<&str> {
+    let start = message.find("perform action '")? + "perform action '".len();
+    let rest = &message[start..];
+    let action = &rest[..rest.find('\'')?];
+    let plausible = action.starts_with("Microsoft.")
+        && action.contains('/')
+        && !action.contains(char::is_whitespace);
+    plausible.then_some(action)
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -64,8 +76,9 @@ pub enum ArmError {
         code: String,
         /// Azure's message.
         message: String,
-        /// The RBAC action the operation needs.
-        needed_action: &'static str,
+        /// The RBAC action Azure says is missing (quoted from its message),
+        /// else the one the operation needs.
+        needed_action: String,
     },
     /// 404.
     #[error("not found ({code}): {message}")]
@@ -171,8 +184,10 @@ impl ArmError {
             },
             403 => Self::Forbidden {
                 code,
+                needed_action: reported_action(&message)
+                    .unwrap_or(op.needed_action())
+                    .to_owned(),
                 message,
-                needed_action: op.needed_action(),
             },
             404 => Self::NotFound { code, message },
             400 | 422 => Self::BadRequest { code, message },
@@ -205,7 +220,7 @@ impl ArmError {
             } => Self::Forbidden {
                 code: code.clone(),
                 message: message.clone(),
-                needed_action,
+                needed_action: needed_action.clone(),
             },
             Self::NotFound { code, message } => Self::NotFound {
                 code: code.clone(),
@@ -329,6 +344,15 @@ mod tests {
         assert!(matches!(&e, ArmError::Forbidden { code, needed_action, .. }
             if code == "AuthorizationFailed" && *needed_action == "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"));
         assert!(e.user_message().contains("initiate/action"));
+
+        let body = br#"{"error":{"code":"AuthorizationFailed","message":"The client 'x' with object id 'x' does not have authorization to perform action 'Microsoft.Network/networkInterfaces/read' over scope '/subscriptions/s' or the scope is invalid."}}"#;
+        let e = ArmError::from_response(Operation::Initiate, StatusCode::FORBIDDEN, body);
+        assert!(
+            e.user_message()
+                .contains("`Microsoft.Network/networkInterfaces/read`"),
+            "the action Azure names is quoted: {}",
+            e.user_message()
+        );
 
         let e = ArmError::from_response(
             Operation::Initiate,

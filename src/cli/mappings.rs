@@ -69,7 +69,8 @@ pub struct MappingArgs {
     /// Require a reason.
     #[arg(long)]
     pub require_reason: bool,
-    /// Approver role id.
+    /// A role id recorded as the approver. Not enforced yet: requests are
+    /// not held for approval, whatever this says.
     #[arg(long)]
     pub approver_role: Option<String>,
 }

@@ -328,7 +328,8 @@ pub struct MappingSpec {
     /// Whether a reason is required.
     #[serde(default)]
     pub require_reason: bool,
-    /// Approver role id.
+    /// A role recorded as approver; not enforced yet (no request waits
+    /// for approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver_role: Option<RoleId>,
 }

@@ -25,6 +25,24 @@ pub enum Route {
     Token,
 }
 
+impl Route {
+    /// The RBAC action Azure checks on this route (as its 403 names it).
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::ListPolicies | Self::GetPolicy => {
+                "Microsoft.Security/locations/jitNetworkAccessPolicies/read"
+            }
+            Self::PutPolicy => "Microsoft.Security/locations/jitNetworkAccessPolicies/write",
+            Self::DeletePolicy => "Microsoft.Security/locations/jitNetworkAccessPolicies/delete",
+            Self::Initiate => {
+                "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"
+            }
+            Self::ListVms => "Microsoft.Compute/virtualMachines/read",
+            Self::Token => "(token endpoint)",
+        }
+    }
+}
+
 /// What goes wrong.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(

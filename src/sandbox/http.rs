@@ -636,8 +636,9 @@ impl Emulator {
                 StatusCode::FORBIDDEN,
                 "AuthorizationFailed",
                 format!(
-                    "The client '{}' does not have authorization to perform the {route:?} action over this scope (injected fault).",
-                    self.state().principal
+                    "The client '{principal}' with object id '{principal}' does not have authorization to perform action '{}' over scope '/subscriptions' or the scope is invalid. If access was recently granted, please refresh your credentials. (injected fault)",
+                    route.action(),
+                    principal = self.state().principal
                 ),
             )),
             Some(Fault::Latency { millis }) => {

@@ -231,3 +231,56 @@ fn every_command_and_flag_the_docs_use_parses() {
     }
     assert!(checked >= 10, "the docs' commands were found ({checked})");
 }
+
+const ALERTS: &str = include_str!("../../docs/alerts.yml");
+
+/// `drawbridge_*` names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("drawbridge_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_alert_rules_parse_and_use_only_metrics_the_bot_exports() {
+    use drawbridge::metrics::{Metrics, Snapshot};
+    use yaml_rust2::YamlLoader;
+
+    // Arrange: every family the bot exports, each with a sample.
+    let metrics = Metrics::default();
+    metrics.interaction("jit", "success");
+    metrics.ack_latency("command", std::time::Duration::from_millis(5));
+    metrics.arm_request("initiate", 202, std::time::Duration::from_millis(5));
+    let exported = metrics.render(&Snapshot::default());
+
+    // Act
+    let docs = YamlLoader::load_from_str(ALERTS).expect("docs/alerts.yml is YAML");
+
+    // Assert
+    let rules = docs[0]["groups"][0]["rules"]
+        .as_vec()
+        .expect("groups[0].rules is a list");
+    assert!(rules.len() >= 4, "{rules:?}");
+    for rule in rules {
+        let name = rule["alert"].as_str().expect("every rule is an alert");
+        let expr = rule["expr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no expr"));
+        assert!(
+            rule["annotations"]["summary"].as_str().is_some(),
+            "{name}: no summary"
+        );
+        assert_eq!(
+            expr.matches('(').count(),
+            expr.matches(')').count(),
+            "{name}: unbalanced parentheses in {expr}"
+        );
+        for metric in metric_names(expr) {
+            assert!(
+                exported.lines().any(|l| l.starts_with(&metric)),
+                "{name} uses {metric}, which /metrics does not export:\n{exported}"
+            );
+        }
+    }
+}

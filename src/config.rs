@@ -17,6 +17,9 @@ use crate::domain::{PolicyDefaults, RoleId, Snowflake, SubscriptionId};
 
 mod check;
 mod raw;
+mod unknown;
+
+pub use unknown::{UnknownKey, known_keys, unknown_keys};
 
 /// The defaults, checked in as `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");

@@ -524,6 +524,31 @@ fn check_config_reports_every_problem_with_key_and_source() {
 }
 
 #[test]
+fn check_config_warns_of_a_misspelt_key_with_the_key_it_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drawbridge.toml");
+    std::fs::write(&file, "[database]\nulr = \"sqlite:///data/x.db\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["--config", file.to_str().unwrap(), "check-config"])
+        .env_clear()
+        .env("DRAWBRIDGE__AZURE__SUBSCRIPTION", "x")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("warning: unknown key database.ulr (from ")
+            && stderr.contains("did you mean database.url?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "unknown key azure.subscription (from DRAWBRIDGE__AZURE__SUBSCRIPTION); did you mean azure.subscriptions?"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn explain_looks_a_bare_vm_name_up_in_azure() {
     let (_dir, db) = setup();
     let rt = tokio::runtime::Runtime::new().unwrap();

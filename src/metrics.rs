@@ -73,6 +73,12 @@ pub struct Metrics {
     ack_latency: Family<KindLabels, Histogram, fn() -> Histogram>,
     arm_requests: Family<ArmLabels, Counter>,
     arm_latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    token_failures: Family<CredentialLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
 }
 
 impl Default for Metrics {
@@ -82,6 +88,7 @@ impl Default for Metrics {
             ack_latency: Family::new_with_constructor(ack_histogram),
             arm_requests: Family::default(),
             arm_latency: Family::new_with_constructor(arm_histogram),
+            token_failures: Family::default(),
         }
     }
 }
@@ -147,6 +154,16 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// A token the credential could not get (`credential`: the
+    /// `azure.credential` value).
+    pub fn token_failure(&self, credential: &str) {
+        self.token_failures
+            .get_or_create(&CredentialLabels {
+                credential: credential.to_owned(),
+            })
+            .inc();
+    }
+
     /// The exposition: these counters plus `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut registry = Registry::with_prefix("drawbridge");
@@ -169,6 +186,11 @@ impl Metrics {
             "arm_request_seconds",
             "Azure Resource Manager request latency, by operation",
             self.arm_latency.clone(),
+        );
+        registry.register(
+            "token_failures",
+            "Failures to get an Azure token, by credential kind",
+            self.token_failures.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str, value: f64| {
             let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();

@@ -155,6 +155,16 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
+    /// The `azure.credential` value: the metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ManagedIdentity => "managed_identity",
+            Self::WorkloadIdentity => "workload_identity",
+            Self::ClientSecret => "client_secret",
+            Self::AzureCli => "azure_cli",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::ManagedIdentity => "managed identity",
@@ -312,6 +322,15 @@ impl AzureTokenSource {
 }
 
 impl AzureTokenSource {
+    async fn fresh_bearer(&self) -> Result<Bearer, TokenError> {
+        let bearer = self.fetch().await?;
+        if bearer.expires_on > self.options.clock.now() + EXPIRY_MARGIN {
+            return Ok(bearer);
+        }
+        self.renew(bearer.generation)?;
+        self.fetch().await
+    }
+
     fn acquire_error(&self, e: &azure_core::Error) -> TokenError {
         let credential = self.options.kind.name();
         if is_unknown_resource(e) {
@@ -369,13 +388,14 @@ const EXPIRY_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 #[async_trait]
 impl TokenSource for AzureTokenSource {
+    /// Counts every failure in `/metrics` by credential kind, so an Entra
+    /// or managed-identity outage shows before any ARM call is made.
     async fn bearer(&self) -> Result<Bearer, TokenError> {
-        let bearer = self.fetch().await?;
-        if bearer.expires_on > self.options.clock.now() + EXPIRY_MARGIN {
-            return Ok(bearer);
+        let result = self.fresh_bearer().await;
+        if result.is_err() {
+            crate::metrics::global().token_failure(self.options.kind.label());
         }
-        self.renew(bearer.generation)?;
-        self.fetch().await
+        result
     }
 
     fn reject(&self, bearer: &Bearer) {

@@ -961,6 +961,14 @@ async fn a_token_endpoint_that_hangs_is_an_unauthorized_error_in_bounded_time() 
         matches!(&err, ArmError::Unauthorized { message } if message.contains("timed out")),
         "{err:?}"
     );
+    let exported = drawbridge::metrics::global().render(&Default::default());
+    assert!(
+        exported
+            .lines()
+            .any(|l| l
+                .starts_with(r#"drawbridge_token_failures_total{credential="managed_identity"} "#)),
+        "token failures are counted by credential kind:\n{exported}"
+    );
     assert!(
         azure
             .emulator

@@ -74,6 +74,7 @@ pub struct Metrics {
     arm_requests: Family<ArmLabels, Counter>,
     arm_latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     token_failures: Family<CredentialLabels, Counter>,
+    refused: Family<KindLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,6 +90,7 @@ impl Default for Metrics {
             arm_requests: Family::default(),
             arm_latency: Family::new_with_constructor(arm_histogram),
             token_failures: Family::default(),
+            refused: Family::default(),
         }
     }
 }
@@ -106,6 +108,8 @@ pub struct Snapshot {
     pub outbox_depth: u64,
     /// Age of the oldest undelivered row.
     pub outbox_oldest_age: Duration,
+    /// Age of the oldest undelivered audit-channel post.
+    pub audit_oldest_age: Duration,
     /// How late the most overdue timer is (zero when none is due).
     pub scheduler_lag: Duration,
     /// Grants whose window is open.
@@ -164,6 +168,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A message Discord refused for good (missing permission, unknown
+    /// channel): `kind` is the outbox kind, such as `audit_channel`.
+    pub fn delivery_refused(&self, kind: &str) {
+        self.refused
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
     /// The exposition: these counters plus `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut registry = Registry::with_prefix("drawbridge");
@@ -192,6 +206,11 @@ impl Metrics {
             "Failures to get an Azure token, by credential kind",
             self.token_failures.clone(),
         );
+        registry.register(
+            "delivery_refused",
+            "Messages Discord refused for good (retried later), by outbox kind",
+            self.refused.clone(),
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str, value: f64| {
             let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
             g.set(value);
@@ -208,6 +227,12 @@ impl Metrics {
             "outbox_oldest_age_seconds",
             "Age of the oldest undelivered outbox message",
             snapshot.outbox_oldest_age.as_secs_f64(),
+        );
+        gauge(
+            &mut registry,
+            "audit_channel_oldest_undelivered_seconds",
+            "Age of the oldest audit-channel post not yet delivered (later posts wait behind it)",
+            snapshot.audit_oldest_age.as_secs_f64(),
         );
         gauge(
             &mut registry,

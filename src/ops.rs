@@ -190,6 +190,10 @@ impl Ops {
                 .oldest_age
                 .and_then(|a| a.to_std().ok())
                 .unwrap_or_default(),
+            audit_oldest_age: outbox
+                .audit_oldest_age
+                .and_then(|a| a.to_std().ok())
+                .unwrap_or_default(),
             scheduler_lag: lag,
             active_grants: active as u64,
         })

@@ -198,15 +198,21 @@ impl Deliverer {
             );
             return self.store.mark_delivered(row.id, now).await;
         }
+        crate::metrics::global().delivery_refused(row.kind.as_str());
+        // An audit post holds back every later one: retry it soon, so a
+        // fixed channel permission shows within a minute.
+        let retry = match row.kind {
+            OutboxKind::AuditChannel => chrono::Duration::minutes(1),
+            _ => chrono::Duration::hours(1),
+        };
         tracing::error!(
             outbox_id = row.id,
             kind = row.kind.as_str(),
             reason,
-            "delivery refused; retrying hourly"
+            retry_in_secs = retry.num_seconds(),
+            "delivery refused; retrying later"
         );
-        self.store
-            .mark_failed(row.id, reason, now + chrono::Duration::hours(1))
-            .await
+        self.store.mark_failed(row.id, reason, now + retry).await
     }
 
     async fn send(&self, row: &OutboxRow) -> Result<(), SendError> {

@@ -103,6 +103,9 @@ pub struct OutboxStats {
     pub depth: u64,
     /// Age of the oldest undelivered row.
     pub oldest_age: Option<chrono::Duration>,
+    /// Age of the oldest undelivered audit-channel post: every later post
+    /// waits behind it.
+    pub audit_oldest_age: Option<chrono::Duration>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -380,10 +383,22 @@ impl Store {
             .await
         })
         .context("measuring the outbox")?;
+        let audit_oldest: Option<String> = with_read!(&self.db, |c| {
+            sqlx::query_scalar(
+                "SELECT MIN(created_at) FROM outbox \
+                 WHERE delivered_at IS NULL AND kind = 'audit_channel'",
+            )
+            .fetch_one(c)
+            .await
+        })
+        .context("measuring the audit channel's backlog")?;
+        let age = |t: DateTime<Utc>| (now - t).max(chrono::Duration::zero());
         let oldest = parse_opt_ts("outbox", "oldest", oldest.as_deref())?;
+        let audit_oldest = parse_opt_ts("outbox", "audit oldest", audit_oldest.as_deref())?;
         Ok(OutboxStats {
             depth: u64::try_from(depth).unwrap_or(0),
-            oldest_age: oldest.map(|t| (now - t).max(chrono::Duration::zero())),
+            oldest_age: oldest.map(age),
+            audit_oldest_age: audit_oldest.map(age),
         })
     }
 

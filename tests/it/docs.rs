@@ -253,6 +253,7 @@ fn the_alert_rules_parse_and_use_only_metrics_the_bot_exports() {
     metrics.ack_latency("command", std::time::Duration::from_millis(5));
     metrics.arm_request("initiate", 202, std::time::Duration::from_millis(5));
     metrics.token_failure("managed_identity");
+    metrics.delivery_refused("audit_channel");
     let exported = metrics.render(&Snapshot::default());
 
     // Act

@@ -76,11 +76,16 @@ struct Recorder {
     clock: ManualClock,
     sent: Mutex<Vec<Sent>>,
     dms_closed: Mutex<Vec<u64>>,
+    /// The bot lacks a permission in the audit channel.
+    audit_refused: Mutex<bool>,
 }
 
 #[async_trait]
 impl ChatSender for Recorder {
     async fn post(&self, channel: u64, message: &ChatMessage, key: &str) -> Result<(), SendError> {
+        if channel == AUDIT_CHANNEL && *self.audit_refused.lock().unwrap() {
+            return Err(SendError::Permanent("Missing Permissions (50013)".into()));
+        }
         self.sent.lock().unwrap().push(Sent {
             dm: None,
             channel: Some(channel),
@@ -154,6 +159,7 @@ impl Lab {
             clock: clock.clone(),
             sent: Mutex::new(Vec::new()),
             dms_closed: Mutex::new(Vec::new()),
+            audit_refused: Mutex::new(false),
         });
         let deliverer = Deliverer::new(
             service.store().clone(),
@@ -464,6 +470,44 @@ async fn the_expiry_is_audited_saying_sessions_are_not_cut() {
         expired[0].text()
     );
     assert!(expired[0].text().contains(grant.request_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_refused_audit_post_shows_in_metrics_and_is_retried_within_a_minute() {
+    // Arrange: the bot lost its permission in the audit channel.
+    let lab = Lab::new().await;
+    *lab.recorder.audit_refused.lock().unwrap() = true;
+    lab.request(3, "web-01", "30m").await;
+
+    // Act
+    let _ = lab.deliverer.tick().await.unwrap();
+    lab.clock.set(lab.now() + TimeDelta::seconds(30));
+    let stuck = lab.store().outbox_stats(lab.now()).await.unwrap();
+    *lab.recorder.audit_refused.lock().unwrap() = false;
+    lab.clock.set(lab.now() + TimeDelta::seconds(31));
+    lab.deliver().await;
+    let after = lab.store().outbox_stats(lab.now()).await.unwrap();
+
+    // Assert
+    assert!(
+        stuck.audit_oldest_age >= Some(TimeDelta::seconds(30)),
+        "the audit backlog's age is measured: {stuck:?}"
+    );
+    let exported = drawbridge::metrics::global().render(&Default::default());
+    assert!(
+        exported
+            .lines()
+            .any(|l| l.starts_with(r#"drawbridge_delivery_refused_total{kind="audit_channel"} "#)),
+        "{exported}"
+    );
+    assert_eq!(
+        after.audit_oldest_age, None,
+        "retried within a minute: {after:?}"
+    );
+    assert!(
+        lab.sent().iter().any(|s| s.audit_title().is_some()),
+        "the audit posts went out once the permission was back"
+    );
 }
 
 #[tokio::test]

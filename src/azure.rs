@@ -11,8 +11,8 @@
 //!   host, ARM scope; overrides win.
 //! * [`credential`]: the [`TokenSource`] seam and its azure_identity
 //!   implementation (managed identity, workload identity, client secret, CLI).
-//! * [`client`]: [`ArmClient`]: list/get/put policies, enable a VM, initiate,
-//!   close early; retries on 429/5xx/timeouts with backoff and `Retry-After`.
+//! * [`client`]: [`ArmClient`]: list/get/put policies, enable a VM, initiate;
+//!   retries on 429/5xx/timeouts with backoff and `Retry-After`.
 //! * [`index`]: [`VmIndex`] / [`SharedVmIndex`]: name → VM and policy, from
 //!   one paged list per subscription; autocomplete search. The entries are
 //!   the domain's [`IndexedVm`](crate::domain::IndexedVm); checking a request
@@ -22,11 +22,12 @@
 //!
 //! # Honest about Azure
 //!
-//! Azure has no revoke for a JIT grant. [`ArmClient::close_early`] re-initiates
-//! the same ports with the shortest window (5 minutes, see its docs) and reads
-//! the policy back, so the caller can say what really happened: "closes at
-//! HH:MM; established connections are not cut". Azure restores the NSG when the
-//! window ends; connections already established survive that.
+//! Azure has no revoke for a JIT grant. Close early (in the service) re-initiates
+//! the same ports with a shorter window and reads the policy back
+//! ([`JitPort::policy_requests`](crate::service::JitPort::policy_requests)), so
+//! the caller can say what really happened: "closes at HH:MM; established
+//! connections are not cut". Azure restores the NSG when the window ends;
+//! connections already established survive that.
 //!
 //! Tokens never appear in logs, errors or `Debug` output; every ARM call is
 //! logged at debug level with operation, status, latency and attempt only.

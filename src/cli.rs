@@ -77,6 +77,10 @@ pub enum Command {
         /// https://management.azure.com, and its legacy identifier).
         #[arg(long, value_name = "URI")]
         arm_audience: Option<String>,
+        /// Which earlier requests an initiate supersedes: every open one on
+        /// the VM and port, or only one from the same source.
+        #[arg(long, value_enum, default_value = "any-on-port")]
+        supersede: Supersede,
     },
     /// Apply database migrations.
     Migrate,
@@ -97,6 +101,13 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// `--supersede`: the emulator's [`crate::sandbox::SupersedeModel`].
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Supersede {
+    AnyOnPort,
+    SameSource,
 }
 
 /// A failure the user caused, printed as is (no cause chain, no internals).
@@ -120,7 +131,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             identity_header,
             arm_audience,
-        } => emulate_azure::execute(listen, seed, identity_header, arm_audience).await,
+            supersede,
+        } => {
+            let supersede = match supersede {
+                Supersede::AnyOnPort => crate::sandbox::SupersedeModel::AnyOnPort,
+                Supersede::SameSource => crate::sandbox::SupersedeModel::SameSource,
+            };
+            let options = crate::sandbox::StandaloneOptions {
+                seed,
+                identity_header: identity_header.unwrap_or_default(),
+                arm_audience,
+                supersede,
+            };
+            emulate_azure::execute(listen, options).await
+        }
         Command::Migrate => migrate::execute(&sources).await,
         Command::CheckConfig => Ok(check_config::execute(&sources)),
         Command::Mappings(command) => mappings::execute(&sources, command).await,

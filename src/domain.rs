@@ -16,6 +16,7 @@ pub mod jit_policy;
 pub mod mapping;
 pub mod policy_check;
 pub mod port;
+pub mod port_truth;
 pub mod request;
 pub mod source;
 pub mod vm;
@@ -26,12 +27,13 @@ pub use duration::{AccessDuration, DurationError};
 pub use grant::{GrantEvent, GrantState, InvalidTransition};
 pub use ids::{IdError, RequestId, RoleId, Snowflake, UserId};
 pub use jit_policy::{
-    AllowedSources, CloseOutcome, IndexedVm, InvalidPolicyId, JitRequestRecord, PolicyDefaults,
-    PolicyId, PolicyPort, PortState, RequestedPort, RequestedVm, VmKey,
+    AllowedSources, IndexedVm, InvalidPolicyId, JitRequestRecord, PolicyDefaults, PolicyId,
+    PolicyPort, RequestedPort, RequestedVm, VmKey,
 };
 pub use mapping::{MappingError, MappingName, PortSelector, RoleMapping, SourcePolicy, VmSelector};
 pub use policy_check::{PolicyViolation, check_request};
 pub use port::{Port, PortAliases, PortSpec, PortSpecError};
+pub use port_truth::{HeldWindow, Holder, PortTruth, PortView};
 pub use request::{AccessRequest, Reason, ReasonError, RequestParseError};
 pub use source::{SourceError, SourcePrefix};
 pub use vm::{ResourceGroupName, SubscriptionId, VmIdentity, VmName, VmRef, VmRefError};

@@ -69,7 +69,7 @@ pub use entra::{
 };
 pub use estate::{Estate, EstateError, Os, PolicySeed, PolicyVmSeed, Subscription, VirtualMachine};
 pub use faults::{Fault, FaultRule, Route, Trigger};
-pub use jit::{NsgAccess, NsgRule, PortRule};
+pub use jit::{NsgAccess, NsgRule, PortRule, SupersedeModel};
 pub use tls::TlsIdentity;
 
 use entra::Directory;
@@ -121,6 +121,7 @@ struct State {
     principal: String,
     token_lifetime: chrono::Duration,
     directory: Directory,
+    supersede: SupersedeModel,
 }
 
 struct IssuedToken {
@@ -221,6 +222,7 @@ impl Emulator {
             principal: DEFAULT_PRINCIPAL.to_owned(),
             token_lifetime: chrono::Duration::hours(1),
             directory: Directory::new(),
+            supersede: SupersedeModel::default(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -229,6 +231,11 @@ impl Emulator {
                 hang_release: Mutex::new(CancellationToken::new()),
             }),
         }
+    }
+
+    /// Which earlier requests an initiate supersedes from now on.
+    pub fn set_supersede_model(&self, model: SupersedeModel) {
+        self.state().supersede = model;
     }
 
     /// The HTTP routes: ARM, the token endpoints and `/_emulator/*`.
@@ -579,6 +586,8 @@ pub struct StandaloneOptions {
     pub identity_header: String,
     /// The only audience ARM accepts; `None` for [`DEFAULT_ARM_AUDIENCES`].
     pub arm_audience: Option<String>,
+    /// Which earlier requests an initiate supersedes.
+    pub supersede: SupersedeModel,
 }
 
 /// Runs the emulator for `drawbridge emulate-azure` on `listener` until
@@ -598,6 +607,7 @@ pub async fn run_standalone(
         seed,
         identity_header,
         arm_audience: None,
+        supersede: SupersedeModel::default(),
     };
     run_standalone_with(listener, options, shutdown).await
 }
@@ -615,6 +625,7 @@ pub async fn run_standalone_with(
         seed,
         identity_header,
         arm_audience,
+        supersede,
     } = options;
     let estate = match &seed {
         Some(path) => Estate::from_file(path)
@@ -623,6 +634,7 @@ pub async fn run_standalone_with(
     };
     let emulator = Emulator::new(estate, Arc::new(SystemClock));
     emulator.set_identity_header(identity_header);
+    emulator.set_supersede_model(supersede);
     let audience = match arm_audience {
         Some(audience) => {
             emulator.set_arm_audience(audience.clone());

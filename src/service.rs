@@ -16,10 +16,12 @@
 //!    VM's Azure JIT policy. A refusal is audited and returned.
 //! 4. **Persist** ([`phases::persist`]): the grant (`requested`) and its
 //!    audit events in one transaction, before Azure hears of it.
-//! 5. **Initiate** ([`phases::initiate`]): the one ARM call.
+//! 5. **Initiate** ([`phases::initiate`]): the one write to ARM.
 //! 6. **Settle** ([`phases::settle`]): Azure's answer (its end time, or why
 //!    not), the audit event and the reminder and expiry timers, in one
-//!    transaction. The workers take it from there.
+//!    transaction. Then the policy is read back and every other grant on
+//!    the VM settled from Azure's status ([`truth`]). The workers take it
+//!    from there.
 //!
 //! Extend is resolve, decide, initiate and settle on a stored grant;
 //! `/jit-admin explain` is resolve and the mappings half of decide.
@@ -30,6 +32,7 @@
 //! - [`jit_port`]: the port to Azure.
 //! - [`bot`]: slash commands, buttons and autocomplete to use cases, one
 //!   file per command; [`messages`]: what Drawbridge says, as chat messages.
+//! - [`truth`]: Azure's word on our grants, after every write.
 //! - [`scheduler`], [`delivery`], [`reconcile`]: the workers (reminders and
 //!   expiry, the outbox, Azure's view compared with ours).
 
@@ -45,6 +48,7 @@ pub mod phases;
 pub mod reconcile;
 pub mod request;
 pub mod scheduler;
+pub mod truth;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

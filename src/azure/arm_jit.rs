@@ -1,21 +1,19 @@
 //! The [`JitPort`] over ARM: names resolve through the [`SharedVmIndex`]
 //! (one paged list per subscription, refreshed on an interval and on a miss
-//! with a floor), so a granted access in steady state costs one ARM request:
-//! the initiate. ARM's errors and wire types are turned into the port's
+//! with a floor), so a granted access in steady state costs two ARM requests:
+//! the initiate and the GET of its policy that reads it back. ARM's errors and wire types are turned into the port's
 //! domain values here, and go no further.
 
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::ids::VmId;
 use super::wire::{JitRequest, Policy, RequestPort};
 use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
 use crate::domain::{
-    CloseOutcome, IndexedVm, JitRequestRecord, PolicyDefaults, PortSpec, RequestedPort,
-    RequestedVm, SourcePrefix, VmKey, VmRef,
+    IndexedVm, JitRequestRecord, PolicyDefaults, RequestedPort, RequestedVm, VmKey, VmRef,
 };
 use crate::service::jit_port::{Initiated, JitError, JitPort, OpenRequest};
 
@@ -242,20 +240,9 @@ impl JitPort for ArmJit {
         })
     }
 
-    async fn close_early(
-        &self,
-        vm: &IndexedVm,
-        ports: &PortSpec,
-        source: &SourcePrefix,
-        justification: &str,
-        now: DateTime<Utc>,
-    ) -> Result<CloseOutcome, JitError> {
-        let source = source.to_string();
-        let ports = ports.numbers();
-        Ok(self
-            .arm
-            .close_early(&vm.policy, &vm.vm_id, &ports, &source, justification, now)
-            .await?)
+    async fn policy_requests(&self, vm: &IndexedVm) -> Result<Vec<JitRequestRecord>, JitError> {
+        let policy = self.arm.get_policy(&vm.policy).await?;
+        Ok(records_of(&policy).collect())
     }
 
     async fn enable(&self, vm: &VmRef) -> Result<String, JitError> {

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
@@ -16,17 +16,14 @@ use super::{
     retry::{RetryPolicy, server_retry_hint},
     wire::{
         COMPUTE_API_VERSION, ComputeVm, InitiatePort, InitiateRequest, InitiateVm, JIT_API_VERSION,
-        JitRequest, List, Policy, PolicyPut, PolicyPutProperties, PolicyVm, PortRule, RequestPort,
+        JitRequest, List, Policy, PolicyPut, PolicyPutProperties, PolicyVm, PortRule,
     },
 };
 use crate::clock::SharedClock;
-use crate::domain::{CloseOutcome, PolicyDefaults, PolicyId, PortState};
+use crate::domain::{PolicyDefaults, PolicyId};
 
 /// Most pages one list may span before we call it a loop.
 const MAX_PAGES: usize = 10_000;
-
-/// The shortest grant window Close early asks for. See [`ArmClient::close_early`].
-pub const CLOSE_EARLY_WINDOW: TimeDelta = TimeDelta::minutes(5);
 
 /// How to build an [`ArmClient`].
 #[derive(Debug, Clone)]
@@ -283,51 +280,6 @@ impl ArmClient {
         parse(Operation::Initiate, &body)
     }
 
-    /// Closes a grant as early as Azure allows. Azure has no revoke: this
-    /// re-initiates the same ports for the same source with the shortest window,
-    /// [`CLOSE_EARLY_WINDOW`] (5 minutes) from `now`, then reads the policy back
-    /// and reports what Azure shows for each port.
-    ///
-    /// Why 5 minutes: the initiate schema states no minimum; the only minimum in
-    /// the spec is that of the policy's `maxRequestAccessDuration` ("Minimum 5
-    /// minutes, maximum 1 day"), so 5 minutes is the shortest window the API
-    /// documents as meaningful. Whether Azure accepts shorter windows is not
-    /// documented, so we do not rely on it. The newer request supersedes the old
-    /// one (`statusReason` `NewerRequestInitiated`); connections already
-    /// established are not cut when the port closes.
-    ///
-    /// # Errors
-    /// [`ArmError`] from the initiate or the read-back.
-    pub async fn close_early(
-        &self,
-        policy: &PolicyId,
-        vm_id: &str,
-        ports: &[u16],
-        source: &str,
-        justification: &str,
-        now: DateTime<Utc>,
-    ) -> Result<CloseOutcome, ArmError> {
-        let requested_end = now + CLOSE_EARLY_WINDOW;
-        self.initiate(policy, vm_id, ports, requested_end, source, justification)
-            .await?;
-        let read = self.get_policy(policy).await?;
-        let ports = ports
-            .iter()
-            .map(|&number| {
-                let latest = latest_port_request(&read, vm_id, number);
-                PortState {
-                    number,
-                    status: latest.map(|p| p.status.clone()),
-                    end_time_utc: latest.map(|p| p.end_time_utc),
-                }
-            })
-            .collect();
-        Ok(CloseOutcome {
-            requested_end,
-            ports,
-        })
-    }
-
     /// `base` + segments (each percent-encoded) + `?api-version=`.
     fn url(&self, segments: &[&str], api_version: &str) -> Url {
         let mut url = self.inner.base.clone();
@@ -509,30 +461,6 @@ fn parse<T: DeserializeOwned>(op: Operation, body: &[u8]) -> Result<T, ArmError>
     serde_json::from_slice(body)
         .with_context(|| format!("{op}: ARM answered a body that does not parse"))
         .map_err(ArmError::Unexpected)
-}
-
-/// The port entry of the newest request in `policy` for `vm_id`/`port`
-/// (newest by `startTimeUtc`, later in the list on a tie).
-pub fn latest_port_request<'a>(
-    policy: &'a Policy,
-    vm_id: &str,
-    port: u16,
-) -> Option<&'a RequestPort> {
-    policy
-        .properties
-        .requests
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| {
-            r.virtual_machines
-                .iter()
-                .filter(|v| v.id.eq_ignore_ascii_case(vm_id))
-                .flat_map(|v| v.ports.iter())
-                .filter(|p| p.number == port)
-                .map(move |p| ((r.start_time_utc, i), p))
-        })
-        .max_by_key(|(key, _)| *key)
-        .map(|(_, p)| p)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! Building it costs one paged `JitNetworkAccessPolicies_List` per
 //! subscription, the only ARM traffic name resolution ever causes. A request
-//! then resolves its VM from memory and costs exactly one ARM call: the
+//! then resolves its VM from memory: it costs no ARM call before the
 //! initiate.
 
 use std::{

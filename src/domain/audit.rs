@@ -35,6 +35,9 @@ pub enum AuditAction {
     ReminderSent,
     /// The window ended.
     AccessExpired,
+    /// Azure shows the window ended before its time (a newer request
+    /// replaced it, or Azure's own reason).
+    AccessEndedInAzure,
     /// A JIT request made outside Drawbridge was seen.
     OpenedOutsideDrawbridge,
     /// A mapping was added or changed.
@@ -91,6 +94,7 @@ impl AuditAction {
             Self::AccessClosedEarly => "access_closed_early",
             Self::ReminderSent => "reminder_sent",
             Self::AccessExpired => "access_expired",
+            Self::AccessEndedInAzure => "access_ended_in_azure",
             Self::OpenedOutsideDrawbridge => "opened_outside_drawbridge",
             Self::MappingAdded => "mapping_added",
             Self::MappingRemoved => "mapping_removed",

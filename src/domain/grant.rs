@@ -1,12 +1,19 @@
 //! The grant state machine: the only way a grant's state changes.
 //!
 //! ```text
-//! requested ──initiated──▶ active ──extended──▶ extended ─┐
-//!     │                     │  ▲                 │ ▲      │
-//!   failed                  │  └──extended───────┘ └──────┘
+//! requested ──initiated──▶ active ──extend requested──▶ extending ──extended──▶ extended
+//!     │                     │  ▲                         │   ▲                    │
+//!   failed                  │  └──────extend failed──────┘   └─extend requested───┘
 //!     ▼                     ├──close requested──▶ closing ──closed──▶ closed_early
 //!   failed                  └──window ended────▶ expired
+//!
+//! active, extended, closing ──ended in Azure──▶ superseded (a newer request
+//!                               replaced it) or ended (Azure's reason)
 //! ```
+//!
+//! `closing` and `extending` are claims: the action that moved the grant
+//! there is the only one that may call Azure for it until it settles, so
+//! Extend, Close early and expiry never race each other into Azure.
 
 use std::fmt;
 
@@ -23,12 +30,19 @@ pub enum GrantState {
     Extended,
     /// Close early was asked for and is under way.
     Closing,
+    /// Extend was asked for and is under way.
+    Extending,
     /// Closed early (the port closes at the short window Azure was given).
     ClosedEarly,
     /// The window ended.
     Expired,
     /// Azure refused or failed.
     Failed,
+    /// Azure shows a newer request replaced it (`NewerRequestInitiated`).
+    Superseded,
+    /// Azure shows it ended before Drawbridge ended it (`Expired`,
+    /// `UserRequested`); the grant's failure text holds Azure's reason.
+    Ended,
 }
 
 impl GrantState {
@@ -39,9 +53,12 @@ impl GrantState {
             Self::Active => "active",
             Self::Extended => "extended",
             Self::Closing => "closing",
+            Self::Extending => "extending",
             Self::ClosedEarly => "closed_early",
             Self::Expired => "expired",
             Self::Failed => "failed",
+            Self::Superseded => "superseded",
+            Self::Ended => "ended",
         }
     }
 
@@ -52,21 +69,35 @@ impl GrantState {
             "active" => Self::Active,
             "extended" => Self::Extended,
             "closing" => Self::Closing,
+            "extending" => Self::Extending,
             "closed_early" => Self::ClosedEarly,
             "expired" => Self::Expired,
             "failed" => Self::Failed,
+            "superseded" => Self::Superseded,
+            "ended" => Self::Ended,
             _ => return None,
         })
     }
 
     /// Whether the port may be open.
     pub fn is_open(self) -> bool {
-        matches!(self, Self::Active | Self::Extended | Self::Closing)
+        matches!(
+            self,
+            Self::Active | Self::Extended | Self::Closing | Self::Extending
+        )
+    }
+
+    /// Whether an action holds the grant's transition (see the module docs).
+    pub fn is_claimed(self) -> bool {
+        matches!(self, Self::Closing | Self::Extending)
     }
 
     /// Whether nothing more can happen.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::ClosedEarly | Self::Expired | Self::Failed)
+        matches!(
+            self,
+            Self::ClosedEarly | Self::Expired | Self::Failed | Self::Superseded | Self::Ended
+        )
     }
 
     /// The state after `event`, or why that is not allowed.
@@ -76,7 +107,15 @@ impl GrantState {
         let next = match (self, event) {
             (S::Requested, E::Initiated { .. }) => S::Active,
             (S::Requested, E::Failed) => S::Failed,
-            (S::Active | S::Extended, E::Extended { .. }) => S::Extended,
+            (S::Active | S::Extended, E::ExtendRequested) => S::Extending,
+            (S::Extending, E::Extended { .. }) => S::Extended,
+            (S::Extending, E::ExtendFailed { back_to_extended }) => {
+                if *back_to_extended {
+                    S::Extended
+                } else {
+                    S::Active
+                }
+            }
             (S::Active | S::Extended, E::CloseRequested) => S::Closing,
             (S::Closing, E::Closed { .. }) => S::ClosedEarly,
             (S::Closing, E::CloseFailed { back_to_extended }) => {
@@ -86,7 +125,14 @@ impl GrantState {
                     S::Active
                 }
             }
-            (S::Active | S::Extended | S::Closing, E::WindowEnded) => S::Expired,
+            (S::Active | S::Extended | S::Closing | S::Extending, E::WindowEnded) => S::Expired,
+            (S::Active | S::Extended | S::Closing, E::EndedInAzure { superseded, .. }) => {
+                if *superseded {
+                    S::Superseded
+                } else {
+                    S::Ended
+                }
+            }
             _ => {
                 return Err(InvalidTransition {
                     from: self,
@@ -114,6 +160,13 @@ pub enum GrantEvent {
     },
     /// Azure refused or failed.
     Failed,
+    /// The owner asked to extend.
+    ExtendRequested,
+    /// The extension failed; the grant is as before.
+    ExtendFailed {
+        /// Whether it had been extended.
+        back_to_extended: bool,
+    },
     /// Azure accepted a new window.
     Extended {
         /// The new end.
@@ -133,6 +186,13 @@ pub enum GrantEvent {
     },
     /// The end time passed.
     WindowEnded,
+    /// Azure shows the window ended before its time: replaced by a newer
+    /// request (`superseded`) or for another reason.
+    EndedInAzure {
+        superseded: bool,
+        /// When it ended, as near as Azure shows.
+        at: DateTime<Utc>,
+    },
 }
 
 impl GrantEvent {
@@ -140,11 +200,14 @@ impl GrantEvent {
         match self {
             Self::Initiated { .. } => "initiated",
             Self::Failed => "failed",
+            Self::ExtendRequested => "extend requested",
+            Self::ExtendFailed { .. } => "extend failed",
             Self::Extended { .. } => "extended",
             Self::CloseRequested => "close requested",
             Self::Closed { .. } => "closed",
             Self::CloseFailed { .. } => "close failed",
             Self::WindowEnded => "window ended",
+            Self::EndedInAzure { .. } => "ended in Azure",
         }
     }
 }
@@ -170,8 +233,16 @@ mod tests {
         let end = Utc::now();
         let path = [
             (S::Requested, E::Initiated { end }, S::Active),
-            (S::Active, E::Extended { end }, S::Extended),
-            (S::Extended, E::Extended { end }, S::Extended),
+            (S::Active, E::ExtendRequested, S::Extending),
+            (S::Extending, E::Extended { end }, S::Extended),
+            (S::Extended, E::ExtendRequested, S::Extending),
+            (
+                S::Extending,
+                E::ExtendFailed {
+                    back_to_extended: true,
+                },
+                S::Extended,
+            ),
             (S::Extended, E::CloseRequested, S::Closing),
             (
                 S::Closing,
@@ -184,6 +255,22 @@ mod tests {
             (S::Closing, E::Closed { end }, S::ClosedEarly),
             (S::Requested, E::Failed, S::Failed),
             (S::Active, E::WindowEnded, S::Expired),
+            (
+                S::Closing,
+                E::EndedInAzure {
+                    superseded: true,
+                    at: end,
+                },
+                S::Superseded,
+            ),
+            (
+                S::Extended,
+                E::EndedInAzure {
+                    superseded: false,
+                    at: end,
+                },
+                S::Ended,
+            ),
         ];
         for (from, event, to) in path {
             assert_eq!(from.apply(&event), Ok(to), "{from} + {event:?}");
@@ -193,7 +280,13 @@ mod tests {
     #[test]
     fn final_states_accept_nothing() {
         let end = Utc::now();
-        for from in [S::ClosedEarly, S::Expired, S::Failed] {
+        for from in [
+            S::ClosedEarly,
+            S::Expired,
+            S::Failed,
+            S::Superseded,
+            S::Ended,
+        ] {
             for event in [
                 E::Initiated { end },
                 E::Extended { end },
@@ -221,9 +314,12 @@ mod tests {
             S::Active,
             S::Extended,
             S::Closing,
+            S::Extending,
             S::ClosedEarly,
             S::Expired,
             S::Failed,
+            S::Superseded,
+            S::Ended,
         ] {
             assert_eq!(S::parse(s.as_str()), Some(s));
         }

@@ -333,39 +333,6 @@ impl RequestedPort {
     }
 }
 
-/// What Azure shows for one port after Close early.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortState {
-    /// The port.
-    pub number: u16,
-    /// Azure's status of the newest request for the port (`Initiated`, ...),
-    /// `None` if the policy shows no request for it.
-    pub status: Option<String>,
-    /// When Azure closes the port, per the newest request.
-    pub end_time_utc: Option<DateTime<Utc>>,
-}
-
-/// What Close early asked for and what Azure then showed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseOutcome {
-    /// The end time we asked for.
-    pub requested_end: DateTime<Utc>,
-    /// What Azure's policy showed afterwards, per port.
-    pub ports: Vec<PortState>,
-}
-
-impl CloseOutcome {
-    /// The latest close time Azure shows for any of the ports (or the requested
-    /// end when Azure shows none): "closes at HH:MM".
-    pub fn closes_at(&self) -> DateTime<Utc> {
-        self.ports
-            .iter()
-            .filter_map(|p| p.end_time_utc)
-            .max()
-            .unwrap_or(self.requested_end)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

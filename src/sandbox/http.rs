@@ -538,7 +538,9 @@ impl Emulator {
                     }
                     (Route::DeletePolicy, None) => Ok(StatusCode::NO_CONTENT.into_response()),
                     (Route::Initiate, Some(i)) => {
-                        let answer = state.policies[i].initiate(body, now, &principal, caller)?;
+                        let model = state.supersede;
+                        let answer =
+                            state.policies[i].initiate(body, now, &principal, caller, model)?;
                         Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
                     }
                     _ => Err(policy_not_found(&rg, &location, &name)),

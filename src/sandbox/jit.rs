@@ -22,6 +22,33 @@ const MIN_MAX_DURATION: Duration = Duration::minutes(5);
 /// The longest `maxRequestAccessDuration` Azure accepts.
 const MAX_MAX_DURATION: Duration = Duration::days(1);
 
+/// Which earlier requests a new initiate supersedes (`Revoked`,
+/// `NewerRequestInitiated`). Azure's documentation does not say; the REST
+/// spec only names the reason. Drawbridge must report the truth under
+/// either, so the emulator models both (see docs/operations.md, "Azure keeps
+/// one window per port").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupersedeModel {
+    /// A newer request supersedes every open one on the same VM and port,
+    /// whatever its source: one window per port.
+    #[default]
+    AnyOnPort,
+    /// A newer request supersedes only an open one on the same VM and port
+    /// for the same source; other sources keep their windows.
+    SameSource,
+}
+
+impl SupersedeModel {
+    fn supersedes(self, old: &RequestPort, new: &RequestPort) -> bool {
+        old.number == new.number
+            && match self {
+                Self::AnyOnPort => true,
+                Self::SameSource => old.source.eq_ignore_ascii_case(&new.source),
+            }
+    }
+}
+
 /// A JIT port rule (`JitNetworkAccessPortRule`), in the seed and on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -407,13 +434,15 @@ impl Policy {
     }
 
     /// Validates an initiate body against this policy and, if Azure would
-    /// accept it, records the request and returns the 202 body.
+    /// accept it, records the request (superseding earlier ones as `model`
+    /// says) and returns the 202 body.
     pub fn initiate(
         &mut self,
         body: &[u8],
         now: DateTime<Utc>,
         requestor: &str,
         caller: IpAddr,
+        model: SupersedeModel,
     ) -> Result<Value, Rejection> {
         let body: InitiateBody = parse_json(body)?;
         let vms = body
@@ -440,7 +469,7 @@ impl Policy {
                     continue;
                 };
                 for port in &mut vm.ports {
-                    if port.is_open(now) && new.ports.iter().any(|p| p.number == port.number) {
+                    if port.is_open(now) && new.ports.iter().any(|p| model.supersedes(port, p)) {
                         port.superseded = true;
                     }
                 }

@@ -4,16 +4,15 @@
 //! crosses it.
 //!
 //! Resolving a VM never costs ARM traffic in steady state (the adapter
-//! keeps an index), so a request costs one ARM call: the initiate.
+//! keeps an index), so a request costs two ARM calls: the initiate and the
+//! read-back of its policy ([`JitPort::policy_requests`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{
-    CloseOutcome, IndexedVm, JitRequestRecord, PortSpec, SourcePrefix, VmKey, VmRef,
-};
+use crate::domain::{IndexedVm, JitRequestRecord, PortSpec, SourcePrefix, VmKey, VmRef};
 
 /// Why Azure did not do what the port was asked.
 #[derive(Debug, thiserror::Error)]
@@ -133,18 +132,12 @@ pub trait JitPort: Send + Sync + 'static {
     /// # Errors
     /// `Refused` (nothing opened) or `NoAnswer` (unknown).
     async fn initiate(&self, vm: &IndexedVm, open: &OpenRequest) -> Result<Initiated, JitError>;
-    /// Closes as early as Azure allows and reports what Azure then shows.
+    /// The requests Azure's policy for `vm` shows now (one GET of that
+    /// policy): how every write is read back.
     ///
     /// # Errors
-    /// `Refused` or `NoAnswer`.
-    async fn close_early(
-        &self,
-        vm: &IndexedVm,
-        ports: &PortSpec,
-        source: &SourcePrefix,
-        justification: &str,
-        now: DateTime<Utc>,
-    ) -> Result<CloseOutcome, JitError>;
+    /// `NoAnswer` (or `Refused`) when the policy cannot be read.
+    async fn policy_requests(&self, vm: &IndexedVm) -> Result<Vec<JitRequestRecord>, JitError>;
     /// Puts a VM under JIT with the configured defaults; returns its
     /// qualified name.
     ///

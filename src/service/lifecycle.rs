@@ -1,15 +1,17 @@
 //! Extend, Close early, `/jit-status` and `/jit-ip`.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
+use super::jit_port::{JitError, OpenRequest};
 use super::phases::{Ask, ResolveVmError, ResolvedVm, decide};
 use super::request::{RequestError, justification};
 use super::{Service, actor};
 use crate::domain::authorize;
+use crate::domain::port_truth::{self, HeldWindow, PortTruth, PortView};
 use crate::domain::{
-    AccessDuration, AuditAction, AuditEvent, CloseOutcome, Denial, GrantEvent, GrantState, Outcome,
-    RequestId, RoleMapping, SourcePrefix, VmRef,
+    AccessDuration, AuditAction, AuditEvent, Denial, GrantEvent, GrantState, IndexedVm,
+    JitRequestRecord, Outcome, PortSpec, RequestId, RoleMapping, SourcePrefix, VmRef,
 };
 use crate::interactions::Invocation;
 use crate::store::{Grant, StoreError};
@@ -27,6 +29,17 @@ pub enum GrantActionError {
     /// The grant is not open any more.
     #[error("this grant is {0}: there is nothing to change")]
     NotOpen(GrantState),
+    /// Another action holds the grant (it is `closing` or `extending`).
+    #[error(
+        "another action on this grant is under way (it is {0}), so nothing was changed; look at the grant again in a moment"
+    )]
+    Busy(GrantState),
+    /// The grant changed between reading it and claiming it (another
+    /// action settled meanwhile).
+    #[error(
+        "this grant changed a moment ago (it is now {0}), so nothing was changed; look at it again"
+    )]
+    Changed(GrantState),
     /// The request failed (as for a new request).
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -38,12 +51,56 @@ impl From<StoreError> for GrantActionError {
     }
 }
 
+/// The shortest window Close early asks for. The initiate schema states no
+/// minimum; the only minimum in the spec is that of the policy's
+/// `maxRequestAccessDuration` ("Minimum 5 minutes, maximum 1 day"), so 5
+/// minutes is the shortest window the API documents as meaningful.
+pub const CLOSE_EARLY_WINDOW: TimeDelta = TimeDelta::minutes(5);
+
+/// What Close early found in Azure and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// Azure was asked for `requested_end`; `ports` are read back from
+    /// Azure: per port, until when it is open for the grant's source
+    /// (`None`: closed). Empty if the read-back failed.
+    Shortened {
+        requested_end: DateTime<Utc>,
+        ports: Vec<(u16, Option<DateTime<Utc>>)>,
+    },
+    /// The grant already closes at `closes_at`, sooner than Close early
+    /// could make it: nothing was sent.
+    AlreadySooner { closes_at: DateTime<Utc> },
+    /// Azure had already ended the grant on every port: nothing was sent.
+    NotOpen { ports: Vec<PortTruth> },
+}
+
+impl CloseOutcome {
+    /// When the port closes for the grant, per Azure: the latest end read
+    /// back (the requested end if the read-back failed); `None` when Azure
+    /// shows it closed already.
+    pub fn closes_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Shortened {
+                requested_end,
+                ports,
+            } => {
+                if ports.is_empty() {
+                    return Some(*requested_end);
+                }
+                ports.iter().filter_map(|(_, until)| *until).max()
+            }
+            Self::AlreadySooner { closes_at } => Some(*closes_at),
+            Self::NotOpen { .. } => None,
+        }
+    }
+}
+
 /// What Close early did.
 #[derive(Debug, Clone)]
 pub struct Closed {
     /// The grant as now stored.
     pub grant: Grant,
-    /// What Azure shows.
+    /// What Azure showed.
     pub outcome: CloseOutcome,
 }
 
@@ -62,10 +119,52 @@ impl Service {
         if grant.user_id != who.member.user_id {
             return Err(GrantActionError::NotOwner);
         }
+        if grant.state.is_claimed() {
+            return Err(GrantActionError::Busy(grant.state));
+        }
         if !matches!(grant.state, GrantState::Active | GrantState::Extended) {
             return Err(GrantActionError::NotOpen(grant.state));
         }
         Ok(grant)
+    }
+
+    /// Takes `grant`'s transition for one action (`event` moves it to
+    /// `closing` or `extending`) before Azure is called, only if the grant
+    /// is as it was read: of two actions at once, only one gets it; the
+    /// other is told.
+    async fn claim(
+        &self,
+        grant: &Grant,
+        event: &GrantEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), GrantActionError> {
+        let mut tx = self.store().begin().await?;
+        let current = tx
+            .grant(&grant.request_id)
+            .await?
+            .ok_or(GrantActionError::NotFound)?;
+        if (current.state, current.end_time, current.state_changed_at)
+            != (grant.state, grant.end_time, grant.state_changed_at)
+        {
+            tx.rollback().await?;
+            return Err(if current.state.is_claimed() {
+                GrantActionError::Busy(current.state)
+            } else {
+                GrantActionError::Changed(current.state)
+            });
+        }
+        match tx.transition_grant(&grant.request_id, event, now).await {
+            Ok(_) => Ok(tx.commit().await?),
+            Err(StoreError::InvalidTransition(refused)) => {
+                tx.rollback().await?;
+                Err(if refused.from.is_claimed() {
+                    GrantActionError::Busy(refused.from)
+                } else {
+                    GrantActionError::NotOpen(refused.from)
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Resolves the VM of a stored grant.
@@ -104,22 +203,39 @@ impl Service {
             reason: grant.reason.as_ref(),
         };
         decide(&mappings, &target, &ask).map_err(RequestError::from)?;
+        let was_extended = grant.state == GrantState::Extended;
+        self.claim(&grant, &GrantEvent::ExtendRequested, now)
+            .await?;
         let end = now + window.to_chrono();
         let why = justification(who, &grant.request_id, Some("extend"));
-        let initiated = self
-            .initiate(&target.vm, &grant, end, why)
-            .await
-            .map_err(|e| RequestError::Azure {
-                message: e.user_message(),
-            })?;
-        Ok(self
+        let initiated = match self.initiate(&target.vm, &grant, end, why).await {
+            Ok(initiated) => initiated,
+            Err(e) => {
+                let back = GrantEvent::ExtendFailed {
+                    back_to_extended: was_extended,
+                };
+                let mut tx = self.store().begin().await?;
+                tx.transition_grant(&grant.request_id, &back, now).await?;
+                tx.commit().await?;
+                return Err(RequestError::Azure {
+                    message: e.user_message(),
+                }
+                .into());
+            }
+        };
+        let extended = self
             .settle_extended(who, &grant, window, &initiated, now)
-            .await?)
+            .await?;
+        self.read_back(&target.vm, &grant.request_id).await;
+        Ok(extended)
     }
 
-    /// Closes an open grant early. Azure has no revoke: the ports are
-    /// re-initiated with the shortest window and the policy is read back;
-    /// the grant records when the port really closes.
+    /// Closes an open grant early, never later than it would have closed:
+    /// Azure has no revoke, so the ports still open for the grant are
+    /// re-initiated until `min(now + 5 min, current end)`, and only when that
+    /// is sooner. What Azure shows is read first (a grant Azure already
+    /// ended, or that a newer request replaced, sends nothing) and read back
+    /// after; the grant records when the port really closes.
     ///
     /// # Errors
     /// [`GrantActionError`]; on an Azure failure the grant is as before.
@@ -132,26 +248,114 @@ impl Service {
         let grant = self.owned_open_grant(who, request_id).await?;
         let now = self.clock().now();
         let was_extended = grant.state == GrantState::Extended;
-        let mut tx = self.store().begin().await?;
-        tx.transition_grant(&grant.request_id, &GrantEvent::CloseRequested, now)
-            .await?;
-        tx.commit().await?;
-        let outcome = match self.resolve_grant_vm(&grant).await {
-            Ok(target) => {
-                let why = justification(who, &grant.request_id, Some("close early"));
-                self.jit()
-                    .close_early(&target.vm, &grant.ports, &grant.source, &why, now)
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(error.message = %e, error.cause_chain = ?e, "close early failed");
-                        e.user_message()
-                    })
-            }
-            Err(ResolveVmError::Azure { message, .. }) => Err(message),
-            Err(_) => Err(VM_GONE.to_string()),
-        };
+        self.claim(&grant, &GrantEvent::CloseRequested, now).await?;
+        let outcome = self.close_in_azure(who, &grant, now).await;
         self.settle_closed(who, &grant, was_extended, outcome, now)
             .await
+    }
+
+    /// Asks Azure to close `grant` early, as [`Self::close_early`] says.
+    /// `Err` holds the member's sentence: nothing is known to have changed.
+    async fn close_in_azure(
+        &self,
+        who: &Invocation,
+        grant: &Grant,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutcome, String> {
+        let target = match self.resolve_grant_vm(grant).await {
+            Ok(target) => target,
+            Err(ResolveVmError::Azure { message, .. }) => return Err(message),
+            Err(_) => return Err(VM_GONE.to_string()),
+        };
+        let vm = &target.vm;
+        let source = grant.source.to_string();
+        let end = grant.end_time.unwrap_or(now);
+        let before = self.read_requests(vm).await?;
+        let held = HeldWindow {
+            vm_id: &grant.vm_id,
+            source: &source,
+            end,
+        };
+        let truth = port_truth::grant_ports(&before, held, &grant.ports.numbers(), now);
+        let open: Vec<u16> = truth
+            .iter()
+            .filter(|p| match p.view {
+                PortView::Open { .. } => true,
+                PortView::Unseen => {
+                    port_truth::open_until(&before, &grant.vm_id, p.number, &source, now).is_some()
+                }
+                _ => false,
+            })
+            .map(|p| p.number)
+            .collect();
+        let Some(ports) = PortSpec::from_numbers(open) else {
+            return Ok(CloseOutcome::NotOpen { ports: truth });
+        };
+        let shortest = now + CLOSE_EARLY_WINDOW;
+        if end <= shortest {
+            return Ok(CloseOutcome::AlreadySooner { closes_at: end });
+        }
+        let open = OpenRequest {
+            ports,
+            source: grant.source,
+            end: shortest,
+            justification: justification(who, &grant.request_id, Some("close early")),
+        };
+        let sent = self.jit().initiate(vm, &open).await;
+        let after = self.read_back(vm, &grant.request_id).await.ok_or(());
+        let closes = |read: &[JitRequestRecord]| -> Vec<(u16, Option<DateTime<Utc>>)> {
+            grant
+                .ports
+                .numbers()
+                .into_iter()
+                .map(|n| {
+                    (
+                        n,
+                        port_truth::open_until(read, &grant.vm_id, n, &source, now),
+                    )
+                })
+                .collect()
+        };
+        match (sent, after) {
+            (Ok(_), Ok(read)) => Ok(CloseOutcome::Shortened {
+                requested_end: shortest,
+                ports: closes(&read),
+            }),
+            // Unclear: Azure may have applied it; the read-back says.
+            (Err(JitError::NoAnswer { message, .. }), Ok(read)) => {
+                let ports = closes(&read);
+                if ports
+                    .iter()
+                    .all(|(_, until)| until.is_none_or(|u| u <= shortest))
+                {
+                    Ok(CloseOutcome::Shortened {
+                        requested_end: shortest,
+                        ports,
+                    })
+                } else {
+                    Err(message)
+                }
+            }
+            (Ok(_), Err(_)) => Ok(CloseOutcome::Shortened {
+                requested_end: shortest,
+                ports: Vec::new(),
+            }),
+            (Err(e), _) => {
+                tracing::warn!(error.message = %e, error.cause_chain = ?e, "close early failed");
+                Err(e.user_message())
+            }
+        }
+    }
+
+    /// The requests of `vm`'s policy; `Err` holds the member's sentence.
+    pub(crate) async fn read_requests(
+        &self,
+        vm: &IndexedVm,
+    ) -> Result<Vec<JitRequestRecord>, String> {
+        self.jit().policy_requests(vm).await.map_err(|e| {
+            tracing::warn!(error.message = %e, error.cause_chain = ?e, "reading the policy back failed");
+            e.user_message()
+        })
     }
 
     /// The member's open and recent grants.

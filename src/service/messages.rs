@@ -7,7 +7,7 @@ mod audit_line;
 pub use audit_line::{audit_line, describe_spec};
 use chrono::{DateTime, Utc};
 
-use super::lifecycle::{Closed, GrantActionError};
+use super::lifecycle::{CloseOutcome, Closed, GrantActionError};
 use super::request::RequestError;
 use crate::chat::{
     Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, time_full, time_relative,
@@ -68,6 +68,10 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
             format!("Closing: {ports} on {}", grant.vm_name),
             Tone::Warning,
         ),
+        GrantState::Extending => (
+            format!("Extending: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
         GrantState::ClosedEarly => (
             format!("Closed early: {ports} on {}", grant.vm_name),
             Tone::Info,
@@ -76,6 +80,14 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
         GrantState::Failed => (
             format!("Access failed: {ports} on {}", grant.vm_name),
             Tone::Error,
+        ),
+        GrantState::Superseded => (
+            format!("Superseded: {ports} on {}", grant.vm_name),
+            Tone::Warning,
+        ),
+        GrantState::Ended => (
+            format!("Ended in Azure: {ports} on {}", grant.vm_name),
+            Tone::Info,
         ),
     };
     let mut card = Card::new(title, tone)
@@ -133,34 +145,48 @@ pub fn action_error(error: &GrantActionError, reference: &str) -> ChatMessage {
     }
 }
 
-/// The result of Close early.
+/// The result of Close early: when the port really closes, per Azure.
 pub fn closed(closed: &Closed, aliases: &PortAliases) -> ChatMessage {
-    let at = closed.outcome.closes_at();
-    let azure: Vec<String> = closed
-        .outcome
-        .ports
-        .iter()
-        .map(|p| {
-            format!(
-                "{}: {}",
-                p.number,
-                p.status.as_deref().unwrap_or("no request shown")
-            )
-        })
-        .collect();
-    ChatMessage::card(
-        Card::new(
-            format!("Closing early: {} on {}", closed.grant.ports.describe(aliases), closed.grant.vm_name),
-            Tone::Info,
-        )
-        .description(format!(
-            "Azure has no revoke, so Drawbridge asked for the shortest window it allows: the port closes {} ({}). {CONNECTIONS_NOTE}",
-            time_full(at),
-            time_relative(at)
-        ))
-        .field("Azure shows", azure.join("\n"), false)
-        .footer(format!("Request {}", closed.grant.request_id)),
-    )
+    let grant = &closed.grant;
+    let what = format!("{} on {}", grant.ports.describe(aliases), grant.vm_name);
+    let card = match (&closed.outcome, closed.outcome.closes_at()) {
+        (CloseOutcome::NotOpen { .. }, _) => Card::new(format!("Already ended: {what}"), Tone::Info)
+            .description(format!(
+                "{} Nothing was changed in Azure.",
+                grant.failure.as_deref().unwrap_or("Azure shows this access already ended.")
+            )),
+        (CloseOutcome::AlreadySooner { .. }, Some(at)) => Card::new(format!("Closing: {what}"), Tone::Info)
+            .description(format!(
+                "The port already closes {} ({}), sooner than closing early could make it, so nothing was changed in Azure. {CONNECTIONS_NOTE}",
+                time_full(at),
+                time_relative(at)
+            )),
+        (CloseOutcome::Shortened { ports, .. }, at) => {
+            let text = match at {
+                Some(at) => format!(
+                    "Azure has no revoke, so Drawbridge asked for the shortest window it allows. Azure shows the port closes {} ({}). {CONNECTIONS_NOTE}",
+                    time_full(at),
+                    time_relative(at)
+                ),
+                None => format!("Azure shows the port closed. {CONNECTIONS_NOTE}"),
+            };
+            let azure: Vec<String> = ports
+                .iter()
+                .map(|(n, until)| match until {
+                    Some(u) => format!("{n}: open until {}", time_full(*u)),
+                    None => format!("{n}: closed"),
+                })
+                .collect();
+            let card = Card::new(format!("Closing early: {what}"), Tone::Info).description(text);
+            if azure.is_empty() {
+                card
+            } else {
+                card.field("Azure shows", azure.join("\n"), false)
+            }
+        }
+        (CloseOutcome::AlreadySooner { .. }, None) => Card::new(format!("Closing: {what}"), Tone::Info),
+    };
+    ChatMessage::card(card.footer(format!("Request {}", grant.request_id)))
 }
 
 /// `/jit-status`.
@@ -229,23 +255,23 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
     }
 }
 
-/// The notice when Azure closed a grant before its end (reconciliation):
-/// `reason` is Azure's status reason, e.g. `NewerRequestInitiated`.
-pub fn ended_by_azure(grant: &Grant, reason: &str, aliases: &PortAliases) -> ChatMessage {
-    let why = match reason {
-        "NewerRequestInitiated" => {
-            "A newer JIT request for the same port replaced yours (someone asked for it, in Drawbridge or outside)."
-                .to_string()
-        }
-        "Expired" => "Azure shows your request as expired.".to_string(),
-        other => format!("Azure no longer shows your request as open ({other})."),
+/// The DM when Azure shows a grant ended before its end (read back after a
+/// write, or reconciliation); the grant's failure text says why.
+pub fn ended_by_azure(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
+    let why = grant
+        .failure
+        .as_deref()
+        .unwrap_or("Azure no longer shows your access as open.");
+    let title = match grant.state {
+        GrantState::Superseded => "Superseded",
+        _ => "Ended early",
     };
     ChatMessage {
         content: Some(format!("<@{}>", grant.user_id)),
         card: Some(
             Card::new(
                 format!(
-                    "Ended early: {} on {}",
+                    "{title}: {} on {}",
                     grant.ports.describe(aliases),
                     grant.vm_name
                 ),
@@ -272,6 +298,7 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::AccessClosedEarly => "Closed early",
         AuditAction::ReminderSent => "Reminder sent",
         AuditAction::AccessExpired => "Access expired",
+        AuditAction::AccessEndedInAzure => "Access ended in Azure",
         AuditAction::OpenedOutsideDrawbridge => "Opened outside Drawbridge",
         AuditAction::MappingAdded => "Mapping added",
         AuditAction::MappingRemoved => "Mapping removed",

@@ -8,15 +8,14 @@
 //!    (ports, window, source). Pure.
 //! 3. [`persist`]: the grant, `requested`, with its audit events, in one
 //!    transaction, before Azure is asked anything.
-//! 4. [`initiate`]: the one ARM call, through the [`JitPort`](super::JitPort).
+//! 4. [`initiate`]: the one write to ARM, through the [`JitPort`](super::JitPort).
 //! 5. [`settle`]: what Azure answered, written with its audit event and the
-//!    timers in one transaction.
+//!    timers in one transaction; then the policy is read back and every
+//!    other grant on the VM settled from it ([`super::truth`]).
 //!
 //! Where the next changes slot in: an approval is `decide` then `persist`
 //! in a waiting state, and `initiate` + `settle` when approved; a claim of
-//! the grant before Azure is called belongs at the start of `initiate`; a
-//! read-back of the policy that settles every grant on the VM's ports
-//! belongs in `settle`; a check that the member's roles reach any VM at all
+//! the grant before Azure is called belongs at the start of `initiate`; a check that the member's roles reach any VM at all
 //! belongs before `resolve`.
 
 pub mod decide;

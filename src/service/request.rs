@@ -151,7 +151,9 @@ impl Service {
         let end = asking.now + request.duration.to_chrono();
         let why = justification(who, &id, request.reason.as_ref().map(|r| r.as_str()));
         let outcome = self.initiate(&admitted.target.vm, &grant, end, why).await;
-        self.settle_opened(who, grant, outcome).await
+        let settled = self.settle_opened(who, grant, outcome).await;
+        self.read_back(&admitted.target.vm, &id).await;
+        settled
     }
 
     /// Resolves and decides; a refusal is audited against the VM as far as

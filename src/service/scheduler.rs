@@ -41,6 +41,10 @@ use crate::store::{Grant, ScheduleKind, ScheduledItem, StoreError, StoreTx};
 pub const LEASE: Duration = Duration::from_secs(10);
 /// An expiry handled later than this after its due time is marked late.
 const LATE_AFTER_SECS: i64 = 60;
+/// How long Extend's or Close early's claim on a grant holds off its
+/// expiry: longer than one Azure call with its retries. A claim older than
+/// this is taken to be a crashed process's, and the expiry goes ahead.
+pub const CLAIM_LEASE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 const BATCH: u32 = 100;
 /// The longest the loop sleeps without looking (also bounds clock skew).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -121,6 +125,16 @@ impl Scheduler {
                     }
                     None => Handled::Skipped,
                 }
+            }
+            // Extend or Close early holds the grant: its outcome moves the
+            // timers. Expiry looks again once the claim could be stale.
+            (ScheduleKind::Expiry, Some(grant))
+                if grant.state.is_claimed() && now < grant.state_changed_at + CLAIM_LEASE =>
+            {
+                let again = grant.state_changed_at + CLAIM_LEASE;
+                tx.schedule(&grant.request_id, ScheduleKind::Expiry, again)
+                    .await?;
+                Handled::Skipped
             }
             (ScheduleKind::Expiry, Some(grant)) if grant.state.is_open() => {
                 self.expire(&mut tx, item, &grant, now).await?;

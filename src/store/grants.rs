@@ -20,14 +20,17 @@ use crate::domain::{
 };
 
 /// Every state, for the SQL that lists open ones.
-const ALL_STATES: [GrantState; 7] = [
+const ALL_STATES: [GrantState; 10] = [
     GrantState::Requested,
     GrantState::Active,
     GrantState::Extended,
     GrantState::Closing,
+    GrantState::Extending,
     GrantState::ClosedEarly,
     GrantState::Expired,
     GrantState::Failed,
+    GrantState::Superseded,
+    GrantState::Ended,
 ];
 
 /// An interaction token: a 15-minute credential for editing the original
@@ -142,11 +145,14 @@ fn event_name(event: &GrantEvent) -> &'static str {
     match event {
         GrantEvent::Initiated { .. } => "initiated",
         GrantEvent::Failed => "failed",
+        GrantEvent::ExtendRequested => "extend requested",
+        GrantEvent::ExtendFailed { .. } => "extend failed",
         GrantEvent::Extended { .. } => "extended",
         GrantEvent::CloseRequested => "close requested",
         GrantEvent::Closed { .. } => "closed",
         GrantEvent::CloseFailed { .. } => "close failed",
         GrantEvent::WindowEnded => "window ended",
+        GrantEvent::EndedInAzure { .. } => "ended in Azure",
     }
 }
 
@@ -154,7 +160,8 @@ fn event_end(event: &GrantEvent) -> Option<DateTime<Utc>> {
     match event {
         GrantEvent::Initiated { end }
         | GrantEvent::Extended { end }
-        | GrantEvent::Closed { end } => Some(*end),
+        | GrantEvent::Closed { end }
+        | GrantEvent::EndedInAzure { at: end, .. } => Some(*end),
         _ => None,
     }
 }
@@ -560,6 +567,9 @@ mod tests {
 
     #[test]
     fn open_states_follow_the_domain() {
-        assert_eq!(open_states_sql(), "'active', 'extended', 'closing'");
+        assert_eq!(
+            open_states_sql(),
+            "'active', 'extended', 'closing', 'extending'"
+        );
     }
 }

@@ -614,51 +614,6 @@ async fn a_steady_state_grant_costs_exactly_one_arm_request() {
     assert_eq!(h.emulator().token_requests(), tokens_before);
 }
 
-#[tokio::test]
-async fn close_early_reinitiates_short_and_reports_what_azure_shows() {
-    let h = harness().await;
-    let web01 = Harness::vm_id("rg-web", "web-01");
-    let policy = Harness::policy("rg-web");
-    h.arm
-        .initiate(
-            &policy,
-            &web01,
-            &[22],
-            h.now() + TimeDelta::hours(2),
-            "203.0.113.7",
-            "alice",
-        )
-        .await
-        .unwrap();
-    h.clock.advance(TimeDelta::minutes(10));
-
-    let outcome = h
-        .arm
-        .close_early(
-            &policy,
-            &web01,
-            &[22],
-            "203.0.113.7",
-            "alice: close early",
-            h.now(),
-        )
-        .await
-        .unwrap();
-
-    assert_eq!(outcome.requested_end, h.now() + TimeDelta::minutes(5));
-    assert_eq!(outcome.ports.len(), 1);
-    assert_eq!(outcome.ports[0].end_time_utc, Some(outcome.requested_end));
-    assert_eq!(outcome.ports[0].status.as_deref(), Some("Initiated"));
-    assert_eq!(outcome.closes_at(), outcome.requested_end);
-    h.clock.advance(TimeDelta::minutes(6));
-    assert!(
-        h.emulator()
-            .nsg_rules(&web01)
-            .iter()
-            .all(|r| r.access != NsgAccess::Allow)
-    );
-}
-
 /// Run by [`managed_identity_from_environment_variables`] in a child process
 /// with `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` set; does nothing otherwise.
 #[tokio::test]

@@ -157,7 +157,7 @@ async fn close_early_reinitiates_briefly_and_says_when_the_port_closes() {
         closed
             .field("Azure shows")
             .unwrap_or_default()
-            .contains("22: Initiated"),
+            .contains(&format!("22: open until {full}")),
         "{}",
         closed.text()
     );

@@ -22,9 +22,11 @@ use drawbridge::domain::{
     AccessRequest, AuditAction, GrantState, PortAliases, RequestId, RoleId, UserId,
 };
 use drawbridge::interactions::{ChatSender, Invocation, Member, SendError};
-use drawbridge::sandbox::{Emulator, Estate, RunningEmulator};
+use drawbridge::sandbox::{Emulator, Estate, RunningEmulator, SupersedeModel};
+use drawbridge::sandbox::{Fault, FaultRule, Route};
 use drawbridge::service::Service;
 use drawbridge::service::delivery::Deliverer;
+use drawbridge::service::lifecycle::GrantActionError;
 use drawbridge::service::reconcile::Reconciler;
 use drawbridge::service::scheduler::{LEASE, Scheduler};
 use drawbridge::store::{AuditFilter, Grant, ScheduleKind, Store};
@@ -205,12 +207,17 @@ impl Lab {
 
     /// `/jit ssh <vm> <duration> from:203.0.113.7` by member `n`.
     async fn request(&self, n: u64, vm: &str, duration: &str) -> Grant {
+        self.request_from(n, vm, duration, "203.0.113.7").await
+    }
+
+    /// `/jit ssh <vm> <duration> from:<source>` by member `n`.
+    async fn request_from(&self, n: u64, vm: &str, duration: &str, source: &str) -> Grant {
         let request = AccessRequest::from_options(
             "ssh",
             vm,
             duration,
             None,
-            Some("203.0.113.7"),
+            Some(source),
             &PortAliases::default(),
         )
         .unwrap();
@@ -289,6 +296,43 @@ impl Lab {
             .into_iter()
             .map(|r| r.event.detail)
             .collect()
+    }
+
+    /// Until when Azure (the emulator) shows `vm`'s `port` open for
+    /// `source` now: the latest end of its open requests.
+    async fn azure_open_until(&self, vm: &str, port: u16, source: &str) -> Option<DateTime<Utc>> {
+        let url = format!(
+            "{}/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default?api-version=2020-01-01",
+            self.azure.base_url
+        );
+        let policy: serde_json::Value = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(self.azure.emulator.issue_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let now = self.now();
+        policy["properties"]["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["virtualMachines"].as_array().unwrap().iter())
+            .filter(|v| v["id"].as_str().unwrap().ends_with(&format!("/{vm}")))
+            .flat_map(|v| v["ports"].as_array().unwrap().iter())
+            .filter(|p| p["number"] == port && p["allowedSourceAddressPrefix"] == source)
+            .filter(|p| p["status"] == "Initiated")
+            .map(|p| {
+                p["endTimeUtc"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<DateTime<Utc>>()
+                    .unwrap()
+            })
+            .filter(|end| *end > now)
+            .max()
     }
 
     /// An initiate made straight against the emulator, as the portal would:
@@ -659,7 +703,7 @@ async fn close_early_cancels_the_timers_and_audits_when_the_port_closes() {
     // Assert
     let closes_at = t0() + TimeDelta::minutes(15);
     assert_eq!(closed.grant.state, GrantState::ClosedEarly);
-    assert_eq!(closed.outcome.closes_at(), closes_at);
+    assert_eq!(closed.outcome.closes_at(), Some(closes_at));
     assert!(lab.pending(&id).await.is_empty());
     assert!(lab.dms_for(&id).is_empty(), "no reminder, no expiry notice");
     let audit = lab.audit(AuditAction::AccessClosedEarly).await;
@@ -681,6 +725,221 @@ async fn close_early_cancels_the_timers_and_audits_when_the_port_closes() {
             GrantState::ClosedEarly
         ]
     );
+}
+
+#[tokio::test]
+async fn close_early_never_lengthens_and_reports_the_end_azure_shows() {
+    // Arrange: 10 minutes into a 1 h grant.
+    let lab = Lab::new().await;
+    let grant = lab.request(6, "web-02", "1h").await;
+    lab.clock.set(t0() + TimeDelta::minutes(10));
+
+    // Act
+    lab.service
+        .close_early(&Lab::who(6), grant.request_id.as_str())
+        .await
+        .unwrap();
+
+    // Assert: Azure's old window is revoked, the new one ends in 5 minutes.
+    let azure = lab.azure_open_until("web-02", 22, "203.0.113.7").await;
+    assert_eq!(azure, Some(t0() + TimeDelta::minutes(15)));
+    let stored = lab.store().grant(&grant.request_id).await.unwrap().unwrap();
+    assert_eq!(stored.end_time, azure);
+}
+
+#[tokio::test]
+async fn close_early_with_two_minutes_left_sends_nothing_and_keeps_the_end() {
+    // Arrange: 2 minutes before the end of a 1 h grant.
+    let lab = Lab::new().await;
+    let grant = lab.request(6, "web-02", "1h").await;
+    let end = t0() + TimeDelta::hours(1);
+    lab.clock.set(end - TimeDelta::minutes(2));
+    let initiates = lab.azure.emulator.initiate_calls().len();
+
+    // Act
+    let closed = lab
+        .service
+        .close_early(&Lab::who(6), grant.request_id.as_str())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        lab.azure.emulator.initiate_calls().len(),
+        initiates,
+        "no initiate"
+    );
+    let azure = lab.azure_open_until("web-02", 22, "203.0.113.7").await;
+    assert!(
+        azure.is_some_and(|a| a <= end),
+        "{azure:?} lengthened past {end}"
+    );
+    assert_eq!(closed.outcome.closes_at(), Some(end));
+    assert_eq!(closed.grant.state, GrantState::ClosedEarly);
+    assert_eq!(closed.grant.end_time, Some(end));
+    let text = serde_json::to_string(&drawbridge::service::messages::closed(
+        &closed,
+        &PortAliases::default(),
+    ))
+    .unwrap();
+    assert!(text.contains("nothing was changed in Azure"), "{text}");
+    let audit = lab.audit(AuditAction::AccessClosedEarly).await;
+    assert_eq!(audit[0]["port_closes_at"], "2026-03-02T10:00:00.000000Z");
+}
+
+#[tokio::test]
+async fn close_early_on_a_superseded_grant_sends_nothing_and_says_who_holds_the_port() {
+    // Arrange: someone opens the same port from another address in the portal.
+    let lab = Lab::new().await;
+    let grant = lab.request(8, "web-02", "2h").await;
+    lab.clock.set(t0() + TimeDelta::minutes(5));
+    lab.initiate_outside("web-02", 22, "198.51.100.9", 30).await;
+    lab.clock.set(t0() + TimeDelta::minutes(6));
+    let initiates = lab.azure.emulator.initiate_calls().len();
+
+    // Act
+    let closed = lab
+        .service
+        .close_early(&Lab::who(8), grant.request_id.as_str())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        lab.azure.emulator.initiate_calls().len(),
+        initiates,
+        "no initiate"
+    );
+    assert_eq!(
+        lab.azure_open_until("web-02", 22, "203.0.113.7").await,
+        None
+    );
+    assert_eq!(closed.grant.state, GrantState::Superseded);
+    assert_eq!(closed.outcome.closes_at(), None);
+    let text = serde_json::to_string(&drawbridge::service::messages::closed(
+        &closed,
+        &PortAliases::default(),
+    ))
+    .unwrap();
+    assert!(text.contains("198.51.100.9"), "{text}");
+    assert!(text.contains("Nothing was changed in Azure"), "{text}");
+    assert!(
+        lab.pending(&grant.request_id).await.is_empty(),
+        "timers cancelled"
+    );
+    let ended = lab.audit(AuditAction::AccessEndedInAzure).await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["superseded"], true);
+    assert_eq!(ended[0]["by_source"], "198.51.100.9");
+}
+
+#[tokio::test]
+async fn close_early_on_a_grant_azure_expired_sends_nothing() {
+    // Arrange: the window ended; the scheduler has not run yet.
+    let lab = Lab::new().await;
+    let grant = lab.request(9, "web-02", "1h").await;
+    lab.clock.set(t0() + TimeDelta::minutes(61));
+    let initiates = lab.azure.emulator.initiate_calls().len();
+
+    // Act
+    let closed = lab
+        .service
+        .close_early(&Lab::who(9), grant.request_id.as_str())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        lab.azure.emulator.initiate_calls().len(),
+        initiates,
+        "no initiate"
+    );
+    assert_eq!(
+        lab.azure_open_until("web-02", 22, "203.0.113.7").await,
+        None
+    );
+    assert_eq!(closed.grant.state, GrantState::Ended);
+    assert!(closed.grant.failure.unwrap().contains("Expired"));
+}
+
+/// Extend and Close early pressed at the same instant, 100 times: each time
+/// exactly one reaches Azure and the other says another action is under
+/// way. The winner's initiate is answered slowly, so the two are truly in
+/// flight together (one after the other would rightly reach Azure twice).
+#[tokio::test]
+async fn extend_and_close_early_at_once_reach_azure_once() {
+    // Arrange
+    let lab = Lab::new().await;
+    for n in 0..100 {
+        let grant = lab.request(n, "web-03", "1h").await;
+        let id = grant.request_id.as_str();
+        let before = lab.azure.emulator.initiate_calls().len();
+        lab.azure.emulator.inject(
+            Route::Initiate,
+            FaultRule::next(1, Fault::Latency { millis: 150 }),
+        );
+
+        // Act
+        let who = Lab::who(n);
+        let (extend, close) = tokio::join!(
+            lab.service.extend(&who, id),
+            lab.service.close_early(&who, id)
+        );
+
+        // Assert
+        let reached = lab.azure.emulator.initiate_calls().len() - before;
+        assert_eq!(reached, 1, "round {n}: {extend:?} / {close:?}");
+        let busy = |e: &GrantActionError| {
+            matches!(e, GrantActionError::Busy(_) | GrantActionError::Changed(_))
+        };
+        match (&extend, &close) {
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => assert!(busy(e), "round {n}: {e:?}"),
+            other => panic!("round {n}: exactly one must win: {other:?}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------ read back after every write
+
+/// Under either supersede model Azure may follow, what the bot says about
+/// two members' grants on one VM and port is what the emulator shows.
+#[tokio::test]
+async fn a_second_members_request_is_reported_truthfully_under_both_supersede_models() {
+    for model in [SupersedeModel::AnyOnPort, SupersedeModel::SameSource] {
+        // Arrange: member 1 holds web-01 ssh from one address.
+        let lab = Lab::new().await;
+        lab.azure.emulator.set_supersede_model(model);
+        let first = lab.request_from(1, "web-01", "2h", "203.0.113.7").await;
+        lab.clock.set(t0() + TimeDelta::minutes(2));
+
+        // Act: member 2 asks for the same port from another address.
+        let second = lab.request_from(2, "web-01", "1h", "198.51.100.20").await;
+        lab.deliver().await;
+
+        // Assert
+        let a = lab.store().grant(&first.request_id).await.unwrap().unwrap();
+        let azure_a = lab.azure_open_until("web-01", 22, "203.0.113.7").await;
+        let azure_b = lab.azure_open_until("web-01", 22, "198.51.100.20").await;
+        assert_eq!(azure_b, second.end_time, "{model:?}");
+        match model {
+            SupersedeModel::AnyOnPort => {
+                assert_eq!(azure_a, None);
+                assert_eq!(a.state, GrantState::Superseded);
+                assert!(lab.pending(&first.request_id).await.is_empty());
+                let dms = lab.dms_for(&first.request_id);
+                assert_eq!(dms.len(), 1, "member 1 is told at once");
+                assert!(dms[0].text().contains("198.51.100.20"), "{}", dms[0].text());
+                let ended = lab.audit(AuditAction::AccessEndedInAzure).await;
+                assert_eq!(ended.len(), 1);
+                assert_eq!(ended[0]["request_id"], first.request_id.as_str());
+            }
+            SupersedeModel::SameSource => {
+                assert_eq!(azure_a, first.end_time);
+                assert_eq!(a.state, GrantState::Active);
+                assert!(lab.dms_for(&first.request_id).is_empty());
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------ reconciliation
@@ -754,23 +1013,19 @@ async fn a_grant_superseded_in_azure_is_closed_in_our_records() {
     assert_eq!((outcome.opened_outside, outcome.closed), (1, 1));
     assert_eq!((again.opened_outside, again.closed), (0, 0));
     let stored = lab.store().grant(&id).await.unwrap().unwrap();
-    assert_eq!(stored.state, GrantState::Expired);
+    assert_eq!(stored.state, GrantState::Superseded);
     assert!(lab.pending(&id).await.is_empty(), "timers cancelled");
     let dms = lab.dms_for(&id);
     assert_eq!(dms.len(), 1, "the engineer is told, and only that");
     assert!(
-        dms[0].text().contains("newer JIT request"),
+        dms[0].text().contains("newer request") && dms[0].text().contains("198.51.100.9"),
         "{}",
         dms[0].text()
     );
-    let expired = lab.audit(AuditAction::AccessExpired).await;
-    assert_eq!(expired.len(), 1);
-    assert!(
-        expired[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("NewerRequestInitiated")
-    );
+    let ended = lab.audit(AuditAction::AccessEndedInAzure).await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["reason"], "NewerRequestInitiated");
+    assert!(lab.audit(AuditAction::AccessExpired).await.is_empty());
     assert!(lab.audit(AuditAction::ReminderSent).await.is_empty());
     assert!(lab.store().verify_audit().await.unwrap().is_intact());
 }

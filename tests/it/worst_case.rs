@@ -16,11 +16,11 @@ use drawbridge::config::{Settings, Sources};
 use drawbridge::discord::{DiscordSender, builders, discord_http};
 use drawbridge::domain::mapping::MappingName;
 use drawbridge::domain::{
-    AccessDuration, AuditAction, AuditEvent, CloseOutcome, Denial, GrantState, Outcome,
-    PortAliases, PortSpec, PortState, Reason, RequestId, SourcePrefix, UserId,
+    AccessDuration, AuditAction, AuditEvent, Denial, GrantState, Outcome, PortAliases, PortSpec,
+    PortTruth, PortView, Reason, RequestId, SourcePrefix, UserId,
 };
 use drawbridge::interactions::ChatSender as _;
-use drawbridge::service::lifecycle::{Closed, GrantActionError};
+use drawbridge::service::lifecycle::{CloseOutcome, Closed, GrantActionError};
 use drawbridge::service::messages;
 use drawbridge::service::request::RequestError;
 use drawbridge::store::{AuditRecord, Grant};
@@ -109,6 +109,9 @@ fn every_message() -> Vec<(String, ChatMessage)> {
         GrantState::ClosedEarly,
         GrantState::Expired,
         GrantState::Failed,
+        GrantState::Extending,
+        GrantState::Superseded,
+        GrantState::Ended,
     ] {
         all.push((
             format!("grant card, {state}"),
@@ -116,6 +119,10 @@ fn every_message() -> Vec<(String, ChatMessage)> {
         ));
     }
     let grant = worst_grant(GrantState::Active);
+    let ended = Grant {
+        failure: Some(words(3000)),
+        ..worst_grant(GrantState::Superseded)
+    };
     let many_grants: Vec<Grant> = (0..50).map(|_| grant.clone()).collect();
     all.push((
         "status, 50 grants".into(),
@@ -131,24 +138,33 @@ fn every_message() -> Vec<(String, ChatMessage)> {
     ));
     all.push((
         "ended by Azure".into(),
-        messages::ended_by_azure(&grant, &words(3000), &aliases),
+        messages::ended_by_azure(&ended, &aliases),
     ));
     let closed = Closed {
         grant: grant.clone(),
-        outcome: CloseOutcome {
+        outcome: CloseOutcome::Shortened {
             requested_end: at(),
-            ports: (0..25)
-                .map(|i| PortState {
-                    number: 65535 - i,
-                    status: Some(words(300)),
-                    end_time_utc: Some(at()),
-                })
-                .collect(),
+            ports: (0..25).map(|i| (65535 - i, Some(at()))).collect(),
         },
     };
     all.push((
         "closed early, 25 ports".into(),
         messages::closed(&closed, &aliases),
+    ));
+    let already = Closed {
+        grant: ended.clone(),
+        outcome: CloseOutcome::NotOpen {
+            ports: (0..25)
+                .map(|i| PortTruth {
+                    number: 65535 - i,
+                    view: PortView::Ended { reason: words(300) },
+                })
+                .collect(),
+        },
+    };
+    all.push((
+        "close early on a grant Azure ended".into(),
+        messages::closed(&already, &aliases),
     ));
     all.push(("audit line".into(), messages::audit(&worst_audit_record())));
     let candidates: Vec<String> = (0..60)

@@ -88,6 +88,16 @@ pub fn audit_line(event: &AuditEvent) -> String {
             d.time("ends").map(|t| format!(" {t}")).unwrap_or_default()
         ),
         AuditAction::AccessExpired => expired(&d, target),
+        AuditAction::AccessEndedInAzure => format!(
+            "Azure shows {}'s access to {target} ended ({}){}",
+            d.text("owner")
+                .map(|o| format!("<@{o}>"))
+                .unwrap_or_else(|| "the owner".into()),
+            d.or("reason", "?"),
+            d.text("by_source")
+                .map(|s| format!(", replaced by a request from {s}"))
+                .unwrap_or_default(),
+        ),
         AuditAction::OpenedOutsideDrawbridge => format!(
             "{} opened port {} on {target} from {} outside Drawbridge{}",
             d.or("requestor", "someone"),

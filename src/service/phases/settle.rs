@@ -9,12 +9,11 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::domain::audit::format_time;
-use crate::domain::{
-    AccessDuration, AuditAction, AuditEvent, CloseOutcome, GrantEvent, Outcome, RequestId,
-};
+use crate::domain::port_truth::{self, PortTruth};
+use crate::domain::{AccessDuration, AuditAction, AuditEvent, GrantEvent, Outcome, RequestId};
 use crate::interactions::Invocation;
 use crate::service::jit_port::{Initiated, JitError};
-use crate::service::lifecycle::{Closed, GrantActionError};
+use crate::service::lifecycle::{CloseOutcome, Closed, GrantActionError};
 use crate::service::request::RequestError;
 use crate::service::{Service, actor};
 use crate::store::{Grant, ScheduleKind, StoreError, StoreTx};
@@ -135,9 +134,9 @@ impl Service {
         Ok(updated)
     }
 
-    /// Settles Close early: `closed_early` at the time Azure shows, or
-    /// back to open when Azure could not be asked (`Err` holds the
-    /// member's sentence).
+    /// Settles Close early: `closed_early` at the time Azure shows;
+    /// `superseded` or `ended` when Azure had already ended it; back to open
+    /// when Azure could not be asked (`Err` holds the member's sentence).
     ///
     /// # Errors
     /// [`GrantActionError`] with Azure's reason when it did not close.
@@ -162,33 +161,59 @@ impl Service {
                 return Err(RequestError::Azure { message }.into());
             }
         };
-        let closes_at = outcome.closes_at();
-        let event = GrantEvent::Closed { end: closes_at };
-        let updated = tx.transition_grant(id, &event, now).await?;
-        tx.cancel_schedule(id, TIMERS, now).await?;
-        let azure_status: Vec<_> = outcome
-            .ports
-            .iter()
-            .map(|p| json!({"port": p.number, "status": p.status}))
-            .collect();
-        let audit = AuditEvent::new(
-            now,
-            actor(who.member.user_id),
-            AuditAction::AccessClosedEarly,
-            &grant.vm_name,
-            Outcome::Success,
-        );
-        tx.append_audit(&audit.with_detail(json!({
-            "request_id": id.as_str(),
-            "port_closes_at": format_time(closes_at),
-            "azure_status": azure_status,
-        })))
-        .await?;
+        let by = actor(who.member.user_id);
+        let updated = match &outcome {
+            CloseOutcome::NotOpen { ports } => {
+                self.record_ended_in_azure(&mut tx, grant, ports, &by, now)
+                    .await?
+            }
+            _ => record_closed(&mut tx, grant, &outcome, &by, now).await?,
+        };
         tx.commit().await?;
         Ok(Closed {
             grant: updated,
             outcome,
         })
+    }
+
+    /// Records that Azure shows `grant` ended (`ports` say how): its state,
+    /// its reason, its timers cancelled and the audit event, in `tx`.
+    pub(crate) async fn record_ended_in_azure(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        ports: &[PortTruth],
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, StoreError> {
+        let id = &grant.request_id;
+        let ended = port_truth::ended(ports, grant.end_time.unwrap_or(now).min(now));
+        let event = GrantEvent::EndedInAzure {
+            superseded: ended.superseded,
+            at: ended.at,
+        };
+        let mut updated = tx.transition_grant(id, &event, now).await?;
+        tx.set_grant_failure(id, &ended.sentence).await?;
+        updated.failure = Some(ended.sentence.clone());
+        tx.cancel_schedule(id, TIMERS, now).await?;
+        let audit = AuditEvent::new(
+            now,
+            by,
+            AuditAction::AccessEndedInAzure,
+            &grant.vm_name,
+            Outcome::Info,
+        );
+        tx.append_audit(&audit.with_detail(json!({
+            "request_id": id.as_str(),
+            "owner": grant.user_id.to_string(),
+            "superseded": ended.superseded,
+            "reason": ended.reason,
+            "ended_at": format_time(ended.at),
+            "by_requestor": ended.by.as_ref().and_then(|b| b.requestor.clone()),
+            "by_source": ended.by.as_ref().map(|b| b.source.clone()),
+        })))
+        .await?;
+        Ok(updated)
     }
 
     /// Schedules the reminders that are still ahead and the expiry at `end`.
@@ -211,4 +236,49 @@ impl Service {
         tx.schedule(id, ScheduleKind::Expiry, end).await?;
         Ok(())
     }
+}
+
+/// Records Close early as Azure read back: `closed_early` when the port
+/// closes, the timers cancelled and the audit event, in `tx`.
+async fn record_closed(
+    tx: &mut StoreTx,
+    grant: &Grant,
+    outcome: &CloseOutcome,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Grant, StoreError> {
+    let id = &grant.request_id;
+    let closes_at = outcome.closes_at().unwrap_or(now);
+    let updated = tx
+        .transition_grant(id, &GrantEvent::Closed { end: closes_at }, now)
+        .await?;
+    tx.cancel_schedule(id, TIMERS, now).await?;
+    let (requested_end, azure) = match outcome {
+        CloseOutcome::Shortened {
+            requested_end,
+            ports,
+        } => {
+            let azure: Vec<_> = ports
+                .iter()
+                .map(|(n, until)| json!({"port": n, "open_until": until.map(format_time)}))
+                .collect();
+            (Some(format_time(*requested_end)), azure)
+        }
+        _ => (None, Vec::new()),
+    };
+    let audit = AuditEvent::new(
+        now,
+        by,
+        AuditAction::AccessClosedEarly,
+        &grant.vm_name,
+        Outcome::Success,
+    );
+    tx.append_audit(&audit.with_detail(json!({
+        "request_id": id.as_str(),
+        "port_closes_at": format_time(closes_at),
+        "requested_end": requested_end,
+        "azure": azure,
+    })))
+    .await?;
+    Ok(updated)
 }

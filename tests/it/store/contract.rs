@@ -661,6 +661,9 @@ pub async fn transitions_follow_the_state_machine_and_record_each_change(b: &imp
     assert_eq!(active.end_time, Some(end));
 
     let mut tx = db.store.begin().await.unwrap();
+    tx.transition_grant(&id, &GrantEvent::ExtendRequested, t0() + Duration::hours(1))
+        .await
+        .unwrap();
     let extended = tx
         .transition_grant(
             &id,
@@ -701,6 +704,11 @@ pub async fn transitions_follow_the_state_machine_and_record_each_change(b: &imp
             ),
             (
                 GrantState::Active,
+                GrantState::Extending,
+                "extend requested".to_string()
+            ),
+            (
+                GrantState::Extending,
                 GrantState::Extended,
                 "extended".to_string()
             ),

@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 9] = [
+const APPLIED: [(&str, &str); 11] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -46,6 +46,14 @@ const APPLIED: [(&str, &str); 9] = [
         "c1a1e1fef6aabac1cc41f8f102c97e0130add259225ad7a178d5b433839d865d2d9f29ec3c6ddb07bde20b85e2c69f33",
     ),
     (
+        "0020_grant_states_superseded_ended.sql",
+        "1844ea21ad422d62a001edd1859f1a158a362e0a1f51089a2c9145dbbfd5c16ad781bb4e28ddd88598db21454767fb2e",
+    ),
+    (
+        "0021_grant_state_extending.sql",
+        "7d212faa2e095fe032e4c96b6a97c0b04cba47468e198a051b8d259afe575a9a489605bc85ca927f7f3add769cdffc65",
+    ),
+    (
         "0035_interactions_seen.sql",
         "d826d554b9fa4354a601fb1ed2d80ad047d0696ad375e245e2d15117bf9c859aa71c2a8490513da3826b8434324a8014",
     ),
@@ -67,7 +75,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     let store = Store::connect(&empty.url).await.unwrap();
     let applied = store.migrate().await.unwrap();
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-    assert_eq!(versions, (1..=8).chain([35]).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=8).chain([20, 21, 35]).collect::<Vec<i64>>());
     assert_eq!(applied[2].description, "grants");
     assert_eq!(applied[7].description, "state and kind tables");
     assert!(store.migrate().await.unwrap().is_empty());
@@ -179,7 +187,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 35]
+        [8, 20, 21, 35]
     );
 
     let id = RequestId::parse("req-old").unwrap();

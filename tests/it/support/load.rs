@@ -130,6 +130,9 @@ pub struct LoadReport {
     pub drain: Duration,
     /// Audit events the store holds for the load.
     pub audit_events: usize,
+    /// Of which grants Azure showed ended by a later member's request
+    /// (several members on one VM and port).
+    pub ended_in_azure: usize,
     /// Audit messages posted (accepted) for the load.
     pub audit_messages: usize,
     /// Peak resident set of this process (`VmHWM`), KiB: harness, fakes,
@@ -627,6 +630,10 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
         token_requests: emu.token_requests() - base_tokens,
         drain,
         audit_events: records.len(),
+        ended_in_azure: records
+            .iter()
+            .filter(|r| r.event.action == drawbridge::domain::AuditAction::AccessEndedInAzure)
+            .count(),
         audit_messages: messages.len(),
         peak_rss_kib: peak_rss_kib(),
         warmup_acks,

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::jit_port::{JitError, OpenRequest};
 use super::phases::{Ask, ResolveVmError, ResolvedVm, decide};
 use super::request::{RequestError, justification};
+use super::truth::Acting;
 use super::{Service, actor};
 use crate::domain::authorize;
 use crate::domain::port_truth::{self, HeldWindow, PortTruth, PortView};
@@ -226,7 +227,7 @@ impl Service {
         let extended = self
             .settle_extended(who, &grant, window, &initiated, now)
             .await?;
-        self.read_back(&target.vm, &grant.request_id).await;
+        self.read_back(&target.vm, &Acting::of(&grant)).await;
         Ok(extended)
     }
 
@@ -302,7 +303,7 @@ impl Service {
             justification: justification(who, &grant.request_id, Some("close early")),
         };
         let sent = self.jit().initiate(vm, &open).await;
-        let after = self.read_back(vm, &grant.request_id).await.ok_or(());
+        let after = self.read_back(vm, &Acting::of(grant)).await.ok_or(());
         let closes = |read: &[JitRequestRecord]| -> Vec<(u16, Option<DateTime<Utc>>)> {
             grant
                 .ports

@@ -12,7 +12,7 @@ use super::request::RequestError;
 use crate::chat::{
     Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, time_full, time_relative,
 };
-use crate::domain::{AuditAction, GrantState, Outcome, PortAliases};
+use crate::domain::{AuditAction, GrantState, Outcome, PortAliases, UserId};
 use crate::store::{AuditRecord, Grant};
 
 const CONNECTIONS_NOTE: &str = "Connections already established are not cut when the port closes.";
@@ -250,6 +250,29 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
             )
             .description(text)
             .footer(format!("Request {}", grant.request_id)),
+        ),
+        buttons: Vec::new(),
+    }
+}
+
+/// The DM to a member whose grant another member's request ended (Azure
+/// keeps one window per port).
+pub fn displaced(
+    grant: &Grant,
+    by: UserId,
+    at: DateTime<Utc>,
+    aliases: &PortAliases,
+) -> ChatMessage {
+    let what = format!("{} {}", grant.vm_name, grant.ports.describe(aliases));
+    ChatMessage {
+        content: Some(format!("<@{}>", grant.user_id)),
+        card: Some(
+            Card::new(format!("Superseded: {what}"), Tone::Warning)
+                .description(format!(
+                    "Your access to {what} was ended by <@{by}>'s request at {}: Azure keeps one window per port. Ask again with /jit if you still need it. {CONNECTIONS_NOTE}",
+                    time_full(at)
+                ))
+                .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
     }

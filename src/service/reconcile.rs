@@ -111,7 +111,7 @@ impl Reconciler {
         let open = store.open_grants().await?;
         outcome.closed = self
             .service
-            .settle_from_azure(&requests, &open, now)
+            .settle_from_azure(&requests, &open, now, None)
             .await?;
         let mut tx = store.begin().await?;
         tx.forget_azure_requests(now - FORGET_AFTER).await?;

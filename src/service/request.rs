@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::phases::persist::request_detail;
 use super::phases::{Admitted, Ask, Asking, Refusal, ResolveVmError, ResolvedVm, decide};
+use super::truth::Acting;
 use super::{Service, actor};
 use crate::domain::authorize;
 use crate::domain::{
@@ -150,9 +151,10 @@ impl Service {
         };
         let end = asking.now + request.duration.to_chrono();
         let why = justification(who, &id, request.reason.as_ref().map(|r| r.as_str()));
+        let acting = Acting::of(&grant);
         let outcome = self.initiate(&admitted.target.vm, &grant, end, why).await;
         let settled = self.settle_opened(who, grant, outcome).await;
-        self.read_back(&admitted.target.vm, &id).await;
+        self.read_back(&admitted.target.vm, &acting).await;
         settled
     }
 

@@ -18,10 +18,29 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
-use super::{Service, delivery, messages};
+use super::{Service, actor, delivery, messages};
 use crate::domain::port_truth::{self, HeldWindow, PortTruth, PortView};
-use crate::domain::{GrantState, IndexedVm, JitRequestRecord, RequestId};
+use crate::domain::{GrantState, IndexedVm, JitRequestRecord, RequestId, UserId};
 use crate::store::{Grant, StoreError};
+
+/// The grant whose write to Azure is being read back: a grant it
+/// supersedes was ended by this grant's member.
+#[derive(Debug, Clone)]
+pub struct Acting {
+    pub request_id: RequestId,
+    pub user_id: UserId,
+    pub source: String,
+}
+
+impl Acting {
+    pub fn of(grant: &Grant) -> Self {
+        Self {
+            request_id: grant.request_id.clone(),
+            user_id: grant.user_id,
+            source: grant.source.to_string(),
+        }
+    }
+}
 
 /// A grant this close to its own end is left to the scheduler's expiry.
 pub const END_SLACK: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
@@ -33,21 +52,26 @@ impl Service {
     pub(crate) async fn read_back(
         &self,
         vm: &IndexedVm,
-        acting: &RequestId,
+        acting: &Acting,
     ) -> Option<Vec<JitRequestRecord>> {
         let read_at = self.clock().now();
         let records = self.read_requests(vm).await.ok()?;
         let others: Vec<Grant> = match self.store().open_grants().await {
             Ok(open) => open
                 .into_iter()
-                .filter(|g| &g.request_id != acting && g.vm_id.eq_ignore_ascii_case(&vm.vm_id))
+                .filter(|g| {
+                    g.request_id != acting.request_id && g.vm_id.eq_ignore_ascii_case(&vm.vm_id)
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!(error.message = %e, "listing open grants for the read-back failed");
                 return Some(records);
             }
         };
-        match self.settle_from_azure(&records, &others, read_at).await {
+        match self
+            .settle_from_azure(&records, &others, read_at, Some(acting))
+            .await
+        {
             Ok(n) if n > 0 => self.wake_after(()),
             Ok(_) => {}
             Err(e) => tracing::warn!(error.message = %e, "settling grants from Azure failed"),
@@ -55,8 +79,9 @@ impl Service {
         Some(records)
     }
 
-    /// Settles each of `grants` from `records` read at `read_at`. Returns
-    /// how many Azure showed ended.
+    /// Settles each of `grants` from `records` read at `read_at`, after
+    /// `acting`'s write if the bot made one. Returns how many Azure showed
+    /// ended.
     ///
     /// # Errors
     /// If the store fails (what was settled before stays).
@@ -65,11 +90,12 @@ impl Service {
         records: &[JitRequestRecord],
         grants: &[Grant],
         read_at: DateTime<Utc>,
+        acting: Option<&Acting>,
     ) -> Result<usize, StoreError> {
         let mut ended = 0;
         for grant in grants {
             if let Some(truth) = ended_in_azure(records, grant, read_at)
-                && self.end_from_azure(grant, &truth, read_at).await?
+                && self.end_from_azure(grant, &truth, read_at, acting).await?
             {
                 ended += 1;
             }
@@ -84,6 +110,7 @@ impl Service {
         grant: &Grant,
         truth: &[PortTruth],
         now: DateTime<Utc>,
+        acting: Option<&Acting>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.store().begin().await?;
         let current = tx.grant(&grant.request_id).await?;
@@ -95,10 +122,16 @@ impl Service {
             tx.rollback().await?;
             return Ok(false);
         }
+        let by = acting.filter(|a| displaced(truth, grant, a));
+        let actor_text = by.map_or_else(|| "system".to_owned(), |a| actor(a.user_id));
         let ended = self
-            .record_ended_in_azure(&mut tx, grant, truth, "system", now)
+            .record_ended_in_azure(&mut tx, grant, truth, &actor_text, now)
             .await?;
-        let message = messages::ended_by_azure(&ended, &self.config().aliases);
+        let aliases = &self.config().aliases;
+        let message = match by {
+            Some(a) => messages::displaced(&ended, a.user_id, now, aliases),
+            None => messages::ended_by_azure(&ended, aliases),
+        };
         tx.enqueue(delivery::dm_to_owner(
             &ended,
             &message,
@@ -142,6 +175,16 @@ fn ended_in_azure(
         .any(|p| matches!(p.view, PortView::Ended { .. }));
     let near_end = grant.end_time? <= read_at + END_SLACK;
     (!open && (superseded || (ended && !near_end))).then_some(truth)
+}
+
+/// Whether `acting`'s request (another member's) is the newer one that
+/// superseded `grant`.
+fn displaced(truth: &[PortTruth], grant: &Grant, acting: &Acting) -> bool {
+    acting.user_id != grant.user_id
+        && truth.iter().any(|p| {
+            matches!(&p.view, PortView::Superseded { by: Some(h) }
+                if h.source.eq_ignore_ascii_case(&acting.source))
+        })
 }
 
 /// The outbox key of the "Azure ended it" notice: one per grant.

@@ -928,10 +928,25 @@ async fn a_second_members_request_is_reported_truthfully_under_both_supersede_mo
                 assert!(lab.pending(&first.request_id).await.is_empty());
                 let dms = lab.dms_for(&first.request_id);
                 assert_eq!(dms.len(), 1, "member 1 is told at once");
-                assert!(dms[0].text().contains("198.51.100.20"), "{}", dms[0].text());
-                let ended = lab.audit(AuditAction::AccessEndedInAzure).await;
+                assert!(
+                    dms[0].text().contains("was ended by <@600002>'s request"),
+                    "{}",
+                    dms[0].text()
+                );
+                let ended = lab
+                    .store()
+                    .audit_events(&AuditFilter {
+                        action: Some(AuditAction::AccessEndedInAzure),
+                        ..AuditFilter::default()
+                    })
+                    .await
+                    .unwrap();
                 assert_eq!(ended.len(), 1);
-                assert_eq!(ended[0]["request_id"], first.request_id.as_str());
+                let e = &ended[0].event;
+                assert_eq!(e.actor, "discord:600002", "who displaced");
+                assert_eq!(e.detail["owner"], "600001", "whom");
+                assert_eq!(e.detail["request_id"], first.request_id.as_str());
+                assert_eq!(e.detail["by_source"], "198.51.100.20");
             }
             SupersedeModel::SameSource => {
                 assert_eq!(azure_a, first.end_time);

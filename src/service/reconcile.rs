@@ -16,10 +16,11 @@
 //!    is settled as after every write of the bot ([`super::truth`]):
 //!    `superseded` or `ended`, audited, timers cancelled, the engineer told.
 //!
-//! Our requests are recognised by their justification, `Drawbridge request
-//! <id> …` ([`super::request::justification`]), and only when that id is a
-//! grant in our store for one of the request's VMs: anyone can type that text
-//! in the portal, so the text alone proves nothing.
+//! Our requests are recognised by identity ([`made_for`]): the justification,
+//! `Drawbridge request <id> …` ([`super::request::justification`]), only
+//! finds the grant; the request counts as ours when Azure's `requestor` is
+//! our own identity and it matches the grant's VM, ports, source and time.
+//! Anyone can type that text in the portal, and request ids are public.
 //!
 //! # ARM traffic
 //!
@@ -136,12 +137,7 @@ impl Reconciler {
         }
         Ok(grants[&id]
             .as_ref()
-            .filter(|g| {
-                request
-                    .vms
-                    .iter()
-                    .any(|vm| vm.vm_id.eq_ignore_ascii_case(&g.vm_id))
-            })
+            .filter(|g| made_for(request, g))
             .map(|g| g.request_id.clone()))
     }
 
@@ -241,6 +237,40 @@ fn outside_event(request: &JitRequestRecord, open: bool, now: DateTime<Utc>) -> 
         "policy": request.policy_id,
         "vm_ids": request.vms.iter().map(|vm| vm.vm_id.as_str()).collect::<Vec<_>>(),
     }))
+}
+
+/// How much earlier than the grant a request of it may start by Azure's
+/// clock (the two clocks differ a little).
+const CLOCK_SLACK: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Whether `request` is one Drawbridge made for `grant`: by our own
+/// identity (the `requestor` Azure recorded on the grant's initiate), for
+/// the grant's VM, only its ports, from its source, and not before it was
+/// asked for. The justification only found the grant: request ids are
+/// public (grant cards, the audit channel), so its text proves nothing.
+pub fn made_for(request: &JitRequestRecord, grant: &Grant) -> bool {
+    let ours = grant
+        .azure_detail
+        .as_ref()
+        .and_then(|d| d.get("requestor"))
+        .and_then(|r| r.as_str());
+    let by_us = matches!((ours, request.requestor.as_deref()),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+    let in_time = request
+        .start
+        .is_some_and(|s| s >= grant.requested_at - CLOCK_SLACK);
+    let numbers = grant.ports.numbers();
+    let source = grant.source.to_string();
+    let same_window = request.vms.iter().any(|vm| {
+        vm.vm_id.eq_ignore_ascii_case(&grant.vm_id)
+            && !vm.ports.is_empty()
+            && vm.ports.iter().all(|p| {
+                numbers.contains(&p.number)
+                    && p.sources.len() == 1
+                    && p.sources[0].eq_ignore_ascii_case(&source)
+            })
+    });
+    by_us && in_time && same_window
 }
 
 /// The request id a justification names, if it looks like one of ours.

@@ -356,6 +356,26 @@ pub async fn initiate_direct(
     now: DateTime<Utc>,
     minutes: i64,
 ) {
+    initiate_direct_saying(
+        azure,
+        url,
+        (vm, port, source),
+        now,
+        minutes,
+        "hotfix from the portal",
+    )
+    .await;
+}
+
+/// [`initiate_direct`] with the given justification.
+async fn initiate_direct_saying(
+    azure: &RunningEmulator,
+    url: &str,
+    (vm, port, source): (&str, u16, &str),
+    now: DateTime<Utc>,
+    minutes: i64,
+    justification: &str,
+) {
     let vm_id = format!(
         "/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/{vm}"
     );
@@ -365,7 +385,7 @@ pub async fn initiate_direct(
             "endTimeUtc": (now + TimeDelta::minutes(minutes)).to_rfc3339(),
             "allowedSourceAddressPrefix": source,
         }]}],
-        "justification": "hotfix from the portal",
+        "justification": justification,
     });
     let response = reqwest::Client::new()
         .post(url)
@@ -1005,6 +1025,54 @@ async fn a_request_made_outside_is_reported_once_even_across_restarts() {
         .filter(|s| s.audit_title() == Some("Opened outside Drawbridge"))
         .collect();
     assert_eq!(posted.len(), 1);
+}
+
+/// Request ids are public: a portal initiate whose justification copies a
+/// real grant's text, on that grant's VM, is still flagged.
+#[tokio::test]
+async fn a_portal_request_naming_a_real_request_id_is_flagged_as_outside() {
+    // Arrange
+    let lab = Lab::new().await;
+    let grant = lab.request(7, "web-01", "1h").await;
+    lab.azure.emulator.set_principal_name("barbara@contoso.com");
+    let url = format!(
+        "{}/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default/initiate?api-version=2020-01-01",
+        lab.azure.base_url
+    );
+    let copied = format!(
+        "Drawbridge request {} by Discord user eng7 (600007)",
+        grant.request_id
+    );
+    initiate_direct_saying(
+        &lab.azure,
+        &url,
+        ("web-01", 22, "198.51.100.4"),
+        lab.now(),
+        30,
+        &copied,
+    )
+    .await;
+    lab.clock.set(t0() + TimeDelta::minutes(1));
+
+    // Act
+    let outcome = Reconciler::new(lab.service.clone())
+        .tick(lab.now())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(outcome.opened_outside, 1);
+    let events = lab
+        .store()
+        .audit_events(&AuditFilter {
+            action: Some(AuditAction::OpenedOutsideDrawbridge),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event.actor, "azure:barbara@contoso.com");
+    assert_eq!(events[0].event.detail["ports"], "22");
 }
 
 #[tokio::test]

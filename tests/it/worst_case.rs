@@ -140,6 +140,15 @@ fn every_message() -> Vec<(String, ChatMessage)> {
         "ended by Azure".into(),
         messages::ended_by_azure(&ended, &aliases),
     ));
+    all.push((
+        "displaced by another member".into(),
+        messages::displaced(
+            &ended,
+            UserId::parse("999999999999999999").unwrap(),
+            at(),
+            &aliases,
+        ),
+    ));
     let closed = Closed {
         grant: grant.clone(),
         outcome: CloseOutcome::Shortened {

@@ -98,6 +98,9 @@ impl std::fmt::Debug for Emulator {
 
 struct Inner {
     clock: SharedClock,
+    /// Azure's clock minus the given clock, in milliseconds: Azure's clock
+    /// and the bot's are never quite the same.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
     state: Mutex<State>,
     /// Cancelled when the server shuts down, so hung calls end and graceful
     /// shutdown does not wait on them.
@@ -227,6 +230,7 @@ impl Emulator {
         Self {
             inner: Arc::new(Inner {
                 clock,
+                clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
                 state: Mutex::new(state),
                 hang_release: Mutex::new(CancellationToken::new()),
             }),
@@ -493,7 +497,20 @@ impl Emulator {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
+        let offset = self
+            .inner
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.inner.clock.now() + chrono::Duration::milliseconds(offset)
+    }
+
+    /// Runs the emulator's clock `offset` from the one it was given
+    /// (negative: Azure is behind the bot).
+    pub fn set_clock_offset(&self, offset: chrono::Duration) {
+        self.inner.clock_offset_ms.store(
+            offset.num_milliseconds(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

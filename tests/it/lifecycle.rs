@@ -919,6 +919,33 @@ async fn extend_and_close_early_at_once_reach_azure_once() {
     }
 }
 
+/// Azure's clock 2 minutes behind the bot's: a request for exactly the
+/// policy maximum (3 h) still opens, ending a little under it.
+#[tokio::test]
+async fn the_policy_maximum_works_with_the_bots_clock_two_minutes_ahead() {
+    // Arrange
+    let lab = Lab::new().await;
+    lab.azure.emulator.set_clock_offset(TimeDelta::minutes(-2));
+
+    // Act
+    let grant = lab.request(3, "web-02", "3h").await;
+
+    // Assert
+    let end = grant.end_time.unwrap();
+    assert!(
+        end <= t0() + TimeDelta::hours(3) - TimeDelta::minutes(2),
+        "{end}"
+    );
+    assert!(
+        end >= t0() + TimeDelta::hours(3) - TimeDelta::minutes(3),
+        "{end}"
+    );
+    assert_eq!(
+        lab.azure_open_until("web-02", 22, "203.0.113.7").await,
+        Some(end)
+    );
+}
+
 // ------------------------------------------------------------ read back after every write
 
 /// Under either supersede model Azure may follow, what the bot says about

@@ -210,6 +210,20 @@ impl Sources {
             env: None,
         }
     }
+
+    /// No file, and these variables in place of the process environment.
+    #[cfg(test)]
+    pub(crate) fn env_only(pairs: &[(&str, &str)]) -> Self {
+        Self {
+            file: None,
+            env: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        }
+    }
 }
 
 impl Settings {
@@ -424,15 +438,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
-        Sources {
-            file: None,
-            env: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<HashMap<_, _>>(),
-            ),
-        }
+        Sources::env_only(pairs)
     }
 
     #[test]

@@ -153,20 +153,10 @@ fn leaves(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
-        Sources {
-            file: None,
-            env: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<HashMap<_, _>>(),
-            ),
-        }
+        Sources::env_only(pairs)
     }
 
     #[test]

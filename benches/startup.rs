@@ -86,6 +86,7 @@ fn mappings(n: usize) -> Vec<RoleMapping> {
         ports: vec!["ssh".into()],
         max_duration: "3h".into(),
         sources: None,
+        allow_broad_sources: false,
         default_source: None,
         require_reason: false,
         approver_role: None,

@@ -32,7 +32,7 @@ use crate::azure::{
 use crate::clock::SharedClock;
 use crate::config::{DiscordMode, Settings};
 use crate::domain::{AuditAction, AuditEvent, Outcome};
-use crate::interactions::{ChatSender, InteractionHandler};
+use crate::interactions::{ChatSender, InteractionHandler, MemberDirectory};
 use crate::service::audit_watch::AuditWatch;
 use crate::service::bot::Bot;
 use crate::service::delivery::Deliverer;
@@ -102,6 +102,7 @@ impl App {
                 aliases: settings.ports.clone(),
                 reminders_before: settings.reminders.before.clone(),
                 admin_roles: settings.discord.admin_role_ids.clone(),
+                home_guild: settings.discord.guild_id.map(|g| g.get()),
             },
         )
         .await
@@ -126,9 +127,16 @@ impl App {
         ))
     }
 
-    /// The interaction handler over the use cases.
+    /// The interaction handler over the use cases, without a member
+    /// directory: a button pressed in a DM acts with no roles.
     pub fn handler(&self) -> Arc<dyn InteractionHandler> {
         Arc::new(Bot::new(self.service.clone()))
+    }
+
+    /// The interaction handler, reading the roles of a member who presses
+    /// a button in a DM from `members`.
+    pub fn handler_with(&self, members: Arc<dyn MemberDirectory>) -> Arc<dyn InteractionHandler> {
+        Arc::new(Bot::new(self.service.clone()).with_members(members))
     }
 
     /// Starts the scheduler, the outbox delivering through `sender`, the
@@ -362,7 +370,13 @@ impl Server {
         let workers = app.start_workers(sender);
         app.watch_audit(&workers).await;
         app.audit_started().await;
-        let handler = app.handler();
+        let handler = match discord.guild_id {
+            Some(guild) => app.handler_with(Arc::new(crate::discord::GuildMembers::new(
+                Arc::clone(&http),
+                guild,
+            ))),
+            None => app.handler(),
+        };
         let status = crate::discord::GatewayStatus::new();
         let transport = match interactions {
             Some(_) => crate::ops::Transport::Endpoint,

@@ -105,6 +105,14 @@ impl ButtonAction {
         }
     }
 
+    /// `extend` or `close`, for logs and the audit log.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Extend(_) => "extend",
+            Self::CloseEarly(_) => "close",
+        }
+    }
+
     /// Reads a custom id back; `None` for anything else.
     pub fn parse(custom_id: &str) -> Option<Self> {
         let (verb, id) = custom_id.split_once(':')?;

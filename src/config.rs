@@ -96,8 +96,12 @@ pub struct DiscordSettings {
     /// The bot token (secret).
     pub token: Option<SecretString>,
     pub application_id: Option<Snowflake>,
-    /// Register commands to this guild when set, else globally.
+    /// The one guild Drawbridge serves: commands are registered there, and
+    /// interactions from anywhere else are refused.
     pub guild_id: Option<Snowflake>,
+    /// Register the commands globally (every guild the bot is in, never in
+    /// DMs) instead: an explicit opt-in, for when `guild_id` is not set.
+    pub register_globally: bool,
     /// Discord's base URL; tests point it at a fake.
     pub base_url: Url,
     /// Gateway or HTTP interactions.
@@ -336,6 +340,12 @@ impl Settings {
             "discord.application_id",
             self.discord.application_id.is_none(),
             "the application id is missing",
+        );
+        need(
+            "discord.guild_id",
+            self.discord.guild_id.is_none() && !self.discord.register_globally,
+            "the guild is missing: commands are registered to it and interactions from anywhere else are refused \
+             (set discord.register_globally = true only to register in every guild on purpose)",
         );
         need(
             "discord.audit_channel_id",

@@ -16,6 +16,8 @@
 //! - [`builders`]: `ChatMessage` to serenity builders, within Discord's limits.
 //! - [`sender`]: [`DiscordSender`], the [`ChatSender`](crate::interactions::ChatSender)
 //!   for channel messages and DMs, paced by [`ratelimit`].
+//! - [`members`]: [`GuildMembers`], the home guild's members over REST, for
+//!   buttons pressed in a DM.
 //! - [`gateway`]: [`run_gateway`], the websocket mode.
 //! - [`endpoint`]: [`interactions_router`], the HTTP interactions mode.
 //!
@@ -31,6 +33,7 @@ mod dispatch;
 pub mod endpoint;
 mod errors;
 pub mod gateway;
+pub mod members;
 pub mod ratelimit;
 pub mod sender;
 
@@ -45,6 +48,7 @@ use crate::config::DiscordSettings;
 
 pub use endpoint::interactions_router;
 pub use gateway::{GatewayStatus, run_gateway};
+pub use members::GuildMembers;
 pub use sender::DiscordSender;
 
 /// A serenity [`Http`] aimed at `discord.base_url`, with the application id

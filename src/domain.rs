@@ -14,6 +14,7 @@ pub mod grant;
 pub mod ids;
 pub mod jit_policy;
 pub mod mapping;
+pub mod place;
 pub mod policy_check;
 pub mod port;
 pub mod port_truth;

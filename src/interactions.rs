@@ -100,6 +100,20 @@ pub trait InteractionHandler: Send + Sync + 'static {
     async fn button(&self, who: &Invocation, action: &ButtonAction) -> ChatMessage;
 }
 
+/// Why the directory could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the member directory did not answer: {0}")]
+pub struct DirectoryError(pub String);
+
+/// The home guild's members as they are now, for interactions that carry
+/// no roles: a button pressed in a DM (a reminder's Extend).
+#[async_trait]
+pub trait MemberDirectory: Send + Sync + 'static {
+    /// The member's role ids in the home guild now; `Ok(None)` when they
+    /// are not a member (any more).
+    async fn roles_of(&self, user: UserId) -> Result<Option<Vec<RoleId>>, DirectoryError>;
+}
+
 /// Why a send failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {

@@ -46,6 +46,7 @@ pub mod lifecycle;
 pub mod messages;
 pub mod phases;
 pub mod reconcile;
+pub mod refusals;
 pub mod request;
 pub mod scheduler;
 pub mod truth;
@@ -69,6 +70,9 @@ pub struct ServiceConfig {
     pub reminders_before: Vec<Duration>,
     /// Who may use `/jit-admin`.
     pub admin_roles: Vec<RoleId>,
+    /// The guild Drawbridge serves (`discord.guild_id`); `None` only when
+    /// commands are registered globally on purpose.
+    pub home_guild: Option<u64>,
 }
 
 /// The use cases; cheap to clone.

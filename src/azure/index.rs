@@ -369,8 +369,10 @@ impl fmt::Debug for SharedVmIndex {
     }
 }
 
-/// Default floor between refreshes caused by misses.
-pub const DEFAULT_MISS_FLOOR: TimeDelta = TimeDelta::seconds(30);
+/// Default floor between refreshes caused by misses: one index for the
+/// whole bot, so however many members type unknown names, Azure is re-listed
+/// at most once a minute.
+pub const DEFAULT_MISS_FLOOR: TimeDelta = TimeDelta::seconds(60);
 
 impl SharedVmIndex {
     /// An empty index; misses refresh at most once per `miss_floor`.

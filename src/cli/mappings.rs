@@ -60,9 +60,12 @@ pub struct MappingArgs {
     /// The longest window, such as 4h.
     #[arg(long)]
     pub max_duration: String,
-    /// `any`, or addresses and CIDRs, comma-separated (default: any address but not `*`).
+    /// Addresses and CIDRs, comma-separated (default: single addresses only).
     #[arg(long, value_delimiter = ',')]
     pub sources: Option<Vec<String>>,
+    /// Let --sources hold `any` or networks shorter than /16 (IPv4) or /32 (IPv6).
+    #[arg(long)]
+    pub allow_broad_sources: bool,
     /// The source used when a member gives none.
     #[arg(long)]
     pub default_source: Option<String>,
@@ -142,6 +145,7 @@ async fn add(
         ports: vec![args.ports],
         max_duration: args.max_duration,
         sources: args.sources,
+        allow_broad_sources: args.allow_broad_sources,
         default_source: args.default_source,
         require_reason: args.require_reason,
         approver_role: args

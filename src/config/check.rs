@@ -202,6 +202,13 @@ fn discord(c: &mut Checker<'_>, d: RawDiscord) -> DiscordSettings {
         token: secret(c, "discord.token", d.token, d.token_file),
         application_id: c.opt("discord.application_id", &d.application_id, parse_snowflake),
         guild_id: c.opt("discord.guild_id", &d.guild_id, parse_snowflake),
+        register_globally: c
+            .opt(
+                "discord.register_globally",
+                &d.register_globally.as_ref().map(RawScalar::text),
+                parse_flag,
+            )
+            .unwrap_or(false),
         base_url: c
             .opt("discord.base_url", &d.base_url, parse_url)
             .unwrap_or_else(|| Url::parse("https://discord.com").expect("valid literal")),

@@ -26,6 +26,7 @@ pub(super) struct RawDiscord {
     pub(super) token_file: Option<String>,
     pub(super) application_id: Option<String>,
     pub(super) guild_id: Option<String>,
+    pub(super) register_globally: Option<RawScalar>,
     pub(super) base_url: Option<String>,
     pub(super) mode: Option<String>,
     pub(super) public_key: Option<String>,

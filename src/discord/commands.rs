@@ -5,7 +5,8 @@
 
 use anyhow::Context as _;
 use serenity::all::{
-    Command, CommandOptionType, CreateCommand, CreateCommandOption, GuildId, Permissions,
+    Command, CommandOptionType, CreateCommand, CreateCommandOption, GuildId, InteractionContext,
+    Permissions,
 };
 use serenity::http::Http;
 
@@ -114,7 +115,12 @@ fn jit_admin() -> CreateCommand {
                 required(string("max_duration", "The longest window, e.g. 4h")),
                 string(
                     "sources",
-                    "Allowed source CIDRs, comma-separated (default: any)",
+                    "Allowed source networks, comma-separated (default: single addresses only)",
+                ),
+                CreateCommandOption::new(
+                    CommandOptionType::Boolean,
+                    "allow_broad_sources",
+                    "Let sources hold any, or networks shorter than /16 (IPv4) or /32 (IPv6)",
                 ),
                 string(
                     "default_source",
@@ -175,22 +181,33 @@ fn jit_admin() -> CreateCommand {
         ))
 }
 
-/// Registers [`definitions`] with one bulk overwrite: to `discord.guild_id`
-/// when set (instant), else globally.
+/// Registers [`definitions`] with one bulk overwrite to `discord.guild_id`,
+/// so the commands exist only there; globally (in guilds only, never in
+/// DMs) only when `discord.register_globally` asks for it.
 ///
 /// # Errors
 ///
-/// When Discord refuses the registration (the message names no token).
+/// When neither is configured, or Discord refuses the registration (the
+/// message names no token).
 pub async fn register(http: &Http, settings: &DiscordSettings) -> anyhow::Result<()> {
     let commands = definitions();
-    let result = match settings.guild_id {
-        Some(guild) => GuildId::new(guild.get())
+    let result = match (settings.guild_id, settings.register_globally) {
+        (Some(guild), _) => GuildId::new(guild.get())
             .set_commands(http, commands)
             .await
             .map(|_| ()),
-        None => Command::set_global_commands(http, commands)
-            .await
-            .map(|_| ()),
+        (None, true) => {
+            let in_guilds = commands
+                .into_iter()
+                .map(|c| c.contexts(vec![InteractionContext::Guild]))
+                .collect();
+            Command::set_global_commands(http, in_guilds)
+                .await
+                .map(|_| ())
+        }
+        (None, false) => anyhow::bail!(
+            "discord.guild_id is not set: set it, or discord.register_globally = true to register in every guild"
+        ),
     };
     result
         .map_err(|e| anyhow::anyhow!(super::errors::describe(&e)))

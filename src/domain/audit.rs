@@ -50,6 +50,10 @@ pub enum AuditAction {
     PolicyEnabled,
     /// A member saved a source IP.
     SourceSaved,
+    /// Something a member tried was refused before it reached a request:
+    /// invalid input, a source that may not be saved, another member's
+    /// button, an admin command without the admin role, another guild.
+    ActionRefused,
     /// The bot started.
     BotStarted,
     /// The bot stopped.
@@ -101,6 +105,7 @@ impl AuditAction {
             Self::MappingsImported => "mappings_imported",
             Self::PolicyEnabled => "policy_enabled",
             Self::SourceSaved => "source_saved",
+            Self::ActionRefused => "action_refused",
             Self::BotStarted => "bot_started",
             Self::BotStopped => "bot_stopped",
             Self::AuditChainBroken => "audit_chain_broken",

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::duration::AccessDuration;
 use super::ids::RoleId;
-use super::mapping::{MappingName, RoleMapping};
+use super::mapping::{MappingName, RoleMapping, SourcePolicy};
 use super::port::{Port, PortSpec};
 use super::request::Reason;
 use super::source::SourcePrefix;
@@ -67,7 +67,8 @@ pub enum Denial {
     SourceNotAllowed {
         /// What was asked for.
         source: SourcePrefix,
-        /// The ranges the fitting mappings allow.
+        /// What the fitting mappings allow, in words, never naming `*` or a
+        /// broad network.
         allowed: Vec<String>,
     },
     /// A fitting mapping needs a reason and none was given.
@@ -113,10 +114,16 @@ impl fmt::Display for Denial {
             Self::DurationOverMax { max } => {
                 write!(f, "the duration is over your maximum of {max} for this VM")
             }
+            Self::SourceNotAllowed { source, allowed } if allowed.is_empty() => {
+                write!(
+                    f,
+                    "source {source} is not allowed for your roles on this VM"
+                )
+            }
             Self::SourceNotAllowed { source, allowed } => write!(
                 f,
-                "source {source} is outside the allowed ranges ({})",
-                allowed.join(", ")
+                "source {source} is not allowed for your roles on this VM: give {}",
+                allowed.join(", or ")
             ),
             Self::ReasonRequired => {
                 f.write_str("a reason is required for this VM: add reason:\"…\"")
@@ -230,7 +237,11 @@ pub fn authorize(mappings: &[RoleMapping], query: &AccessQuery<'_>) -> Decision 
         .filter(|m| query.source.is_none_or(|s| m.sources.allows(s)))
         .collect();
     if let (true, Some(source)) = (source_ok.is_empty(), query.source) {
-        let mut allowed: Vec<String> = duration_ok.iter().flat_map(|m| m.sources.items()).collect();
+        let mut allowed: Vec<String> = duration_ok
+            .iter()
+            .filter_map(|m| m.sources.hint())
+            .collect();
+        allowed.sort();
         allowed.dedup();
         return Decision::Deny(Denial::SourceNotAllowed {
             source: *source,
@@ -255,11 +266,32 @@ pub fn authorize(mappings: &[RoleMapping], query: &AccessQuery<'_>) -> Decision 
     }
 }
 
+/// Whether any mapping applies to `roles` at all: a member for whom none
+/// does is refused before any VM is looked up.
+pub fn has_any_mapping(mappings: &[RoleMapping], roles: &[RoleId]) -> bool {
+    mappings.iter().any(|m| m.applies_to(roles))
+}
+
 /// Whether any mapping of `roles` covers `vm` (for autocomplete and listings).
 pub fn may_request_vm(mappings: &[RoleMapping], roles: &[RoleId], vm: &VmIdentity) -> bool {
     mappings
         .iter()
         .any(|m| m.applies_to(roles) && m.vms.matches(vm))
+}
+
+/// Whether a member may save `source` as the one their requests use by
+/// default: a single address, or a network inside one a mapping of theirs
+/// writes out; never `*` or a broad network, whatever the mappings allow.
+pub fn may_save_source(mappings: &[RoleMapping], roles: &[RoleId], source: &SourcePrefix) -> bool {
+    if source.is_broad() {
+        return false;
+    }
+    source.is_single_address()
+        || mappings.iter().any(|m| {
+            m.applies_to(roles)
+                && matches!(m.sources, SourcePolicy::Within(_))
+                && m.sources.allows(source)
+        })
 }
 
 /// The mappings of `roles` that cover `vm`.
@@ -311,6 +343,7 @@ vms = "*"
 ports = ["*"]
 max_duration = "8h"
 sources = ["any"]
+allow_broad_sources = true
 "#;
 
     fn vm(rg: &str, name: &str) -> VmIdentity {
@@ -440,17 +473,33 @@ sources = ["any"]
                 decide(&[100], &web, "ssh", "1h", "198.51.100.1", None),
                 Denial::SourceNotAllowed {
                     source: SourcePrefix::parse("198.51.100.1").unwrap(),
-                    allowed: vec!["203.0.113.0/24".into()],
+                    allowed: vec!["a source within 203.0.113.0/24".into()],
                 },
-                "outside the allowed ranges (203.0.113.0/24)",
+                "not allowed for your roles on this VM: give a source within 203.0.113.0/24",
             ),
             (
                 decide(&[100], &web, "8443", "1h", "*", None),
                 Denial::SourceNotAllowed {
                     source: SourcePrefix::Any,
-                    allowed: vec!["0.0.0.0/0".into(), "::/0".into()],
+                    allowed: vec!["a single address such as 203.0.113.7".into()],
                 },
-                "source * is outside",
+                "source * is not allowed for your roles on this VM: give a single address",
+            ),
+            (
+                decide(&[100], &web, "8443", "1h", "0.0.0.0/0", None),
+                Denial::SourceNotAllowed {
+                    source: SourcePrefix::parse("0.0.0.0/0").unwrap(),
+                    allowed: vec!["a single address such as 203.0.113.7".into()],
+                },
+                "source 0.0.0.0/0 is not allowed",
+            ),
+            (
+                decide(&[100], &web, "8443", "1h", "198.51.100.0/24", None),
+                Denial::SourceNotAllowed {
+                    source: SourcePrefix::parse("198.51.100.0/24").unwrap(),
+                    allowed: vec!["a single address such as 203.0.113.7".into()],
+                },
+                "give a single address",
             ),
             (
                 decide(&[200], &db, "ssh", "1h", ip, None),
@@ -464,6 +513,25 @@ sources = ["any"]
                 want.to_string().contains(text),
                 "{want} should contain {text}"
             );
+        }
+    }
+
+    #[test]
+    fn only_single_addresses_and_written_out_networks_may_be_saved() {
+        let mappings = MappingFile::parse(MAPPINGS, &PortAliases::default()).unwrap();
+        let may = |roles: &[u64], src: &str| {
+            let roles: Vec<RoleId> = roles
+                .iter()
+                .map(|r| RoleId::parse(&r.to_string()).unwrap())
+                .collect();
+            may_save_source(&mappings, &roles, &SourcePrefix::parse(src).unwrap())
+        };
+        assert!(may(&[], "198.51.100.1"));
+        assert!(may(&[100], "203.0.113.0/25"));
+        assert!(!may(&[200], "203.0.113.0/25"));
+        // ops-any allows `*` on requests, yet nothing broad is ever saved.
+        for broad in ["*", "0.0.0.0/0", "::/0", "10.0.0.0/8"] {
+            assert!(!may(&[100, 300], broad), "{broad}");
         }
     }
 

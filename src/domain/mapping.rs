@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::duration::AccessDuration;
 use super::ids::RoleId;
 use super::port::{PortAliases, PortSpec};
-use super::source::SourcePrefix;
+use super::source::{SourcePrefix, is_broad_net};
 use super::vm::{ResourceGroupName, SubscriptionId, VmIdentity, VmRef};
 
 /// Why a mapping was refused.
@@ -148,6 +148,25 @@ impl VmSelector {
             .map_err(|e| e.to_string())
     }
 
+    /// Whether a VM called `name` could be covered, judged by its name
+    /// alone: `false` for subscription and resource-group selectors, which
+    /// need the VM's place to tell.
+    pub fn may_match_name(&self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Subscription(_) | Self::ResourceGroup(..) => false,
+            Self::Glob(pattern) => pattern.matches_with(
+                name,
+                glob::MatchOptions {
+                    case_sensitive: false,
+                    require_literal_separator: false,
+                    require_literal_leading_dot: false,
+                },
+            ),
+            Self::Exact(r) => r.name.matches(name),
+        }
+    }
+
     /// Whether `vm` is covered.
     pub fn matches(&self, vm: &VmIdentity) -> bool {
         match self {
@@ -223,23 +242,19 @@ impl fmt::Display for PortSelector {
     }
 }
 
-/// Where a mapping's grants may be opened from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a mapping's grants may be opened from. Without a list, only
+/// single addresses: a network is opened only when a mapping writes out one
+/// that contains it, and `*` or a broad network (see
+/// [`SourcePrefix::is_broad`]) only with `allow_broad_sources`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SourcePolicy {
+    /// Any one address (`/32`, `/128`), never a network.
+    #[default]
+    SingleAddress,
     /// Anything, including Azure's `*` (open to every address).
     Any,
     /// Addresses and networks inside these ranges; never `*`.
     Within(Vec<IpNet>),
-}
-
-impl Default for SourcePolicy {
-    /// Any single address or network, but not `*`.
-    fn default() -> Self {
-        Self::Within(vec![
-            "0.0.0.0/0".parse().expect("valid literal"),
-            "::/0".parse().expect("valid literal"),
-        ])
-    }
 }
 
 impl SourcePolicy {
@@ -253,7 +268,7 @@ impl SourcePolicy {
             }
         }
         if nets.is_empty() {
-            return Err("no source range given: use any, or addresses and CIDRs".into());
+            return Err("no source range given: use addresses and CIDRs".into());
         }
         Ok(Self::Within(nets))
     }
@@ -261,23 +276,55 @@ impl SourcePolicy {
     /// Whether `source` is allowed.
     pub fn allows(&self, source: &SourcePrefix) -> bool {
         match self {
+            Self::SingleAddress => source.is_single_address(),
             Self::Any => true,
             Self::Within(nets) => nets.iter().any(|n| source.within(n)),
         }
     }
 
-    /// The items, as [`SourcePolicy::parse`] reads them.
+    /// Whether it reaches `*` or a broad network.
+    pub fn is_broad(&self) -> bool {
+        match self {
+            Self::SingleAddress => false,
+            Self::Any => true,
+            Self::Within(nets) => nets.iter().any(is_broad_net),
+        }
+    }
+
+    /// The items, as [`SourcePolicy::parse`] reads them; none for
+    /// [`SourcePolicy::SingleAddress`], which is written by leaving the list out.
     pub fn items(&self) -> Vec<String> {
         match self {
+            Self::SingleAddress => Vec::new(),
             Self::Any => vec!["any".into()],
             Self::Within(nets) => nets.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// What a member may give, in words, for a refusal: never `*` or a
+    /// broad network, so no message suggests one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::SingleAddress => Some("a single address such as 203.0.113.7".into()),
+            Self::Any => None,
+            Self::Within(nets) => {
+                let narrow: Vec<String> = nets
+                    .iter()
+                    .filter(|n| !is_broad_net(n))
+                    .map(ToString::to_string)
+                    .collect();
+                (!narrow.is_empty()).then(|| format!("a source within {}", narrow.join(", ")))
+            }
         }
     }
 }
 
 impl fmt::Display for SourcePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.items().join(", "))
+        match self {
+            Self::SingleAddress => f.write_str("single addresses"),
+            _ => f.write_str(&self.items().join(", ")),
+        }
     }
 }
 
@@ -296,6 +343,9 @@ pub struct RoleMapping {
     pub max_duration: AccessDuration,
     /// Where from.
     pub sources: SourcePolicy,
+    /// Whether `sources` may be `*` or broad networks: set on purpose, and
+    /// shown loudly wherever mappings are listed.
+    pub allow_broad_sources: bool,
     /// The source used when the member gives none and has none saved.
     pub default_source: Option<SourcePrefix>,
     /// Whether a reason must be given.
@@ -319,9 +369,13 @@ pub struct MappingSpec {
     pub ports: Vec<String>,
     /// Longest window, e.g. `4h`.
     pub max_duration: String,
-    /// `any`, or addresses and CIDRs; omitted means any address but not `*`.
+    /// Addresses and CIDRs (or `any`); omitted means single addresses only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<String>>,
+    /// Lets `sources` hold `any` or networks shorter than /16 (IPv4) or
+    /// /32 (IPv6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_broad_sources: bool,
     /// Source used when the member gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_source: Option<String>,
@@ -359,6 +413,15 @@ impl MappingSpec {
             Some(items) => SourcePolicy::parse(items.iter().map(String::as_str))
                 .map_err(|m| field("sources", m))?,
         };
+        if sources.is_broad() && !self.allow_broad_sources {
+            return Err(field(
+                "sources",
+                format!(
+                    "{sources} reaches too many addresses (any, or a network shorter than /16 for IPv4 or /32 for IPv6): \
+                     list narrower networks, or set allow_broad_sources = true if that is meant"
+                ),
+            ));
+        }
         let default_source = self
             .default_source
             .as_deref()
@@ -380,6 +443,7 @@ impl MappingSpec {
             ports,
             max_duration,
             sources,
+            allow_broad_sources: self.allow_broad_sources,
             default_source,
             require_reason: self.require_reason,
             approver_role: self.approver_role,
@@ -397,19 +461,24 @@ impl RoleMapping {
             ports: vec![self.ports.to_string()],
             max_duration: self.max_duration.to_string(),
             sources: match &self.sources {
-                s if *s == SourcePolicy::default() => None,
+                SourcePolicy::SingleAddress => None,
                 s => Some(s.items()),
             },
+            allow_broad_sources: self.allow_broad_sources,
             default_source: self.default_source.map(|s| s.to_string()),
             require_reason: self.require_reason,
             approver_role: self.approver_role,
         }
     }
 
-    /// What it allows, in words: `VMs web-*, ports 22, up to 4h, from any`.
+    /// What it allows, in words: `VMs web-*, ports 22, up to 4h, from
+    /// single addresses`, with a loud warning when it reaches broad sources.
     pub fn describe(&self) -> String {
         format!(
-            "VMs {}, ports {}, up to {}, from {}{}",
+            "{}VMs {}, ports {}, up to {}, from {}{}",
+            self.broad_warning()
+                .map(|w| format!("{w}: "))
+                .unwrap_or_default(),
             self.vms,
             self.ports,
             self.max_duration,
@@ -420,6 +489,14 @@ impl RoleMapping {
                 ""
             }
         )
+    }
+
+    /// `⚠ BROAD SOURCES (…)` when the mapping may open ports to `*` or a
+    /// broad network.
+    pub fn broad_warning(&self) -> Option<String> {
+        self.sources
+            .is_broad()
+            .then(|| format!("⚠ BROAD SOURCES ({})", self.sources))
     }
 
     /// Whether any of `roles` is covered. This runs once per mapping on
@@ -529,6 +606,7 @@ vms = "*"
 ports = ["*"]
 max_duration = "PT8H"
 sources = ["any"]
+allow_broad_sources = true
 "#;
         let aliases = PortAliases::default();
         let mappings = MappingFile::parse(text, &aliases).unwrap();
@@ -552,7 +630,11 @@ sources = ["any"]
         };
         let cases = [
             (base("sources = [\"nowhere\"]"), "mapping `m`, sources:"),
-            (base("default_source = \"8.8.8.8\"\nsources = [\"10.0.0.0/8\"]"), "outside the mapping's sources"),
+            (base("sources = [\"any\"]"), "allow_broad_sources = true"),
+            (base("sources = [\"0.0.0.0/0\"]"), "allow_broad_sources = true"),
+            (base("sources = [\"2001:db8::/31\"]"), "allow_broad_sources = true"),
+            (base("default_source = \"203.0.113.0/24\""), "outside the mapping's sources"),
+            (base("default_source = \"8.8.8.8\"\nsources = [\"10.1.0.0/16\"]"), "outside the mapping's sources"),
             (base("colour = \"red\""), "unknown field"),
             ("[[mapping]]\nname = \"Bad Name\"\nroles=[\"1\"]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"2h\"".to_string(), "not a valid mapping name"),
             ("[[mapping]]\nname = \"m\"\nroles=[]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"2h\"".to_string(), "names no role"),

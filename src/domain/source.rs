@@ -5,6 +5,19 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// IPv4 networks with a prefix shorter than this are broad.
+pub const BROAD_V4_BELOW: u8 = 16;
+/// IPv6 networks with a prefix shorter than this are broad.
+pub const BROAD_V6_BELOW: u8 = 32;
+
+/// Whether `net` is shorter than `/16` (IPv4) or `/32` (IPv6).
+pub fn is_broad_net(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.prefix_len() < BROAD_V4_BELOW,
+        IpNet::V6(v6) => v6.prefix_len() < BROAD_V6_BELOW,
+    }
+}
+
 /// Why a source was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
@@ -61,6 +74,21 @@ impl SourcePrefix {
             });
         }
         Ok(Self::Net(net))
+    }
+
+    /// Whether this is one address (`/32`, `/128`) rather than a network or `*`.
+    pub fn is_single_address(&self) -> bool {
+        matches!(self, Self::Net(net) if net.prefix_len() == net.max_prefix_len())
+    }
+
+    /// Whether this is `*` or a network shorter than [`BROAD_V4_BELOW`]
+    /// (IPv4) or [`BROAD_V6_BELOW`] (IPv6): a range only a mapping with
+    /// `allow_broad_sources` may open to.
+    pub fn is_broad(&self) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Net(net) => is_broad_net(net),
+        }
     }
 
     /// Whether this range lies within `outer`.
@@ -154,5 +182,28 @@ mod tests {
                 .within(&office)
         );
         assert!(!SourcePrefix::Any.within(&"0.0.0.0/0".parse().unwrap()));
+    }
+
+    #[test]
+    fn broad_means_star_or_shorter_than_16_or_32() {
+        let broad = |s: &str| SourcePrefix::parse(s).unwrap().is_broad();
+        for wide in ["*", "0.0.0.0/0", "::/0", "10.0.0.0/15", "2001:db8::/31"] {
+            assert!(broad(wide), "{wide}");
+        }
+        for narrow in ["10.0.0.0/16", "203.0.113.7", "2001:db8::/32", "2001:db8::1"] {
+            assert!(!broad(narrow), "{narrow}");
+        }
+        assert!(
+            SourcePrefix::parse("203.0.113.7/32")
+                .unwrap()
+                .is_single_address()
+        );
+        assert!(SourcePrefix::parse("::1").unwrap().is_single_address());
+        assert!(
+            !SourcePrefix::parse("203.0.113.0/31")
+                .unwrap()
+                .is_single_address()
+        );
+        assert!(!SourcePrefix::Any.is_single_address());
     }
 }

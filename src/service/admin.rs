@@ -40,6 +40,18 @@ pub enum AdminError {
     Unexpected(#[from] anyhow::Error),
 }
 
+impl AdminError {
+    /// The audit log's code, and whether it is a failure rather than a refusal.
+    pub fn audit_code(&self) -> (&'static str, bool) {
+        match self {
+            Self::NotAdmin => ("not_admin", false),
+            Self::Invalid(_) => ("invalid_input", false),
+            Self::Azure(_) => ("azure_failed", true),
+            Self::Unexpected(_) => (super::refusals::INTERNAL, true),
+        }
+    }
+}
+
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         Self::Unexpected(e.into())

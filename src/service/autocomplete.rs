@@ -1,5 +1,7 @@
 //! Autocomplete for `/jit`: answered from memory (the VM index and the
-//! mappings), never by calling Azure.
+//! mappings), never by calling Azure. It shows only what the member's
+//! mappings reach: a VM outside them gets the same answer as a VM that does
+//! not exist, so autocomplete cannot be used to find out which VMs exist.
 
 //!
 //! A VM choice's value is the VM's [`VmKey`], not its name: Discord limits
@@ -103,7 +105,7 @@ impl Service {
             .iter()
             .filter(|m| m.applies_to(roles) && m.vms.matches(&identity))
             .collect();
-        Some((vm, fitting))
+        (!fitting.is_empty()).then_some((vm, fitting))
     }
 
     /// Ports of the chosen VM's policy that the member's mappings allow, by
@@ -112,6 +114,9 @@ impl Service {
         let mappings = self.mappings();
         let aliases = &self.config().aliases;
         let Some((vm, fitting)) = self.fitting(&mappings, roles, vm_text) else {
+            if !authorize::has_any_mapping(&mappings, roles) {
+                return Vec::new();
+            }
             return ["ssh", "rdp", "winrm"]
                 .iter()
                 .filter(|n| n.starts_with(&partial.trim().to_ascii_lowercase()))
@@ -189,7 +194,12 @@ impl Service {
                 };
                 mapping_max.min(u32::try_from(policy_max).unwrap_or(u32::MAX))
             }
-            None => AccessDuration::max().minutes(),
+            None => mappings
+                .iter()
+                .filter(|m| m.applies_to(roles))
+                .map(|m| m.max_duration.minutes())
+                .max()
+                .unwrap_or(0),
         };
         let partial = partial.trim().to_ascii_lowercase();
         let mut steps: Vec<u32> = DURATION_STEPS

@@ -9,27 +9,71 @@
 mod admin;
 mod member;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
+use super::refusals::Refused;
 use super::{Service, messages};
 use crate::chat::{ButtonAction, Card, ChatMessage, Tone};
+use crate::domain::place::{self, Interaction};
 use crate::interactions::{
-    AutocompleteQuery, Choice, InteractionHandler, Invocation, SlashCommand,
+    AutocompleteQuery, Choice, InteractionHandler, Invocation, MemberDirectory, SlashCommand,
 };
 
+/// What a member sees when their roles could not be read for a DM button.
+const ROLES_UNREADABLE: &str = "Drawbridge could not read your roles in the server just now. Try again in a moment, or use the button in the server.";
+
 /// Implements [`InteractionHandler`] over the [`Service`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bot {
     service: Service,
+    /// Where a DM button's roles come from; without it, it has none.
+    members: Option<Arc<dyn MemberDirectory>>,
+}
+
+impl std::fmt::Debug for Bot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bot").finish_non_exhaustive()
+    }
 }
 
 impl Bot {
     pub fn new(service: Service) -> Self {
-        Self { service }
+        Self {
+            service,
+            members: None,
+        }
+    }
+
+    /// Reads the roles of members who press a button in a DM from `members`.
+    #[must_use]
+    pub fn with_members(mut self, members: Arc<dyn MemberDirectory>) -> Self {
+        self.members = Some(members);
+        self
     }
 
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// `who` with their current roles in the home guild when they pressed
+    /// a button in a DM, which carries none; as is otherwise.
+    async fn with_current_roles(&self, who: &Invocation) -> Result<Invocation, ChatMessage> {
+        let mut who = who.clone();
+        let (None, Some(members)) = (who.guild_id, &self.members) else {
+            return Ok(who);
+        };
+        match members.roles_of(who.member.user_id).await {
+            Ok(roles) => {
+                who.member.roles = roles.unwrap_or_default();
+                Ok(who)
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "reading a DM button's roles failed");
+                Err(notice("Try again", Tone::Error, ROLES_UNREADABLE))
+            }
+        }
     }
 }
 
@@ -41,6 +85,12 @@ fn notice(title: &str, tone: Tone, text: impl Into<String>) -> ChatMessage {
 impl InteractionHandler for Bot {
     async fn command(&self, who: &Invocation, command: &SlashCommand) -> ChatMessage {
         let s = &self.service;
+        if let Err(refusal) = s
+            .check_place(who, Interaction::Command, &command.name)
+            .await
+        {
+            return notice("Not here", Tone::Denied, refusal.to_string());
+        }
         let picked;
         let command = match command.option("vm").map(|vm| s.vm_option(vm)) {
             Some(Err(stale)) => {
@@ -69,6 +119,9 @@ impl InteractionHandler for Bot {
 
     async fn autocomplete(&self, who: &Invocation, query: &AutocompleteQuery) -> Vec<Choice> {
         let s = &self.service;
+        if place::check_place(s.config().home_guild, who.guild_id, Interaction::Command).is_err() {
+            return Vec::new();
+        }
         let roles = &who.member.roles;
         let opt = |n: &str| query.options.get(n).map(String::as_str).unwrap_or_default();
         match (query.command.as_str(), query.focused.as_str()) {
@@ -85,15 +138,35 @@ impl InteractionHandler for Bot {
     async fn button(&self, who: &Invocation, action: &ButtonAction) -> ChatMessage {
         let s = &self.service;
         let aliases = &s.config().aliases;
-        let message = match action {
-            ButtonAction::Extend(id) => match s.extend(who, id).await {
-                Ok(grant) => messages::grant(&grant, aliases),
-                Err(e) => messages::action_error(&e, &who.id),
-            },
-            ButtonAction::CloseEarly(id) => match s.close_early(who, id).await {
-                Ok(closed) => messages::closed(&closed, aliases),
-                Err(e) => messages::action_error(&e, &who.id),
-            },
+        if let Err(refusal) = s.check_place(who, Interaction::Button, action.verb()).await {
+            return notice("Not here", Tone::Denied, refusal.to_string());
+        }
+        let who = &match self.with_current_roles(who).await {
+            Ok(who) => who,
+            Err(message) => return message,
+        };
+        let (id, outcome) = match action {
+            ButtonAction::Extend(id) => (
+                id,
+                s.extend(who, id)
+                    .await
+                    .map(|grant| messages::grant(&grant, aliases)),
+            ),
+            ButtonAction::CloseEarly(id) => (
+                id,
+                s.close_early(who, id)
+                    .await
+                    .map(|closed| messages::closed(&closed, aliases)),
+            ),
+        };
+        let message = match outcome {
+            Ok(message) => message,
+            Err(e) => {
+                let reason = e.to_string();
+                let refused = Refused::new(action.verb(), id, e.audit_code(), &reason);
+                s.audit_refusal(who, refused).await;
+                messages::action_error(&e, &who.id)
+            }
         };
         s.wake_after(message)
     }

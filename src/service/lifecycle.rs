@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::jit_port::{JitError, OpenRequest};
 use super::phases::{Ask, ResolveVmError, ResolvedVm, decide};
+use super::refusals::Refused;
 use super::request::{RequestError, justification};
 use super::truth::Acting;
 use super::{Service, actor};
@@ -44,6 +45,32 @@ pub enum GrantActionError {
     /// The request failed (as for a new request).
     #[error(transparent)]
     Request(#[from] RequestError),
+}
+
+/// Why `/jit-ip` saved nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveSourceError {
+    /// Not a single address, nor inside a network a mapping writes out.
+    #[error(
+        "{0} is not a single address: save the one address you connect from, such as 203.0.113.7"
+    )]
+    NotAllowed(SourcePrefix),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl GrantActionError {
+    /// The audit log's code and whether it is a failure rather than a refusal.
+    pub fn audit_code(&self) -> (&'static str, bool) {
+        match self {
+            Self::NotFound => ("not_found", false),
+            Self::NotOwner => ("not_owner", false),
+            Self::NotOpen(_) => ("not_open", false),
+            Self::Busy(_) => ("busy", false),
+            Self::Changed(_) => ("changed", false),
+            Self::Request(e) => e.code(),
+        }
+    }
 }
 
 impl From<StoreError> for GrantActionError {
@@ -375,15 +402,27 @@ impl Service {
         self.store().saved_source(who.member.user_id).await
     }
 
-    /// Saves the member's source address.
+    /// Saves the member's source address: a single address, or a network
+    /// inside one a mapping of theirs writes out (see
+    /// [`authorize::may_save_source`]).
     ///
     /// # Errors
-    /// If the store fails.
+    /// [`SaveSourceError::NotAllowed`], audited, or the store failing.
     pub async fn save_source(
         &self,
         who: &Invocation,
         source: SourcePrefix,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SaveSourceError> {
+        if !authorize::may_save_source(&self.mappings(), &who.member.roles, &source) {
+            let refusal = SaveSourceError::NotAllowed(source);
+            let (target, reason) = (source.to_string(), refusal.to_string());
+            self.audit_refusal(
+                who,
+                Refused::denied("jit-ip", &target, "source_not_allowed", &reason),
+            )
+            .await;
+            return Err(refusal);
+        }
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         tx.save_source(who.member.user_id, &source, now).await?;
@@ -398,7 +437,7 @@ impl Service {
             .with_detail(json!({"source": source.to_string()})),
         )
         .await?;
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 }
 

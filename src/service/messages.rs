@@ -115,7 +115,7 @@ pub fn request_error(error: &RequestError, reference: &str) -> ChatMessage {
             "{name} exists but has no JIT policy, so its ports cannot be opened. An admin can enable it with /jit-admin enable."
         )),
         RequestError::VmNotFound { name, .. } => Card::new("VM not found", Tone::Denied).description(format!(
-            "No VM named {name} is under JIT in the subscriptions Drawbridge serves. Check the name (autocomplete lists the VMs you may request), or ask an admin to /jit-admin enable it."
+            "No VM named {name} that your roles may request is under JIT. Check the name (autocomplete lists the VMs you may request), or ask an admin."
         )),
         RequestError::VmAmbiguous { candidates } => Card::new("Which VM?", Tone::Denied).description(format!(
             "Several VMs have that name: {}. Give the resource group, as in {}.",
@@ -328,6 +328,7 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::MappingsImported => "Mappings imported",
         AuditAction::PolicyEnabled => "JIT enabled on a VM",
         AuditAction::SourceSaved => "Source IP saved",
+        AuditAction::ActionRefused => "Action refused",
         AuditAction::BotStarted => "Drawbridge started",
         AuditAction::BotStopped => "Drawbridge stopped",
         AuditAction::AuditChainBroken => "Audit chain broken",

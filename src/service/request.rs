@@ -94,6 +94,21 @@ impl From<Refusal> for RequestError {
 }
 
 impl RequestError {
+    /// A short code for the audit log, and whether it is a failure (Azure
+    /// or Drawbridge) rather than a refusal.
+    pub fn code(&self) -> (&'static str, bool) {
+        match self {
+            Self::Invalid(_) => ("invalid_input", false),
+            Self::VmNotFound { .. } => ("vm_not_found", false),
+            Self::VmAmbiguous { .. } => ("vm_ambiguous", false),
+            Self::NoSource => ("no_source", false),
+            Self::Denied(denial) => (denial.code(), false),
+            Self::Policy(_) => ("policy", false),
+            Self::Azure { .. } => ("azure_failed", true),
+            Self::Unexpected(_) => (super::refusals::INTERNAL, true),
+        }
+    }
+
     /// The audit log's code and reason for a refusal; `None` for what is
     /// not a refusal (Azure failing, a missing source, internal errors).
     fn audit_code(&self) -> Option<(&'static str, String)> {
@@ -158,11 +173,18 @@ impl Service {
         settled
     }
 
-    /// Resolves and decides; a refusal is audited against the VM as far as
-    /// it was resolved.
+    /// Refuses a member whom no mapping covers before any lookup, resolves
+    /// among the VMs their mappings reach, and decides; a refusal is audited
+    /// against the VM as far as it was resolved.
     async fn admit(&self, asking: &Asking<'_>) -> Result<Admitted, RequestError> {
         let request = asking.request;
-        let target = match self.resolve_vm(&request.vm).await {
+        let roles = &asking.who.member.roles;
+        let mappings = self.mappings();
+        if !authorize::has_any_mapping(&mappings, roles) {
+            let denied = RequestError::Denied(Denial::NoMappingForRoles);
+            return Err(self.refused(asking, &request.vm.to_string(), denied).await);
+        }
+        let target = match self.resolve_vm_for(&mappings, roles, &request.vm).await {
             Ok(target) => target,
             Err(e) => {
                 return Err(self
@@ -170,7 +192,6 @@ impl Service {
                     .await);
             }
         };
-        let mappings = self.mappings();
         let source = self
             .source_for(asking.who, &mappings, &target, request.source)
             .await?;

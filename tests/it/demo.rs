@@ -50,7 +50,7 @@ fn the_demo_grants_denies_reminds_and_expires_from_a_script() {
 :as sre
 /jit ssh web-01 2h
 :as dev
-/jit ssh web-01 2h
+/jit ssh ops-01 2h
 :advance 1h55m
 :advance 10m
 ";
@@ -72,7 +72,7 @@ fn the_demo_grants_denies_reminds_and_expires_from_a_script() {
         &out,
         "[reply → Dana (developer), only they see it] [denied] Access denied",
     );
-    let reason = position(&out, "none of your roles is mapped to rg-web/web-01");
+    let reason = position(&out, "the duration is over your maximum of 1h for this VM");
     let denied_audit = position(&out, "] [denied] Access denied — Who: @Dana (developer)");
     let reminder = position(
         &out,

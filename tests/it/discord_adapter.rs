@@ -128,6 +128,7 @@ fn settings(fake: &FakeDiscord) -> DiscordSettings {
         token: Some(SecretString::from("fake-token")),
         application_id: Snowflake::from_u64(APPLICATION_ID),
         guild_id: Snowflake::from_u64(GUILD_ID),
+        register_globally: false,
         base_url: fake.base_url().parse().unwrap(),
         mode: DiscordMode::Gateway,
         public_key: None,

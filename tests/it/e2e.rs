@@ -684,14 +684,29 @@ async fn a_request_without_any_source_says_how_to_give_one() {
     app.stop().await.expect("clean stop");
 }
 
+/// A role whose mapping reaches every VM: the only kind of member told
+/// about ambiguous names and VMs without JIT across resource groups.
+const OPS_ROLE: u64 = 300;
+const OPS_ANYWHERE: &str = r#"
+[[mapping]]
+name = "ops"
+roles = ["300"]
+vms = "*"
+ports = ["ssh"]
+max_duration = "1h"
+"#;
+
 #[tokio::test]
 async fn a_vm_name_in_two_resource_groups_lists_both() {
-    let app = spawn_app().await;
+    let app = TestAppBuilder::default()
+        .mappings(OPS_ANYWHERE)
+        .start()
+        .await;
     let d = &app.discord;
 
     let reply = interact(
         &app,
-        jit(d, "ssh", "ops-01", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+        jit(d, "ssh", "ops-01", "1h", &[OPS_ROLE]).string("from", "203.0.113.7"),
     )
     .await;
 
@@ -707,12 +722,15 @@ async fn a_vm_name_in_two_resource_groups_lists_both() {
 
 #[tokio::test]
 async fn a_vm_without_jit_says_an_admin_can_enable_it() {
-    let app = spawn_app().await;
+    let app = TestAppBuilder::default()
+        .mappings(OPS_ANYWHERE)
+        .start()
+        .await;
     let d = &app.discord;
 
     let reply = interact(
         &app,
-        jit(d, "ssh", "legacy-01", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+        jit(d, "ssh", "legacy-01", "1h", &[OPS_ROLE]).string("from", "203.0.113.7"),
     )
     .await;
 

@@ -1,5 +1,6 @@
 //! The one integration-test binary: black-box tests of Drawbridge.
 
+mod attacks;
 mod attacks_surface;
 mod azure_client;
 mod cli;

@@ -42,6 +42,7 @@ vms = "*"
 ports = ["ssh", "rdp", "winrm", "1", "8443", "65535"]
 max_duration = "24h"
 sources = ["0.0.0.0/0"]
+allow_broad_sources = true
 "#;
 
 /// Cases per property: `DRAWBRIDGE_FUZZ_CASES`, else `default`.

@@ -15,6 +15,7 @@ use crate::domain::RoleMapping;
 use crate::interactions::{Invocation, SlashCommand};
 use crate::service::Service;
 use crate::service::admin::AdminError;
+use crate::service::refusals::Refused;
 
 /// Runs subcommand `sub`; every outcome, failures included, is a message.
 pub(super) async fn run(
@@ -33,7 +34,17 @@ pub(super) async fn run(
         "enable" => enable::run(s, who, command).await,
         other => Err(AdminError::Invalid(format!("unknown subcommand {other}"))),
     };
-    s.wake_after(result.unwrap_or_else(|e| admin_error(&e, &who.id)))
+    let message = match result {
+        Ok(message) => message,
+        Err(e) => {
+            let action = format!("jit-admin {sub}");
+            let reason = e.to_string();
+            let refused = Refused::new(&action, "", e.audit_code(), &reason);
+            s.audit_refusal(who, refused).await;
+            admin_error(&e, &who.id)
+        }
+    };
+    s.wake_after(message)
 }
 
 /// A required option's value.

@@ -4,6 +4,8 @@ use super::notice;
 use crate::chat::{ChatMessage, Tone};
 use crate::domain::{AccessRequest, SourcePrefix};
 use crate::interactions::{Invocation, SlashCommand};
+use crate::service::lifecycle::SaveSourceError;
+use crate::service::refusals::Refused;
 use crate::service::request::RequestError;
 use crate::service::{Service, messages};
 
@@ -27,7 +29,11 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
     ) {
         Ok(r) => r,
         Err(e) => {
-            return messages::request_error(&RequestError::Invalid(e.to_string()), &who.id);
+            let error = RequestError::Invalid(e.to_string());
+            let reason = error.to_string();
+            let refused = Refused::new("jit", get("vm"), error.code(), &reason);
+            s.audit_refusal(who, refused).await;
+            return messages::request_error(&error, &who.id);
         }
     };
     s.wake_after(match s.request_access(who, request).await {
@@ -68,18 +74,18 @@ pub(super) async fn ip(s: &Service, who: &Invocation, command: &SlashCommand) ->
     };
     match SourcePrefix::parse(text) {
         Err(e) => notice("That is not an address", Tone::Denied, e.to_string()),
-        Ok(SourcePrefix::Any) => notice(
-            "Not saved",
-            Tone::Denied,
-            "Save the address you connect from, not `*`: opening a port to every address needs an explicit from:* on a request a mapping allows.",
-        ),
         Ok(src) => match s.save_source(who, src).await {
             Ok(()) => s.wake_after(notice(
                 "Saved",
                 Tone::Success,
                 format!("Requests without from: now open ports for {src}."),
             )),
-            Err(e) => messages::request_error(&RequestError::from(e), &who.id),
+            Err(e @ SaveSourceError::NotAllowed(_)) => {
+                s.wake_after(notice("Not saved", Tone::Denied, e.to_string()))
+            }
+            Err(SaveSourceError::Store(e)) => {
+                messages::request_error(&RequestError::from(e), &who.id)
+            }
         },
     }
 }

@@ -115,6 +115,16 @@ pub fn audit_line(event: &AuditEvent) -> String {
         AuditAction::MappingsImported => imported(&d),
         AuditAction::PolicyEnabled => format!("enabled JIT on {}", d.or("vm", target)),
         AuditAction::SourceSaved => format!("saved the source address {}", d.or("source", "?")),
+        AuditAction::ActionRefused => format!(
+            "refused {}{}: {}",
+            d.or("action", "an action"),
+            if target == "-" {
+                String::new()
+            } else {
+                format!(" on {target}")
+            },
+            d.or("reason", "no reason recorded")
+        ),
         AuditAction::BotStarted => format!("Drawbridge {} started", d.or("version", "")),
         AuditAction::BotStopped => "Drawbridge stopped".to_owned(),
         AuditAction::AuditChainBroken => format!(

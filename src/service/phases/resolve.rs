@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::domain::{IndexedVm, VmIdentity, VmRef};
+use crate::domain::authorize;
+use crate::domain::{IndexedVm, RoleId, RoleMapping, VmIdentity, VmRef};
 use crate::service::Service;
 use crate::service::jit_port::{JitError, JitPort};
 
@@ -87,7 +88,76 @@ pub async fn resolve_vm(jit: &dyn JitPort, vm: &VmRef) -> Result<ResolvedVm, Res
     })
 }
 
+/// Resolves `vm` among the VMs the mappings of `roles` cover, so that a
+/// member learns nothing of the others: a VM outside them is "not found",
+/// exactly as a VM that does not exist; an ambiguous name lists only the
+/// VMs they may request (and one such VM is simply the answer); "exists
+/// without JIT" is said only of a name their mappings could cover.
+///
+/// # Errors
+/// [`ResolveVmError`], as [`resolve_vm`].
+pub async fn resolve_vm_within(
+    jit: &dyn JitPort,
+    mappings: &[RoleMapping],
+    roles: &[RoleId],
+    vm: &VmRef,
+) -> Result<ResolvedVm, ResolveVmError> {
+    let reachable = |identity: &VmIdentity| authorize::may_request_vm(mappings, roles, identity);
+    let hidden = |exists_without_jit: bool| ResolveVmError::NotFound {
+        name: vm.to_string(),
+        exists_without_jit: exists_without_jit
+            && mappings
+                .iter()
+                .any(|m| m.applies_to(roles) && m.vms.may_match_name(vm.name.as_str())),
+    };
+    match resolve_vm(jit, vm).await {
+        Ok(found) if reachable(&found.identity) => Ok(found),
+        Ok(_) => Err(hidden(false)),
+        Err(ResolveVmError::NotFound {
+            exists_without_jit, ..
+        }) => Err(hidden(exists_without_jit)),
+        Err(ResolveVmError::Ambiguous { candidates }) => {
+            let mut mine: Vec<(String, ResolvedVm)> = candidates
+                .into_iter()
+                .filter_map(|name| {
+                    let found = jit.resolve_cached(&VmRef::parse(&name).ok()?)?;
+                    let identity = found.identity()?;
+                    reachable(&identity).then_some((
+                        name,
+                        ResolvedVm {
+                            vm: found,
+                            identity,
+                        },
+                    ))
+                })
+                .collect();
+            match mine.len() {
+                0 => Err(hidden(false)),
+                1 => Ok(mine.remove(0).1),
+                _ => Err(ResolveVmError::Ambiguous {
+                    candidates: mine.into_iter().map(|(name, _)| name).collect(),
+                }),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Service {
+    /// Resolves `vm` among the VMs `roles` may request (see
+    /// [`resolve_vm_within`]).
+    ///
+    /// # Errors
+    /// [`ResolveVmError`].
+    pub async fn resolve_vm_for(
+        &self,
+        mappings: &[RoleMapping],
+        roles: &[RoleId],
+        vm: &VmRef,
+    ) -> Result<ResolvedVm, ResolveVmError> {
+        resolve_vm_within(self.jit(), mappings, roles, vm).await
+    }
+
     /// Resolves `vm` through the index (see [`resolve_vm`]).
     ///
     /// # Errors

@@ -380,6 +380,7 @@ fn mapping(name: &str, vms: &str, max: &str) -> RoleMapping {
         ports: vec!["ssh".into(), "8443".into()],
         max_duration: max.into(),
         sources: Some(vec!["203.0.113.0/24".into()]),
+        allow_broad_sources: false,
         default_source: None,
         require_reason: false,
         approver_role: None,

@@ -352,6 +352,10 @@ struct State {
     nonces: HashMap<(u64, String), (u64, Instant)>,
     /// Recipient user id → DM channel id.
     dm_channels: BTreeMap<u64, u64>,
+    /// (guild, user) → the guild member object `GET /guilds/{g}/members/{u}`
+    /// returns: recorded from every guild interaction (Discord knows its
+    /// members), or set with [`FakeDiscord::set_member_roles`].
+    members: BTreeMap<(u64, u64), Value>,
     global_commands: Vec<Value>,
     guild_commands: BTreeMap<u64, Vec<Value>>,
     /// Command name → id, stable across re-registration (Discord keeps ids by name).
@@ -631,6 +635,26 @@ impl FakeDiscord {
     /// The DM channel created for `user_id`, if any.
     pub fn dm_channel(&self, user_id: u64) -> Option<u64> {
         self.shared.lock().dm_channels.get(&user_id).copied()
+    }
+    /// Makes `user_id` a member of the default guild with these roles now,
+    /// as `GET /guilds/{id}/members/{user}` reports them (an empty list is a
+    /// member without roles).
+    pub fn set_member_roles(&self, user_id: u64, roles: impl IntoIterator<Item = u64>) {
+        let roles: Vec<String> = roles.into_iter().map(|r| r.to_string()).collect();
+        let guild = self.shared.config.guild_id;
+        self.shared.update(|st| {
+            st.members.insert(
+                (guild, user_id),
+                payloads::member_json(user_id, &format!("user{user_id}"), &roles),
+            );
+        });
+    }
+    /// Removes `user_id` from the default guild (they left or were kicked).
+    pub fn remove_member(&self, user_id: u64) {
+        let guild = self.shared.config.guild_id;
+        self.shared.update(|st| {
+            st.members.remove(&(guild, user_id));
+        });
     }
     /// Messages sent to the user's DM channel, oldest first.
     pub fn dm_messages(&self, user_id: u64) -> Vec<Value> {
@@ -924,6 +948,20 @@ fn register_interaction(st: &mut State, interaction: InteractionBuilder) -> Sent
     let command_id = command_id.unwrap_or_else(|| st.snowflake());
     let message_id = st.snowflake();
     let payload = interaction.build(id, &token, command_id, message_id);
+    if let (Some(guild), Some(user)) = (
+        payload["guild_id"]
+            .as_str()
+            .and_then(|g| g.parse::<u64>().ok()),
+        payload["member"]["user"]["id"]
+            .as_str()
+            .and_then(|u| u.parse::<u64>().ok()),
+    ) {
+        let mut member = payload["member"].clone();
+        if let Some(map) = member.as_object_mut() {
+            map.remove("permissions");
+        }
+        st.members.insert((guild, user), member);
+    }
     let sent_at = Instant::now();
     let kind = interaction.kind();
     let original = (kind == InteractionKind::Component).then(|| payload["message"].clone());

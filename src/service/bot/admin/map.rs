@@ -25,6 +25,7 @@ pub(super) async fn run(
         ports: vec![required(command, "ports")?.to_string()],
         max_duration: required(command, "max_duration")?.to_string(),
         sources: opt("sources").map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
+        allow_broad_sources: opt("allow_broad_sources") == Some("true"),
         default_source: opt("default_source").map(str::to_string),
         require_reason: opt("require_reason") == Some("true"),
         approver_role: None,

@@ -255,6 +255,20 @@ impl InteractionBuilder {
     }
 }
 
+/// A guild member object as `GET /guilds/{id}/members/{user}` returns it.
+pub(super) fn member_json(user_id: u64, username: &str, roles: &[String]) -> Value {
+    json!({
+        "user": user_json(user_id, username, false),
+        "roles": roles,
+        "deaf": false,
+        "mute": false,
+        "flags": 0,
+        "pending": false,
+        "nick": null,
+        "joined_at": "2024-01-01T00:00:00.000000+00:00",
+    })
+}
+
 /// A user object with the keys serenity requires.
 pub(super) fn user_json(id: u64, username: &str, bot: bool) -> Value {
     json!({

@@ -373,6 +373,7 @@ fn route_request(st: &mut State, shared: &Shared, req: &Request<'_>) -> Reply {
             webhook_message(st, shared, req, app, token, message)
         }
         ("POST", ["users", "@me", "channels"]) => create_dm(st, req),
+        ("GET", ["guilds", guild, "members", user]) => guild_member(st, shared, guild, user),
         (_, ["channels", channel, "messages"]) => match channel.parse::<u64>() {
             Ok(channel) if method == "POST" => create_message(st, shared, req, channel),
             Ok(channel) if method == "GET" => list_messages(st, req, channel),
@@ -385,6 +386,25 @@ fn route_request(st: &mut State, shared: &Shared, req: &Request<'_>) -> Reply {
             }
         }
         _ => Reply::not_found(),
+    }
+}
+
+/// `GET /guilds/{guild}/members/{user}`: the bot is in the default guild
+/// only; a user who never showed up there is an unknown member.
+fn guild_member(st: &State, shared: &Shared, guild: &str, user: &str) -> Reply {
+    let Ok(guild) = guild.parse::<u64>() else {
+        return Reply::error(404, 10004, "Unknown Guild");
+    };
+    if guild != shared.config.guild_id {
+        return Reply::error(404, 10004, "Unknown Guild");
+    }
+    match user
+        .parse::<u64>()
+        .ok()
+        .and_then(|u| st.members.get(&(guild, u)))
+    {
+        Some(member) => Reply::json(200, member.clone()),
+        None => Reply::error(404, 10007, "Unknown Member"),
     }
 }
 

@@ -1,0 +1,387 @@
+//! Attacks a member could try, one test each (issue 12): every one of them
+//! worked before its fix. Each test acts through the fake Discord, as the
+//! attacker would, and checks what they could see and what Azure was asked.
+
+use chrono::Utc;
+use drawbridge::clock::ManualClock;
+use drawbridge::domain::{AuditAction, SourcePrefix, UserId};
+
+use crate::e2e::{ACK_LIMIT, BOB, WAIT, audit_log, initiates, interact, jit, ssh_web_01};
+use crate::support::app::{DEV_ROLE, SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
+use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, USER_ID};
+
+/// `from:0.0.0.0/0` and `from:::/0` would open SSH to the whole internet.
+#[tokio::test]
+async fn a_request_for_the_whole_internet_is_refused() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    for everyone in ["0.0.0.0/0", "::/0", "*"] {
+        let reply = interact(
+            &app,
+            jit(d, "ssh", "web-01", "2h", &[SRE_ROLE]).string("from", everyone),
+        )
+        .await;
+
+        assert_eq!(
+            reply.title(),
+            "Access denied",
+            "{everyone}: {}",
+            reply.text()
+        );
+        let text = reply.text();
+        assert!(text.contains("single address"), "{everyone}: {text}");
+        for broad in ["0.0.0.0/0", "::/0"] {
+            assert!(
+                everyone == broad || !text.contains(broad),
+                "no message suggests a broad range: {text}"
+            );
+        }
+    }
+    assert!(initiates(&app).is_empty(), "Azure was asked for nothing");
+    app.stop().await.expect("clean stop");
+}
+
+/// `/jit-ip ::/0` would have been saved, and every later request opened to
+/// the whole IPv6 internet; a broad source saved before the fix is refused
+/// when a request uses it.
+#[tokio::test]
+async fn a_broad_saved_source_is_neither_saved_nor_used() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    let saved = interact(
+        &app,
+        d.slash("jit-ip")
+            .string("address", "::/0")
+            .roles([SRE_ROLE]),
+    )
+    .await;
+    assert_eq!(saved.title(), "Not saved", "{}", saved.text());
+    assert!(saved.text().contains("single address"), "{}", saved.text());
+    let user = UserId::parse(&USER_ID.to_string()).unwrap();
+    assert_eq!(app.store.saved_source(user).await.unwrap(), None);
+    assert!(
+        audit_log(&app)
+            .await
+            .iter()
+            .any(|r| r.event.action == AuditAction::ActionRefused
+                && r.event.detail["action"] == "jit-ip"),
+        "the refusal is audited"
+    );
+
+    // Saved before the fix, straight into the database.
+    let broad = SourcePrefix::parse("::/0").unwrap();
+    app.store
+        .save_source(user, &broad, Utc::now())
+        .await
+        .unwrap();
+    let reply = interact(&app, jit(d, "ssh", "web-01", "2h", &[SRE_ROLE])).await;
+
+    assert_eq!(reply.title(), "Access denied", "{}", reply.text());
+    assert!(initiates(&app).is_empty(), "Azure was asked for nothing");
+    let granted = interact(&app, ssh_web_01(d)).await;
+    assert!(
+        granted.title().contains("Access granted"),
+        "{}",
+        granted.text()
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// The `action_refused` audit records, as (action, code).
+async fn refusals(app: &TestApp) -> Vec<(String, String)> {
+    audit_log(app)
+        .await
+        .into_iter()
+        .filter(|r| r.event.action == AuditAction::ActionRefused)
+        .map(|r| {
+            let text = |k: &str| r.event.detail[k].as_str().unwrap_or_default().to_owned();
+            (text("action"), text("code"))
+        })
+        .collect()
+}
+
+/// A bot invited to a second server answered `/jit` there too, with that
+/// server's roles.
+#[tokio::test]
+async fn a_request_from_another_guild_is_refused_and_audited() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    let reply = interact(&app, ssh_web_01(d).guild(d.guild_id() + 1)).await;
+
+    assert_eq!(reply.title(), "Not here", "{}", reply.text());
+    assert!(initiates(&app).is_empty(), "Azure was asked for nothing");
+    assert_eq!(
+        refusals(&app).await,
+        [("jit".to_owned(), "other_guild".to_owned())]
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// Commands registered globally worked in DMs.
+#[tokio::test]
+async fn a_command_in_a_dm_is_refused_and_audited() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    let reply = interact(&app, ssh_web_01(d).in_dm()).await;
+
+    assert_eq!(reply.title(), "Not here", "{}", reply.text());
+    assert!(initiates(&app).is_empty());
+    assert_eq!(
+        refusals(&app).await,
+        [("jit".to_owned(), "direct_message".to_owned())]
+    );
+    assert!(
+        d.global_commands().is_empty() && !d.guild_commands(d.guild_id()).is_empty(),
+        "the commands are registered to the guild only"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// Another member's Extend or Close early was refused, but never audited.
+#[tokio::test]
+async fn a_strangers_button_is_refused_and_audited() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let granted = interact(&app, ssh_web_01(d)).await;
+    let id = granted.sent.id;
+
+    for custom_id in [format!("extend:{id}"), format!("close:{id}")] {
+        let reply = interact(
+            &app,
+            d.button(&custom_id)
+                .on_message(granted.message.clone())
+                .user(BOB, "bob")
+                .roles([SRE_ROLE]),
+        )
+        .await;
+        assert!(
+            reply.text().contains("only the engineer who asked"),
+            "{}",
+            reply.text()
+        );
+    }
+
+    assert_eq!(initiates(&app).len(), 1, "Azure was not asked again");
+    assert_eq!(
+        refusals(&app).await,
+        [
+            ("extend".to_owned(), "not_owner".to_owned()),
+            ("close".to_owned(), "not_owner".to_owned()),
+        ]
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// The reminder DM's Extend always failed: a DM interaction carries no
+/// roles. Drawbridge now reads the member's current roles from the guild.
+#[tokio::test]
+async fn extend_from_the_reminder_dm_works_with_the_members_current_roles() {
+    let clock = ManualClock::new(Utc::now());
+    let app = TestAppBuilder::default().clock(clock.clone()).start().await;
+    let d = &app.discord;
+    let granted = interact(&app, ssh_web_01(d)).await;
+    assert!(
+        granted.title().contains("Access granted"),
+        "{}",
+        granted.text()
+    );
+
+    // The reminder is due 10 minutes before the end; any interaction wakes
+    // the scheduler.
+    clock.advance(chrono::Duration::minutes(115));
+    interact(
+        &app,
+        jit(d, "ssh", "web-03", "1h", &[DEV_ROLE])
+            .user(BOB, "bob")
+            .string("from", "203.0.113.7"),
+    )
+    .await;
+    let with_buttons = |d: &FakeDiscord| {
+        d.dm_messages(USER_ID)
+            .into_iter()
+            .find(|m| m["components"].as_array().is_some_and(|c| !c.is_empty()))
+    };
+    assert!(
+        d.wait_until(WAIT, |d| with_buttons(d).is_some()).await,
+        "a reminder DM with buttons"
+    );
+    let reminder = with_buttons(d).expect("the reminder");
+    let extend_id = reminder["components"][0]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["label"] == "Extend")
+        .and_then(|b| b["custom_id"].as_str())
+        .expect("an Extend button")
+        .to_owned();
+    let in_dm = |d: &FakeDiscord| {
+        d.button(&extend_id)
+            .in_dm()
+            .channel(d.dm_channel(USER_ID).expect("a DM channel"))
+            .on_message(reminder.clone())
+    };
+
+    let extended = interact(&app, in_dm(d)).await;
+
+    assert!(
+        extended.title().contains("Access extended"),
+        "{}",
+        extended.text()
+    );
+    assert_eq!(initiates(&app).len(), 2, "the grant and its extension");
+    let member_reads = d.calls_to(
+        "GET",
+        &format!("/guilds/{}/members/{USER_ID}", d.guild_id()),
+    );
+    assert_eq!(member_reads.len(), 1, "the roles were read from the guild");
+
+    // Once the role is taken away, the same button is refused.
+    d.set_member_roles(USER_ID, []);
+    let refused = interact(&app, in_dm(d)).await;
+    assert!(
+        !refused.title().contains("Access extended"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(initiates(&app).len(), 2, "Azure was not asked again");
+    app.stop().await.expect("clean stop");
+}
+
+/// `/jit` resolved the VM before any role check: a member with no mapped
+/// role learned which names exist, and made Azure re-list on every typo.
+#[tokio::test]
+async fn a_member_without_mappings_is_refused_before_any_lookup() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let calls_before = app.azure.emulator.calls().len();
+
+    let mut texts = Vec::new();
+    for vm in ["web-01", "legacy-01", "no-such-vm"] {
+        let reply = interact(
+            &app,
+            jit(d, "ssh", vm, "1h", &[DEV_ROLE]).string("from", "203.0.113.7"),
+        )
+        .await;
+        assert_eq!(reply.title(), "Access denied", "{vm}: {}", reply.text());
+        texts.push(reply.description().to_owned());
+    }
+
+    assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+    assert_eq!(
+        app.azure.emulator.calls().len(),
+        calls_before,
+        "Azure was not asked to look anything up"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// A VM outside the member's mappings was "mapped to none of your roles"
+/// (with its resource group), one without JIT was "not under JIT", and an
+/// ambiguous name listed every resource group: now each is the answer for a
+/// VM that does not exist.
+#[tokio::test]
+async fn not_found_and_ambiguity_reveal_no_vm_outside_the_members_mappings() {
+    let app = TestAppBuilder::default()
+        .mappings(
+            r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+
+[[mapping]]
+name = "prod-ops"
+roles = ["300"]
+vms = "rg:rg-prod"
+ports = ["ssh"]
+max_duration = "1h"
+"#,
+        )
+        .start()
+        .await;
+    let d = &app.discord;
+    let ask = |vm: &str, role: u64| jit(d, "ssh", vm, "1h", &[role]).string("from", "203.0.113.7");
+
+    let answer = |reply: &crate::e2e::Reply, vm: &str| {
+        (
+            reply.title().to_owned(),
+            reply.description().replace(vm, "<vm>"),
+        )
+    };
+    let missing = interact(&app, ask("no-such-vm", SRE_ROLE)).await;
+    let missing = answer(&missing, "no-such-vm");
+    for vm in ["db-01", "legacy-01", "ops-01", "rg-staging/ops-01"] {
+        let reply = interact(&app, ask(vm, SRE_ROLE)).await;
+        assert_eq!(answer(&reply, vm), missing, "{vm}: {}", reply.text());
+        let text = reply.text().replace(vm, "<vm>");
+        for leak in [
+            "rg-data",
+            "rg-legacy",
+            "rg-prod",
+            "rg-staging",
+            "JIT policy",
+        ] {
+            assert!(!text.contains(leak), "{vm}: {text}");
+        }
+    }
+    // ops-01 is in two resource groups; the member may request one of them.
+    let ops = interact(&app, ask("ops-01", 300)).await;
+    assert!(ops.title().contains("Access granted"), "{}", ops.text());
+    assert_eq!(ops.field("VM"), Some("rg-prod/ops-01"));
+    app.stop().await.expect("clean stop");
+}
+
+/// Autocomplete for the port and the duration answered differently for a
+/// VM that exists outside the member's mappings and one that does not.
+#[tokio::test]
+async fn autocomplete_reveals_nothing_about_vms_outside_the_members_mappings() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let choices = |interaction: InteractionBuilder| async move {
+        let sent = d.send_interaction(interaction).await;
+        d.wait_for_callback(sent.id, ACK_LIMIT)
+            .await
+            .expect("autocomplete answered");
+        d.autocomplete_choices(sent.id).expect("choices")
+    };
+
+    for (role, vms) in [
+        (SRE_ROLE, ["db-01", "no-such-vm"]),
+        (DEV_ROLE, ["web-01", "no-such-vm"]),
+    ] {
+        let mut answers = Vec::new();
+        for vm in vms {
+            let ports = choices(
+                d.autocomplete("jit")
+                    .string("vm", vm)
+                    .focused("port", "")
+                    .roles([role]),
+            )
+            .await;
+            let durations = choices(
+                d.autocomplete("jit")
+                    .string("vm", vm)
+                    .string("port", "ssh")
+                    .focused("duration", "")
+                    .roles([role]),
+            )
+            .await;
+            answers.push((ports, durations));
+        }
+        assert_eq!(answers[0], answers[1], "role {role}: {answers:?}");
+        if role == DEV_ROLE {
+            assert_eq!(
+                answers[0],
+                (Vec::new(), Vec::new()),
+                "a member without mappings is offered nothing"
+            );
+        }
+    }
+    app.stop().await.expect("clean stop");
+}

@@ -103,6 +103,7 @@ impl App {
                 reminders_before: settings.reminders.before.clone(),
                 admin_roles: settings.discord.admin_role_ids.clone(),
                 home_guild: settings.discord.guild_id.map(|g| g.get()),
+                rate_limit: settings.limits,
             },
         )
         .await

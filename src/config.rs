@@ -192,6 +192,8 @@ pub struct Settings {
     pub azure: AzureSettings,
     pub database: DatabaseSettings,
     pub reminders: ReminderSettings,
+    /// Each member's rate of `/jit`, `/jit-ip` and button presses.
+    pub limits: crate::domain::rate::RateLimit,
     /// The built-in port names plus `[ports.aliases]`.
     pub ports: PortAliases,
     pub logging: LoggingSettings,

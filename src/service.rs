@@ -51,10 +51,11 @@ pub mod request;
 pub mod scheduler;
 pub mod truth;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use crate::clock::SharedClock;
+use crate::domain::rate::{RateLimit, RateLimiter};
 use crate::domain::{PortAliases, RoleId, RoleMapping};
 use crate::store::{Store, StoreError};
 
@@ -73,6 +74,8 @@ pub struct ServiceConfig {
     /// The guild Drawbridge serves (`discord.guild_id`); `None` only when
     /// commands are registered globally on purpose.
     pub home_guild: Option<u64>,
+    /// Each member's rate of `/jit`, `/jit-ip` and button presses.
+    pub rate_limit: RateLimit,
 }
 
 /// The use cases; cheap to clone.
@@ -88,6 +91,8 @@ struct Inner {
     config: ServiceConfig,
     mappings: RwLock<Arc<Vec<RoleMapping>>>,
     wakers: Wakers,
+    limiter: Mutex<RateLimiter>,
+    folder: Mutex<refusals::RefusalFolder>,
 }
 
 /// Wake-ups for the workers: the scheduler when timers change, the outbox
@@ -116,6 +121,7 @@ impl Service {
         config: ServiceConfig,
     ) -> Result<Self, StoreError> {
         let mappings = store.list_mappings(&config.aliases).await?;
+        let limit = config.rate_limit;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -124,6 +130,8 @@ impl Service {
                 config,
                 mappings: RwLock::new(Arc::new(mappings)),
                 wakers: Wakers::default(),
+                limiter: Mutex::new(RateLimiter::new(limit)),
+                folder: Mutex::new(refusals::RefusalFolder::default()),
             }),
         })
     }
@@ -170,6 +178,14 @@ impl Service {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         Ok(())
+    }
+
+    fn folder(&self) -> MutexGuard<'_, refusals::RefusalFolder> {
+        self.inner.folder.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn limiter(&self) -> MutexGuard<'_, RateLimiter> {
+        self.inner.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn wakers(&self) -> &Wakers {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::raw::{Raw, RawAlias, RawAzure, RawDiscord, RawEnable, RawLogging, RawPorts, RawScalar};
+use super::raw::{
+    Raw, RawAlias, RawAzure, RawDiscord, RawEnable, RawLimits, RawLogging, RawPorts, RawScalar,
+};
 use super::{
     AzureSettings, ConfigProblem, DEFAULT_SOURCE, DatabaseSettings, DiscordMode, DiscordSettings,
     HttpSettings, LogFormat, LoggingSettings, NOT_SET, OpsSettings, ReminderSettings, Settings,
@@ -16,6 +18,7 @@ use super::{
 use crate::azure::{AzureCloud, CredentialKind};
 use crate::domain::duration::parse_span_seconds;
 use crate::domain::port::{AliasError, PortAliases};
+use crate::domain::rate::RateLimit;
 use crate::domain::{
     AccessDuration, PolicyDefaults, RoleId, Snowflake, SourcePrefix, SubscriptionId,
 };
@@ -192,8 +195,32 @@ pub(super) fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
         reminders: ReminderSettings {
             before: c.list("reminders.before", &raw.reminders.before, parse_span),
         },
+        limits: limits(c, &raw.limits),
         ports: ports(c, &raw.ports),
         logging: logging(c, raw.logging),
+    }
+}
+
+fn limits(c: &mut Checker<'_>, l: &RawLimits) -> RateLimit {
+    let defaults = RateLimit::default();
+    let mut count = |key: &str, value: &Option<RawScalar>, default: u32| {
+        c.opt(key, &value.as_ref().map(RawScalar::text), parse_count)
+            .unwrap_or(default)
+    };
+    RateLimit {
+        per_minute: count(
+            "limits.requests_per_minute",
+            &l.requests_per_minute,
+            defaults.per_minute,
+        ),
+        burst: count("limits.burst", &l.burst, defaults.burst),
+    }
+}
+
+fn parse_count(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 10000".into()),
     }
 }
 

@@ -15,6 +15,7 @@ pub(super) struct Raw {
     pub(super) azure: RawAzure,
     pub(super) database: RawDatabase,
     pub(super) reminders: RawReminders,
+    pub(super) limits: RawLimits,
     pub(super) ports: RawPorts,
     pub(super) logging: RawLogging,
 }
@@ -125,6 +126,13 @@ impl RawScalar {
             Self::Text(s) => s.clone(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawLimits {
+    pub(super) requests_per_minute: Option<RawScalar>,
+    pub(super) burst: Option<RawScalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -54,6 +54,9 @@ pub enum AuditAction {
     /// invalid input, a source that may not be saved, another member's
     /// button, an admin command without the admin role, another guild.
     ActionRefused,
+    /// A member's refusals of the last minute, posted as one message (each
+    /// is in the log on its own).
+    RefusalsFolded,
     /// The bot started.
     BotStarted,
     /// The bot stopped.
@@ -106,6 +109,7 @@ impl AuditAction {
             Self::PolicyEnabled => "policy_enabled",
             Self::SourceSaved => "source_saved",
             Self::ActionRefused => "action_refused",
+            Self::RefusalsFolded => "refusals_folded",
             Self::BotStarted => "bot_started",
             Self::BotStopped => "bot_stopped",
             Self::AuditChainBroken => "audit_chain_broken",

@@ -17,6 +17,7 @@ use super::refusals::Refused;
 use super::{Service, messages};
 use crate::chat::{ButtonAction, Card, ChatMessage, Tone};
 use crate::domain::place::{self, Interaction};
+use crate::domain::rate::Limited;
 use crate::interactions::{
     AutocompleteQuery, Choice, InteractionHandler, Invocation, MemberDirectory, SlashCommand,
 };
@@ -81,6 +82,18 @@ fn notice(title: &str, tone: Tone, text: impl Into<String>) -> ChatMessage {
     ChatMessage::card(Card::new(title, tone).description(text))
 }
 
+/// What a member over their rate limit sees (only they see it).
+fn slow_down(limited: Limited) -> ChatMessage {
+    notice(
+        "Slow down",
+        Tone::Denied,
+        format!(
+            "You are sending requests faster than Drawbridge allows. Try again in {} s.",
+            limited.retry_after_secs
+        ),
+    )
+}
+
 #[async_trait]
 impl InteractionHandler for Bot {
     async fn command(&self, who: &Invocation, command: &SlashCommand) -> ChatMessage {
@@ -90,6 +103,11 @@ impl InteractionHandler for Bot {
             .await
         {
             return notice("Not here", Tone::Denied, refusal.to_string());
+        }
+        if matches!(command.name.as_str(), "jit" | "jit-ip")
+            && let Err(limited) = s.check_rate(who, &command.name).await
+        {
+            return slow_down(limited);
         }
         let picked;
         let command = match command.option("vm").map(|vm| s.vm_option(vm)) {
@@ -140,6 +158,9 @@ impl InteractionHandler for Bot {
         let aliases = &s.config().aliases;
         if let Err(refusal) = s.check_place(who, Interaction::Button, action.verb()).await {
             return notice("Not here", Tone::Denied, refusal.to_string());
+        }
+        if let Err(limited) = s.check_rate(who, action.verb()).await {
+            return slow_down(limited);
         }
         let who = &match self.with_current_roles(who).await {
             Ok(who) => who,

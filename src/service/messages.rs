@@ -329,6 +329,7 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::PolicyEnabled => "JIT enabled on a VM",
         AuditAction::SourceSaved => "Source IP saved",
         AuditAction::ActionRefused => "Action refused",
+        AuditAction::RefusalsFolded => "More refusals",
         AuditAction::BotStarted => "Drawbridge started",
         AuditAction::BotStopped => "Drawbridge stopped",
         AuditAction::AuditChainBroken => "Audit chain broken",

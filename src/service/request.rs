@@ -281,13 +281,10 @@ impl Service {
             target,
             Outcome::Denied,
         );
-        let written = async {
-            let mut tx = self.store().begin().await?;
-            tx.append_audit(&received.with_detail(detail)).await?;
-            tx.append_audit(&deny.with_detail(denied)).await?;
-            tx.commit().await
-        };
-        match written.await {
+        let written = self
+            .append_refusal(&[received.with_detail(detail), deny.with_detail(denied)])
+            .await;
+        match written {
             Ok(()) => error,
             Err(e) => e.into(),
         }

@@ -243,6 +243,13 @@ impl Scheduler {
                     tracing::error!(error.message = %e, error.cause_chain = ?e, "scheduler tick failed")
                 }
             }
+            match self.service.flush_refusal_summaries(now).await {
+                Ok(0) => {}
+                Ok(_) => outbox.notify_one(),
+                Err(e) => {
+                    tracing::error!(error.message = %e, error.cause_chain = ?e, "posting refusal summaries failed")
+                }
+            }
             let sleep = match self.next_wake().await {
                 Ok(Some(at)) => (at - self.service.clock().now())
                     .to_std()

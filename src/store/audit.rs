@@ -155,6 +155,28 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::Unexpected`] if the database fails.
     pub async fn append_audit(&mut self, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
+        let record = self.append_audit_unposted(event).await?;
+        self.enqueue(OutboxMessage {
+            kind: OutboxKind::AuditChannel,
+            target: None,
+            payload: record.to_json(),
+            idempotency_key: Some(format!("audit-{}", record.seq)),
+            created_at: record.event.at,
+        })
+        .await?;
+        Ok(record)
+    }
+
+    /// Appends `event` to the chain, as [`StoreTx::append_audit`], without
+    /// posting it to the audit channel: for a member's repeated refusals,
+    /// which the channel shows as one summary a minute.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn append_audit_unposted(
+        &mut self,
+        event: &AuditEvent,
+    ) -> Result<AuditRecord, StoreError> {
         // PostgreSQL: this read takes `FOR UPDATE`; the head row is the
         // chain's lock.
         let (head_seq, head_hash): (i64, String) = with_tx!(&mut self.tx, |c| {
@@ -193,21 +215,12 @@ impl StoreTx {
                 .await
         })
         .context("moving the audit head")?;
-        let record = AuditRecord {
+        Ok(AuditRecord {
             seq,
             prev_hash: head_hash,
             hash,
             event,
-        };
-        self.enqueue(OutboxMessage {
-            kind: OutboxKind::AuditChannel,
-            target: None,
-            payload: record.to_json(),
-            idempotency_key: Some(format!("audit-{seq}")),
-            created_at: record.event.at,
         })
-        .await?;
-        Ok(record)
     }
 }
 

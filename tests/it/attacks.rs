@@ -2,12 +2,15 @@
 //! worked before its fix. Each test acts through the fake Discord, as the
 //! attacker would, and checks what they could see and what Azure was asked.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use chrono::Utc;
 use drawbridge::clock::ManualClock;
 use drawbridge::domain::{AuditAction, SourcePrefix, UserId};
 
-use crate::e2e::{ACK_LIMIT, BOB, WAIT, audit_log, initiates, interact, jit, ssh_web_01};
-use crate::support::app::{DEV_ROLE, SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
+use crate::e2e::{ACK_LIMIT, BOB, WAIT, audit_log, initiates, interact, jit, reply_to, ssh_web_01};
+use crate::support::app::{AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
 use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, USER_ID};
 
 /// `from:0.0.0.0/0` and `from:::/0` would open SSH to the whole internet.
@@ -331,7 +334,7 @@ max_duration = "1h"
         }
     }
     // ops-01 is in two resource groups; the member may request one of them.
-    let ops = interact(&app, ask("ops-01", 300)).await;
+    let ops = interact(&app, ask("ops-01", 300).user(BOB, "bob")).await;
     assert!(ops.title().contains("Access granted"), "{}", ops.text());
     assert_eq!(ops.field("VM"), Some("rg-prod/ops-01"));
     app.stop().await.expect("clean stop");
@@ -383,5 +386,66 @@ async fn autocomplete_reveals_nothing_about_vms_outside_the_members_mappings() {
             );
         }
     }
+    app.stop().await.expect("clean stop");
+}
+
+/// A member with no role flooded the audit channel with two posts per
+/// refused `/jit`, delivered in order under Discord's channel limit: real
+/// grants' audit messages then waited behind them for hours.
+#[tokio::test]
+async fn after_a_flood_of_refusals_a_grants_audit_message_arrives_within_5_s() {
+    let app = TestAppBuilder::default()
+        .discord_rate_limit(5, Duration::from_secs(5))
+        .start()
+        .await;
+    let d = &app.discord;
+    let flood = || {
+        jit(d, "ssh", "web-01", "1h", &[DEV_ROLE])
+            .user(BOB, "bob")
+            .string("from", "203.0.113.7")
+    };
+
+    // Act: 1,000 refused requests, 25 at a time.
+    let mut titles = BTreeMap::<String, usize>::new();
+    for _ in 0..40 {
+        let mut sent = Vec::new();
+        for _ in 0..25 {
+            sent.push(d.send_interaction(flood()).await);
+        }
+        for s in sent {
+            let reply = reply_to(d, s).await;
+            *titles.entry(reply.title().to_owned()).or_default() += 1;
+        }
+    }
+    let granted = interact(&app, ssh_web_01(d)).await;
+
+    // Assert: the flood was slowed down, every refusal is in the log...
+    assert!(
+        titles.get("Slow down").copied().unwrap_or(0) > 900,
+        "{titles:?}"
+    );
+    assert_eq!(titles.values().sum::<usize>(), 1000, "{titles:?}");
+    let bobs = audit_log(&app)
+        .await
+        .iter()
+        .filter(|r| r.event.actor == format!("discord:{BOB}"))
+        .count();
+    assert!(bobs >= 1000, "every refusal is audited: {bobs} rows");
+    // ...and the grant's "Port opened" reached the audit channel within 5 s.
+    let opened = d
+        .wait_for_call(WAIT, |c| {
+            c.is("POST", &format!("/channels/{AUDIT_CHANNEL}/messages"))
+                && c.status == 200
+                && c.body["embeds"][0]["title"] == "Port opened"
+        })
+        .await
+        .expect("the grant's audit message was posted");
+    let after = opened
+        .received_at
+        .saturating_duration_since(granted.sent.sent_at);
+    assert!(
+        after < Duration::from_secs(5),
+        "posted {after:?} after the grant"
+    );
     app.stop().await.expect("clean stop");
 }

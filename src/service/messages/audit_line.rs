@@ -125,6 +125,14 @@ pub fn audit_line(event: &AuditEvent) -> String {
             },
             d.or("reason", "no reason recorded")
         ),
+        AuditAction::RefusalsFolded => format!(
+            "{} more refusals of {}{}, each in the audit log",
+            d.or("refusals", "?"),
+            actor(&event.actor),
+            d.time("since")
+                .map(|t| format!(" since {t}"))
+                .unwrap_or_default()
+        ),
         AuditAction::BotStarted => format!("Drawbridge {} started", d.or("version", "")),
         AuditAction::BotStopped => "Drawbridge stopped".to_owned(),
         AuditAction::AuditChainBroken => format!(

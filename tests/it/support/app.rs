@@ -41,6 +41,7 @@ max_duration = "3h"
 "#;
 
 pub struct TestAppBuilder {
+    discord: super::fake_discord::FakeDiscordBuilder,
     http_mode: Option<String>,
     estate: Option<Estate>,
     clock: Option<SharedClock>,
@@ -70,6 +71,7 @@ pub struct TestApp {
 impl Default for TestAppBuilder {
     fn default() -> Self {
         Self {
+            discord: FakeDiscord::builder(),
             http_mode: None,
             estate: None,
             clock: None,
@@ -90,6 +92,13 @@ impl TestAppBuilder {
     /// The emulator's estate (the sample estate otherwise).
     pub fn estate(mut self, estate: Estate) -> Self {
         self.estate = Some(estate);
+        self
+    }
+
+    /// Rate-limits the fake Discord's route buckets (a channel's messages
+    /// among them) as Discord does: `count` per `window`.
+    pub fn discord_rate_limit(mut self, count: u32, window: Duration) -> Self {
+        self.discord = self.discord.rate_limit(count, window);
         self
     }
 
@@ -138,7 +147,7 @@ impl TestAppBuilder {
     /// Starts everything and waits until the bot is ready.
     pub async fn start(self) -> TestApp {
         let clock: SharedClock = self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
-        let discord = FakeDiscord::start().await;
+        let discord = self.discord.clone().start().await;
         let estate = self.estate.clone().unwrap_or_else(Estate::sample);
         let azure = Emulator::new(estate, Arc::clone(&clock))
             .spawn()

@@ -87,6 +87,60 @@ pub struct Button {
     pub style: ButtonStyle,
 }
 
+/// `text` as literal text in a message: every markdown character, masked
+/// link bracket and mention opener is escaped, so what a member typed (a
+/// reason, a name, a VM name) renders as typed and never as a link, a
+/// mention or formatting.
+pub fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, c) in text.chars().enumerate() {
+        let special = matches!(
+            c,
+            '\\' | '*' | '_' | '~' | '|' | '`' | '>' | '<' | '[' | ']' | '(' | ')' | '@' | '#'
+        ) || (i == 0 && matches!(c, '-' | '+'));
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The text [`escape_markdown`] escaped, as Discord shows it: for
+/// transports that print plain text (the demo console).
+pub fn unescape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let escapes = matches!(
+            chars.peek(),
+            Some(
+                '\\' | '*'
+                    | '_'
+                    | '~'
+                    | '|'
+                    | '`'
+                    | '>'
+                    | '<'
+                    | '['
+                    | ']'
+                    | '('
+                    | ')'
+                    | '@'
+                    | '#'
+                    | '-'
+                    | '+'
+            )
+        );
+        if c == '\\' && escapes {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// What a button does, encoded in its custom id as `<verb>:<request id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ButtonAction {
@@ -261,6 +315,21 @@ fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_text_is_escaped() {
+        assert_eq!(
+            escape_markdown("[Approved by SecOps](https://evil)"),
+            r"\[Approved by SecOps\]\(https://evil\)"
+        );
+        assert_eq!(escape_markdown("<@&1> @everyone"), r"\<\@&1\> \@everyone");
+        assert_eq!(escape_markdown("**bold** `code`"), r"\*\*bold\*\* \`code\`");
+        assert_eq!(escape_markdown("- item"), r"\- item");
+        assert_eq!(escape_markdown("rg-web/web-01"), "rg-web/web-01");
+        for text in ["[a](b) <@1> **x** - y \\ z", "Sam (SRE)", "-"] {
+            assert_eq!(unescape_markdown(&escape_markdown(text)), text);
+        }
+    }
 
     #[test]
     fn button_ids_round_trip_and_reject_anything_else() {

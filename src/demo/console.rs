@@ -116,8 +116,10 @@ impl Names {
         out
     }
 
+    /// As Discord would show it: times in the local zone, mentions as
+    /// names, escaped markdown as the characters typed.
     fn text(&self, text: &str, now: DateTime<Utc>) -> String {
-        self.mentions(&render_times(text, now))
+        crate::chat::unescape_markdown(&self.mentions(&render_times(text, now)))
     }
 }
 

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use super::lifecycle::{CloseOutcome, Closed, GrantActionError};
 use super::request::RequestError;
 use crate::chat::{
-    Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, time_full, time_relative,
+    Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, escape_markdown, time_full,
+    time_relative,
 };
 use crate::domain::{AuditAction, GrantState, Outcome, PortAliases, UserId};
 use crate::store::{AuditRecord, Grant};
@@ -96,7 +97,7 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
         .field("Source", grant.source.to_string(), true)
         .field("Window", window(grant), false);
     if let Some(reason) = &grant.reason {
-        card = card.field("Reason", reason.as_str(), false);
+        card = card.field("Reason", escape_markdown(reason.as_str()), false);
     }
     if let Some(failure) = &grant.failure {
         card = card.description(failure.clone());
@@ -355,7 +356,7 @@ pub fn audit(record: &AuditRecord) -> ChatMessage {
             if e.target.is_empty() {
                 "-".into()
             } else {
-                e.target.clone()
+                escape_markdown(&e.target)
             },
             true,
         )

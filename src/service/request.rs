@@ -122,11 +122,20 @@ impl RequestError {
     }
 }
 
-/// The justification Azure records: the human, their reason, the request id.
+/// The justification Azure records: the request id, the member by id first
+/// (a display name can say anything), then their name quoted and escaped,
+/// then their reason.
 pub fn justification(who: &Invocation, request_id: &RequestId, reason: Option<&str>) -> String {
+    let name: String = who
+        .member
+        .name
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
     let mut text = format!(
-        "Drawbridge request {request_id} by Discord user {} ({})",
-        who.member.name, who.member.user_id
+        "Drawbridge request {request_id} by Discord user {} (name {:?})",
+        who.member.user_id, name
     );
     if let Some(reason) = reason {
         text.push_str(": ");

@@ -449,3 +449,59 @@ async fn after_a_flood_of_refusals_a_grants_audit_message_arrives_within_5_s() {
     );
     app.stop().await.expect("clean stop");
 }
+
+/// `reason:"[Approved by SecOps](https://evil)"` rendered as a link in the
+/// admins' audit channel, and a display name could pose as part of the
+/// justification Azure records.
+#[tokio::test]
+async fn a_markdown_link_in_the_reason_is_shown_as_typed() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let link = "[Approved by SecOps](https://evil)";
+    let shown = r"\[Approved by SecOps\]\(https://evil\)";
+
+    let reply = interact(
+        &app,
+        ssh_web_01(d)
+            .string("reason", link)
+            .user(USER_ID, "bob) approved by SecOps (x"),
+    )
+    .await;
+
+    assert!(reply.title().contains("Access granted"), "{}", reply.text());
+    assert_eq!(reply.field("Reason"), Some(shown));
+    assert!(
+        d.wait_until(WAIT, |d| {
+            d.channel_messages(AUDIT_CHANNEL)
+                .iter()
+                .any(|m| m["embeds"][0]["title"] == "Access allowed")
+        })
+        .await,
+        "the grant was audited"
+    );
+    let posted = d.channel_messages(AUDIT_CHANNEL);
+    let lines: Vec<String> = posted
+        .iter()
+        .filter_map(|m| m["embeds"][0]["description"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("reason: {shown}"))),
+        "the audit channel shows the reason as typed: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(link)),
+        "never as a link: {lines:?}"
+    );
+    let body = initiates(&app)[0].body.clone().unwrap_or_default();
+    let justification = body["justification"].as_str().unwrap_or_default();
+    assert!(
+        justification.starts_with(&format!(
+            "Drawbridge request {} by Discord user {USER_ID} (name \"bob) approved by SecOps (x\")",
+            reply.sent.id
+        )),
+        "{justification}"
+    );
+    app.stop().await.expect("clean stop");
+}

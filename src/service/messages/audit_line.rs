@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::chat::time_full;
+use crate::chat::{escape_markdown, time_full};
 use crate::domain::mapping::MappingSpec;
 use crate::domain::{AuditAction, AuditEvent, PortAliases};
 
@@ -25,21 +25,24 @@ pub fn actor(actor: &str) -> String {
 /// One line for `event`: what happened, without the JSON.
 pub fn audit_line(event: &AuditEvent) -> String {
     let d = Detail(&event.detail);
+    // Targets and detail values are data, often typed by a member (a VM
+    // name, a reason, a display name): shown as typed, never as markdown.
     let target = if event.target.is_empty() {
-        "-"
+        "-".to_owned()
     } else {
-        event.target.as_str()
+        escape_markdown(&event.target)
     };
+    let target = target.as_str();
     match event.action {
         AuditAction::RequestReceived => format!(
             "{} asked for {} on {target} for {}{}{}",
-            d.text("user").unwrap_or_else(|| actor(&event.actor)),
+            d.typed("user").unwrap_or_else(|| actor(&event.actor)),
             d.or("ports", "ports"),
             d.or("duration", "?"),
             d.text("source")
                 .map(|s| format!(" from {s}"))
                 .unwrap_or_default(),
-            d.text("reason")
+            d.typed("reason")
                 .map(|r| format!(" — reason: {r}"))
                 .unwrap_or_default(),
         ),
@@ -51,7 +54,7 @@ pub fn audit_line(event: &AuditEvent) -> String {
         AuditAction::AccessDenied => format!(
             "denied {} on {target}: {}",
             d.or("ports", "ports"),
-            d.or("reason", "no reason recorded")
+            d.typed_or("reason", "no reason recorded")
         ),
         AuditAction::AccessInitiated => format!(
             "Azure opened {} on {target} for {}{}",
@@ -63,7 +66,7 @@ pub fn audit_line(event: &AuditEvent) -> String {
         ),
         AuditAction::AccessFailed => format!(
             "Azure did not open {target}: {}",
-            d.or("error", "no error recorded")
+            d.typed_or("error", "no error recorded")
         ),
         AuditAction::AccessExtended => format!(
             "extended {target}{}{}",
@@ -100,7 +103,7 @@ pub fn audit_line(event: &AuditEvent) -> String {
         ),
         AuditAction::OpenedOutsideDrawbridge => format!(
             "{} opened port {} on {target} from {} outside Drawbridge{}",
-            d.or("requestor", "someone"),
+            d.typed_or("requestor", "someone"),
             d.or("ports", "?"),
             d.or("source", "?"),
             d.time("end")
@@ -123,7 +126,7 @@ pub fn audit_line(event: &AuditEvent) -> String {
             } else {
                 format!(" on {target}")
             },
-            d.or("reason", "no reason recorded")
+            d.typed_or("reason", "no reason recorded")
         ),
         AuditAction::RefusalsFolded => format!(
             "{} more refusals of {}{}, each in the audit log",
@@ -159,6 +162,17 @@ impl Detail<'_> {
 
     fn or(&self, key: &str, fallback: &str) -> String {
         self.text(key).unwrap_or_else(|| fallback.to_owned())
+    }
+
+    /// Text that someone typed or another service wrote (a reason, a
+    /// display name, Azure's requestor or error), escaped so that it shows
+    /// as typed and never as a link, a mention or formatting.
+    fn typed(&self, key: &str) -> Option<String> {
+        self.text(key).map(|t| escape_markdown(&t))
+    }
+
+    fn typed_or(&self, key: &str, fallback: &str) -> String {
+        self.typed(key).unwrap_or_else(|| fallback.to_owned())
     }
 
     /// An RFC 3339 time as a Discord timestamp token.

@@ -114,6 +114,10 @@ fn jit_admin() -> CreateCommand {
                 )),
                 required(string("max_duration", "The longest window, e.g. 4h")),
                 string(
+                    "more_roles",
+                    "Further role ids or mentions it grants to, comma-separated",
+                ),
+                string(
                     "sources",
                     "Allowed source networks, comma-separated (default: single addresses only)",
                 ),
@@ -152,6 +156,7 @@ fn jit_admin() -> CreateCommand {
                     "Role ids or mentions to check instead, comma-separated",
                 ),
                 string("from", "The source IP or CIDR"),
+                string("reason", "A reason, for mappings that require one"),
             ],
         ))
         .add_option(subcommand(

@@ -94,6 +94,8 @@ pub enum VmSelector {
     Glob(glob::Pattern),
     /// One VM (`web-01`, `rg/web-01`, `sub/rg/web-01`).
     Exact(VmRef),
+    /// Any of several selectors, written comma-separated (`web-*,rg:rg-data`).
+    AnyOf(Vec<VmSelector>),
 }
 
 impl PartialEq for VmSelector {
@@ -106,9 +108,26 @@ impl Eq for VmSelector {}
 
 impl VmSelector {
     /// Parses `*`, `sub:<id>`, `rg:<name>`, `rg:<sub>/<name>`, a glob with `*`,
-    /// `?` or `[…]`, or an exact VM reference.
+    /// `?` or `[…]`, or an exact VM reference; several, comma-separated.
     pub fn parse(input: &str) -> Result<Self, String> {
         let input = input.trim();
+        if input.contains(',') {
+            let parts = input
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(Self::parse_one)
+                .collect::<Result<Vec<_>, _>>()?;
+            return match parts.len() {
+                0 => Err("no VM selector given".into()),
+                1 => Ok(parts.into_iter().next().expect("one")),
+                _ => Ok(Self::AnyOf(parts)),
+            };
+        }
+        Self::parse_one(input)
+    }
+
+    fn parse_one(input: &str) -> Result<Self, String> {
         if input == "*" {
             return Ok(Self::All);
         }
@@ -164,6 +183,7 @@ impl VmSelector {
                 },
             ),
             Self::Exact(r) => r.name.matches(name),
+            Self::AnyOf(all) => all.iter().any(|s| s.may_match_name(name)),
         }
     }
 
@@ -185,6 +205,7 @@ impl VmSelector {
                 },
             ),
             Self::Exact(r) => r.designates(vm),
+            Self::AnyOf(all) => all.iter().any(|s| s.matches(vm)),
         }
     }
 }
@@ -199,6 +220,10 @@ impl fmt::Display for VmSelector {
             Self::ResourceGroup(None, rg) => write!(f, "rg:{rg}"),
             Self::Glob(p) => f.write_str(p.as_str()),
             Self::Exact(r) => write!(f, "{r}"),
+            Self::AnyOf(all) => {
+                let parts: Vec<String> = all.iter().map(ToString::to_string).collect();
+                f.write_str(&parts.join(","))
+            }
         }
     }
 }
@@ -580,6 +605,12 @@ mod tests {
             assert_eq!(s.matches(&web), want, "{text}");
             assert_eq!(VmSelector::parse(&s.to_string()).unwrap(), s);
         }
+        let two = VmSelector::parse("db-*, rg:rg-prod").unwrap();
+        assert!(two.matches(&web));
+        assert!(!VmSelector::parse("db-*,rg:rg-data").unwrap().matches(&web));
+        assert_eq!(two.to_string(), "db-*,rg:rg-prod");
+        assert_eq!(VmSelector::parse(&two.to_string()).unwrap(), two);
+        assert!(VmSelector::parse("web-*,nope/").is_err());
         assert!(VmSelector::parse("web/*").is_err());
         assert!(VmSelector::parse("sub:nope").is_err());
         assert!(VmSelector::parse("[").is_err());

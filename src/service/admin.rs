@@ -108,6 +108,20 @@ impl Service {
         let mapping = spec
             .validate(&self.config().aliases)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        if let Some(existing) = self.mappings().iter().find(|m| m.name == mapping.name) {
+            let dropped: Vec<String> = existing
+                .roles
+                .difference(&mapping.roles)
+                .map(|r| format!("<@&{r}>"))
+                .collect();
+            if !dropped.is_empty() {
+                return Err(AdminError::Invalid(format!(
+                    "mapping {} also covers {}: list every role it should cover (role and more_roles), or unmap it first",
+                    mapping.name,
+                    dropped.join(" ")
+                )));
+            }
+        }
         let change = self
             .store()
             .add_mapping(&mapping, &actor(who.member.user_id), self.clock().now())

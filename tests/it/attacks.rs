@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drawbridge::clock::ManualClock;
-use drawbridge::domain::{AuditAction, SourcePrefix, UserId};
+use drawbridge::domain::{AuditAction, PortAliases, SourcePrefix, UserId};
 
 use crate::e2e::{ACK_LIMIT, BOB, WAIT, audit_log, initiates, interact, jit, reply_to, ssh_web_01};
-use crate::support::app::{AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
+use crate::support::app::{
+    ADMIN_ROLE, AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, TestApp, TestAppBuilder, spawn_app,
+};
 use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, USER_ID};
 
 /// `from:0.0.0.0/0` and `from:::/0` would open SSH to the whole internet.
@@ -503,5 +505,128 @@ async fn a_markdown_link_in_the_reason_is_shown_as_typed() {
         )),
         "{justification}"
     );
+    app.stop().await.expect("clean stop");
+}
+
+/// `/jit-admin <sub>` from an admin.
+fn admin(d: &FakeDiscord, sub: &str) -> InteractionBuilder {
+    d.slash("jit-admin").subcommand(sub).roles([ADMIN_ROLE])
+}
+
+/// `/jit-admin explain` read a `reason` option it never registered, so a
+/// mapping that requires a reason could never be explained as allowed.
+#[tokio::test]
+async fn explain_reads_the_reason_option_it_registers() {
+    let app = TestAppBuilder::default()
+        .mappings(
+            r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+require_reason = true
+"#,
+        )
+        .start()
+        .await;
+    let d = &app.discord;
+    assert!(
+        d.wait_until(WAIT, |d| !d.guild_commands(d.guild_id()).is_empty())
+            .await,
+        "the commands are registered"
+    );
+    let admin_command = d
+        .guild_commands(d.guild_id())
+        .into_iter()
+        .find(|c| c["name"] == "jit-admin")
+        .expect("jit-admin is registered");
+    let explain = admin_command["options"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["name"] == "explain")
+        .expect("explain is registered")
+        .clone();
+    assert!(
+        explain["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["name"] == "reason")),
+        "{explain}"
+    );
+
+    let reply = interact(
+        &app,
+        admin(d, "explain")
+            .string("vm", "web-01")
+            .string("port", "ssh")
+            .string("duration", "1h")
+            .string("roles", &SRE_ROLE.to_string())
+            .string("reason", "incident 42"),
+    )
+    .await;
+    assert_eq!(reply.title(), "Would be allowed", "{}", reply.text());
+    app.stop().await.expect("clean stop");
+}
+
+/// `map` took one role, so re-mapping a mapping of several roles silently
+/// took the others' access away; and `vms` read one selector although its
+/// description says comma-separated.
+#[tokio::test]
+async fn map_keeps_every_role_and_reads_every_vm_selector() {
+    let app = TestAppBuilder::default()
+        .mappings(
+            r#"
+[[mapping]]
+name = "web"
+roles = ["100", "200"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+"#,
+        )
+        .start()
+        .await;
+    let d = &app.discord;
+    let map = |more: Option<&str>| {
+        let m = admin(d, "map")
+            .string("name", "web")
+            .option("role", 8, serde_json::json!(SRE_ROLE.to_string()))
+            .string("vms", "web-01, ops-01")
+            .string("ports", "ssh")
+            .string("max_duration", "1h");
+        match more {
+            Some(more) => m.string("more_roles", more),
+            None => m,
+        }
+    };
+
+    let refused = interact(&app, map(None)).await;
+    assert_eq!(refused.title(), "That did not work", "{}", refused.text());
+    assert!(
+        refused.text().contains(&format!("<@&{DEV_ROLE}>")),
+        "{}",
+        refused.text()
+    );
+    let changed = interact(&app, map(Some(&format!("<@&{DEV_ROLE}>")))).await;
+    assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
+
+    let stored = app
+        .store
+        .list_mappings(&PortAliases::default())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].roles.len(), 2, "both roles are still mapped");
+    assert_eq!(stored[0].vms.to_string(), "web-01,ops-01");
+    let dev = interact(
+        &app,
+        jit(d, "ssh", "rg-staging/ops-01", "1h", &[DEV_ROLE])
+            .user(BOB, "bob")
+            .string("from", "203.0.113.7"),
+    )
+    .await;
+    assert!(dev.title().contains("Access granted"), "{}", dev.text());
     app.stop().await.expect("clean stop");
 }

@@ -16,11 +16,18 @@ pub(super) async fn run(
 ) -> Result<ChatMessage, AdminError> {
     let opt = |n: &str| command.option(n);
     let name = required(command, "name")?.to_string();
-    let role = RoleId::parse(required(command, "role")?)
-        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let mut roles = vec![role_id(required(command, "role")?)?];
+    for more in opt("more_roles").unwrap_or_default().split(',') {
+        if !more.trim().is_empty() {
+            let role = role_id(more)?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+    }
     let spec = MappingSpec {
         name,
-        roles: vec![role],
+        roles,
         vms: required(command, "vms")?.to_string(),
         ports: vec![required(command, "ports")?.to_string()],
         max_duration: required(command, "max_duration")?.to_string(),
@@ -37,4 +44,14 @@ pub(super) async fn run(
         MappingChange::Unchanged => "Mapping unchanged",
     };
     Ok(ChatMessage::card(mapping_card(verb, &mapping)))
+}
+
+/// A role id, or a role mention `<@&id>`.
+fn role_id(text: &str) -> Result<RoleId, AdminError> {
+    let text = text.trim();
+    let id = text
+        .strip_prefix("<@&")
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(text);
+    RoleId::parse(id).map_err(|e| AdminError::Invalid(format!("`{text}`: {e}")))
 }

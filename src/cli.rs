@@ -85,7 +85,12 @@ pub enum Command {
     /// Apply database migrations.
     Migrate,
     /// Check the configuration and report every problem.
-    CheckConfig,
+    CheckConfig {
+        /// Also check this mappings file (`[[mapping]]` tables) and flag
+        /// mappings that open ports to broad sources.
+        #[arg(long, value_name = "FILE")]
+        mappings: Option<std::path::PathBuf>,
+    },
     /// Manage role mappings.
     #[command(subcommand)]
     Mappings(MappingsCommand),
@@ -146,7 +151,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emulate_azure::execute(listen, options).await
         }
         Command::Migrate => migrate::execute(&sources).await,
-        Command::CheckConfig => Ok(check_config::execute(&sources)),
+        Command::CheckConfig { mappings } => {
+            Ok(check_config::execute(&sources, mappings.as_deref()))
+        }
         Command::Mappings(command) => mappings::execute(&sources, command).await,
         Command::Explain(args) => explain::execute(&sources, args).await,
         Command::Audit(command) => audit::execute(&sources, command).await,

@@ -630,3 +630,44 @@ max_duration = "3h"
     assert!(dev.title().contains("Access granted"), "{}", dev.text());
     app.stop().await.expect("clean stop");
 }
+
+/// `check-config --mappings FILE` refuses a broad range without
+/// `allow_broad_sources` and flags one with it loudly.
+#[test]
+fn check_config_flags_broad_sources_in_a_mappings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, extra: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[[mapping]]\nname = \"wide\"\nroles = [\"1\"]\nvms = \"*\"\nports = [\"ssh\"]\nmax_duration = \"1h\"\nsources = [\"0.0.0.0/0\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+            .arg("check-config")
+            .arg("--mappings")
+            .arg(path)
+            .env_clear()
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let refused = check(&file("refused.toml", ""));
+    let flagged = check(&file("flagged.toml", "allow_broad_sources = true"));
+
+    assert!(
+        refused.contains("mappings (from") && refused.contains("allow_broad_sources = true"),
+        "{refused}"
+    );
+    assert!(
+        flagged.contains("WARNING: mapping `wide` ⚠ BROAD SOURCES (0.0.0.0/0)"),
+        "{flagged}"
+    );
+    assert!(!flagged.contains("mappings (from"), "{flagged}");
+}

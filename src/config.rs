@@ -371,6 +371,57 @@ impl Settings {
         );
         out
     }
+
+    /// What the process environment must still supply: the workload identity
+    /// credential reads its tenant, client and token file from `AZURE_*`
+    /// variables unless the config gives them, and without them `run` would
+    /// only fail at its first token ("no tenant ID specified").
+    pub fn problems_for_environment(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<ConfigProblem> {
+        if self.azure.credential != CredentialKind::WorkloadIdentity {
+            return Vec::new();
+        }
+        let set = |var: &str| env(var).is_some_and(|v| !v.trim().is_empty());
+        [
+            (
+                "azure.tenant_id",
+                "AZURE_TENANT_ID",
+                self.azure.tenant_id.is_some(),
+            ),
+            (
+                "azure.client_id",
+                "AZURE_CLIENT_ID",
+                self.azure.client_id.is_some(),
+            ),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "AZURE_FEDERATED_TOKEN_FILE",
+                false,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, var, in_config)| !in_config && !set(var))
+        .map(|(key, var, _)| ConfigProblem {
+            key: key.into(),
+            source: NOT_SET.into(),
+            message: workload_message(key, var),
+        })
+        .collect()
+    }
+}
+
+fn workload_message(key: &str, var: &str) -> String {
+    if key == var {
+        format!(
+            "required when azure.credential is workload_identity: the environment variable {var} is not set (the workload identity webhook sets it when the pod's service account is federated)"
+        )
+    } else {
+        format!(
+            "required when azure.credential is workload_identity: set {key} or the environment variable {var}"
+        )
+    }
 }
 
 /// `url` with any password replaced by `***`.

@@ -18,7 +18,11 @@ pub(super) fn execute(sources: &Sources, mappings: Option<&Path>) -> ExitCode {
         eprintln!("warning: {key}");
     }
     let (mut problems, aliases) = match Settings::load(sources) {
-        Ok(settings) => (settings.problems_for_run(), settings.ports),
+        Ok(settings) => {
+            let mut all = settings.problems_for_run();
+            all.extend(settings.problems_for_environment(|var| std::env::var(var).ok()));
+            (all, settings.ports)
+        }
         Err(errors) => (errors.0, PortAliases::default()),
     };
     if let Some(path) = mappings {

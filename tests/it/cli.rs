@@ -524,6 +524,35 @@ fn check_config_reports_every_problem_with_key_and_source() {
 }
 
 #[test]
+fn check_config_names_the_workload_identity_variables_the_environment_lacks() {
+    let check = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drawbridge"));
+        cmd.arg("check-config")
+            .env_clear()
+            .env("DRAWBRIDGE__AZURE__CREDENTIAL", "workload_identity");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        text(&cmd.output().unwrap()).1
+    };
+    let stderr = check(&[]);
+    for want in [
+        "azure.tenant_id (not set): required when azure.credential is workload_identity: set azure.tenant_id or the environment variable AZURE_TENANT_ID",
+        "azure.client_id (not set): required when azure.credential is workload_identity: set azure.client_id or the environment variable AZURE_CLIENT_ID",
+        "AZURE_FEDERATED_TOKEN_FILE (not set): required when azure.credential is workload_identity",
+    ] {
+        assert!(stderr.contains(want), "{want} missing from {stderr}");
+    }
+    // Config values supply the ids; the environment supplies the token file.
+    let stderr = check(&[
+        ("DRAWBRIDGE__AZURE__TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "c"),
+        ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/token"),
+    ]);
+    assert!(!stderr.contains("workload_identity"), "{stderr}");
+}
+
+#[test]
 fn check_config_warns_of_a_misspelt_key_with_the_key_it_meant() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("drawbridge.toml");

@@ -18,6 +18,7 @@ pub mod place;
 pub mod policy_check;
 pub mod port;
 pub mod port_truth;
+pub mod preflight;
 pub mod rate;
 pub mod request;
 pub mod source;

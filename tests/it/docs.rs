@@ -286,3 +286,26 @@ fn the_alert_rules_parse_and_use_only_metrics_the_bot_exports() {
         }
     }
 }
+
+/// The custom role's `Actions` in the operator guide's JSON, and the action
+/// table above it, are exactly what `drawbridge preflight` checks for.
+#[test]
+fn the_documented_role_lists_exactly_the_actions_preflight_checks() {
+    let needed: Vec<&str> = drawbridge::domain::preflight::NEEDED_ACTIONS.to_vec();
+    let start = DOCS.find("\"Actions\": [").expect("the role JSON") + "\"Actions\": [".len();
+    let end = start + DOCS[start..].find(']').unwrap();
+    let json: Vec<&str> = DOCS[start..end]
+        .split(',')
+        .map(|s| s.trim().trim_matches('"'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(json, needed);
+    let table: Vec<&str> = DOCS
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `Microsoft."))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(rest, _)| rest)
+        .collect();
+    let table_full: Vec<String> = table.iter().map(|s| format!("Microsoft.{s}")).collect();
+    assert_eq!(table_full, needed);
+}

@@ -24,6 +24,7 @@ mod explain;
 mod healthcheck;
 mod mappings;
 mod migrate;
+mod preflight;
 mod run;
 
 pub use audit::{AuditCommand, ExportFormat};
@@ -91,6 +92,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         mappings: Option<std::path::PathBuf>,
     },
+    /// Check the deployment against Azure: token, role actions, JIT policies.
+    Preflight,
     /// Manage role mappings.
     #[command(subcommand)]
     Mappings(MappingsCommand),
@@ -154,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { mappings } => {
             Ok(check_config::execute(&sources, mappings.as_deref()))
         }
+        Command::Preflight => preflight::execute(&sources).await,
         Command::Mappings(command) => mappings::execute(&sources, command).await,
         Command::Explain(args) => explain::execute(&sources, args).await,
         Command::Audit(command) => audit::execute(&sources, command).await,

@@ -42,6 +42,7 @@ pub mod domain;
 pub mod interactions;
 pub mod metrics;
 pub mod ops;
+pub mod preflight;
 pub mod sandbox;
 pub mod service;
 pub mod store;

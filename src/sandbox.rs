@@ -125,6 +125,8 @@ struct State {
     token_lifetime: chrono::Duration,
     directory: Directory,
     supersede: SupersedeModel,
+    /// What the permissions route reports the caller holds.
+    granted_actions: Vec<String>,
 }
 
 struct IssuedToken {
@@ -226,6 +228,10 @@ impl Emulator {
             token_lifetime: chrono::Duration::hours(1),
             directory: Directory::new(),
             supersede: SupersedeModel::default(),
+            granted_actions: crate::domain::preflight::NEEDED_ACTIONS
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -348,6 +354,12 @@ impl Emulator {
             stop: Some(stop),
             task: Some(task),
         })
+    }
+
+    /// Sets the actions the permissions route reports the caller holds
+    /// (default: Drawbridge's full custom role).
+    pub fn set_granted_actions(&self, actions: Vec<String>) {
+        self.state().granted_actions = actions;
     }
 
     /// Sets how many items a list page holds (at least 1).

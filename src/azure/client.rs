@@ -16,10 +16,12 @@ use super::{
     retry::{RetryPolicy, server_retry_hint},
     wire::{
         COMPUTE_API_VERSION, ComputeVm, InitiatePort, InitiateRequest, InitiateVm, JIT_API_VERSION,
-        JitRequest, List, Policy, PolicyPut, PolicyPutProperties, PolicyVm, PortRule,
+        JitRequest, List, PERMISSIONS_API_VERSION, Permission, Policy, PolicyPut,
+        PolicyPutProperties, PolicyVm, PortRule,
     },
 };
 use crate::clock::SharedClock;
+use crate::domain::preflight::PermissionEntry;
 use crate::domain::{PolicyDefaults, PolicyId};
 
 /// Most pages one list may span before we call it a loop.
@@ -139,6 +141,36 @@ impl ArmClient {
             COMPUTE_API_VERSION,
         );
         self.list_all(Operation::ListVms, url).await
+    }
+
+    /// The caller's effective permissions in a subscription, one entry per
+    /// role assignment (read by `drawbridge preflight`).
+    ///
+    /// # Errors
+    /// [`ArmError`]; `InvalidInput` when `subscription` is not a GUID.
+    pub async fn list_permissions(
+        &self,
+        subscription: &str,
+    ) -> Result<Vec<PermissionEntry>, ArmError> {
+        check_subscription(subscription)?;
+        let url = self.url(
+            &[
+                "subscriptions",
+                subscription,
+                "providers",
+                "Microsoft.Authorization",
+                "permissions",
+            ],
+            PERMISSIONS_API_VERSION,
+        );
+        let entries: Vec<Permission> = self.list_all(Operation::ListPermissions, url).await?;
+        Ok(entries
+            .into_iter()
+            .map(|p| PermissionEntry {
+                actions: p.actions,
+                not_actions: p.not_actions,
+            })
+            .collect())
     }
 
     /// One JIT policy.

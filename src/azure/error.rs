@@ -19,6 +19,8 @@ pub enum Operation {
     Initiate,
     /// `VirtualMachines_ListAll` (one page).
     ListVms,
+    /// `Permissions_ListForResourceGroup`'s subscription form (`drawbridge preflight`).
+    ListPermissions,
 }
 
 impl Operation {
@@ -30,6 +32,7 @@ impl Operation {
             Self::PutPolicy => "put_policy",
             Self::Initiate => "initiate",
             Self::ListVms => "list_vms",
+            Self::ListPermissions => "list_permissions",
         }
     }
 
@@ -44,6 +47,7 @@ impl Operation {
                 "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"
             }
             Self::ListVms => "Microsoft.Compute/virtualMachines/read",
+            Self::ListPermissions => "Microsoft.Authorization/permissions/read",
         }
     }
 }

@@ -14,6 +14,19 @@ pub const JIT_API_VERSION: &str = "2020-01-01";
 /// The api-version used to list VMs (Microsoft.Compute).
 pub const COMPUTE_API_VERSION: &str = "2024-07-01";
 
+/// Microsoft.Authorization's permissions list.
+pub const PERMISSIONS_API_VERSION: &str = "2022-04-01";
+
+/// One entry of the permissions list (data actions are not needed).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permission {
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub not_actions: Vec<String>,
+}
+
 /// A page of a list: `{ value, nextLink }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -23,6 +23,8 @@ pub enum Route {
     ListVms,
     /// Every token endpoint (managed identity and Entra v2).
     Token,
+    /// The caller's effective permissions in a subscription (`drawbridge preflight`).
+    ListPermissions,
 }
 
 impl Route {
@@ -39,6 +41,7 @@ impl Route {
             }
             Self::ListVms => "Microsoft.Compute/virtualMachines/read",
             Self::Token => "(token endpoint)",
+            Self::ListPermissions => "Microsoft.Authorization/permissions/read",
         }
     }
 }

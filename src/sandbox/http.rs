@@ -24,6 +24,8 @@ use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorStat
 
 /// The only api-version of the JIT API the emulator speaks.
 const SECURITY_API_VERSION: &str = "2020-01-01";
+/// The one Microsoft.Authorization permissions version the emulator serves.
+const PERMISSIONS_API_VERSION: &str = "2022-04-01";
 /// The oldest Compute api-version accepted; any later date-shaped version is.
 const OLDEST_COMPUTE_API_VERSION: &str = "2015-06-15";
 /// The largest request body read.
@@ -107,6 +109,9 @@ enum Target {
     Vms {
         sub: String,
     },
+    Permissions {
+        sub: String,
+    },
 }
 
 impl Target {
@@ -155,6 +160,13 @@ impl Target {
             [
                 "subscriptions",
                 _,
+                "providers",
+                "microsoft.authorization",
+                "permissions",
+            ] => Target::Permissions { sub: seg(1) },
+            [
+                "subscriptions",
+                _,
                 "resourcegroups",
                 _,
                 "providers",
@@ -198,7 +210,10 @@ impl Target {
 
     fn subscription(&self) -> &str {
         match self {
-            Target::Policies { sub, .. } | Target::Policy { sub, .. } | Target::Vms { sub } => sub,
+            Target::Policies { sub, .. }
+            | Target::Policy { sub, .. }
+            | Target::Vms { sub }
+            | Target::Permissions { sub } => sub,
         }
     }
 
@@ -207,6 +222,7 @@ impl Target {
         let route = match (self, method) {
             (Target::Policies { .. }, &Method::GET) => Route::ListPolicies,
             (Target::Vms { .. }, &Method::GET) => Route::ListVms,
+            (Target::Permissions { .. }, &Method::GET) => Route::ListPermissions,
             (Target::Policy { action: None, .. }, &Method::GET) => Route::GetPolicy,
             (Target::Policy { action: None, .. }, &Method::PUT) => Route::PutPolicy,
             (Target::Policy { action: None, .. }, &Method::DELETE) => Route::DeletePolicy,
@@ -284,6 +300,10 @@ fn check_api_version(route: Route, given: Option<&str>) -> Result<(), ArmError> 
         Route::ListVms => (
             is_compute_version(version),
             format!("any date from {OLDEST_COMPUTE_API_VERSION} on"),
+        ),
+        Route::ListPermissions => (
+            version == PERMISSIONS_API_VERSION,
+            PERMISSIONS_API_VERSION.to_owned(),
         ),
         _ => (
             version == SECURITY_API_VERSION,
@@ -489,6 +509,15 @@ impl Emulator {
                     .collect();
                 page(items, parts, state.page_size)
             }
+            Target::Permissions { .. } => Ok(Json(json!({
+                "value": [{
+                    "actions": state.granted_actions,
+                    "notActions": [],
+                    "dataActions": [],
+                    "notDataActions": [],
+                }]
+            }))
+            .into_response()),
             Target::Vms { sub } => {
                 let items = state
                     .vms

@@ -1352,3 +1352,31 @@ async fn odd_requests_get_arm_errors_not_panics() {
     let (status, page) = azure.get(&far).await;
     assert_eq!((status, page), (StatusCode::OK, json!({"value": []})));
 }
+
+#[tokio::test]
+async fn the_permissions_route_reports_the_granted_actions_and_checks_its_api_version() {
+    let azure = Azure::sample().await;
+    let path = format!("/subscriptions/{SUB_A}/providers/Microsoft.Authorization/permissions");
+    let (status, body) = azure.get(&format!("{path}?api-version=2022-04-01")).await;
+    assert_eq!(status, StatusCode::OK);
+    let actions = body["value"][0]["actions"].as_array().unwrap().clone();
+    assert_eq!(
+        actions,
+        drawbridge::domain::preflight::NEEDED_ACTIONS
+            .iter()
+            .map(|a| json!(a))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(body["value"][0]["notActions"], json!([]));
+
+    azure
+        .emulator()
+        .set_granted_actions(vec!["Microsoft.Security/*".to_owned()]);
+    let (_, body) = azure.get(&format!("{path}?api-version=2022-04-01")).await;
+    assert_eq!(body["value"][0]["actions"], json!(["Microsoft.Security/*"]));
+
+    let (status, body) = azure.get(&format!("{path}?api-version=2020-01-01")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "InvalidApiVersionParameter");
+    assert!(error_message(&body).contains("2022-04-01"));
+}

@@ -26,6 +26,7 @@ mod lifecycle;
 mod logs;
 mod ops;
 mod policy_fuzz;
+mod preflight;
 mod readme;
 mod shutdown;
 mod store;

@@ -127,6 +127,9 @@ struct State {
     supersede: SupersedeModel,
     /// What the permissions route reports the caller holds.
     granted_actions: Vec<String>,
+    /// A portal edit that races the next policy PUT (see
+    /// [`Emulator::race_next_policy_put`]).
+    portal_race: Option<jit::PolicyVm>,
 }
 
 struct IssuedToken {
@@ -232,6 +235,7 @@ impl Emulator {
                 .iter()
                 .map(|a| (*a).to_owned())
                 .collect(),
+            portal_race: None,
         };
         Self {
             inner: Arc::new(Inner {
@@ -461,6 +465,37 @@ impl Emulator {
     /// Arms a fault on `route`.
     pub fn inject(&self, route: Route, rule: FaultRule) {
         self.state().faults.add(route, rule);
+    }
+
+    /// Makes a portal user race the next policy PUT: they read the policy
+    /// just before that PUT lands and write it back, with `vm_id` added on
+    /// `ports`, just after. Azure keeps the last writer's policy, so the PUT's
+    /// change is lost unless its writer reads back and writes again.
+    ///
+    /// # Errors
+    /// `vm_id` is not a VM of the estate, so the portal could not add it.
+    pub fn race_next_policy_put(&self, vm_id: &str, ports: &[u16]) -> Result<(), String> {
+        let mut state = self.state();
+        let known = state.vms.iter().any(|v| v.id.eq_ignore_ascii_case(vm_id));
+        if !known {
+            return Err(format!("no VM {vm_id} in the estate"));
+        }
+        state.portal_race = Some(jit::PolicyVm::portal(vm_id, ports));
+        Ok(())
+    }
+
+    /// The policies (`resource-group/name`) that hold the VM `vm_id` now.
+    pub fn policies_holding(&self, vm_id: &str) -> Vec<String> {
+        self.state()
+            .policies
+            .iter()
+            .filter(|p| {
+                p.virtual_machines
+                    .iter()
+                    .any(|v| v.id.eq_ignore_ascii_case(vm_id))
+            })
+            .map(|p| format!("{}/{}", p.resource_group, p.name))
+            .collect()
     }
 
     /// Disarms every fault.

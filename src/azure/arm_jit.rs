@@ -4,18 +4,20 @@
 //! the initiate and the GET of its policy that reads it back. ARM's errors and wire types are turned into the port's
 //! domain values here, and go no further.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use serde_json::json;
 
+use super::client::ENABLE_POLICY_NAME;
 use super::ids::VmId;
 use super::wire::{JitRequest, Policy, RequestPort};
 use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
 use crate::domain::{
-    IndexedVm, JitRequestRecord, PolicyDefaults, RequestedPort, RequestedVm, VmKey, VmRef,
+    IndexedVm, JitRequestRecord, PolicyDefaults, PolicyId, RequestedPort, RequestedVm, VmKey, VmRef,
 };
-use crate::service::jit_port::{Initiated, JitError, JitPort, OpenRequest};
+use crate::service::jit_port::{Enabled, Initiated, JitError, JitPort, OpenRequest};
 
 /// Azure's JIT API over ARM, with the VM index.
 pub struct ArmJit {
@@ -26,6 +28,8 @@ pub struct ArmJit {
     /// Every VM of the subscriptions (for "exists but has no JIT policy"
     /// and for enable); filled on refresh.
     all_vms: RwLock<Arc<Vec<VmId>>>,
+    /// One lock per policy id (lowercase) that enable writes.
+    enable_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for ArmJit {
@@ -51,6 +55,7 @@ impl ArmJit {
             subscriptions,
             enable,
             all_vms: RwLock::new(Arc::new(Vec::new())),
+            enable_locks: Mutex::default(),
         }
     }
 
@@ -245,42 +250,22 @@ impl JitPort for ArmJit {
         Ok(records_of(&policy).collect())
     }
 
-    async fn enable(&self, vm: &VmRef) -> Result<String, JitError> {
-        let all = self.list_all_vms().await?;
-        let found = Self::matching(&all, vm);
-        let target = match found.as_slice() {
-            [] => {
-                return Err(JitError::NoSuchVm {
-                    name: vm.to_string(),
-                });
-            }
-            [one] => one.clone(),
-            many => {
-                return Err(JitError::Ambiguous {
-                    candidates: many
-                        .iter()
-                        .map(|v| format!("{}/{}", v.resource_group, v.name))
-                        .collect(),
-                });
-            }
-        };
-        let listed = self.arm.list_vms(&target.subscription).await?;
-        let location = listed
-            .iter()
-            .find(|v| v.id.eq_ignore_ascii_case(&target.to_string()))
-            .map(|v| v.location.clone())
-            .unwrap_or_default();
-        self.arm
-            .enable_vm(
-                &target.subscription,
-                &target.resource_group,
-                &location,
-                &target.to_string(),
-                &self.enable,
-            )
-            .await?;
+    async fn enable(&self, vm: &VmRef) -> Result<Enabled, JitError> {
+        let target = self.enable_target(vm).await?;
+        let location = self.location_of(&target).await?;
+        let policy = PolicyId::new(
+            &target.subscription,
+            &target.resource_group,
+            &location,
+            ENABLE_POLICY_NAME,
+        )
+        .map_err(|e| ArmError::InvalidInput(e.to_string()))?;
+        let lock = self.enable_lock(&policy);
+        let _one_at_a_time = lock.lock().await;
+        self.refuse_if_covered(&target, &policy).await?;
+        let enabled = self.write_until_shown(&target, &location, &policy).await?;
         self.refresh().await?;
-        Ok(format!("{}/{}", target.resource_group, target.name))
+        Ok(enabled)
     }
 
     async fn unprotected_vms(&self) -> Result<Vec<String>, JitError> {
@@ -310,6 +295,132 @@ impl JitPort for ArmJit {
         }
         Ok(all)
     }
+}
+
+/// How many times enable writes the policy when the read-back does not show
+/// the VM (another writer overwrote it between our GET and PUT).
+const ENABLE_ATTEMPTS: u32 = 3;
+
+impl ArmJit {
+    /// The one VM of the subscriptions `vm` names.
+    async fn enable_target(&self, vm: &VmRef) -> Result<VmId, JitError> {
+        let all = self.list_all_vms().await?;
+        match Self::matching(&all, vm).as_slice() {
+            [] => Err(JitError::NoSuchVm {
+                name: vm.to_string(),
+            }),
+            [one] => Ok(one.clone()),
+            many => Err(JitError::Ambiguous {
+                candidates: many.iter().map(short_name).collect(),
+            }),
+        }
+    }
+
+    async fn location_of(&self, target: &VmId) -> Result<String, JitError> {
+        let listed = self.arm.list_vms(&target.subscription).await?;
+        Ok(listed
+            .iter()
+            .find(|v| v.id.eq_ignore_ascii_case(&target.to_string()))
+            .map(|v| v.location.clone())
+            .unwrap_or_default())
+    }
+
+    /// The lock serializing enables of one policy: each is a read-modify-write
+    /// of the whole policy, so two at once would lose one. In-process only.
+    fn enable_lock(&self, policy: &PolicyId) -> Arc<tokio::sync::Mutex<()>> {
+        let key = policy.to_string().to_ascii_lowercase();
+        let mut locks = self
+            .enable_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(key).or_default().clone()
+    }
+
+    /// `AlreadyCovered` when another policy of the subscription holds the VM.
+    async fn refuse_if_covered(&self, target: &VmId, ours: &PolicyId) -> Result<(), JitError> {
+        let vm_id = target.to_string();
+        let ours = ours.to_string();
+        let policies = self.arm.list_policies(&target.subscription).await?;
+        let covering = policies
+            .iter()
+            .find(|p| !p.id.eq_ignore_ascii_case(&ours) && ports_shown(p, &vm_id).is_some());
+        match covering {
+            Some(other) => Err(JitError::AlreadyCovered {
+                vm: short_name(target),
+                policy: policy_name(&other.id),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the VM into `policy` and reads the policy back, writing again
+    /// (at most [`ENABLE_ATTEMPTS`] times) while Azure does not show the VM
+    /// with every default port.
+    async fn write_until_shown(
+        &self,
+        target: &VmId,
+        location: &str,
+        policy: &PolicyId,
+    ) -> Result<Enabled, JitError> {
+        let vm_id = target.to_string();
+        for attempt in 1..=ENABLE_ATTEMPTS {
+            self.arm
+                .enable_vm(
+                    &target.subscription,
+                    &target.resource_group,
+                    location,
+                    &vm_id,
+                    &self.enable,
+                )
+                .await?;
+            let shown = self.arm.get_policy(policy).await?;
+            match ports_shown(&shown, &vm_id) {
+                Some(ports) if self.enable.ports.iter().all(|p| ports.contains(p)) => {
+                    return Ok(Enabled {
+                        vm: short_name(target),
+                        policy: policy_name(&shown.id),
+                        ports,
+                    });
+                }
+                _ => tracing::warn!(
+                    policy = %policy,
+                    attempt,
+                    "the policy read back without the enabled VM: another writer overwrote it"
+                ),
+            }
+        }
+        let message = format!(
+            "Azure's policy still did not show {} after {ENABLE_ATTEMPTS} writes: someone else keeps changing it; try again",
+            short_name(target)
+        );
+        Err(JitError::NoAnswer {
+            detail: message.clone(),
+            cause: anyhow::anyhow!("enable of {vm_id} overwritten {ENABLE_ATTEMPTS} times"),
+            message,
+        })
+    }
+}
+
+/// `resource-group/name` of a VM.
+fn short_name(vm: &VmId) -> String {
+    format!("{}/{}", vm.resource_group, vm.name)
+}
+
+/// `resource-group/name` of a policy id as Azure shows it.
+fn policy_name(id: &str) -> String {
+    PolicyId::parse(id)
+        .map(|p| format!("{}/{}", p.resource_group, p.name))
+        .unwrap_or_else(|_| id.to_owned())
+}
+
+/// The ports `policy` shows for the VM `vm_id`, if it holds the VM.
+fn ports_shown(policy: &Policy, vm_id: &str) -> Option<Vec<u16>> {
+    policy
+        .properties
+        .virtual_machines
+        .iter()
+        .find(|v| v.id.eq_ignore_ascii_case(vm_id))
+        .map(|v| v.ports.iter().map(|p| p.number).collect())
 }
 
 /// The requests a policy shows, as domain records.

@@ -554,12 +554,18 @@ impl Emulator {
                             });
                             state.policies.len() - 1
                         });
+                        let race = state.portal_race.take();
                         let policy = &mut state.policies[i];
+                        let read_by_portal = policy.virtual_machines.clone();
                         if let Some(kind) = update.kind {
                             policy.kind = kind;
                         }
                         policy.virtual_machines = update.virtual_machines;
-                        Ok(Json(policy.to_json(now)).into_response())
+                        let answer = policy.to_json(now);
+                        if let Some(added) = race {
+                            policy.virtual_machines = jit::with_vm(read_by_portal, added);
+                        }
+                        Ok(Json(answer).into_response())
                     }
                     (Route::DeletePolicy, Some(i)) => {
                         state.policies.remove(i);

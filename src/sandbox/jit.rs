@@ -301,6 +301,32 @@ pub(crate) struct PolicyVm {
     pub public_ip_address: Option<String>,
 }
 
+impl PolicyVm {
+    /// The entry the portal writes for `id` with `ports` open to any source
+    /// for up to three hours.
+    pub fn portal(id: &str, ports: &[u16]) -> Self {
+        let rule = |number| PortRule {
+            number,
+            protocol: "*".to_owned(),
+            allowed_source_address_prefix: Some("*".to_owned()),
+            allowed_source_address_prefixes: None,
+            max_request_access_duration: "PT3H".to_owned(),
+        };
+        Self {
+            id: id.to_owned(),
+            ports: ports.iter().map(|&p| rule(p)).collect(),
+            public_ip_address: None,
+        }
+    }
+}
+
+/// `vms` with `vm` added, replacing any entry for the same VM.
+pub(crate) fn with_vm(mut vms: Vec<PolicyVm>, vm: PolicyVm) -> Vec<PolicyVm> {
+    vms.retain(|v| !v.id.eq_ignore_ascii_case(&vm.id));
+    vms.push(vm);
+    vms
+}
+
 /// A JIT network access policy with its request history.
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::jit_port::JitError;
+use super::jit_port::{Enabled, JitError};
 use super::phases::ResolveVmError;
 use super::request::RequestError;
 use super::{Service, actor};
@@ -202,14 +202,15 @@ impl Service {
         Ok((target.identity, decision))
     }
 
-    /// Puts a VM under JIT with the configured defaults (audited).
+    /// Puts a VM under JIT with the configured defaults (audited) and
+    /// returns what Azure's policy shows for it, read back.
     ///
     /// # Errors
-    /// [`AdminError`].
-    pub async fn enable(&self, who: &Invocation, vm: &str) -> Result<String, AdminError> {
+    /// [`AdminError`]; a VM another policy already holds is `Invalid`.
+    pub async fn enable(&self, who: &Invocation, vm: &str) -> Result<Enabled, AdminError> {
         self.require_admin(who)?;
         let vm_ref = VmRef::parse(vm).map_err(|e| AdminError::Invalid(e.to_string()))?;
-        let qualified = self.jit().enable(&vm_ref).await?;
+        let enabled = self.jit().enable(&vm_ref).await?;
         let now = self.clock().now();
         self.store()
             .append_audit(
@@ -217,13 +218,17 @@ impl Service {
                     now,
                     actor(who.member.user_id),
                     AuditAction::PolicyEnabled,
-                    &qualified,
+                    &enabled.vm,
                     Outcome::Success,
                 )
-                .with_detail(json!({"vm": qualified})),
+                .with_detail(json!({
+                    "vm": enabled.vm,
+                    "policy": enabled.policy,
+                    "ports": enabled.ports,
+                })),
             )
             .await?;
-        Ok(qualified)
+        Ok(enabled)
     }
 
     /// VMs no JIT policy protects.

@@ -37,6 +37,15 @@ pub enum JitError {
         /// Their qualified names.
         candidates: Vec<String>,
     },
+    /// The VM is already in another JIT policy; enabling it in ours would
+    /// give it two policies that overwrite each other's rules.
+    #[error("{vm} is already under JIT in policy {policy}: change its ports there")]
+    AlreadyCovered {
+        /// The VM, `resource-group/name`.
+        vm: String,
+        /// The covering policy, `resource-group/name`.
+        policy: String,
+    },
     /// Azure answered and did not do it: nothing changed in Azure.
     #[error("Azure refused: {cause}")]
     Refused {
@@ -67,9 +76,10 @@ impl JitError {
     /// internals beyond Azure's own explanation of a refusal.
     pub fn user_message(&self) -> String {
         match self {
-            Self::NotUnderJit { .. } | Self::NoSuchVm { .. } | Self::Ambiguous { .. } => {
-                self.to_string()
-            }
+            Self::NotUnderJit { .. }
+            | Self::NoSuchVm { .. }
+            | Self::Ambiguous { .. }
+            | Self::AlreadyCovered { .. } => self.to_string(),
             Self::Refused { message, .. } | Self::NoAnswer { message, .. } => message.clone(),
         }
     }
@@ -107,6 +117,17 @@ pub struct Initiated {
     pub detail: serde_json::Value,
 }
 
+/// What Azure's policy shows for a VM after `/jit-admin enable`, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enabled {
+    /// The VM, `resource-group/name`.
+    pub vm: String,
+    /// The policy that holds it, `resource-group/name`.
+    pub policy: String,
+    /// The ports the policy shows for the VM.
+    pub ports: Vec<u16>,
+}
+
 /// Azure's JIT API, as the use cases need it.
 #[async_trait]
 pub trait JitPort: Send + Sync + 'static {
@@ -138,12 +159,13 @@ pub trait JitPort: Send + Sync + 'static {
     /// # Errors
     /// `NoAnswer` (or `Refused`) when the policy cannot be read.
     async fn policy_requests(&self, vm: &IndexedVm) -> Result<Vec<JitRequestRecord>, JitError>;
-    /// Puts a VM under JIT with the configured defaults; returns its
-    /// qualified name.
+    /// Puts a VM under JIT with the configured defaults, one enable per
+    /// policy at a time, and returns what Azure's policy shows once read back.
     ///
     /// # Errors
-    /// `NoSuchVm`, `Ambiguous`, or Azure's refusal.
-    async fn enable(&self, vm: &VmRef) -> Result<String, JitError>;
+    /// `NoSuchVm`, `Ambiguous`, `AlreadyCovered`, Azure's refusal, or
+    /// `NoAnswer` when the read-back never shows the VM.
+    async fn enable(&self, vm: &VmRef) -> Result<Enabled, JitError>;
     /// VMs of the configured subscriptions that no JIT policy protects.
     ///
     /// # Errors

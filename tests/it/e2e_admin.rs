@@ -1,11 +1,14 @@
 //! End to end: `/jit-admin` against the real app.
 
 use drawbridge::domain::AuditAction;
+use drawbridge::sandbox::{Estate, Fault, FaultRule, PolicySeed, PolicyVmSeed, Route};
 use drawbridge::service::messages::action_title;
 use serde_json::json;
 
 use crate::e2e::{Reply, audit_log, initiates, interact, jit};
-use crate::support::app::{ADMIN_ROLE, DEV_ROLE, SRE_ROLE, TestApp, spawn_app};
+use crate::support::app::{
+    ADMIN_ROLE, DEV_ROLE, SRE_ROLE, SUB_PROD, TestApp, TestAppBuilder, spawn_app,
+};
 use crate::support::fake_discord::{InteractionBuilder, USER_ID};
 
 /// `/jit-admin <sub>` from a member with `roles`.
@@ -251,6 +254,146 @@ async fn audit_shows_the_latest_events_of_the_log() {
     assert_eq!(
         last_three.last().map(|r| r.event.action),
         Some(AuditAction::AccessInitiated)
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// The resource id of `name` in `rg` of the sample's production subscription.
+fn prod_vm(rg: &str, name: &str) -> String {
+    format!(
+        "/subscriptions/{SUB_PROD}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+    )
+}
+
+/// The sample estate with a second VM without JIT, `legacy-02`, beside
+/// `legacy-01` in `rg-legacy`.
+fn two_legacy_vms() -> Estate {
+    let mut estate = Estate::sample();
+    let prod = &mut estate.subscriptions[0];
+    let mut second = prod
+        .vms
+        .iter()
+        .find(|v| v.name == "legacy-01")
+        .expect("the sample has legacy-01")
+        .clone();
+    second.name = "legacy-02".to_owned();
+    second.private_ip = "10.50.0.5".parse().unwrap();
+    prod.vms.push(second);
+    estate
+}
+
+/// `/jit-admin enable vm:<vm>` by an admin.
+async fn enable(app: &TestApp, vm: &str) -> Reply {
+    interact(app, admin(app, "enable", &[ADMIN_ROLE]).string("vm", vm)).await
+}
+
+fn policy_puts(app: &TestApp) -> usize {
+    app.azure
+        .emulator
+        .calls()
+        .iter()
+        .filter(|c| c.route == Some(Route::PutPolicy))
+        .count()
+}
+
+#[tokio::test]
+async fn two_enables_at_once_on_one_policy_both_end_up_in_azures_policy() {
+    let app = TestAppBuilder::default()
+        .estate(two_legacy_vms())
+        .start()
+        .await;
+    // The first write lands late, so without one enable at a time per policy
+    // the second would read the policy before the first wrote it.
+    app.azure.emulator.inject(
+        Route::PutPolicy,
+        FaultRule::next(1, Fault::Latency { millis: 300 }),
+    );
+
+    let (first, second) = tokio::join!(enable(&app, "legacy-01"), enable(&app, "legacy-02"));
+
+    for (reply, vm) in [(&first, "legacy-01"), (&second, "legacy-02")] {
+        assert_eq!(reply.title(), "JIT enabled", "{}", reply.text());
+        assert!(
+            reply.description().contains(&format!("rg-legacy/{vm}"))
+                && reply.description().contains("rg-legacy/default")
+                && reply.description().contains("22, 3389, 5985, 5986"),
+            "the reply tells what Azure shows: {}",
+            reply.description()
+        );
+        assert_eq!(
+            app.azure
+                .emulator
+                .policies_holding(&prod_vm("rg-legacy", vm)),
+            ["rg-legacy/default"]
+        );
+    }
+    assert_eq!(policy_puts(&app), 2, "one write each, one after the other");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_vm_already_in_another_policy_is_refused_naming_that_policy() {
+    let mut estate = Estate::sample();
+    let prod = &mut estate.subscriptions[0];
+    let rules = prod.policies[0].virtual_machines[0].ports.clone();
+    prod.policies.push(PolicySeed {
+        resource_group: "rg-web".to_owned(),
+        location: "westeurope".to_owned(),
+        name: "portal-made".to_owned(),
+        kind: "Basic".to_owned(),
+        virtual_machines: vec![PolicyVmSeed {
+            name: "legacy-01".to_owned(),
+            resource_group: Some("rg-legacy".to_owned()),
+            ports: rules,
+        }],
+    });
+    let app = TestAppBuilder::default().estate(estate).start().await;
+
+    let reply = enable(&app, "legacy-01").await;
+
+    assert_eq!(reply.title(), "That did not work", "{}", reply.text());
+    assert!(
+        reply.description().contains("rg-web/portal-made"),
+        "names the policy: {}",
+        reply.description()
+    );
+    assert_eq!(policy_puts(&app), 0, "nothing written");
+    assert_eq!(
+        app.azure
+            .emulator
+            .policies_holding(&prod_vm("rg-legacy", "legacy-01")),
+        ["rg-web/portal-made"]
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_enable_a_portal_edit_overwrites_is_written_again_and_both_changes_stay() {
+    let app = TestAppBuilder::default()
+        .estate(two_legacy_vms())
+        .start()
+        .await;
+    app.azure
+        .emulator
+        .race_next_policy_put(&prod_vm("rg-legacy", "legacy-02"), &[22])
+        .unwrap();
+
+    let reply = enable(&app, "legacy-01").await;
+
+    assert_eq!(reply.title(), "JIT enabled", "{}", reply.text());
+    for vm in ["legacy-01", "legacy-02"] {
+        assert_eq!(
+            app.azure
+                .emulator
+                .policies_holding(&prod_vm("rg-legacy", vm)),
+            ["rg-legacy/default"],
+            "{vm} is in Azure's policy"
+        );
+    }
+    assert_eq!(
+        policy_puts(&app),
+        2,
+        "written again once the read-back missed it"
     );
     app.stop().await.expect("clean stop");
 }

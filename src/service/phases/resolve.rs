@@ -68,7 +68,9 @@ pub async fn resolve_vm(jit: &dyn JitPort, vm: &VmRef) -> Result<ResolvedVm, Res
             exists_without_jit: false,
         },
         JitError::Ambiguous { candidates } => ResolveVmError::Ambiguous { candidates },
-        azure @ (JitError::Refused { .. } | JitError::NoAnswer { .. }) => {
+        azure @ (JitError::Refused { .. }
+        | JitError::NoAnswer { .. }
+        | JitError::AlreadyCovered { .. }) => {
             tracing::error!(error.message = %azure, error.cause_chain = ?azure, "VM lookup failed");
             ResolveVmError::Azure {
                 message: azure.user_message(),

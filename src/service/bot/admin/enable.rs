@@ -1,4 +1,5 @@
-//! `/jit-admin enable`: puts a VM under JIT with the configured defaults.
+//! `/jit-admin enable`: puts a VM under JIT with the configured defaults and
+//! tells the admin what Azure's policy shows for it afterwards.
 
 use super::{notice, required};
 use crate::chat::{ChatMessage, Tone};
@@ -11,12 +12,16 @@ pub(super) async fn run(
     who: &Invocation,
     command: &SlashCommand,
 ) -> Result<ChatMessage, AdminError> {
-    let vm = s.enable(who, required(command, "vm")?).await?;
+    let enabled = s.enable(who, required(command, "vm")?).await?;
+    let ports: Vec<String> = enabled.ports.iter().map(u16::to_string).collect();
     Ok(notice(
         "JIT enabled",
         Tone::Success,
         format!(
-            "{vm} is now under JIT with the default ports; its management ports stay closed until someone asks."
+            "{} is now under JIT: Azure's policy {} shows ports {} for it. They stay closed until someone asks.",
+            enabled.vm,
+            enabled.policy,
+            ports.join(", ")
         ),
     ))
 }

@@ -523,6 +523,12 @@ impl Emulator {
             .collect()
     }
 
+    /// How many JIT requests the emulated policies hold, their history
+    /// included: what Azure would show as having been opened.
+    pub fn jit_request_count(&self) -> usize {
+        self.state().policies.iter().map(|p| p.requests.len()).sum()
+    }
+
     /// Forgets the call log.
     pub fn clear_calls(&self) {
         self.state().calls.clear();

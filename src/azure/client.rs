@@ -471,7 +471,7 @@ impl ArmClient {
                     hint,
                 ),
             };
-            if attempt >= policy.max_attempts {
+            if attempt >= policy.max_attempts || applied_maybe(op, &exhausted) {
                 return Err(exhausted);
             }
             let delay = policy.delay(attempt - 1, hint, &mut rand::rng());
@@ -487,6 +487,15 @@ impl ArmClient {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Whether a failed call may still have taken effect in Azure and so must
+/// not be sent again: an initiate that reached ARM (a 5xx, 408, timeout or
+/// broken transfer; not a refused connection). A second initiate would open
+/// a second window; the caller reads the policy back instead.
+fn applied_maybe(op: Operation, error: &ArmError) -> bool {
+    matches!(op, Operation::Initiate)
+        && matches!(error, ArmError::Unavailable { last, .. } if last != "connection error")
 }
 
 fn parse<T: DeserializeOwned>(op: Operation, body: &[u8]) -> Result<T, ArmError> {

@@ -38,6 +38,9 @@ pub enum GrantState {
     Expired,
     /// Azure refused or failed.
     Failed,
+    /// The initiate was sent and its outcome is unclear (timeout, 5xx, a
+    /// body that does not parse); the policy is read back to settle it.
+    PendingAzure,
     /// Azure shows a newer request replaced it (`NewerRequestInitiated`).
     Superseded,
     /// Azure shows it ended before Drawbridge ended it (`Expired`,
@@ -57,6 +60,7 @@ impl GrantState {
             Self::ClosedEarly => "closed_early",
             Self::Expired => "expired",
             Self::Failed => "failed",
+            Self::PendingAzure => "pending_azure",
             Self::Superseded => "superseded",
             Self::Ended => "ended",
         }
@@ -73,6 +77,7 @@ impl GrantState {
             "closed_early" => Self::ClosedEarly,
             "expired" => Self::Expired,
             "failed" => Self::Failed,
+            "pending_azure" => Self::PendingAzure,
             "superseded" => Self::Superseded,
             "ended" => Self::Ended,
             _ => return None,
@@ -107,6 +112,9 @@ impl GrantState {
         let next = match (self, event) {
             (S::Requested, E::Initiated { .. }) => S::Active,
             (S::Requested, E::Failed) => S::Failed,
+            (S::Requested, E::Unclear) => S::PendingAzure,
+            (S::PendingAzure, E::Initiated { .. }) => S::Active,
+            (S::PendingAzure, E::Failed) => S::Failed,
             (S::Active | S::Extended, E::ExtendRequested) => S::Extending,
             (S::Extending, E::Extended { .. }) => S::Extended,
             (S::Extending, E::ExtendFailed { back_to_extended }) => {
@@ -160,6 +168,8 @@ pub enum GrantEvent {
     },
     /// Azure refused or failed.
     Failed,
+    /// Azure gave no usable answer to the initiate: it may have opened it.
+    Unclear,
     /// The owner asked to extend.
     ExtendRequested,
     /// The extension failed; the grant is as before.
@@ -200,6 +210,7 @@ impl GrantEvent {
         match self {
             Self::Initiated { .. } => "initiated",
             Self::Failed => "failed",
+            Self::Unclear => "unclear",
             Self::ExtendRequested => "extend requested",
             Self::ExtendFailed { .. } => "extend failed",
             Self::Extended { .. } => "extended",
@@ -254,6 +265,9 @@ mod tests {
             (S::Extended, E::CloseRequested, S::Closing),
             (S::Closing, E::Closed { end }, S::ClosedEarly),
             (S::Requested, E::Failed, S::Failed),
+            (S::Requested, E::Unclear, S::PendingAzure),
+            (S::PendingAzure, E::Initiated { end }, S::Active),
+            (S::PendingAzure, E::Failed, S::Failed),
             (S::Active, E::WindowEnded, S::Expired),
             (
                 S::Closing,
@@ -318,6 +332,7 @@ mod tests {
             S::ClosedEarly,
             S::Expired,
             S::Failed,
+            S::PendingAzure,
             S::Superseded,
             S::Ended,
         ] {

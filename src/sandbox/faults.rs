@@ -1,5 +1,8 @@
 //! Fault injection: make chosen routes throttle, fail, slow down or hang, for
-//! the next N calls, a fraction of calls, or until cleared.
+//! the next N calls, a fraction of calls, or until cleared. Some faults
+//! strike after the operation took effect (hang, 5xx, truncated body), as
+//! when ARM applies a write and the answer is lost: the client cannot tell
+//! those from a change not made.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -74,6 +77,30 @@ pub enum Fault {
     /// No answer until the emulator shuts down (or an hour passes): longer
     /// than any client timeout.
     Hang,
+    /// The operation is applied, then no answer until the emulator shuts
+    /// down (or an hour passes): the client times out on a change made.
+    HangAfterApply,
+    /// The operation is applied, then a 5xx (values outside 500..=599
+    /// become 500) with an ARM error body.
+    ServerErrorAfterApply {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The operation is applied and answered with its 2xx status, its body
+    /// cut in half (a connection dropped mid-answer, as a client sees it).
+    TruncatedBody,
+}
+
+impl Fault {
+    /// Whether the fault strikes after the operation took effect. Only ARM
+    /// routes have an operation to apply; on [`Route::Token`] these faults
+    /// fire and change nothing.
+    pub fn after_apply(&self) -> bool {
+        matches!(
+            self,
+            Self::HangAfterApply | Self::ServerErrorAfterApply { .. } | Self::TruncatedBody
+        )
+    }
 }
 
 /// When a fault fires.

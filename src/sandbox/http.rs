@@ -450,6 +450,20 @@ impl EmulatorState {
     }
 }
 
+/// An injected 5xx with ARM's error body.
+fn server_error(status: u16) -> ArmError {
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(StatusCode::is_server_error)
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        StatusCode::GATEWAY_TIMEOUT => "GatewayTimeout",
+        _ => "InternalServerError",
+    };
+    ArmError::new(status, code, "The server failed (injected fault).")
+}
+
 fn policy_not_found(rg: &str, location: &str, name: &str) -> ArmError {
     ArmError::new(
         StatusCode::NOT_FOUND,
@@ -486,7 +500,24 @@ impl Emulator {
             query_param(parts.uri.query(), "api-version").as_deref(),
         )?;
         self.state().check_subscription(target.subscription())?;
-        self.apply_fault(route).await?;
+        let after = self.apply_fault(route).await?;
+        let response = self.operate(parts, target, route, body, &principal, caller)?;
+        match after {
+            Some(fault) => self.strike_after(fault, response).await,
+            None => Ok(response),
+        }
+    }
+
+    /// The operation itself, on the emulated state.
+    fn operate(
+        &self,
+        parts: &Parts,
+        target: Target,
+        route: Route,
+        body: &[u8],
+        principal: &str,
+        caller: IpAddr,
+    ) -> Result<Response, ArmError> {
         let now = self.now();
         let mut state = self.state();
         match target {
@@ -575,7 +606,7 @@ impl Emulator {
                     (Route::Initiate, Some(i)) => {
                         let model = state.supersede;
                         let answer =
-                            state.policies[i].initiate(body, now, &principal, caller, model)?;
+                            state.policies[i].initiate(body, now, principal, caller, model)?;
                         Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
                     }
                     _ => Err(policy_not_found(&rg, &location, &name)),
@@ -638,11 +669,14 @@ impl Emulator {
         Ok(token.principal.clone())
     }
 
-    /// Fires the armed fault for `route`, if any: an error answer, a delay or a hang.
-    pub(super) async fn apply_fault(&self, route: Route) -> Result<(), ArmError> {
+    /// Fires the armed fault for `route`, if any: an error answer, a delay
+    /// or a hang; a fault that strikes after the operation is returned for
+    /// [`Self::strike_after`].
+    pub(super) async fn apply_fault(&self, route: Route) -> Result<Option<Fault>, ArmError> {
         let fault = self.state().faults.take(route);
         match fault {
-            None => Ok(()),
+            None => Ok(None),
+            Some(fault) if fault.after_apply() => Ok(Some(fault)),
             Some(Fault::Throttle { retry_after_secs }) => Err(ArmError {
                 retry_after: Some(retry_after_secs),
                 ..ArmError::new(
@@ -653,22 +687,7 @@ impl Emulator {
                     ),
                 )
             }),
-            Some(Fault::ServerError { status }) => {
-                let status = StatusCode::from_u16(status)
-                    .ok()
-                    .filter(StatusCode::is_server_error)
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let code = match status {
-                    StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
-                    StatusCode::GATEWAY_TIMEOUT => "GatewayTimeout",
-                    _ => "InternalServerError",
-                };
-                Err(ArmError::new(
-                    status,
-                    code,
-                    "The server failed (injected fault).",
-                ))
-            }
+            Some(Fault::ServerError { status }) => Err(server_error(status)),
             Some(Fault::Forbidden) => Err(ArmError::new(
                 StatusCode::FORBIDDEN,
                 "AuthorizationFailed",
@@ -680,21 +699,41 @@ impl Emulator {
             )),
             Some(Fault::Latency { millis }) => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
-                Ok(())
+                Ok(None)
             }
-            Some(Fault::Hang) => {
-                let release = self.hang_release();
-                tokio::select! {
-                    () = release.cancelled() => {}
-                    () = tokio::time::sleep(HANG_FOR) => {}
-                }
-                Err(ArmError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "The emulator stopped during an injected hang.",
-                ))
-            }
+            Some(_) => Err(self.hang().await),
         }
+    }
+
+    /// Spoils the answer to an operation already applied, as `fault` says.
+    async fn strike_after(&self, fault: Fault, response: Response) -> Result<Response, ArmError> {
+        match fault {
+            Fault::ServerErrorAfterApply { status } => Err(server_error(status)),
+            Fault::TruncatedBody => {
+                let (mut parts, body) = response.into_parts();
+                let bytes = axum::body::to_bytes(body, MAX_BODY)
+                    .await
+                    .unwrap_or_default();
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let cut = bytes.slice(..bytes.len() / 2);
+                Ok(Response::from_parts(parts, axum::body::Body::from(cut)))
+            }
+            _ => Err(self.hang().await),
+        }
+    }
+
+    /// Holds the call until the emulator shuts down or an hour passes.
+    async fn hang(&self) -> ArmError {
+        let release = self.hang_release();
+        tokio::select! {
+            () = release.cancelled() => {}
+            () = tokio::time::sleep(HANG_FOR) => {}
+        }
+        ArmError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The emulator stopped during an injected hang.",
+        )
     }
 
     fn record_call(&self, parts: &Parts, route: Option<Route>, body: Option<&[u8]>) -> u64 {

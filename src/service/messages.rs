@@ -50,6 +50,9 @@ fn window(grant: &Grant) -> String {
 }
 
 /// The card for a grant, with Extend and Close early while it is open.
+/// What a member whose initiate had no clear answer is told.
+const PENDING_NOTE: &str = "Azure gave no clear answer, so Drawbridge is checking with Azure whether the port opened. You will get a message as soon as it knows.";
+
 pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
     let ports = grant.ports.describe(aliases);
     let (title, tone) = match grant.state {
@@ -82,6 +85,10 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
             format!("Access failed: {ports} on {}", grant.vm_name),
             Tone::Error,
         ),
+        GrantState::PendingAzure => (
+            format!("Checking with Azure…: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
         GrantState::Superseded => (
             format!("Superseded: {ports} on {}", grant.vm_name),
             Tone::Warning,
@@ -101,6 +108,8 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
     }
     if let Some(failure) = &grant.failure {
         card = card.description(failure.clone());
+    } else if grant.state == GrantState::PendingAzure {
+        card = card.description(PENDING_NOTE);
     } else if grant.state.is_open() {
         card = card.description(CONNECTIONS_NOTE);
     }

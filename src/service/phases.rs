@@ -11,7 +11,9 @@
 //! 4. [`initiate`]: the one write to ARM, through the [`JitPort`](super::JitPort).
 //! 5. [`settle`]: what Azure answered, written with its audit event and the
 //!    timers in one transaction; then the policy is read back and every
-//!    other grant on the VM settled from it ([`super::truth`]).
+//!    other grant on the VM settled from it ([`super::truth`]). An answer
+//!    that is no answer (timeout, 5xx, a body that does not parse) is
+//!    settled from the policy instead ([`unclear`]).
 //!
 //! Where the next changes slot in: an approval is `decide` then `persist`
 //! in a waiting state, and `initiate` + `settle` when approved; a claim of
@@ -23,6 +25,7 @@ pub mod initiate;
 pub mod persist;
 pub mod resolve;
 pub mod settle;
+pub mod unclear;
 
 use chrono::{DateTime, Utc};
 

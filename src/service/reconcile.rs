@@ -16,6 +16,10 @@
 //!    is settled as after every write of the bot ([`super::truth`]):
 //!    `superseded` or `ended`, audited, timers cancelled, the engineer told.
 //!
+//! 3. **A grant whose initiate had no clear answer** (`pending_azure`) is
+//!    settled from the listing, first, so that its request is not taken
+//!    for one made outside Drawbridge ([`super::phases::unclear`]).
+//!
 //! Our requests are recognised by identity ([`made_for`]): the justification,
 //! `Drawbridge request <id> …` ([`super::request::justification`]), only
 //! finds the grant; the request counts as ours when Azure's `requestor` is
@@ -76,6 +80,8 @@ pub struct ReconcileOutcome {
     pub opened_outside: usize,
     /// Grants closed because Azure no longer shows them open.
     pub closed: usize,
+    /// Grants whose initiate had an unclear outcome, settled from Azure.
+    pub settled_pending: usize,
 }
 
 /// The reconciliation worker.
@@ -98,6 +104,7 @@ impl Reconciler {
         let requests = self.service.jit().requests().await?;
         let mut outcome = ReconcileOutcome {
             requests: requests.len(),
+            settled_pending: self.service.settle_all_pending(&requests, now).await?,
             ..ReconcileOutcome::default()
         };
         let mut grants = HashMap::new();
@@ -256,6 +263,40 @@ pub fn made_for(request: &JitRequestRecord, grant: &Grant) -> bool {
         .and_then(|r| r.as_str());
     let by_us = matches!((ours, request.requestor.as_deref()),
         (Some(a), Some(b)) if a.eq_ignore_ascii_case(b));
+    by_us && in_time_and_window(request, grant)
+}
+
+/// The end Azure shows for a grant whose initiate had an unclear outcome,
+/// if `request` is that initiate: its justification names the grant, it
+/// was made by `identity` (our own, as Azure recorded it on an earlier
+/// initiate; unchecked only while Drawbridge has never learnt it), after the
+/// grant was asked for, for its VM, ports and source.
+pub fn pending_settled_by(
+    request: &JitRequestRecord,
+    grant: &Grant,
+    identity: Option<&str>,
+) -> Option<DateTime<Utc>> {
+    let names_it = drawbridge_id(request).is_some_and(|id| id == grant.request_id);
+    let by_us = identity.is_none_or(|me| {
+        request
+            .requestor
+            .as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case(me))
+    });
+    if !(names_it && by_us && in_time_and_window(request, grant)) {
+        return None;
+    }
+    request
+        .vms
+        .iter()
+        .filter(|vm| vm.vm_id.eq_ignore_ascii_case(&grant.vm_id))
+        .flat_map(|vm| vm.ports.iter().map(|p| p.end))
+        .min()
+}
+
+/// For the grant's VM, only its ports, from its source, and not before it
+/// was asked for.
+fn in_time_and_window(request: &JitRequestRecord, grant: &Grant) -> bool {
     let in_time = request
         .start
         .is_some_and(|s| s >= grant.requested_at - CLOCK_SLACK);
@@ -270,7 +311,7 @@ pub fn made_for(request: &JitRequestRecord, grant: &Grant) -> bool {
                     && p.sources[0].eq_ignore_ascii_case(&source)
             })
     });
-    by_us && in_time && same_window
+    in_time && same_window
 }
 
 /// The request id a justification names, if it looks like one of ours.

@@ -177,7 +177,9 @@ impl Service {
         let why = justification(who, &id, request.reason.as_ref().map(|r| r.as_str()));
         let acting = Acting::of(&grant);
         let outcome = self.initiate(&admitted.target.vm, &grant, end, why).await;
-        let settled = self.settle_opened(who, grant, outcome).await;
+        let settled = self
+            .settle_opened(who, &admitted.target.vm, grant, outcome)
+            .await;
         self.read_back(&admitted.target.vm, &acting).await;
         settled
     }

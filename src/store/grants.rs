@@ -20,7 +20,7 @@ use crate::domain::{
 };
 
 /// Every state, for the SQL that lists open ones.
-const ALL_STATES: [GrantState; 10] = [
+const ALL_STATES: [GrantState; 11] = [
     GrantState::Requested,
     GrantState::Active,
     GrantState::Extended,
@@ -29,6 +29,7 @@ const ALL_STATES: [GrantState; 10] = [
     GrantState::ClosedEarly,
     GrantState::Expired,
     GrantState::Failed,
+    GrantState::PendingAzure,
     GrantState::Superseded,
     GrantState::Ended,
 ];
@@ -145,6 +146,7 @@ fn event_name(event: &GrantEvent) -> &'static str {
     match event {
         GrantEvent::Initiated { .. } => "initiated",
         GrantEvent::Failed => "failed",
+        GrantEvent::Unclear => "unclear",
         GrantEvent::ExtendRequested => "extend requested",
         GrantEvent::ExtendFailed { .. } => "extend failed",
         GrantEvent::Extended { .. } => "extended",
@@ -514,6 +516,37 @@ impl Store {
         let rows: Vec<GrantRow> = with_read!(&self.db, |c| sqlx::query_as(&sql).fetch_all(c).await)
             .context("listing open grants")?;
         rows.into_iter().map(Grant::try_from).collect()
+    }
+
+    /// Every grant whose initiate had an unclear outcome
+    /// ([`GrantState::PendingAzure`]), oldest first: the reconciler settles
+    /// them from Azure's requests.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn pending_azure_grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE state = 'pending_azure'
+             ORDER BY requested_at, request_id"
+        );
+        let rows: Vec<GrantRow> = with_read!(&self.db, |c| sqlx::query_as(&sql).fetch_all(c).await)
+            .context("listing grants pending in Azure")?;
+        rows.into_iter().map(Grant::try_from).collect()
+    }
+
+    /// Drawbridge's own identity as Azure last recorded it: the `requestor`
+    /// of the newest grant whose initiate Azure answered.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`].
+    pub async fn our_requestor(&self) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT json_extract(azure_detail, '$.requestor') FROM grants
+             WHERE json_extract(azure_detail, '$.requestor') IS NOT NULL
+             ORDER BY requested_at DESC LIMIT 1";
+        let row: Option<(String,)> =
+            with_read!(&self.db, |c| sqlx::query_as(sql).fetch_optional(c).await)
+                .context("reading our requestor")?;
+        Ok(row.map(|(r,)| r))
     }
 
     /// The grant's state changes, oldest first.

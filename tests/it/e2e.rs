@@ -799,11 +799,16 @@ async fn azure_failing_at_initiate_gives_a_clear_failure_and_a_failed_grant() {
         reply.text()
     );
     assert!(
-        reply.description().contains("Azure is not answering"),
+        reply.description().contains("the port was not opened"),
         "{}",
         reply.description()
     );
     assert_eq!(stored.state, GrantState::Failed);
+    assert_eq!(
+        initiates(&app).len(),
+        1,
+        "an unclear initiate is not sent again"
+    );
     assert!(stored.failure.is_some());
     assert_eq!(
         audit_actions_for(&app, &reply.request_id()).await.last(),

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use crate::domain::audit::format_time;
 use crate::domain::port_truth::{self, PortTruth};
-use crate::domain::{AccessDuration, AuditAction, AuditEvent, GrantEvent, Outcome, RequestId};
+use crate::domain::{
+    AccessDuration, AuditAction, AuditEvent, GrantEvent, IndexedVm, Outcome, RequestId,
+};
 use crate::interactions::Invocation;
 use crate::service::jit_port::{Initiated, JitError};
 use crate::service::lifecycle::{CloseOutcome, Closed, GrantActionError};
@@ -22,29 +24,38 @@ const TIMERS: &[ScheduleKind] = &[ScheduleKind::Reminder, ScheduleKind::Expiry];
 
 impl Service {
     /// Settles a new grant: `active` until Azure's end, or `failed` with
-    /// Azure's reason.
+    /// Azure's reason; `pending_azure` when Azure gave no usable answer, then
+    /// settled from `vm`'s policy read back ([`super::unclear`]).
     ///
     /// # Errors
     /// [`RequestError::Azure`] when Azure did not open it.
     pub(crate) async fn settle_opened(
         &self,
         who: &Invocation,
+        vm: &IndexedVm,
         grant: Grant,
         outcome: Result<Initiated, JitError>,
     ) -> Result<Grant, RequestError> {
+        let by = actor(who.member.user_id);
         match outcome {
-            Ok(initiated) => Ok(self.record_opened(who, &grant, &initiated).await?),
+            Ok(initiated) => Ok(self.record_opened(&by, &grant, &initiated).await?),
+            Err(error @ JitError::NoAnswer { .. }) => {
+                tracing::info!(error.message = %error, "initiate outcome unclear; reading the policy back");
+                self.settle_unclear(&by, vm, grant).await
+            }
             Err(error) => {
                 let message = error.user_message();
-                self.record_failed(who, &grant, &message).await?;
+                self.record_failed(&by, &grant, &message).await?;
                 Err(RequestError::Azure { message })
             }
         }
     }
 
-    async fn record_opened(
+    /// Records Azure's end for `grant` (`active`), its audit event (by
+    /// `by`) and its timers, in one transaction.
+    pub(crate) async fn record_opened(
         &self,
-        who: &Invocation,
+        by: &str,
         grant: &Grant,
         initiated: &Initiated,
     ) -> Result<Grant, StoreError> {
@@ -56,7 +67,7 @@ impl Service {
         tx.set_azure_detail(id, &initiated.detail).await?;
         let audit = AuditEvent::new(
             now,
-            actor(who.member.user_id),
+            by,
             AuditAction::AccessInitiated,
             &grant.vm_name,
             Outcome::Success,
@@ -74,27 +85,30 @@ impl Service {
         Ok(grant)
     }
 
-    async fn record_failed(
+    /// Records `grant` as `failed` with `message` and its audit event.
+    pub(crate) async fn record_failed(
         &self,
-        who: &Invocation,
+        by: &str,
         grant: &Grant,
         message: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Grant, StoreError> {
         let now = self.clock().now();
         let id = &grant.request_id;
         let mut tx = self.store().begin().await?;
-        tx.transition_grant(id, &GrantEvent::Failed, now).await?;
+        let mut failed = tx.transition_grant(id, &GrantEvent::Failed, now).await?;
         tx.set_grant_failure(id, message).await?;
+        failed.failure = Some(message.to_owned());
         let audit = AuditEvent::new(
             now,
-            actor(who.member.user_id),
+            by,
             AuditAction::AccessFailed,
             &grant.vm_name,
             Outcome::Failed,
         );
         tx.append_audit(&audit.with_detail(json!({"request_id": id.as_str(), "error": message})))
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(failed)
     }
 
     /// Settles an extension: `extended` until Azure's new end, with the

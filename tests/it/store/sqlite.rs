@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 11] = [
+const APPLIED: [(&str, &str); 12] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -52,6 +52,10 @@ const APPLIED: [(&str, &str); 11] = [
     (
         "0021_grant_state_extending.sql",
         "7d212faa2e095fe032e4c96b6a97c0b04cba47468e198a051b8d259afe575a9a489605bc85ca927f7f3add769cdffc65",
+    ),
+    (
+        "0022_grant_state_pending_azure.sql",
+        "dd80eec0d732a2c93db8fdd691f42795460de838b36a70f1934c73c2b185860dbf0c88455d88810cef1939c3aa77bacf",
     ),
     (
         "0035_interactions_seen.sql",

@@ -79,7 +79,10 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     let store = Store::connect(&empty.url).await.unwrap();
     let applied = store.migrate().await.unwrap();
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
-    assert_eq!(versions, (1..=8).chain([20, 21, 35]).collect::<Vec<i64>>());
+    assert_eq!(
+        versions,
+        (1..=8).chain([20, 21, 22, 35]).collect::<Vec<i64>>()
+    );
     assert_eq!(applied[2].description, "grants");
     assert_eq!(applied[7].description, "state and kind tables");
     assert!(store.migrate().await.unwrap().is_empty());
@@ -191,7 +194,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 35]
+        [8, 20, 21, 22, 35]
     );
 
     let id = RequestId::parse("req-old").unwrap();

@@ -281,6 +281,17 @@ impl Demo {
             AUDIT_CHANNEL,
             Arc::clone(&last_buttons),
         );
+        // The banner goes out before the workers start, so the audit lines
+        // of the sample mappings always follow it.
+        output.line(&format!(
+            "Drawbridge demo: the Azure JIT emulator is serving {vm_count} sample VMs at {}, \
+             the database is a temporary SQLite file, and this terminal is Discord.",
+            emulator.base_url
+        ));
+        output.line(&format!(
+            "Members: sre, dev, admin (see :members). You are {}. Try /jit ssh web-01 2h, then :advance 2h. :help lists everything.",
+            MEMBERS[0].name
+        ));
         let workers = app.start_workers(Arc::new(sender));
         let handler = app.handler();
         let ticker = (speed > 0.0).then(|| {
@@ -312,15 +323,6 @@ impl Demo {
             ticker,
             _dir: dir,
         };
-        demo.output.line(&format!(
-            "Drawbridge demo: the Azure JIT emulator is serving {vm_count} sample VMs at {}, \
-             the database is a temporary SQLite file, and this terminal is Discord.",
-            demo.emulator.base_url
-        ));
-        demo.output.line(&format!(
-            "Members: sre, dev, admin (see :members). You are {}. Try /jit ssh web-01 2h, then :advance 2h. :help lists everything.",
-            demo.current.name
-        ));
         demo.settle().await;
         Ok(demo)
     }

@@ -445,6 +445,16 @@ fn default_scope_resource(scope: &str) -> Result<&str, EntraError> {
     }
 }
 
+/// Entra's 401 `invalid_client`, with its AADSTS code.
+fn invalid_client(code: u32, description: String) -> EntraError {
+    EntraError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        code,
+        description,
+    )
+}
+
 /// Checks the client secret or the client assertion of `app`.
 fn authenticate_client(
     dir: &Directory,
@@ -453,14 +463,6 @@ fn authenticate_client(
     form: &Form,
     now: DateTime<Utc>,
 ) -> Result<(), EntraError> {
-    let invalid_client = |code: u32, description: String| {
-        EntraError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            code,
-            description,
-        )
-    };
     match (form.get("client_secret"), form.get("client_assertion")) {
         (Some(secret), _) => {
             if app.secrets.iter().any(|s| s == secret) {
@@ -495,14 +497,6 @@ fn check_assertion(
     assertion: &str,
     now: DateTime<Utc>,
 ) -> Result<(), EntraError> {
-    let invalid_client = |code: u32, description: String| {
-        EntraError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            code,
-            description,
-        )
-    };
     let claims = decode_claims(assertion).ok_or_else(|| {
         invalid_client(50_027, "JWT token is invalid or is malformed.".to_owned())
     })?;

@@ -31,7 +31,7 @@ pub mod builders;
 pub mod commands;
 mod dispatch;
 pub mod endpoint;
-mod errors;
+pub(crate) mod errors;
 pub mod gateway;
 pub mod members;
 pub mod ratelimit;

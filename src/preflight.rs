@@ -1,13 +1,18 @@
 //! `drawbridge preflight`: checks a real deployment before it serves anyone
 //! and prints a checklist, one line per check, each failure with its fix.
 //! The rules are pure ([`crate::domain::preflight`]); this module only
-//! fetches their inputs through the ARM client and words the lines, so a
+//! fetches their inputs through the ARM client and Discord's REST API
+//! (`discord`) and words the lines, so a
 //! missing role action shows here rather than as a 403 in production.
+
+mod discord;
 
 use std::fmt;
 
 use crate::azure::{ArmClient, ArmError};
 use crate::domain::preflight::{NEEDED_ACTIONS, missing_actions};
+
+pub use discord::check_discord;
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::{Sources, unknown_keys};
-use crate::preflight::{CheckLine, Checklist, check_azure};
+use crate::preflight::{CheckLine, Checklist, check_azure, check_discord};
 
 pub(super) async fn execute(sources: &Sources) -> anyhow::Result<ExitCode> {
     let mut unknown = unknown_keys(sources);
@@ -25,6 +25,14 @@ pub(super) async fn execute(sources: &Sources) -> anyhow::Result<ExitCode> {
             what: format!("configuration: {} {}", p.key, p.message),
             fix: Some("run drawbridge check-config for every configuration problem".into()),
         });
+    }
+    match crate::discord::discord_http(&settings.discord) {
+        Ok(http) => list.0.extend(check_discord(&http, &settings.discord).await),
+        Err(e) => list.0.push(CheckLine {
+            ok: false,
+            what: format!("Discord: {e}"),
+            fix: Some("set discord.token".into()),
+        }),
     }
     let clock: SharedClock = Arc::new(crate::clock::SystemClock);
     let (azure, _) = crate::app::build_azure(&settings, &clock)?;

@@ -123,6 +123,10 @@ impl TestAppBuilder {
 
     /// An extra `DRAWBRIDGE__…` setting.
     pub fn env(mut self, key: &str, value: &str) -> Self {
+        if key == "DISCORD__TOKEN" {
+            // The fake Discord accepts only the token the bot is given.
+            self.discord = self.discord.bot_token(value);
+        }
         self.env.push((key.to_string(), value.to_string()));
         self
     }
@@ -215,7 +219,7 @@ impl TestAppBuilder {
 /// test gives the same variables to the real binary.
 pub fn app_env(discord: &FakeDiscord, arm_base_url: &str, db_url: &str) -> HashMap<String, String> {
     [
-        ("DISCORD__TOKEN", "fake-token".to_string()),
+        ("DISCORD__TOKEN", discord.config().bot_token.clone()),
         (
             "DISCORD__APPLICATION_ID",
             discord.application_id().to_string(),

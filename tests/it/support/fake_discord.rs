@@ -32,6 +32,8 @@
 
 #[path = "fake_discord/gateway.rs"]
 mod gateway;
+/// The default guild's roles, channels and install scopes.
+pub mod guild;
 #[path = "fake_discord/limits.rs"]
 pub mod limits;
 #[path = "fake_discord/payloads.rs"]
@@ -74,6 +76,11 @@ pub struct Config {
     pub channel_id: u64,
     pub bot_user_id: u64,
     pub bot_username: String,
+    /// The bot token REST calls must carry (`Authorization: Bot <token>`);
+    /// any other answers 401, as Discord does.
+    pub bot_token: String,
+    /// The application's "Public Bot" switch (`bot_public`).
+    pub bot_public: bool,
     /// Discord invalidates an interaction not answered within 3 s.
     pub callback_window: Duration,
     /// Interaction tokens (followups, edits) are valid for 15 min.
@@ -102,6 +109,8 @@ impl Default for Config {
             channel_id: CHANNEL_ID,
             bot_user_id: BOT_USER_ID,
             bot_username: "drawbridge".to_owned(),
+            bot_token: "fake-token".to_owned(),
+            bot_public: false,
             callback_window: Duration::from_secs(3),
             token_lifetime: Duration::from_secs(15 * 60),
             nonce_window: Duration::from_secs(5 * 60),
@@ -135,6 +144,14 @@ impl FakeDiscordBuilder {
     }
     pub fn bot_user_id(mut self, id: u64) -> Self {
         self.config.bot_user_id = id;
+        self
+    }
+    pub fn bot_token(mut self, token: &str) -> Self {
+        self.config.bot_token = token.to_owned();
+        self
+    }
+    pub fn bot_public(mut self, public: bool) -> Self {
+        self.config.bot_public = public;
         self
     }
     pub fn callback_window(mut self, window: Duration) -> Self {
@@ -365,6 +382,7 @@ struct State {
     /// The global window: (start, requests in it).
     global_window: Option<(Instant, u32)>,
     gateway: gateway::GatewayState,
+    guild: guild::Guild,
 }
 
 impl State {
@@ -449,10 +467,14 @@ impl FakeDiscord {
             .expect("bind fake gateway");
         let rest_addr = rest_listener.local_addr().expect("REST address");
         let gateway_addr = gateway_listener.local_addr().expect("gateway address");
+        let guild = guild::Guild::new(config.guild_id, config.channel_id);
         let shared = Arc::new(Shared {
             config,
             gateway_url: format!("ws://{gateway_addr}"),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                guild,
+                ..State::default()
+            }),
             changed: watch::Sender::new(0),
         });
         let tasks = vec![

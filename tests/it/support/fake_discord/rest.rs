@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::limits;
 use super::payloads::{apply_message_body, message_json, timestamp, user_json};
 use super::{
     Callback, FailMode, InteractionKind, InteractionRecord, RecordedCall, RouteMatch, Shared, State,
 };
+use super::{Config, guild, limits};
 
 const API_PREFIX: &str = "/api/v10";
 const EPHEMERAL: u64 = 1 << 6;
@@ -136,8 +136,10 @@ async fn handle(
             (None, Some(route)) => match take_rate_limit(st, &shared.config, route, received_at) {
                 Err(limited) => limited,
                 Ok(headers) => {
+                    let authorization = header("authorization");
                     let request = Request {
                         method: &method,
+                        authorization: authorization.as_ref(),
                         route,
                         query: query.as_deref(),
                         body: &body,
@@ -167,6 +169,7 @@ async fn handle(
 
 struct Request<'a> {
     method: &'a Method,
+    authorization: Option<&'a String>,
     route: &'a str,
     query: Option<&'a str>,
     body: &'a Value,
@@ -348,6 +351,10 @@ fn route_request(st: &mut State, shared: &Shared, req: &Request<'_>) -> Reply {
     let config = &shared.config;
     let segments: Vec<&str> = req.route.trim_start_matches('/').split('/').collect();
     let method = req.method.as_str();
+    if needs_bot_token(&segments) && req.authorization != Some(&format!("Bot {}", config.bot_token))
+    {
+        return Reply::error(401, 0, "401: Unauthorized");
+    }
     match (method, segments.as_slice()) {
         ("GET", ["gateway"]) => Reply::json(200, json!({"url": shared.gateway_url})),
         ("GET", ["gateway", "bot"]) => Reply::json(
@@ -362,8 +369,18 @@ fn route_request(st: &mut State, shared: &Shared, req: &Request<'_>) -> Reply {
             200,
             user_json(config.bot_user_id, &config.bot_username, true),
         ),
+        ("GET", ["oauth2", "applications", "@me"]) => Reply::json(200, application_json(config)),
+        ("GET", ["guilds", guild]) => match guild.parse::<u64>() {
+            Ok(g) if g == config.guild_id => Reply::json(200, st.guild.json(g)),
+            Ok(_) => Reply::error(403, 50001, "Missing Access"),
+            Err(_) => Reply::error(404, 10004, "Unknown Guild"),
+        },
+        ("GET", ["channels", channel]) => get_channel(st, config, channel),
         (_, ["applications", app, "commands"]) => commands(st, shared, req, app, None),
         (_, ["applications", app, "guilds", guild, "commands"]) => match guild.parse::<u64>() {
+            Ok(guild) if guild == config.guild_id && !st.guild.commands_scope => {
+                Reply::error(403, 50001, "Missing Access")
+            }
             Ok(guild) => commands(st, shared, req, app, Some(guild)),
             Err(_) => Reply::error(404, 10004, "Unknown Guild"),
         },
@@ -389,6 +406,40 @@ fn route_request(st: &mut State, shared: &Shared, req: &Request<'_>) -> Reply {
     }
 }
 
+/// Every route but interaction callbacks and webhooks (which the
+/// interaction token authorizes) needs the bot token.
+fn needs_bot_token(segments: &[&str]) -> bool {
+    !matches!(segments, ["interactions", ..] | ["webhooks", ..])
+}
+
+/// `GET /oauth2/applications/@me`: the application the token belongs to.
+fn application_json(config: &Config) -> Value {
+    json!({
+        "id": config.application_id.to_string(),
+        "name": "Drawbridge",
+        "icon": null,
+        "description": "",
+        "bot_public": config.bot_public,
+        "bot_require_code_grant": false,
+        "verify_key": "0".repeat(64),
+        "flags": 0,
+        "bot": user_json(config.bot_user_id, &config.bot_username, true),
+    })
+}
+
+/// `GET /channels/{id}`: a channel of the default guild, 403/50001 when
+/// the bot may not see it, 404/10003 when there is no such channel.
+fn get_channel(st: &State, config: &Config, channel: &str) -> Reply {
+    let Ok(id) = channel.parse::<u64>() else {
+        return Reply::error(404, 10003, "Unknown Channel");
+    };
+    match st.guild.channels.get(&id) {
+        Some(c) if c.hidden => Reply::error(403, 50001, "Missing Access"),
+        Some(c) => Reply::json(200, guild::Guild::channel_json(config.guild_id, id, c)),
+        None => Reply::error(404, 10003, "Unknown Channel"),
+    }
+}
+
 /// `GET /guilds/{guild}/members/{user}`: the bot is in the default guild
 /// only; a user who never showed up there is an unknown member.
 fn guild_member(st: &State, shared: &Shared, guild: &str, user: &str) -> Reply {
@@ -397,6 +448,14 @@ fn guild_member(st: &State, shared: &Shared, guild: &str, user: &str) -> Reply {
     };
     if guild != shared.config.guild_id {
         return Reply::error(404, 10004, "Unknown Guild");
+    }
+    let config = &shared.config;
+    if user.parse::<u64>() == Ok(config.bot_user_id) {
+        return Reply::json(
+            200,
+            st.guild
+                .bot_member(config.bot_user_id, &config.bot_username),
+        );
     }
     match user
         .parse::<u64>()
@@ -504,6 +563,7 @@ pub(super) fn inline_response(st: &mut State, shared: &Shared, id: u64, body: &V
     };
     let req = Request {
         method: &Method::POST,
+        authorization: None,
         route: "",
         query: None,
         body,

@@ -225,6 +225,40 @@ fn audit(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(store.close());
+    audit_postgres(c, &rt, &event);
+}
+
+/// The same append on PostgreSQL, when `DRAWBRIDGE_TEST_POSTGRES_URL` names
+/// a server (a fresh database is created there and dropped after).
+fn audit_postgres(c: &mut Criterion, rt: &tokio::runtime::Runtime, event: &AuditEvent) {
+    use sqlx::Connection as _;
+    let Ok(admin) = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL") else {
+        eprintln!("audit/append_postgres skipped: DRAWBRIDGE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let name = format!("drawbridge_bench_{}", uuid::Uuid::new_v4().simple());
+    let run_admin = |sql: String| {
+        rt.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::raw_sql(&sql).execute(&mut conn).await?;
+            conn.close().await
+        })
+        .expect("admin statement")
+    };
+    run_admin(format!("CREATE DATABASE {name}"));
+    let mut url = url::Url::parse(&admin).expect("URL");
+    url.set_path(&format!("/{name}"));
+    let store = rt.block_on(Store::open(url.as_str())).expect("store opens");
+    let mut g = c.benchmark_group("audit");
+    g.bench_function("append_postgres", |b| {
+        b.iter(|| {
+            rt.block_on(store.append_audit(black_box(event)))
+                .expect("append")
+        })
+    });
+    g.finish();
+    rt.block_on(store.close());
+    run_admin(format!("DROP DATABASE {name} WITH (FORCE)"));
 }
 
 criterion_group!(benches, parsing, authorization, index, audit);

@@ -37,6 +37,7 @@ use crate::service::audit_watch::AuditWatch;
 use crate::service::bot::Bot;
 use crate::service::delivery::Deliverer;
 use crate::service::reconcile::Reconciler;
+use crate::service::replica::{self, LeaseGate};
 use crate::service::scheduler::Scheduler;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
@@ -84,9 +85,14 @@ impl App {
     /// # Errors
     /// A bad credential configuration or an unusable database.
     pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
-        let store = Store::open(&settings.database.url)
+        let store = Store::open_with(&settings.database.url, &settings.database.store_options())
             .await
-            .with_context(|| format!("opening the database {}", settings.database.url))?;
+            .with_context(|| {
+                format!(
+                    "opening the database {}",
+                    crate::store::display_url(&settings.database.url)
+                )
+            })?;
         let (azure, tokens) = build_azure(&settings, &clock)?;
         match azure.refresh().await {
             Ok(n) => tracing::info!(vms = n, "VM index built"),
@@ -164,21 +170,7 @@ impl App {
         tracker.spawn(deliverer.run(wakers.outbox.clone(), cancel.clone()));
         let reconciler = Reconciler::new(self.service.clone());
         tracker.spawn(reconciler.run(self.settings.azure.reconcile_interval, cancel.clone()));
-        let azure = Arc::clone(&self.azure);
-        let every = self.settings.azure.index_refresh;
-        let stop = cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {
-                        if let Err(e) = azure.refresh().await {
-                            tracing::warn!(error.message = %e, "VM index refresh failed; keeping the old one");
-                        }
-                    }
-                }
-            }
-        });
+        tracker.spawn(self.index_refresh(cancel.clone()));
         let service = self.service.clone();
         let stop = cancel.clone();
         tracker.spawn(async move {
@@ -194,6 +186,38 @@ impl App {
             }
         });
         Workers { cancel, tracker }
+    }
+
+    /// Refreshes the VM index every `azure.index_refresh` while this
+    /// replica holds the index lease, and every
+    /// [`replica::STANDBY_INDEX_PACE`] intervals while another does (see
+    /// [`crate::service::replica`]).
+    fn index_refresh(&self, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
+        let azure = Arc::clone(&self.azure);
+        let clock = Arc::clone(&self.clock);
+        let every = self.settings.azure.index_refresh;
+        let lease = LeaseGate::new(
+            self.service.store().clone(),
+            replica::INDEX_REFRESH,
+            replica::replica_id(),
+            replica::ttl_for(every),
+        );
+        async move {
+            let mut rounds: u32 = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                rounds = rounds.wrapping_add(1);
+                let due = lease.hold(clock.now()).await
+                    || rounds.is_multiple_of(replica::STANDBY_INDEX_PACE);
+                if due && let Err(e) = azure.refresh().await {
+                    tracing::warn!(error.message = %e, "VM index refresh failed; keeping the old one");
+                }
+            }
+            lease.release(clock.now()).await;
+        }
     }
 
     /// Verifies the audit chain now (a break is audited, so it reaches the

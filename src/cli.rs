@@ -24,6 +24,7 @@ mod explain;
 mod healthcheck;
 mod mappings;
 mod migrate;
+mod migrate_store;
 mod preflight;
 mod run;
 
@@ -85,6 +86,18 @@ pub enum Command {
     },
     /// Apply database migrations.
     Migrate,
+    /// Copy a whole database into a new one (SQLite to PostgreSQL), and
+    /// verify the copy's audit chain.
+    MigrateStore {
+        /// The database to copy, e.g. sqlite:///data/drawbridge.db (read in
+        /// one snapshot; stop the bot first to copy everything).
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The new database, e.g. postgres://drawbridge@db/drawbridge; it is
+        /// migrated, and must hold no grant and no audit event.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Check the configuration and report every problem.
     CheckConfig {
         /// Also check this mappings file (`[[mapping]]` tables) and flag
@@ -154,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emulate_azure::execute(listen, options).await
         }
         Command::Migrate => migrate::execute(&sources).await,
+        Command::MigrateStore { from, to } => migrate_store::execute(&sources, &from, &to).await,
         Command::CheckConfig { mappings } => {
             Ok(check_config::execute(&sources, mappings.as_deref()))
         }
@@ -182,14 +196,16 @@ async fn open_file_read_only(path: &std::path::Path) -> anyhow::Result<Store> {
 async fn open_url_read_only(url: &str) -> anyhow::Result<Store> {
     Store::open_read_only(url).await.map_err(|e| match e {
         crate::store::StoreError::InvalidInput(message) => usage(message),
-        other => anyhow::Error::new(other).context(format!("opening {url}")),
+        other => {
+            anyhow::Error::new(other).context(format!("opening {}", crate::store::display_url(url)))
+        }
     })
 }
 
 /// Opens (and migrates) the configured database.
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let url = &settings.database.url;
-    Store::open(url)
+    Store::open_with(url, &settings.database.store_options())
         .await
-        .with_context(|| format!("opening {url}"))
+        .with_context(|| format!("opening {}", crate::store::display_url(url)))
 }

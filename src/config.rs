@@ -166,8 +166,20 @@ pub struct AzureSettings {
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// sqlx database URL.
+    /// sqlx database URL: `sqlite://PATH` or `postgres://USER@HOST/DB`.
     pub url: String,
+    /// The most connections to a PostgreSQL server (each replica's own
+    /// pool); SQLite ignores it.
+    pub max_connections: u32,
+}
+
+impl DatabaseSettings {
+    /// What [`crate::store::Store::open_with`] takes besides the URL.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

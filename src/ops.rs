@@ -1,5 +1,7 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can
-//! do its job: database, Discord, an ARM token) and `/metrics` (Prometheus).
+//! do its job: database, Discord, an ARM token; and which role this replica
+//! has among several: `active` with the leases it holds, or `standby`) and
+//! `/metrics` (Prometheus).
 //!
 //! They listen on `ops.listen` (default `127.0.0.1:9090`) in both modes,
 //! never beside the interactions endpoint, which faces the internet: their
@@ -213,6 +215,28 @@ fn token_problem(error: &TokenError) -> &'static str {
     }
 }
 
+impl Ops {
+    /// This replica's role among several: `active` while it holds any of
+    /// the leases of one-at-a-time work (listed), `standby` otherwise, and
+    /// `unknown` when the database does not say.
+    async fn role(&self) -> (&'static str, Vec<&'static str>) {
+        use crate::service::replica::{LEASES, replica_id};
+        let now = self.clock.now();
+        let mut held = Vec::new();
+        for name in LEASES {
+            match self.store.lease(name, now).await {
+                Ok(Some(lease)) if lease.holder == replica_id() => held.push(name),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "readiness: could not read the leases");
+                    return ("unknown", held);
+                }
+            }
+        }
+        (if held.is_empty() { "standby" } else { "active" }, held)
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -248,8 +272,12 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
             "not ready"
         );
     }
+    let (role, held) = ops.role().await;
     let body = json!({
         "ready": ready,
+        "replica": crate::service::replica::replica_id(),
+        "role": role,
+        "leases": held,
         "checks": {
             "database": show(&database),
             "discord": show(&discord),

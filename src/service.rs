@@ -47,6 +47,7 @@ pub mod messages;
 pub mod phases;
 pub mod reconcile;
 pub mod refusals;
+pub mod replica;
 pub mod request;
 pub mod scheduler;
 pub mod truth;

@@ -1,5 +1,6 @@
 //! The store: Drawbridge's durable state, through sqlx, on the database that
-//! `database.url` names (SQLite today; PostgreSQL is the next backend).
+//! `database.url` names: a SQLite file (`sqlite://…`, the embedded default)
+//! or a PostgreSQL server (`postgres://…`) that several replicas share.
 //!
 //! | table | holds |
 //! |---|---|
@@ -11,6 +12,7 @@
 //! | `user_settings` | saved source prefixes ([`settings`]) |
 //! | `azure_requests_seen` | JIT requests made outside Drawbridge, reported once ([`reconcile`]) |
 //! | `interactions_seen` | interactions the HTTP endpoint took, so a replay never runs twice ([`interactions`]) |
+//! | `leases` | work one replica at a time does: reconciliation, the index refresh, the audit channel ([`leases`]) |
 //!
 //! The schema lives in `migrations/<backend>/`, embedded with
 //! `sqlx::migrate!()` and applied by [`Store::open`] and [`Store::migrate`].
@@ -85,10 +87,12 @@ use crate::domain::audit::format_time;
 
 pub mod audit;
 mod backend;
+pub mod copy;
 mod error;
 pub mod export;
 pub mod grants;
 pub mod interactions;
+pub mod leases;
 pub mod mappings;
 pub mod outbox;
 pub mod reconcile;
@@ -98,9 +102,26 @@ pub mod settings;
 pub use audit::{AuditFilter, AuditRecord, AuditVerification, BrokenLink};
 pub use error::StoreError;
 pub use grants::{Grant, GrantTransition, InsertOutcome, InteractionToken, NewGrant};
+pub use leases::Lease;
 pub use mappings::{MappingChange, MappingDiff};
 pub use outbox::{OutboxKind, OutboxMessage, OutboxRow, OutboxStats};
 pub use schedule::{ScheduleKind, ScheduledItem};
+
+/// How to connect, beyond the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The most connections a PostgreSQL pool opens (`database.max_connections`).
+    /// SQLite ignores it: it has one writer and a few readers.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+        }
+    }
+}
 
 use backend::{Db, Tx, with_read};
 
@@ -128,7 +149,17 @@ impl Store {
     /// As [`Store::connect`], and [`StoreError::Unexpected`] if a migration
     /// fails (an applied migration that was edited is such a failure).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let store = Self::connect(url).await?;
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with a PostgreSQL URL such as
+    /// `postgres://drawbridge@db.example.com/drawbridge?sslmode=verify-full`
+    /// too, its pool sized by `options`.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let store = Self::connect_with(url, options).await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -144,8 +175,17 @@ impl Store {
     /// [`StoreError::Unexpected`] if the URL is malformed or the database
     /// cannot be opened.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with `options`.
+    ///
+    /// # Errors
+    /// As [`Store::connect`]; a PostgreSQL server that cannot be reached, or
+    /// a database on it that does not exist, is [`StoreError::Unexpected`].
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         Ok(Store {
-            db: Db::connect(url).await?,
+            db: Db::connect(url, options).await?,
         })
     }
 
@@ -189,8 +229,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::Unexpected`] if it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        with_read!(&self.db, |c| sqlx::query("SELECT 1").execute(c).await)
-            .context("pinging the database")?;
+        with_read!(&self.db, |c| sqlx::query("SELECT 1")
+            .execute(c)
+            .await
+            .map(|_| ()))
+        .context("pinging the database")?;
         Ok(())
     }
 
@@ -236,6 +279,12 @@ impl StoreTx {
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.tx.rollback().await
     }
+}
+
+/// `url` as it may be shown in a message or a log: any password replaced by
+/// `***`.
+pub fn display_url(url: &str) -> String {
+    backend::redacted(url)
 }
 
 /// A time as stored.

@@ -152,7 +152,11 @@ async fn mappings(settings: &Settings, file: Option<&PathBuf>) -> anyhow::Result
                 .map_err(|e| usage(format!("{}: {e}", path.display())))
         }
         None => {
-            let store = crate::store::Store::open(&settings.database.url).await?;
+            let store = crate::store::Store::open_with(
+                &settings.database.url,
+                &settings.database.store_options(),
+            )
+            .await?;
             let mappings = store.list_mappings(aliases).await?;
             store.close().await;
             Ok(mappings)

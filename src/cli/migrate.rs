@@ -13,9 +13,9 @@ pub(super) async fn execute(sources: &Sources) -> anyhow::Result<ExitCode> {
     let settings = super::load(sources)?;
     let url = &settings.database.url;
     let mut out = std::io::stdout().lock();
-    let store = Store::connect(url)
+    let store = Store::connect_with(url, &settings.database.store_options())
         .await
-        .with_context(|| format!("opening {url}"))?;
+        .with_context(|| format!("opening {}", crate::store::display_url(url)))?;
     let applied = store.migrate().await?;
     if applied.is_empty() {
         writeln!(out, "database is up to date")?;

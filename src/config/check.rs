@@ -9,7 +9,8 @@ use secrecy::SecretString;
 use url::Url;
 
 use super::raw::{
-    Raw, RawAlias, RawAzure, RawDiscord, RawEnable, RawLimits, RawLogging, RawPorts, RawScalar,
+    Raw, RawAlias, RawAzure, RawDatabase, RawDiscord, RawEnable, RawLimits, RawLogging, RawPorts,
+    RawScalar,
 };
 use super::{
     AzureSettings, ConfigProblem, DEFAULT_SOURCE, DatabaseSettings, DiscordMode, DiscordSettings,
@@ -191,7 +192,7 @@ pub(super) fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
             ),
         },
         azure: azure(c, raw.azure),
-        database: database(c, raw.database.url),
+        database: database(c, raw.database),
         reminders: ReminderSettings {
             before: c.list("reminders.before", &raw.reminders.before, parse_span),
         },
@@ -399,14 +400,40 @@ fn enable(c: &mut Checker<'_>, e: RawEnable) -> PolicyDefaults {
     }
 }
 
-fn database(c: &mut Checker<'_>, url: Option<String>) -> DatabaseSettings {
-    let url = url
+fn database(c: &mut Checker<'_>, d: RawDatabase) -> DatabaseSettings {
+    let url = d
+        .url
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| "sqlite://drawbridge.db".into());
-    if !url.starts_with("sqlite:") {
-        c.problem("database.url", "only sqlite: URLs are supported for now");
+    let scheme = url.split_once(':').map(|(s, _)| s);
+    if !matches!(scheme, Some("sqlite" | "postgres" | "postgresql")) {
+        // Only the scheme: the rest may hold a password.
+        c.problem(
+            "database.url",
+            format!(
+                "the scheme `{}` is not supported: use sqlite://PATH or postgres://USER@HOST/DATABASE",
+                scheme.unwrap_or_default()
+            ),
+        );
     }
-    DatabaseSettings { url }
+    let max_connections = c
+        .opt(
+            "database.max_connections",
+            &d.max_connections.as_ref().map(RawScalar::text),
+            parse_pool_size,
+        )
+        .unwrap_or(10);
+    DatabaseSettings {
+        url,
+        max_connections,
+    }
+}
+
+fn parse_pool_size(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 1000".into()),
+    }
 }
 
 /// The built-in port names plus `[ports.aliases]`.

@@ -85,6 +85,7 @@ pub(super) struct RawEnable {
 #[serde(default)]
 pub(super) struct RawDatabase {
     pub(super) url: Option<String>,
+    pub(super) max_connections: Option<RawScalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

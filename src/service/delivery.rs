@@ -22,6 +22,16 @@
 //! The limit: Discord deduplicates a nonce for a few minutes only. A bot
 //! that dies between posting and marking and stays down longer than that
 //! posts that one message a second time on restart. Nothing is ever lost.
+//!
+//! # Several replicas
+//!
+//! Each replica's deliverer claims the rows it sends
+//! ([`Store::claim_outbox_batch`], a [`CLAIM`] long): two replicas never
+//! send the same row, and a replica that dies leaves its claimed rows to the
+//! others when the claim runs out. The audit channel is one ordered stream:
+//! only the holder of the [`replica::OUTBOX_AUDIT`] lease posts it, and it
+//! renews the lease before every audit post, so it stops at once when it
+//! lost it. A clean shutdown gives the lease up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +42,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::messages;
+use super::replica::{self, LeaseGate};
 use crate::chat::ChatMessage;
 use crate::clock::SharedClock;
 use crate::domain::{AuditAction, AuditEvent, Outcome};
@@ -46,6 +57,13 @@ const BACKOFF_GROWTH: f64 = 1.5;
 /// starts draining within this long of Discord's return.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const BATCH: u32 = 50;
+/// How long a claimed row is this replica's: longer than a send takes, and
+/// well within Discord's nonce window, so a resend after a replica died
+/// before marking it is still recognised.
+pub const CLAIM: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
+/// How long the audit stream's lease outlives its last renewal (each audit
+/// post renews it).
+pub const AUDIT_LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 
 /// What one [`Deliverer::tick`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,6 +79,10 @@ pub struct Deliverer {
     sender: Arc<dyn ChatSender>,
     clock: SharedClock,
     audit_channel: Option<u64>,
+    /// Who claims rows: this replica.
+    worker: String,
+    /// The audit stream's lease.
+    audit_lease: LeaseGate,
 }
 
 /// An outbox row for a DM to the grant's owner, falling back to a mention
@@ -130,12 +152,28 @@ impl Deliverer {
         clock: SharedClock,
         audit_channel: Option<u64>,
     ) -> Self {
+        let worker = replica::replica_id().to_string();
         Self {
+            audit_lease: LeaseGate::new(store.clone(), replica::OUTBOX_AUDIT, &worker, AUDIT_LEASE),
             store,
             sender,
             clock,
             audit_channel,
+            worker,
         }
+    }
+
+    /// The same deliverer claiming as `worker` instead of this process's
+    /// replica id: for tests that run several replicas in one process.
+    pub fn as_worker(mut self, worker: &str) -> Self {
+        self.worker = worker.to_string();
+        self.audit_lease = LeaseGate::new(
+            self.store.clone(),
+            replica::OUTBOX_AUDIT,
+            worker,
+            AUDIT_LEASE,
+        );
+        self
     }
 
     /// Sends what is due now, once. A failed audit row stops the audit rows
@@ -145,12 +183,21 @@ impl Deliverer {
     /// If the store fails.
     pub async fn tick(&self) -> Result<DeliveryOutcome, StoreError> {
         let now = self.clock.now();
-        let rows = self.store.next_outbox_batch(now, BATCH).await?;
+        let audit_stream = self.audit_lease.hold(now).await;
+        let rows = self
+            .store
+            .claim_outbox_batch(now, &self.worker, CLAIM, audit_stream, BATCH)
+            .await?;
         let mut outcome = DeliveryOutcome::default();
         let mut audit_blocked = false;
         for row in rows {
-            if row.kind == OutboxKind::AuditChannel && audit_blocked {
-                continue;
+            if row.kind == OutboxKind::AuditChannel {
+                // Renewed before each post: a replica that lost the lease
+                // (paused past its expiry) stops before posting out of turn.
+                audit_blocked = audit_blocked || !self.audit_lease.hold(self.clock.now()).await;
+                if audit_blocked {
+                    continue;
+                }
             }
             match self.send(&row).await {
                 Ok(()) => {
@@ -268,8 +315,10 @@ impl Deliverer {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        // A last, short flush so audit events of the shutdown go out.
+        // A last, short flush so audit events of the shutdown go out; then
+        // the audit stream is another replica's at once.
         let _ = tokio::time::timeout(Duration::from_secs(3), self.tick()).await;
+        self.audit_lease.release(self.clock.now()).await;
     }
 }
 

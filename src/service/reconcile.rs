@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Service;
 use super::jit_port::JitError;
+use super::replica::{self, LeaseGate};
 use crate::domain::audit::format_time;
 use crate::domain::{AuditAction, AuditEvent, JitRequestRecord, Outcome, RequestId, RequestedPort};
 use crate::store::{Grant, StoreError};
@@ -185,17 +186,33 @@ impl Reconciler {
     /// Reconciles now and then every `every` until cancelled. Time between
     /// rounds is real time; "now" comes from the service's clock.
     pub async fn run(self, every: Duration, cancel: CancellationToken) {
+        let lease = LeaseGate::new(
+            self.service.store().clone(),
+            replica::RECONCILE,
+            replica::replica_id(),
+            replica::ttl_for(every),
+        );
         loop {
-            match self.tick(self.service.clock().now()).await {
-                Ok(o) if o.opened_outside + o.closed > 0 => self.service.wake_after(()),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error.message = %e, "reconciliation with Azure failed; retrying next interval");
-                }
+            let now = self.service.clock().now();
+            if lease.hold(now).await {
+                self.round(now).await;
+            } else {
+                tracing::debug!("another replica reconciles");
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
+            }
+        }
+        lease.release(self.service.clock().now()).await;
+    }
+
+    async fn round(&self, now: DateTime<Utc>) {
+        match self.tick(now).await {
+            Ok(o) if o.opened_outside + o.closed > 0 => self.service.wake_after(()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error.message = %e, "reconciliation with Azure failed; retrying next interval");
             }
         }
     }

@@ -178,11 +178,13 @@ impl StoreTx {
         event: &AuditEvent,
     ) -> Result<AuditRecord, StoreError> {
         // PostgreSQL: this read takes `FOR UPDATE`; the head row is the
-        // chain's lock.
+        // chain's lock, held to the commit, so two replicas never fork it.
+        let sql = format!(
+            "SELECT seq, hash FROM audit_head WHERE id = 1{}",
+            self.tx.for_update()
+        );
         let (head_seq, head_hash): (i64, String) = with_tx!(&mut self.tx, |c| {
-            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_one(c)
-                .await
+            sqlx::query_as(&sql).fetch_one(c).await
         })
         .context("reading the audit head")?;
         let seq = head_seq + 1;
@@ -205,6 +207,7 @@ impl StoreTx {
                 .bind(&hash)
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
         .with_context(|| format!("appending audit row {seq}"))?;
         with_tx!(&mut self.tx, |c| {
@@ -213,6 +216,7 @@ impl StoreTx {
                 .bind(&hash)
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
         .context("moving the audit head")?;
         Ok(AuditRecord {

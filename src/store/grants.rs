@@ -258,6 +258,15 @@ impl TryFrom<GrantRow> for Grant {
     }
 }
 
+/// How many of the newest grants that mention a requestor are looked at.
+const REQUESTOR_CANDIDATES: i64 = 20;
+
+/// The `requestor` string at the top of an `azure_detail` JSON object.
+fn requestor_of(detail: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(detail).ok()?;
+    value.get("requestor")?.as_str().map(str::to_string)
+}
+
 fn grant_by_id_sql() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE request_id = $1")
 }
@@ -268,7 +277,25 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
     pub async fn grant(&mut self, request_id: &RequestId) -> Result<Option<Grant>, StoreError> {
-        let sql = grant_by_id_sql();
+        self.read_grant(request_id, "").await
+    }
+
+    /// The grant, locked until this transaction ends on PostgreSQL (SQLite's
+    /// write transaction holds the whole database already).
+    async fn grant_for_update(
+        &mut self,
+        request_id: &RequestId,
+    ) -> Result<Option<Grant>, StoreError> {
+        let lock = self.tx.for_update();
+        self.read_grant(request_id, lock).await
+    }
+
+    async fn read_grant(
+        &mut self,
+        request_id: &RequestId,
+        lock: &str,
+    ) -> Result<Option<Grant>, StoreError> {
+        let sql = format!("{}{lock}", grant_by_id_sql());
         let row: Option<GrantRow> = with_tx!(&mut self.tx, |c| {
             sqlx::query_as(&sql)
                 .bind(request_id.as_str())
@@ -313,9 +340,9 @@ impl StoreTx {
             .bind(new.interaction_token.as_ref().map(InteractionToken::expose))
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
         .with_context(|| format!("inserting grant {}", new.request_id))?
-        .rows_affected()
             == 1;
         let grant = self
             .grant(&new.request_id)
@@ -345,7 +372,7 @@ impl StoreTx {
     ) -> Result<Grant, StoreError> {
         // PostgreSQL: this read takes `FOR UPDATE`.
         let grant = self
-            .grant(request_id)
+            .grant_for_update(request_id)
             .await?
             .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))?;
         let next = grant.state.apply(event)?;
@@ -366,9 +393,9 @@ impl StoreTx {
                 .bind(grant.state.as_str())
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("moving grant {request_id} to {next}"))?
-        .rows_affected();
+        .with_context(|| format!("moving grant {request_id} to {next}"))?;
         if updated != 1 {
             return Err(anyhow::anyhow!(
                 "grant {request_id} changed while it was moved from {}",
@@ -386,6 +413,7 @@ impl StoreTx {
                 .bind(&now)
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
         .with_context(|| format!("recording the transition of grant {request_id}"))?;
         self.grant(request_id)
@@ -436,9 +464,9 @@ impl StoreTx {
             .bind(request_id.as_str())
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("setting {column} of grant {request_id}"))?
-        .rows_affected();
+        .with_context(|| format!("setting {column} of grant {request_id}"))?;
         if updated == 0 {
             return Err(StoreError::not_found("grant", request_id.as_str()));
         }
@@ -540,13 +568,19 @@ impl Store {
     /// # Errors
     /// [`StoreError::Unexpected`].
     pub async fn our_requestor(&self) -> Result<Option<String>, StoreError> {
-        let sql = "SELECT json_extract(azure_detail, '$.requestor') FROM grants
-             WHERE json_extract(azure_detail, '$.requestor') IS NOT NULL
-             ORDER BY requested_at DESC LIMIT 1";
-        let row: Option<(String,)> =
-            with_read!(&self.db, |c| sqlx::query_as(sql).fetch_optional(c).await)
-                .context("reading our requestor")?;
-        Ok(row.map(|(r,)| r))
+        // The JSON is parsed here, not in SQL: JSON functions differ between
+        // the backends. The LIKE narrows to rows that can hold one.
+        let sql = "SELECT azure_detail FROM grants
+             WHERE azure_detail LIKE '%\"requestor\"%'
+             ORDER BY requested_at DESC LIMIT $1";
+        let details: Vec<String> = with_read!(&self.db, |c| {
+            sqlx::query_scalar(sql)
+                .bind(REQUESTOR_CANDIDATES)
+                .fetch_all(c)
+                .await
+        })
+        .context("reading our requestor")?;
+        Ok(details.iter().find_map(|d| requestor_of(d)))
     }
 
     /// The grant's state changes, oldest first.

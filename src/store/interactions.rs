@@ -23,6 +23,7 @@ impl InteractionLedger for Store {
                 .bind(ts(now - REMEMBERED))
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
         .context("forgetting old interactions")?;
         let inserted = with_tx!(&mut tx.tx, |c| {
@@ -34,9 +35,9 @@ impl InteractionLedger for Store {
             .bind(ts(now))
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("claiming interaction {id}"))?
-        .rows_affected();
+        .with_context(|| format!("claiming interaction {id}"))?;
         let claim = if inserted == 1 {
             Claim::First
         } else {
@@ -61,6 +62,7 @@ impl InteractionLedger for Store {
                 .bind(response)
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
         .with_context(|| format!("recording the response of interaction {id}"))?;
         tx.commit().await?;

@@ -104,8 +104,13 @@ fn parse_name(name: &str) -> Result<MappingName, StoreError> {
 
 impl StoreTx {
     async fn stored_spec(&mut self, name: &MappingName) -> Result<Option<MappingSpec>, StoreError> {
+        // PostgreSQL: the row is locked until the change that follows commits.
+        let sql = format!(
+            "SELECT spec FROM mappings WHERE name = $1{}",
+            self.tx.for_update()
+        );
         let text: Option<String> = with_tx!(&mut self.tx, |c| {
-            sqlx::query_scalar("SELECT spec FROM mappings WHERE name = $1")
+            sqlx::query_scalar(&sql)
                 .bind(name.as_str())
                 .fetch_optional(c)
                 .await
@@ -142,6 +147,7 @@ impl StoreTx {
                 .bind(ts(now))
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
         .with_context(|| format!("storing mapping `{}`", mapping.name))?;
         Ok(match before {
@@ -190,10 +196,9 @@ impl StoreTx {
                 )));
             }
         }
+        let sql = format!("SELECT name FROM mappings{}", self.tx.for_update());
         let stored: Vec<(String,)> = with_tx!(&mut self.tx, |c| {
-            sqlx::query_as("SELECT name FROM mappings")
-                .fetch_all(c)
-                .await
+            sqlx::query_as(&sql).fetch_all(c).await
         })
         .context("listing stored mappings")?;
         let mut diff = MappingDiff::default();
@@ -218,6 +223,7 @@ impl StoreTx {
                     .bind(&name)
                     .execute(c)
                     .await
+                    .map(|r| r.rows_affected())
             })
             .with_context(|| format!("removing mapping `{name}`"))?;
             diff.removed.push(parse_name(&name)?);

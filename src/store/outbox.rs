@@ -14,7 +14,13 @@
 //! 3. [`Store::mark_delivered`] on success, [`Store::mark_failed`] with the
 //!    next attempt time on failure.
 //!
-//! One worker delivers per database (see the store's module docs for several).
+//! With several replicas, each worker claims what it sends
+//! ([`Store::claim_outbox_batch`]): other rows one by one under a short
+//! claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL), and the audit-channel rows
+//! as one ordered stream, sent only by the holder of the `outbox_audit` lease
+//! (see [`super::leases`]), so the channel keeps log order. A claim that runs
+//! out (its replica died) leaves the row to the others; the nonce keeps the
+//! resend from posting twice.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -275,9 +281,21 @@ impl Store {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.due_rows(now, limit, "TRUE").await
+    }
+
+    /// Up to `limit` undelivered rows due at `now` that match `only` (SQL
+    /// over the row `o`), audit rows held back as
+    /// [`Store::next_outbox_batch`] says.
+    async fn due_rows(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        only: &str,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let sql = format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox AS o
-             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
+             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1 AND {only}
                AND (o.kind <> 'audit_channel' OR NOT EXISTS (
                      SELECT 1 FROM outbox AS earlier
                      WHERE earlier.kind = 'audit_channel' AND earlier.delivered_at IS NULL
@@ -295,6 +313,61 @@ impl Store {
         rows.into_iter().map(OutboxRow::try_from).collect()
     }
 
+    /// Claims due rows for `worker` until `now + claim`, in id order: up to
+    /// `limit` rows that are not audit-channel rows and that no live claim
+    /// holds (another replica's rows are passed over, never waited for);
+    /// then, when `audit_stream` (the caller holds the `outbox_audit`
+    /// lease), the due audit-channel rows as [`Store::next_outbox_batch`]
+    /// picks them, head-of-line order kept.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] for a row that cannot be read back;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn claim_outbox_batch(
+        &self,
+        now: DateTime<Utc>,
+        worker: &str,
+        claim: chrono::Duration,
+        audit_stream: bool,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $2, claimed_until = $3
+             WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE delivered_at IS NULL AND next_attempt_at <= $1
+                   AND kind <> 'audit_channel'
+                   AND (claimed_until IS NULL OR claimed_until <= $1)
+                 ORDER BY id LIMIT $4{lock})
+             RETURNING {OUTBOX_COLUMNS}",
+            lock = tx.tx.skip_locked()
+        );
+        let claimed: Vec<RawOutboxRow> = with_tx!(&mut tx.tx, |c| {
+            sqlx::query_as(&sql)
+                .bind(ts(now))
+                .bind(worker)
+                .bind(ts(now + claim))
+                .bind(limit_i64(limit))
+                .fetch_all(c)
+                .await
+        })
+        .with_context(|| format!("claiming outbox rows for {worker}"))?;
+        tx.commit().await?;
+        let mut rows = claimed
+            .into_iter()
+            .map(OutboxRow::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        if audit_stream {
+            rows.extend(
+                self.due_rows(now, limit, "o.kind = 'audit_channel'")
+                    .await?,
+            );
+        }
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
     /// Records that row `id` was delivered at `now`; it is never returned
     /// again. Marking a delivered row again changes nothing.
     ///
@@ -304,16 +377,17 @@ impl Store {
     pub async fn mark_delivered(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
         let updated = with_write!(&self.db, |c| {
             sqlx::query(
-                "UPDATE outbox SET delivered_at = $1, last_error = NULL
+                "UPDATE outbox SET delivered_at = $1, last_error = NULL,
+                     claimed_by = NULL, claimed_until = NULL
                  WHERE id = $2 AND delivered_at IS NULL",
             )
             .bind(ts(now))
             .bind(id)
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("marking outbox row {id} delivered"))?
-        .rows_affected();
+        .with_context(|| format!("marking outbox row {id} delivered"))?;
         if updated == 0 {
             self.outbox_row_exists(id).await?;
         }
@@ -338,7 +412,8 @@ impl Store {
         let error: String = redact_tokens(error).chars().take(MAX_ERROR_CHARS).collect();
         let updated = with_write!(&self.db, |c| {
             sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2,
+                     claimed_by = NULL, claimed_until = NULL
                  WHERE id = $3 AND delivered_at IS NULL",
             )
             .bind(error)
@@ -346,9 +421,9 @@ impl Store {
             .bind(id)
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("recording a failed delivery of outbox row {id}"))?
-        .rows_affected();
+        .with_context(|| format!("recording a failed delivery of outbox row {id}"))?;
         if updated == 0 {
             self.outbox_row_exists(id).await?;
         }

@@ -34,9 +34,9 @@ impl StoreTx {
             .bind(audit_seq)
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("remembering Azure request {key}"))?
-        .rows_affected();
+        .with_context(|| format!("remembering Azure request {key}"))?;
         Ok(inserted == 1)
     }
 
@@ -54,9 +54,9 @@ impl StoreTx {
                 .bind(ts(before))
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
-        .context("forgetting old Azure requests")?
-        .rows_affected())
+        .context("forgetting old Azure requests")?)
     }
 }
 

@@ -142,9 +142,9 @@ impl StoreTx {
                 .bind(kind.as_str())
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
             })
-            .with_context(|| format!("cancelling the {} of grant {request_id}", kind.as_str()))?
-            .rows_affected();
+            .with_context(|| format!("cancelling the {} of grant {request_id}", kind.as_str()))?;
         }
         Ok(cancelled)
     }
@@ -169,9 +169,9 @@ impl StoreTx {
                 .bind(id)
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("completing timer {id}"))?
-        .rows_affected();
+        .with_context(|| format!("completing timer {id}"))?;
         if updated == 1 {
             return Ok(true);
         }
@@ -273,8 +273,9 @@ impl Store {
                  SELECT id FROM schedule
                  WHERE done_at IS NULL AND cancelled_at IS NULL AND due_at <= $1
                    AND (claimed_at IS NULL OR claimed_at <= $3)
-                 ORDER BY due_at, id LIMIT $4)
-             RETURNING {SCHEDULE_COLUMNS}"
+                 ORDER BY due_at, id LIMIT $4{lock})
+             RETURNING {SCHEDULE_COLUMNS}",
+            lock = tx.tx.skip_locked()
         );
         let rows: Vec<ScheduleRow> = with_tx!(&mut tx.tx, |c| {
             sqlx::query_as(&sql)

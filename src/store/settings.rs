@@ -29,6 +29,7 @@ impl StoreTx {
             .bind(ts(now))
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
         .with_context(|| format!("saving the source of user {user}"))?;
         Ok(())

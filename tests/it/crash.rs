@@ -39,15 +39,21 @@ const SEED: u64 = 0x0d2a_b21d_6e5e;
 /// How long the last, unkilled run may take to deliver what is left.
 const DRAIN: Duration = Duration::from_secs(25);
 
-struct Seeded {
-    request_id: RequestId,
-    user: u64,
-    reminder_key: String,
-    expiry_key: String,
+pub(crate) struct Seeded {
+    pub(crate) request_id: RequestId,
+    pub(crate) user: u64,
+    pub(crate) reminder_key: String,
+    pub(crate) expiry_key: String,
 }
 
-/// A grant on web-01 that ends at `end`, with its reminder at `reminder`.
-async fn seed_grant(store: &Store, n: u64, reminder: DateTime<Utc>, end: DateTime<Utc>) -> Seeded {
+/// A grant on web-01 that ends at `end`, with its reminder at `reminder`
+/// (also used by `replicas.rs`).
+pub(crate) async fn seed_grant(
+    store: &Store,
+    n: u64,
+    reminder: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Seeded {
     let request_id = RequestId::parse(&format!("crash-{n}")).unwrap();
     let user = 800_000 + n;
     let now = Utc::now();
@@ -238,7 +244,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_no_notice() {
     );
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -29,6 +29,7 @@ mod ops;
 mod policy_fuzz;
 mod preflight;
 mod readme;
+mod replicas;
 mod shutdown;
 mod store;
 mod support;

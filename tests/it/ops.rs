@@ -300,3 +300,127 @@ fn the_healthcheck_fails_when_nothing_answers() {
     assert_eq!(probe.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&probe.stderr).contains("unhealthy"));
 }
+
+/// `deploy/kubernetes.yaml`, the operator guide's example for several
+/// replicas: it parses, and what it sets is what the bot reads.
+#[test]
+fn the_kubernetes_example_runs_two_http_replicas_with_probes_a_service_and_a_budget() {
+    use yaml_rust2::{Yaml, YamlLoader};
+
+    let text = include_str!("../../deploy/kubernetes.yaml");
+    let docs = YamlLoader::load_from_str(text).expect("deploy/kubernetes.yaml is YAML");
+    let of_kind = |kind: &str| -> &Yaml {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind} in the manifest"))
+    };
+
+    // The Deployment: two replicas, rolled one at a time.
+    let deployment = of_kind("Deployment");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(2));
+    let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
+    assert_eq!(rolling["maxUnavailable"].as_i64(), Some(0));
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 30);
+    let container = &pod["containers"][0];
+    let port = |name: &str| {
+        container["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_i64())
+    };
+    assert_eq!(
+        port("ops"),
+        Some(9090),
+        "config/container.toml's ops.listen"
+    );
+    assert_eq!(port("interactions"), Some(8080), "its http.listen");
+    // Probes on the ops port: readiness on /readyz, liveness on /healthz.
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"].as_str(), Some("ops"));
+    }
+
+    // Every setting it gives is a configuration key the bot knows, and it
+    // runs HTTP mode (gateway mode is one replica: docs/operations.md §2).
+    let known = drawbridge::config::known_keys();
+    let mut settings: Vec<(String, String)> = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (k, v) in of_kind("ConfigMap")["data"].as_hash().unwrap() {
+        settings.push((k.as_str().unwrap().into(), v.as_str().unwrap().into()));
+    }
+    for (name, _) in &settings {
+        let key = name
+            .strip_prefix("DRAWBRIDGE__")
+            .unwrap_or_else(|| panic!("{name}"))
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        assert!(known.contains(&key), "{name}: no key {key}");
+    }
+    assert!(settings.contains(&("DRAWBRIDGE__DISCORD__MODE".into(), "http".into())));
+    assert!(text.contains("DRAWBRIDGE__DATABASE__URL='postgres://"));
+
+    // The Service routes the interactions port only; the budget keeps one up.
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let service = of_kind("Service");
+    assert_eq!(&service["spec"]["selector"], selector);
+    let routed: Vec<&str> = service["spec"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["targetPort"].as_str())
+        .collect();
+    assert_eq!(routed, ["interactions"]);
+    let budget = of_kind("PodDisruptionBudget");
+    assert_eq!(budget["spec"]["minAvailable"].as_i64(), Some(1));
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], selector);
+}
+
+#[tokio::test]
+async fn readyz_names_the_replica_and_the_leases_it_holds() {
+    // Arrange: one replica takes every lease of one-at-a-time work.
+    let app = spawn_app().await;
+
+    // Act: the deliverer and the reconciler take theirs as they start.
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, _, body) = get(&format!("{}/readyz", app.ops_url)).await;
+        assert_eq!(status, 200, "{body}");
+        ready = serde_json::from_str(&body).expect("JSON");
+        let leases = ready["leases"].as_array().cloned().unwrap_or_default();
+        if leases.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert
+    assert_eq!(ready["role"], "active", "{ready}");
+    let leases: Vec<&str> = ready["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(leases.contains(&"outbox_audit"), "{ready}");
+    assert!(leases.contains(&"reconcile"), "{ready}");
+    assert_eq!(ready["replica"], drawbridge::service::replica::replica_id());
+}

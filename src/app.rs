@@ -110,6 +110,7 @@ impl App {
                 admin_roles: settings.discord.admin_role_ids.clone(),
                 home_guild: settings.discord.guild_id.map(|g| g.get()),
                 rate_limit: settings.limits,
+                public_url: settings.http.public_url.clone(),
             },
         )
         .await
@@ -275,16 +276,14 @@ impl App {
     /// An address cannot be bound.
     pub async fn bind(self) -> anyhow::Result<Server> {
         let ops = Bound::bind(self.settings.ops.listen, "ops.listen", "ops endpoints").await?;
-        let interactions = match self.settings.discord.mode {
+        let what = match self.settings.discord.mode {
+            DiscordMode::Http => Some("interactions endpoint"),
+            DiscordMode::Gateway if self.settings.http.public_url.is_some() => Some("IP page"),
             DiscordMode::Gateway => None,
-            DiscordMode::Http => Some(
-                Bound::bind(
-                    self.settings.http.listen,
-                    "http.listen",
-                    "interactions endpoint",
-                )
-                .await?,
-            ),
+        };
+        let interactions = match what {
+            Some(what) => Some(Bound::bind(self.settings.http.listen, "http.listen", what).await?),
+            None => None,
         };
         Ok(Server {
             app: self,
@@ -314,18 +313,73 @@ impl App {
             tracker.clone(),
             Arc::new(self.service.store().clone()),
         )?;
-        if self.settings.http.healthz {
-            router = router.route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        }
-        let served = axum::serve(listener, crate::surface::harden(router))
-            .with_graceful_shutdown(shutdown)
+        router = router.merge(self.pages());
+        let served = serve_router(listener, router, shutdown)
             .await
             .context("serving the interactions endpoint");
         tracker.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
         served
     }
+
+    /// Gateway mode with `http.public_url` set: the gateway, and the IP
+    /// page on `listener` until the gateway stops.
+    async fn gateway_and_pages(
+        &self,
+        listener: TcpListener,
+        handler: Arc<dyn InteractionHandler>,
+        status: crate::discord::GatewayStatus,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let pages = tokio::spawn(serve_router(
+            listener,
+            self.pages(),
+            stop.clone().cancelled_owned(),
+        ));
+        let result =
+            crate::discord::run_gateway(&self.settings.discord, handler, status, shutdown).await;
+        stop.cancel();
+        match pages.await {
+            Ok(Err(e)) => tracing::error!(error.message = %e, "the IP page listener failed"),
+            Err(e) => tracing::error!(error.message = %e, "the IP page task failed"),
+            Ok(Ok(())) => {}
+        }
+        result
+    }
+
+    /// What `http.listen` serves beside the interactions endpoint: the IP
+    /// page when `http.public_url` is set, and `/healthz` if asked.
+    fn pages(&self) -> axum::Router {
+        let mut router = axum::Router::new();
+        if self.settings.http.public_url.is_some() {
+            router = router.merge(crate::ip_page::router(
+                self.service.clone(),
+                self.settings.http.trusted_proxies.clone(),
+            ));
+        }
+        if self.settings.http.healthz {
+            router = router.route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        }
+        router
+    }
 }
+
+/// Serves `router` behind [`crate::surface::harden`], with the peer's
+/// address available to handlers (the IP page reads it).
+async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service =
+        crate::surface::harden(router).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+impl App {}
 
 /// A bound listener and its address.
 struct Bound {
@@ -362,6 +416,15 @@ impl Server {
     /// HTTP mode: the address of the interactions endpoint
     /// (`POST /interactions`).
     pub fn interactions_addr(&self) -> Option<SocketAddr> {
+        match self.app.settings.discord.mode {
+            DiscordMode::Http => self.http_addr(),
+            DiscordMode::Gateway => None,
+        }
+    }
+
+    /// The address of the `http.listen` listener, in HTTP mode or when it
+    /// serves the IP page (`http.public_url` set) in gateway mode.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.interactions.as_ref().map(|b| b.addr)
     }
 
@@ -403,19 +466,24 @@ impl Server {
             None => app.handler(),
         };
         let status = crate::discord::GatewayStatus::new();
-        let transport = match interactions {
-            Some(_) => crate::ops::Transport::Endpoint,
-            None => crate::ops::Transport::Gateway(status.clone()),
+        let endpoint = discord.mode == DiscordMode::Http;
+        let transport = match endpoint {
+            true => crate::ops::Transport::Endpoint,
+            false => crate::ops::Transport::Gateway(status.clone()),
         };
         let ops_stop = CancellationToken::new();
         let ops_server = tokio::spawn(app.ops(transport).serve(ops.listener, ops_stop.clone()));
         let result = match interactions {
-            None => {
-                crate::discord::run_gateway(&app.settings.discord, handler, status, shutdown).await
-            }
-            Some(bound) => {
+            Some(bound) if endpoint => {
                 app.serve_http(bound.listener, http, handler, shutdown)
                     .await
+            }
+            Some(bound) => {
+                app.gateway_and_pages(bound.listener, handler, status, shutdown)
+                    .await
+            }
+            None => {
+                crate::discord::run_gateway(&app.settings.discord, handler, status, shutdown).await
             }
         };
         ops_stop.cancel();

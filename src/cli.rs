@@ -26,11 +26,13 @@ mod mappings;
 mod migrate;
 mod migrate_store;
 mod preflight;
+mod report;
 mod run;
 
 pub use audit::{AuditCommand, ExportFormat};
 pub use explain::ExplainArgs;
 pub use mappings::{MappingArgs, MappingsCommand};
+pub use report::ReportArgs;
 
 /// Drawbridge: Azure Just-In-Time VM access from Discord.
 #[derive(Debug, Parser)]
@@ -115,6 +117,9 @@ pub enum Command {
     /// Export or verify the audit log (opens the database read-only).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Draw the weekly picture (PNG, optional CSV) from the database and
+    /// print its summary (opens the database read-only).
+    Report(ReportArgs),
     /// Copy the database, while the bot runs, to a new file and verify the
     /// copy's audit chain.
     Backup {
@@ -176,6 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => explain::execute(&sources, args).await,
         Command::Audit(command) => audit::execute(&sources, command).await,
         Command::Backup { file } => backup::execute(&sources, &file).await,
+        Command::Report(args) => report::execute(&sources, args).await,
     }
 }
 

@@ -33,6 +33,7 @@ const LIST_KEYS: &[&str] = &[
     "azure.subscriptions",
     "azure.enable.ports",
     "reminders.before",
+    "http.trusted_proxies",
 ];
 
 /// One thing wrong with the configuration.
@@ -121,6 +122,12 @@ pub struct HttpSettings {
     /// Whether that listener also answers `GET /healthz` (a load
     /// balancer's probe); the rest of the ops endpoints never go there.
     pub healthz: bool,
+    /// The address members reach this listener at, for IP capture links
+    /// (`{public_url}/ip/{token}`). Unset: no links (and in gateway mode,
+    /// no listener).
+    pub public_url: Option<Url>,
+    /// Reverse proxies whose `X-Forwarded-For` the IP page believes.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -315,7 +322,12 @@ impl Settings {
                 "admin_role_ids": d.admin_role_ids.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                 "token_set": d.token.is_some(),
             },
-            "http": {"listen": self.http.listen.to_string(), "healthz": self.http.healthz},
+            "http": {
+                "listen": self.http.listen.to_string(),
+                "healthz": self.http.healthz,
+                "public_url": text(&self.http.public_url),
+                "trusted_proxies": self.http.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
             "ops": {"listen": self.ops.listen.to_string()},
             "azure": {
                 "cloud": format!("{:?}", a.cloud).to_lowercase(),

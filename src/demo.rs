@@ -404,6 +404,8 @@ impl Demo {
                     "error: `{span}` is not a duration; try 10m, 2h or 1h55m"
                 )),
             },
+            ("report", [file]) => self.report(file).await,
+            ("report", []) => self.report("drawbridge-report.png").await,
             ("time", []) => self
                 .output
                 .line(&format!("-- the clock is {}", local(self.clock_now()))),
@@ -444,6 +446,30 @@ impl Demo {
         crate::clock::Clock::now(&self.clock)
     }
 
+    /// `:report FILE`: the weekly picture of the demo's last 7 days, with
+    /// the coverage the emulator reports.
+    async fn report(&self, file: &str) {
+        let now = self.clock_now();
+        let first_day = (now - chrono::Duration::days(6)).date_naive();
+        let store = self.app.service.store();
+        let mut week = match crate::report::gather(store, first_day, 7, now).await {
+            Ok(week) => week,
+            Err(e) => return self.output.line(&format!("error: reading the week: {e}")),
+        };
+        if let Ok(without) = self.app.service.unprotected_vms().await {
+            week.without_jit = Some(without);
+        }
+        let written = crate::report::render_png(&week)
+            .map_err(|e| e.to_string())
+            .and_then(|png| std::fs::write(file, png).map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => self
+                .output
+                .line(&format!("{}\n-- wrote {file}", week.text())),
+            Err(e) => self.output.line(&format!("error: {file}: {e}")),
+        }
+    }
+
     fn invocation(&mut self) -> Invocation {
         self.next_interaction += 1;
         let m = self.current;
@@ -460,6 +486,7 @@ impl Demo {
             },
             channel_id: Some(REQUEST_CHANNEL),
             guild_id: Some(GUILD),
+            reply_token: None,
         }
     }
 
@@ -503,6 +530,7 @@ impl Demo {
                 "  :as sre|dev|admin                 act as another member (:members says who may do what)",
                 "  :advance 1h55m                    move the clock; due reminders and expiries fire",
                 "  :press extend|close [request-id]  press a button (default: the last grant shown to you)",
+                "  :report [FILE]                    the weekly picture of the last 7 days (PNG) and its summary",
                 "  :time                             the demo clock",
                 "  :quit                             leave (also Ctrl-D, or the end of a piped script)",
                 "VMs: web-01..04 (rg-web), db-01 (rg-data, SSH from 10.20.0.0/16 only), win-07 (RDP, WinRM),",

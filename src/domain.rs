@@ -9,9 +9,11 @@
 
 pub mod audit;
 pub mod authorize;
+pub mod connect;
 pub mod duration;
 pub mod grant;
 pub mod ids;
+pub mod ip_link;
 pub mod jit_policy;
 pub mod mapping;
 pub mod place;
@@ -20,6 +22,7 @@ pub mod port;
 pub mod port_truth;
 pub mod preflight;
 pub mod rate;
+pub mod report;
 pub mod request;
 pub mod source;
 pub mod vm;

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 
 use crate::chat::{ButtonAction, ChatMessage};
 use crate::domain::{RoleId, UserId};
+use crate::store::InteractionToken;
 
 /// The member who acted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub struct Invocation {
     pub channel_id: Option<u64>,
     /// The guild (`None` in a DM).
     pub guild_id: Option<u64>,
+    /// The token to edit this interaction's reply later (15 minutes), when
+    /// the transport has one: an IP link's visit turns the waiting reply
+    /// into the grant with it.
+    pub reply_token: Option<InteractionToken>,
 }
 
 /// A slash command with its options, every value as text: strings as typed,
@@ -149,6 +154,18 @@ pub trait ChatSender: Send + Sync + 'static {
         message: &ChatMessage,
         idempotency_key: &str,
     ) -> Result<(), SendError>;
+    /// Replaces an interaction's reply (the one `token` belongs to) with
+    /// `message`. Transports that cannot refuse for good.
+    async fn edit_reply(
+        &self,
+        token: &InteractionToken,
+        message: &ChatMessage,
+    ) -> Result<(), SendError> {
+        let _ = (token, message);
+        Err(SendError::Permanent(
+            "this transport cannot edit replies".into(),
+        ))
+    }
 }
 
 /// What a [`InteractionLedger::claim`] found.

@@ -23,6 +23,7 @@
 //!   [`azure::ArmJit`], the port over them.
 //! - [`discord`]: serenity: command registration, the gateway and HTTP
 //!   interactions modes, messages to Discord's builders.
+//! - [`ip_page`]: the one-time IP capture page members open in a browser.
 //! - [`interactions`], [`chat`]: the transport-neutral contract between a
 //!   chat transport and the bot (invocations in, [`chat::ChatMessage`]s out).
 //! - [`sandbox`]: the Azure JIT emulator (`drawbridge emulate-azure`, the
@@ -40,9 +41,11 @@ pub mod demo;
 pub mod discord;
 pub mod domain;
 pub mod interactions;
+pub mod ip_page;
 pub mod metrics;
 pub mod ops;
 pub mod preflight;
+pub mod report;
 pub mod sandbox;
 pub mod service;
 pub mod store;

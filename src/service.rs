@@ -41,6 +41,7 @@ pub mod audit_watch;
 pub mod autocomplete;
 pub mod bot;
 pub mod delivery;
+pub mod ip_link;
 pub mod jit_port;
 pub mod lifecycle;
 pub mod messages;
@@ -51,6 +52,7 @@ pub mod replica;
 pub mod request;
 pub mod scheduler;
 pub mod truth;
+pub mod who;
 
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -77,6 +79,9 @@ pub struct ServiceConfig {
     pub home_guild: Option<u64>,
     /// Each member's rate of `/jit`, `/jit-ip` and button presses.
     pub rate_limit: RateLimit,
+    /// `http.public_url`: where IP capture links point; `None` turns them
+    /// off (members are asked for `from:` instead).
+    pub public_url: Option<url::Url>,
 }
 
 /// The use cases; cheap to clone.

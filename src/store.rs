@@ -10,6 +10,7 @@
 //! | `outbox` | messages to deliver to Discord, retried until delivered ([`outbox`]) |
 //! | `schedule`, `schedule_kinds` | durable timers: reminders and expiries ([`schedule`]) |
 //! | `user_settings` | saved source prefixes ([`settings`]) |
+//! | `ip_links` | one-time IP capture links ([`ip_links`]) |
 //! | `azure_requests_seen` | JIT requests made outside Drawbridge, reported once ([`reconcile`]) |
 //! | `interactions_seen` | interactions the HTTP endpoint took, so a replay never runs twice ([`interactions`]) |
 //! | `leases` | work one replica at a time does: reconciliation, the index refresh, the audit channel ([`leases`]) |
@@ -93,6 +94,7 @@ pub mod export;
 pub mod grants;
 pub mod interactions;
 pub mod leases;
+pub mod ip_links;
 pub mod mappings;
 pub mod outbox;
 pub mod reconcile;
@@ -103,6 +105,7 @@ pub use audit::{AuditFilter, AuditRecord, AuditVerification, BrokenLink};
 pub use error::StoreError;
 pub use grants::{Grant, GrantTransition, InsertOutcome, InteractionToken, NewGrant};
 pub use leases::Lease;
+pub use ip_links::{IpLink, LinkClaim};
 pub use mappings::{MappingChange, MappingDiff};
 pub use outbox::{OutboxKind, OutboxMessage, OutboxRow, OutboxStats};
 pub use schedule::{ScheduleKind, ScheduledItem};

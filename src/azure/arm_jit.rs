@@ -14,6 +14,7 @@ use super::client::ENABLE_POLICY_NAME;
 use super::ids::VmId;
 use super::wire::{JitRequest, Policy, RequestPort};
 use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
+use crate::domain::connect::Connection;
 use crate::domain::{
     IndexedVm, JitRequestRecord, PolicyDefaults, PolicyId, RequestedPort, RequestedVm, VmKey, VmRef,
 };
@@ -282,6 +283,23 @@ impl JitPort for ArmJit {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    fn cached_connection(&self, vm_id: &str) -> Option<Arc<Connection>> {
+        self.index.connection_any_age(vm_id)
+    }
+
+    async fn connection(&self, vm: &IndexedVm) -> Option<Arc<Connection>> {
+        if let Some(known) = self.index.connection(&vm.vm_id) {
+            return Some(known);
+        }
+        match self.arm.connection(&vm.vm_id).await {
+            Ok(found) => Some(self.index.remember_connection(&vm.vm_id, found)),
+            Err(e) => {
+                tracing::warn!(vm = %vm.vm_id, error.message = %e, "the VM's address could not be read");
+                None
+            }
+        }
     }
 
     /// One paged list of JIT policies per configured subscription: the call

@@ -16,11 +16,12 @@ use super::{
     retry::{RetryPolicy, server_retry_hint},
     wire::{
         COMPUTE_API_VERSION, ComputeVm, InitiatePort, InitiateRequest, InitiateVm, JIT_API_VERSION,
-        JitRequest, List, PERMISSIONS_API_VERSION, Permission, Policy, PolicyPut,
-        PolicyPutProperties, PolicyVm, PortRule,
+        JitRequest, List, NETWORK_API_VERSION, Nic, PERMISSIONS_API_VERSION, Permission, Policy,
+        PolicyPut, PolicyPutProperties, PolicyVm, PortRule, PublicIp, VmDetail,
     },
 };
 use crate::clock::SharedClock;
+use crate::domain::connect::{Connection, SSH_USER_TAG};
 use crate::domain::preflight::PermissionEntry;
 use crate::domain::{PolicyDefaults, PolicyId};
 
@@ -312,6 +313,91 @@ impl ArmClient {
         parse(Operation::Initiate, &body)
     }
 
+    /// How to reach the VM `vm_id`: its primary network interface's
+    /// private address and public IP (with its DNS name), and the SSH
+    /// user (the `drawbridge-ssh-user` tag, else the OS profile's admin
+    /// user). Three reads: VM, network interface, public IP.
+    ///
+    /// # Errors
+    /// [`ArmError`]; `InvalidInput` for a malformed VM id or a reference
+    /// in Azure's answer that is not a resource of the expected type.
+    pub async fn connection(&self, vm_id: &str) -> Result<Connection, ArmError> {
+        VmId::parse(vm_id)?;
+        let vm: VmDetail = self
+            .get_resource(Operation::GetVm, vm_id, COMPUTE_API_VERSION)
+            .await?;
+        let ssh_user = vm.tags.get(SSH_USER_TAG).cloned().or_else(|| {
+            vm.properties
+                .os_profile
+                .as_ref()
+                .and_then(|p| p.admin_username.clone())
+        });
+        let nics = vm
+            .properties
+            .network_profile
+            .map(|p| p.network_interfaces)
+            .unwrap_or_default();
+        let primary = nics
+            .iter()
+            .find(|n| n.properties.as_ref().and_then(|p| p.primary) == Some(true))
+            .or(nics.first());
+        let mut connection = Connection {
+            fqdn: None,
+            public_ip: None,
+            private_ip: None,
+            ssh_user,
+        };
+        let Some(nic_ref) = primary else {
+            return Ok(connection);
+        };
+        let nic_id = resource_id(&nic_ref.id, "Microsoft.Network/networkInterfaces")?;
+        let nic: Nic = self
+            .get_resource(Operation::GetNic, &nic_id, NETWORK_API_VERSION)
+            .await?;
+        let configs = &nic.properties.ip_configurations;
+        let Some(config) = configs
+            .iter()
+            .find(|c| c.properties.primary == Some(true))
+            .or(configs.first())
+        else {
+            return Ok(connection);
+        };
+        connection.private_ip = config
+            .properties
+            .private_ip_address
+            .as_deref()
+            .and_then(|ip| ip.parse().ok());
+        if let Some(public) = &config.properties.public_ip_address {
+            let ip_id = resource_id(&public.id, "Microsoft.Network/publicIPAddresses")?;
+            let ip: PublicIp = self
+                .get_resource(Operation::GetPublicIp, &ip_id, NETWORK_API_VERSION)
+                .await?;
+            connection.public_ip = ip
+                .properties
+                .ip_address
+                .as_deref()
+                .and_then(|a| a.parse().ok());
+            connection.fqdn = ip
+                .properties
+                .dns_settings
+                .and_then(|d| d.fqdn)
+                .filter(|f| !f.is_empty());
+        }
+        Ok(connection)
+    }
+
+    async fn get_resource<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        id: &str,
+        api_version: &str,
+    ) -> Result<T, ArmError> {
+        let segments: Vec<&str> = id.trim_start_matches('/').split('/').collect();
+        let url = self.url(&segments, api_version);
+        let body = self.send(op, Method::GET, url, None::<&()>).await?;
+        parse(op, &body)
+    }
+
     /// `base` + segments (each percent-encoded) + `?api-version=`.
     fn url(&self, segments: &[&str], api_version: &str) -> Url {
         let mut url = self.inner.base.clone();
@@ -502,6 +588,29 @@ fn parse<T: DeserializeOwned>(op: Operation, body: &[u8]) -> Result<T, ArmError>
     serde_json::from_slice(body)
         .with_context(|| format!("{op}: ARM answered a body that does not parse"))
         .map_err(ArmError::Unexpected)
+}
+
+/// `id` if it is an ARM resource id of `kind` (`Microsoft.Network/networkInterfaces`):
+/// `/subscriptions/{s}/resourceGroups/{rg}/providers/{kind}/{name}`.
+fn resource_id(id: &str, kind: &str) -> Result<String, ArmError> {
+    let parts: Vec<&str> = id.trim_start_matches('/').split('/').collect();
+    let well_formed = matches!(parts.as_slice(),
+        [subs, _, rgs, _, providers, ns, ty, name]
+            if subs.eq_ignore_ascii_case("subscriptions")
+                && rgs.eq_ignore_ascii_case("resourceGroups")
+                && providers.eq_ignore_ascii_case("providers")
+                && format!("{ns}/{ty}").eq_ignore_ascii_case(kind)
+                && !name.is_empty())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && *p != "." && *p != "..");
+    if well_formed {
+        Ok(format!("/{}", parts.join("/")))
+    } else {
+        Err(ArmError::InvalidInput(format!(
+            "Azure referred to {id:?}, which is not a {kind} resource id"
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,12 @@ pub enum Operation {
     ListVms,
     /// `Permissions_ListForResourceGroup`'s subscription form (`drawbridge preflight`).
     ListPermissions,
+    /// `VirtualMachines_Get` (the VM's network interfaces and tags).
+    GetVm,
+    /// `NetworkInterfaces_Get` (the VM's addresses).
+    GetNic,
+    /// `PublicIPAddresses_Get` (the address and DNS name).
+    GetPublicIp,
 }
 
 impl Operation {
@@ -33,6 +39,9 @@ impl Operation {
             Self::Initiate => "initiate",
             Self::ListVms => "list_vms",
             Self::ListPermissions => "list_permissions",
+            Self::GetVm => "get_vm",
+            Self::GetNic => "get_nic",
+            Self::GetPublicIp => "get_public_ip",
         }
     }
 
@@ -46,8 +55,10 @@ impl Operation {
             Self::Initiate => {
                 "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"
             }
-            Self::ListVms => "Microsoft.Compute/virtualMachines/read",
+            Self::ListVms | Self::GetVm => "Microsoft.Compute/virtualMachines/read",
             Self::ListPermissions => "Microsoft.Authorization/permissions/read",
+            Self::GetNic => "Microsoft.Network/networkInterfaces/read",
+            Self::GetPublicIp => "Microsoft.Network/publicIPAddresses/read",
         }
     }
 }

@@ -22,6 +22,7 @@ use super::{
     wire::{Policy, PortRule},
 };
 use crate::clock::SharedClock;
+use crate::domain::connect::Connection;
 use crate::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort, VmKey};
 
 /// Why a name did not resolve to exactly one VM.
@@ -358,7 +359,17 @@ pub struct SharedVmIndex {
     /// reports that, not "no such VM", which the index could not know.
     last_failure: Mutex<Option<ArmError>>,
     refreshing: tokio::sync::Mutex<()>,
+    /// Each VM's connection address (lowercase VM id → when read, what),
+    /// read from Azure on first need and kept for [`CONNECTION_MAX_AGE`].
+    connections: Mutex<std::collections::HashMap<String, CachedConnection>>,
 }
+
+/// A connection address and when it was read.
+type CachedConnection = (DateTime<Utc>, Arc<Connection>);
+
+/// How long a VM's connection address is trusted before it is read again
+/// (a public IP can be re-assigned).
+pub const CONNECTION_MAX_AGE: TimeDelta = TimeDelta::hours(1);
 
 impl fmt::Debug for SharedVmIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -384,7 +395,38 @@ impl SharedVmIndex {
             last_refresh: Mutex::new(None),
             last_failure: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            connections: Mutex::default(),
         }
+    }
+
+    /// The cached connection address of `vm_id`, if read less than
+    /// [`CONNECTION_MAX_AGE`] ago.
+    pub fn connection(&self, vm_id: &str) -> Option<Arc<Connection>> {
+        let now = self.clock.now();
+        let cache = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&vm_id.to_ascii_lowercase())
+            .filter(|(at, _)| now - *at < CONNECTION_MAX_AGE)
+            .map(|(_, c)| Arc::clone(c))
+    }
+
+    /// The cached connection address of `vm_id`, however old.
+    pub fn connection_any_age(&self, vm_id: &str) -> Option<Arc<Connection>> {
+        let cache = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&vm_id.to_ascii_lowercase())
+            .map(|(_, c)| Arc::clone(c))
+    }
+
+    /// Remembers what Azure said about `vm_id`'s addresses.
+    pub fn remember_connection(&self, vm_id: &str, connection: Connection) -> Arc<Connection> {
+        let connection = Arc::new(connection);
+        let now = self.clock.now();
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm_id.to_ascii_lowercase(), (now, Arc::clone(&connection)));
+        connection
     }
 
     /// The current snapshot (cheap).

@@ -14,6 +14,110 @@ pub const JIT_API_VERSION: &str = "2020-01-01";
 /// The api-version used to list VMs (Microsoft.Compute).
 pub const COMPUTE_API_VERSION: &str = "2024-07-01";
 
+/// The Network api-version for network interfaces and public IPs.
+pub const NETWORK_API_VERSION: &str = "2024-05-01";
+
+/// A VM as `VirtualMachines_Get` returns it: only what finding its
+/// addresses needs.
+#[derive(Debug, Deserialize)]
+pub struct VmDetail {
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub properties: VmDetailProperties,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmDetailProperties {
+    #[serde(default)]
+    pub os_profile: Option<OsProfile>,
+    #[serde(default)]
+    pub network_profile: Option<NetworkProfile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OsProfile {
+    #[serde(default)]
+    pub admin_username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkProfile {
+    #[serde(default)]
+    pub network_interfaces: Vec<SubResourceRef>,
+}
+
+/// A reference to another resource, with `properties.primary` where the
+/// spec has it.
+#[derive(Debug, Deserialize)]
+pub struct SubResourceRef {
+    pub id: String,
+    #[serde(default)]
+    pub properties: Option<PrimaryFlag>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PrimaryFlag {
+    #[serde(default)]
+    pub primary: Option<bool>,
+}
+
+/// A network interface (`NetworkInterfaces_Get`).
+#[derive(Debug, Deserialize)]
+pub struct Nic {
+    #[serde(default)]
+    pub properties: NicProperties,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NicProperties {
+    #[serde(default)]
+    pub ip_configurations: Vec<IpConfiguration>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IpConfiguration {
+    #[serde(default)]
+    pub properties: IpConfigurationProperties,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpConfigurationProperties {
+    #[serde(default, rename = "privateIPAddress")]
+    pub private_ip_address: Option<String>,
+    #[serde(default)]
+    pub primary: Option<bool>,
+    #[serde(default, rename = "publicIPAddress")]
+    pub public_ip_address: Option<SubResourceRef>,
+}
+
+/// A public IP address (`PublicIPAddresses_Get`).
+#[derive(Debug, Deserialize)]
+pub struct PublicIp {
+    #[serde(default)]
+    pub properties: PublicIpProperties,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicIpProperties {
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[serde(default)]
+    pub dns_settings: Option<DnsSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DnsSettings {
+    #[serde(default)]
+    pub fqdn: Option<String>,
+}
+
 /// Microsoft.Authorization's permissions list.
 pub const PERMISSIONS_API_VERSION: &str = "2022-04-01";
 

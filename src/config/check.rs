@@ -128,6 +128,17 @@ fn parse_audience(s: &str) -> Result<String, String> {
     }
 }
 
+/// A trusted proxy: an address or a network.
+fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    match SourcePrefix::parse(s) {
+        Ok(SourcePrefix::Net(net)) => Ok(net),
+        Ok(SourcePrefix::Any) => Err(format!(
+            "`{s}` would trust every address: list the proxies' addresses or networks"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_snowflake(s: &str) -> Result<Snowflake, String> {
     Snowflake::parse(s).map_err(|e| e.to_string())
 }
@@ -182,6 +193,12 @@ pub(super) fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
                     parse_flag,
                 )
                 .unwrap_or(false),
+            public_url: c.opt("http.public_url", &raw.http.public_url, parse_url),
+            trusted_proxies: c.list(
+                "http.trusted_proxies",
+                &raw.http.trusted_proxies,
+                parse_proxy,
+            ),
         },
         ops: OpsSettings {
             listen: listen(c, "ops.listen", &raw.ops.listen, "127.0.0.1:9090"),

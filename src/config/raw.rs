@@ -41,6 +41,9 @@ pub(super) struct RawDiscord {
 pub(super) struct RawHttp {
     pub(super) listen: Option<String>,
     pub(super) healthz: Option<RawScalar>,
+    pub(super) public_url: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub(super) trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

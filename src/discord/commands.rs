@@ -18,6 +18,8 @@ pub const JIT: &str = "jit";
 pub const JIT_STATUS: &str = "jit-status";
 /// `/jit-ip`.
 pub const JIT_IP: &str = "jit-ip";
+/// `/jit-who`.
+pub const JIT_WHO: &str = "jit-who";
 /// `/jit-admin`.
 pub const JIT_ADMIN: &str = "jit-admin";
 
@@ -46,7 +48,7 @@ fn subcommand(
 
 /// Every command Drawbridge registers.
 pub fn definitions() -> Vec<CreateCommand> {
-    vec![jit(), jit_status(), jit_ip(), jit_admin()]
+    vec![jit(), jit_status(), jit_ip(), jit_who(), jit_admin()]
 }
 
 fn jit() -> CreateCommand {
@@ -85,6 +87,14 @@ fn jit_ip() -> CreateCommand {
             "address",
             "Your public IP address or CIDR, e.g. 203.0.113.7",
         ))
+}
+
+fn jit_who() -> CreateCommand {
+    CreateCommand::new(JIT_WHO)
+        .description("Who holds ports open: on one VM, or on every VM you may request")
+        .add_option(
+            string("vm", "The VM (default: every VM you may request)").set_autocomplete(true),
+        )
 }
 
 fn jit_admin() -> CreateCommand {

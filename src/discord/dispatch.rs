@@ -26,6 +26,7 @@ use crate::domain::{RoleId, Snowflake, UserId};
 use crate::interactions::{
     AutocompleteQuery, Choice, InteractionHandler, Invocation, Member, SlashCommand,
 };
+use crate::store::InteractionToken;
 
 /// Autocomplete shows at most this many choices.
 pub(crate) const MAX_CHOICES: usize = 25;
@@ -185,6 +186,10 @@ impl Dispatcher {
             )
             .await;
             return;
+        };
+        let who = Invocation {
+            reply_token: Some(InteractionToken::new(command.token.clone())),
+            ..who
         };
         if !ack
             .send(&self.http, command.id, &command.token, deferred())
@@ -392,6 +397,7 @@ fn invocation(
         },
         channel_id: Some(channel_id),
         guild_id,
+        reply_token: None,
     })
 }
 

@@ -13,11 +13,14 @@ use super::ratelimit::{BucketHeaders, RateLimits};
 use super::{builders, errors};
 use crate::chat::ChatMessage;
 use crate::interactions::{ChatSender, SendError};
+use crate::store::InteractionToken;
 
 /// Discord: cannot send messages to this user (DMs closed, no shared guild).
 const CANNOT_DM: isize = 50007;
 /// The rate-limit route of "open a DM channel".
 const DM_ROUTE: &str = "users/@me/channels";
+/// The rate-limit route of interaction reply edits (per application).
+const EDIT_ROUTE: &str = "webhooks/original";
 
 /// Sends through serenity's REST client. Each message carries a nonce from
 /// its idempotency key with `enforce_nonce`, so Discord returns the first
@@ -132,6 +135,21 @@ impl ChatSender for DiscordSender {
         let user = nonzero(user_id, "user")?;
         let channel = self.dm_channel(UserId::new(user)).await?;
         self.send(channel, message, idempotency_key).await
+    }
+
+    #[instrument(skip_all)]
+    async fn edit_reply(
+        &self,
+        token: &InteractionToken,
+        message: &ChatMessage,
+    ) -> Result<(), SendError> {
+        let edit = builders::edit_response(message);
+        self.limits.acquire(EDIT_ROUTE).await;
+        self.http
+            .edit_original_interaction_response(token.expose(), &edit, Vec::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&e))
     }
 }
 

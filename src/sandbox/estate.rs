@@ -72,9 +72,35 @@ pub struct VirtualMachine {
     pub os: Os,
     /// The private IP address, the destination of the JIT NSG rules.
     pub private_ip: IpAddr,
+    /// The public IP address of its NIC, if it has one (a
+    /// `Microsoft.Network/publicIPAddresses` resource `{name}-ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<IpAddr>,
+    /// The public IP's DNS label (`{label}.{location}.cloudapp.azure.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_label: Option<String>,
+    /// The VM's Azure tags (`drawbridge-ssh-user` names the SSH user).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl VirtualMachine {
+    /// The ARM resource id of this VM's network interface.
+    pub fn nic_id(&self, subscription: &str) -> String {
+        format!(
+            "/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.Network/networkInterfaces/{}-nic",
+            self.resource_group, self.name
+        )
+    }
+
+    /// The ARM resource id of this VM's public IP address resource.
+    pub fn public_ip_id(&self, subscription: &str) -> String {
+        format!(
+            "/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.Network/publicIPAddresses/{}-ip",
+            self.resource_group, self.name
+        )
+    }
+
     /// The ARM resource id of this VM in `subscription`.
     pub fn id(&self, subscription: &str) -> String {
         format!(

@@ -24,6 +24,12 @@ pub enum Route {
     Initiate,
     /// The Compute VM list.
     ListVms,
+    /// `GET` one VM (Compute).
+    GetVm,
+    /// `GET` one network interface (Network).
+    GetNic,
+    /// `GET` one public IP address (Network).
+    GetPublicIp,
     /// Every token endpoint (managed identity and Entra v2).
     Token,
     /// The caller's effective permissions in a subscription (`drawbridge preflight`).
@@ -42,7 +48,9 @@ impl Route {
             Self::Initiate => {
                 "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"
             }
-            Self::ListVms => "Microsoft.Compute/virtualMachines/read",
+            Self::ListVms | Self::GetVm => "Microsoft.Compute/virtualMachines/read",
+            Self::GetNic => "Microsoft.Network/networkInterfaces/read",
+            Self::GetPublicIp => "Microsoft.Network/publicIPAddresses/read",
             Self::Token => "(token endpoint)",
             Self::ListPermissions => "Microsoft.Authorization/permissions/read",
         }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::entra::{self, EntraError, TokenEndpoint, TokenRecord};
-use super::jit::{self, Policy, Rejection};
+use super::jit::{self, Policy, Rejection, VmRecord};
 use super::tls::TlsPeer;
 use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorState, Trigger};
 
@@ -26,6 +26,9 @@ use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorStat
 const SECURITY_API_VERSION: &str = "2020-01-01";
 /// The one Microsoft.Authorization permissions version the emulator serves.
 const PERMISSIONS_API_VERSION: &str = "2022-04-01";
+/// The oldest Network api-version accepted (network interfaces and public
+/// IP addresses); any later stable date is.
+const OLDEST_NETWORK_API_VERSION: &str = "2015-06-15";
 /// The oldest Compute api-version accepted; any later date-shaped version is.
 const OLDEST_COMPUTE_API_VERSION: &str = "2015-06-15";
 /// The largest request body read.
@@ -109,9 +112,45 @@ enum Target {
     Vms {
         sub: String,
     },
+    /// One resource of a resource group the JIT API does not own: a VM,
+    /// a network interface or a public IP address.
+    Resource {
+        sub: String,
+        rg: String,
+        kind: ResourceKind,
+        name: String,
+    },
     Permissions {
         sub: String,
     },
+}
+
+/// The resources [`Target::Resource`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResourceKind {
+    Vm,
+    Nic,
+    PublicIp,
+}
+
+impl ResourceKind {
+    fn of(provider: &str, kind: &str) -> Option<Self> {
+        match (provider, kind) {
+            ("microsoft.compute", "virtualmachines") => Some(Self::Vm),
+            ("microsoft.network", "networkinterfaces") => Some(Self::Nic),
+            ("microsoft.network", "publicipaddresses") => Some(Self::PublicIp),
+            _ => None,
+        }
+    }
+
+    /// ARM's spelling of the type, for "not found".
+    fn arm_type(self) -> &'static str {
+        match self {
+            Self::Vm => "Microsoft.Compute/virtualMachines",
+            Self::Nic => "Microsoft.Network/networkInterfaces",
+            Self::PublicIp => "Microsoft.Network/publicIPAddresses",
+        }
+    }
 }
 
 impl Target {
@@ -170,6 +209,21 @@ impl Target {
                 "resourcegroups",
                 _,
                 "providers",
+                provider,
+                kind,
+                _,
+            ] if ResourceKind::of(provider, kind).is_some() => Target::Resource {
+                sub: seg(1),
+                rg: seg(3),
+                kind: ResourceKind::of(provider, kind)?,
+                name: seg(7),
+            },
+            [
+                "subscriptions",
+                _,
+                "resourcegroups",
+                _,
+                "providers",
                 "microsoft.security",
                 "jitnetworkaccesspolicies",
             ] => Target::Policies {
@@ -213,6 +267,7 @@ impl Target {
             Target::Policies { sub, .. }
             | Target::Policy { sub, .. }
             | Target::Vms { sub }
+            | Target::Resource { sub, .. }
             | Target::Permissions { sub } => sub,
         }
     }
@@ -222,6 +277,11 @@ impl Target {
         let route = match (self, method) {
             (Target::Policies { .. }, &Method::GET) => Route::ListPolicies,
             (Target::Vms { .. }, &Method::GET) => Route::ListVms,
+            (Target::Resource { kind, .. }, &Method::GET) => match kind {
+                ResourceKind::Vm => Route::GetVm,
+                ResourceKind::Nic => Route::GetNic,
+                ResourceKind::PublicIp => Route::GetPublicIp,
+            },
             (Target::Permissions { .. }, &Method::GET) => Route::ListPermissions,
             (Target::Policy { action: None, .. }, &Method::GET) => Route::GetPolicy,
             (Target::Policy { action: None, .. }, &Method::PUT) => Route::PutPolicy,
@@ -297,9 +357,13 @@ fn check_api_version(route: Route, given: Option<&str>) -> Result<(), ArmError> 
         ));
     };
     let (ok, supported) = match route {
-        Route::ListVms => (
+        Route::ListVms | Route::GetVm => (
             is_compute_version(version),
             format!("any date from {OLDEST_COMPUTE_API_VERSION} on"),
+        ),
+        Route::GetNic | Route::GetPublicIp => (
+            is_network_version(version),
+            format!("any date from {OLDEST_NETWORK_API_VERSION} on, without -preview"),
         ),
         Route::ListPermissions => (
             version == PERMISSIONS_API_VERSION,
@@ -321,6 +385,15 @@ fn check_api_version(route: Route, given: Option<&str>) -> Result<(), ArmError> 
             ),
         ))
     }
+}
+
+/// `YYYY-MM-DD`, not older than the oldest Network version (the Network
+/// resource provider's network interfaces and public IPs have stable
+/// versions only).
+fn is_network_version(version: &str) -> bool {
+    let parse = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+    version.len() == 10
+        && matches!((parse(version), parse(OLDEST_NETWORK_API_VERSION)), (Some(d), Some(oldest)) if d >= oldest)
 }
 
 /// `YYYY-MM-DD` or `YYYY-MM-DD-preview`, not older than the oldest Compute version.
@@ -427,6 +500,22 @@ impl EmulatorState {
                 "SubscriptionNotFound",
                 format!("The subscription '{sub}' could not be found."),
             ))
+        }
+    }
+
+    /// A VM, its network interface or its public IP, as ARM returns it.
+    fn resource_json(&self, sub: &str, rg: &str, kind: ResourceKind, name: &str) -> Option<Value> {
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let in_rg = |v: &&VmRecord| same(&v.subscription, sub) && same(&v.vm.resource_group, rg);
+        let mut vms = self.vms.iter().filter(in_rg);
+        match kind {
+            ResourceKind::Vm => vms.find(|v| same(&v.vm.name, name)).map(VmRecord::to_json),
+            ResourceKind::Nic => vms
+                .find(|v| same(&format!("{}-nic", v.vm.name), name))
+                .map(VmRecord::nic_json),
+            ResourceKind::PublicIp => vms
+                .find(|v| v.vm.public_ip.is_some() && same(&format!("{}-ip", v.vm.name), name))
+                .and_then(VmRecord::public_ip_json),
         }
     }
 
@@ -549,6 +638,27 @@ impl Emulator {
                 }]
             }))
             .into_response()),
+            Target::Resource {
+                sub,
+                rg,
+                kind,
+                name,
+            } => {
+                state.check_resource_group(&sub, &rg)?;
+                state
+                    .resource_json(&sub, &rg, kind, &name)
+                    .map(|body| Json(body).into_response())
+                    .ok_or_else(|| {
+                        ArmError::new(
+                            StatusCode::NOT_FOUND,
+                            "ResourceNotFound",
+                            format!(
+                                "The Resource '{}/{name}' under resource group '{rg}' was not found.",
+                                kind.arm_type()
+                            ),
+                        )
+                    })
+            }
             Target::Vms { sub } => {
                 let items = state
                     .vms

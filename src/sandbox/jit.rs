@@ -272,7 +272,7 @@ impl VmRecord {
             "name": vm.name,
             "type": "Microsoft.Compute/virtualMachines",
             "location": vm.location,
-            "tags": {},
+            "tags": vm.tags,
             "properties": {
                 "vmId": self.vm_id.to_string(),
                 "provisioningState": "Succeeded",
@@ -285,9 +285,84 @@ impl VmRecord {
                 "osProfile": os_profile,
                 "networkProfile": {"networkInterfaces": [{
                     "id": format!("{rg_prefix}/providers/Microsoft.Network/networkInterfaces/{}-nic", vm.name),
+                    "properties": {"primary": true},
                 }]},
             },
         })
+    }
+
+    /// The VM's network interface (`Microsoft.Network/networkInterfaces`,
+    /// the `NetworkInterface` shape of the Network spec): one primary IP
+    /// configuration with the private address and, if any, a reference to
+    /// the public IP resource.
+    pub fn nic_json(&self) -> Value {
+        let vm = &self.vm;
+        let nic_id = vm.nic_id(&self.subscription);
+        let mut ip_config = json!({
+            "provisioningState": "Succeeded",
+            "privateIPAddress": vm.private_ip.to_string(),
+            "privateIPAllocationMethod": "Dynamic",
+            "privateIPAddressVersion": if vm.private_ip.is_ipv4() { "IPv4" } else { "IPv6" },
+            "primary": true,
+            "subnet": {"id": format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/virtualNetworks/{}-vnet/subnets/default",
+                self.subscription, vm.resource_group, vm.resource_group
+            )},
+        });
+        if vm.public_ip.is_some() {
+            ip_config["publicIPAddress"] = json!({"id": vm.public_ip_id(&self.subscription)});
+        }
+        json!({
+            "id": nic_id,
+            "name": format!("{}-nic", vm.name),
+            "type": "Microsoft.Network/networkInterfaces",
+            "location": vm.location,
+            "etag": format!("W/\"{}\"", self.vm_id),
+            "properties": {
+                "provisioningState": "Succeeded",
+                "resourceGuid": self.vm_id.to_string(),
+                "ipConfigurations": [{
+                    "id": format!("{nic_id}/ipConfigurations/ipconfig1"),
+                    "name": "ipconfig1",
+                    "type": "Microsoft.Network/networkInterfaces/ipConfigurations",
+                    "properties": ip_config,
+                }],
+                "virtualMachine": {"id": self.id},
+                "primary": true,
+                "enableAcceleratedNetworking": false,
+                "enableIPForwarding": false,
+            },
+        })
+    }
+
+    /// The VM's public IP (`Microsoft.Network/publicIPAddresses`, the
+    /// `PublicIPAddress` shape), `None` for a VM with none.
+    pub fn public_ip_json(&self) -> Option<Value> {
+        let vm = &self.vm;
+        let ip = vm.public_ip?;
+        let mut properties = json!({
+            "provisioningState": "Succeeded",
+            "resourceGuid": self.vm_id.to_string(),
+            "ipAddress": ip.to_string(),
+            "publicIPAddressVersion": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+            "publicIPAllocationMethod": "Static",
+            "idleTimeoutInMinutes": 4,
+            "ipConfiguration": {"id": format!("{}/ipConfigurations/ipconfig1", vm.nic_id(&self.subscription))},
+        });
+        if let Some(label) = &vm.dns_label {
+            properties["dnsSettings"] = json!({
+                "domainNameLabel": label,
+                "fqdn": format!("{label}.{}.cloudapp.azure.com", vm.location),
+            });
+        }
+        Some(json!({
+            "id": vm.public_ip_id(&self.subscription),
+            "name": format!("{}-ip", vm.name),
+            "type": "Microsoft.Network/publicIPAddresses",
+            "location": vm.location,
+            "sku": {"name": "Standard", "tier": "Regional"},
+            "properties": properties,
+        }))
     }
 }
 

@@ -82,7 +82,7 @@ impl From<JitError> for AdminError {
 
 impl Service {
     /// Whether any of `roles` is an admin role.
-    fn is_admin(&self, roles: &[RoleId]) -> bool {
+    pub(super) fn is_admin(&self, roles: &[RoleId]) -> bool {
         roles.iter().any(|r| self.config().admin_roles.contains(r))
     }
 

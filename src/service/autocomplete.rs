@@ -81,6 +81,11 @@ impl Service {
         }
     }
 
+    /// The indexed VM of a choice's key.
+    pub fn vm_by_key(&self, key: &VmKey) -> Option<std::sync::Arc<IndexedVm>> {
+        self.jit().by_key(key)
+    }
+
     fn vm_choices(&self, partial: &str, keep: &(dyn Fn(&IndexedVm) -> bool + Sync)) -> Vec<Choice> {
         self.jit()
             .search(partial.trim(), MAX_CHOICES, keep)

@@ -3,7 +3,7 @@
 //!
 //! It parses options and words replies; it never reads the store or decides
 //! who may do what: that is the [`Service`]'s. One file per command, as
-//! mini-redis does: `member` for `/jit`, `/jit-status` and `/jit-ip`,
+//! mini-redis does: `member` for `/jit`, `/jit-status`, `/jit-ip` and `/jit-who`,
 //! `admin` for `/jit-admin` (one file per subcommand below it).
 
 mod admin;
@@ -126,6 +126,7 @@ impl InteractionHandler for Bot {
             ("jit", _) => member::jit(s, who, command).await,
             ("jit-status", _) => member::status(s, who).await,
             ("jit-ip", _) => member::ip(s, who, command).await,
+            ("jit-who", _) => member::who(s, who, command).await,
             ("jit-admin", Some(sub)) => admin::run(s, who, sub, command).await,
             _ => notice(
                 "Unknown command",
@@ -143,7 +144,10 @@ impl InteractionHandler for Bot {
         let roles = &who.member.roles;
         let opt = |n: &str| query.options.get(n).map(String::as_str).unwrap_or_default();
         match (query.command.as_str(), query.focused.as_str()) {
-            ("jit", "vm") => s.complete_vm(roles, &query.partial),
+            ("jit", "vm") | ("jit-who", "vm") => {
+                let choices = s.complete_vm(roles, &query.partial);
+                member::mark_open(s, choices).await
+            }
             ("jit", "port") => s.complete_port(roles, opt("vm"), &query.partial),
             ("jit", "duration") => {
                 s.complete_duration(roles, opt("vm"), opt("port"), &query.partial)

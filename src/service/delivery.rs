@@ -290,9 +290,23 @@ impl Deliverer {
                     .ok_or_else(|| SendError::Permanent("message without a channel".into()))?;
                 self.sender.post(channel, &message()?, key).await
             }
-            OutboxKind::InteractionEdit => Err(SendError::Permanent(
-                "interaction edits are not delivered from the outbox".into(),
-            )),
+            OutboxKind::InteractionEdit => {
+                let hash = row
+                    .target
+                    .as_deref()
+                    .ok_or_else(|| SendError::Permanent("edit without a link".into()))?;
+                let token = match self.store.ip_link(hash).await {
+                    Ok(link) => link.and_then(|l| l.reply_token),
+                    Err(e) => {
+                        return Err(SendError::Retry {
+                            reason: format!("reading the link: {e}"),
+                            retry_after: None,
+                        });
+                    }
+                };
+                let token = token.ok_or_else(|| SendError::Permanent("no reply to edit".into()))?;
+                self.sender.edit_reply(&token, &message()?).await
+            }
         }
     }
 

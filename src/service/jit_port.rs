@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::domain::connect::Connection;
 use crate::domain::{IndexedVm, JitRequestRecord, PortSpec, SourcePrefix, VmKey, VmRef};
 
 /// Why Azure did not do what the port was asked.
@@ -177,4 +178,17 @@ pub trait JitPort: Send + Sync + 'static {
     /// # Errors
     /// Azure's failure to list.
     async fn requests(&self) -> Result<Vec<JitRequestRecord>, JitError>;
+    /// How to reach `vm` (its public address or DNS name, else its private
+    /// one, and the SSH user), cached; `None` when Azure cannot say (the
+    /// grant card then goes without it).
+    async fn connection(&self, vm: &IndexedVm) -> Option<Arc<Connection>> {
+        let _ = vm;
+        None
+    }
+    /// What [`JitPort::connection`] last read for `vm_id`, however old,
+    /// without asking Azure (for reminders, written inside a transaction).
+    fn cached_connection(&self, vm_id: &str) -> Option<Arc<Connection>> {
+        let _ = vm_id;
+        None
+    }
 }

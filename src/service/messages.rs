@@ -13,7 +13,8 @@ use crate::chat::{
     Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, escape_markdown, time_full,
     time_relative,
 };
-use crate::domain::{AuditAction, GrantState, Outcome, PortAliases, UserId};
+use crate::domain::connect::Connection;
+use crate::domain::{AuditAction, GrantState, Outcome, PortAliases, SourcePrefix, UserId};
 use crate::store::{AuditRecord, Grant};
 
 const CONNECTIONS_NOTE: &str = "Connections already established are not cut when the port closes.";
@@ -54,6 +55,30 @@ fn window(grant: &Grant) -> String {
 const PENDING_NOTE: &str = "Azure gave no clear answer, so Drawbridge is checking with Azure whether the port opened. You will get a message as soon as it knows.";
 
 pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
+    grant_with(grant, aliases, None)
+}
+
+/// How to connect to an open grant's VM: a ready command for its first
+/// port (`ssh azureuser@20.1.2.3`), or where a private-only VM is reached.
+fn connect_line(grant: &Grant, connection: Option<&Connection>) -> Option<String> {
+    if !grant.state.is_open() {
+        return None;
+    }
+    let port = *grant.ports.numbers().first()?;
+    let line = connection?.how_to_connect(port)?;
+    Some(if line.contains(' ') && !line.starts_with("This VM") {
+        format!("`{line}`")
+    } else {
+        line
+    })
+}
+
+/// [`grant`] with the VM's connection address, when known.
+pub fn grant_with(
+    grant: &Grant,
+    aliases: &PortAliases,
+    connection: Option<&Connection>,
+) -> ChatMessage {
     let ports = grant.ports.describe(aliases);
     let (title, tone) = match grant.state {
         GrantState::Active => (
@@ -106,6 +131,9 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
     if let Some(reason) = &grant.reason {
         card = card.field("Reason", escape_markdown(reason.as_str()), false);
     }
+    if let Some(line) = connect_line(grant, connection) {
+        card = card.field("Connect", line, false);
+    }
     if let Some(failure) = &grant.failure {
         card = card.description(failure.clone());
     } else if grant.state == GrantState::PendingAzure {
@@ -115,6 +143,31 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
     }
     ChatMessage::card(card.footer(format!("Request {}", grant.request_id)))
         .with_buttons(grant_buttons(grant))
+}
+
+/// A one-time IP link: open it from the machine you connect from.
+/// `waiting` says a request goes on once it is opened.
+pub fn ip_link(
+    offer: &crate::service::ip_link::LinkOffer,
+    waiting: bool,
+    saved: Option<SourcePrefix>,
+) -> ChatMessage {
+    let mut text = format!(
+        "Open {} from the machine you will connect from: Drawbridge saves the address it sees. The link works once, until {}.",
+        offer.url,
+        crate::chat::time_full(offer.expires_at)
+    );
+    if waiting {
+        text.push_str(" Your request goes on as soon as the address is saved; this message then shows the outcome.");
+    }
+    if let Some(saved) = saved {
+        text.push_str(&format!(
+            " Your saved address now is {saved}. You can also give one with /jit-ip <address>."
+        ));
+    } else {
+        text.push_str(" You can also give it with from:<your IP> or /jit-ip <your IP>.");
+    }
+    ChatMessage::card(Card::new("From which address?", Tone::Info).description(text))
 }
 
 /// A refusal or failure of a request, for the member.
@@ -222,8 +275,49 @@ pub fn status(grants: &[Grant], aliases: &PortAliases) -> ChatMessage {
     ChatMessage::card(card)
 }
 
+/// `/jit-who`: the open grants, member, ports and until when; the
+/// source only for admins.
+pub fn holders(answer: &crate::service::who::Holders, aliases: &PortAliases) -> ChatMessage {
+    let place = answer.vm.as_deref().unwrap_or("the VMs you may request");
+    if answer.holders.is_empty() {
+        return ChatMessage::card(
+            Card::new("Nobody holds a port open", Tone::Info)
+                .description(format!("No open grants on {place}.")),
+        );
+    }
+    let mut card = Card::new(format!("Open on {place}"), Tone::Info);
+    for h in answer.holders.iter().take(20) {
+        let g = &h.grant;
+        let until = g
+            .end_time
+            .map(|end| format!("until {} ({})", time_full(end), time_relative(end)))
+            .unwrap_or_else(|| "opening".into());
+        let mut value = format!("@{} · {until}", escape_markdown(&h.member));
+        if answer.show_sources {
+            value.push_str(&format!("\nfrom {}", g.source));
+        }
+        card = card.field(
+            format!("{} · {}", g.vm_name, g.ports.describe(aliases)),
+            value,
+            false,
+        );
+    }
+    if answer.holders.len() > 20 {
+        card = card.footer(format!("and {} more", answer.holders.len() - 20));
+    }
+    ChatMessage::card(card)
+}
+
 /// The reminder DM before a grant ends.
-pub fn reminder(grant: &Grant, end: DateTime<Utc>, aliases: &PortAliases) -> ChatMessage {
+pub fn reminder(
+    grant: &Grant,
+    end: DateTime<Utc>,
+    aliases: &PortAliases,
+    connection: Option<&Connection>,
+) -> ChatMessage {
+    let connect = connect_line(grant, connection)
+        .map(|line| format!(" Connect: {line}"))
+        .unwrap_or_default();
     ChatMessage {
         content: Some(format!("<@{}>", grant.user_id)),
         card: Some(
@@ -232,7 +326,7 @@ pub fn reminder(grant: &Grant, end: DateTime<Utc>, aliases: &PortAliases) -> Cha
                 Tone::Warning,
             )
             .description(format!(
-                "Your access ends {}. Extend it, or close it now if you are done. {CONNECTIONS_NOTE}",
+                "Your access ends {}. Extend it, or close it now if you are done. {CONNECTIONS_NOTE}{connect}",
                 time_full(end)
             ))
             .footer(format!("Request {}", grant.request_id)),

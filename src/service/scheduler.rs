@@ -155,7 +155,13 @@ impl Scheduler {
         end: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let message = messages::reminder(grant, end, &self.service.config().aliases);
+        let connection = self.service.cached_connection(grant);
+        let message = messages::reminder(
+            grant,
+            end,
+            &self.service.config().aliases,
+            connection.as_deref(),
+        );
         let key = format!("rem-{}", item.id);
         tx.enqueue(delivery::dm_to_owner(grant, &message, key, now))
             .await?;

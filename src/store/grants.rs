@@ -530,6 +530,26 @@ impl Store {
         rows.into_iter().map(Grant::try_from).collect()
     }
 
+    /// Every grant requested at or after `since`, oldest first (for the
+    /// weekly report).
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn grants_requested_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE requested_at >= $1
+             ORDER BY requested_at, request_id"
+        );
+        let rows: Vec<GrantRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql).bind(ts(since)).fetch_all(c).await
+        })
+        .context("listing the grants of a period")?;
+        rows.into_iter().map(Grant::try_from).collect()
+    }
+
     /// Every grant whose port may be open ([`GrantState::is_open`]), by end
     /// time: for reconciliation and metrics.
     ///

@@ -43,8 +43,9 @@ pub enum OutboxKind {
     Dm,
     /// A message in a channel; the target is a channel id.
     ChannelMessage,
-    /// An edit of the original interaction reply; the target is the request
-    /// id, whose grant holds the interaction token (never the payload).
+    /// An edit of the original interaction reply; the target is the hash of
+    /// the IP link whose row holds the interaction token (never the
+    /// payload).
     InteractionEdit,
 }
 

@@ -1380,3 +1380,103 @@ async fn the_permissions_route_reports_the_granted_actions_and_checks_its_api_ve
     assert_eq!(error_code(&body), "InvalidApiVersionParameter");
     assert!(error_message(&body).contains("2022-04-01"));
 }
+
+// ----- Issue 16: network interfaces and public IPs (the grant card's address) ---------------
+
+fn network_path(rg: &str, kind: &str, name: &str, api_version: &str) -> String {
+    format!(
+        "/subscriptions/{SUB_A}/resourceGroups/{rg}/providers/Microsoft.Network/{kind}/{name}?api-version={api_version}"
+    )
+}
+
+#[tokio::test]
+async fn a_vms_nic_and_public_ip_are_served_with_the_network_shapes() {
+    let azure = Azure::sample().await;
+
+    let (vm_status, vm) = azure
+        .get(&format!(
+            "{}?api-version=2024-07-01",
+            vm_id("rg-web", "web-01")
+        ))
+        .await;
+    let nic_ref = vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (nic_status, nic) = azure
+        .get(&format!("{nic_ref}?api-version=2024-05-01"))
+        .await;
+    let config = &nic["properties"]["ipConfigurations"][0]["properties"];
+    let ip_ref = config["publicIPAddress"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (ip_status, ip) = azure.get(&format!("{ip_ref}?api-version=2024-05-01")).await;
+
+    assert_eq!(vm_status, StatusCode::OK, "{vm}");
+    assert_eq!(vm["tags"]["drawbridge-ssh-user"], "azureuser", "{vm}");
+    assert_eq!(nic_status, StatusCode::OK, "{nic}");
+    assert_eq!(nic["type"], "Microsoft.Network/networkInterfaces");
+    assert_eq!(config["privateIPAddress"], "10.10.1.4", "{nic}");
+    assert_eq!(config["primary"], true);
+    assert_eq!(ip_status, StatusCode::OK, "{ip}");
+    assert_eq!(ip["type"], "Microsoft.Network/publicIPAddresses");
+    assert_eq!(ip["properties"]["ipAddress"], "20.105.12.34", "{ip}");
+    assert_eq!(
+        ip["properties"]["ipConfiguration"]["id"],
+        format!("{nic_ref}/ipConfigurations/ipconfig1")
+    );
+}
+
+#[tokio::test]
+async fn a_private_only_vm_has_no_public_ip_resource() {
+    let azure = Azure::sample().await;
+
+    let (nic_status, nic) = azure
+        .get(&network_path(
+            "rg-web",
+            "networkInterfaces",
+            "web-03-nic",
+            "2024-05-01",
+        ))
+        .await;
+    let (ip_status, ip) = azure
+        .get(&network_path(
+            "rg-web",
+            "publicIPAddresses",
+            "web-03-ip",
+            "2024-05-01",
+        ))
+        .await;
+
+    assert_eq!(nic_status, StatusCode::OK, "{nic}");
+    let config = &nic["properties"]["ipConfigurations"][0]["properties"];
+    assert_eq!(config["privateIPAddress"], "10.10.1.6");
+    assert!(config.get("publicIPAddress").is_none(), "{nic}");
+    assert_eq!(ip_status, StatusCode::NOT_FOUND, "{ip}");
+    assert_eq!(error_code(&ip), "ResourceNotFound");
+}
+
+#[tokio::test]
+async fn network_reads_check_the_api_version_strictly() {
+    let azure = Azure::sample().await;
+    let nic = |v: &str| network_path("rg-web", "networkInterfaces", "web-01-nic", v);
+
+    let (missing, m) = azure
+        .get(&format!(
+            "/subscriptions/{SUB_A}/resourceGroups/rg-web/providers/Microsoft.Network/networkInterfaces/web-01-nic"
+        ))
+        .await;
+    let (preview, p) = azure.get(&nic("2024-05-01-preview")).await;
+    let (security, s) = azure.get(&nic("2020-01-01x")).await;
+    let (old, o) = azure.get(&nic("2014-01-01")).await;
+
+    assert_eq!(
+        (missing, error_code(&m)),
+        (StatusCode::BAD_REQUEST, "MissingApiVersionParameter")
+    );
+    for (status, body) in [(preview, &p), (security, &s), (old, &o)] {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(body), "InvalidApiVersionParameter");
+    }
+}

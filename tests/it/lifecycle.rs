@@ -202,6 +202,7 @@ impl Lab {
             },
             channel_id: Some(REQUEST_CHANNEL),
             guild_id: Some(4004),
+            reply_token: None,
         }
     }
 

@@ -130,7 +130,7 @@ fn every_message() -> Vec<(String, ChatMessage)> {
     ));
     all.push((
         "reminder".into(),
-        messages::reminder(&grant, at(), &aliases),
+        messages::reminder(&grant, at(), &aliases, None),
     ));
     all.push((
         "expiry notice, late".into(),

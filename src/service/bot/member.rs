@@ -1,12 +1,15 @@
-//! The member's commands: `/jit`, `/jit-status` and `/jit-ip`.
+//! The member's commands: `/jit`, `/jit-status`, `/jit-ip` and `/jit-who`.
 
 use super::notice;
 use crate::chat::{ChatMessage, Tone};
-use crate::domain::{AccessRequest, SourcePrefix};
+use crate::domain::{AccessRequest, SourcePrefix, VmKey, VmRef};
+use crate::interactions::Choice;
 use crate::interactions::{Invocation, SlashCommand};
+use crate::service::autocomplete::CHOICE_NAME_MAX;
 use crate::service::lifecycle::SaveSourceError;
 use crate::service::refusals::Refused;
 use crate::service::request::RequestError;
+use crate::service::who::open_note;
 use crate::service::{Service, messages};
 
 fn log_unexpected(error: &RequestError, reference: &str) {
@@ -36,8 +39,14 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
             return messages::request_error(&error, &who.id);
         }
     };
-    s.wake_after(match s.request_access(who, request).await {
-        Ok(grant) => messages::grant(&grant, aliases),
+    s.wake_after(match s.request_access(who, request.clone()).await {
+        Ok(grant) => {
+            let connection = s.connection_of(&grant).await;
+            messages::grant_with(&grant, aliases, connection.as_deref())
+        }
+        Err(RequestError::NoSource) if s.ip_links_enabled() => {
+            link_reply(s, who, Some(&request), None).await
+        }
         Err(e) => {
             log_unexpected(&e, &who.id);
             messages::request_error(&e, &who.id)
@@ -56,6 +65,12 @@ pub(super) async fn status(s: &Service, who: &Invocation) -> ChatMessage {
 /// `/jit-ip [address]`: shows the saved source, or saves a new one.
 pub(super) async fn ip(s: &Service, who: &Invocation, command: &SlashCommand) -> ChatMessage {
     let Some(text) = command.option("address") else {
+        if s.ip_links_enabled() {
+            return match s.saved_source(who).await {
+                Ok(saved) => link_reply(s, who, None, saved).await,
+                Err(e) => messages::request_error(&RequestError::from(e), &who.id),
+            };
+        }
         return match s.saved_source(who).await {
             Ok(Some(src)) => notice(
                 "Your saved source",
@@ -88,4 +103,61 @@ pub(super) async fn ip(s: &Service, who: &Invocation, command: &SlashCommand) ->
             }
         },
     }
+}
+
+/// A one-time IP link for `who`, finishing `pending` when opened; `saved`
+/// is shown beside it for `/jit-ip`.
+async fn link_reply(
+    s: &Service,
+    who: &Invocation,
+    pending: Option<&AccessRequest>,
+    saved: Option<SourcePrefix>,
+) -> ChatMessage {
+    match s.offer_ip_link(who, pending).await {
+        Ok(Some(offer)) => messages::ip_link(&offer, pending.is_some(), saved),
+        Ok(None) => messages::request_error(&RequestError::NoSource, &who.id),
+        Err(e) => {
+            let error = RequestError::from(e);
+            log_unexpected(&error, &who.id);
+            messages::request_error(&error, &who.id)
+        }
+    }
+}
+
+/// `/jit-who [vm]`.
+pub(super) async fn who(s: &Service, who: &Invocation, command: &SlashCommand) -> ChatMessage {
+    let vm = match command.option("vm").map(VmRef::parse).transpose() {
+        Ok(vm) => vm,
+        Err(e) => return notice("That is not a VM", Tone::Denied, e.to_string()),
+    };
+    match s.who_holds(who, vm.as_ref()).await {
+        Ok(holders) => messages::holders(&holders, &s.config().aliases),
+        Err(e) => {
+            log_unexpected(&e, &who.id);
+            messages::request_error(&e, &who.id)
+        }
+    }
+}
+
+/// VM choices with a note on those someone holds open
+/// (`web-01 (rg-web) · open for @sam until 14:30 UTC`).
+pub(super) async fn mark_open(s: &Service, mut choices: Vec<Choice>) -> Vec<Choice> {
+    let open = match s.open_holders().await {
+        Ok(open) if !open.is_empty() => open,
+        Ok(_) => return choices,
+        Err(e) => {
+            tracing::warn!(error.message = %e, "open grants unreadable for autocomplete");
+            return choices;
+        }
+    };
+    for choice in &mut choices {
+        let Some(vm) = VmKey::parse(&choice.value).and_then(|k| s.vm_by_key(&k)) else {
+            continue;
+        };
+        if let Some(note) = open_note(&vm, &open) {
+            let name = format!("{} · {note}", choice.name);
+            choice.name = name.chars().take(CHOICE_NAME_MAX).collect();
+        }
+    }
+    choices
 }

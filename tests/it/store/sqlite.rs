@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 14] = [
+const APPLIED: [(&str, &str); 15] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -69,6 +69,10 @@ const APPLIED: [(&str, &str); 14] = [
         "0051_outbox_claims.sql",
         "c9a2a1e77b26d9a814794d02ef988fbf64b6f4b72d80ce570771b4bcdc375421cbb34b4e235c1e30b6f54fb53d99c896",
     ),
+    (
+        "0060_ip_links.sql",
+        "f87ad3f1dedc7ef2473606401f573c1b474947111db8498836030f6eb67fc29614b56fce0d28f1bfe172616aebb58cb4",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -90,7 +94,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     assert_eq!(
         versions,
         (1..=8)
-            .chain([20, 21, 22, 35, 50, 51])
+            .chain([20, 21, 22, 35, 50, 51, 60])
             .collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
@@ -204,7 +208,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 22, 35, 50, 51]
+        [8, 20, 21, 22, 35, 50, 51, 60]
     );
 
     let id = RequestId::parse("req-old").unwrap();

@@ -1,0 +1,108 @@
+//! How to reach a VM once its port is open: the address Azure gives it
+//! (its public IP's DNS name or address, else its private address for VPN
+//! users) and a ready command. Read from Azure (VM → network interface →
+//! public IP) by the adapter; what to say about it is decided here.
+
+use std::net::IpAddr;
+
+/// The tag naming the SSH user on a VM.
+pub const SSH_USER_TAG: &str = "drawbridge-ssh-user";
+
+/// A VM's addresses as Azure reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The public IP's DNS name, if it has one.
+    pub fqdn: Option<String>,
+    /// The public IP address, if the primary NIC has one.
+    pub public_ip: Option<IpAddr>,
+    /// The primary NIC's private address.
+    pub private_ip: Option<IpAddr>,
+    /// The SSH user: the VM's `drawbridge-ssh-user` tag, else its admin
+    /// user from the OS profile.
+    pub ssh_user: Option<String>,
+}
+
+impl Connection {
+    /// Where to connect from the internet: the DNS name, else the public
+    /// address; `None` for a VM with only a private address.
+    pub fn public_host(&self) -> Option<String> {
+        self.fqdn.clone().or_else(|| self.public_ip.map(host_text))
+    }
+
+    /// The line for the grant card: a ready command for `port`, or where a
+    /// private-only VM is reached.
+    pub fn how_to_connect(&self, port: u16) -> Option<String> {
+        match (self.public_host(), self.private_ip) {
+            (Some(host), _) => Some(self.command(&host, port)),
+            (None, Some(private)) => Some(format!(
+                "This VM has no public address: connect over the VPN to {} ({}).",
+                host_text(private),
+                self.command(&host_text(private), port)
+            )),
+            (None, None) => None,
+        }
+    }
+
+    fn command(&self, host: &str, port: u16) -> String {
+        match port {
+            22 => match &self.ssh_user {
+                Some(user) => format!("ssh {user}@{host}"),
+                None => format!("ssh <user>@{host}"),
+            },
+            3389 => format!("mstsc /v:{host}"),
+            port => format!("{host}:{port}"),
+        }
+    }
+}
+
+/// An address as a host in a command (IPv6 in brackets is not needed by
+/// ssh, which takes the bare address).
+fn host_text(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(fqdn: Option<&str>, public: Option<&str>, private: Option<&str>) -> Connection {
+        Connection {
+            fqdn: fqdn.map(str::to_owned),
+            public_ip: public.map(|p| p.parse().unwrap()),
+            private_ip: private.map(|p| p.parse().unwrap()),
+            ssh_user: Some("azureuser".into()),
+        }
+    }
+
+    #[test]
+    fn a_public_vm_gets_a_ready_command() {
+        let c = conn(None, Some("20.1.2.3"), Some("10.0.0.4"));
+        assert_eq!(
+            c.how_to_connect(22).as_deref(),
+            Some("ssh azureuser@20.1.2.3")
+        );
+        assert_eq!(c.how_to_connect(3389).as_deref(), Some("mstsc /v:20.1.2.3"));
+        assert_eq!(c.how_to_connect(8443).as_deref(), Some("20.1.2.3:8443"));
+        let named = conn(
+            Some("web.westeurope.cloudapp.azure.com"),
+            Some("20.1.2.3"),
+            None,
+        );
+        assert_eq!(
+            named.how_to_connect(22).as_deref(),
+            Some("ssh azureuser@web.westeurope.cloudapp.azure.com")
+        );
+    }
+
+    #[test]
+    fn a_private_only_vm_says_so() {
+        let c = conn(None, None, Some("10.20.0.10"));
+        assert_eq!(
+            c.how_to_connect(22).as_deref(),
+            Some(
+                "This VM has no public address: connect over the VPN to 10.20.0.10 (ssh azureuser@10.20.0.10)."
+            )
+        );
+        assert_eq!(conn(None, None, None).how_to_connect(22), None);
+    }
+}

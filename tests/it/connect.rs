@@ -1,0 +1,87 @@
+//! Issue 16, how to connect: the grant card shows the VM's address as
+//! Azure reports it (NIC → public IP, read through the emulator) with a
+//! ready command; a VM with only a private address says so.
+
+use crate::e2e::{interact, jit};
+use crate::support::app::{SRE_ROLE, TestAppBuilder, spawn_app};
+
+#[tokio::test]
+async fn the_grant_card_shows_ssh_azureuser_at_the_public_ip() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    let reply = interact(
+        &app,
+        jit(d, "ssh", "web-01", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+    )
+    .await;
+
+    assert!(
+        reply.title().starts_with("Access granted"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.field("Connect"), Some("`ssh azureuser@20.105.12.34`"));
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_dns_name_is_preferred_and_a_private_only_vm_says_so() {
+    let app = spawn_app().await;
+    let d = &app.discord;
+
+    let named = interact(
+        &app,
+        jit(d, "ssh", "web-02", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+    )
+    .await;
+    let private = interact(
+        &app,
+        jit(d, "ssh", "web-03", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+    )
+    .await;
+
+    assert_eq!(
+        named.field("Connect"),
+        Some("`ssh azureuser@contoso-web-02.westeurope.cloudapp.azure.com`")
+    );
+    assert_eq!(
+        private.field("Connect"),
+        Some(
+            "This VM has no public address: connect over the VPN to 10.10.1.6 (ssh azureuser@10.10.1.6)."
+        )
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_rdp_grant_names_the_host_for_the_remote_desktop_client() {
+    let app = TestAppBuilder::default()
+        .mappings(
+            r#"
+[[mapping]]
+name = "windows"
+roles = ["100"]
+vms = "win-*"
+ports = ["rdp"]
+max_duration = "2h"
+"#,
+        )
+        .start()
+        .await;
+    let d = &app.discord;
+
+    let reply = interact(
+        &app,
+        jit(d, "rdp", "win-07", "1h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+    )
+    .await;
+
+    assert!(
+        reply.title().starts_with("Access granted"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.field("Connect"), Some("`mstsc /v:20.105.12.70`"));
+    app.stop().await.expect("clean stop");
+}

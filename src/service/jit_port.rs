@@ -177,4 +177,10 @@ pub trait JitPort: Send + Sync + 'static {
     /// # Errors
     /// Azure's failure to list.
     async fn requests(&self) -> Result<Vec<JitRequestRecord>, JitError>;
+    /// Drawbridge's own identity as its credential names it (the token's
+    /// `oid`, `appid`): what Azure records as `requestor` on our requests.
+    ///
+    /// # Errors
+    /// When no token can be had.
+    async fn identity(&self) -> Result<Vec<String>, JitError>;
 }

@@ -2,7 +2,7 @@
 
 use super::notice;
 use crate::chat::{ChatMessage, Tone};
-use crate::domain::{AccessRequest, SourcePrefix};
+use crate::domain::{AccessRequest, GrantState, SourcePrefix};
 use crate::interactions::{Invocation, SlashCommand};
 use crate::service::lifecycle::SaveSourceError;
 use crate::service::refusals::Refused;
@@ -37,6 +37,10 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
         }
     };
     s.wake_after(match s.request_access(who, request).await {
+        Ok(grant) if grant.state == GrantState::Confirming => match s.holder_for(&grant).await {
+            Ok(holder) => messages::question(&grant, holder.as_ref(), aliases),
+            Err(e) => messages::request_error(&RequestError::from(e), &who.id),
+        },
         Ok(grant) => messages::grant(&grant, aliases),
         Err(e) => {
             log_unexpected(&e, &who.id);

@@ -36,6 +36,7 @@ pub(super) async fn run(
         default_source: opt("default_source").map(str::to_string),
         require_reason: opt("require_reason") == Some("true"),
         approver_role: None,
+        on_conflict: opt("on_conflict").map(str::to_string),
     };
     let (mapping, change) = s.map(who, spec).await?;
     let verb = match change {

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use super::usage;
 use crate::config::Sources;
 use crate::domain::mapping::{MappingFile, MappingSpec};
-use crate::domain::{MappingName, PortAliases, RoleId};
+use crate::domain::{MappingName, OnConflict, PortAliases, RoleId};
 use crate::store::{MappingChange, Store};
 
 #[derive(Debug, Subcommand)]
@@ -157,7 +157,12 @@ async fn add(
             .map(RoleId::parse)
             .transpose()
             .map_err(|e| usage(format!("--approver-role: {e}")))?,
-        on_conflict: args.on_conflict,
+        on_conflict: args
+            .on_conflict
+            .as_deref()
+            .map(OnConflict::parse)
+            .transpose()
+            .map_err(|e| usage(format!("--on-conflict: {e}")))?,
     };
     let mapping = spec.validate(aliases).map_err(|e| usage(e.to_string()))?;
     let verb = match store.add_mapping(&mapping, "cli", now).await? {

@@ -356,7 +356,8 @@ impl fmt::Display for SourcePolicy {
 /// What a request does when another member holds an open window on the
 /// same VM and port from another address: Azure keeps one window per port,
 /// so opening it ends theirs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnConflict {
     /// Ask the member first (Open anyway or Cancel).
     #[default]
@@ -450,7 +451,7 @@ pub struct MappingSpec {
     /// `ask` (the default: the member is asked before another member's
     /// window on the port is ended) or `refuse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_conflict: Option<String>,
+    pub on_conflict: Option<OnConflict>,
 }
 
 impl MappingSpec {
@@ -501,13 +502,7 @@ impl MappingSpec {
                 format!("{src} is outside the mapping's sources ({sources})"),
             ));
         }
-        let on_conflict = self
-            .on_conflict
-            .as_deref()
-            .map(OnConflict::parse)
-            .transpose()
-            .map_err(|m| field("on_conflict", m))?
-            .unwrap_or_default();
+        let on_conflict = self.on_conflict.unwrap_or_default();
         Ok(RoleMapping {
             name,
             roles: self.roles.iter().copied().collect(),
@@ -541,8 +536,7 @@ impl RoleMapping {
             default_source: self.default_source.map(|s| s.to_string()),
             require_reason: self.require_reason,
             approver_role: self.approver_role,
-            on_conflict: (self.on_conflict != OnConflict::Ask)
-                .then(|| self.on_conflict.as_str().to_owned()),
+            on_conflict: (self.on_conflict != OnConflict::Ask).then_some(self.on_conflict),
         }
     }
 

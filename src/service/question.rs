@@ -186,9 +186,8 @@ impl Service {
             "holder": holder.as_ref().map(|h| h.user_id.to_string()),
             "holder_request_id": holder.as_ref().map(|h| h.request_id.as_str().to_owned()),
         }));
-        Ok(self
-            .answer(&grant, &GrantEvent::Cancelled, Some(audit), now)
-            .await?)
+        self.answer(&grant, &GrantEvent::Cancelled, Some(audit), now)
+            .await
     }
 
     /// The member's grant in `confirming`, still answerable; a lapsed one is

@@ -183,7 +183,7 @@ async fn cancel_changes_nothing_in_azure() {
     );
     assert!(audit_log(&app).await.iter().any(|r| {
         r.event.action == AuditAction::AccessCancelled
-            && r.event.detail["holder"] == USER_ID.to_string()
+            && r.event.detail["holder"].as_str() == Some(USER_ID.to_string().as_str())
     }));
     let again = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
     assert!(

@@ -197,9 +197,10 @@ pub async fn assert_ends_match_azure(
 ) {
     let mut policies: HashMap<String, Vec<Value>> = HashMap::new();
     for grant in grants {
-        if !policies.contains_key(&grant.policy_id) {
-            let requests = policy_requests(azure, &grant.policy_id).await;
-            policies.insert(grant.policy_id.clone(), requests);
+        if let std::collections::hash_map::Entry::Vacant(e) =
+            policies.entry(grant.policy_id.clone())
+        {
+            e.insert(policy_requests(azure, &grant.policy_id).await);
         }
     }
     for grant in grants {
@@ -265,8 +266,8 @@ pub async fn assert_shown_matches_azure(app: &TestApp) {
     let mut statuses = HashMap::new();
     for grant in &grants {
         let user = grant.user_id.get();
-        if !statuses.contains_key(&user) {
-            statuses.insert(user, status_of(app, user).await);
+        if let std::collections::hash_map::Entry::Vacant(e) = statuses.entry(user) {
+            e.insert(status_of(app, user).await);
         }
     }
     let mut shown = ShownEnds::new();

@@ -68,6 +68,7 @@ fn mappings(n: usize) -> Vec<RoleMapping> {
                 default_source: None,
                 require_reason: i % 7 == 0,
                 approver_role: None,
+                on_conflict: None,
             }
             .validate(&aliases)
             .expect("valid mapping")

@@ -148,6 +148,11 @@ pub enum ButtonAction {
     Extend(String),
     /// Close the grant early.
     CloseEarly(String),
+    /// Answer the question "another member holds the port": open it anyway,
+    /// ending their window.
+    OpenAnyway(String),
+    /// Answer the question with Cancel: nothing reaches Azure.
+    Cancel(String),
 }
 
 impl ButtonAction {
@@ -156,6 +161,8 @@ impl ButtonAction {
         match self {
             Self::Extend(id) => format!("extend:{id}"),
             Self::CloseEarly(id) => format!("close:{id}"),
+            Self::OpenAnyway(id) => format!("open-anyway:{id}"),
+            Self::Cancel(id) => format!("cancel:{id}"),
         }
     }
 
@@ -164,6 +171,8 @@ impl ButtonAction {
         match self {
             Self::Extend(_) => "extend",
             Self::CloseEarly(_) => "close",
+            Self::OpenAnyway(_) => "open-anyway",
+            Self::Cancel(_) => "cancel",
         }
     }
 
@@ -174,6 +183,8 @@ impl ButtonAction {
         match verb {
             "extend" => Some(Self::Extend(id.to_string())),
             "close" => Some(Self::CloseEarly(id.to_string())),
+            "open-anyway" => Some(Self::OpenAnyway(id.to_string())),
+            "cancel" => Some(Self::Cancel(id.to_string())),
             _ => None,
         }
     }
@@ -336,6 +347,8 @@ mod tests {
         for action in [
             ButtonAction::Extend("abc-123".into()),
             ButtonAction::CloseEarly("9f8e".into()),
+            ButtonAction::OpenAnyway("9f8e".into()),
+            ButtonAction::Cancel("abc-123".into()),
         ] {
             assert_eq!(ButtonAction::parse(&action.custom_id()), Some(action));
         }

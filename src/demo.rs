@@ -428,8 +428,11 @@ impl Demo {
                 let action = match *verb {
                     "extend" => ButtonAction::Extend(id),
                     "close" | "close-early" => ButtonAction::CloseEarly(id),
+                    "open-anyway" => ButtonAction::OpenAnyway(id),
+                    "cancel" => ButtonAction::Cancel(id),
                     _ => {
-                        self.output.line("error: :press extend|close [request-id]");
+                        self.output
+                            .line("error: :press extend|close|open-anyway|cancel [request-id]");
                         return Flow::Continue;
                     }
                 };
@@ -529,7 +532,7 @@ impl Demo {
                 "Console commands:",
                 "  :as sre|dev|admin                 act as another member (:members says who may do what)",
                 "  :advance 1h55m                    move the clock; due reminders and expiries fire",
-                "  :press extend|close [request-id]  press a button (default: the last grant shown to you)",
+                "  :press extend|close|open-anyway|cancel [request-id]  press a button (default: the last one shown to you)",
                 "  :report [FILE]                    the weekly picture of the last 7 days (PNG) and its summary",
                 "  :time                             the demo clock",
                 "  :quit                             leave (also Ctrl-D, or the end of a piped script)",

@@ -36,7 +36,9 @@ pub use jit_policy::{
     AllowedSources, IndexedVm, InvalidPolicyId, JitRequestRecord, PolicyDefaults, PolicyId,
     PolicyPort, RequestedPort, RequestedVm, VmKey,
 };
-pub use mapping::{MappingError, MappingName, PortSelector, RoleMapping, SourcePolicy, VmSelector};
+pub use mapping::{
+    MappingError, MappingName, OnConflict, PortSelector, RoleMapping, SourcePolicy, VmSelector,
+};
 pub use policy_check::{PolicyViolation, check_request};
 pub use port::{Port, PortAliases, PortSpec, PortSpecError};
 pub use port_truth::{HeldWindow, Holder, PortTruth, PortView};

@@ -573,12 +573,12 @@ impl Emulator {
     /// Issues a token for `audience`; returns it with its expiry.
     fn issue_for(&self, audience: &str) -> (String, DateTime<Utc>) {
         let now = self.now();
-        let token = random_secret();
         let mut state = self.state();
         let expires_at = now
             .checked_add_signed(state.token_lifetime)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let principal = state.principal.clone();
+        let token = access_token(&principal, audience, now, expires_at);
         state.tokens.insert(
             token.clone(),
             IssuedToken {
@@ -601,6 +601,39 @@ impl Emulator {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An access token shaped as Entra ID's are: a JWT whose `oid` (and
+/// `appid`) name the principal Azure then records as `requestor`, so the
+/// bot can learn its own identity from it. The signature is random; the
+/// emulator accepts only tokens it issued, by their whole text.
+fn access_token(
+    principal: &str,
+    audience: &str,
+    now: DateTime<Utc>,
+    expires: DateTime<Utc>,
+) -> String {
+    use base64::Engine as _;
+    let enc = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": "drawbridge-emulator"});
+    let claims = serde_json::json!({
+        "aud": audience,
+        "iss": "https://sts.windows.net/drawbridge-emulator/",
+        "iat": now.timestamp(),
+        "nbf": now.timestamp(),
+        "exp": expires.timestamp(),
+        "oid": principal,
+        "appid": principal,
+        "uti": random_secret(),
+    });
+    format!(
+        "{}.{}.{}",
+        enc(header),
+        enc(claims),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    )
 }
 
 fn random_secret() -> String {

@@ -32,7 +32,8 @@
 //! - [`jit_port`]: the port to Azure.
 //! - [`bot`]: slash commands, buttons and autocomplete to use cases, one
 //!   file per command; [`messages`]: what Drawbridge says, as chat messages.
-//! - [`truth`]: Azure's word on our grants, after every write.
+//! - [`truth`]: Azure's word on our grants, after every write;
+//!   [`question`]: asking before one member's request ends another's.
 //! - [`scheduler`], [`delivery`], [`reconcile`]: the workers (reminders and
 //!   expiry, the outbox, Azure's view compared with ours).
 
@@ -46,6 +47,7 @@ pub mod jit_port;
 pub mod lifecycle;
 pub mod messages;
 pub mod phases;
+pub mod question;
 pub mod reconcile;
 pub mod refusals;
 pub mod replica;

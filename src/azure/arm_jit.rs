@@ -246,6 +246,10 @@ impl JitPort for ArmJit {
         })
     }
 
+    async fn identity(&self) -> Result<Vec<String>, JitError> {
+        Ok(self.arm.identity().await?)
+    }
+
     async fn policy_requests(&self, vm: &IndexedVm) -> Result<Vec<JitRequestRecord>, JitError> {
         let policy = self.arm.get_policy(&vm.policy).await?;
         Ok(records_of(&policy).collect())

@@ -69,6 +69,24 @@ enum Transient {
 }
 
 impl ArmClient {
+    /// Who our token names ([`super::Bearer::identities`]): Drawbridge's own
+    /// identity, known before any initiate, so a request is taken for ours
+    /// only if Azure's `requestor` is one of these.
+    ///
+    /// # Errors
+    /// [`ArmError::Unauthorized`] when no token can be had.
+    pub async fn identity(&self) -> Result<Vec<String>, ArmError> {
+        let bearer = self
+            .inner
+            .tokens
+            .bearer()
+            .await
+            .map_err(|e| ArmError::Unauthorized {
+                message: e.to_string(),
+            })?;
+        Ok(bearer.identities())
+    }
+
     /// Builds the client.
     ///
     /// # Errors

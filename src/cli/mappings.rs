@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use super::usage;
 use crate::config::Sources;
 use crate::domain::mapping::{MappingFile, MappingSpec};
-use crate::domain::{MappingName, PortAliases, RoleId};
+use crate::domain::{MappingName, OnConflict, PortAliases, RoleId};
 use crate::store::{MappingChange, Store};
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +76,9 @@ pub struct MappingArgs {
     /// not held for approval, whatever this says.
     #[arg(long)]
     pub approver_role: Option<String>,
+    /// When another member holds the port: `ask` (the default) or `refuse`.
+    #[arg(long)]
+    pub on_conflict: Option<String>,
 }
 
 pub(super) async fn execute(
@@ -154,6 +157,12 @@ async fn add(
             .map(RoleId::parse)
             .transpose()
             .map_err(|e| usage(format!("--approver-role: {e}")))?,
+        on_conflict: args
+            .on_conflict
+            .as_deref()
+            .map(OnConflict::parse)
+            .transpose()
+            .map_err(|e| usage(format!("--on-conflict: {e}")))?,
     };
     let mapping = spec.validate(aliases).map_err(|e| usage(e.to_string()))?;
     let verb = match store.add_mapping(&mapping, "cli", now).await? {

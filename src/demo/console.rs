@@ -186,10 +186,7 @@ pub fn render(header: &str, message: &ChatMessage, names: &Names, now: DateTime<
             .buttons
             .iter()
             .map(|b| {
-                let verb = match b.action {
-                    ButtonAction::Extend(_) => "extend",
-                    ButtonAction::CloseEarly(_) => "close",
-                };
+                let verb = b.action.verb();
                 format!("[{}] (:press {verb})", b.label)
             })
             .collect();
@@ -235,7 +232,10 @@ pub type LastButtons = Arc<Mutex<BTreeMap<u64, String>>>;
 pub fn remember_buttons(last: &LastButtons, user: u64, message: &ChatMessage) {
     if let Some(button) = message.buttons.first() {
         let id = match &button.action {
-            ButtonAction::Extend(id) | ButtonAction::CloseEarly(id) => id.clone(),
+            ButtonAction::Extend(id)
+            | ButtonAction::CloseEarly(id)
+            | ButtonAction::OpenAnyway(id)
+            | ButtonAction::Cancel(id) => id.clone(),
         };
         last.lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -145,6 +145,12 @@ fn jit_admin() -> CreateCommand {
                     "require_reason",
                     "Whether requests must give a reason",
                 ),
+                string(
+                    "on_conflict",
+                    "When another member holds the port: ask first (default) or refuse",
+                )
+                .add_string_choice("ask", "ask")
+                .add_string_choice("refuse", "refuse"),
             ],
         ))
         .add_option(subcommand(

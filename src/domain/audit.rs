@@ -40,6 +40,12 @@ pub enum AuditAction {
     AccessEndedInAzure,
     /// A JIT request made outside Drawbridge was seen.
     OpenedOutsideDrawbridge,
+    /// The member answered Cancel when asked whether to end another
+    /// member's access; nothing reached Azure.
+    AccessCancelled,
+    /// Azure shows our own request of a grant Drawbridge had as failed or
+    /// closed still open: the grant is back under Drawbridge's care.
+    AccessReopened,
     /// A mapping was added or changed.
     MappingAdded,
     /// A mapping was removed.
@@ -103,6 +109,8 @@ impl AuditAction {
             Self::AccessExpired => "access_expired",
             Self::AccessEndedInAzure => "access_ended_in_azure",
             Self::OpenedOutsideDrawbridge => "opened_outside_drawbridge",
+            Self::AccessCancelled => "access_cancelled",
+            Self::AccessReopened => "access_reopened",
             Self::MappingAdded => "mapping_added",
             Self::MappingRemoved => "mapping_removed",
             Self::MappingsImported => "mappings_imported",

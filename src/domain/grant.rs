@@ -9,7 +9,22 @@
 //!
 //! active, extended, closing ──ended in Azure──▶ superseded (a newer request
 //!                               replaced it) or ended (Azure's reason)
+//!
+//! requested ──asked first──▶ confirming ──confirmed──▶ requested
+//!                                 └───────cancelled──▶ cancelled
+//!
+//! extending ──unclear──▶ pending_azure ──extended──▶ extended
+//!                              └──extend failed──▶ active or extended
+//!
+//! failed, closed_early, expired, ended ──reopened in Azure──▶ active
 //! ```
+//!
+//! `confirming` is a question: another member holds the port, and the
+//! member is asked whether to end their access (Azure keeps one window per
+//! port). Nothing has reached Azure; Open anyway and Cancel each claim the
+//! grant out of it, so only one of them wins. `reopened in Azure` is the
+//! reconciler finding our own request of a grant we took for closed still
+//! open in Azure: the grant is put back under Drawbridge's care.
 //!
 //! `closing` and `extending` are claims: the action that moved the grant
 //! there is the only one that may call Azure for it until it settles, so
@@ -46,6 +61,12 @@ pub enum GrantState {
     /// Azure shows it ended before Drawbridge ended it (`Expired`,
     /// `UserRequested`); the grant's failure text holds Azure's reason.
     Ended,
+    /// Another member holds the port: the member was asked whether to end
+    /// their access. Nothing was sent to Azure.
+    Confirming,
+    /// The member answered the question with Cancel (or it lapsed); nothing
+    /// was sent to Azure.
+    Cancelled,
 }
 
 impl GrantState {
@@ -63,6 +84,8 @@ impl GrantState {
             Self::PendingAzure => "pending_azure",
             Self::Superseded => "superseded",
             Self::Ended => "ended",
+            Self::Confirming => "confirming",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -80,6 +103,8 @@ impl GrantState {
             "pending_azure" => Self::PendingAzure,
             "superseded" => Self::Superseded,
             "ended" => Self::Ended,
+            "confirming" => Self::Confirming,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
@@ -97,11 +122,18 @@ impl GrantState {
         matches!(self, Self::Closing | Self::Extending)
     }
 
-    /// Whether nothing more can happen.
+    /// Whether nothing more can happen to it by Drawbridge's own doing
+    /// (the reconciler may still find a failed or closed grant open in
+    /// Azure: [`GrantEvent::ReopenedInAzure`]).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::ClosedEarly | Self::Expired | Self::Failed | Self::Superseded | Self::Ended
+            Self::ClosedEarly
+                | Self::Expired
+                | Self::Failed
+                | Self::Superseded
+                | Self::Ended
+                | Self::Cancelled
         )
     }
 
@@ -115,6 +147,22 @@ impl GrantState {
             (S::Requested, E::Unclear) => S::PendingAzure,
             (S::PendingAzure, E::Initiated { .. }) => S::Active,
             (S::PendingAzure, E::Failed) => S::Failed,
+            (S::Requested, E::AskedFirst) => S::Confirming,
+            (S::Confirming, E::Confirmed) => S::Requested,
+            (S::Confirming, E::Cancelled) => S::Cancelled,
+            (S::Extending, E::Unclear) => S::PendingAzure,
+            (S::PendingAzure, E::Extended { .. }) => S::Extended,
+            (S::PendingAzure, E::ExtendFailed { back_to_extended }) => {
+                if *back_to_extended {
+                    S::Extended
+                } else {
+                    S::Active
+                }
+            }
+            (
+                S::Failed | S::ClosedEarly | S::Expired | S::Ended | S::Superseded,
+                E::ReopenedInAzure { .. },
+            ) => S::Active,
             (S::Active | S::Extended, E::ExtendRequested) => S::Extending,
             (S::Extending, E::Extended { .. }) => S::Extended,
             (S::Extending, E::ExtendFailed { back_to_extended }) => {
@@ -203,6 +251,15 @@ pub enum GrantEvent {
         /// When it ended, as near as Azure shows.
         at: DateTime<Utc>,
     },
+    /// Another member holds the port: the member is asked first.
+    AskedFirst,
+    /// The member answered Open anyway.
+    Confirmed,
+    /// The member answered Cancel, or the question lapsed.
+    Cancelled,
+    /// Azure shows our own request of the grant open until `end` although
+    /// Drawbridge had it failed or closed.
+    ReopenedInAzure { end: DateTime<Utc> },
 }
 
 impl GrantEvent {
@@ -219,6 +276,10 @@ impl GrantEvent {
             Self::CloseFailed { .. } => "close failed",
             Self::WindowEnded => "window ended",
             Self::EndedInAzure { .. } => "ended in Azure",
+            Self::AskedFirst => "asked first",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+            Self::ReopenedInAzure { .. } => "reopened in Azure",
         }
     }
 }
@@ -268,6 +329,20 @@ mod tests {
             (S::Requested, E::Unclear, S::PendingAzure),
             (S::PendingAzure, E::Initiated { end }, S::Active),
             (S::PendingAzure, E::Failed, S::Failed),
+            (S::Requested, E::AskedFirst, S::Confirming),
+            (S::Confirming, E::Confirmed, S::Requested),
+            (S::Confirming, E::Cancelled, S::Cancelled),
+            (S::Extending, E::Unclear, S::PendingAzure),
+            (S::PendingAzure, E::Extended { end }, S::Extended),
+            (
+                S::PendingAzure,
+                E::ExtendFailed {
+                    back_to_extended: false,
+                },
+                S::Active,
+            ),
+            (S::Failed, E::ReopenedInAzure { end }, S::Active),
+            (S::ClosedEarly, E::ReopenedInAzure { end }, S::Active),
             (S::Active, E::WindowEnded, S::Expired),
             (
                 S::Closing,
@@ -300,6 +375,7 @@ mod tests {
             S::Failed,
             S::Superseded,
             S::Ended,
+            S::Cancelled,
         ] {
             for event in [
                 E::Initiated { end },
@@ -335,6 +411,8 @@ mod tests {
             S::PendingAzure,
             S::Superseded,
             S::Ended,
+            S::Confirming,
+            S::Cancelled,
         ] {
             assert_eq!(S::parse(s.as_str()), Some(s));
         }

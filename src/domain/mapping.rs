@@ -353,6 +353,41 @@ impl fmt::Display for SourcePolicy {
     }
 }
 
+/// What a request does when another member holds an open window on the
+/// same VM and port from another address: Azure keeps one window per port,
+/// so opening it ends theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Ask the member first (Open anyway or Cancel).
+    #[default]
+    Ask,
+    /// Refuse, naming who holds the port until when.
+    Refuse,
+}
+
+impl OnConflict {
+    /// Parses `ask` or `refuse`.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        match input.trim().to_ascii_lowercase().as_str() {
+            "ask" => Ok(Self::Ask),
+            "refuse" => Ok(Self::Refuse),
+            _ => Err(format!(
+                "`{}` is not a choice: use \"ask\" or \"refuse\"",
+                input.chars().take(32).collect::<String>()
+            )),
+        }
+    }
+
+    /// The written form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ask => "ask",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
 /// A role mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleMapping {
@@ -377,6 +412,8 @@ pub struct RoleMapping {
     pub require_reason: bool,
     /// Who approves requests (used by the approvals feature; stored now).
     pub approver_role: Option<RoleId>,
+    /// When another member holds the port: ask first, or refuse.
+    pub on_conflict: OnConflict,
 }
 
 /// A mapping as written in TOML and JSON: strings, checked by
@@ -411,6 +448,10 @@ pub struct MappingSpec {
     /// for approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver_role: Option<RoleId>,
+    /// `ask` (the default: the member is asked before another member's
+    /// window on the port is ended) or `refuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_conflict: Option<OnConflict>,
 }
 
 impl MappingSpec {
@@ -461,6 +502,7 @@ impl MappingSpec {
                 format!("{src} is outside the mapping's sources ({sources})"),
             ));
         }
+        let on_conflict = self.on_conflict.unwrap_or_default();
         Ok(RoleMapping {
             name,
             roles: self.roles.iter().copied().collect(),
@@ -472,6 +514,7 @@ impl MappingSpec {
             default_source,
             require_reason: self.require_reason,
             approver_role: self.approver_role,
+            on_conflict,
         })
     }
 }
@@ -493,6 +536,7 @@ impl RoleMapping {
             default_source: self.default_source.map(|s| s.to_string()),
             require_reason: self.require_reason,
             approver_role: self.approver_role,
+            on_conflict: (self.on_conflict != OnConflict::Ask).then_some(self.on_conflict),
         }
     }
 
@@ -500,7 +544,7 @@ impl RoleMapping {
     /// single addresses`, with a loud warning when it reaches broad sources.
     pub fn describe(&self) -> String {
         format!(
-            "{}VMs {}, ports {}, up to {}, from {}{}",
+            "{}VMs {}, ports {}, up to {}, from {}{}{}",
             self.broad_warning()
                 .map(|w| format!("{w}: "))
                 .unwrap_or_default(),
@@ -512,6 +556,10 @@ impl RoleMapping {
                 ", reason required"
             } else {
                 ""
+            },
+            match self.on_conflict {
+                OnConflict::Ask => "",
+                OnConflict::Refuse => ", refuses while another member holds the port",
             }
         )
     }

@@ -183,6 +183,18 @@ impl InteractionHandler for Bot {
                     .await
                     .map(|closed| messages::closed(&closed, aliases)),
             ),
+            ButtonAction::OpenAnyway(id) => (
+                id,
+                s.open_anyway(who, id)
+                    .await
+                    .map(|grant| messages::grant(&grant, aliases)),
+            ),
+            ButtonAction::Cancel(id) => (
+                id,
+                s.cancel_question(who, id)
+                    .await
+                    .map(|grant| messages::grant(&grant, aliases)),
+            ),
         };
         let message = match outcome {
             Ok(message) => message,

@@ -191,4 +191,10 @@ pub trait JitPort: Send + Sync + 'static {
         let _ = vm_id;
         None
     }
+    /// Drawbridge's own identity as its credential names it (the token's
+    /// `oid`, `appid`): what Azure records as `requestor` on our requests.
+    ///
+    /// # Errors
+    /// When no token can be had.
+    async fn identity(&self) -> Result<Vec<String>, JitError>;
 }

@@ -42,6 +42,14 @@ pub enum GrantActionError {
         "this grant changed a moment ago (it is now {0}), so nothing was changed; look at it again"
     )]
     Changed(GrantState),
+    /// The question was answered already (Open anyway or Cancel).
+    #[error("this question was answered already: the request is {0}, so nothing was changed")]
+    Answered(GrantState),
+    /// The question is older than [`super::question::QUESTION_LIFETIME`].
+    #[error(
+        "this question has lapsed (the port may have changed hands since), so nothing was sent to Azure; ask again with /jit"
+    )]
+    Lapsed,
     /// The request failed (as for a new request).
     #[error(transparent)]
     Request(#[from] RequestError),
@@ -68,6 +76,8 @@ impl GrantActionError {
             Self::NotOpen(_) => ("not_open", false),
             Self::Busy(_) => ("busy", false),
             Self::Changed(_) => ("changed", false),
+            Self::Answered(_) => ("answered", false),
+            Self::Lapsed => ("lapsed", false),
             Self::Request(e) => e.code(),
         }
     }
@@ -196,7 +206,10 @@ impl Service {
     }
 
     /// Resolves the VM of a stored grant.
-    async fn resolve_grant_vm(&self, grant: &Grant) -> Result<ResolvedVm, ResolveVmError> {
+    pub(crate) async fn resolve_grant_vm(
+        &self,
+        grant: &Grant,
+    ) -> Result<ResolvedVm, ResolveVmError> {
         let vm_ref = VmRef::parse(&grant.vm_name).map_err(|e| {
             ResolveVmError::Unexpected(anyhow::anyhow!("stored VM name {}: {e}", grant.vm_name))
         })?;
@@ -238,6 +251,13 @@ impl Service {
         let why = justification(who, &grant.request_id, Some("extend"));
         let initiated = match self.initiate(&target.vm, &grant, end, why).await {
             Ok(initiated) => initiated,
+            Err(error @ JitError::NoAnswer { .. }) => {
+                tracing::info!(error.message = %error, "extend outcome unclear; reading the policy back");
+                let by = actor(who.member.user_id);
+                let settled = self.settle_unclear_extend(&by, &target.vm, &grant).await;
+                self.read_back(&target.vm, &Acting::of(&grant)).await;
+                return Ok(settled?);
+            }
             Err(e) => {
                 let back = GrantEvent::ExtendFailed {
                     back_to_extended: was_extended,
@@ -252,7 +272,7 @@ impl Service {
             }
         };
         let extended = self
-            .settle_extended(who, &grant, window, &initiated, now)
+            .settle_extended(&actor(who.member.user_id), &grant, window, &initiated, now)
             .await?;
         self.read_back(&target.vm, &Acting::of(&grant)).await;
         Ok(extended)

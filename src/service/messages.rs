@@ -8,6 +8,7 @@ pub use audit_line::{audit_line, describe_spec};
 use chrono::{DateTime, Utc};
 
 use super::lifecycle::{CloseOutcome, Closed, GrantActionError};
+use super::question::{PortHolder, question_text};
 use super::request::RequestError;
 use crate::chat::{
     Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, escape_markdown, time_full,
@@ -53,6 +54,10 @@ fn window(grant: &Grant) -> String {
 /// The card for a grant, with Extend and Close early while it is open.
 /// What a member whose initiate had no clear answer is told.
 const PENDING_NOTE: &str = "Azure gave no clear answer, so Drawbridge is checking with Azure whether the port opened. You will get a message as soon as it knows.";
+
+/// What a member who answered Cancel is told.
+const CANCELLED_NOTE: &str =
+    "Nothing was sent to Azure: the port stays as it was, and the other member keeps their access.";
 
 pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
     grant_with(grant, aliases, None)
@@ -122,6 +127,14 @@ pub fn grant_with(
             format!("Ended in Azure: {ports} on {}", grant.vm_name),
             Tone::Info,
         ),
+        GrantState::Confirming => (
+            format!("Another member holds {ports} on {}", grant.vm_name),
+            Tone::Warning,
+        ),
+        GrantState::Cancelled => (
+            format!("Cancelled: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
     };
     let mut card = Card::new(title, tone)
         .field("VM", &grant.vm_name, true)
@@ -138,6 +151,8 @@ pub fn grant_with(
         card = card.description(failure.clone());
     } else if grant.state == GrantState::PendingAzure {
         card = card.description(PENDING_NOTE);
+    } else if grant.state == GrantState::Cancelled {
+        card = card.description(CANCELLED_NOTE);
     } else if grant.state.is_open() {
         card = card.description(CONNECTIONS_NOTE);
     }
@@ -170,6 +185,45 @@ pub fn ip_link(
     ChatMessage::card(Card::new("From which address?", Tone::Info).description(text))
 }
 
+/// The question before a request ends another member's window, with
+/// Open anyway and Cancel (their ids carry only the request id). `holder`
+/// is who holds the port now (`None` if they no longer do).
+pub fn question(grant: &Grant, holder: Option<&PortHolder>, aliases: &PortAliases) -> ChatMessage {
+    let text = match holder {
+        Some(holder) => question_text(holder, &grant.vm_name, aliases),
+        None => format!(
+            "When you asked, another member held {} {} from another address; Azure keeps one window per port, so opening it for you ends theirs if they still hold it.",
+            grant.vm_name,
+            grant.ports.describe(aliases)
+        ),
+    };
+    let id = grant.request_id.to_string();
+    let card = Card::new(
+        format!(
+            "Open {} on {} anyway?",
+            grant.ports.describe(aliases),
+            grant.vm_name
+        ),
+        Tone::Warning,
+    )
+    .description(text)
+    .field("Source", grant.source.to_string(), true)
+    .field("Window", grant.duration.to_string(), true)
+    .footer(format!("Request {}", grant.request_id));
+    ChatMessage::card(card).with_buttons(vec![
+        Button {
+            action: ButtonAction::OpenAnyway(id.clone()),
+            label: "Open anyway".into(),
+            style: ButtonStyle::Danger,
+        },
+        Button {
+            action: ButtonAction::Cancel(id),
+            label: "Cancel".into(),
+            style: ButtonStyle::Secondary,
+        },
+    ])
+}
+
 /// A refusal or failure of a request, for the member.
 pub fn request_error(error: &RequestError, reference: &str) -> ChatMessage {
     let card = match error {
@@ -190,6 +244,7 @@ pub fn request_error(error: &RequestError, reference: &str) -> ChatMessage {
         ),
         RequestError::Denied(denial) => Card::new("Access denied", Tone::Denied).description(denial.to_string()),
         RequestError::Policy(violation) => Card::new("Not allowed by the VM's JIT policy", Tone::Denied).description(violation.to_string()),
+        RequestError::PortHeld { message } => Card::new("Another member holds the port", Tone::Denied).description(message.clone()),
         RequestError::Azure { message } => Card::new("Azure did not open the port", Tone::Error).description(message.clone()),
         RequestError::Unexpected(_) => Card::new("Something went wrong", Tone::Error).description(format!(
             "Drawbridge could not finish this request. An operator can find the details in the logs under reference {reference}."
@@ -427,6 +482,8 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::AccessExpired => "Access expired",
         AuditAction::AccessEndedInAzure => "Access ended in Azure",
         AuditAction::OpenedOutsideDrawbridge => "Opened outside Drawbridge",
+        AuditAction::AccessCancelled => "Request cancelled",
+        AuditAction::AccessReopened => "Open in Azure again",
         AuditAction::MappingAdded => "Mapping added",
         AuditAction::MappingRemoved => "Mapping removed",
         AuditAction::MappingsImported => "Mappings imported",

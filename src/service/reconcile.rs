@@ -19,6 +19,12 @@
 //! 3. **A grant whose initiate had no clear answer** (`pending_azure`) is
 //!    settled from the listing, first, so that its request is not taken
 //!    for one made outside Drawbridge ([`super::phases::unclear`]).
+//!    A grant still `requested` when the process started was interrupted
+//!    (the process died while asking Azure): it is marked `pending_azure`
+//!    first and settled the same way ([`Service::pend_interrupted`]).
+//! 4. **A grant we had failed or closed that Azure shows open** (our own
+//!    request, by identity) is put back under Drawbridge's care: `active`,
+//!    timers, audit, the owner told ([`super::truth`]).
 //!
 //! Our requests are recognised by identity ([`made_for`]): the justification,
 //! `Drawbridge request <id> …` ([`super::request::justification`]), only
@@ -83,6 +89,8 @@ pub struct ReconcileOutcome {
     pub closed: usize,
     /// Grants whose initiate had an unclear outcome, settled from Azure.
     pub settled_pending: usize,
+    /// Failed or closed grants Azure shows open, back under our care.
+    pub reopened: usize,
 }
 
 /// The reconciliation worker.
@@ -106,6 +114,7 @@ impl Reconciler {
         let mut outcome = ReconcileOutcome {
             requests: requests.len(),
             settled_pending: self.service.settle_all_pending(&requests, now).await?,
+            reopened: self.service.reopen_from_azure(&requests, now).await?,
             ..ReconcileOutcome::default()
         };
         let mut grants = HashMap::new();
@@ -186,6 +195,10 @@ impl Reconciler {
     /// Reconciles now and then every `every` until cancelled. Time between
     /// rounds is real time; "now" comes from the service's clock.
     pub async fn run(self, every: Duration, cancel: CancellationToken) {
+        let started = self.service.clock().now();
+        if let Err(e) = self.service.pend_interrupted(started).await {
+            tracing::warn!(error.message = %e, "requests interrupted by a restart could not be marked for settling");
+        }
         let lease = LeaseGate::new(
             self.service.store().clone(),
             replica::RECONCILE,
@@ -209,7 +222,9 @@ impl Reconciler {
 
     async fn round(&self, now: DateTime<Utc>) {
         match self.tick(now).await {
-            Ok(o) if o.opened_outside + o.closed > 0 => self.service.wake_after(()),
+            Ok(o) if o.opened_outside + o.closed + o.settled_pending + o.reopened > 0 => {
+                self.service.wake_after(())
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error.message = %e, "reconciliation with Azure failed; retrying next interval");
@@ -283,23 +298,26 @@ pub fn made_for(request: &JitRequestRecord, grant: &Grant) -> bool {
     by_us && in_time_and_window(request, grant)
 }
 
+/// Whether Azure's `requestor` of `request` is one of `identity` (ours).
+pub fn is_ours(request: &JitRequestRecord, identity: &[String]) -> bool {
+    request
+        .requestor
+        .as_deref()
+        .is_some_and(|r| identity.iter().any(|me| me.eq_ignore_ascii_case(r)))
+}
+
 /// The end Azure shows for a grant whose initiate had an unclear outcome,
 /// if `request` is that initiate: its justification names the grant, it
-/// was made by `identity` (our own, as Azure recorded it on an earlier
-/// initiate; unchecked only while Drawbridge has never learnt it), after the
-/// grant was asked for, for its VM, ports and source.
+/// was made by `identity` (our own: what our token names, and what Azure
+/// recorded on an earlier initiate; never unchecked), after the grant was
+/// asked for, for its VM, ports and source.
 pub fn pending_settled_by(
     request: &JitRequestRecord,
     grant: &Grant,
-    identity: Option<&str>,
+    identity: &[String],
 ) -> Option<DateTime<Utc>> {
     let names_it = drawbridge_id(request).is_some_and(|id| id == grant.request_id);
-    let by_us = identity.is_none_or(|me| {
-        request
-            .requestor
-            .as_deref()
-            .is_some_and(|r| r.eq_ignore_ascii_case(me))
-    });
+    let by_us = is_ours(request, identity);
     if !(names_it && by_us && in_time_and_window(request, grant)) {
         return None;
     }

@@ -7,11 +7,11 @@ use serde_json::json;
 use super::phases::persist::request_detail;
 use super::phases::{Admitted, Ask, Asking, Refusal, ResolveVmError, ResolvedVm, decide};
 use super::truth::Acting;
-use super::{Service, actor};
+use super::{Service, actor, question};
 use crate::domain::authorize;
 use crate::domain::{
-    AccessRequest, AuditAction, AuditEvent, Denial, GrantState, Outcome, PolicyViolation,
-    RequestId, RoleMapping, SourcePrefix,
+    AccessRequest, AuditAction, AuditEvent, Denial, GrantState, IndexedVm, OnConflict, Outcome,
+    PolicyViolation, RequestId, RoleMapping, SourcePrefix,
 };
 use crate::interactions::Invocation;
 use crate::store::{Grant, InsertOutcome, StoreError};
@@ -50,6 +50,10 @@ pub enum RequestError {
     /// The VM's Azure JIT policy does not allow it.
     #[error("{0}")]
     Policy(PolicyViolation),
+    /// Another member holds the port and the mapping refuses to end their
+    /// window (`on_conflict = "refuse"`); `message` names who, until when.
+    #[error("{message}")]
+    PortHeld { message: String },
     /// Azure refused or failed; the grant is recorded as failed.
     #[error("{message}")]
     Azure {
@@ -104,6 +108,7 @@ impl RequestError {
             Self::NoSource => ("no_source", false),
             Self::Denied(denial) => (denial.code(), false),
             Self::Policy(_) => ("policy", false),
+            Self::PortHeld { .. } => ("port_held", false),
             Self::Azure { .. } => ("azure_failed", true),
             Self::Unexpected(_) => (super::refusals::INTERNAL, true),
         }
@@ -117,6 +122,7 @@ impl RequestError {
             Self::VmAmbiguous { .. } => Some(("vm_ambiguous", "VM name is ambiguous".into())),
             Self::Denied(denial) => Some((denial.code(), denial.to_string())),
             Self::Policy(violation) => Some(("policy", violation.to_string())),
+            Self::PortHeld { message } => Some(("port_held", message.clone())),
             _ => None,
         }
     }
@@ -169,19 +175,84 @@ impl Service {
             now: self.clock().now(),
         };
         let admitted = self.admit(&asking).await?;
-        let grant = match self.persist(&asking, &admitted).await? {
+        let ask_first = self.ask_first(&asking, &admitted).await?;
+        let grant = match self.persist(&asking, &admitted, ask_first).await? {
             InsertOutcome::Inserted(grant) => grant,
             InsertOutcome::Duplicate(grant) => return Ok(self.first_outcome(grant).await?),
         };
-        let end = asking.now + request.duration.to_chrono();
-        let why = justification(who, &id, request.reason.as_ref().map(|r| r.as_str()));
+        if grant.state == GrantState::Confirming {
+            tracing::info!("another member holds the port; the member is asked first");
+            return Ok(grant);
+        }
+        self.open_requested(who, &admitted.target.vm, grant, asking.now)
+            .await
+    }
+
+    /// Initiates a `requested` grant for its duration from `now`, settles
+    /// Azure's answer and reads the policy back (phases 4 and 5).
+    ///
+    /// # Errors
+    /// [`RequestError::Azure`] when Azure did not open it.
+    pub(crate) async fn open_requested(
+        &self,
+        who: &Invocation,
+        vm: &IndexedVm,
+        grant: Grant,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Grant, RequestError> {
+        let end = now + grant.duration.to_chrono();
+        let why = justification(
+            who,
+            &grant.request_id,
+            grant.reason.as_ref().map(|r| r.as_str()),
+        );
         let acting = Acting::of(&grant);
-        let outcome = self.initiate(&admitted.target.vm, &grant, end, why).await;
-        let settled = self
-            .settle_opened(who, &admitted.target.vm, grant, outcome)
-            .await;
-        self.read_back(&admitted.target.vm, &acting).await;
+        let outcome = self.initiate(vm, &grant, end, why).await;
+        let settled = self.settle_opened(who, vm, grant, outcome).await;
+        self.read_back(vm, &acting).await;
         settled
+    }
+
+    /// Whether the member must be asked before their request ends another
+    /// member's window on the port; refused (and audited) when the
+    /// mapping that allows it says `on_conflict = "refuse"`.
+    async fn ask_first(
+        &self,
+        asking: &Asking<'_>,
+        admitted: &Admitted,
+    ) -> Result<bool, RequestError> {
+        let open = self.store().open_grants().await?;
+        let Some(holder) = question::holder_of(
+            &open,
+            &admitted.target.vm.vm_id,
+            &asking.request.ports,
+            &admitted.source,
+            asking.who.member.user_id,
+            asking.now,
+        ) else {
+            return Ok(false);
+        };
+        let mapping = self
+            .mappings()
+            .iter()
+            .find(|m| m.name == admitted.mapping)
+            .map(|m| m.on_conflict)
+            .unwrap_or_default();
+        match mapping {
+            OnConflict::Ask => Ok(true),
+            OnConflict::Refuse => {
+                let target = admitted.target.identity.qualified();
+                let held = RequestError::PortHeld {
+                    message: question::refusal(
+                        &holder,
+                        &target,
+                        &admitted.mapping,
+                        &self.config().aliases,
+                    ),
+                };
+                Err(self.refused(asking, &target, held).await)
+            }
+        }
     }
 
     /// Refuses a member whom no mapping covers before any lookup, resolves

@@ -14,13 +14,29 @@
 //!   does not show at all (history trimmed): nothing proves it closed.
 //! - A grant that merely expired less than [`END_SLACK`] from its end: the
 //!   scheduler's expiry handles it, with the usual notice.
+//!
+//! # Back under Drawbridge's care
+//! The other way round, the reconciler looks for a grant Drawbridge has as
+//! `failed`, `closed_early`, `expired` or `ended` whose own request Azure
+//! still shows open, later than the grant's recorded end ([`reopened_end`]:
+//! the justification names the grant, `requestor` is our identity, it
+//! started after the grant was asked for, for its VM, ports and source). An
+//! unclear initiate that Azure applied late, say. Such a grant becomes
+//! `active` again until Azure's end, with its reminder and expiry, audited
+//! (`access_reopened`), and its owner is told.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
-use super::{Service, actor, delivery, messages};
+use serde_json::json;
+
+use super::{Service, actor, delivery, messages, reconcile};
+use crate::domain::audit::format_time;
 use crate::domain::port_truth::{self, HeldWindow, PortTruth, PortView};
-use crate::domain::{GrantState, IndexedVm, JitRequestRecord, RequestId, UserId};
+use crate::domain::{
+    AuditAction, AuditEvent, GrantEvent, GrantState, IndexedVm, JitRequestRecord, Outcome,
+    RequestId, UserId,
+};
 use crate::store::{Grant, StoreError};
 
 /// The grant whose write to Azure is being read back: a grant it
@@ -40,6 +56,182 @@ impl Acting {
             source: grant.source.to_string(),
         }
     }
+}
+
+impl Service {
+    /// Drawbridge's own identity: what its credential's token names (known
+    /// before the first initiate), and the `requestor` Azure recorded on an
+    /// earlier initiate of ours. A request is ours only if Azure's
+    /// `requestor` is one of these.
+    ///
+    /// # Errors
+    /// If neither is known (no token can be had and Azure never answered an
+    /// initiate): then nothing may be taken for ours.
+    pub(crate) async fn our_identity(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = match self.jit().identity().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error.message = %e, "our own identity could not be read from the token");
+                Vec::new()
+            }
+        };
+        if let Some(recorded) = self.store().our_requestor().await?
+            && !ids.iter().any(|i| i.eq_ignore_ascii_case(&recorded))
+        {
+            ids.push(recorded);
+        }
+        if ids.is_empty() {
+            return Err(anyhow::anyhow!(
+                "Drawbridge's own identity is unknown: no token names it and Azure never recorded it"
+            )
+            .into());
+        }
+        Ok(ids)
+    }
+}
+
+impl Service {
+    /// Puts back under Drawbridge's care every grant it had failed or
+    /// closed whose own request `records` (read at `now`) show open.
+    /// Returns how many.
+    ///
+    /// # Errors
+    /// If the store fails, or our identity is unknown.
+    pub(crate) async fn reopen_from_azure(
+        &self,
+        records: &[JitRequestRecord],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut identity = None;
+        let mut reopened = 0;
+        for request in records {
+            let Some(id) = reconcile::drawbridge_id(request) else {
+                continue;
+            };
+            if !request
+                .vms
+                .iter()
+                .flat_map(|vm| &vm.ports)
+                .any(|p| p.is_open_at(now))
+            {
+                continue;
+            }
+            let Some(grant) = self.store().grant(&id).await? else {
+                continue;
+            };
+            if !REOPENABLE.contains(&grant.state) {
+                continue;
+            }
+            if identity.is_none() {
+                identity = Some(self.our_identity().await?);
+            }
+            let ours = identity.as_deref().unwrap_or_default();
+            if let Some(end) = reopened_end(request, &grant, ours, now)
+                && self.reopen(&grant, request, end, now).await?
+            {
+                reopened += 1;
+            }
+        }
+        Ok(reopened)
+    }
+
+    /// `grant` is `active` again until `end`, with its timers, audited, and
+    /// its owner told; unless it changed since it was read.
+    async fn reopen(
+        &self,
+        grant: &Grant,
+        request: &JitRequestRecord,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let id = &grant.request_id;
+        let mut tx = self.store().begin().await?;
+        if tx.grant(id).await?.is_none_or(|g| g.state != grant.state) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let reopened = tx
+            .transition_grant(id, &GrantEvent::ReopenedInAzure { end }, now)
+            .await?;
+        tx.clear_grant_failure(id).await?;
+        tx.set_azure_detail(
+            id,
+            &json!({
+                "requestor": request.requestor,
+                "start": request.start.map(format_time),
+                "settled_from": "reconciliation: Azure shows our request open",
+            }),
+        )
+        .await?;
+        self.schedule_timers(&mut tx, id, end, now).await?;
+        let audit = AuditEvent::new(
+            now,
+            "system",
+            AuditAction::AccessReopened,
+            &grant.vm_name,
+            Outcome::Info,
+        );
+        tx.append_audit(&audit.with_detail(json!({
+            "request_id": id.as_str(),
+            "owner": grant.user_id.to_string(),
+            "was": grant.state.as_str(),
+            "end": format_time(end),
+            "requestor": request.requestor,
+        })))
+        .await?;
+        let reopened = Grant {
+            failure: None,
+            ..reopened
+        };
+        let message = messages::grant(&reopened, &self.config().aliases);
+        tx.enqueue(delivery::dm_to_owner(
+            &reopened,
+            &message,
+            reopen_key(id, end),
+            now,
+        ))
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(request_id = %id, was = %grant.state, "Azure shows a grant we had closed open: back under Drawbridge's care");
+        Ok(true)
+    }
+}
+
+/// The states a grant may be taken back from: Drawbridge thinks the port
+/// closed, or never opened.
+const REOPENABLE: [GrantState; 4] = [
+    GrantState::Failed,
+    GrantState::ClosedEarly,
+    GrantState::Expired,
+    GrantState::Ended,
+];
+
+/// Azure's end of `request` if it is `grant`'s own ([`reconcile::pending_settled_by`])
+/// and open at `now` on every port of the grant's VM, later than the grant
+/// was recorded to end.
+pub fn reopened_end(
+    request: &JitRequestRecord,
+    grant: &Grant,
+    identity: &[String],
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let end = reconcile::pending_settled_by(request, grant, identity)?;
+    let open = request
+        .vms
+        .iter()
+        .filter(|vm| vm.vm_id.eq_ignore_ascii_case(&grant.vm_id))
+        .flat_map(|vm| &vm.ports)
+        .all(|p| p.is_open_at(now));
+    let later = grant
+        .end_time
+        .is_none_or(|recorded| end > recorded + chrono::TimeDelta::seconds(1));
+    (open && later).then_some(end)
+}
+
+/// The outbox key of the "open after all" notice: one per grant and end.
+fn reopen_key(id: &RequestId, end: DateTime<Utc>) -> String {
+    let digest = hex::encode(Sha256::digest(format!("{id}|{}", format_time(end))));
+    format!("ro-{}", &digest[..20])
 }
 
 /// A grant this close to its own end is left to the scheduler's expiry.

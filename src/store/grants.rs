@@ -20,7 +20,7 @@ use crate::domain::{
 };
 
 /// Every state, for the SQL that lists open ones.
-const ALL_STATES: [GrantState; 11] = [
+const ALL_STATES: [GrantState; 13] = [
     GrantState::Requested,
     GrantState::Active,
     GrantState::Extended,
@@ -32,6 +32,8 @@ const ALL_STATES: [GrantState; 11] = [
     GrantState::PendingAzure,
     GrantState::Superseded,
     GrantState::Ended,
+    GrantState::Confirming,
+    GrantState::Cancelled,
 ];
 
 /// An interaction token: a 15-minute credential for editing the original
@@ -155,6 +157,10 @@ fn event_name(event: &GrantEvent) -> &'static str {
         GrantEvent::CloseFailed { .. } => "close failed",
         GrantEvent::WindowEnded => "window ended",
         GrantEvent::EndedInAzure { .. } => "ended in Azure",
+        GrantEvent::AskedFirst => "asked first",
+        GrantEvent::Confirmed => "confirmed",
+        GrantEvent::Cancelled => "cancelled",
+        GrantEvent::ReopenedInAzure { .. } => "reopened in Azure",
     }
 }
 
@@ -163,6 +169,7 @@ fn event_end(event: &GrantEvent) -> Option<DateTime<Utc>> {
         GrantEvent::Initiated { end }
         | GrantEvent::Extended { end }
         | GrantEvent::Closed { end }
+        | GrantEvent::ReopenedInAzure { end }
         | GrantEvent::EndedInAzure { at: end, .. } => Some(*end),
         _ => None,
     }
@@ -435,6 +442,26 @@ impl StoreTx {
             .await
     }
 
+    /// Clears the grant's failure text (it is open after all).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no such grant;
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn clear_grant_failure(&mut self, request_id: &RequestId) -> Result<(), StoreError> {
+        let updated = with_tx!(&mut self.tx, |c| {
+            sqlx::query("UPDATE grants SET failure = NULL WHERE request_id = $1")
+                .bind(request_id.as_str())
+                .execute(c)
+                .await
+        })
+        .with_context(|| format!("clearing the failure of grant {request_id}"))?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::not_found("grant", request_id.as_str()));
+        }
+        Ok(())
+    }
+
     /// Records what Azure answered for the grant.
     ///
     /// # Errors
@@ -579,6 +606,22 @@ impl Store {
         );
         let rows: Vec<GrantRow> = with_read!(&self.db, |c| sqlx::query_as(&sql).fetch_all(c).await)
             .context("listing grants pending in Azure")?;
+        rows.into_iter().map(Grant::try_from).collect()
+    }
+
+    /// Every grant still `requested` (Azure not yet asked, or its answer
+    /// not yet recorded), oldest first: after a crash, the ones whose
+    /// initiate may have been sent.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn requested_grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE state = 'requested'
+             ORDER BY requested_at, request_id"
+        );
+        let rows: Vec<GrantRow> = with_read!(&self.db, |c| sqlx::query_as(&sql).fetch_all(c).await)
+            .context("listing requested grants")?;
         rows.into_iter().map(Grant::try_from).collect()
     }
 

@@ -383,6 +383,7 @@ fn empty_spec(name: &MappingName) -> MappingSpec {
         default_source: None,
         require_reason: false,
         approver_role: None,
+        on_conflict: None,
     }
 }
 

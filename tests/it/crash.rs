@@ -248,3 +248,123 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The bot dies while Azure holds its initiate unanswered (Azure applied
+/// it): on restart the grant, left `requested`, is settled from Azure's
+/// listing exactly once, `active` with its timers, the member told, and
+/// Azure holds the one request; nothing is initiated again and our own
+/// request is not reported as made outside Drawbridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
+    // Arrange
+    let discord = FakeDiscord::start().await;
+    let azure = Emulator::new(Estate::sample(), Arc::new(SystemClock))
+        .spawn()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
+    let store = Store::open(&db).await.unwrap();
+    let mappings = drawbridge::domain::mapping::MappingFile::parse(
+        crate::support::app::DEFAULT_MAPPINGS,
+        &drawbridge::domain::PortAliases::default(),
+    )
+    .unwrap();
+    store
+        .import_mappings(&mappings, "test", Utc::now())
+        .await
+        .unwrap();
+    let mut env = app_env(&discord, &azure.base_url, &db);
+    env.insert("DRAWBRIDGE__AZURE__REQUEST_TIMEOUT".into(), "60s".into());
+    env.insert("DRAWBRIDGE__AZURE__RECONCILE_INTERVAL".into(), "1s".into());
+    let log_path = dir.path().join("drawbridge.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    azure.emulator.inject(
+        drawbridge::sandbox::Route::Initiate,
+        drawbridge::sandbox::FaultRule::next(1, drawbridge::sandbox::Fault::HangAfterApply),
+    );
+
+    // Act: the initiate reaches Azure and hangs; the bot is killed.
+    let mut child = start(&env, &log);
+    assert!(discord.wait_until_ready(Duration::from_secs(20)).await);
+    let sent = discord
+        .send_interaction(
+            discord
+                .slash("jit")
+                .string("port", "ssh")
+                .string("vm", "web-01")
+                .string("duration", "2h")
+                .string("from", "203.0.113.7")
+                .roles([crate::support::app::SRE_ROLE]),
+        )
+        .await;
+    let id = RequestId::parse(&sent.id.to_string()).unwrap();
+    let applied = Instant::now();
+    while azure.emulator.jit_request_count() == 0 && applied.elapsed() < DRAIN {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(azure.emulator.jit_request_count(), 1, "Azure applied it");
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let left = store.grant(&id).await.unwrap().unwrap();
+    assert_eq!(left.state, drawbridge::domain::GrantState::Requested);
+    let mut child = start(&env, &log);
+    let deadline = Instant::now() + DRAIN;
+    let mut settled = left.clone();
+    while settled.state != drawbridge::domain::GrantState::Active && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        settled = store.grant(&id).await.unwrap().unwrap();
+    }
+    let told = |d: &FakeDiscord| {
+        d.dm_messages(crate::support::fake_discord::USER_ID)
+            .iter()
+            .filter(|m| text(m).contains("Access granted"))
+            .count()
+    };
+    while told(&discord) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for a second settling to show
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // Assert
+    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let context = format!("log tail:\n{}", tail(&logs, 40));
+    assert_eq!(
+        settled.state,
+        drawbridge::domain::GrantState::Active,
+        "{context}"
+    );
+    assert_eq!(told(&discord), 1, "told once: {context}");
+    assert_eq!(azure.emulator.jit_request_count(), 1, "one Azure request");
+    assert_eq!(azure.emulator.initiate_calls().len(), 1, "never sent again");
+    let timers: Vec<ScheduleKind> = store
+        .next_due(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.request_id == id)
+        .map(|i| i.kind)
+        .collect();
+    assert_eq!(timers, [ScheduleKind::Reminder, ScheduleKind::Expiry]);
+    let audit = store
+        .audit_events(&drawbridge::store::AuditFilter::default())
+        .await
+        .unwrap();
+    let count = |action: drawbridge::domain::AuditAction| {
+        audit.iter().filter(|r| r.event.action == action).count()
+    };
+    assert_eq!(count(drawbridge::domain::AuditAction::AccessInitiated), 1);
+    assert_eq!(
+        count(drawbridge::domain::AuditAction::OpenedOutsideDrawbridge),
+        0,
+        "our own request is not taken for one made outside Drawbridge"
+    );
+    let transitions = store.grant_transitions(&id).await.unwrap();
+    let opened = transitions
+        .iter()
+        .filter(|t| t.to == drawbridge::domain::GrantState::Active)
+        .count();
+    assert_eq!(opened, 1, "settled exactly once: {transitions:?}");
+}

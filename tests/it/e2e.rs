@@ -16,6 +16,7 @@ use crate::support::app::{
     AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, SUB_PROD, TestApp, TestAppBuilder, spawn_app,
 };
 use crate::support::fake_discord::{Callback, FakeDiscord, InteractionBuilder, SentInteraction};
+use crate::support::shown::assert_shown_matches_azure;
 
 /// Discord's limit for the first response.
 pub(crate) const ACK_LIMIT: Duration = Duration::from_secs(3);
@@ -331,6 +332,7 @@ async fn a_mapped_engineer_gets_ssh_on_web_01() {
         titles,
         ["Request received", "Access allowed", "Port opened"]
     );
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -562,6 +564,7 @@ async fn a_vm_with_the_longest_names_picked_from_autocomplete_is_granted() {
     let stored = grant(&app, &reply.request_id()).await;
     assert_eq!(stored.state, GrantState::Active);
     assert_eq!(stored.vm_name, format!("{rg}/{name}"));
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -615,6 +618,7 @@ async fn the_ack_never_waits_on_azure() {
     );
     assert!(reply.title().contains("Access granted"), "{}", reply.text());
     assert_eq!(initiates(&app).len(), 1);
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -633,6 +637,7 @@ async fn jit_status_lists_the_grant() {
     assert!(text.contains(&granted.sent.id.to_string()), "{text}");
     let other = interact(&app, d.slash("jit-status").user(BOB, "bob")).await;
     assert_eq!(other.title(), "No grants", "{}", other.text());
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -659,6 +664,7 @@ async fn a_saved_source_is_used_when_a_request_gives_none() {
         initiated_port(&calls[0])["allowedSourceAddressPrefix"],
         "203.0.113.9"
     );
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -783,6 +789,7 @@ async fn azure_refusing_the_initiate_gives_a_clear_failure_and_a_failed_grant() 
             AuditAction::AccessFailed
         ]
     );
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -814,6 +821,7 @@ async fn azure_failing_at_initiate_gives_a_clear_failure_and_a_failed_grant() {
         audit_actions_for(&app, &reply.request_id()).await.last(),
         Some(&AuditAction::AccessFailed)
     );
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 
@@ -849,6 +857,7 @@ async fn a_double_delivered_interaction_initiates_once() {
             AuditAction::AccessInitiated
         ]
     );
+    assert_shown_matches_azure(&app).await;
     app.stop().await.expect("clean stop");
 }
 

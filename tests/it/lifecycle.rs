@@ -34,6 +34,7 @@ use futures_util::StreamExt as _;
 
 use crate::support::app::{AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD, app_env};
 use crate::support::fake_discord::{FailMode, FakeDiscord, RouteMatch};
+use crate::support::shown;
 
 /// The channel requests come from (reminder fallbacks go there).
 const REQUEST_CHANNEL: u64 = 5005;
@@ -129,6 +130,8 @@ struct Lab {
     discord: FakeDiscord,
     /// The Discord settings the app was built with (a real sender can use them).
     discord_settings: drawbridge::config::DiscordSettings,
+    /// The database URL.
+    db: String,
     _dir: tempfile::TempDir,
 }
 
@@ -180,6 +183,7 @@ impl Lab {
             workers_started: 1,
             discord,
             discord_settings,
+            db,
             _dir: dir,
         }
     }
@@ -227,6 +231,31 @@ impl Lab {
             .request_access(&Self::who(n), request)
             .await
             .unwrap_or_else(|e| panic!("request {n} ({vm}, {duration}): {e}"));
+        assert_eq!(grant.state, GrantState::Active);
+        grant
+    }
+
+    /// As [`Self::request_from`] where another member holds the port: the
+    /// member is asked first (the grant waits in `confirming`, nothing sent
+    /// to Azure) and answers Open anyway.
+    async fn request_anyway(&self, n: u64, vm: &str, duration: &str, source: &str) -> Grant {
+        let request = AccessRequest::from_options(
+            "ssh",
+            vm,
+            duration,
+            None,
+            Some(source),
+            &PortAliases::default(),
+        )
+        .unwrap();
+        let who = Self::who(n);
+        let asked = self.service.request_access(&who, request).await.unwrap();
+        assert_eq!(asked.state, GrantState::Confirming);
+        let grant = self
+            .service
+            .open_anyway(&who, asked.request_id.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("open anyway {n}: {e}"));
         assert_eq!(grant.state, GrantState::Active);
         grant
     }
@@ -302,38 +331,41 @@ impl Lab {
     /// Until when Azure (the emulator) shows `vm`'s `port` open for
     /// `source` now: the latest end of its open requests.
     async fn azure_open_until(&self, vm: &str, port: u16, source: &str) -> Option<DateTime<Utc>> {
-        let url = format!(
-            "{}/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default?api-version=2020-01-01",
-            self.azure.base_url
-        );
-        let policy: serde_json::Value = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(self.azure.emulator.issue_token())
-            .send()
-            .await
-            .unwrap()
-            .json()
+        shown::azure_open_until(&self.azure, vm, port, source, self.now()).await
+    }
+
+    /// Every "open until" `/jit-status` shows each member with a grant
+    /// matches the emulator ([`shown::assert_ends_match_azure`]).
+    async fn assert_shown_matches_azure(&self) {
+        let raw = sqlx::SqlitePool::connect(&self.db).await.unwrap();
+        let users: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT user_id FROM grants")
+            .fetch_all(&raw)
             .await
             .unwrap();
-        let now = self.now();
-        policy["properties"]["requests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r["virtualMachines"].as_array().unwrap().iter())
-            .filter(|v| v["id"].as_str().unwrap().ends_with(&format!("/{vm}")))
-            .flat_map(|v| v["ports"].as_array().unwrap().iter())
-            .filter(|p| p["number"] == port && p["allowedSourceAddressPrefix"] == source)
-            .filter(|p| p["status"] == "Initiated")
-            .map(|p| {
-                p["endTimeUtc"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<DateTime<Utc>>()
-                    .unwrap()
-            })
-            .filter(|end| *end > now)
-            .max()
+        raw.close().await;
+        let mut grants = Vec::new();
+        let mut ends = shown::ShownEnds::new();
+        for (user,) in users {
+            let who = Invocation {
+                member: Member {
+                    user_id: UserId::parse(&user).unwrap(),
+                    ..Self::who(0).member
+                },
+                ..Self::who(0)
+            };
+            let theirs = self.service.status(&who).await.unwrap();
+            let status = drawbridge::service::messages::status(&theirs, &PortAliases::default());
+            for field in status.card.map(|c| c.fields).unwrap_or_default() {
+                let Some((window, id)) = field.value.rsplit_once("\nRequest ") else {
+                    continue;
+                };
+                ends.entry(id.to_owned())
+                    .or_default()
+                    .push(("/jit-status", shown::shown_end(window)));
+            }
+            grants.extend(theirs);
+        }
+        shown::assert_ends_match_azure(&self.azure, &grants, &ends, self.now()).await;
     }
 
     /// An initiate made straight against the emulator, as the portal would:
@@ -535,6 +567,7 @@ async fn the_expiry_is_audited_saying_sessions_are_not_cut() {
         expired[0].text()
     );
     assert!(expired[0].text().contains(grant.request_id.as_str()));
+    lab.assert_shown_matches_azure().await;
 }
 
 #[tokio::test]
@@ -702,6 +735,7 @@ async fn extend_moves_the_reminder_and_the_expiry() {
         vec![(true, new_end - TimeDelta::minutes(10)), (false, new_end)],
         "nothing at the old times"
     );
+    lab.assert_shown_matches_azure().await;
 }
 
 #[tokio::test]
@@ -746,6 +780,7 @@ async fn close_early_cancels_the_timers_and_audits_when_the_port_closes() {
             GrantState::ClosedEarly
         ]
     );
+    lab.assert_shown_matches_azure().await;
 }
 
 #[tokio::test]
@@ -766,6 +801,7 @@ async fn close_early_never_lengthens_and_reports_the_end_azure_shows() {
     assert_eq!(azure, Some(t0() + TimeDelta::minutes(15)));
     let stored = lab.store().grant(&grant.request_id).await.unwrap().unwrap();
     assert_eq!(stored.end_time, azure);
+    lab.assert_shown_matches_azure().await;
 }
 
 #[tokio::test]
@@ -806,6 +842,7 @@ async fn close_early_with_two_minutes_left_sends_nothing_and_keeps_the_end() {
     assert!(text.contains("nothing was changed in Azure"), "{text}");
     let audit = lab.audit(AuditAction::AccessClosedEarly).await;
     assert_eq!(audit[0]["port_closes_at"], "2026-03-02T10:00:00.000000Z");
+    lab.assert_shown_matches_azure().await;
 }
 
 #[tokio::test]
@@ -852,6 +889,7 @@ async fn close_early_on_a_superseded_grant_sends_nothing_and_says_who_holds_the_
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0]["superseded"], true);
     assert_eq!(ended[0]["by_source"], "198.51.100.9");
+    lab.assert_shown_matches_azure().await;
 }
 
 #[tokio::test]
@@ -881,6 +919,7 @@ async fn close_early_on_a_grant_azure_expired_sends_nothing() {
     );
     assert_eq!(closed.grant.state, GrantState::Ended);
     assert!(closed.grant.failure.unwrap().contains("Expired"));
+    lab.assert_shown_matches_azure().await;
 }
 
 /// Extend and Close early pressed at the same instant, 100 times: each time
@@ -918,6 +957,7 @@ async fn extend_and_close_early_at_once_reach_azure_once() {
             other => panic!("round {n}: exactly one must win: {other:?}"),
         }
     }
+    lab.assert_shown_matches_azure().await;
 }
 
 /// Azure's clock 2 minutes behind the bot's: a request for exactly the
@@ -945,6 +985,7 @@ async fn the_policy_maximum_works_with_the_bots_clock_two_minutes_ahead() {
         lab.azure_open_until("web-02", 22, "203.0.113.7").await,
         Some(end)
     );
+    lab.assert_shown_matches_azure().await;
 }
 
 // ------------------------------------------------------------ read back after every write
@@ -961,7 +1002,7 @@ async fn a_second_members_request_is_reported_truthfully_under_both_supersede_mo
         lab.clock.set(t0() + TimeDelta::minutes(2));
 
         // Act: member 2 asks for the same port from another address.
-        let second = lab.request_from(2, "web-01", "1h", "198.51.100.20").await;
+        let second = lab.request_anyway(2, "web-01", "1h", "198.51.100.20").await;
         lab.deliver().await;
 
         // Assert
@@ -1002,6 +1043,7 @@ async fn a_second_members_request_is_reported_truthfully_under_both_supersede_mo
                 assert!(lab.dms_for(&first.request_id).is_empty());
             }
         }
+        lab.assert_shown_matches_azure().await;
     }
 }
 
@@ -1139,6 +1181,7 @@ async fn a_grant_superseded_in_azure_is_closed_in_our_records() {
     assert!(lab.audit(AuditAction::AccessExpired).await.is_empty());
     assert!(lab.audit(AuditAction::ReminderSent).await.is_empty());
     assert!(lab.store().verify_audit().await.unwrap().is_intact());
+    lab.assert_shown_matches_azure().await;
 }
 
 /// The running app (`Server::run`, as `drawbridge run`) reports a port opened

@@ -5,4 +5,5 @@ pub mod child;
 pub mod fake_discord;
 pub mod ledger;
 pub mod load;
+pub mod shown;
 pub mod tls;

@@ -2,7 +2,7 @@
 
 use super::notice;
 use crate::chat::{ChatMessage, Tone};
-use crate::domain::{AccessRequest, SourcePrefix, VmKey, VmRef};
+use crate::domain::{AccessRequest, GrantState, SourcePrefix, VmKey, VmRef};
 use crate::interactions::Choice;
 use crate::interactions::{Invocation, SlashCommand};
 use crate::service::autocomplete::CHOICE_NAME_MAX;
@@ -40,6 +40,10 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
         }
     };
     s.wake_after(match s.request_access(who, request.clone()).await {
+        Ok(grant) if grant.state == GrantState::Confirming => match s.holder_for(&grant).await {
+            Ok(holder) => messages::question(&grant, holder.as_ref(), aliases),
+            Err(e) => messages::request_error(&RequestError::from(e), &who.id),
+        },
         Ok(grant) => {
             let connection = s.connection_of(&grant).await;
             messages::grant_with(&grant, aliases, connection.as_deref())

@@ -101,6 +101,21 @@ pub fn audit_line(event: &AuditEvent) -> String {
                 .map(|s| format!(", replaced by a request from {s}"))
                 .unwrap_or_default(),
         ),
+        AuditAction::AccessCancelled => format!(
+            "cancelled the request for {target} instead of ending {}'s access",
+            d.text("holder")
+                .map(|o| format!("<@{o}>"))
+                .unwrap_or_else(|| "another member".into()),
+        ),
+        AuditAction::AccessReopened => format!(
+            "Azure shows {}'s access to {target} open{}: back under Drawbridge's care",
+            d.text("owner")
+                .map(|o| format!("<@{o}>"))
+                .unwrap_or_else(|| "the owner".into()),
+            d.time("end")
+                .map(|t| format!(" until {t}"))
+                .unwrap_or_default(),
+        ),
         AuditAction::OpenedOutsideDrawbridge => format!(
             "{} opened port {} on {target} from {} outside Drawbridge{}",
             d.typed_or("requestor", "someone"),

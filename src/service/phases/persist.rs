@@ -1,17 +1,20 @@
 //! Phase 3: the grant, `requested`, and its audit events (request received,
 //! access allowed) in one transaction, before Azure is asked anything. A
 //! request id already stored is returned as it is, so one interaction never
-//! initiates twice.
+//! initiates twice. A grant whose member is first asked whether to end
+//! another member's window is stored `confirming` in the same transaction:
+//! the question lives in the database, so its buttons outlive a restart.
 
 use serde_json::json;
 
 use super::{Admitted, Asking};
-use crate::domain::{AuditAction, AuditEvent, Outcome, Snowflake};
+use crate::domain::{AuditAction, AuditEvent, GrantEvent, Outcome, Snowflake};
 use crate::service::{Service, actor};
 use crate::store::{InsertOutcome, NewGrant, StoreError};
 
 impl Service {
-    /// Writes the admitted request as a `requested` grant.
+    /// Writes the admitted request as a `requested` grant, or `confirming`
+    /// when `ask_first` (another member holds the port).
     ///
     /// # Errors
     /// If the store fails.
@@ -19,6 +22,7 @@ impl Service {
         &self,
         asking: &Asking<'_>,
         admitted: &Admitted,
+        ask_first: bool,
     ) -> Result<InsertOutcome, StoreError> {
         let (who, request) = (asking.who, asking.request);
         let target = admitted.target.identity.qualified();
@@ -41,6 +45,13 @@ impl Service {
                 interaction_token: None,
             })
             .await?;
+        let outcome = match outcome {
+            InsertOutcome::Inserted(grant) if ask_first => InsertOutcome::Inserted(
+                tx.transition_grant(&grant.request_id, &GrantEvent::AskedFirst, asking.now)
+                    .await?,
+            ),
+            other => other,
+        };
         if matches!(outcome, InsertOutcome::Inserted(_)) {
             let detail = request_detail(asking, Some(&admitted.source));
             let mut allowed = detail.clone();

@@ -118,7 +118,7 @@ impl Service {
     /// If the store fails.
     pub(crate) async fn settle_extended(
         &self,
-        who: &Invocation,
+        by: &str,
         grant: &Grant,
         window: AccessDuration,
         initiated: &Initiated,
@@ -133,17 +133,20 @@ impl Service {
             .await?;
         let audit = AuditEvent::new(
             now,
-            actor(who.member.user_id),
+            by,
             AuditAction::AccessExtended,
             &grant.vm_name,
             Outcome::Success,
         );
-        tx.append_audit(&audit.with_detail(json!({
+        let mut detail = json!({
             "request_id": id.as_str(),
             "window": window.to_string(),
             "end": format_time(initiated.end),
-        })))
-        .await?;
+        });
+        if let Some(from) = initiated.detail.get("settled_from") {
+            detail["settled_from"] = from.clone();
+        }
+        tx.append_audit(&audit.with_detail(detail)).await?;
         tx.commit().await?;
         Ok(updated)
     }

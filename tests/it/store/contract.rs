@@ -393,6 +393,7 @@ fn mapping(name: &str, vms: &str, max: &str) -> RoleMapping {
         default_source: None,
         require_reason: false,
         approver_role: None,
+        on_conflict: None,
     }
     .validate(&PortAliases::default())
     .unwrap()

@@ -632,6 +632,24 @@ impl FakeDiscord {
         self.with_interaction(interaction_id, |ix| ix.followups.clone())
             .unwrap_or_default()
     }
+    /// Every interaction's response message and followups, as last edited,
+    /// with the interaction id, oldest interaction first: what members were
+    /// shown in reply to commands and buttons.
+    pub fn interaction_messages(&self) -> Vec<(u64, Value)> {
+        let st = self.shared.lock();
+        let mut ids: Vec<u64> = st.interactions.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .flat_map(|id| {
+                let ix = &st.interactions[&id];
+                ix.original
+                    .iter()
+                    .chain(ix.followups.iter())
+                    .map(move |m| (id, m.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
     /// The `choices` of an accepted autocomplete (type 8) callback.
     pub fn autocomplete_choices(&self, interaction_id: u64) -> Option<Vec<Value>> {
         self.with_interaction(interaction_id, |ix| ix.autocomplete_choices.clone())

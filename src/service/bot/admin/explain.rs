@@ -2,7 +2,7 @@
 
 use super::required;
 use crate::chat::{Card, ChatMessage, Tone};
-use crate::domain::{Decision, RoleId};
+use crate::domain::{Decision, MappingName, OnConflict, RoleId};
 use crate::interactions::{Invocation, SlashCommand};
 use crate::service::Service;
 use crate::service::admin::AdminError;
@@ -27,10 +27,11 @@ pub(super) async fn run(
         .await?;
     let card = match &decision {
         Decision::Allow(a) => Card::new("Would be allowed", Tone::Success).description(format!(
-            "Mapping {} allows it on {} (maximum {}).",
+            "Mapping {} allows it on {} (maximum {}). {}",
             a.mapping,
             vm.qualified(),
-            a.max_duration
+            a.max_duration,
+            on_conflict(s, &a.mapping)
         )),
         Decision::Deny(d) => Card::new("Would be denied", Tone::Denied).description(d.to_string()),
     };
@@ -45,6 +46,24 @@ pub(super) async fn run(
         roles_text
     };
     Ok(ChatMessage::card(card.field("Roles", roles_text, false)))
+}
+
+/// What the mapping does when another member holds the port.
+fn on_conflict(s: &Service, mapping: &MappingName) -> &'static str {
+    let rule = s
+        .mappings()
+        .iter()
+        .find(|m| m.name == *mapping)
+        .map(|m| m.on_conflict)
+        .unwrap_or_default();
+    match rule {
+        OnConflict::Ask => {
+            "If another member holds the port, the member is asked before their window is ended (on_conflict = \"ask\")."
+        }
+        OnConflict::Refuse => {
+            "If another member holds the port, the request is refused (on_conflict = \"refuse\")."
+        }
+    }
 }
 
 /// The roles to explain for: listed, a chosen member's, or the admin's own.

@@ -2,8 +2,8 @@
 
 use super::{mapping_card, required};
 use crate::chat::ChatMessage;
-use crate::domain::RoleId;
 use crate::domain::mapping::MappingSpec;
+use crate::domain::{OnConflict, RoleId};
 use crate::interactions::{Invocation, SlashCommand};
 use crate::service::Service;
 use crate::service::admin::AdminError;
@@ -36,6 +36,10 @@ pub(super) async fn run(
         default_source: opt("default_source").map(str::to_string),
         require_reason: opt("require_reason") == Some("true"),
         approver_role: None,
+        on_conflict: opt("on_conflict")
+            .map(OnConflict::parse)
+            .transpose()
+            .map_err(AdminError::Invalid)?,
     };
     let (mapping, change) = s.map(who, spec).await?;
     let verb = match change {

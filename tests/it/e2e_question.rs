@@ -1,0 +1,339 @@
+//! End to end: two members on one VM and port. Azure keeps one window per
+//! port, so before Bob's request ends Alice's window he is asked, with Open
+//! anyway and Cancel (issue 11, "the port is the unit of truth").
+
+use drawbridge::domain::{AuditAction, GrantState};
+
+use crate::e2e::{BOB, Reply, audit_log, grant, interact, jit, ssh_web_01};
+use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
+use crate::support::fake_discord::USER_ID;
+use crate::support::shown::assert_shown_matches_azure;
+
+const BOB_SOURCE: &str = "198.51.100.20";
+
+/// Bob's `/jit ssh web-01 1h` from his own address.
+async fn bob_asks(app: &TestApp) -> Reply {
+    interact(
+        app,
+        jit(&app.discord, "ssh", "web-01", "1h", &[SRE_ROLE])
+            .string("from", BOB_SOURCE)
+            .user(BOB, "bob"),
+    )
+    .await
+}
+
+/// Presses `label` on `reply` as `user`.
+async fn press(app: &TestApp, reply: &Reply, label: &str, user: (u64, &str)) -> Reply {
+    let (_, custom_id) = reply
+        .buttons()
+        .into_iter()
+        .find(|(l, _)| l == label)
+        .unwrap_or_else(|| panic!("no {label} button: {:?}", reply.buttons()));
+    interact(
+        app,
+        app.discord
+            .button(&custom_id)
+            .on_message(reply.message.clone())
+            .user(user.0, user.1)
+            .roles([SRE_ROLE]),
+    )
+    .await
+}
+
+/// Alice holds web-01 ssh; Bob asks for it from another address.
+async fn alice_holds_and_bob_asks(app: &TestApp) -> (Reply, Reply) {
+    let alice = interact(app, ssh_web_01(&app.discord)).await;
+    assert!(alice.title().contains("Access granted"), "{}", alice.text());
+    let bob = bob_asks(app).await;
+    (alice, bob)
+}
+
+#[tokio::test]
+async fn bob_is_asked_first_and_nothing_reaches_azure_until_he_answers() {
+    let app = spawn_app().await;
+
+    let (_alice, bob) = alice_holds_and_bob_asks(&app).await;
+
+    assert!(bob.title().contains("anyway?"), "{}", bob.text());
+    let text = bob.description();
+    assert!(
+        text.contains(&format!("is open for <@{USER_ID}> until <t:")),
+        "{text}"
+    );
+    assert!(
+        text.contains("from another address; Azure keeps one window per port, so opening it for you ends theirs."),
+        "{text}"
+    );
+    let labels: Vec<String> = bob.buttons().into_iter().map(|(l, _)| l).collect();
+    assert_eq!(labels, ["Open anyway", "Cancel"]);
+    for (_, id) in bob.buttons() {
+        assert!(
+            id.ends_with(&format!(":{}", bob.request_id())),
+            "the button carries the request id only: {id}"
+        );
+    }
+    assert_eq!(
+        grant(&app, &bob.request_id()).await.state,
+        GrantState::Confirming
+    );
+    assert_eq!(app.azure.emulator.jit_request_count(), 1, "only Alice's");
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn open_anyway_ends_alices_grant_and_tells_her_at_once() {
+    let app = spawn_app().await;
+    let (alice, bob) = alice_holds_and_bob_asks(&app).await;
+
+    let opened = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
+
+    assert!(
+        opened.title().contains("Access granted"),
+        "{}",
+        opened.text()
+    );
+    assert_eq!(app.azure.emulator.jit_request_count(), 2);
+    let told = app
+        .discord
+        .wait_until(crate::e2e::WAIT, |d| {
+            d.dm_messages(USER_ID).iter().any(|m| {
+                m.to_string()
+                    .contains(&format!("was ended by <@{BOB}>'s request at"))
+            })
+        })
+        .await;
+    assert!(told, "{:?}", app.discord.dm_messages(USER_ID));
+    let alices = grant(&app, &alice.request_id()).await;
+    assert_eq!(alices.state, GrantState::Superseded);
+    let status = interact(&app, app.discord.slash("jit-status").roles([SRE_ROLE])).await;
+    assert!(
+        status.text().contains("superseded"),
+        "Alice's /jit-status: {}",
+        status.text()
+    );
+    let log = audit_log(&app).await;
+    let ended = log
+        .iter()
+        .find(|r| {
+            r.event.action == AuditAction::AccessEndedInAzure
+                && r.event.detail["request_id"] == alice.request_id().as_str()
+        })
+        .expect("Alice's end is audited");
+    assert_eq!(ended.event.actor, format!("discord:{BOB}"), "who displaced");
+    assert_eq!(ended.event.detail["owner"], USER_ID.to_string(), "whom");
+    assert!(log.iter().any(|r| {
+        r.event.action == AuditAction::AccessInitiated
+            && r.event.detail["request_id"] == bob.request_id().as_str()
+    }));
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_question_outlives_a_restart() {
+    let mut app = spawn_app().await;
+    let (alice, bob) = alice_holds_and_bob_asks(&app).await;
+
+    app.restart().await;
+    let opened = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
+
+    assert!(
+        opened.title().contains("Access granted"),
+        "{}",
+        opened.text()
+    );
+    assert_eq!(app.azure.emulator.jit_request_count(), 2);
+    assert_eq!(
+        grant(&app, &alice.request_id()).await.state,
+        GrantState::Superseded
+    );
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn cancel_changes_nothing_in_azure() {
+    let app = spawn_app().await;
+    let (alice, bob) = alice_holds_and_bob_asks(&app).await;
+    let before = app.azure.emulator.initiate_calls().len();
+
+    let cancelled = press(&app, &bob, "Cancel", (BOB, "bob")).await;
+
+    assert!(
+        cancelled.title().contains("Cancelled"),
+        "{}",
+        cancelled.text()
+    );
+    assert!(
+        cancelled
+            .description()
+            .contains("Nothing was sent to Azure"),
+        "{}",
+        cancelled.text()
+    );
+    assert_eq!(app.azure.emulator.initiate_calls().len(), before);
+    assert_eq!(
+        grant(&app, &bob.request_id()).await.state,
+        GrantState::Cancelled
+    );
+    assert_eq!(
+        grant(&app, &alice.request_id()).await.state,
+        GrantState::Active
+    );
+    assert!(audit_log(&app).await.iter().any(|r| {
+        r.event.action == AuditAction::AccessCancelled
+            && r.event.detail["holder"].as_str() == Some(USER_ID.to_string().as_str())
+    }));
+    let again = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
+    assert!(
+        again.description().contains("answered already"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(app.azure.emulator.initiate_calls().len(), before);
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn only_the_member_asked_may_answer() {
+    let app = spawn_app().await;
+    let (alice, bob) = alice_holds_and_bob_asks(&app).await;
+
+    let refused = press(&app, &bob, "Open anyway", (USER_ID, "alice")).await;
+
+    assert!(
+        refused
+            .description()
+            .contains("only the engineer who asked"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(app.azure.emulator.jit_request_count(), 1);
+    assert_eq!(
+        grant(&app, &alice.request_id()).await.state,
+        GrantState::Active
+    );
+    assert_eq!(
+        grant(&app, &bob.request_id()).await.state,
+        GrantState::Confirming
+    );
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn open_anyway_and_cancel_pressed_at_once_cannot_both_win() {
+    let app = spawn_app().await;
+    let (_alice, bob) = alice_holds_and_bob_asks(&app).await;
+    let custom = |label: &str| {
+        bob.buttons()
+            .into_iter()
+            .find(|(l, _)| l == label)
+            .expect("the button")
+            .1
+    };
+
+    let open = app.discord.dispatch_interaction(
+        app.discord
+            .button(&custom("Open anyway"))
+            .on_message(bob.message.clone())
+            .user(BOB, "bob")
+            .roles([SRE_ROLE]),
+    );
+    let cancel = app.discord.dispatch_interaction(
+        app.discord
+            .button(&custom("Cancel"))
+            .on_message(bob.message.clone())
+            .user(BOB, "bob")
+            .roles([SRE_ROLE]),
+    );
+    let open = crate::e2e::reply_to(&app.discord, open).await;
+    let cancel = crate::e2e::reply_to(&app.discord, cancel).await;
+
+    let state = grant(&app, &bob.request_id()).await.state;
+    let (winner, loser) = if state == GrantState::Cancelled {
+        (&cancel, &open)
+    } else {
+        (&open, &cancel)
+    };
+    assert!(
+        loser.description().contains("answered already"),
+        "the loser is told: {}",
+        loser.text()
+    );
+    assert!(!winner.description().contains("answered already"));
+    let expected = if state == GrantState::Cancelled { 1 } else { 2 };
+    assert_eq!(app.azure.emulator.jit_request_count(), expected, "{state}");
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_same_member_asking_again_is_not_asked() {
+    let app = spawn_app().await;
+    let first = interact(&app, ssh_web_01(&app.discord)).await;
+
+    let second = interact(
+        &app,
+        jit(&app.discord, "ssh", "web-01", "1h", &[SRE_ROLE]).string("from", BOB_SOURCE),
+    )
+    .await;
+
+    assert!(
+        second.title().contains("Access granted"),
+        "{}",
+        second.text()
+    );
+    assert_eq!(app.azure.emulator.jit_request_count(), 2);
+    assert_eq!(
+        grant(&app, &first.request_id()).await.state,
+        GrantState::Superseded
+    );
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_mapping_that_refuses_names_who_holds_the_port_until_when() {
+    let app = TestAppBuilder::default()
+        .mappings(
+            r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+on_conflict = "refuse"
+"#,
+        )
+        .start()
+        .await;
+    let (alice, bob) = alice_holds_and_bob_asks(&app).await;
+
+    assert_eq!(
+        bob.title(),
+        "Another member holds the port",
+        "{}",
+        bob.text()
+    );
+    let text = bob.description();
+    assert!(
+        text.contains(&format!("is open for <@{USER_ID}> until <t:")),
+        "{text}"
+    );
+    assert!(text.contains("on_conflict = \"refuse\""), "{text}");
+    assert!(bob.buttons().is_empty());
+    assert_eq!(app.azure.emulator.jit_request_count(), 1);
+    assert_eq!(
+        grant(&app, &alice.request_id()).await.state,
+        GrantState::Active
+    );
+    assert!(audit_log(&app).await.iter().any(|r| {
+        r.event.action == AuditAction::AccessDenied && r.event.detail["code"] == "port_held"
+    }));
+    assert_shown_matches_azure(&app).await;
+    app.stop().await.expect("clean stop");
+}

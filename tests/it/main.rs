@@ -32,4 +32,5 @@ mod readme;
 mod shutdown;
 mod store;
 mod support;
+mod vm_index;
 mod worst_case;

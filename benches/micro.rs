@@ -139,7 +139,7 @@ fn vm_index(n: usize) -> VmIndex {
                     "/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
                 ),
                 subscription: SUB.into(),
-                resource_group: rg.clone(),
+                resource_group: rg.as_str().into(),
                 name,
                 location: "westeurope".into(),
                 policy: PolicyId {
@@ -147,13 +147,15 @@ fn vm_index(n: usize) -> VmIndex {
                     resource_group: rg,
                     location: "westeurope".into(),
                     name: "default".into(),
-                },
+                }
+                .into(),
                 ports: vec![PolicyPort {
                     number: 22,
                     protocol: "*".into(),
                     max_duration: TimeDelta::hours(3),
                     allowed_sources: AllowedSources::Any,
-                }],
+                }]
+                .into(),
             }
         })
         .collect();

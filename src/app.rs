@@ -55,6 +55,8 @@ pub struct App {
     pub clock: SharedClock,
     /// ARM tokens (also probed by `/readyz`).
     pub tokens: Arc<dyn TokenSource>,
+    /// The start-up load of the VM index (stopped if the app is dropped).
+    _index_loader: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 /// Running background workers; [`Workers::stop`] ends them in order.
@@ -78,9 +80,10 @@ impl Workers {
 }
 
 impl App {
-    /// Builds every part from `settings`. The VM index is filled once; if
-    /// Azure cannot be reached, start-up goes on and the index fills on the
-    /// next refresh or miss.
+    /// Builds every part from `settings`. The VM index starts loading in
+    /// the background and the bot answers meanwhile ([`App::index_load`]
+    /// says when it is done); if Azure cannot be reached, the index fills
+    /// on the next refresh or miss.
     ///
     /// # Errors
     /// A bad credential configuration or an unusable database.
@@ -94,12 +97,15 @@ impl App {
                 )
             })?;
         let (azure, tokens) = build_azure(&settings, &clock)?;
-        match azure.refresh().await {
-            Ok(n) => tracing::info!(vms = n, "VM index built"),
-            Err(e) => {
-                tracing::warn!(error.message = %e, "the VM index could not be built yet; it will be retried")
+        let loading = Arc::clone(&azure);
+        let index_load = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            match loading.refresh().await {
+                Ok(n) => tracing::info!(vms = n, "VM index built"),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "the VM index could not be built yet; it will be retried")
+                }
             }
-        }
+        }));
         let service = Service::new(
             store,
             Arc::clone(&azure) as _,
@@ -121,7 +127,14 @@ impl App {
             azure,
             clock,
             tokens,
+            _index_loader: index_load,
         })
+    }
+
+    /// Resolves once the start-up load of the VM index has ended, built or
+    /// failed (tests and the demo wait for it; the bot does not).
+    pub async fn index_load(&self) {
+        self.azure.index().settled().await;
     }
 
     /// The operations endpoints (`/healthz`, `/readyz`, `/metrics`).
@@ -129,6 +142,7 @@ impl App {
         Arc::new(crate::ops::Ops::new(
             self.service.store().clone(),
             Arc::clone(&self.tokens),
+            Arc::clone(&self.azure) as _,
             transport,
             Arc::clone(&self.clock),
             self.settings.ops.metrics_refresh,
@@ -213,7 +227,10 @@ impl App {
                 rounds = rounds.wrapping_add(1);
                 let due = lease.hold(clock.now()).await
                     || rounds.is_multiple_of(replica::STANDBY_INDEX_PACE);
-                if due && let Err(e) = azure.refresh().await {
+                // The reconciler's listing rebuilds the index too, so on the
+                // replica that reconciles this usually reads nothing.
+                let max_age = chrono::TimeDelta::from_std(every).unwrap_or(chrono::TimeDelta::MAX);
+                if due && let Err(e) = azure.refresh_if_older(max_age).await {
                     tracing::warn!(error.message = %e, "VM index refresh failed; keeping the old one");
                 }
             }

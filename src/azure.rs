@@ -39,6 +39,7 @@ pub mod credential;
 pub mod error;
 pub mod ids;
 pub mod index;
+pub mod pacing;
 pub mod retry;
 pub mod wire;
 

@@ -242,6 +242,7 @@ impl Demo {
         })
         .map_err(|e| anyhow::anyhow!("the demo settings are invalid: {e}"))?;
         let app = App::build(settings, Arc::clone(&shared)).await?;
+        app.index_load().await;
         let mappings = MappingFile::parse(SAMPLE_MAPPINGS, &app.settings.ports)
             .map_err(|e| anyhow::anyhow!("the sample mappings are invalid: {e}"))?;
         app.service

@@ -1,7 +1,8 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can
-//! do its job: database, Discord, an ARM token; and which role this replica
-//! has among several: `active` with the leases it holds, or `standby`) and
-//! `/metrics` (Prometheus).
+//! do its job: database, Discord, an ARM token; which role this replica has
+//! among several: `active` with the leases it holds, or `standby`; and where
+//! the VM index stands, `loading` or `ready (N VMs)`, without failing on it:
+//! the bot answers while the index loads) and `/metrics` (Prometheus).
 //!
 //! They listen on `ops.listen` (default `127.0.0.1:9090`) in both modes,
 //! never beside the interactions endpoint, which faces the internet: their
@@ -26,6 +27,7 @@ use crate::azure::{TokenError, TokenSource};
 use crate::clock::SharedClock;
 use crate::discord::GatewayStatus;
 use crate::metrics::Snapshot;
+use crate::service::jit_port::{IndexState, JitPort};
 use crate::store::Store;
 
 /// How long a successful token check is trusted (azure_identity caches the
@@ -54,6 +56,8 @@ pub enum Transport {
 pub struct Ops {
     store: Store,
     tokens: Arc<dyn TokenSource>,
+    /// For the VM index's state.
+    jit: Arc<dyn JitPort>,
     transport: Transport,
     clock: SharedClock,
     refresh_every: Duration,
@@ -76,6 +80,7 @@ impl Ops {
     pub fn new(
         store: Store,
         tokens: Arc<dyn TokenSource>,
+        jit: Arc<dyn JitPort>,
         transport: Transport,
         clock: SharedClock,
         refresh_every: Duration,
@@ -83,6 +88,7 @@ impl Ops {
         Self {
             store,
             tokens,
+            jit,
             transport,
             clock,
             refresh_every,
@@ -273,6 +279,11 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         );
     }
     let (role, held) = ops.role().await;
+    let vm_index = match ops.jit.index_state() {
+        IndexState::Loading => "loading".to_owned(),
+        IndexState::Failed => "not loaded: Azure could not be listed yet".to_owned(),
+        IndexState::Ready { vms } => format!("ready ({vms} VMs)"),
+    };
     let body = json!({
         "ready": ready,
         "replica": crate::service::replica::replica_id(),
@@ -282,6 +293,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
             "database": show(&database),
             "discord": show(&discord),
             "azure_token": show(&azure),
+            "vm_index": vm_index,
         }
     });
     let status = if ready {

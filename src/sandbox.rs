@@ -105,10 +105,15 @@ struct Inner {
     /// Cancelled when the server shuts down, so hung calls end and graceful
     /// shutdown does not wait on them.
     hang_release: Mutex<CancellationToken>,
+    /// Ends the hangs under way ([`Emulator::release_hangs`]).
+    hangs_released: tokio::sync::Notify,
 }
 
 /// Everything mutable, behind one lock that is never held across an await.
 struct State {
+    /// ARM's read bucket per (principal, subscription), lowercase: the
+    /// reads left and when that was counted.
+    read_buckets: HashMap<(String, String), (f64, DateTime<Utc>)>,
     vms: Vec<VmRecord>,
     subscriptions: Vec<String>,
     /// Lower-cased (subscription, resource group) pairs that exist.
@@ -168,6 +173,19 @@ impl Emulator {
             .vms()
             .map(|(sub, vm)| VmRecord::new(sub, vm))
             .collect();
+        // (subscription, rg, name) lowercase → the VM: policies name thousands.
+        let by_name: HashMap<(String, String, String), usize> = vms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let key = (
+                    v.subscription.to_ascii_lowercase(),
+                    v.vm.resource_group.to_ascii_lowercase(),
+                    v.vm.name.to_ascii_lowercase(),
+                );
+                (key, i)
+            })
+            .collect();
         let mut resource_groups = Vec::new();
         let mut policies = Vec::new();
         for sub in &estate.subscriptions {
@@ -199,11 +217,12 @@ impl Emulator {
                                 .as_deref()
                                 .unwrap_or(&seed.resource_group);
                             // Estate validation guarantees the VM exists.
-                            let vm = vms.iter().find(|v| {
-                                v.subscription == sub.id
-                                    && v.vm.name.eq_ignore_ascii_case(&pvm.name)
-                                    && v.vm.resource_group.eq_ignore_ascii_case(rg)
-                            })?;
+                            let key = (
+                                sub.id.to_ascii_lowercase(),
+                                rg.to_ascii_lowercase(),
+                                pvm.name.to_ascii_lowercase(),
+                            );
+                            let vm = &vms[*by_name.get(&key)?];
                             Some(jit::PolicyVm {
                                 id: vm.id.clone(),
                                 ports: pvm.ports.clone(),
@@ -216,6 +235,7 @@ impl Emulator {
             }
         }
         let state = State {
+            read_buckets: HashMap::new(),
             vms,
             subscriptions: estate.subscriptions.iter().map(|s| s.id.clone()).collect(),
             resource_groups,
@@ -243,6 +263,7 @@ impl Emulator {
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
                 state: Mutex::new(state),
                 hang_release: Mutex::new(CancellationToken::new()),
+                hangs_released: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -296,6 +317,12 @@ impl Emulator {
                 release.cancel();
             })
             .await
+    }
+
+    /// Ends every injected hang under way now (each answers 503, as at
+    /// shutdown), so a test can hold a call and then let it go.
+    pub fn release_hangs(&self) {
+        self.inner.hangs_released.notify_waiters();
     }
 
     fn new_hang_release(&self) -> CancellationToken {

@@ -101,6 +101,8 @@ struct Inner {
     wakers: Wakers,
     limiter: Mutex<RateLimiter>,
     folder: Mutex<refusals::RefusalFolder>,
+    /// Autocomplete's VM sets per set of applying mappings.
+    allowed_cache: Mutex<autocomplete::AllowedCache>,
 }
 
 /// Wake-ups for the workers: the scheduler when timers change, the outbox
@@ -140,6 +142,7 @@ impl Service {
                 wakers: Wakers::default(),
                 limiter: Mutex::new(RateLimiter::new(limit)),
                 folder: Mutex::new(refusals::RefusalFolder::default()),
+                allowed_cache: Mutex::default(),
             }),
         })
     }
@@ -156,6 +159,10 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    fn allowed_cache(&self) -> &Mutex<autocomplete::AllowedCache> {
+        &self.inner.allowed_cache
     }
 
     /// The current mappings (from memory).

@@ -3,9 +3,24 @@
 //! with a floor), so a granted access in steady state costs two ARM requests:
 //! the initiate and the GET of its policy that reads it back. ARM's errors and wire types are turned into the port's
 //! domain values here, and go no further.
+//!
+//! # ARM reads
+//!
+//! - The reconciler's listing of the policies ([`JitPort::requests`]) also
+//!   rebuilds the index, and the periodic index refresh is skipped while
+//!   that listing is recent enough ([`ArmJit::refresh_if_older`]).
+//! - The list of all VMs (only needed to tell "exists, but has no JIT
+//!   policy") is read at start-up, on a miss the floor lets through, and at
+//!   most every [`VM_LIST_MAX_AGE`] with a refresh; `/jit-admin enable`
+//!   reads it once.
+//! - While the index is still loading, a `/jit` naming its resource group
+//!   is looked up directly (one list of that group's policies) instead of
+//!   waiting for the whole estate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -18,7 +33,10 @@ use crate::domain::connect::Connection;
 use crate::domain::{
     IndexedVm, JitRequestRecord, PolicyDefaults, PolicyId, RequestedPort, RequestedVm, VmKey, VmRef,
 };
-use crate::service::jit_port::{Enabled, Initiated, JitError, JitPort, OpenRequest};
+use crate::service::jit_port::{Enabled, IndexState, Initiated, JitError, JitPort, OpenRequest};
+
+/// How old the list of all VMs may get before a refresh reads it again.
+pub const VM_LIST_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// Azure's JIT API over ARM, with the VM index.
 pub struct ArmJit {
@@ -26,9 +44,11 @@ pub struct ArmJit {
     index: SharedVmIndex,
     subscriptions: Vec<String>,
     enable: PolicyDefaults,
-    /// Every VM of the subscriptions (for "exists but has no JIT policy"
-    /// and for enable); filled on refresh.
-    all_vms: RwLock<Arc<Vec<VmId>>>,
+    /// The VMs of the subscriptions that were not indexed when last listed
+    /// (for "exists but has no JIT policy"); only those, to keep it small.
+    unindexed: RwLock<Arc<Vec<VmId>>>,
+    /// When all VMs were last listed.
+    vms_listed_at: Mutex<Option<DateTime<Utc>>>,
     /// One lock per policy id (lowercase) that enable writes.
     enable_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -55,7 +75,8 @@ impl ArmJit {
             index,
             subscriptions,
             enable,
-            all_vms: RwLock::new(Arc::new(Vec::new())),
+            unindexed: RwLock::new(Arc::new(Vec::new())),
+            vms_listed_at: Mutex::new(None),
             enable_locks: Mutex::default(),
         }
     }
@@ -72,8 +93,9 @@ impl ArmJit {
         &self.index
     }
 
-    /// Rebuilds the index (one list per subscription) and the list of all
-    /// VMs, and returns the index's size.
+    /// Rebuilds the index (one list per subscription) and, when it is
+    /// older than [`VM_LIST_MAX_AGE`], the list of all VMs; returns the
+    /// index's size.
     ///
     /// # Errors
     /// The first ARM failure of the index; the old index stays. A failed VM
@@ -86,24 +108,59 @@ impl ArmJit {
             .len();
         // Without it, a VM without JIT reads as unknown until a miss may
         // refresh (the miss floor), so the member is not told to enable it.
-        if let Err(e) = self.list_all_vms().await {
-            tracing::warn!(error.message = %e, "listing all VMs failed; keeping the old list");
+        let listed = *self.vms_listed_at.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.index.clock().now();
+        if listed.is_none_or(|t| now >= t + VM_LIST_MAX_AGE) {
+            if let Err(e) = self.list_all_vms().await {
+                tracing::warn!(error.message = %e, "listing all VMs failed; keeping the old list");
+            }
         }
         Ok(size)
     }
 
-    async fn list_all_vms(&self) -> Result<Arc<Vec<VmId>>, ArmError> {
+    /// [`ArmJit::refresh`] unless a listing (the reconciler's, say)
+    /// rebuilt the index less than `max_age` ago. Returns whether it
+    /// refreshed.
+    ///
+    /// # Errors
+    /// As [`ArmJit::refresh`].
+    pub async fn refresh_if_older(&self, max_age: chrono::TimeDelta) -> Result<bool, ArmError> {
+        let now = self.index.clock().now();
+        // A little slack: a listing that ran a moment before this tick
+        // counts, or a refresh interval equal to the reconciler's would
+        // read twice.
+        let slack = max_age / 20;
+        if self
+            .index
+            .refreshed_at()
+            .is_some_and(|t| now + slack < t + max_age)
+        {
+            return Ok(false);
+        }
+        self.refresh().await.map(|_| true)
+    }
+
+    /// Every VM of the subscriptions with its location; keeps those not
+    /// indexed for [`JitPort::resolve`].
+    async fn list_all_vms(&self) -> Result<Vec<(VmId, String)>, ArmError> {
         let mut all = Vec::new();
         for sub in &self.subscriptions {
             for vm in self.arm.list_vms(sub).await? {
                 match VmId::parse(&vm.id) {
-                    Ok(id) => all.push(id),
+                    Ok(id) => all.push((id, vm.location)),
                     Err(e) => tracing::warn!(error = %e, "skipping a VM with an unreadable id"),
                 }
             }
         }
-        let all = Arc::new(all);
-        *self.all_vms.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&all);
+        let index = self.index.snapshot();
+        let unindexed: Vec<VmId> = all
+            .iter()
+            .filter(|(id, _)| !index.contains_id(&id.to_string()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        *self.unindexed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(unindexed);
+        *self.vms_listed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(self.index.clock().now());
         Ok(all)
     }
 
@@ -113,6 +170,35 @@ impl ArmJit {
             vm.resource_group.as_ref().map(|r| r.as_str()),
             vm.name.as_str(),
         )
+    }
+
+    /// While the index loads: the VM looked up in the policies of its
+    /// resource group only (one small list per subscription). `None` when
+    /// that does not find it (its policy may sit in another group) or ARM
+    /// fails: the caller then waits for the index.
+    async fn lookup_direct(&self, vm: &VmRef) -> Option<Result<Arc<IndexedVm>, JitError>> {
+        let rg = vm.resource_group.as_ref()?;
+        let subscriptions: Vec<&str> = match &vm.subscription {
+            Some(s) => vec![s.as_str()],
+            None => self.subscriptions.iter().map(String::as_str).collect(),
+        };
+        let mut policies = Vec::new();
+        for sub in subscriptions {
+            match self.arm.list_policies_in_group(sub, rg.as_str()).await {
+                Ok(found) => policies.extend(found),
+                Err(e) => {
+                    tracing::debug!(error.message = %e, "direct look-up failed; waiting for the index");
+                    return None;
+                }
+            }
+        }
+        match Self::lookup(&VmIndex::from_policies(&policies), vm) {
+            Ok(found) => Some(Ok(found)),
+            Err(ResolveError::Ambiguous { candidates }) => {
+                Some(Err(JitError::Ambiguous { candidates }))
+            }
+            Err(ResolveError::NotFound { .. }) => None,
+        }
     }
 
     fn matching(all: &[VmId], vm: &VmRef) -> Vec<VmId> {
@@ -160,19 +246,27 @@ impl From<ArmError> for JitError {
 #[async_trait]
 impl JitPort for ArmJit {
     async fn resolve(&self, vm: &VmRef) -> Result<Arc<IndexedVm>, JitError> {
-        match Self::lookup(&self.index.snapshot(), vm) {
+        let missed = self.index.snapshot();
+        match Self::lookup(&missed, vm) {
             Ok(found) => return Ok(found),
             Err(ResolveError::Ambiguous { candidates }) => {
                 return Err(JitError::Ambiguous { candidates });
             }
             Err(ResolveError::NotFound { .. }) => {}
         }
+        if !matches!(self.index.state(), IndexState::Ready { .. }) {
+            if let Some(found) = self.lookup_direct(vm).await {
+                return found;
+            }
+        }
+        // Waits for a refresh under way (the start-up load) before deciding.
         let refreshed = self
             .index
             .refresh_on_miss(&self.arm, &self.subscriptions)
             .await?;
-        if let Some(index) = &refreshed {
-            match Self::lookup(index, vm) {
+        let latest = refreshed.clone().unwrap_or_else(|| self.index.snapshot());
+        if !Arc::ptr_eq(&latest, &missed) {
+            match Self::lookup(&latest, vm) {
                 Ok(found) => return Ok(found),
                 Err(ResolveError::Ambiguous { candidates }) => {
                     return Err(JitError::Ambiguous { candidates });
@@ -180,11 +274,22 @@ impl JitPort for ArmJit {
                 Err(ResolveError::NotFound { .. }) => {}
             }
         }
-        // Only look the VM up in the VM list when the floor let us refresh.
+        // Only list the VMs again when the floor let us refresh.
         let exists_without_jit = match refreshed {
-            Some(_) => !Self::matching(&self.list_all_vms().await?, vm).is_empty(),
-            None => !Self::matching(&self.all_vms.read().unwrap_or_else(|e| e.into_inner()), vm)
-                .is_empty(),
+            Some(_) => {
+                let all: Vec<VmId> = self
+                    .list_all_vms()
+                    .await?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                !Self::matching(&all, vm).is_empty()
+            }
+            None => !Self::matching(
+                &self.unindexed.read().unwrap_or_else(|e| e.into_inner()),
+                vm,
+            )
+            .is_empty(),
         };
         Err(JitError::NotUnderJit {
             name: vm.to_string(),
@@ -207,6 +312,18 @@ impl JitPort for ArmJit {
         keep: &(dyn Fn(&IndexedVm) -> bool + Sync),
     ) -> Vec<Arc<IndexedVm>> {
         self.index.snapshot().search(query, limit, keep)
+    }
+
+    fn index_state(&self) -> IndexState {
+        self.index.state()
+    }
+
+    fn index_generation(&self) -> u64 {
+        self.index.generation()
+    }
+
+    fn indexed_vms(&self) -> Vec<Arc<IndexedVm>> {
+        self.index.snapshot().iter().cloned().collect()
     }
 
     async fn initiate(&self, vm: &IndexedVm, open: &OpenRequest) -> Result<Initiated, JitError> {
@@ -256,8 +373,7 @@ impl JitPort for ArmJit {
     }
 
     async fn enable(&self, vm: &VmRef) -> Result<Enabled, JitError> {
-        let target = self.enable_target(vm).await?;
-        let location = self.location_of(&target).await?;
+        let (target, location) = self.enable_target(vm).await?;
         let policy = PolicyId::new(
             &target.subscription,
             &target.resource_group,
@@ -269,7 +385,8 @@ impl JitPort for ArmJit {
         let _one_at_a_time = lock.lock().await;
         self.refuse_if_covered(&target, &policy).await?;
         let enabled = self.write_until_shown(&target, &location, &policy).await?;
-        self.refresh().await?;
+        // The index only: the VM list was read a moment ago.
+        self.index.refresh(&self.arm, &self.subscriptions).await?;
         Ok(enabled)
     }
 
@@ -278,12 +395,8 @@ impl JitPort for ArmJit {
         let index = self.index.snapshot();
         let mut out: Vec<String> = all
             .iter()
-            .filter(|id| {
-                !index
-                    .iter()
-                    .any(|v| v.vm_id.eq_ignore_ascii_case(&id.to_string()))
-            })
-            .map(|id| format!("{}/{}", id.resource_group, id.name))
+            .filter(|(id, _)| !index.contains_id(&id.to_string()))
+            .map(|(id, _)| format!("{}/{}", id.resource_group, id.name))
             .collect();
         out.sort();
         Ok(out)
@@ -306,15 +419,15 @@ impl JitPort for ArmJit {
         }
     }
 
-    /// One paged list of JIT policies per configured subscription: the call
-    /// the VM index already makes, whatever the number of grants.
+    /// One paged list of JIT policies per configured subscription, which
+    /// also rebuilds the VM index: the index and the reconciler share it.
     async fn requests(&self) -> Result<Vec<JitRequestRecord>, JitError> {
         let mut all = Vec::new();
-        for subscription in &self.subscriptions {
-            for policy in self.arm.list_policies(subscription).await? {
-                all.extend(records_of(&policy));
-            }
-        }
+        self.index
+            .refresh_with(&self.arm, &self.subscriptions, &mut |policy| {
+                all.extend(records_of(policy));
+            })
+            .await?;
         Ok(all)
     }
 }
@@ -324,27 +437,27 @@ impl JitPort for ArmJit {
 const ENABLE_ATTEMPTS: u32 = 3;
 
 impl ArmJit {
-    /// The one VM of the subscriptions `vm` names.
-    async fn enable_target(&self, vm: &VmRef) -> Result<VmId, JitError> {
+    /// The one VM of the subscriptions `vm` names, with its location, from
+    /// one list of the VMs.
+    async fn enable_target(&self, vm: &VmRef) -> Result<(VmId, String), JitError> {
         let all = self.list_all_vms().await?;
-        match Self::matching(&all, vm).as_slice() {
+        let ids: Vec<VmId> = all.iter().map(|(id, _)| id.clone()).collect();
+        match Self::matching(&ids, vm).as_slice() {
             [] => Err(JitError::NoSuchVm {
                 name: vm.to_string(),
             }),
-            [one] => Ok(one.clone()),
+            [one] => {
+                let location = all
+                    .iter()
+                    .find(|(id, _)| id == one)
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_default();
+                Ok((one.clone(), location))
+            }
             many => Err(JitError::Ambiguous {
                 candidates: many.iter().map(short_name).collect(),
             }),
         }
-    }
-
-    async fn location_of(&self, target: &VmId) -> Result<String, JitError> {
-        let listed = self.arm.list_vms(&target.subscription).await?;
-        Ok(listed
-            .iter()
-            .find(|v| v.id.eq_ignore_ascii_case(&target.to_string()))
-            .map(|v| v.location.clone())
-            .unwrap_or_default())
     }
 
     /// The lock serializing enables of one policy: each is a read-modify-write

@@ -13,11 +13,12 @@ use super::{
     credential::TokenSource,
     error::{ArmError, ArmStats, Operation, is_wrong_audience},
     ids::{VmId, check_subscription},
+    pacing::ReadPacer,
     retry::{RetryPolicy, server_retry_hint},
     wire::{
         COMPUTE_API_VERSION, ComputeVm, InitiatePort, InitiateRequest, InitiateVm, JIT_API_VERSION,
-        JitRequest, List, NETWORK_API_VERSION, Nic, PERMISSIONS_API_VERSION, Permission, Policy,
-        PolicyPut, PolicyPutProperties, PolicyVm, PortRule, PublicIp, VmDetail,
+        JitRequest, List, NETWORK_API_VERSION, Nic, PERMISSIONS_API_VERSION, PageSeed, Permission,
+        Policy, PolicyPut, PolicyPutProperties, PolicyVm, PortRule, PublicIp, VmDetail,
     },
 };
 use crate::clock::SharedClock;
@@ -60,6 +61,8 @@ struct Inner {
     retry: RetryPolicy,
     clock: SharedClock,
     stats: ArmStats,
+    /// The subscription read bucket as ARM last reported it.
+    pacer: ReadPacer,
 }
 
 /// Why an attempt should be retried.
@@ -115,6 +118,7 @@ impl ArmClient {
                 retry: options.retry,
                 clock: options.clock,
                 stats: ArmStats::default(),
+                pacer: ReadPacer::default(),
             }),
         })
     }
@@ -428,12 +432,26 @@ impl ArmClient {
         url
     }
 
-    async fn list_all<T: DeserializeOwned>(
+    async fn list_all<T: DeserializeOwned + Send>(
         &self,
         op: Operation,
         first: Url,
     ) -> Result<Vec<T>, ArmError> {
         let mut items = Vec::new();
+        self.list_each(op, first, &mut |item| items.push(item))
+            .await?;
+        Ok(items)
+    }
+
+    /// Every item of a paged list, handed to `sink` as it is parsed: no page
+    /// is kept once read. Pages after the first wait while the subscription's
+    /// read bucket is nearly empty ([`ReadPacer`]).
+    async fn list_each<T: DeserializeOwned + Send>(
+        &self,
+        op: Operation,
+        first: Url,
+        sink: &mut (dyn FnMut(T) + Send),
+    ) -> Result<(), ArmError> {
         let mut next = Some(first);
         let mut pages = 0;
         while let Some(url) = next.take() {
@@ -444,15 +462,82 @@ impl ArmClient {
                 )
                 .into());
             }
+            if pages > 1 {
+                self.pace_reads().await;
+            }
             let body = self.send(op, Method::GET, url, None::<&()>).await?;
-            let page: List<T> = parse(op, &body)?;
-            items.extend(page.value);
-            next = page
-                .next_link
+            let link = parse_page(op, &body, sink)?;
+            drop(body);
+            next = link
                 .map(|link| self.check_next_link(op, &link))
                 .transpose()?;
         }
-        Ok(items)
+        Ok(())
+    }
+
+    /// Every JIT policy of a subscription, each handed to `sink` as it is
+    /// parsed (the VM index and the reconciler read one listing together).
+    ///
+    /// # Errors
+    /// [`ArmError`]; `InvalidInput` when `subscription` is not a GUID.
+    pub async fn each_policy(
+        &self,
+        subscription: &str,
+        sink: &mut (dyn FnMut(Policy) + Send),
+    ) -> Result<(), ArmError> {
+        check_subscription(subscription)?;
+        let url = self.url(
+            &[
+                "subscriptions",
+                subscription,
+                "providers",
+                "Microsoft.Security",
+                "jitNetworkAccessPolicies",
+            ],
+            JIT_API_VERSION,
+        );
+        self.list_each(Operation::ListPolicies, url, sink).await
+    }
+
+    /// The JIT policies of one resource group (a direct look-up while the
+    /// index is still loading).
+    ///
+    /// # Errors
+    /// [`ArmError`]; `InvalidInput` when `subscription` is not a GUID or
+    /// `resource_group` is not a resource group name.
+    pub async fn list_policies_in_group(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+    ) -> Result<Vec<Policy>, ArmError> {
+        check_subscription(subscription)?;
+        crate::domain::ResourceGroupName::parse(resource_group)
+            .map_err(|e| ArmError::InvalidInput(e.to_string()))?;
+        let url = self.url(
+            &[
+                "subscriptions",
+                subscription,
+                "resourceGroups",
+                resource_group,
+                "providers",
+                "Microsoft.Security",
+                "jitNetworkAccessPolicies",
+            ],
+            JIT_API_VERSION,
+        );
+        self.list_all(Operation::ListPolicies, url).await
+    }
+
+    /// Waits while the last read left the bucket under 10 %.
+    async fn pace_reads(&self) {
+        let wait = self.inner.pacer.delay(std::time::Instant::now());
+        if !wait.is_zero() {
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "ARM read bucket under 10 %: pacing the list"
+            );
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// A nextLink is followed verbatim, but only on the ARM endpoint's origin:
@@ -511,7 +596,7 @@ impl ArmClient {
                 Ok(resp) => {
                     let status = resp.status();
                     let headers = resp.headers().clone();
-                    resp.bytes().await.map(|b| (status, headers, b))
+                    read_body(resp).await.map(|b| (status, headers, b))
                 }
                 Err(e) => Err(e),
             };
@@ -526,8 +611,11 @@ impl ArmClient {
                         attempt,
                         "ARM call"
                     );
+                    if method == Method::GET {
+                        inner.pacer.observe(&headers, std::time::Instant::now());
+                    }
                     if status.is_success() {
-                        return Ok(bytes.to_vec());
+                        return Ok(bytes);
                     }
                     let hint = server_retry_hint(&headers, inner.clock.now());
                     match status {
@@ -600,6 +688,33 @@ impl ArmClient {
 fn applied_maybe(op: Operation, error: &ArmError) -> bool {
     matches!(op, Operation::Initiate)
         && matches!(error, ArmError::Unavailable { last, .. } if last != "connection error")
+}
+
+/// The body, chunk by chunk into one buffer sized by `Content-Length`:
+/// collecting it whole first would hold a large page twice.
+async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let size = resp.content_length().unwrap_or(0).min(64 << 20);
+    let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Streams one list page into `sink`; returns its `nextLink`.
+fn parse_page<T: DeserializeOwned>(
+    op: Operation,
+    body: &[u8],
+    sink: &mut (dyn FnMut(T) + Send),
+) -> Result<Option<String>, ArmError> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut sink = |item: T| sink(item);
+    PageSeed { sink: &mut sink }
+        .deserialize(&mut de)
+        .and_then(|link| de.end().map(|()| link))
+        .with_context(|| format!("{op}: ARM answered a body that does not parse"))
+        .map_err(ArmError::Unexpected)
 }
 
 fn parse<T: DeserializeOwned>(op: Operation, body: &[u8]) -> Result<T, ArmError> {

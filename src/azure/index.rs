@@ -2,9 +2,25 @@
 //! in memory, for name resolution and autocomplete.
 //!
 //! Building it costs one paged `JitNetworkAccessPolicies_List` per
-//! subscription, the only ARM traffic name resolution ever causes. A request
+//! subscription, the only ARM traffic name resolution ever causes; the
+//! reconciler's listing of the same policies rebuilds it too
+//! ([`SharedVmIndex::refresh_with`]), so the two share one read. A request
 //! then resolves its VM from memory: it costs no ARM call before the
 //! initiate.
+//!
+//! # Memory
+//!
+//! A 50,000-VM estate must fit in a few tens of MiB, so:
+//! - pages are streamed: each policy is turned into index entries as it is
+//!   parsed and dropped ([`ArmClient::each_policy`]);
+//! - a VM is stored once ([`IndexedVm`]: its id and name, with the
+//!   subscription, resource group, location, policy and port rules shared
+//!   by the VMs that have the same ones);
+//! - the one search key is a single string of every lowercase name, and
+//!   autocomplete values ([`VmKey`]) are kept as their 64 bits;
+//! - a refresh reuses every VM that did not change from the snapshot it
+//!   replaces, so building the new index while the old one serves costs
+//!   the new tables, not a second copy of the estate.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,6 +40,7 @@ use super::{
 use crate::clock::SharedClock;
 use crate::domain::connect::Connection;
 use crate::domain::{AllowedSources, IndexedVm, PolicyId, PolicyPort, VmKey};
+pub use crate::service::jit_port::IndexState;
 
 /// Why a name did not resolve to exactly one VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,14 +64,19 @@ pub enum ResolveError {
 pub struct VmIndex {
     /// Sorted by (lowercase name, lowercase rg, subscription).
     vms: Vec<Arc<IndexedVm>>,
-    /// Lowercase names, parallel to `vms`.
-    names: Vec<String>,
-    /// Every lowercase name followed by `\n`, for one-pass substring search.
+    /// Every lowercase name followed by `\n`, in the order of `vms`: the
+    /// one search key, for binary search by name and one-pass substring
+    /// search.
     blob: String,
     /// Start of each name in `blob`.
-    starts: Vec<usize>,
-    /// Each VM's [`VmKey`] to its place in `vms` (autocomplete values).
-    keys: HashMap<VmKey, usize>,
+    starts: Vec<u32>,
+    /// Each VM's [`VmKey`] bits with its place in `vms`, sorted by key.
+    keys: Vec<(u64, u32)>,
+}
+
+/// Lowercase, as the index compares names (no allocation).
+fn lower(s: &str) -> impl Iterator<Item = char> + '_ {
+    s.chars().flat_map(char::to_lowercase)
 }
 
 impl VmIndex {
@@ -62,75 +84,43 @@ impl VmIndex {
     /// ids, unreadable durations) are skipped with a warning; a VM listed twice
     /// is indexed once.
     pub fn from_policies<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Self {
-        let mut seen = HashSet::new();
-        let mut vms = Vec::new();
+        let empty = VmIndex::default();
+        let mut builder = IndexBuilder::new(&empty);
         for policy in policies {
-            let policy_id = match PolicyId::parse(&policy.id) {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a JIT policy with an unexpected id");
-                    continue;
-                }
-            };
-            for vm in &policy.properties.virtual_machines {
-                let vm_id = match VmId::parse(&vm.id) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        tracing::warn!(error = %e, policy = %policy.id, "skipping a VM with an unexpected id");
-                        continue;
-                    }
-                };
-                if !seen.insert(vm.id.to_ascii_lowercase()) {
-                    continue;
-                }
-                let ports = vm
-                    .ports
-                    .iter()
-                    .filter_map(|rule| policy_port(rule, &vm.id))
-                    .collect();
-                vms.push(IndexedVm {
-                    vm_id: vm.id.clone(),
-                    subscription: vm_id.subscription,
-                    resource_group: vm_id.resource_group,
-                    name: vm_id.name,
-                    location: policy
-                        .location
-                        .clone()
-                        .unwrap_or_else(|| policy_id.location.clone()),
-                    policy: policy_id.clone(),
-                    ports,
-                });
-            }
+            builder.add_policy(policy);
         }
-        Self::from_vms(vms)
+        builder.finish()
     }
 
     /// Builds an index from ready entries.
     pub fn from_vms(vms: Vec<IndexedVm>) -> Self {
-        let mut keyed: Vec<(String, IndexedVm)> = vms
-            .into_iter()
-            .map(|v| (v.name.to_lowercase(), v))
-            .collect();
-        keyed.sort_by(|(a, va), (b, vb)| {
-            (a, va.resource_group.to_lowercase(), &va.subscription).cmp(&(
-                b,
-                vb.resource_group.to_lowercase(),
-                &vb.subscription,
-            ))
+        Self::from_shared(vms.into_iter().map(Arc::new).collect())
+    }
+
+    fn from_shared(mut vms: Vec<Arc<IndexedVm>>) -> Self {
+        vms.sort_unstable_by(|a, b| {
+            lower(&a.name)
+                .cmp(lower(&b.name))
+                .then_with(|| lower(&a.resource_group).cmp(lower(&b.resource_group)))
+                .then_with(|| a.subscription.cmp(&b.subscription))
         });
-        let mut blob = String::new();
-        let mut starts = Vec::with_capacity(keyed.len());
-        for (name, _) in &keyed {
-            starts.push(blob.len());
-            blob.push_str(name);
+        vms.shrink_to_fit();
+        let mut blob = String::with_capacity(vms.iter().map(|v| v.name.len() + 1).sum());
+        let mut starts = Vec::with_capacity(vms.len());
+        for vm in &vms {
+            starts.push(u32::try_from(blob.len()).unwrap_or(u32::MAX));
+            blob.extend(lower(&vm.name));
             blob.push('\n');
         }
-        let (names, vms): (Vec<String>, Vec<Arc<IndexedVm>>) =
-            keyed.into_iter().map(|(n, v)| (n, Arc::new(v))).unzip();
-        let keys = vms.iter().enumerate().map(|(i, v)| (v.key(), i)).collect();
+        blob.shrink_to_fit();
+        let mut keys: Vec<(u64, u32)> = vms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.key().bits(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+        keys.sort_unstable();
         Self {
             vms,
-            names,
             blob,
             starts,
             keys,
@@ -150,11 +140,35 @@ impl VmIndex {
         self.vms.iter()
     }
 
+    /// The lowercase name of the `i`th VM.
+    fn name_at(&self, i: usize) -> &str {
+        let start = self.starts[i] as usize;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.blob.len(), |&s| s as usize);
+        &self.blob[start..end - 1]
+    }
+
+    /// The first place in `lo..` whose name does not satisfy `before`
+    /// (names are sorted, so `before` holds for a prefix of them).
+    fn partition(&self, lo: usize, before: impl Fn(&str) -> bool) -> usize {
+        let (mut lo, mut hi) = (lo, self.vms.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(self.name_at(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     /// Indices of the VMs whose lowercase name starts with `prefix`.
     fn prefix_range(&self, prefix: &str) -> std::ops::Range<usize> {
-        let lo = self.names.partition_point(|n| n.as_str() < prefix);
-        let len = self.names[lo..].partition_point(|n| n.starts_with(prefix));
-        lo..lo + len
+        let lo = self.partition(0, |n| n < prefix);
+        lo..self.partition(lo, |n| n.starts_with(prefix))
     }
 
     /// Finds the one VM called `name` (case-insensitive), optionally within a
@@ -168,15 +182,13 @@ impl VmIndex {
         resource_group: Option<&str>,
         name: &str,
     ) -> Result<Arc<IndexedVm>, ResolveError> {
-        let lower = name.to_lowercase();
-        let lo = self.names.partition_point(|n| *n < lower);
-        let hi = lo + self.names[lo..].partition_point(|n| *n == lower);
+        let lower_name = name.to_lowercase();
+        let lo = self.partition(0, |n| n < lower_name.as_str());
+        let hi = self.partition(lo, |n| n == lower_name);
         let found: Vec<&Arc<IndexedVm>> = self.vms[lo..hi]
             .iter()
             .filter(|v| subscription.is_none_or(|s| v.subscription.eq_ignore_ascii_case(s)))
-            .filter(|v| {
-                resource_group.is_none_or(|rg| v.resource_group.to_lowercase() == rg.to_lowercase())
-            })
+            .filter(|v| resource_group.is_none_or(|rg| lower(&v.resource_group).eq(lower(rg))))
             .collect();
         match found.as_slice() {
             [] => Err(ResolveError::NotFound {
@@ -205,7 +217,20 @@ impl VmIndex {
 
     /// The VM an autocomplete value names.
     pub fn by_key(&self, key: &VmKey) -> Option<Arc<IndexedVm>> {
-        self.keys.get(key).map(|&i| Arc::clone(&self.vms[i]))
+        let bits = key.bits();
+        let at = self.keys.partition_point(|(k, _)| *k < bits);
+        self.keys[at..]
+            .iter()
+            .take_while(|(k, _)| *k == bits)
+            .map(|&(_, i)| &self.vms[i as usize])
+            .find(|v| v.key() == *key)
+            .map(Arc::clone)
+    }
+
+    /// Whether the VM with resource id `vm_id` is indexed (case-insensitive).
+    pub fn contains_id(&self, vm_id: &str) -> bool {
+        self.by_key(&VmKey::of(vm_id))
+            .is_some_and(|v| v.vm_id.eq_ignore_ascii_case(vm_id))
     }
 
     /// Autocomplete: VMs whose name starts with `query` (case-insensitive),
@@ -217,14 +242,25 @@ impl VmIndex {
         limit: usize,
         filter: impl Fn(&IndexedVm) -> bool,
     ) -> Vec<Arc<IndexedVm>> {
+        self.search_where(query, limit, |i| filter(&self.vms[i]))
+    }
+
+    /// [`VmIndex::search`] with a filter on places in the index (see
+    /// [`VmIndex::places`]), so a precomputed set can answer it.
+    pub fn search_where(
+        &self,
+        query: &str,
+        limit: usize,
+        filter: impl Fn(usize) -> bool,
+    ) -> Vec<Arc<IndexedVm>> {
         let q = query.to_lowercase();
         let mut out = Vec::new();
         if limit == 0 {
             return out;
         }
-        for vm in &self.vms[self.prefix_range(&q)] {
-            if filter(vm) {
-                out.push(Arc::clone(vm));
+        for i in self.prefix_range(&q) {
+            if filter(i) {
+                out.push(Arc::clone(&self.vms[i]));
                 if out.len() == limit {
                     return out;
                 }
@@ -235,12 +271,12 @@ impl VmIndex {
         }
         let mut last = None;
         for (offset, _) in self.blob.match_indices(q.as_str()) {
-            let i = self.starts.partition_point(|&s| s <= offset) - 1;
-            if last == Some(i) || self.names[i].starts_with(q.as_str()) {
+            let i = self.starts.partition_point(|&s| s as usize <= offset) - 1;
+            if last == Some(i) || self.name_at(i).starts_with(q.as_str()) {
                 continue; // a second hit in one name, or a prefix match (already listed)
             }
             last = Some(i);
-            if filter(&self.vms[i]) {
+            if filter(i) {
                 out.push(Arc::clone(&self.vms[i]));
                 if out.len() == limit {
                     break;
@@ -248,6 +284,117 @@ impl VmIndex {
             }
         }
         out
+    }
+
+    /// Each VM with its place in the index (what [`VmIndex::search_where`]
+    /// filters on).
+    pub fn places(&self) -> impl Iterator<Item = (usize, &Arc<IndexedVm>)> {
+        self.vms.iter().enumerate()
+    }
+}
+
+/// Builds a [`VmIndex`] policy by policy, sharing what VMs have in common
+/// and reusing the VMs of `previous` that did not change.
+pub struct IndexBuilder<'a> {
+    previous: &'a VmIndex,
+    vms: Vec<Arc<IndexedVm>>,
+    /// [`VmKey`] bits of the VMs taken (a VM listed twice is indexed once).
+    seen: HashSet<u64>,
+    strings: HashSet<Arc<str>>,
+    policies: HashMap<PolicyId, Arc<PolicyId>>,
+    port_sets: HashSet<Arc<[PolicyPort]>>,
+    /// Policies read.
+    pub policy_count: usize,
+}
+
+impl<'a> IndexBuilder<'a> {
+    /// A builder reusing unchanged VMs of `previous`.
+    pub fn new(previous: &'a VmIndex) -> Self {
+        Self {
+            previous,
+            vms: Vec::with_capacity(previous.len()),
+            seen: HashSet::with_capacity(previous.len()),
+            strings: HashSet::new(),
+            policies: HashMap::new(),
+            port_sets: HashSet::new(),
+            policy_count: 0,
+        }
+    }
+
+    /// Adds the VMs of one policy.
+    pub fn add_policy(&mut self, policy: &Policy) {
+        self.policy_count += 1;
+        let policy_id = match PolicyId::parse(&policy.id) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a JIT policy with an unexpected id");
+                return;
+            }
+        };
+        let location = self.intern(policy.location.as_deref().unwrap_or(&policy_id.location));
+        let shared_policy = match self.policies.get(&policy_id) {
+            Some(p) => Arc::clone(p),
+            None => {
+                let p = Arc::new(policy_id.clone());
+                self.policies.insert(policy_id, Arc::clone(&p));
+                p
+            }
+        };
+        for vm in &policy.properties.virtual_machines {
+            let vm_id = match VmId::parse(&vm.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, policy = %policy.id, "skipping a VM with an unexpected id");
+                    continue;
+                }
+            };
+            let key = VmKey::of(&vm.id);
+            if !self.seen.insert(key.bits()) {
+                continue;
+            }
+            let ports: Vec<PolicyPort> = vm
+                .ports
+                .iter()
+                .filter_map(|rule| policy_port(rule, &vm.id))
+                .collect();
+            let candidate = IndexedVm {
+                vm_id: vm.id.clone(),
+                subscription: self.intern(&vm_id.subscription),
+                resource_group: self.intern(&vm_id.resource_group),
+                name: vm_id.name,
+                location: Arc::clone(&location),
+                policy: Arc::clone(&shared_policy),
+                ports: self.port_set(ports),
+            };
+            let vm = match self.previous.by_key(&key) {
+                Some(old) if *old == candidate => old,
+                _ => Arc::new(candidate),
+            };
+            self.vms.push(vm);
+        }
+    }
+
+    /// The index of every VM added.
+    pub fn finish(self) -> VmIndex {
+        VmIndex::from_shared(self.vms)
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.strings.insert(Arc::clone(&shared));
+        shared
+    }
+
+    fn port_set(&mut self, ports: Vec<PolicyPort>) -> Arc<[PolicyPort]> {
+        if let Some(shared) = self.port_sets.get(ports.as_slice()) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<[PolicyPort]> = Arc::from(ports);
+        self.port_sets.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -355,6 +502,8 @@ pub struct SharedVmIndex {
     clock: SharedClock,
     miss_floor: TimeDelta,
     last_refresh: Mutex<Option<DateTime<Utc>>>,
+    /// When a listing last succeeded (`None`: never; the index is loading).
+    last_success: Mutex<Option<DateTime<Utc>>>,
     /// Why the last refresh failed, if it did: a miss inside the floor then
     /// reports that, not "no such VM", which the index could not know.
     last_failure: Mutex<Option<ArmError>>,
@@ -362,6 +511,10 @@ pub struct SharedVmIndex {
     /// Each VM's connection address (lowercase VM id → when read, what),
     /// read from Azure on first need and kept for [`CONNECTION_MAX_AGE`].
     connections: Mutex<std::collections::HashMap<String, CachedConnection>>,
+    /// Bumped after every attempt, for [`SharedVmIndex::settled`].
+    attempts: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever a new snapshot is swapped in.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// A connection address and when it was read.
@@ -393,9 +546,12 @@ impl SharedVmIndex {
             clock,
             miss_floor,
             last_refresh: Mutex::new(None),
+            last_success: Mutex::new(None),
             last_failure: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
             connections: Mutex::default(),
+            attempts: tokio::sync::watch::channel(0).0,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -434,6 +590,54 @@ impl SharedVmIndex {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Loading, failed, or ready with its size.
+    pub fn state(&self) -> IndexState {
+        if self
+            .last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return IndexState::Ready {
+                vms: self.snapshot().len(),
+            };
+        }
+        let failed = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if failed {
+            IndexState::Failed
+        } else {
+            IndexState::Loading
+        }
+    }
+
+    /// Changes whenever a new snapshot is swapped in.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The clock the index keeps time by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// When a listing last succeeded.
+    pub fn refreshed_at(&self) -> Option<DateTime<Utc>> {
+        *self.last_success.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once the index is no longer [`IndexState::Loading`]: after
+    /// the first attempt, successful or not.
+    pub async fn settled(&self) {
+        let mut attempts = self.attempts.subscribe();
+        let _ = attempts
+            .wait_for(|_| self.state() != IndexState::Loading)
+            .await;
+    }
+
     /// Rebuilds the index from every subscription's policies and swaps it in.
     /// On any error the old snapshot stays.
     ///
@@ -444,34 +648,69 @@ impl SharedVmIndex {
         arm: &ArmClient,
         subscriptions: &[String],
     ) -> Result<Arc<VmIndex>, ArmError> {
+        self.refresh_with(arm, subscriptions, &mut |_| {}).await
+    }
+
+    /// [`SharedVmIndex::refresh`], also handing every listed policy to
+    /// `also` (the reconciler reads Azure's requests from the same listing).
+    ///
+    /// # Errors
+    /// The first [`ArmError`] of a list call.
+    pub async fn refresh_with(
+        &self,
+        arm: &ArmClient,
+        subscriptions: &[String],
+        also: &mut (dyn FnMut(&Policy) + Send),
+    ) -> Result<Arc<VmIndex>, ArmError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        self.refresh_locked(arm, subscriptions).await
+        self.refresh_locked(arm, subscriptions, also).await
     }
 
     async fn refresh_locked(
         &self,
         arm: &ArmClient,
         subscriptions: &[String],
+        also: &mut (dyn FnMut(&Policy) + Send),
     ) -> Result<Arc<VmIndex>, ArmError> {
         *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.clock.now());
-        let mut policies = Vec::new();
-        for sub in subscriptions {
-            match arm.list_policies(sub).await {
-                Ok(page) => policies.extend(page),
-                Err(e) => {
-                    *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.replay());
-                    return Err(e);
-                }
+        let result = self.build(arm, subscriptions, also).await;
+        let mut failure = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(index) => {
+                *failure = None;
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(index);
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+                *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(self.clock.now());
             }
+            Err(e) => *failure = Some(e.replay()),
         }
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let index = Arc::new(VmIndex::from_policies(&policies));
-        tracing::info!(
-            vms = index.len(),
-            policies = policies.len(),
-            "VM index refreshed"
-        );
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&index);
+        drop(failure);
+        self.attempts.send_modify(|n| *n += 1);
+        result
+    }
+
+    /// Streams every subscription's policies into a new index that reuses
+    /// the current one's unchanged VMs.
+    async fn build(
+        &self,
+        arm: &ArmClient,
+        subscriptions: &[String],
+        also: &mut (dyn FnMut(&Policy) + Send),
+    ) -> Result<Arc<VmIndex>, ArmError> {
+        let previous = self.snapshot();
+        let mut builder = IndexBuilder::new(&previous);
+        for sub in subscriptions {
+            arm.each_policy(sub, &mut |policy| {
+                also(&policy);
+                builder.add_policy(&policy);
+            })
+            .await?;
+        }
+        let policies = builder.policy_count;
+        let index = Arc::new(builder.finish());
+        tracing::info!(vms = index.len(), policies, "VM index refreshed");
         Ok(index)
     }
 
@@ -496,7 +735,9 @@ impl SharedVmIndex {
                 None => Ok(None),
             };
         }
-        self.refresh_locked(arm, subscriptions).await.map(Some)
+        self.refresh_locked(arm, subscriptions, &mut |_| {})
+            .await
+            .map(Some)
     }
 }
 
@@ -517,8 +758,10 @@ mod tests {
             resource_group: rg.into(),
             name: name.into(),
             location: "westeurope".into(),
-            policy: PolicyId::new(sub, rg, "westeurope", "default").unwrap(),
-            ports: vec![],
+            policy: PolicyId::new(sub, rg, "westeurope", "default")
+                .unwrap()
+                .into(),
+            ports: Vec::new().into(),
         }
     }
 
@@ -559,7 +802,7 @@ mod tests {
         let index = VmIndex::from_policies(&list.value);
         let vm1 = index.resolve(None, None, "VM1").unwrap();
         assert_eq!(vm1.policy.name, "default");
-        assert_eq!(vm1.location, "westeurope");
+        assert_eq!(&*vm1.location, "westeurope");
         assert_eq!(vm1.port(22).unwrap().max_duration, TimeDelta::hours(3));
         assert_eq!(vm1.port(22).unwrap().allowed_sources, AllowedSources::Any);
     }
@@ -577,7 +820,7 @@ mod tests {
                 .resolve(None, Some("RG2"), "WEB-01")
                 .unwrap()
                 .resource_group,
-            "rg2"
+            "rg2".into()
         );
         assert_eq!(
             index.resolve(None, None, "web-01").unwrap_err(),
@@ -598,7 +841,7 @@ mod tests {
                 .resolve(Some(SUB_B), None, "DB-01")
                 .unwrap()
                 .subscription,
-            SUB_B
+            SUB_B.into()
         );
         assert!(matches!(
             index.resolve(None, None, "web-0"),
@@ -661,9 +904,9 @@ mod tests {
             expected
         );
         // A filter and the limit apply together.
-        let hits = index.search("-x", 25, |v| v.resource_group == "rg3");
+        let hits = index.search("-x", 25, |v| &*v.resource_group == "rg3");
         assert_eq!(hits.len(), 25);
-        assert!(hits.iter().all(|v| v.resource_group == "rg3"));
+        assert!(hits.iter().all(|v| &*v.resource_group == "rg3"));
         assert_eq!(
             index.resolve(None, None, "VM-49999-X").unwrap().name,
             "vm-49999-x"

@@ -6,6 +6,7 @@
 //! and the use cases decide on them; neither side sees the other's types.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ipnet::IpNet;
@@ -138,7 +139,7 @@ pub(crate) fn is_resource_name(s: &str) -> bool {
 }
 
 /// Which sources a policy port accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AllowedSources {
     /// `*`: any source.
     Any,
@@ -147,7 +148,7 @@ pub enum AllowedSources {
 }
 
 /// One port rule of a VM's JIT policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyPort {
     pub number: u16,
     /// `TCP`, `UDP` or `*`.
@@ -159,18 +160,24 @@ pub struct PolicyPort {
 }
 
 /// A VM with a JIT policy, as the VM index holds it.
+///
+/// What many VMs share is shared, not copied: the subscription, resource
+/// group and location are interned strings, the policy and the port rules
+/// (identical for most VMs of a policy) are one allocation each. A VM costs
+/// its id, its name and this struct. A new field goes here and into
+/// `azure::index`'s builder, which decides what to share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedVm {
     /// VM resource id, as Azure spells it.
     pub vm_id: String,
-    pub subscription: String,
-    pub resource_group: String,
+    pub subscription: Arc<str>,
+    pub resource_group: Arc<str>,
     pub name: String,
     /// Region (the policy's location).
-    pub location: String,
+    pub location: Arc<str>,
     /// The policy that covers the VM; its resource group may differ from the VM's.
-    pub policy: PolicyId,
-    pub ports: Vec<PolicyPort>,
+    pub policy: Arc<PolicyId>,
+    pub ports: Arc<[PolicyPort]>,
 }
 
 /// A short, stable handle on an indexed VM: `#` and 16 hex digits of the
@@ -204,6 +211,11 @@ impl VmKey {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key's 64 bits (its 16 hex digits), for compact tables.
+    pub fn bits(&self) -> u64 {
+        u64::from_str_radix(&self.0[1..], 16).unwrap_or_default()
     }
 }
 
@@ -396,8 +408,10 @@ mod tests {
             resource_group: "rg".into(),
             name: "web".into(),
             location: "westeurope".into(),
-            policy: PolicyId::new(SUB, "rg", "westeurope", "default").unwrap(),
-            ports: vec![port(22, 3), port(3389, 1)],
+            policy: PolicyId::new(SUB, "rg", "westeurope", "default")
+                .unwrap()
+                .into(),
+            ports: vec![port(22, 3), port(3389, 1)].into(),
         };
         assert_eq!(vm.max_duration_for(&[22]), TimeDelta::hours(3));
         assert_eq!(vm.max_duration_for(&[22, 3389]), TimeDelta::hours(1));

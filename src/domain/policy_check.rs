@@ -117,7 +117,9 @@ mod tests {
             resource_group: "rg".into(),
             name: "web".into(),
             location: "westeurope".into(),
-            policy: PolicyId::new(sub, "rg", "westeurope", "default").unwrap(),
+            policy: PolicyId::new(sub, "rg", "westeurope", "default")
+                .unwrap()
+                .into(),
             ports: vec![
                 PolicyPort {
                     number: 3389,
@@ -131,7 +133,8 @@ mod tests {
                     max_duration: TimeDelta::hours(3),
                     allowed_sources: AllowedSources::Prefixes(vec!["10.0.0.0/8".parse().unwrap()]),
                 },
-            ],
+            ]
+            .into(),
         }
     }
 

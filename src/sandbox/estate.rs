@@ -21,7 +21,7 @@
 //! ports = [{ number = 22, protocol = "*", allowedSourceAddressPrefix = "*", maxRequestAccessDuration = "PT3H" }]
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -241,11 +241,12 @@ impl Estate {
                 return Err(format!("subscription '{}' appears twice", sub.id));
             }
             let ctx = |what: String| format!("subscription '{}': {what}", sub.id);
-            let mut vm_keys = HashSet::new();
-            for vm in &sub.vms {
+            // (rg, name) lowercase → the VM: a policy names thousands of VMs.
+            let mut vm_keys = HashMap::new();
+            for (i, vm) in sub.vms.iter().enumerate() {
                 check_vm(vm).map_err(|e| ctx(format!("vm '{}': {e}", vm.name)))?;
                 let key = (vm.resource_group.to_lowercase(), vm.name.to_lowercase());
-                if !vm_keys.insert(key) {
+                if vm_keys.insert(key, i).is_some() {
                     return Err(ctx(format!(
                         "vm '{}' appears twice in resource group '{}'",
                         vm.name, vm.resource_group
@@ -277,13 +278,9 @@ impl Estate {
                         .resource_group
                         .as_deref()
                         .unwrap_or(&policy.resource_group);
-                    let vm = sub
-                        .vms
-                        .iter()
-                        .find(|v| {
-                            v.name.eq_ignore_ascii_case(&pvm.name)
-                                && v.resource_group.eq_ignore_ascii_case(rg)
-                        })
+                    let vm = vm_keys
+                        .get(&(rg.to_lowercase(), pvm.name.to_lowercase()))
+                        .map(|&i| &sub.vms[i])
                         .ok_or_else(|| {
                             ctx(format!(
                                 "{label}: no vm '{}' in resource group '{rg}'",

@@ -404,6 +404,12 @@ fn is_compute_version(version: &str) -> bool {
         && matches!((parse(date), parse(OLDEST_COMPUTE_API_VERSION)), (Some(d), Some(oldest)) if d >= oldest)
 }
 
+/// The header ARM answers every read with: reads left in the bucket.
+const REMAINING_READS: &str = "x-ms-ratelimit-remaining-subscription-reads";
+/// ARM's subscription read bucket (since 2024) and its refill per second.
+const READ_BUCKET: f64 = 250.0;
+const READ_REFILL_PER_S: f64 = 25.0;
+
 /// One page of `items` as ARM lists it, with an absolute `nextLink`.
 fn page(items: Vec<Value>, parts: &Parts, page_size: usize) -> Result<Response, ArmError> {
     let query = parts.uri.query();
@@ -589,12 +595,47 @@ impl Emulator {
             query_param(parts.uri.query(), "api-version").as_deref(),
         )?;
         self.state().check_subscription(target.subscription())?;
+        let reads_left = (parts.method == Method::GET)
+            .then(|| self.take_read(&principal, target.subscription()))
+            .transpose()?;
         let after = self.apply_fault(route).await?;
-        let response = self.operate(parts, target, route, body, &principal, caller)?;
+        let mut response = self.operate(parts, target, route, body, &principal, caller)?;
+        if let Some(left) = reads_left {
+            response
+                .headers_mut()
+                .insert(REMAINING_READS, HeaderValue::from(left));
+        }
         match after {
             Some(fault) => self.strike_after(fault, response).await,
             None => Ok(response),
         }
+    }
+
+    /// Takes one read from the caller's bucket for `sub`, as ARM's token
+    /// bucket throttling does: 250 reads, refilled at 25 a second; empty,
+    /// ARM answers 429 with `Retry-After`. Returns the reads left, which
+    /// ARM sends in `x-ms-ratelimit-remaining-subscription-reads`.
+    fn take_read(&self, principal: &str, sub: &str) -> Result<u32, ArmError> {
+        let now = self.now();
+        let mut state = self.state();
+        let key = (principal.to_owned(), sub.to_ascii_lowercase());
+        let (left, at) = state.read_buckets.entry(key).or_insert((READ_BUCKET, now));
+        let refilled = (*at < now)
+            .then(|| (now - *at).num_milliseconds() as f64 / 1000.0 * READ_REFILL_PER_S)
+            .unwrap_or(0.0);
+        *left = (*left + refilled).min(READ_BUCKET);
+        *at = now.max(*at);
+        if *left < 1.0 {
+            let mut throttled = ArmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "SubscriptionRequestsThrottled",
+                "Number of 'read' requests for subscription exceeded the limit. Please try again after 1 seconds.",
+            );
+            throttled.retry_after = Some(1);
+            return Err(throttled);
+        }
+        *left -= 1.0;
+        Ok(*left as u32)
     }
 
     /// The operation itself, on the emulated state.
@@ -837,6 +878,7 @@ impl Emulator {
         let release = self.hang_release();
         tokio::select! {
             () = release.cancelled() => {}
+            () = self.inner.hangs_released.notified() => {}
             () = tokio::time::sleep(HANG_FOR) => {}
         }
         ArmError::new(

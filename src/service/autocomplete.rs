@@ -8,13 +8,61 @@
 //! values to 100 characters and `rg/name` reaches 155. Every command handler
 //! turns a key back into the VM's full name with [`Service::vm_option`]
 //! before parsing it; names are cut for display only.
+//!
+//! # Speed at 50,000 VMs and 1,000 mappings
+//!
+//! Which VMs a member may see depends only on which mappings apply to their
+//! roles, so that set is computed once per set of applying mappings and
+//! kept ([`AllowedVms`]) until the index or the mappings are replaced. A
+//! keystroke then searches the member's own VMs only (1 % of the fleet is
+//! 500 names), or, for a member who sees most of the fleet, the index's
+//! search key with a membership test: never a mapping scan per VM.
+//!
+//! While the index is still loading, the one choice says so, and picking
+//! it sends what was typed (a `/jit` for a VM not yet indexed is looked up
+//! directly).
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::Service;
+use super::jit_port::IndexState;
 use crate::domain::authorize;
 use crate::domain::{AccessDuration, IndexedVm, PortSpec, RoleId, RoleMapping, VmKey, VmRef};
 use crate::interactions::Choice;
+
+/// The one choice while the index loads.
+pub const STILL_LOADING: &str = "Still loading the VM list: type the VM as resourceGroup/name";
+/// The one choice when the index could not be built yet.
+pub const NOT_LOADED: &str =
+    "The VM list could not be read from Azure yet: type the VM as resourceGroup/name";
+/// Role sets whose VM sets are kept at most (cleared when full).
+const MAX_CACHED_SETS: usize = 256;
+/// Below this many allowed VMs, a search scans them instead of the index.
+const SCAN_OWN_BELOW: usize = 5_000;
+
+/// The VMs the members with one set of applying mappings may see, sorted
+/// by name as the index is, for one index generation.
+#[derive(Debug)]
+struct AllowedVms {
+    vms: Vec<Arc<IndexedVm>>,
+    /// Their addresses, for a membership test when the set is large.
+    members: HashSet<usize>,
+}
+
+/// The [`AllowedVms`] of each set of applying mappings (by their places in
+/// the mappings list), for one index generation and one mappings list.
+#[derive(Debug, Default)]
+pub(crate) struct AllowedCache {
+    generation: u64,
+    mappings: Option<Arc<Vec<RoleMapping>>>,
+    sets: HashMap<Vec<u32>, Arc<AllowedVms>>,
+}
+
+fn address(vm: &Arc<IndexedVm>) -> usize {
+    Arc::as_ptr(vm) as usize
+}
 
 /// Discord shows at most 25 choices.
 pub const MAX_CHOICES: usize = 25;
@@ -33,7 +81,7 @@ pub struct StaleVmChoice;
 fn vm_choice_name(vm: &IndexedVm) -> String {
     let room = CHOICE_NAME_MAX.saturating_sub(vm.name.chars().count() + 3);
     let rg: String = if vm.resource_group.chars().count() <= room {
-        vm.resource_group.clone()
+        vm.resource_group.to_string()
     } else {
         let mut cut: String = vm
             .resource_group
@@ -46,22 +94,150 @@ fn vm_choice_name(vm: &IndexedVm) -> String {
     format!("{} ({rg})", vm.name)
 }
 
+fn vm_choice(vm: &IndexedVm) -> Choice {
+    Choice {
+        name: vm_choice_name(vm),
+        value: vm.key().to_string(),
+    }
+}
+
+/// The index's search over a member's own VMs (sorted by name): names
+/// starting with `query` (case-insensitive), then names containing it.
+fn search_own(vms: &[Arc<IndexedVm>], query: &str, limit: usize) -> Vec<Arc<IndexedVm>> {
+    let q = query.to_lowercase();
+    let names: Vec<String> = vms.iter().map(|v| v.name.to_lowercase()).collect();
+    let starts = names.iter().map(|n| n.starts_with(&q));
+    let mut out: Vec<Arc<IndexedVm>> = vms
+        .iter()
+        .zip(starts.clone())
+        .filter(|(_, s)| *s)
+        .map(|(v, _)| Arc::clone(v))
+        .take(limit)
+        .collect();
+    if q.is_empty() {
+        return out;
+    }
+    let room = limit - out.len();
+    out.extend(
+        vms.iter()
+            .zip(names.iter().zip(starts))
+            .filter(|(_, (n, s))| !s && n.contains(&q))
+            .map(|(v, _)| Arc::clone(v))
+            .take(room),
+    );
+    out
+}
+
 const DURATION_STEPS: &[u32] = &[15, 30, 45, 60, 90, 120, 180, 240, 360, 480, 720, 1440];
 
 impl Service {
     /// VMs the member's roles may request, best matches first; values are
     /// `rg/name`, so names that exist in several resource groups stay apart.
     pub fn complete_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
+        if let Some(waiting) = self.index_not_ready(partial) {
+            return waiting;
+        }
         let mappings = self.mappings();
-        self.vm_choices(partial, &|vm: &IndexedVm| {
-            vm.identity()
-                .is_some_and(|id| authorize::may_request_vm(&mappings, roles, &id))
-        })
+        let applying: Vec<u32> = mappings
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.applies_to(roles))
+            .map(|(i, _)| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        if applying.is_empty() {
+            return Vec::new();
+        }
+        let allowed = self.allowed_vms(&mappings, applying);
+        let query = partial.trim();
+        let found = if allowed.vms.len() < SCAN_OWN_BELOW {
+            search_own(&allowed.vms, query, MAX_CHOICES)
+        } else {
+            self.jit().search(query, MAX_CHOICES, &|vm: &IndexedVm| {
+                allowed.members.contains(&(vm as *const IndexedVm as usize))
+            })
+        };
+        found.iter().map(|vm| vm_choice(vm)).collect()
     }
 
     /// Every indexed VM matching `partial` (admin autocomplete).
     pub fn complete_vm_any(&self, partial: &str) -> Vec<Choice> {
+        if let Some(waiting) = self.index_not_ready(partial) {
+            return waiting;
+        }
         self.vm_choices(partial, &|_| true)
+    }
+
+    /// The one choice saying the index is not there yet, if it is not;
+    /// picking it sends what was typed.
+    fn index_not_ready(&self, partial: &str) -> Option<Vec<Choice>> {
+        let name = match self.jit().index_state() {
+            IndexState::Ready { .. } => return None,
+            IndexState::Loading => STILL_LOADING,
+            IndexState::Failed => NOT_LOADED,
+        };
+        let typed: String = partial.trim().chars().take(CHOICE_NAME_MAX).collect();
+        Some(vec![Choice {
+            name: name.to_owned(),
+            value: if typed.is_empty() {
+                "?".to_owned()
+            } else {
+                typed
+            },
+        }])
+    }
+
+    /// The VMs the mappings at `applying` cover, computed once per index
+    /// generation and mappings list.
+    fn allowed_vms(&self, mappings: &Arc<Vec<RoleMapping>>, applying: Vec<u32>) -> Arc<AllowedVms> {
+        let generation = self.jit().index_generation();
+        {
+            let mut cache = self
+                .allowed_cache()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let current = cache.generation == generation
+                && cache
+                    .mappings
+                    .as_ref()
+                    .is_some_and(|m| Arc::ptr_eq(m, mappings));
+            if !current || cache.sets.len() >= MAX_CACHED_SETS {
+                *cache = AllowedCache {
+                    generation,
+                    mappings: Some(Arc::clone(mappings)),
+                    sets: HashMap::new(),
+                };
+            }
+            if let Some(found) = cache.sets.get(&applying) {
+                return Arc::clone(found);
+            }
+        }
+        let chosen: Vec<&RoleMapping> = applying
+            .iter()
+            .filter_map(|&i| mappings.get(i as usize))
+            .collect();
+        let vms: Vec<Arc<IndexedVm>> = self
+            .jit()
+            .indexed_vms()
+            .into_iter()
+            .filter(|vm| {
+                vm.identity()
+                    .is_some_and(|id| chosen.iter().any(|m| m.vms.matches(&id)))
+            })
+            .collect();
+        let members = if vms.len() < SCAN_OWN_BELOW {
+            HashSet::new()
+        } else {
+            vms.iter().map(address).collect()
+        };
+        let allowed = Arc::new(AllowedVms { vms, members });
+        let mut cache = self
+            .allowed_cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.generation == generation {
+            cache.sets.insert(applying, Arc::clone(&allowed));
+        }
+        allowed
     }
 
     /// What a `vm` option names: the text as typed, or for a picked
@@ -90,10 +266,7 @@ impl Service {
         self.jit()
             .search(partial.trim(), MAX_CHOICES, keep)
             .iter()
-            .map(|vm| Choice {
-                name: vm_choice_name(vm),
-                value: vm.key().to_string(),
-            })
+            .map(|vm| vm_choice(vm))
             .collect()
     }
 

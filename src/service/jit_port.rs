@@ -129,6 +129,18 @@ pub struct Enabled {
     pub ports: Vec<u16>,
 }
 
+/// Where the VM index stands: the bot answers while it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexState {
+    /// No listing has finished yet (the first one may be under way).
+    Loading,
+    /// Never built: the last attempt failed; it is retried.
+    Failed,
+    /// Built, with this many VMs (a later refresh may have failed: the old
+    /// snapshot keeps serving).
+    Ready { vms: usize },
+}
+
 /// Azure's JIT API, as the use cases need it.
 #[async_trait]
 pub trait JitPort: Send + Sync + 'static {
@@ -149,6 +161,14 @@ pub trait JitPort: Send + Sync + 'static {
         limit: usize,
         keep: &(dyn Fn(&IndexedVm) -> bool + Sync),
     ) -> Vec<Arc<IndexedVm>>;
+    /// Where the index stands.
+    fn index_state(&self) -> IndexState;
+    /// A number that changes whenever the index is replaced, so what is
+    /// computed from it can be cached until then.
+    fn index_generation(&self) -> u64;
+    /// Every indexed VM, sorted by name (for sets computed once per
+    /// [`JitPort::index_generation`]).
+    fn indexed_vms(&self) -> Vec<Arc<IndexedVm>>;
     /// Opens the window and reports the end Azure shows.
     ///
     /// # Errors

@@ -6,12 +6,14 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use drawbridge::{
     azure::{
-        ArmClient, ArmClientOptions, ArmError, AzureTokenSource, CredentialKind, CredentialOptions,
-        Operation, ResolveError, RetryPolicy, SharedVmIndex, index::DEFAULT_MISS_FLOOR,
+        ArmClient, ArmClientOptions, ArmError, ArmJit, AzureTokenSource, CredentialKind,
+        CredentialOptions, Operation, ResolveError, RetryPolicy, SharedVmIndex,
+        index::DEFAULT_MISS_FLOOR,
     },
     clock::{ManualClock, SharedClock},
     domain::{AccessDuration, PolicyDefaults, PolicyId, PortSpec, SourcePrefix, check_request},
     sandbox::{Emulator, Estate, Fault, FaultRule, NsgAccess, Route, RunningEmulator},
+    service::jit_port::{IndexState, JitPort},
 };
 use url::Url;
 
@@ -477,10 +479,7 @@ async fn the_index_resolves_names_case_insensitively_and_reports_ambiguity() {
 
     let web = snapshot.resolve(None, None, "WEB-01").unwrap();
     assert_eq!(
-        (
-            web.resource_group.as_str(),
-            web.policy.resource_group.as_str()
-        ),
+        (&*web.resource_group, web.policy.resource_group.as_str()),
         ("rg-web", "rg-web")
     );
     assert_eq!(
@@ -494,7 +493,7 @@ async fn the_index_resolves_names_case_insensitively_and_reports_ambiguity() {
             .resolve(None, Some("RG-STAGING"), "Ops-01")
             .unwrap()
             .resource_group,
-        "rg-staging"
+        "rg-staging".into()
     );
     assert!(matches!(
         snapshot.resolve(None, None, "legacy-01"),
@@ -502,7 +501,7 @@ async fn the_index_resolves_names_case_insensitively_and_reports_ambiguity() {
     ));
     assert_eq!(
         snapshot.resolve(None, None, "dev-02").unwrap().subscription,
-        DEV
+        DEV.into()
     );
     let names: Vec<String> = snapshot
         .search("web", 10, |_| true)
@@ -573,6 +572,104 @@ async fn a_miss_after_a_failed_refresh_reports_the_failure_not_a_missing_vm() {
         matches!(index.refresh_on_miss(&h.arm, &subs).await, Ok(None)),
         "a success clears the failure"
     );
+}
+
+/// The adapter over the harness's client, both subscriptions configured.
+fn arm_jit(h: &Harness) -> ArmJit {
+    ArmJit::new(
+        h.arm.clone(),
+        SharedVmIndex::new(Arc::new(h.clock.clone()), DEFAULT_MISS_FLOOR),
+        Harness::subscriptions(),
+        PolicyDefaults::default(),
+    )
+}
+
+#[tokio::test]
+async fn the_reconcilers_listing_rebuilds_the_index_and_the_refresh_then_reads_nothing() {
+    // Arrange
+    let h = harness().await;
+    let jit = arm_jit(&h);
+    assert_eq!(jit.index_state(), IndexState::Loading);
+
+    // Act: the reconciler reads Azure's requests
+    let requests = jit.requests().await.unwrap();
+    let lists = h.calls_to(Route::ListPolicies);
+    let refreshed_early = jit.refresh_if_older(TimeDelta::minutes(10)).await.unwrap();
+    h.clock.advance(TimeDelta::minutes(10));
+    let refreshed_late = jit.refresh_if_older(TimeDelta::minutes(10)).await.unwrap();
+
+    // Assert: one listing served both; the refresh waited for its interval
+    assert!(requests.is_empty(), "the sample has no request history yet");
+    assert!(
+        matches!(jit.index_state(), IndexState::Ready { vms } if vms > 0),
+        "{:?}",
+        jit.index_state()
+    );
+    assert_eq!(lists, 2, "one list per subscription");
+    assert!(!refreshed_early);
+    assert!(refreshed_late);
+    assert_eq!(h.calls_to(Route::ListPolicies), lists + 2);
+}
+
+#[tokio::test]
+async fn the_vm_list_is_read_with_the_first_refresh_and_then_at_most_hourly() {
+    let h = harness().await;
+    let jit = arm_jit(&h);
+
+    // Listings, not pages: a list's first page has no skip token.
+    let listings = || {
+        h.emulator()
+            .calls()
+            .iter()
+            .filter(|c| c.route == Some(Route::ListVms))
+            .filter(|c| !c.query.as_deref().unwrap_or("").contains("skipToken"))
+            .count()
+    };
+    jit.refresh().await.unwrap();
+    let first = listings();
+    h.clock.advance(TimeDelta::minutes(30));
+    jit.refresh().await.unwrap();
+    let half_hour = listings();
+    h.clock.advance(TimeDelta::minutes(31));
+    jit.refresh().await.unwrap();
+
+    assert_eq!(first, 2, "one list per subscription");
+    assert_eq!(half_hour, 2);
+    assert_eq!(listings(), 4);
+}
+
+#[tokio::test]
+async fn a_refresh_keeps_every_unchanged_vm_and_shares_what_vms_have_in_common() {
+    let h = harness().await;
+    let index = SharedVmIndex::new(Arc::new(h.clock.clone()), DEFAULT_MISS_FLOOR);
+    let first = index
+        .refresh(&h.arm, &Harness::subscriptions())
+        .await
+        .unwrap();
+    let second = index
+        .refresh(&h.arm, &Harness::subscriptions())
+        .await
+        .unwrap();
+
+    let web: Vec<_> = second
+        .iter()
+        .filter(|v| v.name.starts_with("web-"))
+        .collect();
+    assert_eq!(web.len(), 4);
+    for vm in &web {
+        let before = first.iter().find(|v| v.vm_id == vm.vm_id).unwrap();
+        assert!(Arc::ptr_eq(before, vm), "{} was rebuilt", vm.name);
+        assert!(Arc::ptr_eq(&vm.policy, &web[0].policy));
+        assert!(Arc::ptr_eq(&vm.resource_group, &web[0].resource_group));
+        assert!(Arc::ptr_eq(&vm.location, &web[0].location));
+    }
+    let ports = |name: &str| &web.iter().find(|v| v.name == name).unwrap().ports;
+    assert!(
+        Arc::ptr_eq(ports("web-01"), ports("web-02")),
+        "same rules, one copy"
+    );
+    assert!(Arc::ptr_eq(ports("web-03"), ports("web-04")));
+    assert!(!Arc::ptr_eq(ports("web-01"), ports("web-03")));
 }
 
 #[tokio::test]

@@ -159,6 +159,7 @@ impl Lab {
             .unwrap();
         let discord_settings = settings.discord.clone();
         let app = App::build(settings, Arc::clone(&shared)).await.unwrap();
+        app.index_load().await;
         let service = app.service.clone();
         let recorder = Arc::new(Recorder {
             clock: clock.clone(),

@@ -39,4 +39,5 @@ mod shutdown;
 mod store;
 mod support;
 mod who;
+mod vm_index;
 mod worst_case;

@@ -465,6 +465,7 @@ impl World {
             .unwrap();
         store.close().await;
         let app = App::build(settings, clock).await.unwrap();
+        app.index_load().await;
         World {
             app,
             arm,

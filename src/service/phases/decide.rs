@@ -87,13 +87,16 @@ mod tests {
             resource_group: "rg".into(),
             name: "web-01".into(),
             location: "westeurope".into(),
-            policy: PolicyId::new(SUB, "rg", "westeurope", "default").unwrap(),
+            policy: PolicyId::new(SUB, "rg", "westeurope", "default")
+                .unwrap()
+                .into(),
             ports: vec![PolicyPort {
                 number: 22,
                 protocol: "*".into(),
                 max_duration: TimeDelta::hours(max_hours),
                 allowed_sources: sources,
-            }],
+            }]
+            .into(),
         };
         let identity = vm.identity().unwrap();
         ResolvedVm {

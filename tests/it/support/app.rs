@@ -13,7 +13,7 @@ use drawbridge::clock::{ManualClock, SharedClock, SystemClock};
 use drawbridge::config::{Settings, Sources};
 use drawbridge::domain::PortAliases;
 use drawbridge::domain::mapping::MappingFile;
-use drawbridge::sandbox::{Emulator, Estate, RunningEmulator};
+use drawbridge::sandbox::{Emulator, Estate, Fault, FaultRule, Route, RunningEmulator};
 use drawbridge::store::Store;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -48,6 +48,7 @@ pub struct TestAppBuilder {
     mappings: String,
     env: Vec<(String, String)>,
     prepare: Option<String>,
+    hold_index_load: bool,
 }
 
 /// A running app and the fakes around it.
@@ -78,6 +79,7 @@ impl Default for TestAppBuilder {
             mappings: DEFAULT_MAPPINGS.to_string(),
             env: Vec::new(),
             prepare: None,
+            hold_index_load: false,
         }
     }
 }
@@ -118,6 +120,14 @@ impl TestAppBuilder {
     /// starts: a state the app must notice (a tampered row, say).
     pub fn prepare(mut self, sql: &str) -> Self {
         self.prepare = Some(sql.to_string());
+        self
+    }
+
+    /// Holds the start-up listing of the JIT policies (its first call
+    /// hangs until `azure.emulator.release_hangs()`), and starts without
+    /// waiting for the VM index: the bot must answer while it loads.
+    pub fn hold_index_load(mut self) -> Self {
+        self.hold_index_load = true;
         self
     }
 
@@ -177,12 +187,19 @@ impl TestAppBuilder {
                 .expect("the prepared SQL runs");
             pool.close().await;
         }
-        let server = App::build(settings.clone(), Arc::clone(&clock))
+        if self.hold_index_load {
+            azure
+                .emulator
+                .inject(Route::ListPolicies, FaultRule::next(1, Fault::Hang));
+        }
+        let app = App::build(settings.clone(), Arc::clone(&clock))
             .await
-            .expect("app builds")
-            .bind()
-            .await
-            .expect("the app binds its listener");
+            .expect("app builds");
+        if !self.hold_index_load {
+            // Tests start from a built index unless they test the loading.
+            app.index_load().await;
+        }
+        let server = app.bind().await.expect("the app binds its listener");
         let ops_url = format!("http://{}", server.ops_addr());
         let endpoint = server
             .interactions_addr()

@@ -188,7 +188,7 @@ fn index(c: &mut Criterion) {
     }
     // A filter that rejects most VMs (member may request only rg-web-7).
     g.bench_function(BenchmarkId::new("search", "filtered_web"), |b| {
-        b.iter(|| idx.search(black_box("web"), 25, |vm| vm.resource_group == "rg-web-8"))
+        b.iter(|| idx.search(black_box("web"), 25, |vm| &*vm.resource_group == "rg-web-8"))
     });
     g.finish();
     let mut g = c.benchmark_group("vm_index_50k");

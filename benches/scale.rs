@@ -151,6 +151,7 @@ fn mappings(n: usize) -> Vec<RoleMapping> {
         default_source: None,
         require_reason: false,
         approver_role: None,
+        on_conflict: None,
     };
     std::iter::once(spec("member".into(), MEMBER_ROLE, format!("rg:{}", rg(7))))
         .chain((1..n).map(|i| {
@@ -517,6 +518,7 @@ async fn autocomplete(args: &Args) {
             admin_roles: Vec::new(),
             home_guild: None,
             rate_limit: RateLimit::default(),
+            public_url: None,
         },
     )
     .await

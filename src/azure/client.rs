@@ -17,7 +17,7 @@ use super::{
     retry::{RetryPolicy, server_retry_hint},
     wire::{
         COMPUTE_API_VERSION, ComputeVm, InitiatePort, InitiateRequest, InitiateVm, JIT_API_VERSION,
-        JitRequest, List, NETWORK_API_VERSION, Nic, PERMISSIONS_API_VERSION, PageSeed, Permission,
+        JitRequest, NETWORK_API_VERSION, Nic, PERMISSIONS_API_VERSION, PageSeed, Permission,
         Policy, PolicyPut, PolicyPutProperties, PolicyVm, PortRule, PublicIp, VmDetail,
     },
 };

@@ -453,9 +453,9 @@ impl StoreTx {
                 .bind(request_id.as_str())
                 .execute(c)
                 .await
+                .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("clearing the failure of grant {request_id}"))?
-        .rows_affected();
+        .with_context(|| format!("clearing the failure of grant {request_id}"))?;
         if updated == 0 {
             return Err(StoreError::not_found("grant", request_id.as_str()));
         }

@@ -103,6 +103,7 @@ impl Store {
             .bind(link.reply_token.as_ref().map(InteractionToken::expose))
             .execute(c)
             .await
+            .map(|_| ())
         })
         .context("storing an IP link")?;
         tx.commit().await
@@ -136,8 +137,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<LinkClaim, StoreError> {
         let mut tx = self.begin().await?;
-        // PostgreSQL: FOR UPDATE
-        let sql = format!("SELECT {COLUMNS} FROM ip_links WHERE token_hash = $1");
+        // PostgreSQL: FOR UPDATE, so a second visit waits and then sees it used.
+        let lock = tx.tx.for_update();
+        let sql = format!("SELECT {COLUMNS} FROM ip_links WHERE token_hash = $1{lock}");
         let row: Option<Row> = with_tx!(&mut tx.tx, |c| {
             sqlx::query_as(&sql)
                 .bind(token_hash)
@@ -154,7 +156,7 @@ impl Store {
         if now >= link.expires_at {
             return Ok(LinkClaim::Expired);
         }
-        with_tx!(&mut tx.tx, |c| {
+        let claimed = with_tx!(&mut tx.tx, |c| {
             sqlx::query(
                 "UPDATE ip_links SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
             )
@@ -162,8 +164,12 @@ impl Store {
             .bind(token_hash)
             .execute(c)
             .await
+            .map(|r| r.rows_affected())
         })
         .context("claiming an IP link")?;
+        if claimed == 0 {
+            return Ok(LinkClaim::Used);
+        }
         tx.commit().await?;
         link.used_at = Some(now);
         Ok(LinkClaim::Claimed(link))

@@ -104,6 +104,13 @@ impl App {
                 admin_roles: settings.discord.admin_role_ids.clone(),
                 home_guild: settings.discord.guild_id.map(|g| g.get()),
                 rate_limit: settings.limits,
+                approvals_channel: settings
+                    .discord
+                    .approvals_channel_id
+                    .or(settings.discord.audit_channel_id)
+                    .map(|c| c.get()),
+                audit_channel: settings.discord.audit_channel_id.map(|c| c.get()),
+                alert_role: settings.discord.alert_role_id,
             },
         )
         .await

@@ -27,7 +27,8 @@
 //! `/jit-admin explain` is resolve and the mappings half of decide.
 //!
 //! # Layout
-//! - [`request`], [`lifecycle`], [`admin`], [`autocomplete`]: the use cases;
+//! - [`request`], [`approval`], [`lifecycle`], [`admin`], [`autocomplete`]:
+//!   the use cases;
 //!   [`phases`]: the parts they share.
 //! - [`jit_port`]: the port to Azure.
 //! - [`bot`]: slash commands, buttons and autocomplete to use cases, one
@@ -37,6 +38,7 @@
 //!   expiry, the outbox, Azure's view compared with ours).
 
 pub mod admin;
+pub mod approval;
 pub mod audit_watch;
 pub mod autocomplete;
 pub mod bot;
@@ -76,6 +78,13 @@ pub struct ServiceConfig {
     pub home_guild: Option<u64>,
     /// Each member's rate of `/jit`, `/jit-ip` and button presses.
     pub rate_limit: RateLimit,
+    /// Where approval and review cards go (`discord.approvals_channel_id`,
+    /// else the audit channel).
+    pub approvals_channel: Option<u64>,
+    /// The audit channel, where break-glass pings the alert role.
+    pub audit_channel: Option<u64>,
+    /// The role a break-glass request pings (`discord.alert_role_id`).
+    pub alert_role: Option<RoleId>,
 }
 
 /// The use cases; cheap to clone.

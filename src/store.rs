@@ -83,6 +83,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::audit::format_time;
 
+pub mod approvals;
 pub mod audit;
 mod backend;
 mod error;
@@ -95,6 +96,7 @@ pub mod reconcile;
 pub mod schedule;
 pub mod settings;
 
+pub use approvals::{Approval, ApprovalRequest};
 pub use audit::{AuditFilter, AuditRecord, AuditVerification, BrokenLink};
 pub use error::StoreError;
 pub use grants::{Grant, GrantTransition, InsertOutcome, InteractionToken, NewGrant};

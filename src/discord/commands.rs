@@ -72,6 +72,11 @@ fn jit() -> CreateCommand {
             "from",
             "Your source IP or CIDR (default: your registered /jit-ip)",
         ))
+        .add_option(CreateCommandOption::new(
+            CommandOptionType::Boolean,
+            "break_glass",
+            "Skip approval in an emergency (break-glass roles only; needs a reason; alerts)",
+        ))
 }
 
 fn jit_status() -> CreateCommand {
@@ -135,6 +140,25 @@ fn jit_admin() -> CreateCommand {
                     "require_reason",
                     "Whether requests must give a reason",
                 ),
+                string(
+                    "approvers",
+                    "Approver role ids or mentions, comma-separated",
+                ),
+                CreateCommandOption::new(
+                    CommandOptionType::Integer,
+                    "approvals",
+                    "Distinct approvers a request needs (0: self-service)",
+                )
+                .min_int_value(0)
+                .max_int_value(10),
+                string(
+                    "approval_timeout",
+                    "How long a request waits for approvers, e.g. 30m (default)",
+                ),
+                string(
+                    "break_glass",
+                    "Role ids or mentions that may skip approval with a reason",
+                ),
             ],
         ))
         .add_option(subcommand(
@@ -183,6 +207,11 @@ fn jit_admin() -> CreateCommand {
             "enable",
             "Put a VM under Just-In-Time access with the configured defaults",
             [required(string("vm", "The VM"))],
+        ))
+        .add_option(subcommand(
+            "pending",
+            "Requests waiting for approval (approvers and admins)",
+            [],
         ))
 }
 
@@ -269,7 +298,7 @@ mod tests {
         assert_eq!(
             subs,
             [
-                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable"
+                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable", "pending"
             ]
         );
         let map = &admin["options"][0]["options"];

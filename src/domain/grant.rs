@@ -11,6 +11,18 @@
 //!                               replaced it) or ended (Azure's reason)
 //! ```
 //!
+//! A mapping that needs approval puts a request in `pending_approval` first:
+//!
+//! ```text
+//! requested ──await approval──▶ pending_approval ──approved──▶ requested (then as above)
+//!                                 ├──denied──▶ denied
+//!                                 ├──cancelled──▶ cancelled
+//!                                 └──approval timed out──▶ approval_expired
+//! ```
+//!
+//! Leaving `pending_approval` is the claim that decides a request: Approve,
+//! Deny, Cancel and the timeout each try it, and only the first wins.
+//!
 //! `closing` and `extending` are claims: the action that moved the grant
 //! there is the only one that may call Azure for it until it settles, so
 //! Extend, Close early and expiry never race each other into Azure.
@@ -46,6 +58,14 @@ pub enum GrantState {
     /// Azure shows it ended before Drawbridge ended it (`Expired`,
     /// `UserRequested`); the grant's failure text holds Azure's reason.
     Ended,
+    /// Allowed, waiting for approvers; Azure not asked.
+    PendingApproval,
+    /// An approver denied it (or it was no longer allowed when approved).
+    Denied,
+    /// The requester cancelled it while it waited.
+    Cancelled,
+    /// Nobody decided before the mapping's approval timeout.
+    ApprovalExpired,
 }
 
 impl GrantState {
@@ -63,6 +83,10 @@ impl GrantState {
             Self::PendingAzure => "pending_azure",
             Self::Superseded => "superseded",
             Self::Ended => "ended",
+            Self::PendingApproval => "pending_approval",
+            Self::Denied => "denied",
+            Self::Cancelled => "cancelled",
+            Self::ApprovalExpired => "approval_expired",
         }
     }
 
@@ -80,6 +104,10 @@ impl GrantState {
             "pending_azure" => Self::PendingAzure,
             "superseded" => Self::Superseded,
             "ended" => Self::Ended,
+            "pending_approval" => Self::PendingApproval,
+            "denied" => Self::Denied,
+            "cancelled" => Self::Cancelled,
+            "approval_expired" => Self::ApprovalExpired,
             _ => return None,
         })
     }
@@ -101,7 +129,14 @@ impl GrantState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Self::ClosedEarly | Self::Expired | Self::Failed | Self::Superseded | Self::Ended
+            Self::ClosedEarly
+                | Self::Expired
+                | Self::Failed
+                | Self::Superseded
+                | Self::Ended
+                | Self::Denied
+                | Self::Cancelled
+                | Self::ApprovalExpired
         )
     }
 
@@ -110,6 +145,11 @@ impl GrantState {
         use GrantEvent as E;
         use GrantState as S;
         let next = match (self, event) {
+            (S::Requested, E::AwaitApproval) => S::PendingApproval,
+            (S::PendingApproval, E::Approved) => S::Requested,
+            (S::PendingApproval, E::ApprovalDenied) => S::Denied,
+            (S::PendingApproval, E::ApprovalCancelled) => S::Cancelled,
+            (S::PendingApproval, E::ApprovalTimedOut) => S::ApprovalExpired,
             (S::Requested, E::Initiated { .. }) => S::Active,
             (S::Requested, E::Failed) => S::Failed,
             (S::Requested, E::Unclear) => S::PendingAzure,
@@ -203,10 +243,21 @@ pub enum GrantEvent {
         /// When it ended, as near as Azure shows.
         at: DateTime<Utc>,
     },
+    /// The mapping needs approval: the request waits.
+    AwaitApproval,
+    /// Enough approvers approved: the request goes on to Azure.
+    Approved,
+    /// An approver denied it.
+    ApprovalDenied,
+    /// The requester cancelled it.
+    ApprovalCancelled,
+    /// Nobody decided in time.
+    ApprovalTimedOut,
 }
 
 impl GrantEvent {
-    fn name(&self) -> &'static str {
+    /// What happened, in words (also the stored transition's event).
+    pub fn name(&self) -> &'static str {
         match self {
             Self::Initiated { .. } => "initiated",
             Self::Failed => "failed",
@@ -219,6 +270,11 @@ impl GrantEvent {
             Self::CloseFailed { .. } => "close failed",
             Self::WindowEnded => "window ended",
             Self::EndedInAzure { .. } => "ended in Azure",
+            Self::AwaitApproval => "awaiting approval",
+            Self::Approved => "approved",
+            Self::ApprovalDenied => "denied",
+            Self::ApprovalCancelled => "cancelled",
+            Self::ApprovalTimedOut => "expired unapproved",
         }
     }
 }
@@ -322,6 +378,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_request_is_decided_once() {
+        let pending = S::Requested.apply(&E::AwaitApproval).unwrap();
+        assert_eq!(pending, S::PendingApproval);
+        assert!(!pending.is_open() && !pending.is_final());
+        assert_eq!(pending.apply(&E::Approved), Ok(S::Requested));
+        for (event, to) in [
+            (E::ApprovalDenied, S::Denied),
+            (E::ApprovalCancelled, S::Cancelled),
+            (E::ApprovalTimedOut, S::ApprovalExpired),
+        ] {
+            assert_eq!(pending.apply(&event), Ok(to));
+            assert!(to.is_final());
+            // Whoever comes second loses: nothing leaves a decided request.
+            for late in [E::Approved, E::ApprovalCancelled, E::ApprovalDenied] {
+                assert!(to.apply(&late).is_err(), "{to} + {late:?}");
+            }
+        }
+        assert!(pending.apply(&E::Initiated { end: Utc::now() }).is_err());
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in [
             S::Requested,
@@ -335,6 +412,10 @@ mod tests {
             S::PendingAzure,
             S::Superseded,
             S::Ended,
+            S::PendingApproval,
+            S::Denied,
+            S::Cancelled,
+            S::ApprovalExpired,
         ] {
             assert_eq!(S::parse(s.as_str()), Some(s));
         }

@@ -196,7 +196,10 @@ impl Service {
     }
 
     /// Resolves the VM of a stored grant.
-    async fn resolve_grant_vm(&self, grant: &Grant) -> Result<ResolvedVm, ResolveVmError> {
+    pub(crate) async fn resolve_grant_vm(
+        &self,
+        grant: &Grant,
+    ) -> Result<ResolvedVm, ResolveVmError> {
         let vm_ref = VmRef::parse(&grant.vm_name).map_err(|e| {
             ResolveVmError::Unexpected(anyhow::anyhow!("stored VM name {}: {e}", grant.vm_name))
         })?;

@@ -2,6 +2,7 @@
 //! cards as transport-neutral [`ChatMessage`]s (pure). Each chat transport
 //! turns them into its own format (Discord: [`crate::discord::builders`]).
 
+pub mod approval;
 mod audit_line;
 
 pub use audit_line::{audit_line, describe_spec};
@@ -96,6 +97,22 @@ pub fn grant(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
         GrantState::Ended => (
             format!("Ended in Azure: {ports} on {}", grant.vm_name),
             Tone::Info,
+        ),
+        GrantState::PendingApproval => (
+            format!("Waiting for approval: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
+        GrantState::Denied => (
+            format!("Request denied: {ports} on {}", grant.vm_name),
+            Tone::Denied,
+        ),
+        GrantState::Cancelled => (
+            format!("Request cancelled: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
+        GrantState::ApprovalExpired => (
+            format!("Request expired unapproved: {ports} on {}", grant.vm_name),
+            Tone::Warning,
         ),
     };
     let mut card = Card::new(title, tone)
@@ -213,7 +230,10 @@ pub fn status(grants: &[Grant], aliases: &PortAliases) -> ChatMessage {
                 "{} · {} · {}",
                 g.vm_name,
                 g.ports.describe(aliases),
-                g.state
+                match g.state {
+                    GrantState::PendingApproval => "waiting for approval".to_owned(),
+                    state => state.to_string(),
+                }
             ),
             format!("{}\nRequest {}", window(g), g.request_id),
             false,
@@ -238,6 +258,7 @@ pub fn reminder(grant: &Grant, end: DateTime<Utc>, aliases: &PortAliases) -> Cha
             .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: grant_buttons(grant),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -262,6 +283,7 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
             .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -285,6 +307,7 @@ pub fn displaced(
                 .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -316,6 +339,7 @@ pub fn ended_by_azure(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
             .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -343,6 +367,13 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::BotStarted => "Drawbridge started",
         AuditAction::BotStopped => "Drawbridge stopped",
         AuditAction::AuditChainBroken => "Audit chain broken",
+        AuditAction::ApprovalRequested => "Approval requested",
+        AuditAction::RequestApproved => "Request approved",
+        AuditAction::RequestDenied => "Request denied",
+        AuditAction::RequestCancelled => "Request cancelled",
+        AuditAction::ApprovalExpired => "Approval timed out",
+        AuditAction::BreakGlassUsed => "⚠ Break-glass access",
+        AuditAction::BreakGlassAcknowledged => "Break-glass acknowledged",
     }
 }
 

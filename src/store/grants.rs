@@ -20,7 +20,7 @@ use crate::domain::{
 };
 
 /// Every state, for the SQL that lists open ones.
-const ALL_STATES: [GrantState; 11] = [
+const ALL_STATES: [GrantState; 15] = [
     GrantState::Requested,
     GrantState::Active,
     GrantState::Extended,
@@ -32,6 +32,10 @@ const ALL_STATES: [GrantState; 11] = [
     GrantState::PendingAzure,
     GrantState::Superseded,
     GrantState::Ended,
+    GrantState::PendingApproval,
+    GrantState::Denied,
+    GrantState::Cancelled,
+    GrantState::ApprovalExpired,
 ];
 
 /// An interaction token: a 15-minute credential for editing the original
@@ -143,19 +147,7 @@ pub struct GrantTransition {
 }
 
 fn event_name(event: &GrantEvent) -> &'static str {
-    match event {
-        GrantEvent::Initiated { .. } => "initiated",
-        GrantEvent::Failed => "failed",
-        GrantEvent::Unclear => "unclear",
-        GrantEvent::ExtendRequested => "extend requested",
-        GrantEvent::ExtendFailed { .. } => "extend failed",
-        GrantEvent::Extended { .. } => "extended",
-        GrantEvent::CloseRequested => "close requested",
-        GrantEvent::Closed { .. } => "closed",
-        GrantEvent::CloseFailed { .. } => "close failed",
-        GrantEvent::WindowEnded => "window ended",
-        GrantEvent::EndedInAzure { .. } => "ended in Azure",
-    }
+    event.name()
 }
 
 fn event_end(event: &GrantEvent) -> Option<DateTime<Utc>> {

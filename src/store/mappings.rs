@@ -372,11 +372,7 @@ fn empty_spec(name: &MappingName) -> MappingSpec {
         vms: String::new(),
         ports: Vec::new(),
         max_duration: String::new(),
-        sources: None,
-        allow_broad_sources: false,
-        default_source: None,
-        require_reason: false,
-        approver_role: None,
+        ..MappingSpec::default()
     }
 }
 

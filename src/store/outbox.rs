@@ -39,7 +39,11 @@ pub enum OutboxKind {
     ChannelMessage,
     /// An edit of the original interaction reply; the target is the request
     /// id, whose grant holds the interaction token (never the payload).
+    /// Once the token has expired, a DM to the grant's owner instead.
     InteractionEdit,
+    /// An edit of a request's approval or review card; the target is the
+    /// request id, whose approval request records where the card is.
+    MessageEdit,
 }
 
 impl OutboxKind {
@@ -49,6 +53,7 @@ impl OutboxKind {
             Self::Dm => "dm",
             Self::ChannelMessage => "channel_message",
             Self::InteractionEdit => "interaction_edit",
+            Self::MessageEdit => "message_edit",
         }
     }
 
@@ -58,6 +63,7 @@ impl OutboxKind {
             "dm" => Self::Dm,
             "channel_message" => Self::ChannelMessage,
             "interaction_edit" => Self::InteractionEdit,
+            "message_edit" => Self::MessageEdit,
             _ => return None,
         })
     }

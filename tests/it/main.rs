@@ -12,6 +12,7 @@ mod discord_adapter;
 mod docs;
 mod e2e;
 mod e2e_admin;
+mod e2e_approvals;
 mod e2e_audit;
 mod e2e_buttons;
 mod e2e_gateway;

@@ -485,6 +485,7 @@ impl World {
             },
             channel_id: Some(1),
             guild_id: Some(4004),
+            token: None,
         }
     }
 

@@ -36,13 +36,27 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
             return messages::request_error(&error, &who.id);
         }
     };
-    s.wake_after(match s.request_access(who, request).await {
-        Ok(grant) => messages::grant(&grant, aliases),
-        Err(e) => {
-            log_unexpected(&e, &who.id);
-            messages::request_error(&e, &who.id)
-        }
-    })
+    let break_glass = command.option("break_glass") == Some("true");
+    s.wake_after(
+        match s.request_access_with(who, request, break_glass).await {
+            Ok(grant) if grant.state == crate::domain::GrantState::PendingApproval => {
+                match s.approval_view(&grant.request_id).await {
+                    Ok(view) => messages::approval::requester_view(
+                        &view.grant,
+                        &view.request,
+                        &view.approvals,
+                        aliases,
+                    ),
+                    Err(_) => messages::grant(&grant, aliases),
+                }
+            }
+            Ok(grant) => messages::grant(&grant, aliases),
+            Err(e) => {
+                log_unexpected(&e, &who.id);
+                messages::request_error(&e, &who.id)
+            }
+        },
+    )
 }
 
 /// `/jit-status`.

@@ -8,21 +8,23 @@ use serde_json::json;
 use super::{Admitted, Asking};
 use crate::domain::{AuditAction, AuditEvent, Outcome, Snowflake};
 use crate::service::{Service, actor};
-use crate::store::{InsertOutcome, NewGrant, StoreError};
+use crate::store::{InsertOutcome, NewGrant, StoreError, StoreTx};
 
 impl Service {
-    /// Writes the admitted request as a `requested` grant.
+    /// Writes the admitted request as a `requested` grant inside `tx`, so
+    /// the caller can write more in the same transaction (a request held
+    /// for approval, a break-glass record) before it commits.
     ///
     /// # Errors
     /// If the store fails.
-    pub(crate) async fn persist(
+    pub(crate) async fn persist_in(
         &self,
+        tx: &mut StoreTx,
         asking: &Asking<'_>,
         admitted: &Admitted,
     ) -> Result<InsertOutcome, StoreError> {
         let (who, request) = (asking.who, asking.request);
         let target = admitted.target.identity.qualified();
-        let mut tx = self.store().begin().await?;
         let outcome = tx
             .insert_grant(NewGrant {
                 request_id: asking.id.clone(),
@@ -38,7 +40,7 @@ impl Service {
                 reason: request.reason.clone(),
                 mapping: admitted.mapping.clone(),
                 requested_at: asking.now,
-                interaction_token: None,
+                interaction_token: who.token.clone(),
             })
             .await?;
         if matches!(outcome, InsertOutcome::Inserted(_)) {
@@ -63,7 +65,6 @@ impl Service {
             );
             tx.append_audit(&allow.with_detail(allowed)).await?;
         }
-        tx.commit().await?;
         Ok(outcome)
     }
 }

@@ -383,7 +383,7 @@ fn mapping(name: &str, vms: &str, max: &str) -> RoleMapping {
         allow_broad_sources: false,
         default_source: None,
         require_reason: false,
-        approver_role: None,
+        ..MappingSpec::default()
     }
     .validate(&PortAliases::default())
     .unwrap()

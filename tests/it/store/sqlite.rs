@@ -61,6 +61,10 @@ const APPLIED: [(&str, &str); 12] = [
         "0035_interactions_seen.sql",
         "d826d554b9fa4354a601fb1ed2d80ad047d0696ad375e245e2d15117bf9c859aa71c2a8490513da3826b8434324a8014",
     ),
+    (
+        "0045_approvals.sql",
+        "22f93e3bd369a083c18cca0b4ca8039a85f66a72b05b94bc764ea66654da9a1d8f8347718b3091a155b13516e2f25f92",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -81,7 +85,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
     assert_eq!(
         versions,
-        (1..=8).chain([20, 21, 22, 35]).collect::<Vec<i64>>()
+        (1..=8).chain([20, 21, 22, 35, 45]).collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
     assert_eq!(applied[7].description, "state and kind tables");

@@ -133,6 +133,8 @@ fn settings(fake: &FakeDiscord) -> DiscordSettings {
         mode: DiscordMode::Gateway,
         public_key: None,
         audit_channel_id: None,
+        approvals_channel_id: None,
+        alert_role_id: None,
         admin_role_ids: Vec::new(),
     }
 }

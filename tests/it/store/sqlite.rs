@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 12] = [
+const APPLIED: [(&str, &str); 13] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",

@@ -273,7 +273,10 @@ mod tests {
             .iter()
             .map(|o| o["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["port", "vm", "duration", "reason", "from"]);
+        assert_eq!(
+            names,
+            ["port", "vm", "duration", "reason", "from", "break_glass"]
+        );
         for option in &options[..3] {
             assert_eq!(option["required"], true);
             assert_eq!(option["autocomplete"], true);

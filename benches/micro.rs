@@ -67,8 +67,7 @@ fn mappings(n: usize) -> Vec<RoleMapping> {
                 allow_broad_sources: false,
                 default_source: None,
                 require_reason: i % 7 == 0,
-                approver_role: None,
-                on_conflict: None,
+                ..MappingSpec::default()
             }
             .validate(&aliases)
             .expect("valid mapping")

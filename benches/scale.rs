@@ -150,8 +150,7 @@ fn mappings(n: usize) -> Vec<RoleMapping> {
         allow_broad_sources: false,
         default_source: None,
         require_reason: false,
-        approver_role: None,
-        on_conflict: None,
+        ..MappingSpec::default()
     };
     std::iter::once(spec("member".into(), MEMBER_ROLE, format!("rg:{}", rg(7))))
         .chain((1..n).map(|i| {
@@ -519,6 +518,9 @@ async fn autocomplete(args: &Args) {
             home_guild: None,
             rate_limit: RateLimit::default(),
             public_url: None,
+            approvals_channel: None,
+            audit_channel: None,
+            alert_role: None,
         },
     )
     .await

@@ -89,8 +89,7 @@ fn mappings(n: usize) -> Vec<RoleMapping> {
         allow_broad_sources: false,
         default_source: None,
         require_reason: false,
-        approver_role: None,
-        on_conflict: None,
+        ..MappingSpec::default()
     };
     std::iter::once(spec("sre-web".into(), SRE_ROLE, "web-*".into()))
         .chain((1..n).map(|i| {

@@ -117,6 +117,13 @@ impl App {
                 home_guild: settings.discord.guild_id.map(|g| g.get()),
                 rate_limit: settings.limits,
                 public_url: settings.http.public_url.clone(),
+                approvals_channel: settings
+                    .discord
+                    .approvals_channel_id
+                    .or(settings.discord.audit_channel_id)
+                    .map(|c| c.get()),
+                audit_channel: settings.discord.audit_channel_id.map(|c| c.get()),
+                alert_role: settings.discord.alert_role_id,
             },
         )
         .await

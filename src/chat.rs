@@ -141,7 +141,13 @@ pub fn unescape_markdown(text: &str) -> String {
     out
 }
 
-/// What a button does, encoded in its custom id as `<verb>:<request id>`.
+/// The version of the approval buttons' custom ids (`approve:<id>:1`):
+/// a button carries the request id and this version, never state, so it
+/// keeps working across restarts and a later format can tell old buttons.
+pub const APPROVAL_BUTTONS_VERSION: &str = "1";
+
+/// What a button does, encoded in its custom id as `<verb>:<request id>`
+/// (`<verb>:<request id>:<version>` for the approval buttons).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ButtonAction {
     /// Extend the grant by its original duration (capped by the limits).
@@ -153,38 +159,96 @@ pub enum ButtonAction {
     OpenAnyway(String),
     /// Answer the question with Cancel: nothing reaches Azure.
     Cancel(String),
+    /// Approve a pending request.
+    Approve(String),
+    /// Deny a pending request: asks for a reason first (a form).
+    Deny(String),
+    /// The Deny form, submitted with its reason.
+    DenyWithReason {
+        /// The request.
+        id: String,
+        /// Why, as the approver typed it.
+        reason: String,
+    },
+    /// The requester cancels their pending request (its button reads
+    /// Cancel; `cancel:<id>:<version>`).
+    Withdraw(String),
+    /// An approver acknowledges a break-glass request.
+    Acknowledge(String),
 }
 
 impl ButtonAction {
     /// The custom id (at most 100 characters, as Discord allows).
     pub fn custom_id(&self) -> String {
+        let v = APPROVAL_BUTTONS_VERSION;
         match self {
             Self::Extend(id) => format!("extend:{id}"),
             Self::CloseEarly(id) => format!("close:{id}"),
             Self::OpenAnyway(id) => format!("open-anyway:{id}"),
             Self::Cancel(id) => format!("cancel:{id}"),
+            Self::Approve(id) => format!("approve:{id}:{v}"),
+            Self::Deny(id) => format!("deny:{id}:{v}"),
+            Self::DenyWithReason { id, .. } => format!("denyreason:{id}:{v}"),
+            Self::Withdraw(id) => format!("cancel:{id}:{v}"),
+            Self::Acknowledge(id) => format!("ack:{id}:{v}"),
         }
     }
 
-    /// `extend` or `close`, for logs and the audit log.
+    /// The verb, for logs and the audit log.
     pub fn verb(&self) -> &'static str {
         match self {
             Self::Extend(_) => "extend",
             Self::CloseEarly(_) => "close",
             Self::OpenAnyway(_) => "open-anyway",
             Self::Cancel(_) => "cancel",
+            Self::Approve(_) => "approve",
+            Self::Deny(_) | Self::DenyWithReason { .. } => "deny",
+            Self::Withdraw(_) => "withdraw",
+            Self::Acknowledge(_) => "acknowledge",
         }
     }
 
-    /// Reads a custom id back; `None` for anything else.
+    /// The request the button acts on.
+    pub fn request_id(&self) -> &str {
+        match self {
+            Self::Extend(id)
+            | Self::CloseEarly(id)
+            | Self::OpenAnyway(id)
+            | Self::Cancel(id)
+            | Self::Approve(id)
+            | Self::Deny(id)
+            | Self::DenyWithReason { id, .. }
+            | Self::Withdraw(id)
+            | Self::Acknowledge(id) => id,
+        }
+    }
+
+    /// Reads a custom id back; `None` for anything else (an approval button
+    /// of an unknown version included). A Deny form reads back with an
+    /// empty reason, which the transport fills from the form.
     pub fn parse(custom_id: &str) -> Option<Self> {
-        let (verb, id) = custom_id.split_once(':')?;
+        let mut parts = custom_id.split(':');
+        let (verb, id) = (parts.next()?, parts.next()?);
+        let version = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
         crate::domain::RequestId::parse(id).ok()?;
-        match verb {
-            "extend" => Some(Self::Extend(id.to_string())),
-            "close" => Some(Self::CloseEarly(id.to_string())),
-            "open-anyway" => Some(Self::OpenAnyway(id.to_string())),
-            "cancel" => Some(Self::Cancel(id.to_string())),
+        let id = id.to_string();
+        match (verb, version) {
+            ("extend", None) => Some(Self::Extend(id)),
+            ("close", None) => Some(Self::CloseEarly(id)),
+            ("open-anyway", None) => Some(Self::OpenAnyway(id)),
+            ("cancel", None) => Some(Self::Cancel(id)),
+            (_, Some(v)) if v != APPROVAL_BUTTONS_VERSION => None,
+            ("approve", Some(_)) => Some(Self::Approve(id)),
+            ("deny", Some(_)) => Some(Self::Deny(id)),
+            ("denyreason", Some(_)) => Some(Self::DenyWithReason {
+                id,
+                reason: String::new(),
+            }),
+            ("cancel", Some(_)) => Some(Self::Withdraw(id)),
+            ("ack", Some(_)) => Some(Self::Acknowledge(id)),
             _ => None,
         }
     }
@@ -199,6 +263,10 @@ pub struct ChatMessage {
     pub card: Option<Card>,
     /// Buttons, in one row.
     pub buttons: Vec<Button>,
+    /// Roles this message may ping (Discord's `allowed_mentions.roles`):
+    /// only these, and only where the content mentions them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ping_roles: Vec<u64>,
 }
 
 impl ChatMessage {
@@ -349,8 +417,23 @@ mod tests {
             ButtonAction::CloseEarly("9f8e".into()),
             ButtonAction::OpenAnyway("9f8e".into()),
             ButtonAction::Cancel("abc-123".into()),
+            ButtonAction::Approve("1300".into()),
+            ButtonAction::Deny("1300".into()),
+            ButtonAction::Withdraw("1300".into()),
+            ButtonAction::Acknowledge("1300".into()),
         ] {
             assert_eq!(ButtonAction::parse(&action.custom_id()), Some(action));
+        }
+        // The approval buttons carry the request id and a version, no state.
+        assert_eq!(
+            ButtonAction::Approve("1300".into()).custom_id(),
+            "approve:1300:1"
+        );
+        let form = ButtonAction::parse("denyreason:1300:1").unwrap();
+        assert_eq!(form.request_id(), "1300");
+        // An approval button of another version, or without one, is stale.
+        for stale in ["approve:1300:2", "approve:1300", "extend:1300:1"] {
+            assert_eq!(ButtonAction::parse(stale), None, "{stale}");
         }
         for bad in [
             "",

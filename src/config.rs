@@ -111,6 +111,11 @@ pub struct DiscordSettings {
     pub public_key: Option<[u8; 32]>,
     /// Where audit events go.
     pub audit_channel_id: Option<Snowflake>,
+    /// Where approval and break-glass review cards go (default: the audit
+    /// channel).
+    pub approvals_channel_id: Option<Snowflake>,
+    /// The role pinged in the audit channel when break-glass is used.
+    pub alert_role_id: Option<RoleId>,
     /// Who may use `/jit-admin`.
     pub admin_role_ids: Vec<RoleId>,
 }
@@ -319,6 +324,8 @@ impl Settings {
                 "guild_id": d.guild_id.map(|s| s.to_string()),
                 "base_url": d.base_url.to_string(),
                 "audit_channel_id": d.audit_channel_id.map(|s| s.to_string()),
+                "approvals_channel_id": d.approvals_channel_id.map(|s| s.to_string()),
+                "alert_role_id": d.alert_role_id.map(|s| s.to_string()),
                 "admin_role_ids": d.admin_role_ids.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                 "token_set": d.token.is_some(),
             },

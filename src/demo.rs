@@ -44,6 +44,8 @@ pub use parse::{CommandShape, Directory, parse_slash, shapes, tokenize};
 
 /// The audit channel the demo posts to.
 const AUDIT_CHANNEL: u64 = 5000;
+/// Where approval cards go.
+const APPROVALS_CHANNEL: u64 = 5100;
 /// The channel members type in (reminders fall back to it).
 const REQUEST_CHANNEL: u64 = 6000;
 const GUILD: u64 = 4000;
@@ -71,6 +73,18 @@ ports = ["rdp", "winrm", "winrm-https"]
 max_duration = "2h"
 require_reason = true
 
+# SREs may SSH to the production ops-01 for up to 2 hours, once a lead
+# approves; an SRE may break the glass in an emergency, with a reason.
+[[mapping]]
+name = "prod"
+roles = ["100"]
+vms = "rg-prod/ops-01"
+ports = ["ssh"]
+max_duration = "2h"
+approvers = ["300"]
+approvals = 1
+break_glass = ["100"]
+
 # Developers may SSH to staging only, for up to an hour.
 [[mapping]]
 name = "dev-staging"
@@ -97,8 +111,9 @@ pub struct DemoMember {
     pub about: &'static str,
 }
 
-/// The demo's members: an SRE, a developer and an admin.
-pub const MEMBERS: [DemoMember; 3] = [
+/// The demo's members: an SRE, a developer, an admin and a lead who
+/// approves production access.
+pub const MEMBERS: [DemoMember; 4] = [
     DemoMember {
         key: "sre",
         name: "Sam (SRE)",
@@ -123,9 +138,17 @@ pub const MEMBERS: [DemoMember; 3] = [
         source: "192.0.2.30",
         about: "role 900: discord.admin_role_ids, may use /jit-admin",
     },
+    DemoMember {
+        key: "lead",
+        name: "Lee (lead)",
+        user_id: 1004,
+        roles: &[300],
+        source: "192.0.2.40",
+        about: "role 300: approves requests for prod (mapping prod needs one approval), :press approve|deny|ack",
+    },
 ];
 
-const ROLE_NAMES: [(&str, u64); 3] = [("sre", 100), ("dev", 200), ("admin", 900)];
+const ROLE_NAMES: [(&str, u64); 4] = [("sre", 100), ("dev", 200), ("admin", 900), ("lead", 300)];
 
 /// Command-line options of `drawbridge demo`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -219,6 +242,10 @@ impl Demo {
         let db = format!("sqlite://{}", db_path.display());
         let env = [
             ("DISCORD__AUDIT_CHANNEL_ID", AUDIT_CHANNEL.to_string()),
+            (
+                "DISCORD__APPROVALS_CHANNEL_ID",
+                APPROVALS_CHANNEL.to_string(),
+            ),
             ("DISCORD__GUILD_ID", GUILD.to_string()),
             ("DISCORD__ADMIN_ROLE_IDS", "900".to_string()),
             ("AZURE__CLOUD", "public".to_string()),
@@ -266,6 +293,7 @@ impl Demo {
                 .collect(),
             channels: [
                 (AUDIT_CHANNEL, "audit".to_owned()),
+                (APPROVALS_CHANNEL, "approvals".to_owned()),
                 (REQUEST_CHANNEL, "ops-requests".to_owned()),
             ]
             .into(),
@@ -290,7 +318,7 @@ impl Demo {
             emulator.base_url
         ));
         output.line(&format!(
-            "Members: sre, dev, admin (see :members). You are {}. Try /jit ssh web-01 2h, then :advance 2h. :help lists everything.",
+            "Members: sre, dev, admin, lead (see :members). You are {}. Try /jit ssh web-01 2h, then :advance 2h. :help lists everything.",
             MEMBERS[0].name
         ));
         let workers = app.start_workers(Arc::new(sender));
@@ -391,7 +419,7 @@ impl Demo {
                     self.current = m;
                     self.output.line(&format!("-- you are now {}", m.name));
                 }
-                None => self.output.line("error: :as sre|dev|admin"),
+                None => self.output.line("error: :as sre|dev|admin|lead"),
             },
             ("advance", [span]) => match parse_span_seconds(span) {
                 Some(secs) => {
@@ -410,40 +438,62 @@ impl Demo {
             ("time", []) => self
                 .output
                 .line(&format!("-- the clock is {}", local(self.clock_now()))),
-            ("press", [verb, rest @ ..]) if rest.len() <= 1 => {
-                let id = match rest.first() {
-                    Some(id) => Some((*id).to_owned()),
-                    None => self
-                        .last_buttons
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&self.current.user_id)
-                        .cloned(),
-                };
-                let Some(id) = id else {
-                    self.output.line(
-                        "error: no grant with buttons was shown to you; give a request id: :press extend <id>",
-                    );
-                    return Flow::Continue;
-                };
-                let action = match *verb {
-                    "extend" => ButtonAction::Extend(id),
-                    "close" | "close-early" => ButtonAction::CloseEarly(id),
-                    "open-anyway" => ButtonAction::OpenAnyway(id),
-                    "cancel" => ButtonAction::Cancel(id),
-                    _ => {
-                        self.output
-                            .line("error: :press extend|close|open-anyway|cancel [request-id]");
-                        return Flow::Continue;
-                    }
-                };
-                self.button(action).await;
-            }
+            ("press", [verb, rest @ ..]) => match self.pressed(verb, rest) {
+                Ok(action) => self.button(action).await,
+                Err(message) => self.output.line(&format!("error: {message}")),
+            },
             _ => self.output.line(&format!(
                 "error: unknown console command :{verb}; see :help"
             )),
         }
         Flow::Continue
+    }
+
+    /// The button `:press <verb> [request-id] [reason…]` stands for: the
+    /// request id given, else the one of the buttons last shown to the
+    /// member (Extend, Close early, Cancel) or in the approvals channel
+    /// (Approve, Deny, Acknowledge).
+    fn pressed(&self, verb: &str, rest: &[&str]) -> Result<ButtonAction, String> {
+        let given = rest
+            .first()
+            .copied()
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()));
+        let words = if given.is_some() { &rest[1..] } else { rest };
+        let channel_card = matches!(verb, "approve" | "deny" | "ack" | "acknowledge");
+        let key = if channel_card {
+            console::CHANNEL_BUTTONS
+        } else {
+            self.current.user_id
+        };
+        let last = self
+            .last_buttons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let id = given
+            .map(str::to_owned)
+            .or(last)
+            .ok_or("no buttons were shown for that; give a request id: :press <verb> <id>")?;
+        let usage = "use :press extend|close|open-anyway|cancel|withdraw|approve|ack [request-id], or :press deny [request-id] <reason>";
+        match verb {
+            "deny" if words.is_empty() => {
+                Err("a Deny needs a reason: :press deny [request-id] <reason>".into())
+            }
+            "deny" => Ok(ButtonAction::DenyWithReason {
+                id,
+                reason: words.join(" "),
+            }),
+            _ if !words.is_empty() => Err(usage.into()),
+            "extend" => Ok(ButtonAction::Extend(id)),
+            "close" | "close-early" => Ok(ButtonAction::CloseEarly(id)),
+            "open-anyway" => Ok(ButtonAction::OpenAnyway(id)),
+            "cancel" => Ok(ButtonAction::Cancel(id)),
+            "withdraw" => Ok(ButtonAction::Withdraw(id)),
+            "approve" => Ok(ButtonAction::Approve(id)),
+            "ack" | "acknowledge" => Ok(ButtonAction::Acknowledge(id)),
+            _ => Err(usage.into()),
+        }
     }
 
     fn clock_now(&self) -> DateTime<Utc> {
@@ -490,7 +540,7 @@ impl Demo {
             },
             channel_id: Some(REQUEST_CHANNEL),
             guild_id: Some(GUILD),
-            reply_token: None,
+            token: None,
         }
     }
 
@@ -531,14 +581,17 @@ impl Demo {
         text.extend(
             [
                 "Console commands:",
-                "  :as sre|dev|admin                 act as another member (:members says who may do what)",
+                "  :as sre|dev|admin|lead            act as another member (:members says who may do what)",
                 "  :advance 1h55m                    move the clock; due reminders and expiries fire",
-                "  :press extend|close|open-anyway|cancel [request-id]  press a button (default: the last one shown to you)",
+                "  :press extend|close|open-anyway|cancel|withdraw [id]  press a button (default: the last one shown to you)",
+                "  :press approve|ack [id]           an approver's buttons (default: the last approval card)",
+                "  :press deny [id] <reason>         deny a pending request, saying why",
                 "  :report [FILE]                    the weekly picture of the last 7 days (PNG) and its summary",
                 "  :time                             the demo clock",
                 "  :quit                             leave (also Ctrl-D, or the end of a piped script)",
                 "VMs: web-01..04 (rg-web), db-01 (rg-data, SSH from 10.20.0.0/16 only), win-07 (RDP, WinRM),",
                 "     ops-01 (in rg-prod and rg-staging: say which), legacy-01 (no JIT policy).",
+                "prod (rg-prod/ops-01) waits for one approval by lead; /jit … break_glass:true reason:\"…\" skips it.",
                 "Reminders come 10 minutes before a window ends; :advance stops at each one on the way.",
             ]
             .map(str::to_owned),

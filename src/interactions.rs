@@ -41,10 +41,10 @@ pub struct Invocation {
     pub channel_id: Option<u64>,
     /// The guild (`None` in a DM).
     pub guild_id: Option<u64>,
-    /// The token to edit this interaction's reply later (15 minutes), when
-    /// the transport has one: an IP link's visit turns the waiting reply
-    /// into the grant with it.
-    pub reply_token: Option<InteractionToken>,
+    /// The interaction token (15 minutes), kept with a request so later
+    /// stages can edit the member's reply; `None` outside Discord. Its
+    /// `Debug` never shows it.
+    pub token: Option<InteractionToken>,
 }
 
 /// A slash command with its options, every value as text: strings as typed,
@@ -140,13 +140,25 @@ pub enum SendError {
 /// a resend after a crash does not post twice.
 #[async_trait]
 pub trait ChatSender: Send + Sync + 'static {
-    /// Posts to a channel.
+    /// Posts to a channel; returns the posted message's id when the
+    /// transport has one (for a later [`ChatSender::edit`]).
     async fn post(
         &self,
         channel_id: u64,
         message: &ChatMessage,
         idempotency_key: &str,
+    ) -> Result<Option<u64>, SendError>;
+    /// Replaces a message the bot posted (an approval card's final state).
+    async fn edit(
+        &self,
+        channel_id: u64,
+        message_id: u64,
+        message: &ChatMessage,
     ) -> Result<(), SendError>;
+    /// Replaces the original reply of the interaction whose token this is.
+    /// [`SendError::Permanent`] once the token no longer works (Discord:
+    /// after 15 minutes), so the caller can send a DM instead.
+    async fn edit_reply(&self, token: &str, message: &ChatMessage) -> Result<(), SendError>;
     /// Sends a direct message to a user.
     async fn direct(
         &self,
@@ -154,18 +166,6 @@ pub trait ChatSender: Send + Sync + 'static {
         message: &ChatMessage,
         idempotency_key: &str,
     ) -> Result<(), SendError>;
-    /// Replaces an interaction's reply (the one `token` belongs to) with
-    /// `message`. Transports that cannot refuse for good.
-    async fn edit_reply(
-        &self,
-        token: &InteractionToken,
-        message: &ChatMessage,
-    ) -> Result<(), SendError> {
-        let _ = (token, message);
-        Err(SendError::Permanent(
-            "this transport cannot edit replies".into(),
-        ))
-    }
 }
 
 /// What a [`InteractionLedger::claim`] found.

@@ -27,7 +27,8 @@
 //! `/jit-admin explain` is resolve and the mappings half of decide.
 //!
 //! # Layout
-//! - [`request`], [`lifecycle`], [`admin`], [`autocomplete`]: the use cases;
+//! - [`request`], [`approval`], [`lifecycle`], [`admin`], [`autocomplete`]:
+//!   the use cases;
 //!   [`phases`]: the parts they share.
 //! - [`jit_port`]: the port to Azure.
 //! - [`bot`]: slash commands, buttons and autocomplete to use cases, one
@@ -38,6 +39,7 @@
 //!   expiry, the outbox, Azure's view compared with ours).
 
 pub mod admin;
+pub mod approval;
 pub mod audit_watch;
 pub mod autocomplete;
 pub mod bot;
@@ -84,6 +86,13 @@ pub struct ServiceConfig {
     /// `http.public_url`: where IP capture links point; `None` turns them
     /// off (members are asked for `from:` instead).
     pub public_url: Option<url::Url>,
+    /// Where approval and review cards go (`discord.approvals_channel_id`,
+    /// else the audit channel).
+    pub approvals_channel: Option<u64>,
+    /// The audit channel, where break-glass pings the alert role.
+    pub audit_channel: Option<u64>,
+    /// The role a break-glass request pings (`discord.alert_role_id`).
+    pub alert_role: Option<RoleId>,
 }
 
 /// The use cases; cheap to clone.

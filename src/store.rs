@@ -86,6 +86,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::audit::format_time;
 
+pub mod approvals;
 pub mod audit;
 mod backend;
 pub mod copy;
@@ -93,19 +94,20 @@ mod error;
 pub mod export;
 pub mod grants;
 pub mod interactions;
-pub mod leases;
 pub mod ip_links;
+pub mod leases;
 pub mod mappings;
 pub mod outbox;
 pub mod reconcile;
 pub mod schedule;
 pub mod settings;
 
+pub use approvals::{Approval, ApprovalRequest};
 pub use audit::{AuditFilter, AuditRecord, AuditVerification, BrokenLink};
 pub use error::StoreError;
 pub use grants::{Grant, GrantTransition, InsertOutcome, InteractionToken, NewGrant};
-pub use leases::Lease;
 pub use ip_links::{IpLink, LinkClaim};
+pub use leases::Lease;
 pub use mappings::{MappingChange, MappingDiff};
 pub use outbox::{OutboxKind, OutboxMessage, OutboxRow, OutboxStats};
 pub use schedule::{ScheduleKind, ScheduledItem};

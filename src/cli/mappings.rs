@@ -15,6 +15,8 @@ use crate::domain::mapping::{MappingFile, MappingSpec};
 use crate::domain::{MappingName, OnConflict, PortAliases, RoleId};
 use crate::store::{MappingChange, Store};
 
+// Parsed once per run: the size of the `add` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum MappingsCommand {
     /// List the mappings.
@@ -72,13 +74,27 @@ pub struct MappingArgs {
     /// Require a reason.
     #[arg(long)]
     pub require_reason: bool,
-    /// A role id recorded as the approver. Not enforced yet: requests are
-    /// not held for approval, whatever this says.
+    /// Approver role ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub approvers: Vec<String>,
+    /// How many distinct approvers a request needs (default 0: self-service).
+    #[arg(long, default_value_t = 0)]
+    pub approvals: u32,
+    /// How long a request waits for approvers (default 30m).
     #[arg(long)]
-    pub approver_role: Option<String>,
+    pub approval_timeout: Option<String>,
+    /// Role ids that may skip approval with a reason, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub break_glass: Vec<String>,
     /// When another member holds the port: `ask` (the default) or `refuse`.
     #[arg(long)]
     pub on_conflict: Option<String>,
+}
+
+fn role_ids(flag: &str, ids: &[String]) -> anyhow::Result<Vec<RoleId>> {
+    ids.iter()
+        .map(|r| RoleId::parse(r.trim()).map_err(|e| usage(format!("{flag}: {e}"))))
+        .collect()
 }
 
 pub(super) async fn execute(
@@ -151,18 +167,17 @@ async fn add(
         allow_broad_sources: args.allow_broad_sources,
         default_source: args.default_source,
         require_reason: args.require_reason,
-        approver_role: args
-            .approver_role
-            .as_deref()
-            .map(RoleId::parse)
-            .transpose()
-            .map_err(|e| usage(format!("--approver-role: {e}")))?,
         on_conflict: args
             .on_conflict
             .as_deref()
             .map(OnConflict::parse)
             .transpose()
             .map_err(|e| usage(format!("--on-conflict: {e}")))?,
+        approvers: role_ids("--approvers", &args.approvers)?,
+        approvals: args.approvals,
+        approval_timeout: args.approval_timeout,
+        break_glass: role_ids("--break-glass", &args.break_glass)?,
+        ..MappingSpec::default()
     };
     let mapping = spec.validate(aliases).map_err(|e| usage(e.to_string()))?;
     let verb = match store.add_mapping(&mapping, "cli", now).await? {

@@ -266,6 +266,14 @@ fn discord(c: &mut Checker<'_>, d: RawDiscord) -> DiscordSettings {
             &d.audit_channel_id,
             parse_snowflake,
         ),
+        approvals_channel_id: c.opt(
+            "discord.approvals_channel_id",
+            &d.approvals_channel_id,
+            parse_snowflake,
+        ),
+        alert_role_id: c.opt("discord.alert_role_id", &d.alert_role_id, |s| {
+            RoleId::parse(s).map_err(|e| e.to_string())
+        }),
         admin_role_ids: c.list("discord.admin_role_ids", &d.admin_role_ids, |s| {
             RoleId::parse(s).map_err(|e| e.to_string())
         }),

@@ -32,6 +32,8 @@ pub(super) struct RawDiscord {
     pub(super) mode: Option<String>,
     pub(super) public_key: Option<String>,
     pub(super) audit_channel_id: Option<String>,
+    pub(super) approvals_channel_id: Option<String>,
+    pub(super) alert_role_id: Option<String>,
     #[serde(deserialize_with = "one_or_many")]
     pub(super) admin_role_ids: Vec<String>,
 }

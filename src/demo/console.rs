@@ -186,7 +186,11 @@ pub fn render(header: &str, message: &ChatMessage, names: &Names, now: DateTime<
             .buttons
             .iter()
             .map(|b| {
-                let verb = b.action.verb();
+                let verb = match b.action {
+                    ButtonAction::Deny(_) | ButtonAction::DenyWithReason { .. } => "deny <reason>",
+                    ButtonAction::Acknowledge(_) => "ack",
+                    _ => b.action.verb(),
+                };
                 format!("[{}] (:press {verb})", b.label)
             })
             .collect();
@@ -225,18 +229,16 @@ pub fn render_audit(message: &ChatMessage, names: &Names, now: DateTime<Utc>) ->
     line
 }
 
+/// The key under which [`LastButtons`] keeps a channel card's buttons.
+pub const CHANNEL_BUTTONS: u64 = 0;
+
 /// Request ids of the buttons each user was last shown, for `:press`.
 pub type LastButtons = Arc<Mutex<BTreeMap<u64, String>>>;
 
 /// Remembers the grant `message`'s buttons act on, for `user`.
 pub fn remember_buttons(last: &LastButtons, user: u64, message: &ChatMessage) {
     if let Some(button) = message.buttons.first() {
-        let id = match &button.action {
-            ButtonAction::Extend(id)
-            | ButtonAction::CloseEarly(id)
-            | ButtonAction::OpenAnyway(id)
-            | ButtonAction::Cancel(id) => id.clone(),
-        };
+        let id = button.action.request_id().to_owned();
         last.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(user, id);
@@ -278,17 +280,39 @@ impl ChatSender for ConsoleSender {
         channel_id: u64,
         message: &ChatMessage,
         _idempotency_key: &str,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<u64>, SendError> {
         let _held = self.output.hold().await;
         let now = self.clock.now();
-        let text = if channel_id == self.audit_channel {
+        let text = if channel_id == self.audit_channel && message.card.is_some() {
             render_audit(message, &self.names, now)
         } else {
             let header = format!("[#{}]", self.names.channel(channel_id));
             render(&header, message, &self.names, now)
         };
         self.output.line(&text);
+        // Anyone may press a channel card's buttons (an approval card).
+        remember_buttons(&self.last_buttons, CHANNEL_BUTTONS, message);
+        Ok(Some(channel_id))
+    }
+
+    async fn edit(
+        &self,
+        channel_id: u64,
+        _message_id: u64,
+        message: &ChatMessage,
+    ) -> Result<(), SendError> {
+        let _held = self.output.hold().await;
+        let header = format!("[#{} (updated)]", self.names.channel(channel_id));
+        self.output
+            .line(&render(&header, message, &self.names, self.clock.now()));
         Ok(())
+    }
+
+    async fn edit_reply(&self, _token: &str, _message: &ChatMessage) -> Result<(), SendError> {
+        // The console has no interaction tokens: the caller sends a DM.
+        Err(SendError::Permanent(
+            "the console has no interaction replies".into(),
+        ))
     }
 
     async fn direct(

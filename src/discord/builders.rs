@@ -7,7 +7,7 @@
 use serenity::all::{
     ButtonStyle as DiscordButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton,
     CreateEmbed, CreateEmbedFooter, CreateInteractionResponseMessage, CreateMessage,
-    EditInteractionResponse, Nonce, UserId,
+    EditInteractionResponse, EditMessage, Nonce, RoleId, UserId,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -57,7 +57,7 @@ pub fn edit_response(message: &ChatMessage) -> EditInteractionResponse {
     let mut edit = EditInteractionResponse::new()
         .embeds(parts.embeds)
         .components(parts.rows)
-        .allowed_mentions(users_only(parts.content.as_deref()));
+        .allowed_mentions(mentions(parts.content.as_deref(), &parts.ping_roles));
     if let Some(content) = parts.content {
         edit = edit.content(content);
     }
@@ -71,7 +71,7 @@ pub fn create_message(message: &ChatMessage, idempotency_key: &str) -> CreateMes
     let mut create = CreateMessage::new()
         .embeds(parts.embeds)
         .components(parts.rows)
-        .allowed_mentions(users_only(parts.content.as_deref()))
+        .allowed_mentions(mentions(parts.content.as_deref(), &parts.ping_roles))
         .nonce(Nonce::String(nonce(idempotency_key)))
         .enforce_nonce(true);
     if let Some(content) = parts.content {
@@ -87,11 +87,25 @@ pub fn ephemeral_message(message: &ChatMessage) -> CreateInteractionResponseMess
         .ephemeral(true)
         .embeds(parts.embeds)
         .components(parts.rows)
-        .allowed_mentions(users_only(parts.content.as_deref()));
+        .allowed_mentions(mentions(parts.content.as_deref(), &parts.ping_roles));
     if let Some(content) = parts.content {
         reply = reply.content(content);
     }
     reply
+}
+
+/// The edit of a message the bot posted (an approval card to its final
+/// state): replaces its content, embed and buttons (none removes them).
+pub fn edit_message(message: &ChatMessage) -> EditMessage {
+    let parts = Parts::of(message);
+    let mut edit = EditMessage::new()
+        .embeds(parts.embeds)
+        .components(parts.rows)
+        .allowed_mentions(mentions(parts.content.as_deref(), &parts.ping_roles));
+    if let Some(content) = parts.content {
+        edit = edit.content(content);
+    }
+    edit
 }
 
 /// Discord's message nonce for an idempotency key: the key itself when it
@@ -125,6 +139,24 @@ fn users_only(content: Option<&str>) -> CreateAllowedMentions {
     CreateAllowedMentions::new().users(mentioned_users(content.unwrap_or_default()))
 }
 
+/// [`users_only`], plus the roles the message may ping
+/// ([`ChatMessage::ping_roles`]) that its content mentions: an approval
+/// card pings its approver role and nothing else.
+fn mentions(content: Option<&str>, ping_roles: &[u64]) -> CreateAllowedMentions {
+    let content = content.unwrap_or_default();
+    let roles: Vec<RoleId> = ping_roles
+        .iter()
+        .filter(|r| **r != 0 && content.contains(&format!("<@&{r}>")))
+        .map(|r| RoleId::new(*r))
+        .collect();
+    let users = users_only(Some(content));
+    if roles.is_empty() {
+        users
+    } else {
+        users.roles(roles)
+    }
+}
+
 /// The user ids of `<@id>` / `<@!id>` mentions in `text`, at most 100 (Discord's limit).
 fn mentioned_users(text: &str) -> Vec<UserId> {
     let mut users = Vec::new();
@@ -151,6 +183,7 @@ struct Parts {
     content: Option<String>,
     embeds: Vec<CreateEmbed>,
     rows: Vec<CreateActionRow>,
+    ping_roles: Vec<u64>,
 }
 
 impl Parts {
@@ -170,6 +203,7 @@ impl Parts {
             content,
             embeds,
             rows,
+            ping_roles: message.ping_roles.clone(),
         }
     }
 }
@@ -325,6 +359,22 @@ mod tests {
     }
 
     #[test]
+    fn a_message_pings_only_the_roles_it_may_and_mentions() {
+        let mut message = ChatMessage::text("<@&300> approval needed for <@42>; not <@&999>");
+        message.ping_roles = vec![300, 301];
+        let body = json_of(create_message(&message, "k"));
+        assert_eq!(body["allowed_mentions"]["roles"], json!(["300"]));
+        assert_eq!(body["allowed_mentions"]["users"], json!(["42"]));
+        let edit = json_of(edit_message(&ChatMessage::text("done")));
+        assert_eq!(edit["allowed_mentions"]["roles"], json!([]));
+        assert_eq!(
+            edit["components"],
+            json!([]),
+            "an edit without buttons removes them"
+        );
+    }
+
+    #[test]
     fn only_the_mentioned_users_may_be_pinged() {
         let message = ChatMessage::text("<@42> your grant ends soon, <@!7> <@&9> @everyone <@42>");
         let body = json_of(create_message(&message, "k"));
@@ -344,6 +394,7 @@ mod tests {
             content: Some("c".repeat(2500)),
             card: Some(card),
             buttons: Vec::new(),
+            ping_roles: Vec::new(),
         };
         let body = json_of(edit_response(&message));
         let text_len = |v: &Value| v.as_str().unwrap().chars().count();

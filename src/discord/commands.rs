@@ -74,6 +74,11 @@ fn jit() -> CreateCommand {
             "from",
             "Your source IP or CIDR (default: your registered /jit-ip)",
         ))
+        .add_option(CreateCommandOption::new(
+            CommandOptionType::Boolean,
+            "break_glass",
+            "Skip approval in an emergency (break-glass roles only; needs a reason; alerts)",
+        ))
 }
 
 fn jit_status() -> CreateCommand {
@@ -151,6 +156,25 @@ fn jit_admin() -> CreateCommand {
                 )
                 .add_string_choice("ask", "ask")
                 .add_string_choice("refuse", "refuse"),
+                string(
+                    "approvers",
+                    "Approver role ids or mentions, comma-separated",
+                ),
+                CreateCommandOption::new(
+                    CommandOptionType::Integer,
+                    "approvals",
+                    "Distinct approvers a request needs (0: self-service)",
+                )
+                .min_int_value(0)
+                .max_int_value(10),
+                string(
+                    "approval_timeout",
+                    "How long a request waits for approvers, e.g. 30m (default)",
+                ),
+                string(
+                    "break_glass",
+                    "Role ids or mentions that may skip approval with a reason",
+                ),
             ],
         ))
         .add_option(subcommand(
@@ -199,6 +223,11 @@ fn jit_admin() -> CreateCommand {
             "enable",
             "Put a VM under Just-In-Time access with the configured defaults",
             [required(string("vm", "The VM"))],
+        ))
+        .add_option(subcommand(
+            "pending",
+            "Requests waiting for approval (approvers and admins)",
+            [],
         ))
 }
 
@@ -260,7 +289,10 @@ mod tests {
             .iter()
             .map(|o| o["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["port", "vm", "duration", "reason", "from"]);
+        assert_eq!(
+            names,
+            ["port", "vm", "duration", "reason", "from", "break_glass"]
+        );
         for option in &options[..3] {
             assert_eq!(option["required"], true);
             assert_eq!(option["autocomplete"], true);
@@ -285,7 +317,7 @@ mod tests {
         assert_eq!(
             subs,
             [
-                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable"
+                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable", "pending"
             ]
         );
         let map = &admin["options"][0]["options"];

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serenity::all::{
-    AutocompleteChoice, CommandDataOption, CommandDataOptionValue, CommandDataResolved,
-    CommandInteraction, ComponentInteraction, CreateAutocompleteResponse,
-    CreateInteractionResponse, CreateInteractionResponseMessage, Interaction, InteractionId, User,
+    ActionRowComponent, AutocompleteChoice, CommandDataOption, CommandDataOptionValue,
+    CommandDataResolved, CommandInteraction, ComponentInteraction, CreateActionRow,
+    CreateAutocompleteResponse, CreateInputText, CreateInteractionResponse,
+    CreateInteractionResponseMessage, CreateModal, InputTextStyle, Interaction, InteractionId,
+    ModalInteraction, User,
 };
 use serenity::http::Http;
 use tokio::sync::oneshot;
@@ -101,6 +103,44 @@ impl Ack {
     }
 }
 
+/// The custom id of the Deny form's reason input.
+const DENY_REASON: &str = "reason";
+/// The longest Deny reason (the audit log and the card keep it whole).
+const DENY_REASON_MAX: u16 = 500;
+
+/// The Deny form (interaction response type 9): one required paragraph,
+/// the reason the requester is told.
+fn deny_form(request_id: &str) -> CreateInteractionResponse {
+    let submit = ButtonAction::DenyWithReason {
+        id: request_id.to_owned(),
+        reason: String::new(),
+    };
+    let reason = CreateInputText::new(InputTextStyle::Paragraph, "Why deny it?", DENY_REASON)
+        .required(true)
+        .min_length(1)
+        .max_length(DENY_REASON_MAX)
+        .placeholder("The requester is told this reason.");
+    CreateInteractionResponse::Modal(
+        CreateModal::new(submit.custom_id(), "Deny the request")
+            .components(vec![CreateActionRow::InputText(reason)]),
+    )
+}
+
+/// The value of the form's text input `custom_id`.
+fn form_text(modal: &ModalInteraction, custom_id: &str) -> Option<String> {
+    modal
+        .data
+        .components
+        .iter()
+        .flat_map(|row| &row.components)
+        .find_map(|c| match c {
+            ActionRowComponent::InputText(input) if input.custom_id == custom_id => {
+                input.value.clone()
+            }
+            _ => None,
+        })
+}
+
 fn deferred() -> CreateInteractionResponse {
     CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true))
 }
@@ -157,11 +197,7 @@ impl Dispatcher {
             Interaction::Component(component) => {
                 self.component(component, ack, received).await;
             }
-            Interaction::Modal(modal) => {
-                warn!("modal submissions are not used by Drawbridge");
-                let reply = ephemeral_text("This form is not supported.");
-                ack.send(&self.http, modal.id, &modal.token, reply).await;
-            }
+            Interaction::Modal(modal) => self.modal(modal, ack, received).await,
             _ => warn!("ignoring an interaction of an unknown type"),
         }
     }
@@ -171,7 +207,7 @@ impl Dispatcher {
         span.record("command", command.data.name.as_str());
         span.record("member_id", command.user.id.get());
         let metrics = crate::metrics::global();
-        let Some(who) = invocation(
+        let Some(mut who) = invocation(
             command.id,
             &command.user,
             command.member.as_deref().map(|m| &m.roles[..]),
@@ -187,10 +223,6 @@ impl Dispatcher {
             .await;
             return;
         };
-        let who = Invocation {
-            reply_token: Some(InteractionToken::new(command.token.clone())),
-            ..who
-        };
         if !ack
             .send(&self.http, command.id, &command.token, deferred())
             .await
@@ -199,6 +231,9 @@ impl Dispatcher {
             return;
         }
         metrics.ack_latency("command", received.elapsed());
+        // Kept with a request that waits for approval (or for an IP link's
+        // visit), to edit this reply.
+        who.token = Some(InteractionToken::new(command.token.clone()));
         let slash = slash_command(
             &command.data.name,
             &command.data.options,
@@ -276,6 +311,18 @@ impl Dispatcher {
             metrics.interaction("button", "stale");
             return;
         };
+        if let ButtonAction::Deny(id) = &action {
+            // Deny asks for a reason first: the form is the response.
+            let form = deny_form(id);
+            if ack
+                .send(&self.http, component.id, &component.token, form)
+                .await
+            {
+                metrics.ack_latency("component", received.elapsed());
+                metrics.interaction("button", "form");
+            }
+            return;
+        }
         if !ack
             .send(&self.http, component.id, &component.token, deferred())
             .await
@@ -289,6 +336,49 @@ impl Dispatcher {
         let message = guarded(async move { handler.button(&who, &action).await }).await;
         metrics.interaction("button", outcome_of(&message));
         self.show(&component.token, &message).await;
+    }
+
+    /// A submitted form (MODAL_SUBMIT): the Deny form, with its reason, is
+    /// a button press like any other; anything else is stale.
+    async fn modal(&self, modal: ModalInteraction, ack: Ack, received: Instant) {
+        let span = Span::current();
+        span.record("command", modal.data.custom_id.as_str());
+        span.record("member_id", modal.user.id.get());
+        let metrics = crate::metrics::global();
+        let action = match ButtonAction::parse(&modal.data.custom_id) {
+            Some(ButtonAction::DenyWithReason { id, .. }) => Some(ButtonAction::DenyWithReason {
+                id,
+                reason: form_text(&modal, DENY_REASON).unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let who = invocation(
+            modal.id,
+            &modal.user,
+            modal.member.as_ref().map(|m| &m.roles[..]),
+            modal.channel_id.get(),
+            modal.guild_id.map(|g| g.get()),
+        );
+        let (Some(action), Some(who)) = (action, who) else {
+            info!("a form that is no longer valid was submitted");
+            let reply = ephemeral_text(STALE_BUTTON);
+            ack.send(&self.http, modal.id, &modal.token, reply).await;
+            metrics.interaction("form", "stale");
+            return;
+        };
+        if !ack
+            .send(&self.http, modal.id, &modal.token, deferred())
+            .await
+        {
+            metrics.interaction("form", "not_acknowledged");
+            return;
+        }
+        metrics.ack_latency("modal", received.elapsed());
+        info!(verb = action.verb(), "form");
+        let handler = self.handler.clone();
+        let message = guarded(async move { handler.button(&who, &action).await }).await;
+        metrics.interaction("form", outcome_of(&message));
+        self.show(&modal.token, &message).await;
     }
 
     /// Replaces the deferred response with `message`. Retried a few times
@@ -397,7 +487,7 @@ fn invocation(
         },
         channel_id: Some(channel_id),
         guild_id,
-        reply_token: None,
+        token: None,
     })
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use serenity::all::{ChannelId, UserId};
+use serenity::all::{ChannelId, MessageId, UserId};
 use serenity::http::{Http, LightMethod, Request, Route};
 use tracing::{debug, instrument};
 
@@ -13,7 +13,6 @@ use super::ratelimit::{BucketHeaders, RateLimits};
 use super::{builders, errors};
 use crate::chat::ChatMessage;
 use crate::interactions::{ChatSender, SendError};
-use crate::store::InteractionToken;
 
 /// Discord: cannot send messages to this user (DMs closed, no shared guild).
 const CANNOT_DM: isize = 50007;
@@ -73,7 +72,7 @@ impl DiscordSender {
         channel: ChannelId,
         message: &ChatMessage,
         idempotency_key: &str,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<u64>, SendError> {
         let create = builders::create_message(message, idempotency_key);
         let body = serde_json::to_vec(&create)
             .map_err(|e| SendError::Permanent(format!("message not serializable: {e}")))?;
@@ -89,7 +88,7 @@ impl DiscordSender {
             .ok()
             .and_then(|m| m["id"].as_str().map(str::to_owned));
         debug!(message_id = id.as_deref().unwrap_or("?"), "message sent");
-        Ok(())
+        Ok(id.and_then(|i| i.parse().ok()))
     }
 
     /// The DM channel with `user` (Discord returns the existing one when
@@ -119,10 +118,59 @@ impl ChatSender for DiscordSender {
         channel_id: u64,
         message: &ChatMessage,
         idempotency_key: &str,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<u64>, SendError> {
         let channel = nonzero(channel_id, "channel")?;
         self.send(ChannelId::new(channel), message, idempotency_key)
             .await
+    }
+
+    #[instrument(skip(self, message))]
+    async fn edit(
+        &self,
+        channel_id: u64,
+        message_id: u64,
+        message: &ChatMessage,
+    ) -> Result<(), SendError> {
+        let channel = ChannelId::new(nonzero(channel_id, "channel")?);
+        let message_id = MessageId::new(nonzero(message_id, "message")?);
+        let body = serde_json::to_vec(&builders::edit_message(message))
+            .map_err(|e| SendError::Permanent(format!("edit not serializable: {e}")))?;
+        let request = Request::new(
+            Route::ChannelMessage {
+                channel_id: channel,
+                message_id,
+            },
+            LightMethod::Patch,
+        )
+        .body(Some(body));
+        self.request(&format!("channel:{channel}"), request)
+            .await
+            .map(drop)
+    }
+
+    #[instrument(skip_all)]
+    async fn edit_reply(&self, token: &str, message: &ChatMessage) -> Result<(), SendError> {
+        // The token is the credential: never logged, never in an error.
+        self.limits.acquire(EDIT_ROUTE).await;
+        match self
+            .http
+            .edit_original_interaction_response(
+                token,
+                &builders::edit_response(message),
+                Vec::new(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let reason = errors::describe(&e);
+                match errors::status(&e) {
+                    // Unknown or expired token (404 10015/10062, 401 50027).
+                    Some(401 | 403 | 404) => Err(SendError::Permanent(reason)),
+                    _ => Err(classify(&e)),
+                }
+            }
+        }
     }
 
     #[instrument(skip(self, message))]
@@ -134,22 +182,7 @@ impl ChatSender for DiscordSender {
     ) -> Result<(), SendError> {
         let user = nonzero(user_id, "user")?;
         let channel = self.dm_channel(UserId::new(user)).await?;
-        self.send(channel, message, idempotency_key).await
-    }
-
-    #[instrument(skip_all)]
-    async fn edit_reply(
-        &self,
-        token: &InteractionToken,
-        message: &ChatMessage,
-    ) -> Result<(), SendError> {
-        let edit = builders::edit_response(message);
-        self.limits.acquire(EDIT_ROUTE).await;
-        self.http
-            .edit_original_interaction_response(token.expose(), &edit, Vec::new())
-            .await
-            .map(|_| ())
-            .map_err(|e| classify(&e))
+        self.send(channel, message, idempotency_key).await.map(drop)
     }
 }
 

@@ -70,11 +70,25 @@ pub enum AuditAction {
     /// Recomputing the hash chain found a row edited, missing or out of
     /// place.
     AuditChainBroken,
+    /// A request waits for approvers.
+    ApprovalRequested,
+    /// One approver approved (the actor).
+    RequestApproved,
+    /// An approver denied the request (the actor), with a reason.
+    RequestDenied,
+    /// The requester cancelled a pending request.
+    RequestCancelled,
+    /// Nobody decided a pending request in time.
+    ApprovalExpired,
+    /// A break-glass request skipped approval.
+    BreakGlassUsed,
+    /// An approver acknowledged a break-glass request (the actor).
+    BreakGlassAcknowledged,
 }
 
 impl AuditAction {
     /// Every kind, in the order above.
-    pub const ALL: [AuditAction; 18] = [
+    pub const ALL: [AuditAction; 25] = [
         Self::RequestReceived,
         Self::AccessAllowed,
         Self::AccessDenied,
@@ -93,6 +107,13 @@ impl AuditAction {
         Self::BotStarted,
         Self::BotStopped,
         Self::AuditChainBroken,
+        Self::ApprovalRequested,
+        Self::RequestApproved,
+        Self::RequestDenied,
+        Self::RequestCancelled,
+        Self::ApprovalExpired,
+        Self::BreakGlassUsed,
+        Self::BreakGlassAcknowledged,
     ];
 
     /// The snake_case name.
@@ -121,6 +142,13 @@ impl AuditAction {
             Self::BotStarted => "bot_started",
             Self::BotStopped => "bot_stopped",
             Self::AuditChainBroken => "audit_chain_broken",
+            Self::ApprovalRequested => "approval_requested",
+            Self::RequestApproved => "request_approved",
+            Self::RequestDenied => "request_denied",
+            Self::RequestCancelled => "request_cancelled",
+            Self::ApprovalExpired => "approval_expired",
+            Self::BreakGlassUsed => "break_glass_used",
+            Self::BreakGlassAcknowledged => "break_glass_acknowledged",
         }
     }
 

@@ -25,6 +25,17 @@
 //! grant out of it, so only one of them wins. `reopened in Azure` is the
 //! reconciler finding our own request of a grant we took for closed still
 //! open in Azure: the grant is put back under Drawbridge's care.
+//! A mapping that needs approval puts a request in `pending_approval` first:
+//!
+//! ```text
+//! requested ──await approval──▶ pending_approval ──approved──▶ requested (then as above)
+//!                                 ├──denied──▶ denied
+//!                                 ├──cancelled──▶ cancelled
+//!                                 └──approval timed out──▶ approval_expired
+//! ```
+//!
+//! Leaving `pending_approval` is the claim that decides a request: Approve,
+//! Deny, Cancel and the timeout each try it, and only the first wins.
 //!
 //! `closing` and `extending` are claims: the action that moved the grant
 //! there is the only one that may call Azure for it until it settles, so
@@ -64,9 +75,16 @@ pub enum GrantState {
     /// Another member holds the port: the member was asked whether to end
     /// their access. Nothing was sent to Azure.
     Confirming,
-    /// The member answered the question with Cancel (or it lapsed); nothing
-    /// was sent to Azure.
+    /// Allowed, waiting for approvers; Azure not asked.
+    PendingApproval,
+    /// An approver denied it (or it was no longer allowed when approved).
+    Denied,
+    /// The member answered the port question with Cancel (or it lapsed), or
+    /// the requester cancelled it while it waited for approvers; nothing was
+    /// sent to Azure.
     Cancelled,
+    /// Nobody decided before the mapping's approval timeout.
+    ApprovalExpired,
 }
 
 impl GrantState {
@@ -85,7 +103,10 @@ impl GrantState {
             Self::Superseded => "superseded",
             Self::Ended => "ended",
             Self::Confirming => "confirming",
+            Self::PendingApproval => "pending_approval",
+            Self::Denied => "denied",
             Self::Cancelled => "cancelled",
+            Self::ApprovalExpired => "approval_expired",
         }
     }
 
@@ -104,7 +125,10 @@ impl GrantState {
             "superseded" => Self::Superseded,
             "ended" => Self::Ended,
             "confirming" => Self::Confirming,
+            "pending_approval" => Self::PendingApproval,
+            "denied" => Self::Denied,
             "cancelled" => Self::Cancelled,
+            "approval_expired" => Self::ApprovalExpired,
             _ => return None,
         })
     }
@@ -133,7 +157,9 @@ impl GrantState {
                 | Self::Failed
                 | Self::Superseded
                 | Self::Ended
+                | Self::Denied
                 | Self::Cancelled
+                | Self::ApprovalExpired
         )
     }
 
@@ -142,6 +168,11 @@ impl GrantState {
         use GrantEvent as E;
         use GrantState as S;
         let next = match (self, event) {
+            (S::Requested, E::AwaitApproval) => S::PendingApproval,
+            (S::PendingApproval, E::Approved) => S::Requested,
+            (S::PendingApproval, E::ApprovalDenied) => S::Denied,
+            (S::PendingApproval, E::ApprovalCancelled) => S::Cancelled,
+            (S::PendingApproval, E::ApprovalTimedOut) => S::ApprovalExpired,
             (S::Requested, E::Initiated { .. }) => S::Active,
             (S::Requested, E::Failed) => S::Failed,
             (S::Requested, E::Unclear) => S::PendingAzure,
@@ -260,10 +291,21 @@ pub enum GrantEvent {
     /// Azure shows our own request of the grant open until `end` although
     /// Drawbridge had it failed or closed.
     ReopenedInAzure { end: DateTime<Utc> },
+    /// The mapping needs approval: the request waits.
+    AwaitApproval,
+    /// Enough approvers approved: the request goes on to Azure.
+    Approved,
+    /// An approver denied it.
+    ApprovalDenied,
+    /// The requester cancelled it.
+    ApprovalCancelled,
+    /// Nobody decided in time.
+    ApprovalTimedOut,
 }
 
 impl GrantEvent {
-    fn name(&self) -> &'static str {
+    /// What happened, in words (also the stored transition's event).
+    pub fn name(&self) -> &'static str {
         match self {
             Self::Initiated { .. } => "initiated",
             Self::Failed => "failed",
@@ -280,6 +322,11 @@ impl GrantEvent {
             Self::Confirmed => "confirmed",
             Self::Cancelled => "cancelled",
             Self::ReopenedInAzure { .. } => "reopened in Azure",
+            Self::AwaitApproval => "awaiting approval",
+            Self::Approved => "approved",
+            Self::ApprovalDenied => "denied",
+            Self::ApprovalCancelled => "cancelled",
+            Self::ApprovalTimedOut => "expired unapproved",
         }
     }
 }
@@ -398,6 +445,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_request_is_decided_once() {
+        let pending = S::Requested.apply(&E::AwaitApproval).unwrap();
+        assert_eq!(pending, S::PendingApproval);
+        assert!(!pending.is_open() && !pending.is_final());
+        assert_eq!(pending.apply(&E::Approved), Ok(S::Requested));
+        for (event, to) in [
+            (E::ApprovalDenied, S::Denied),
+            (E::ApprovalCancelled, S::Cancelled),
+            (E::ApprovalTimedOut, S::ApprovalExpired),
+        ] {
+            assert_eq!(pending.apply(&event), Ok(to));
+            assert!(to.is_final());
+            // Whoever comes second loses: nothing leaves a decided request.
+            for late in [E::Approved, E::ApprovalCancelled, E::ApprovalDenied] {
+                assert!(to.apply(&late).is_err(), "{to} + {late:?}");
+            }
+        }
+        assert!(pending.apply(&E::Initiated { end: Utc::now() }).is_err());
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in [
             S::Requested,
@@ -412,7 +480,10 @@ mod tests {
             S::Superseded,
             S::Ended,
             S::Confirming,
+            S::PendingApproval,
+            S::Denied,
             S::Cancelled,
+            S::ApprovalExpired,
         ] {
             assert_eq!(S::parse(s.as_str()), Some(s));
         }

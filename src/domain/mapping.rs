@@ -410,15 +410,89 @@ pub struct RoleMapping {
     pub default_source: Option<SourcePrefix>,
     /// Whether a reason must be given.
     pub require_reason: bool,
-    /// Who approves requests (used by the approvals feature; stored now).
-    pub approver_role: Option<RoleId>,
     /// When another member holds the port: ask first, or refuse.
     pub on_conflict: OnConflict,
+    /// Who approves requests, how many, for how long; who may skip it.
+    pub approval: ApprovalRule,
+}
+
+/// The longest a request may wait for approvers.
+pub const MAX_APPROVAL_TIMEOUT_MINUTES: u32 = 24 * 60;
+/// The most approvers a mapping may ask for.
+pub const MAX_APPROVALS: u32 = 10;
+
+/// A mapping's approval rule (issue 13). Kept as one value so the other
+/// mapping fields and this one change independently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRule {
+    /// Roles whose members may approve or deny.
+    pub approvers: BTreeSet<RoleId>,
+    /// Distinct approvers needed; 0 is self-service.
+    pub approvals: u32,
+    /// How long a request waits before it expires.
+    pub timeout: AccessDuration,
+    /// Roles that may skip approval with `break_glass:true` and a reason.
+    pub break_glass: BTreeSet<RoleId>,
+}
+
+impl Default for ApprovalRule {
+    fn default() -> Self {
+        Self {
+            approvers: BTreeSet::new(),
+            approvals: 0,
+            timeout: AccessDuration::from_minutes(30).expect("30 minutes is a valid duration"),
+            break_glass: BTreeSet::new(),
+        }
+    }
+}
+
+impl ApprovalRule {
+    /// Whether requests wait for approvers.
+    pub fn is_required(&self) -> bool {
+        self.approvals > 0
+    }
+
+    /// Whether any of `roles` is an approver role.
+    pub fn is_approver(&self, roles: &[RoleId]) -> bool {
+        roles.iter().any(|r| self.approvers.contains(r))
+    }
+
+    /// Whether any of `roles` may use break-glass.
+    pub fn may_break_glass(&self, roles: &[RoleId]) -> bool {
+        roles.iter().any(|r| self.break_glass.contains(r))
+    }
+
+    /// `1 approval from <@&1>, 30m timeout`, or `self-service`.
+    pub fn describe(&self) -> String {
+        let mut text = if self.is_required() {
+            format!(
+                "{} approval(s) from {}, timeout {}",
+                self.approvals,
+                role_mentions(&self.approvers),
+                self.timeout
+            )
+        } else {
+            "self-service".to_owned()
+        };
+        if !self.break_glass.is_empty() {
+            text.push_str(&format!(
+                ", break-glass for {}",
+                role_mentions(&self.break_glass)
+            ));
+        }
+        text
+    }
+}
+
+/// `<@&1>, <@&2>`: roles as Discord mentions.
+pub fn role_mentions(roles: &BTreeSet<RoleId>) -> String {
+    let parts: Vec<String> = roles.iter().map(|r| format!("<@&{r}>")).collect();
+    parts.join(", ")
 }
 
 /// A mapping as written in TOML and JSON: strings, checked by
 /// [`MappingSpec::validate`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingSpec {
     /// Unique name.
@@ -444,14 +518,29 @@ pub struct MappingSpec {
     /// Whether a reason is required.
     #[serde(default)]
     pub require_reason: bool,
-    /// A role recorded as approver; not enforced yet (no request waits
-    /// for approval).
+    /// The older single approver role: read into `approvers`, never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver_role: Option<RoleId>,
     /// `ask` (the default: the member is asked before another member's
     /// window on the port is ended) or `refuse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_conflict: Option<OnConflict>,
+    /// Roles whose members approve requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<RoleId>,
+    /// Distinct approvers needed; 0 (the default) is self-service.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub approvals: u32,
+    /// How long a request waits for approvers, e.g. `30m` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout: Option<String>,
+    /// Roles that may skip approval with a reason (break-glass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub break_glass: Vec<RoleId>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl MappingSpec {
@@ -503,6 +592,7 @@ impl MappingSpec {
             ));
         }
         let on_conflict = self.on_conflict.unwrap_or_default();
+        let approval = self.approval_rule()?;
         Ok(RoleMapping {
             name,
             roles: self.roles.iter().copied().collect(),
@@ -513,8 +603,45 @@ impl MappingSpec {
             allow_broad_sources: self.allow_broad_sources,
             default_source,
             require_reason: self.require_reason,
-            approver_role: self.approver_role,
             on_conflict,
+            approval,
+        })
+    }
+
+    fn approval_rule(&self) -> Result<ApprovalRule, MappingError> {
+        let field = |field: &'static str, message: String| MappingError::Field {
+            name: self.name.clone(),
+            field,
+            message,
+        };
+        let mut approvers: BTreeSet<RoleId> = self.approvers.iter().copied().collect();
+        approvers.extend(self.approver_role);
+        let timeout = match &self.approval_timeout {
+            None => ApprovalRule::default().timeout,
+            Some(text) => {
+                AccessDuration::parse(text).map_err(|e| field("approval_timeout", e.to_string()))?
+            }
+        };
+        if self.approvals > MAX_APPROVALS {
+            return Err(field(
+                "approvals",
+                format!("at most {MAX_APPROVALS} approvers can be required"),
+            ));
+        }
+        if self.approvals > 0 && approvers.is_empty() {
+            return Err(field(
+                "approvers",
+                format!(
+                    "{} approval(s) are required but no approver role is named: give approvers",
+                    self.approvals
+                ),
+            ));
+        }
+        Ok(ApprovalRule {
+            approvers,
+            approvals: self.approvals,
+            timeout,
+            break_glass: self.break_glass.iter().copied().collect(),
         })
     }
 }
@@ -535,8 +662,13 @@ impl RoleMapping {
             allow_broad_sources: self.allow_broad_sources,
             default_source: self.default_source.map(|s| s.to_string()),
             require_reason: self.require_reason,
-            approver_role: self.approver_role,
             on_conflict: (self.on_conflict != OnConflict::Ask).then_some(self.on_conflict),
+            approver_role: None,
+            approvers: self.approval.approvers.iter().copied().collect(),
+            approvals: self.approval.approvals,
+            approval_timeout: (self.approval.timeout != ApprovalRule::default().timeout)
+                .then(|| self.approval.timeout.to_string()),
+            break_glass: self.approval.break_glass.iter().copied().collect(),
         }
     }
 
@@ -544,7 +676,7 @@ impl RoleMapping {
     /// single addresses`, with a loud warning when it reaches broad sources.
     pub fn describe(&self) -> String {
         format!(
-            "{}VMs {}, ports {}, up to {}, from {}{}{}",
+            "{}VMs {}, ports {}, up to {}, from {}{}{}{}",
             self.broad_warning()
                 .map(|w| format!("{w}: "))
                 .unwrap_or_default(),
@@ -560,6 +692,11 @@ impl RoleMapping {
             match self.on_conflict {
                 OnConflict::Ask => "",
                 OnConflict::Refuse => ", refuses while another member holds the port",
+            },
+            if self.approval.is_required() || !self.approval.break_glass.is_empty() {
+                format!(", {}", self.approval.describe())
+            } else {
+                String::new()
             }
         )
     }
@@ -697,6 +834,61 @@ allow_broad_sources = true
         assert_eq!(mappings[1].sources, SourcePolicy::Any);
         let again = MappingFile::parse(&MappingFile::render(&mappings), &aliases).unwrap();
         assert_eq!(again, mappings);
+        // The older approver_role reads as one approver role.
+        let approvers: Vec<u64> = mappings[0]
+            .approval
+            .approvers
+            .iter()
+            .map(|r| r.get())
+            .collect();
+        assert_eq!(approvers, [333]);
+        assert!(!mappings[0].approval.is_required());
+    }
+
+    #[test]
+    fn approval_fields_round_trip_and_validate() {
+        let aliases = PortAliases::default();
+        let text = r#"
+[[mapping]]
+name = "prod"
+roles = ["1"]
+vms = "prod-*"
+ports = ["ssh"]
+max_duration = "2h"
+approvers = ["50", "51"]
+approvals = 2
+approval_timeout = "45m"
+break_glass = ["60"]
+"#;
+        let mappings = MappingFile::parse(text, &aliases).unwrap();
+        let rule = &mappings[0].approval;
+        assert_eq!(rule.approvals, 2);
+        assert_eq!(rule.timeout.minutes(), 45);
+        assert!(rule.is_approver(&[RoleId::parse("51").unwrap()]));
+        assert!(rule.may_break_glass(&[RoleId::parse("60").unwrap()]));
+        assert!(!rule.may_break_glass(&[RoleId::parse("50").unwrap()]));
+        let rendered = MappingFile::render(&mappings);
+        assert!(rendered.contains("approvals = 2"), "{rendered}");
+        assert!(!rendered.contains("approver_role"), "{rendered}");
+        assert_eq!(MappingFile::parse(&rendered, &aliases).unwrap(), mappings);
+        assert!(
+            mappings[0]
+                .describe()
+                .contains("2 approval(s) from <@&50>, <@&51>")
+        );
+        let base = "[[mapping]]\nname = \"m\"\nroles = [\"1\"]\nvms = \"*\"\nports = [\"ssh\"]\nmax_duration = \"2h\"\n";
+        for (extra, want) in [
+            ("approvals = 1", "no approver role is named"),
+            ("approvals = 11\napprovers = [\"2\"]", "at most 10"),
+            ("approval_timeout = \"forever\"", "approval_timeout"),
+        ] {
+            let err = MappingFile::parse(&format!("{base}{extra}"), &aliases).unwrap_err();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
+        // Self-service by default, with the default 30m timeout not written.
+        let plain = MappingFile::parse(base, &aliases).unwrap();
+        assert!(!plain[0].approval.is_required());
+        assert!(!MappingFile::render(&plain).contains("approval"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `admin` for `/jit-admin` (one file per subcommand below it).
 
 mod admin;
+mod approvals;
 mod member;
 
 use std::sync::Arc;
@@ -171,6 +172,13 @@ impl InteractionHandler for Bot {
             Err(message) => return message,
         };
         let (id, outcome) = match action {
+            ButtonAction::Approve(_)
+            | ButtonAction::Deny(_)
+            | ButtonAction::DenyWithReason { .. }
+            | ButtonAction::Withdraw(_)
+            | ButtonAction::Acknowledge(_) => {
+                return s.wake_after(approvals::button(s, who, action).await);
+            }
             ButtonAction::Extend(id) => (
                 id,
                 s.extend(who, id)

@@ -45,7 +45,7 @@ use super::messages;
 use super::replica::{self, LeaseGate};
 use crate::chat::ChatMessage;
 use crate::clock::SharedClock;
-use crate::domain::{AuditAction, AuditEvent, Outcome};
+use crate::domain::{AuditAction, AuditEvent, Outcome, RequestId};
 use crate::interactions::{ChatSender, SendError};
 use crate::store::{AuditRecord, Grant, OutboxKind, OutboxMessage, OutboxRow, Store, StoreError};
 
@@ -64,6 +64,9 @@ pub const CLAIM: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 /// How long the audit stream's lease outlives its last renewal (each audit
 /// post renews it).
 pub const AUDIT_LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
+/// How long an interaction token edits the original reply, with a margin
+/// under Discord's 15 minutes; later edits go by DM.
+const TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::seconds(14 * 60 + 30);
 
 /// What one [`Deliverer::tick`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -264,6 +267,12 @@ impl Deliverer {
 
     async fn send(&self, row: &OutboxRow) -> Result<(), SendError> {
         let key = row.idempotency_key.as_str();
+        let request = || -> Result<RequestId, SendError> {
+            row.target
+                .as_deref()
+                .and_then(|t| RequestId::parse(t).ok())
+                .ok_or_else(|| SendError::Permanent("an edit without a request id".into()))
+        };
         let target = row.target.as_deref().and_then(|t| t.parse::<u64>().ok());
         let message = || -> Result<ChatMessage, SendError> {
             serde_json::from_value(row.payload.get("message").cloned().unwrap_or_default())
@@ -279,6 +288,7 @@ impl Deliverer {
                 self.sender
                     .post(channel, &messages::audit(&record), key)
                     .await
+                    .map(drop)
             }
             OutboxKind::Dm => {
                 let user =
@@ -288,15 +298,20 @@ impl Deliverer {
             OutboxKind::ChannelMessage => {
                 let channel = target
                     .ok_or_else(|| SendError::Permanent("message without a channel".into()))?;
-                self.sender.post(channel, &message()?, key).await
+                let posted = self.sender.post(channel, &message()?, key).await?;
+                self.remember_card(row, channel, posted).await
             }
             OutboxKind::InteractionEdit => {
-                let hash = row
+                let target = row
                     .target
                     .as_deref()
-                    .ok_or_else(|| SendError::Permanent("edit without a link".into()))?;
-                let token = match self.store.ip_link(hash).await {
-                    Ok(link) => link.and_then(|l| l.reply_token),
+                    .ok_or_else(|| SendError::Permanent("edit without a target".into()))?;
+                // Two writers share this kind: an IP link's visit (the target
+                // is the link's hash, whose row holds the token) and a
+                // request's later stages (the target is the request id, whose
+                // grant holds it).
+                let link = match self.store.ip_link(target).await {
+                    Ok(link) => link,
                     Err(e) => {
                         return Err(SendError::Retry {
                             reason: format!("reading the link: {e}"),
@@ -304,10 +319,92 @@ impl Deliverer {
                         });
                     }
                 };
-                let token = token.ok_or_else(|| SendError::Permanent("no reply to edit".into()))?;
-                self.sender.edit_reply(&token, &message()?).await
+                match link {
+                    Some(link) => {
+                        let token = link
+                            .reply_token
+                            .ok_or_else(|| SendError::Permanent("no reply to edit".into()))?;
+                        self.sender.edit_reply(token.expose(), &message()?).await
+                    }
+                    None => self.edit_reply(&request()?, &message()?, key).await,
+                }
+            }
+            OutboxKind::MessageEdit => self.edit_card(&request()?, &message()?).await,
+        }
+    }
+
+    /// Records where a request's approval card was posted, for its edits.
+    async fn remember_card(
+        &self,
+        row: &OutboxRow,
+        channel: u64,
+        posted: Option<u64>,
+    ) -> Result<(), SendError> {
+        let card_of = row.payload.get("approval_card").and_then(|v| v.as_str());
+        let (Some(id), Some(message)) = (card_of.and_then(|i| RequestId::parse(i).ok()), posted)
+        else {
+            return Ok(());
+        };
+        self.store
+            .set_approval_card(&id, channel, message)
+            .await
+            .map_err(|e| SendError::Retry {
+                reason: format!("recording the card: {e}"),
+                retry_after: None,
+            })
+    }
+
+    /// Edits the approval card of `id`; waits (retries) until the card
+    /// itself has been posted.
+    async fn edit_card(&self, id: &RequestId, message: &ChatMessage) -> Result<(), SendError> {
+        let card = self
+            .store
+            .approval_request(id)
+            .await
+            .map_err(|e| SendError::Retry {
+                reason: format!("reading the card: {e}"),
+                retry_after: None,
+            })?
+            .and_then(|r| r.card);
+        match card {
+            Some((channel, message_id)) => self.sender.edit(channel, message_id, message).await,
+            None => Err(SendError::Retry {
+                reason: "the card is not posted yet".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+        }
+    }
+
+    /// Edits the original reply of `id`'s interaction while its token
+    /// works; once it has expired (or Discord refuses it), sends the owner
+    /// a DM instead.
+    async fn edit_reply(
+        &self,
+        id: &RequestId,
+        message: &ChatMessage,
+        key: &str,
+    ) -> Result<(), SendError> {
+        let grant = self
+            .store
+            .grant(id)
+            .await
+            .map_err(|e| SendError::Retry {
+                reason: format!("reading the grant: {e}"),
+                retry_after: None,
+            })?
+            .ok_or_else(|| {
+                SendError::Permanent("an edit of a request that is not stored".into())
+            })?;
+        let fresh = self.clock.now() - grant.requested_at < TOKEN_LIFETIME;
+        if let (true, Some(token)) = (fresh, &grant.interaction_token) {
+            match self.sender.edit_reply(token.expose(), message).await {
+                Err(SendError::Permanent(reason)) => {
+                    tracing::info!(%reason, "the interaction token no longer works; sending a DM");
+                }
+                other => return other,
             }
         }
+        self.sender.direct(grant.user_id.get(), message, key).await
     }
 
     /// Delivers until cancelled: after a tick that delivered something, at

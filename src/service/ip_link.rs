@@ -114,7 +114,7 @@ impl StoredInvocation {
             },
             channel_id: self.channel_id,
             guild_id: self.guild_id,
-            reply_token: None,
+            token: None,
         })
     }
 }
@@ -150,7 +150,7 @@ impl Service {
             invocation: serde_json::to_string(&StoredInvocation::of(who))
                 .map_err(|e| StoreError::Unexpected(e.into()))?,
             pending_request: pending.map(ToString::to_string),
-            reply_token: pending.and(who.reply_token.clone()),
+            reply_token: pending.and(who.token.clone()),
         };
         self.store().insert_ip_link(&link).await?;
         Ok(Some(LinkOffer {

@@ -2,6 +2,7 @@
 //! cards as transport-neutral [`ChatMessage`]s (pure). Each chat transport
 //! turns them into its own format (Discord: [`crate::discord::builders`]).
 
+pub mod approval;
 mod audit_line;
 
 pub use audit_line::{audit_line, describe_spec};
@@ -134,6 +135,18 @@ pub fn grant_with(
         GrantState::Cancelled => (
             format!("Cancelled: {ports} on {}", grant.vm_name),
             Tone::Info,
+        ),
+        GrantState::PendingApproval => (
+            format!("Waiting for approval: {ports} on {}", grant.vm_name),
+            Tone::Info,
+        ),
+        GrantState::Denied => (
+            format!("Request denied: {ports} on {}", grant.vm_name),
+            Tone::Denied,
+        ),
+        GrantState::ApprovalExpired => (
+            format!("Request expired unapproved: {ports} on {}", grant.vm_name),
+            Tone::Warning,
         ),
     };
     let mut card = Card::new(title, tone)
@@ -321,7 +334,10 @@ pub fn status(grants: &[Grant], aliases: &PortAliases) -> ChatMessage {
                 "{} · {} · {}",
                 g.vm_name,
                 g.ports.describe(aliases),
-                g.state
+                match g.state {
+                    GrantState::PendingApproval => "waiting for approval".to_owned(),
+                    state => state.to_string(),
+                }
             ),
             format!("{}\nRequest {}", window(g), g.request_id),
             false,
@@ -387,6 +403,7 @@ pub fn reminder(
             .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: grant_buttons(grant),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -411,6 +428,7 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
             .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -434,6 +452,7 @@ pub fn displaced(
                 .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -465,6 +484,7 @@ pub fn ended_by_azure(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
             .footer(format!("Request {}", grant.request_id)),
         ),
         buttons: Vec::new(),
+        ping_roles: Vec::new(),
     }
 }
 
@@ -494,6 +514,13 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::BotStarted => "Drawbridge started",
         AuditAction::BotStopped => "Drawbridge stopped",
         AuditAction::AuditChainBroken => "Audit chain broken",
+        AuditAction::ApprovalRequested => "Approval requested",
+        AuditAction::RequestApproved => "Request approved",
+        AuditAction::RequestDenied => "Request denied",
+        AuditAction::RequestCancelled => "Request cancelled",
+        AuditAction::ApprovalExpired => "Approval timed out",
+        AuditAction::BreakGlassUsed => "⚠ Break-glass access",
+        AuditAction::BreakGlassAcknowledged => "Break-glass acknowledged",
     }
 }
 

@@ -1,6 +1,6 @@
 //! The phases of putting a window on a VM, named so that `/jit`, Extend,
-//! `/jit-admin explain` (and approvals, later) are built from the same
-//! parts rather than each from its own copy:
+//! `/jit-admin explain` and approvals ([`super::approval`]) are built from
+//! the same parts rather than each from its own copy:
 //!
 //! 1. [`resolve`]: the VM a member names, through the index, with one error
 //!    type for every caller.
@@ -15,10 +15,9 @@
 //!    that is no answer (timeout, 5xx, a body that does not parse) is
 //!    settled from the policy instead ([`unclear`]).
 //!
-//! Where the next changes slot in: an approval is `decide` then `persist`
-//! in a waiting state, and `initiate` + `settle` when approved; a claim of
-//! the grant before Azure is called belongs at the start of `initiate`; a check that the member's roles reach any VM at all
-//! belongs before `resolve`.
+//! An approval is `decide` then `persist` in a waiting state
+//! (`pending_approval`), and `decide` again, `initiate` and `settle` when
+//! approved.
 
 pub mod decide;
 pub mod initiate;

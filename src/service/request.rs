@@ -156,11 +156,28 @@ impl Service {
     ///
     /// # Errors
     /// [`RequestError`]: every refusal is audited before it is returned.
-    #[tracing::instrument(skip_all, fields(request_id = %who.id, user = %who.member.user_id, vm = %request.vm))]
     pub async fn request_access(
         &self,
         who: &Invocation,
         request: AccessRequest,
+    ) -> Result<Grant, RequestError> {
+        self.request_access_with(who, request, false).await
+    }
+
+    /// [`Service::request_access`], with `break_glass` asked for: on a
+    /// mapping that needs approval, a member with one of its `break_glass`
+    /// roles and a reason skips the wait (alerted and reviewed). Without
+    /// it, such a mapping's request is stored `pending_approval` after
+    /// every check, and opened when approved ([`super::approval`]).
+    ///
+    /// # Errors
+    /// [`RequestError`]: every refusal is audited before it is returned.
+    #[tracing::instrument(skip_all, fields(request_id = %who.id, user = %who.member.user_id, vm = %request.vm))]
+    pub async fn request_access_with(
+        &self,
+        who: &Invocation,
+        request: AccessRequest,
+        break_glass: bool,
     ) -> Result<Grant, RequestError> {
         let id = RequestId::parse(&who.id)
             .map_err(|e| RequestError::Unexpected(anyhow::anyhow!("interaction id: {e}")))?;
@@ -175,11 +192,31 @@ impl Service {
             now: self.clock().now(),
         };
         let admitted = self.admit(&asking).await?;
-        let ask_first = self.ask_first(&asking, &admitted).await?;
-        let grant = match self.persist(&asking, &admitted, ask_first).await? {
-            InsertOutcome::Inserted(grant) => grant,
-            InsertOutcome::Duplicate(grant) => return Ok(self.first_outcome(grant).await?),
+        let glass = match (break_glass, self.needs_approval(&admitted)) {
+            (true, Some(_)) => Some(self.check_break_glass(&asking, &admitted)?),
+            (false, Some(mapping)) => return self.hold(&asking, &admitted, &mapping).await,
+            (_, None) => None,
         };
+        let ask_first = self.ask_first(&asking, &admitted).await?;
+        let mut tx = self.store().begin().await?;
+        let grant = match self
+            .persist_in(&mut tx, &asking, &admitted, ask_first)
+            .await?
+        {
+            InsertOutcome::Inserted(grant) => grant,
+            InsertOutcome::Duplicate(grant) => {
+                tx.commit().await?;
+                return Ok(self.first_outcome(grant).await?);
+            }
+        };
+        if let Some(mapping) = &glass {
+            self.record_break_glass(&mut tx, &asking, &grant, mapping)
+                .await?;
+        }
+        tx.commit().await?;
+        if glass.is_some() {
+            self.wake_after(());
+        }
         if grant.state == GrantState::Confirming {
             tracing::info!("another member holds the port; the member is asked first");
             return Ok(grant);
@@ -253,6 +290,27 @@ impl Service {
                 Err(self.refused(asking, &target, held).await)
             }
         }
+    }
+
+    /// Stores an admitted request that needs approvers as
+    /// `pending_approval`, with everything that makes it wait, in one
+    /// transaction.
+    async fn hold(
+        &self,
+        asking: &Asking<'_>,
+        admitted: &Admitted,
+        mapping: &RoleMapping,
+    ) -> Result<Grant, RequestError> {
+        let mut tx = self.store().begin().await?;
+        let grant = match self.persist_in(&mut tx, asking, admitted, false).await? {
+            InsertOutcome::Inserted(grant) => {
+                self.hold_for_approval(&mut tx, asking, &grant, mapping)
+                    .await?
+            }
+            InsertOutcome::Duplicate(grant) => grant,
+        };
+        tx.commit().await?;
+        Ok(self.wake_after(grant))
     }
 
     /// Refuses a member whom no mapping covers before any lookup, resolves

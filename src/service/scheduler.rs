@@ -140,6 +140,14 @@ impl Scheduler {
                 self.expire(&mut tx, item, &grant, now).await?;
                 Handled::Expiry
             }
+            // Nobody decided in time: the request expires (Approve, Deny or
+            // Cancel cancel this timer in the transaction that decides).
+            (ScheduleKind::ApprovalTimeout, Some(grant))
+                if grant.state == GrantState::PendingApproval =>
+            {
+                self.service.expire_pending(&mut tx, &grant, now).await?;
+                Handled::Expiry
+            }
             _ => Handled::Skipped,
         };
         tx.commit().await?;

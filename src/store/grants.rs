@@ -20,7 +20,7 @@ use crate::domain::{
 };
 
 /// Every state, for the SQL that lists open ones.
-const ALL_STATES: [GrantState; 13] = [
+const ALL_STATES: [GrantState; 16] = [
     GrantState::Requested,
     GrantState::Active,
     GrantState::Extended,
@@ -33,7 +33,10 @@ const ALL_STATES: [GrantState; 13] = [
     GrantState::Superseded,
     GrantState::Ended,
     GrantState::Confirming,
+    GrantState::PendingApproval,
+    GrantState::Denied,
     GrantState::Cancelled,
+    GrantState::ApprovalExpired,
 ];
 
 /// An interaction token: a 15-minute credential for editing the original
@@ -145,23 +148,7 @@ pub struct GrantTransition {
 }
 
 fn event_name(event: &GrantEvent) -> &'static str {
-    match event {
-        GrantEvent::Initiated { .. } => "initiated",
-        GrantEvent::Failed => "failed",
-        GrantEvent::Unclear => "unclear",
-        GrantEvent::ExtendRequested => "extend requested",
-        GrantEvent::ExtendFailed { .. } => "extend failed",
-        GrantEvent::Extended { .. } => "extended",
-        GrantEvent::CloseRequested => "close requested",
-        GrantEvent::Closed { .. } => "closed",
-        GrantEvent::CloseFailed { .. } => "close failed",
-        GrantEvent::WindowEnded => "window ended",
-        GrantEvent::EndedInAzure { .. } => "ended in Azure",
-        GrantEvent::AskedFirst => "asked first",
-        GrantEvent::Confirmed => "confirmed",
-        GrantEvent::Cancelled => "cancelled",
-        GrantEvent::ReopenedInAzure { .. } => "reopened in Azure",
-    }
+    event.name()
 }
 
 fn event_end(event: &GrantEvent) -> Option<DateTime<Utc>> {

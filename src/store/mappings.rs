@@ -20,6 +20,8 @@ use crate::domain::mapping::MappingSpec;
 use crate::domain::{AuditAction, AuditEvent, MappingName, Outcome, PortAliases, RoleMapping};
 
 /// What [`StoreTx::upsert_mapping`] did.
+// One per admin change, never in a hot path: boxing the specs buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MappingChange {
     /// The name was new.
@@ -378,12 +380,7 @@ fn empty_spec(name: &MappingName) -> MappingSpec {
         vms: String::new(),
         ports: Vec::new(),
         max_duration: String::new(),
-        sources: None,
-        allow_broad_sources: false,
-        default_source: None,
-        require_reason: false,
-        approver_role: None,
-        on_conflict: None,
+        ..MappingSpec::default()
     }
 }
 

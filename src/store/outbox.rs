@@ -43,10 +43,13 @@ pub enum OutboxKind {
     Dm,
     /// A message in a channel; the target is a channel id.
     ChannelMessage,
-    /// An edit of the original interaction reply; the target is the hash of
-    /// the IP link whose row holds the interaction token (never the
-    /// payload).
+    /// An edit of the original interaction reply; the target is the request
+    /// id, whose grant holds the interaction token (never the payload).
+    /// Once the token has expired, a DM to the grant's owner instead.
     InteractionEdit,
+    /// An edit of a request's approval or review card; the target is the
+    /// request id, whose approval request records where the card is.
+    MessageEdit,
 }
 
 impl OutboxKind {
@@ -56,6 +59,7 @@ impl OutboxKind {
             Self::Dm => "dm",
             Self::ChannelMessage => "channel_message",
             Self::InteractionEdit => "interaction_edit",
+            Self::MessageEdit => "message_edit",
         }
     }
 
@@ -65,6 +69,7 @@ impl OutboxKind {
             "dm" => Self::Dm,
             "channel_message" => Self::ChannelMessage,
             "interaction_edit" => Self::InteractionEdit,
+            "message_edit" => Self::MessageEdit,
             _ => return None,
         })
     }

@@ -23,6 +23,8 @@ pub enum ScheduleKind {
     Reminder,
     /// The window ends: notify and mark the grant expired.
     Expiry,
+    /// A request pending approval expires unless decided first.
+    ApprovalTimeout,
 }
 
 impl ScheduleKind {
@@ -30,6 +32,7 @@ impl ScheduleKind {
         match self {
             Self::Reminder => "reminder",
             Self::Expiry => "expiry",
+            Self::ApprovalTimeout => "approval_timeout",
         }
     }
 
@@ -37,6 +40,7 @@ impl ScheduleKind {
         match s {
             "reminder" => Some(Self::Reminder),
             "expiry" => Some(Self::Expiry),
+            "approval_timeout" => Some(Self::ApprovalTimeout),
             _ => None,
         }
     }

@@ -123,7 +123,7 @@ fn the_demo_explains_mistakes_and_keeps_going() {
         "{out}"
     );
     assert!(out.contains("error: vm is missing"), "{out}");
-    assert!(out.contains("error: :as sre|dev|admin"), "{out}");
+    assert!(out.contains("error: :as sre|dev|admin|lead"), "{out}");
     assert!(out.contains("error: `soon` is not a duration"), "{out}");
     assert!(
         out.contains("[denied] Not allowed"),

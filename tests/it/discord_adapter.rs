@@ -133,6 +133,8 @@ fn settings(fake: &FakeDiscord) -> DiscordSettings {
         mode: DiscordMode::Gateway,
         public_key: None,
         audit_channel_id: None,
+        approvals_channel_id: None,
+        alert_role_id: None,
         admin_role_ids: Vec::new(),
     }
 }
@@ -277,7 +279,10 @@ async fn commands_are_bulk_registered_to_the_guild_on_ready() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["jit", "jit-status", "jit-ip", "jit-who", "jit-admin"]);
+    assert_eq!(
+        names,
+        ["jit", "jit-status", "jit-ip", "jit-who", "jit-admin"]
+    );
     let jit = &commands[0]["options"];
     for (i, name) in ["port", "vm", "duration"].iter().enumerate() {
         assert_eq!(jit[i]["name"], *name);

@@ -85,7 +85,12 @@ struct Recorder {
 
 #[async_trait]
 impl ChatSender for Recorder {
-    async fn post(&self, channel: u64, message: &ChatMessage, key: &str) -> Result<(), SendError> {
+    async fn post(
+        &self,
+        channel: u64,
+        message: &ChatMessage,
+        key: &str,
+    ) -> Result<Option<u64>, SendError> {
         if channel == AUDIT_CHANNEL && *self.audit_refused.lock().unwrap() {
             return Err(SendError::Permanent("Missing Permissions (50013)".into()));
         }
@@ -96,7 +101,19 @@ impl ChatSender for Recorder {
             message: message.clone(),
             at: self.clock.now(),
         });
-        Ok(())
+        Ok(None)
+    }
+
+    async fn edit(&self, _: u64, _: u64, _: &ChatMessage) -> Result<(), SendError> {
+        Err(SendError::Permanent(
+            "the recorder posts, it does not edit".into(),
+        ))
+    }
+
+    async fn edit_reply(&self, _: &str, _: &ChatMessage) -> Result<(), SendError> {
+        Err(SendError::Permanent(
+            "the recorder has no interactions".into(),
+        ))
     }
 
     async fn direct(&self, user: u64, message: &ChatMessage, key: &str) -> Result<(), SendError> {
@@ -207,7 +224,7 @@ impl Lab {
             },
             channel_id: Some(REQUEST_CHANNEL),
             guild_id: Some(4004),
-            reply_token: None,
+            token: None,
         }
     }
 

@@ -486,7 +486,7 @@ impl World {
             },
             channel_id: Some(1),
             guild_id: Some(4004),
-            reply_token: None,
+            token: None,
         }
     }
 

@@ -37,7 +37,7 @@ fn answer_to(out: &str, member: &str, command: &str) -> String {
     let mut lines = out.lines().skip_while(|l| *l != echo);
     assert!(lines.next().is_some(), "`{echo}` is not echoed:\n{out}");
     let is_echo = |l: &str| {
-        ["sre> ", "dev> ", "admin> "]
+        ["sre> ", "dev> ", "admin> ", "lead> "]
             .iter()
             .any(|p| l.starts_with(p))
     };

@@ -32,6 +32,7 @@ pub(super) async fn run(
         "audit" => audit::run(s, who, command).await,
         "coverage" => coverage::run(s, who).await,
         "enable" => enable::run(s, who, command).await,
+        "pending" => pending(s, who).await,
         other => Err(AdminError::Invalid(format!("unknown subcommand {other}"))),
     };
     let message = match result {
@@ -45,6 +46,28 @@ pub(super) async fn run(
         }
     };
     s.wake_after(message)
+}
+
+/// `/jit-admin pending`: every request waiting for approval, for approvers
+/// (of any mapping) and admins.
+async fn pending(s: &Service, who: &Invocation) -> Result<ChatMessage, AdminError> {
+    use crate::service::approval::ApprovalError;
+    match s.pending_requests(who).await {
+        Ok(views) => {
+            let rows: Vec<_> = views
+                .into_iter()
+                .map(|v| (v.grant, v.request, v.approvals))
+                .collect();
+            Ok(crate::service::messages::approval::pending_list(
+                &rows,
+                &s.config().aliases,
+            ))
+        }
+        Err(ApprovalError::NotApprover { .. }) => Err(AdminError::Invalid(
+            "/jit-admin pending is for approvers and admins".into(),
+        )),
+        Err(e) => Err(AdminError::Unexpected(anyhow::anyhow!("{e}"))),
+    }
 }
 
 /// A required option's value.

@@ -39,23 +39,42 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
             return messages::request_error(&error, &who.id);
         }
     };
-    s.wake_after(match s.request_access(who, request.clone()).await {
-        Ok(grant) if grant.state == GrantState::Confirming => match s.holder_for(&grant).await {
-            Ok(holder) => messages::question(&grant, holder.as_ref(), aliases),
-            Err(e) => messages::request_error(&RequestError::from(e), &who.id),
+    let break_glass = command.option("break_glass") == Some("true");
+    s.wake_after(
+        match s
+            .request_access_with(who, request.clone(), break_glass)
+            .await
+        {
+            Ok(grant) if grant.state == GrantState::PendingApproval => {
+                match s.approval_view(&grant.request_id).await {
+                    Ok(view) => messages::approval::requester_view(
+                        &view.grant,
+                        &view.request,
+                        &view.approvals,
+                        aliases,
+                    ),
+                    Err(_) => messages::grant(&grant, aliases),
+                }
+            }
+            Ok(grant) if grant.state == GrantState::Confirming => {
+                match s.holder_for(&grant).await {
+                    Ok(holder) => messages::question(&grant, holder.as_ref(), aliases),
+                    Err(e) => messages::request_error(&RequestError::from(e), &who.id),
+                }
+            }
+            Ok(grant) => {
+                let connection = s.connection_of(&grant).await;
+                messages::grant_with(&grant, aliases, connection.as_deref())
+            }
+            Err(RequestError::NoSource) if s.ip_links_enabled() => {
+                link_reply(s, who, Some(&request), None).await
+            }
+            Err(e) => {
+                log_unexpected(&e, &who.id);
+                messages::request_error(&e, &who.id)
+            }
         },
-        Ok(grant) => {
-            let connection = s.connection_of(&grant).await;
-            messages::grant_with(&grant, aliases, connection.as_deref())
-        }
-        Err(RequestError::NoSource) if s.ip_links_enabled() => {
-            link_reply(s, who, Some(&request), None).await
-        }
-        Err(e) => {
-            log_unexpected(&e, &who.id);
-            messages::request_error(&e, &who.id)
-        }
-    })
+    )
 }
 
 /// `/jit-status`.

@@ -159,6 +159,52 @@ pub fn audit_line(event: &AuditEvent) -> String {
             d.or("problem", "no detail recorded"),
             d.or("rows_intact", "?")
         ),
+        AuditAction::ApprovalRequested => format!(
+            "{target} waits for {} approval(s) from {}",
+            d.or("needed", "?"),
+            d.or("approvers", "the approvers")
+        ),
+        AuditAction::RequestApproved => format!(
+            "{} approved {}'s request for {target} ({} of {})",
+            actor(&event.actor),
+            d.text("requester")
+                .map(|u| actor(&u))
+                .unwrap_or_else(|| "a member".into()),
+            d.or("count", "?"),
+            d.or("needed", "?")
+        ),
+        AuditAction::RequestDenied => format!(
+            "{} denied {}'s request for {target}: {}",
+            actor(&event.actor),
+            d.text("requester")
+                .map(|u| actor(&u))
+                .unwrap_or_else(|| "a member".into()),
+            d.typed_or("reason", "no reason recorded")
+        ),
+        AuditAction::RequestCancelled => {
+            format!(
+                "{} cancelled their request for {target}",
+                actor(&event.actor)
+            )
+        }
+        AuditAction::ApprovalExpired => format!(
+            "{}'s request for {target} expired without a decision",
+            d.text("requester")
+                .map(|u| actor(&u))
+                .unwrap_or_else(|| "a member".into()),
+        ),
+        AuditAction::BreakGlassUsed => format!(
+            "BREAK-GLASS: {} opened {target} without approval — reason: {}",
+            actor(&event.actor),
+            d.typed_or("reason", "none")
+        ),
+        AuditAction::BreakGlassAcknowledged => format!(
+            "{} acknowledged {}'s break-glass access to {target}",
+            actor(&event.actor),
+            d.text("requester")
+                .map(|u| actor(&u))
+                .unwrap_or_else(|| "a member".into()),
+        ),
     }
 }
 
@@ -311,7 +357,7 @@ fn diff(before: &Value, after: &Value) -> String {
 
 fn field_value(key: &str, value: &Value) -> String {
     match key {
-        "roles" => mention_roles(value),
+        "roles" | "approvers" | "break_glass" => mention_roles(value),
         "approver_role" => match value {
             Value::Null => "-".to_owned(),
             v => format!("<@&{}>", plain(v)),

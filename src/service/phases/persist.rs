@@ -10,23 +10,25 @@ use serde_json::json;
 use super::{Admitted, Asking};
 use crate::domain::{AuditAction, AuditEvent, GrantEvent, Outcome, Snowflake};
 use crate::service::{Service, actor};
-use crate::store::{InsertOutcome, NewGrant, StoreError};
+use crate::store::{InsertOutcome, NewGrant, StoreError, StoreTx};
 
 impl Service {
-    /// Writes the admitted request as a `requested` grant, or `confirming`
-    /// when `ask_first` (another member holds the port).
+    /// Writes the admitted request as a `requested` grant inside `tx`, so
+    /// the caller can write more in the same transaction (a request held
+    /// for approval, a break-glass record) before it commits; `confirming`
+    /// instead when `ask_first` (another member holds the port).
     ///
     /// # Errors
     /// If the store fails.
-    pub(crate) async fn persist(
+    pub(crate) async fn persist_in(
         &self,
+        tx: &mut StoreTx,
         asking: &Asking<'_>,
         admitted: &Admitted,
         ask_first: bool,
     ) -> Result<InsertOutcome, StoreError> {
         let (who, request) = (asking.who, asking.request);
         let target = admitted.target.identity.qualified();
-        let mut tx = self.store().begin().await?;
         let outcome = tx
             .insert_grant(NewGrant {
                 request_id: asking.id.clone(),
@@ -42,7 +44,7 @@ impl Service {
                 reason: request.reason.clone(),
                 mapping: admitted.mapping.clone(),
                 requested_at: asking.now,
-                interaction_token: None,
+                interaction_token: who.token.clone(),
             })
             .await?;
         let outcome = match outcome {
@@ -74,7 +76,6 @@ impl Service {
             );
             tx.append_audit(&allow.with_detail(allowed)).await?;
         }
-        tx.commit().await?;
         Ok(outcome)
     }
 }

@@ -36,7 +36,23 @@ impl Service {
         grant: Grant,
         outcome: Result<Initiated, JitError>,
     ) -> Result<Grant, RequestError> {
-        let by = actor(who.member.user_id);
+        self.settle_opened_by(&actor(who.member.user_id), vm, grant, outcome)
+            .await
+    }
+
+    /// [`Service::settle_opened`], audited as `by` (an approved request is
+    /// opened by its last approver's click).
+    ///
+    /// # Errors
+    /// [`RequestError::Azure`] when Azure did not open it.
+    pub(crate) async fn settle_opened_by(
+        &self,
+        by: &str,
+        vm: &IndexedVm,
+        grant: Grant,
+        outcome: Result<Initiated, JitError>,
+    ) -> Result<Grant, RequestError> {
+        let by = by.to_owned();
         match outcome {
             Ok(initiated) => Ok(self.record_opened(&by, &grant, &initiated).await?),
             Err(error @ JitError::NoAnswer { .. }) => {

@@ -392,8 +392,7 @@ fn mapping(name: &str, vms: &str, max: &str) -> RoleMapping {
         allow_broad_sources: false,
         default_source: None,
         require_reason: false,
-        approver_role: None,
-        on_conflict: None,
+        ..MappingSpec::default()
     }
     .validate(&PortAliases::default())
     .unwrap()
@@ -877,8 +876,8 @@ pub async fn states_and_timer_kinds_the_code_does_not_know_are_refused(b: &impl 
 
     // A state or kind from a newer release (or a typo) never lands.
     for sql in [
-        "UPDATE grants SET state = 'pending_approval' WHERE request_id = 'req-k'",
-        "UPDATE schedule SET kind = 'approval_timeout' WHERE request_id = 'req-k'",
+        "UPDATE grants SET state = 'awaiting_quorum' WHERE request_id = 'req-k'",
+        "UPDATE schedule SET kind = 'quorum_reminder' WHERE request_id = 'req-k'",
     ] {
         assert!(b.raw(&db.url, sql).await.is_err(), "{sql}");
     }
@@ -888,15 +887,15 @@ pub async fn states_and_timer_kinds_the_code_does_not_know_are_refused(b: &impl 
     // Making room for one is a single insert, as a later migration will do.
     b.exec(
         &db,
-        "INSERT INTO grant_states (name) VALUES ('pending_approval');
-         UPDATE grants SET state = 'pending_approval' WHERE request_id = 'req-k';",
+        "INSERT INTO grant_states (name) VALUES ('awaiting_quorum');
+         UPDATE grants SET state = 'awaiting_quorum' WHERE request_id = 'req-k';",
     )
     .await;
     // This release cannot read it back, and says so instead of guessing.
     match db.store.grant(&id).await.unwrap_err() {
         StoreError::CorruptRow { table, message, .. } => {
             assert_eq!(table, "grants");
-            assert!(message.contains("pending_approval"), "{message}");
+            assert!(message.contains("awaiting_quorum"), "{message}");
         }
         other => panic!("expected CorruptRow, got {other:?}"),
     }

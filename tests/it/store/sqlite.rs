@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 16] = [
+const APPLIED: [(&str, &str); 17] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -66,6 +66,10 @@ const APPLIED: [(&str, &str); 16] = [
         "ae1754285ab0fcc67eb4565d987bc3dac5f8e94954d7106758380a0ad214d1650eda9c54873fae76e6b727c93f04da71",
     ),
     (
+        "0045_approvals.sql",
+        "0320c93f2bf8226d94c0893fd3c2482dd774355f426916657b01a1f804b9f1580c69249df55c99fb61920780e2973645",
+    ),
+    (
         "0050_leases.sql",
         "156eb9b773d22c9281842f0b7f392780f842e69723f13778b682de32b532e80b1c39768b84a557b7d83f80e6ffefbb78",
     ),
@@ -98,7 +102,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     assert_eq!(
         versions,
         (1..=8)
-            .chain([20, 21, 22, 35, 40, 50, 51, 60])
+            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60])
             .collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
@@ -212,7 +216,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 22, 35, 40, 50, 51, 60]
+        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60]
     );
 
     let id = RequestId::parse("req-old").unwrap();

@@ -267,6 +267,46 @@ pub async fn spawn_app() -> TestApp {
 
 impl TestApp {
     /// Sends the shutdown signal and waits for `Server::run` to return.
+    /// Stops the app and starts it again on the same database, fake
+    /// Discord and emulator, as a redeploy does; returns once the new one
+    /// is connected (a new IDENTIFY).
+    pub async fn restart(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(20), handle)
+                .await
+                .expect("the app stops within 20 s")
+                .expect("the app task did not panic")
+                .expect("the app stopped cleanly");
+        }
+        let identified = self.discord.identifies().len();
+        let server = App::build(self.settings.clone(), Arc::clone(&self.clock))
+            .await
+            .expect("app builds again")
+            .bind()
+            .await
+            .expect("the app binds its listener again");
+        self.ops_url = format!("http://{}", server.ops_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        self.handle = Some(tokio::spawn(server.run(async {
+            let _ = rx.await;
+        })));
+        self.shutdown = Some(tx);
+        assert!(
+            self.discord
+                .wait_until(Duration::from_secs(10), |d| d.identifies().len()
+                    > identified)
+                .await,
+            "the restarted bot identified"
+        );
+        assert!(
+            self.discord.wait_until_ready(Duration::from_secs(10)).await,
+            "the restarted bot is connected"
+        );
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -278,47 +318,6 @@ impl TestApp {
                 .expect("the app task did not panic"),
             None => Ok(()),
         }
-    }
-}
-
-impl TestApp {
-    /// Stops the app and starts it again on the same database, fake Discord
-    /// and emulator: what a restart leaves (gateway mode).
-    pub async fn restart(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(20), handle)
-                .await
-                .expect("the app stops within 20 s")
-                .expect("the app task did not panic")
-                .expect("a clean stop");
-        }
-        let identified = self.discord.identifies().len();
-        let server = App::build(self.settings.clone(), Arc::clone(&self.clock))
-            .await
-            .expect("app builds again")
-            .bind()
-            .await
-            .expect("the app binds its listener");
-        self.ops_url = format!("http://{}", server.ops_addr());
-        let (tx, rx) = oneshot::channel::<()>();
-        self.handle = Some(tokio::spawn(server.run(async {
-            let _ = rx.await;
-        })));
-        self.shutdown = Some(tx);
-        let again = self
-            .discord
-            .wait_until(Duration::from_secs(10), |d| {
-                d.identifies().len() > identified
-            })
-            .await;
-        assert!(again, "the restarted bot identified on the fake gateway");
-        assert!(
-            self.discord.wait_until_ready(Duration::from_secs(10)).await,
-            "the restarted bot is ready"
-        );
     }
 }
 

@@ -766,6 +766,34 @@ impl FakeDiscord {
     pub fn button(&self, custom_id: &str) -> InteractionBuilder {
         InteractionBuilder::new(&self.shared.config, InteractionKind::Component, custom_id)
     }
+    /// The MODAL_SUBMIT (`type` 5) of the form the bot showed in answer to
+    /// interaction `shown_in`, with `values` for its text inputs by
+    /// `custom_id`, from the member who saw it. Panics if the bot showed no
+    /// form there (Discord sends a submission only for a form it showed), or
+    /// a value names no input of the form.
+    pub fn submit_modal(&self, shown_in: u64, values: &[(&str, &str)]) -> InteractionBuilder {
+        let modal = self
+            .modal(shown_in)
+            .unwrap_or_else(|| panic!("interaction {shown_in} showed no form"));
+        let inputs: Vec<String> = modal["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+            .filter_map(|input| input["custom_id"].as_str().map(str::to_owned))
+            .collect();
+        let custom_id = modal["custom_id"].as_str().unwrap_or_default();
+        let mut form =
+            InteractionBuilder::new(&self.shared.config, InteractionKind::ModalSubmit, custom_id);
+        for (id, value) in values {
+            assert!(
+                inputs.iter().any(|i| i == id),
+                "the form has no input {id}: {modal}"
+            );
+            form = form.input(id, value);
+        }
+        form
+    }
     /// A PING (`type` 1), as Discord sends to verify an HTTP interactions endpoint.
     pub fn ping(&self) -> InteractionBuilder {
         InteractionBuilder::new(&self.shared.config, InteractionKind::Ping, "")
@@ -950,6 +978,7 @@ fn register_raw_interaction(st: &mut State, payload: Value) -> SentInteraction {
         Some(1) => InteractionKind::Ping,
         Some(3) => InteractionKind::Component,
         Some(4) => InteractionKind::Autocomplete,
+        Some(5) => InteractionKind::ModalSubmit,
         _ => InteractionKind::Command,
     };
     let sent = SentInteraction {

@@ -35,11 +35,22 @@ pub(super) async fn run(
         allow_broad_sources: opt("allow_broad_sources") == Some("true"),
         default_source: opt("default_source").map(str::to_string),
         require_reason: opt("require_reason") == Some("true"),
-        approver_role: None,
         on_conflict: opt("on_conflict")
             .map(OnConflict::parse)
             .transpose()
             .map_err(AdminError::Invalid)?,
+        approvers: role_list(opt("approvers"))?,
+        approvals: match opt("approvals") {
+            None => 0,
+            Some(n) => n.trim().parse().map_err(|_| {
+                AdminError::Invalid(format!(
+                    "approvals: `{n}` is not a whole number from 0 to 10"
+                ))
+            })?,
+        },
+        approval_timeout: opt("approval_timeout").map(str::to_string),
+        break_glass: role_list(opt("break_glass"))?,
+        ..MappingSpec::default()
     };
     let (mapping, change) = s.map(who, spec).await?;
     let verb = match change {
@@ -48,6 +59,20 @@ pub(super) async fn run(
         MappingChange::Unchanged => "Mapping unchanged",
     };
     Ok(ChatMessage::card(mapping_card(verb, &mapping)))
+}
+
+/// Roles given as `1, <@&2>`, each once.
+fn role_list(text: Option<&str>) -> Result<Vec<RoleId>, AdminError> {
+    let mut roles = Vec::new();
+    for item in text.unwrap_or_default().split([',', ' ']) {
+        if !item.trim().is_empty() {
+            let role = role_id(item)?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+    }
+    Ok(roles)
 }
 
 /// A role id, or a role mention `<@&id>`.

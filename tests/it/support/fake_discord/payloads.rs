@@ -11,6 +11,8 @@ pub enum InteractionKind {
     Command = 2,
     Component = 3,
     Autocomplete = 4,
+    /// MODAL_SUBMIT: a form the bot showed (callback type 9), submitted.
+    ModalSubmit = 5,
 }
 
 /// An interaction to send; get one from `FakeDiscord::{slash, autocomplete, button, ping}`.
@@ -36,6 +38,8 @@ pub struct InteractionBuilder {
     open: Vec<usize>,
     message: Option<Value>,
     values: Option<Vec<String>>,
+    /// A submitted form's text inputs, `(custom_id, value)`.
+    inputs: Vec<(String, String)>,
 }
 
 impl InteractionBuilder {
@@ -56,7 +60,14 @@ impl InteractionBuilder {
             open: Vec::new(),
             message: None,
             values: None,
+            inputs: Vec::new(),
         }
+    }
+
+    /// A text input's value in a submitted form.
+    pub fn input(mut self, custom_id: &str, value: &str) -> Self {
+        self.inputs.push((custom_id.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn kind(&self) -> InteractionKind {
@@ -234,6 +245,13 @@ impl InteractionBuilder {
                 }
                 None => json!({"custom_id": self.name, "component_type": 2}),
             },
+            InteractionKind::ModalSubmit => json!({
+                "custom_id": self.name,
+                "components": self.inputs.iter().map(|(id, value)| json!({
+                    "type": 1,
+                    "components": [{"type": 4, "custom_id": id, "value": value}],
+                })).collect::<Vec<_>>(),
+            }),
             InteractionKind::Ping => unreachable!(),
         };
         d["data"] = data;

@@ -623,6 +623,8 @@ fn accept_callback(
         InteractionKind::Command => &[4, 5, 9],
         InteractionKind::Component => &[4, 5, 6, 7, 9],
         InteractionKind::Autocomplete => &[8],
+        // A form cannot answer with another form.
+        InteractionKind::ModalSubmit => &[4, 5, 6, 7],
     };
     if !allowed.contains(&kind) {
         return Reply::invalid_form(&format!(
@@ -631,6 +633,11 @@ fn accept_callback(
     }
     if let Err(errors) = limits::interaction_response(body) {
         return Reply::form_errors(errors);
+    }
+    if kind == 9
+        && let Err(message) = check_modal(&body["data"])
+    {
+        return Reply::invalid_form(&format!("Invalid Form Body: {message}"));
     }
     let data = &body["data"];
     match kind {
@@ -671,6 +678,36 @@ fn accept_callback(
     }
     ix.acked = Some(kind);
     Reply::no_content()
+}
+
+/// A modal (callback type 9) as Discord takes it: `custom_id` 1-100,
+/// `title` 1-45, 1-5 action rows each holding one text input (type 4) with
+/// a `custom_id`, a `style` 1 or 2 and a `label` of 1-45 characters.
+fn check_modal(data: &Value) -> Result<(), String> {
+    let len = |v: &Value| v.as_str().map(|s| s.chars().count());
+    if !len(&data["custom_id"]).is_some_and(|n| (1..=100).contains(&n)) {
+        return Err("data.custom_id must be 1-100 characters".into());
+    }
+    if !len(&data["title"]).is_some_and(|n| (1..=45).contains(&n)) {
+        return Err("data.title must be 1-45 characters".into());
+    }
+    let rows = data["components"].as_array().cloned().unwrap_or_default();
+    if !(1..=5).contains(&rows.len()) {
+        return Err("data.components must hold 1-5 action rows".into());
+    }
+    for row in &rows {
+        let inputs = row["components"].as_array().cloned().unwrap_or_default();
+        let ok = row["type"] == 1
+            && inputs.len() == 1
+            && inputs[0]["type"] == 4
+            && len(&inputs[0]["custom_id"]).is_some_and(|n| (1..=100).contains(&n))
+            && matches!(inputs[0]["style"].as_u64(), Some(1 | 2))
+            && len(&inputs[0]["label"]).is_some_and(|n| (1..=45).contains(&n));
+        if !ok {
+            return Err(format!("data.components: not one valid text input: {row}"));
+        }
+    }
+    Ok(())
 }
 
 /// The interaction behind a webhook token, checking the app id and the 15 min lifetime.

@@ -1,0 +1,597 @@
+//! Approvals in chat (issue 13), end to end: the real app against the fake
+//! Discord and the Azure emulator. Alice (the fake's default member, role
+//! 100) asks for SSH on the prod VM `rg-prod/ops-01`, whose mapping needs
+//! approvers with role 300; Bob and Carol hold it.
+
+use chrono::Utc;
+use drawbridge::clock::ManualClock;
+use drawbridge::domain::{AuditAction, GrantState, RequestId};
+use serde_json::Value;
+
+use crate::e2e::{
+    BOB, Reply, WAIT, audit_log, grant, initiated_end, initiates, interact, jit, reply_to,
+};
+use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder};
+use crate::support::fake_discord::{FakeDiscord, USER_ID};
+
+/// `discord.approvals_channel_id`.
+const APPROVALS: u64 = 7100;
+const APPROVER_ROLE: u64 = 300;
+const BREAK_GLASS_ROLE: u64 = 310;
+const ALERT_ROLE: u64 = 320;
+const CAROL: u64 = 6008;
+const ALICE: u64 = USER_ID;
+
+fn mappings(approvals: u32) -> String {
+    format!(
+        r#"
+[[mapping]]
+name = "sre-web"
+roles = ["100"]
+vms = "web-*"
+ports = ["ssh"]
+max_duration = "3h"
+
+[[mapping]]
+name = "prod"
+roles = ["100"]
+vms = "rg-prod/ops-01"
+ports = ["ssh"]
+max_duration = "3h"
+approvers = ["{APPROVER_ROLE}"]
+approvals = {approvals}
+break_glass = ["{BREAK_GLASS_ROLE}"]
+"#
+    )
+}
+
+fn builder(approvals: u32) -> TestAppBuilder {
+    TestAppBuilder::default()
+        .mappings(&mappings(approvals))
+        .env("DISCORD__APPROVALS_CHANNEL_ID", &APPROVALS.to_string())
+        .env("DISCORD__ALERT_ROLE_ID", &ALERT_ROLE.to_string())
+}
+
+/// Alice's `/jit ssh rg-prod/ops-01 2h from:203.0.113.7`.
+async fn ask_prod(app: &TestApp, roles: &[u64]) -> Reply {
+    let d = &app.discord;
+    interact(
+        app,
+        jit(d, "ssh", "rg-prod/ops-01", "2h", roles).string("from", "203.0.113.7"),
+    )
+    .await
+}
+
+/// The card of request `id` in the approvals channel, as last edited.
+fn card(d: &FakeDiscord, id: &RequestId) -> Option<Value> {
+    let footer = format!("Request {id}");
+    d.channel_messages(APPROVALS)
+        .into_iter()
+        .find(|m| m["embeds"][0]["footer"]["text"] == footer.as_str())
+}
+
+/// Waits until the card of `id` satisfies `pred`.
+async fn wait_card(d: &FakeDiscord, id: &RequestId, pred: impl Fn(&Value) -> bool) -> Value {
+    d.wait_until(WAIT, |d| card(d, id).is_some_and(|c| pred(&c)))
+        .await;
+    let card = card(d, id).expect("the approval card is posted");
+    assert!(pred(&card), "the card never got there: {card}");
+    card
+}
+
+fn custom_ids(message: &Value) -> Vec<String> {
+    message["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["custom_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn title(message: &Value) -> String {
+    message["embeds"][0]["title"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn all_text(message: &Value) -> String {
+    message.to_string()
+}
+
+/// A click on `verb`'s button of request `id` by `user` with `roles`.
+async fn click(app: &TestApp, verb: &str, id: &RequestId, user: u64, roles: &[u64]) -> Reply {
+    let d = &app.discord;
+    let name = if user == ALICE { "alice" } else { "approver" };
+    interact(
+        app,
+        d.button(&format!("{verb}:{id}:1"))
+            .user(user, name)
+            .roles(roles.iter().copied()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts_at_his_click() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+
+    // Act: Alice asks. Everything is checked, nothing reaches Azure.
+    let asked = ask_prod(&app, &[SRE_ROLE, APPROVER_ROLE]).await;
+    let id = asked.request_id();
+
+    // Assert: she waits, with Cancel, and the approvers get a card.
+    assert!(
+        asked.title().contains("Waiting for approval"),
+        "{}",
+        asked.text()
+    );
+    assert!(
+        asked
+            .description()
+            .contains(&format!("1 approval from <@&{APPROVER_ROLE}>")),
+        "{}",
+        asked.text()
+    );
+    assert_eq!(
+        asked.buttons(),
+        [("Cancel".to_owned(), format!("cancel:{id}:1"))]
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
+    let pending = wait_card(d, &id, |c| !custom_ids(c).is_empty()).await;
+    assert_eq!(
+        custom_ids(&pending),
+        [format!("approve:{id}:1"), format!("deny:{id}:1")]
+    );
+    for field in ["Who", "VM", "Ports", "Source", "Duration"] {
+        assert!(all_text(&pending).contains(field), "{field}: {pending}");
+    }
+    // Only the approver role is pinged: through allowed_mentions, not the requester.
+    let post = d
+        .calls_to("POST", &format!("/channels/{APPROVALS}/messages"))
+        .into_iter()
+        .find(|c| c.body["embeds"][0]["footer"]["text"] == format!("Request {id}").as_str())
+        .expect("the card was posted");
+    assert_eq!(
+        post.body["allowed_mentions"]["roles"],
+        serde_json::json!([APPROVER_ROLE.to_string()])
+    );
+    assert_eq!(
+        post.body["allowed_mentions"]["users"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        post.body["allowed_mentions"]["parse"],
+        serde_json::json!([])
+    );
+    assert!(
+        initiates(&app).is_empty(),
+        "Azure hears nothing before approval"
+    );
+
+    // Alice holds the approver role too, but may not approve her own request.
+    let own = click(&app, "approve", &id, ALICE, &[SRE_ROLE, APPROVER_ROLE]).await;
+    assert!(own.text().contains("cannot approve"), "{}", own.text());
+    assert!(initiates(&app).is_empty());
+
+    // Bob approves: the port opens now, for two hours from his click.
+    let before = Utc::now();
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    let calls = initiates(&app);
+    assert_eq!(calls.len(), 1, "exactly one initiate: {calls:?}");
+    let end = initiated_end(&calls[0]);
+    assert!(
+        end >= before + chrono::Duration::hours(2) - chrono::Duration::seconds(1),
+        "the window starts at Bob's click: {end} vs {before}"
+    );
+    let why = calls[0].body.as_ref().unwrap()["justification"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
+        "{why}"
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+
+    // The card ends approved, without buttons; Alice's reply shows the grant and who approved.
+    let done = wait_card(d, &id, |c| custom_ids(c).is_empty()).await;
+    assert!(title(&done).starts_with("Approved"), "{done}");
+    assert!(all_text(&done).contains(&format!("<@{BOB}>")), "{done}");
+    let reply = d
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("Access granted"))
+        .await
+        .expect("Alice's reply is edited to the grant");
+    assert!(all_text(&reply).contains(&format!("<@{BOB}>")), "{reply}");
+
+    // Every step is audited, naming the approver.
+    let log = audit_log(&app).await;
+    let mine: Vec<_> = log
+        .iter()
+        .filter(|r| r.event.detail["request_id"] == id.as_str())
+        .collect();
+    let approvals: Vec<_> = mine
+        .iter()
+        .filter(|r| r.event.action == AuditAction::RequestApproved)
+        .collect();
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0].event.actor, format!("discord:{BOB}"));
+    assert!(
+        mine.iter()
+            .any(|r| r.event.action == AuditAction::ApprovalRequested)
+    );
+    assert!(
+        mine.iter()
+            .any(|r| r.event.action == AuditAction::AccessInitiated)
+    );
+}
+
+#[tokio::test]
+async fn two_approvals_need_two_distinct_approvers() {
+    // Arrange
+    let app = builder(2).start().await;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+
+    // Act + Assert: one click is not enough, nor the same approver twice.
+    let first = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+    assert!(first.title().contains("1 of 2"), "{}", first.text());
+    let again = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+    assert!(
+        again.title().contains("Already approved"),
+        "{}",
+        again.text()
+    );
+    assert!(initiates(&app).is_empty());
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
+    // Alice's reply says who approved so far.
+    app.discord
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+            all_text(m).contains(&format!("Approved so far by <@{BOB}>"))
+        })
+        .await
+        .expect("Alice sees Bob's approval");
+
+    // Two distinct approvers are.
+    let second = click(&app, "approve", &id, CAROL, &[APPROVER_ROLE]).await;
+    assert!(second.title().starts_with("Approved"), "{}", second.text());
+    assert_eq!(initiates(&app).len(), 1);
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    let log = audit_log(&app).await;
+    let approvers: Vec<&str> = log
+        .iter()
+        .filter(|r| r.event.action == AuditAction::RequestApproved)
+        .map(|r| r.event.actor.as_str())
+        .collect();
+    assert_eq!(
+        approvers,
+        [format!("discord:{BOB}"), format!("discord:{CAROL}")]
+    );
+}
+
+#[tokio::test]
+async fn a_deny_asks_for_a_reason_alice_is_told_it_and_azure_sees_nothing() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+
+    // Act: Deny answers with a form (type 9), not a deferral.
+    let deny = d
+        .send_interaction(
+            d.button(&format!("deny:{id}:1"))
+                .user(BOB, "bob")
+                .roles([APPROVER_ROLE]),
+        )
+        .await;
+    let ack = d.wait_for_callback(deny.id, WAIT).await.expect("answered");
+    assert_eq!((ack.status, ack.kind()), (204, Some(9)), "{ack:?}");
+    let form = d
+        .submit_modal(deny.id, &[("reason", "change freeze until Monday")])
+        .user(BOB, "bob")
+        .roles([APPROVER_ROLE]);
+    let sent = d.send_interaction(form).await;
+    let denied = reply_to(d, sent).await;
+
+    // Assert
+    assert!(denied.title().starts_with("Denied"), "{}", denied.text());
+    assert_eq!(grant(&app, &id).await.state, GrantState::Denied);
+    assert!(initiates(&app).is_empty(), "Azure sees nothing");
+    let told = d
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+            all_text(m).contains("change freeze until Monday")
+        })
+        .await
+        .expect("Alice is told the reason");
+    assert!(title(&told).contains("denied"), "{told}");
+    let done = wait_card(d, &id, |c| custom_ids(c).is_empty()).await;
+    assert!(
+        all_text(&done).contains("change freeze until Monday"),
+        "{done}"
+    );
+    let log = audit_log(&app).await;
+    let deny = log
+        .iter()
+        .find(|r| r.event.action == AuditAction::RequestDenied)
+        .expect("the Deny is audited");
+    assert_eq!(deny.event.actor, format!("discord:{BOB}"));
+    assert_eq!(deny.event.detail["reason"], "change freeze until Monday");
+    // A late Approve loses.
+    let late = click(&app, "approve", &id, CAROL, &[APPROVER_ROLE]).await;
+    assert!(late.text().contains("already denied"), "{}", late.text());
+    assert!(initiates(&app).is_empty());
+}
+
+#[tokio::test]
+async fn a_request_nobody_decides_expires_and_the_card_and_alice_are_told() {
+    // Arrange: a manual clock.
+    let clock = ManualClock::new(Utc::now());
+    let app = builder(1).clock(clock.clone()).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    wait_card(d, &id, |c| !custom_ids(c).is_empty()).await;
+
+    // Act: past the 30 minute timeout (and the 15 minute interaction token).
+    clock.advance(chrono::Duration::minutes(31));
+
+    // Assert: the card ends expired without buttons; Alice gets a DM, as
+    // her reply's token no longer works.
+    let done = wait_card(d, &id, |c| custom_ids(c).is_empty()).await;
+    assert!(title(&done).starts_with("Expired"), "{done}");
+    assert!(
+        d.wait_until(WAIT, |d| d
+            .dm_messages(ALICE)
+            .iter()
+            .any(|m| title(m).contains("expired")))
+            .await,
+        "Alice is told by DM: {:?}",
+        d.dm_messages(ALICE)
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::ApprovalExpired);
+    let late = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+    assert!(late.text().contains("already expired"), "{}", late.text());
+    assert!(initiates(&app).is_empty());
+    assert!(
+        audit_log(&app)
+            .await
+            .iter()
+            .any(|r| r.event.action == AuditAction::ApprovalExpired)
+    );
+}
+
+#[tokio::test]
+async fn approve_and_cancel_at_the_same_instant_have_exactly_one_outcome_a_hundred_times() {
+    // Arrange: no rate limit in the way of 300 interactions.
+    let app = builder(1)
+        .env("LIMITS__REQUESTS_PER_MINUTE", "10000")
+        .env("LIMITS__BURST", "10000")
+        .start()
+        .await;
+    let d = &app.discord;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(ask_prod(&app, &[SRE_ROLE]).await.request_id());
+    }
+
+    // Act: for each, Approve and Cancel sent together (ten races at a time,
+    // so every interaction is acknowledged within Discord's 3 s).
+    let mut approved = 0;
+    for batch in ids.chunks(10) {
+        let mut sent = Vec::new();
+        for id in batch {
+            let approve = d.dispatch_interaction(
+                d.button(&format!("approve:{id}:1"))
+                    .user(BOB, "bob")
+                    .roles([APPROVER_ROLE]),
+            );
+            let cancel = d.dispatch_interaction(
+                d.button(&format!("cancel:{id}:1"))
+                    .user(ALICE, "alice")
+                    .roles([SRE_ROLE]),
+            );
+            sent.push((id.clone(), approve, cancel));
+        }
+
+        // Assert: each request has exactly one outcome.
+        for (id, approve, cancel) in sent {
+            let approve = reply_to(d, approve).await;
+            let cancel = reply_to(d, cancel).await;
+            let state = grant(&app, &id).await.state;
+            let approve_won = approve.title().starts_with("Approved");
+            let cancel_won = cancel.title().contains("cancelled");
+            assert!(
+                approve_won != cancel_won,
+                "exactly one wins: {} / {}",
+                approve.text(),
+                cancel.text()
+            );
+            if approve_won {
+                approved += 1;
+                assert!(
+                    cancel.text().contains("already approved"),
+                    "{}",
+                    cancel.text()
+                );
+                assert_ne!(state, GrantState::Cancelled);
+            } else {
+                assert!(
+                    approve.text().contains("already cancelled"),
+                    "{}",
+                    approve.text()
+                );
+                assert_eq!(state, GrantState::Cancelled);
+            }
+        }
+    }
+    // Azure saw one initiate per approval that won, and none for the rest.
+    assert_eq!(initiates(&app).len(), approved);
+}
+
+#[tokio::test]
+async fn a_restart_while_pending_loses_nothing_and_approve_works_after_it() {
+    // Arrange
+    let mut app = builder(1).start().await;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    wait_card(&app.discord, &id, |c| !custom_ids(c).is_empty()).await;
+
+    // Act: the bot restarts; Bob presses the button of the card posted before.
+    app.restart().await;
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1);
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    wait_card(&app.discord, &id, |c| custom_ids(c).is_empty()).await;
+}
+
+#[tokio::test]
+async fn break_glass_opens_at_once_pings_the_alert_role_and_posts_a_review_card() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+
+    // A break-glass request needs a reason, and a break-glass role.
+    let no_reason = interact(
+        &app,
+        jit(
+            d,
+            "ssh",
+            "rg-prod/ops-01",
+            "1h",
+            &[SRE_ROLE, BREAK_GLASS_ROLE],
+        )
+        .string("from", "203.0.113.7")
+        .boolean("break_glass", true),
+    )
+    .await;
+    assert!(
+        no_reason.text().contains("needs a reason"),
+        "{}",
+        no_reason.text()
+    );
+    let no_role = interact(
+        &app,
+        jit(d, "ssh", "rg-prod/ops-01", "1h", &[SRE_ROLE])
+            .string("from", "203.0.113.7")
+            .string("reason", "outage")
+            .boolean("break_glass", true),
+    )
+    .await;
+    assert!(
+        no_role.text().contains("may not skip approval"),
+        "{}",
+        no_role.text()
+    );
+    assert!(initiates(&app).is_empty());
+
+    // Act
+    let opened = interact(
+        &app,
+        jit(
+            d,
+            "ssh",
+            "rg-prod/ops-01",
+            "1h",
+            &[SRE_ROLE, BREAK_GLASS_ROLE],
+        )
+        .string("from", "203.0.113.7")
+        .string("reason", "payments are down")
+        .boolean("break_glass", true),
+    )
+    .await;
+    let id = opened.request_id();
+
+    // Assert: open at once; the alert role is pinged in the audit channel.
+    assert!(
+        opened.title().contains("Access granted"),
+        "{}",
+        opened.text()
+    );
+    assert_eq!(initiates(&app).len(), 1);
+    let audit_channel = crate::support::app::AUDIT_CHANNEL;
+    let alert = d
+        .wait_for_call(WAIT, |c| {
+            c.is_under("POST", &format!("/channels/{audit_channel}/messages"))
+                && c.body["content"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("BREAK-GLASS"))
+        })
+        .await
+        .expect("the alert is posted");
+    assert!(
+        alert.body["content"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("<@&{ALERT_ROLE}>"))
+    );
+    assert_eq!(
+        alert.body["allowed_mentions"]["roles"],
+        serde_json::json!([ALERT_ROLE.to_string()])
+    );
+    let glass = audit_log(&app)
+        .await
+        .into_iter()
+        .find(|r| r.event.action == AuditAction::BreakGlassUsed)
+        .expect("break-glass is audited");
+    assert_eq!(glass.event.detail["break_glass"], true);
+
+    // The review card: an approver acknowledges it, and that is audited.
+    let review = wait_card(d, &id, |c| !custom_ids(c).is_empty()).await;
+    assert_eq!(custom_ids(&review), [format!("ack:{id}:1")]);
+    let ack = click(&app, "ack", &id, BOB, &[APPROVER_ROLE]).await;
+    assert!(
+        all_text(&ack.message).contains(&format!("<@{BOB}>")),
+        "{}",
+        ack.text()
+    );
+    wait_card(d, &id, |c| custom_ids(c).is_empty()).await;
+    let acked = audit_log(&app)
+        .await
+        .into_iter()
+        .find(|r| r.event.action == AuditAction::BreakGlassAcknowledged)
+        .expect("the acknowledgement is audited");
+    assert_eq!(acked.event.actor, format!("discord:{BOB}"));
+}
+
+#[tokio::test]
+async fn an_approver_whose_role_was_removed_before_clicking_is_refused() {
+    // Arrange
+    let app = builder(1).start().await;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+
+    // Act: Bob's click carries his roles as they are now: no approver role.
+    let refused = click(&app, "approve", &id, BOB, &[SRE_ROLE]).await;
+
+    // Assert
+    assert!(
+        refused.text().contains("approver role"),
+        "{}",
+        refused.text()
+    );
+    assert!(initiates(&app).is_empty());
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
+    let log = audit_log(&app).await;
+    assert!(
+        log.iter()
+            .any(|r| r.event.action == AuditAction::ActionRefused
+                && r.event.detail["code"] == "not_approver"),
+        "the refusal is audited"
+    );
+}

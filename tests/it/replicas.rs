@@ -148,7 +148,7 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
             format!("--- replica{i}:\n{}", tail(&text, 15))
         })
         .collect();
-    let rows: Vec<(String, Option<String>, Option<String>, i64, Option<String>)> = {
+    let rows: Vec<OutboxRow> = {
         use sqlx::Connection as _;
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
         sqlx::query_as(
@@ -214,3 +214,6 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
         GRANTS, GRANTS
     );
 }
+
+/// An outbox row as the assertion reads it.
+type OutboxRow = (String, Option<String>, Option<String>, i64, Option<String>);

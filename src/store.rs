@@ -93,8 +93,8 @@ mod error;
 pub mod export;
 pub mod grants;
 pub mod interactions;
-pub mod leases;
 pub mod ip_links;
+pub mod leases;
 pub mod mappings;
 pub mod outbox;
 pub mod reconcile;
@@ -104,8 +104,8 @@ pub mod settings;
 pub use audit::{AuditFilter, AuditRecord, AuditVerification, BrokenLink};
 pub use error::StoreError;
 pub use grants::{Grant, GrantTransition, InsertOutcome, InteractionToken, NewGrant};
-pub use leases::Lease;
 pub use ip_links::{IpLink, LinkClaim};
+pub use leases::Lease;
 pub use mappings::{MappingChange, MappingDiff};
 pub use outbox::{OutboxKind, OutboxMessage, OutboxRow, OutboxStats};
 pub use schedule::{ScheduleKind, ScheduledItem};
@@ -225,6 +225,15 @@ impl Store {
     /// edited.
     pub async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
         self.db.migrate().await
+    }
+
+    /// Whether this store is shared by several replicas at most one at a
+    /// time: SQLite is one process's file (one replica, docs/operations.md),
+    /// so the replicas' leases have no one to exclude there, and a restart
+    /// must not wait for the lease its previous life left behind.
+    #[must_use]
+    pub fn single_replica(&self) -> bool {
+        matches!(self.db, backend::Db::Sqlite(_))
     }
 
     /// Checks that the database answers (for `/readyz`).

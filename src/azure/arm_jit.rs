@@ -110,10 +110,10 @@ impl ArmJit {
         // refresh (the miss floor), so the member is not told to enable it.
         let listed = *self.vms_listed_at.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.index.clock().now();
-        if listed.is_none_or(|t| now >= t + VM_LIST_MAX_AGE) {
-            if let Err(e) = self.list_all_vms().await {
-                tracing::warn!(error.message = %e, "listing all VMs failed; keeping the old list");
-            }
+        if listed.is_none_or(|t| now >= t + VM_LIST_MAX_AGE)
+            && let Err(e) = self.list_all_vms().await
+        {
+            tracing::warn!(error.message = %e, "listing all VMs failed; keeping the old list");
         }
         Ok(size)
     }
@@ -254,10 +254,10 @@ impl JitPort for ArmJit {
             }
             Err(ResolveError::NotFound { .. }) => {}
         }
-        if !matches!(self.index.state(), IndexState::Ready { .. }) {
-            if let Some(found) = self.lookup_direct(vm).await {
-                return found;
-            }
+        if !matches!(self.index.state(), IndexState::Ready { .. })
+            && let Some(found) = self.lookup_direct(vm).await
+        {
+            return found;
         }
         // Waits for a refresh under way (the start-up load) before deciding.
         let refreshed = self
@@ -407,6 +407,11 @@ impl JitPort for ArmJit {
     }
 
     async fn connection(&self, vm: &IndexedVm) -> Option<Arc<Connection>> {
+        if let Some(known) = self.index.connection(&vm.vm_id) {
+            return Some(known);
+        }
+        let gate = self.index.connection_gate(&vm.vm_id);
+        let _reading = gate.lock().await;
         if let Some(known) = self.index.connection(&vm.vm_id) {
             return Some(known);
         }

@@ -620,9 +620,11 @@ impl Emulator {
         let mut state = self.state();
         let key = (principal.to_owned(), sub.to_ascii_lowercase());
         let (left, at) = state.read_buckets.entry(key).or_insert((READ_BUCKET, now));
-        let refilled = (*at < now)
-            .then(|| (now - *at).num_milliseconds() as f64 / 1000.0 * READ_REFILL_PER_S)
-            .unwrap_or(0.0);
+        let refilled = if *at < now {
+            (now - *at).num_milliseconds() as f64 / 1000.0 * READ_REFILL_PER_S
+        } else {
+            0.0
+        };
         *left = (*left + refilled).min(READ_BUCKET);
         *at = now.max(*at);
         if *left < 1.0 {

@@ -277,7 +277,10 @@ async fn commands_are_bulk_registered_to_the_guild_on_ready() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["jit", "jit-status", "jit-ip", "jit-who", "jit-admin"]);
+    assert_eq!(
+        names,
+        ["jit", "jit-status", "jit-ip", "jit-who", "jit-admin"]
+    );
     let jit = &commands[0]["options"];
     for (i, name) in ["port", "vm", "duration"].iter().enumerate() {
         assert_eq!(jit[i]["name"], *name);

@@ -38,6 +38,6 @@ mod report;
 mod shutdown;
 mod store;
 mod support;
-mod who;
 mod vm_index;
+mod who;
 mod worst_case;

@@ -27,6 +27,9 @@ use crate::store::backend::{Backend as _, Postgres};
 use crate::support::app::{AUDIT_CHANNEL, app_env};
 use crate::support::fake_discord::FakeDiscord;
 
+/// key, delivered or done at, claimed by, attempts, last error or cancelled at.
+type OutboxOrTimer = (String, Option<String>, Option<String>, i64, Option<String>);
+
 const REPLICAS: usize = 3;
 const GRANTS: u64 = 12;
 const KILLS: usize = 20;
@@ -148,7 +151,7 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
             format!("--- replica{i}:\n{}", tail(&text, 15))
         })
         .collect();
-    let rows: Vec<(String, Option<String>, Option<String>, i64, Option<String>)> = {
+    let rows: Vec<OutboxOrTimer> = {
         use sqlx::Connection as _;
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
         sqlx::query_as(

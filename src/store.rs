@@ -229,6 +229,15 @@ impl Store {
         self.db.migrate().await
     }
 
+    /// Whether this store is shared by several replicas at most one at a
+    /// time: SQLite is one process's file (one replica, docs/operations.md),
+    /// so the replicas' leases have no one to exclude there, and a restart
+    /// must not wait for the lease its previous life left behind.
+    #[must_use]
+    pub fn single_replica(&self) -> bool {
+        matches!(self.db, backend::Db::Sqlite(_))
+    }
+
     /// Checks that the database answers (for `/readyz`).
     ///
     /// # Errors

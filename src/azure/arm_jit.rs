@@ -410,6 +410,11 @@ impl JitPort for ArmJit {
         if let Some(known) = self.index.connection(&vm.vm_id) {
             return Some(known);
         }
+        let gate = self.index.connection_gate(&vm.vm_id);
+        let _reading = gate.lock().await;
+        if let Some(known) = self.index.connection(&vm.vm_id) {
+            return Some(known);
+        }
         match self.arm.connection(&vm.vm_id).await {
             Ok(found) => Some(self.index.remember_connection(&vm.vm_id, found)),
             Err(e) => {

@@ -511,6 +511,9 @@ pub struct SharedVmIndex {
     /// Each VM's connection address (lowercase VM id → when read, what),
     /// read from Azure on first need and kept for [`CONNECTION_MAX_AGE`].
     connections: Mutex<std::collections::HashMap<String, CachedConnection>>,
+    /// One lock per VM whose address is being read, so a burst of grants on
+    /// one VM reads it from Azure once and the rest wait for the cache.
+    connection_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bumped after every attempt, for [`SharedVmIndex::settled`].
     attempts: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever a new snapshot is swapped in.
@@ -550,6 +553,7 @@ impl SharedVmIndex {
             last_failure: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
             connections: Mutex::default(),
+            connection_gates: Mutex::default(),
             attempts: tokio::sync::watch::channel(0).0,
             generation: std::sync::atomic::AtomicU64::new(0),
         }
@@ -564,6 +568,15 @@ impl SharedVmIndex {
             .get(&vm_id.to_ascii_lowercase())
             .filter(|(at, _)| now - *at < CONNECTION_MAX_AGE)
             .map(|(_, c)| Arc::clone(c))
+    }
+
+    /// The lock to hold while reading `vm_id`'s address from Azure.
+    pub fn connection_gate(&self, vm_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self
+            .connection_gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::clone(gates.entry(vm_id.to_ascii_lowercase()).or_default())
     }
 
     /// The cached connection address of `vm_id`, however old.

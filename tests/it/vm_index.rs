@@ -108,10 +108,11 @@ async fn the_bot_answers_while_the_vm_index_loads_and_readyz_says_so() {
     let (status, state) = index_check(&app).await;
     assert_eq!(status, 200);
     assert!(state.starts_with("ready ("), "{state}");
+    // (web-02 carries alice's open grant from the direct lookup above.)
     let names: Vec<String> = complete(&app, "web-0")
         .await
         .into_iter()
-        .map(|c| c.0)
+        .map(|c| c.0.split(" · ").next().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(
         names,

@@ -122,6 +122,9 @@ pub struct LoadReport {
     pub send_time: Duration,
     /// ARM calls (token endpoint excluded) during the load.
     pub arm_calls: usize,
+    /// Of `arm_calls`, the reads of a VM's connection address (VM, network
+    /// interface, public IP), each cached per VM after its first grant.
+    pub address_calls: usize,
     /// Of which initiates.
     pub initiate_calls: usize,
     /// Token endpoint requests during the load.
@@ -630,6 +633,15 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
         wall,
         send_time,
         arm_calls: arm.len(),
+        address_calls: arm
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.route,
+                    Some(Route::GetVm | Route::GetNic | Route::GetPublicIp)
+                )
+            })
+            .count(),
         initiate_calls: initiates.len(),
         token_requests: emu.token_requests() - base_tokens,
         drain,

@@ -9,6 +9,13 @@ use chrono::{DateTime, Utc};
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// The current time in UTC.
     fn now(&self) -> DateTime<Utc>;
+
+    /// A receiver that sees each move of a clock that jumps (a
+    /// [`ManualClock`]), so workers sleeping until a due time look again;
+    /// `None` for a clock that only flows.
+    fn moves(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
 }
 
 /// The wall clock.
@@ -25,6 +32,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<Mutex<DateTime<Utc>>>,
+    moved: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl ManualClock {
@@ -32,24 +40,30 @@ impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
             now: Arc::new(Mutex::new(start)),
+            moved: Arc::new(tokio::sync::watch::Sender::new(())),
         }
     }
 
     /// Moves the clock forward by `by` (a negative duration moves it back).
     pub fn advance(&self, by: chrono::Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
+        *self.now.lock().unwrap_or_else(|e| e.into_inner()) += by;
+        self.moved.send_replace(());
     }
 
     /// Sets the clock to `to`.
     pub fn set(&self, to: DateTime<Utc>) {
         *self.now.lock().unwrap_or_else(|e| e.into_inner()) = to;
+        self.moved.send_replace(());
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn moves(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        Some(self.moved.subscribe())
     }
 }
 

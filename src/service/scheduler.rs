@@ -248,6 +248,9 @@ impl Scheduler {
     /// wake-up when a sooner one is scheduled, or the clock is moved), then
     /// ticks.
     pub async fn run(self, wake: Arc<Notify>, outbox: Arc<Notify>, cancel: CancellationToken) {
+        // A clock that jumps (tests, the demo) wakes the loop when it moves:
+        // nothing else would, and the sleep was computed on the old time.
+        let mut moves = self.service.clock().moves();
         loop {
             let now = self.service.clock().now();
             match self.tick(now).await {
@@ -278,9 +281,21 @@ impl Scheduler {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = wake.notified() => {}
+                _ = clock_moved(moves.as_mut()) => {}
                 _ = tokio::time::sleep(sleep.max(Duration::from_millis(10))) => {}
             }
         }
+    }
+}
+
+/// Resolves when a jumping clock moves; never for one that only flows (or
+/// whose sender is gone).
+async fn clock_moved(moves: Option<&mut tokio::sync::watch::Receiver<()>>) {
+    let Some(rx) = moves else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -235,7 +235,7 @@ impl Store {
     /// must not wait for the lease its previous life left behind.
     #[must_use]
     pub fn single_replica(&self) -> bool {
-        matches!(self.db, backend::Db::Sqlite(_))
+        self.db.single_replica()
     }
 
     /// Checks that the database answers (for `/readyz`).

@@ -159,6 +159,11 @@ impl Db {
         }
     }
 
+    /// Whether the backend serves one replica only (SQLite).
+    pub(super) fn single_replica(&self) -> bool {
+        matches!(self, Db::Sqlite(_))
+    }
+
     pub(super) async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
         match self {
             Db::Sqlite(db) => db.migrate().await,

@@ -266,7 +266,31 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
-    /// Sends the shutdown signal and waits for `Server::run` to return.
+    /// Waits until `/readyz` reports the VM index loaded (it loads in the
+    /// background after start-up).
+    ///
+    /// # Panics
+    /// When it is not loaded within `timeout`.
+    pub async fn wait_for_vm_index(&self, timeout: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(answer) = http.get(format!("{}/readyz", self.ops_url)).send().await {
+                let body: serde_json::Value = answer.json().await.unwrap_or_default();
+                last = body["checks"]["vm_index"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if last.starts_with("ready") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the VM index did not load within {timeout:?}: {last}");
+    }
+
     /// Stops the app and starts it again on the same database, fake
     /// Discord and emulator, as a redeploy does; returns once the new one
     /// is connected (a new IDENTIFY).
@@ -307,6 +331,7 @@ impl TestApp {
         );
     }
 
+    /// Sends the shutdown signal and waits for `Server::run` to return.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -127,6 +127,8 @@ pub struct LoadReport {
     pub address_calls: usize,
     /// Of which initiates.
     pub initiate_calls: usize,
+    /// `arm_calls` by operation, so a count that differs says which.
+    pub arm_routes: BTreeMap<String, usize>,
     /// Token endpoint requests during the load.
     pub token_requests: usize,
     /// Last reply → last audit message posted (0 when it had drained first).
@@ -237,11 +239,12 @@ impl LoadReport {
             ms(self.send_time)
         );
         s += &format!(
-            "ARM requests:  {} ({} initiates) = {} per granted access; token requests {}\n",
+            "ARM requests:  {} ({} initiates) = {} per granted access; token requests {}; {:?}\n",
             self.arm_calls,
             self.initiate_calls,
             per_grant(self.arm_calls),
-            self.token_requests
+            self.token_requests,
+            self.arm_routes
         );
         s += &format!(
             "audit:         {} events stored, {} messages posted; outbox drained {} after the last reply\n",
@@ -362,7 +365,10 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
         d.wait_for_interaction_response(sent.id, config.deadline, |m| !message_text(m).is_empty())
             .await;
     }
-    // Let the start-up audit events drain first, so they are not counted.
+    // The steady state: the VM index loaded (it loads in the background at
+    // start-up, and its listing is not the load's), and the start-up audit
+    // events drained, so neither is counted.
+    app.wait_for_vm_index(Duration::from_secs(10)).await;
     let base_seq = wait_for_audit_drain(app, Duration::from_secs(10)).await;
     let base_messages = d.channel_messages(AUDIT_CHANNEL).len();
     let base_tokens = emu.token_requests();
@@ -643,6 +649,10 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
             })
             .count(),
         initiate_calls: initiates.len(),
+        arm_routes: arm.iter().fold(BTreeMap::new(), |mut by, c| {
+            *by.entry(format!("{:?}", c.route)).or_default() += 1;
+            by
+        }),
         token_requests: emu.token_requests() - base_tokens,
         drain,
         audit_events: records.len(),

@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use ipnet::IpNet;
 
 use super::duration::AccessDuration;
+use super::ids::RequestId;
 use super::source::SourcePrefix;
 use super::vm::{ResourceGroupName, SubscriptionId, VmIdentity, VmName};
 
@@ -307,6 +308,25 @@ pub struct JitRequestRecord {
     pub justification: Option<String>,
     /// The VMs of the request with their ports.
     pub vms: Vec<RequestedVm>,
+}
+
+/// What precedes a Drawbridge request id in the justification it sends.
+pub const JUSTIFICATION_MARKER: &str = "Drawbridge request ";
+
+impl JitRequestRecord {
+    /// The Drawbridge request id the justification names, if any. Anyone
+    /// can type it (request ids are public), so it only finds a grant; it
+    /// never proves a request is Drawbridge's.
+    pub fn drawbridge_id(&self) -> Option<RequestId> {
+        let text = self.justification.as_deref()?;
+        let marker = JUSTIFICATION_MARKER;
+        let rest = &text[text.find(marker)? + marker.len()..];
+        let id: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        RequestId::parse(&id).ok()
+    }
 }
 
 /// One VM of a [`JitRequestRecord`].

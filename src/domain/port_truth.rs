@@ -5,12 +5,16 @@
 //! A grant's own request in Azure's history is the one for its VM and port
 //! with its source and its end (Azure's `endTimeUtc`, which the grant
 //! records): Azure gives requests no id, and the justification is free text
-//! anyone can type. Azure's own status of that request then says whether the
+//! anyone can type. So the justification never makes a request the grant's;
+//! but one that names another Drawbridge request is not this grant's: two
+//! members behind one address (an office's NAT) asking for the same
+//! duration at once hold windows with the same source and end. Azure's own status of that request then says whether the
 //! grant is open, was superseded by a newer request (`NewerRequestInitiated`)
 //! or ended (`Expired`, `UserRequested`).
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::ids::RequestId;
 use super::jit_policy::{JitRequestRecord, RequestedPort};
 
 /// How far apart two end times may be and still be the same: we store
@@ -20,6 +24,8 @@ const SAME_END: TimeDelta = TimeDelta::seconds(1);
 /// The window a grant holds on a VM, as Drawbridge recorded it.
 #[derive(Debug, Clone, Copy)]
 pub struct HeldWindow<'a> {
+    /// The grant's request id.
+    pub request_id: &'a RequestId,
     /// The VM's resource id.
     pub vm_id: &'a str,
     /// The grant's source prefix as sent to Azure (`*`, an address, a CIDR).
@@ -85,7 +91,7 @@ fn port_view(
     now: DateTime<Utc>,
 ) -> PortView {
     let on_port = requests_on(records, held.vm_id, number);
-    let Some((_, ours)) = on_port.iter().rev().find(|(_, p)| is_held(p, held)) else {
+    let Some((_, ours)) = on_port.iter().rev().find(|(r, p)| is_held(r, p, held)) else {
         return PortView::Unseen;
     };
     if ours.is_open_at(now) {
@@ -134,7 +140,13 @@ fn requests_on<'r>(
     found.into_iter().map(|(_, rp)| rp).collect()
 }
 
-fn is_held(port: &RequestedPort, held: HeldWindow<'_>) -> bool {
+fn is_held(record: &JitRequestRecord, port: &RequestedPort, held: HeldWindow<'_>) -> bool {
+    if record
+        .drawbridge_id()
+        .is_some_and(|id| id != *held.request_id)
+    {
+        return false;
+    }
     let same_source = port.sources.len() == 1 && port.sources[0].eq_ignore_ascii_case(held.source);
     same_source && (port.end - held.end).abs() <= SAME_END
 }
@@ -217,7 +229,7 @@ pub fn ended(ports: &[PortTruth], otherwise: DateTime<Utc>) -> Ended {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::jit_policy::RequestedVm;
+    use crate::domain::jit_policy::{JUSTIFICATION_MARKER, RequestedVm};
 
     const VM: &str =
         "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web-01";
@@ -246,8 +258,9 @@ mod tests {
         }
     }
 
-    fn held(end: i64) -> HeldWindow<'static> {
+    fn held(request_id: &RequestId, end: i64) -> HeldWindow<'_> {
         HeldWindow {
+            request_id,
             vm_id: VM,
             source: "203.0.113.7",
             end: t(end),
@@ -255,9 +268,41 @@ mod tests {
     }
 
     fn view(records: &[JitRequestRecord], end: i64, now: i64) -> PortView {
-        grant_ports(records, held(end), &[22], t(now))
+        let id = RequestId::parse("1300").unwrap();
+        grant_ports(records, held(&id, end), &[22], t(now))
             .remove(0)
             .view
+    }
+
+    fn naming(id: &str, mut record: JitRequestRecord) -> JitRequestRecord {
+        record.justification = Some(format!("{JUSTIFICATION_MARKER}{id} by Discord user 6"));
+        record
+    }
+
+    #[test]
+    fn a_request_naming_another_grant_is_not_this_ones() {
+        // Two members behind one address, the same duration at once: the
+        // same source and end. The newer one superseded ours.
+        let records = [
+            naming(
+                "1300",
+                request(0, "203.0.113.7", 60, "Revoked", "NewerRequestInitiated"),
+            ),
+            naming(
+                "1301",
+                request(0, "203.0.113.7", 60, "Initiated", "UserRequested"),
+            ),
+        ];
+        assert!(
+            matches!(view(&records, 60, 10), PortView::Superseded { .. }),
+            "{:?}",
+            view(&records, 60, 10)
+        );
+        let ours = [naming(
+            "1300",
+            request(0, "203.0.113.7", 60, "Initiated", "UserRequested"),
+        )];
+        assert_eq!(view(&ours, 60, 10), PortView::Open { end: t(60) });
     }
 
     #[test]

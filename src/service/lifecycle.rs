@@ -320,6 +320,7 @@ impl Service {
         let end = grant.end_time.unwrap_or(now);
         let before = self.read_requests(vm).await?;
         let held = HeldWindow {
+            request_id: &grant.request_id,
             vm_id: &grant.vm_id,
             source: &source,
             end,

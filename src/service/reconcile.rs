@@ -65,8 +65,6 @@ use crate::store::{Grant, StoreError};
 pub const LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::hours(25);
 /// How long reported requests are remembered.
 const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::days(7);
-/// What precedes our request id in the justification.
-const MARKER: &str = "Drawbridge request ";
 
 /// Why a reconciliation round failed (it is retried on the next interval).
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +143,7 @@ impl Reconciler {
         request: &JitRequestRecord,
         grants: &mut HashMap<RequestId, Option<Grant>>,
     ) -> Result<Option<RequestId>, StoreError> {
-        let Some(id) = drawbridge_id(request) else {
+        let Some(id) = request.drawbridge_id() else {
             return Ok(None);
         };
         if !grants.contains_key(&id) {
@@ -316,7 +314,9 @@ pub fn pending_settled_by(
     grant: &Grant,
     identity: &[String],
 ) -> Option<DateTime<Utc>> {
-    let names_it = drawbridge_id(request).is_some_and(|id| id == grant.request_id);
+    let names_it = request
+        .drawbridge_id()
+        .is_some_and(|id| id == grant.request_id);
     let by_us = is_ours(request, identity);
     if !(names_it && by_us && in_time_and_window(request, grant)) {
         return None;
@@ -347,17 +347,6 @@ fn in_time_and_window(request: &JitRequestRecord, grant: &Grant) -> bool {
             })
     });
     in_time && same_window
-}
-
-/// The request id a justification names, if it looks like one of ours.
-pub fn drawbridge_id(request: &JitRequestRecord) -> Option<RequestId> {
-    let text = request.justification.as_deref()?;
-    let rest = &text[text.find(MARKER)? + MARKER.len()..];
-    let id: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    RequestId::parse(&id).ok()
 }
 
 /// A stable key for an Azure request (Azure gives none): SHA-256 over the

@@ -105,7 +105,7 @@ impl Service {
         let mut identity = None;
         let mut reopened = 0;
         for request in records {
-            let Some(id) = reconcile::drawbridge_id(request) else {
+            let Some(id) = request.drawbridge_id() else {
                 continue;
             };
             if !request
@@ -351,6 +351,7 @@ fn ended_in_azure(
     }
     let source = grant.source.to_string();
     let held = HeldWindow {
+        request_id: &grant.request_id,
         vm_id: &grant.vm_id,
         source: &source,
         end: grant.end_time?,

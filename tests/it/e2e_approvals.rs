@@ -595,3 +595,381 @@ async fn an_approver_whose_role_was_removed_before_clicking_is_refused() {
         "the refusal is audited"
     );
 }
+
+#[tokio::test]
+async fn break_glass_without_a_role_or_a_reason_is_refused_audited_and_azure_is_not_asked() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let glass = |roles: &[u64]| {
+        jit(d, "ssh", "rg-prod/ops-01", "1h", roles)
+            .string("from", "203.0.113.7")
+            .boolean("break_glass", true)
+    };
+
+    // Act: no reason (with the role), then no role (with a reason).
+    let no_reason = interact(&app, glass(&[SRE_ROLE, BREAK_GLASS_ROLE])).await;
+    let no_role = interact(&app, glass(&[SRE_ROLE]).string("reason", "outage")).await;
+
+    // Assert: each is refused, saying what is missing, and audited as a
+    // refused break-glass; nothing is stored or sent to Azure.
+    assert_eq!(
+        no_reason.title(),
+        "Break-glass refused",
+        "{}",
+        no_reason.text()
+    );
+    assert!(
+        no_reason.text().contains("needs a reason"),
+        "{}",
+        no_reason.text()
+    );
+    assert_eq!(no_role.title(), "Break-glass refused", "{}", no_role.text());
+    assert!(
+        no_role.text().contains("may not skip approval"),
+        "{}",
+        no_role.text()
+    );
+    assert!(initiates(&app).is_empty());
+    let log = audit_log(&app).await;
+    for reply in [&no_reason, &no_role] {
+        let id = reply.request_id();
+        let denied = log
+            .iter()
+            .find(|r| {
+                r.event.action == AuditAction::AccessDenied
+                    && r.event.detail["request_id"] == id.as_str()
+            })
+            .unwrap_or_else(|| panic!("the refusal of {id} is audited: {log:?}"));
+        assert_eq!(denied.event.detail["code"], "break_glass_refused");
+        assert_eq!(denied.event.detail["break_glass"], true);
+        assert_eq!(denied.event.actor, format!("discord:{ALICE}"));
+        assert!(
+            app.store.grant(&id).await.unwrap().is_none(),
+            "nothing stored"
+        );
+    }
+    assert!(
+        !log.iter()
+            .any(|r| r.event.action == AuditAction::BreakGlassUsed),
+        "no break-glass was used"
+    );
+}
+
+/// A second approver role, which the tests move approval to.
+const NEW_APPROVER_ROLE: u64 = 330;
+/// Dave, on call: may open prod himself (mapping `prod-oncall`).
+const DAVE: u64 = 6009;
+const ONCALL_ROLE: u64 = 340;
+/// An admin (role 900).
+const ADMIN: u64 = 6010;
+
+/// `prod` needing one approval, with `on_conflict = rule`, and
+/// `prod-oncall`, self-service for Dave's role.
+fn conflict_builder(rule: &str) -> TestAppBuilder {
+    let toml = format!(
+        r#"
+[[mapping]]
+name = "prod"
+roles = ["100"]
+vms = "rg-prod/ops-01"
+ports = ["ssh"]
+max_duration = "3h"
+approvers = ["{APPROVER_ROLE}"]
+approvals = 1
+on_conflict = "{rule}"
+
+[[mapping]]
+name = "prod-oncall"
+roles = ["{ONCALL_ROLE}"]
+vms = "rg-prod/ops-01"
+ports = ["ssh"]
+max_duration = "3h"
+"#
+    );
+    TestAppBuilder::default()
+        .mappings(&toml)
+        .env("DISCORD__APPROVALS_CHANNEL_ID", &APPROVALS.to_string())
+}
+
+/// Dave opens prod SSH himself, from his own address.
+async fn dave_holds_prod(app: &TestApp) -> Reply {
+    let held = interact(
+        app,
+        jit(&app.discord, "ssh", "rg-prod/ops-01", "2h", &[ONCALL_ROLE])
+            .string("from", "198.51.100.20")
+            .user(DAVE, "dave"),
+    )
+    .await;
+    assert!(held.title().contains("Access granted"), "{}", held.text());
+    held
+}
+
+fn buttons_of(message: &Value) -> Vec<(String, String)> {
+    message["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+        .map(|b| {
+            (
+                b["label"].as_str().unwrap_or_default().to_owned(),
+                b["custom_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn approved_while_another_member_holds_the_port_the_requester_is_asked_first() {
+    // Arrange: Alice waits for approval; meanwhile Dave opens the port.
+    let app = conflict_builder("ask").start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    let dave = dave_holds_prod(&app).await;
+
+    // Act: Bob approves.
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: nothing reaches Azure yet; Bob and the card say Alice is
+    // asked first; her reply becomes the question, with its buttons.
+    assert!(
+        approved
+            .title()
+            .starts_with("Approved, requester asked first"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
+    let card = wait_card(d, &id, |c| {
+        title(c).starts_with("Approved, requester asked first")
+    })
+    .await;
+    assert!(custom_ids(&card).is_empty(), "{card}");
+    assert!(all_text(&card).contains(&format!("<@{BOB}>")), "{card}");
+    let question = d
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("anyway?"))
+        .await
+        .expect("Alice's reply becomes the question");
+    assert!(
+        all_text(&question).contains(&format!("is open for <@{DAVE}> until")),
+        "{question}"
+    );
+    assert!(all_text(&question).contains("was approved"), "{question}");
+    assert_eq!(
+        buttons_of(&question),
+        [
+            ("Open anyway".to_owned(), format!("open-anyway:{id}")),
+            ("Cancel".to_owned(), format!("cancel:{id}"))
+        ]
+    );
+
+    // Act: Alice opens it anyway.
+    let opened = interact(
+        &app,
+        d.button(&format!("open-anyway:{id}"))
+            .on_message(question.clone())
+            .user(ALICE, "alice")
+            .roles([SRE_ROLE]),
+    )
+    .await;
+
+    // Assert: opened once, Azure's justification names Bob, Dave's window
+    // ended, and the card ends approved and open.
+    assert!(
+        opened.title().contains("Access granted"),
+        "{}",
+        opened.text()
+    );
+    let calls = initiates(&app);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let why = calls[1].body.as_ref().unwrap()["justification"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
+        "{why}"
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    assert_eq!(
+        grant(&app, &dave.request_id()).await.state,
+        GrantState::Superseded
+    );
+    let done = wait_card(d, &id, |c| title(c).starts_with("Approved:")).await;
+    assert!(all_text(&done).contains("Open until"), "{done}");
+}
+
+#[tokio::test]
+async fn approved_and_asked_then_cancelled_tells_the_card_and_nothing_reaches_azure() {
+    // Arrange
+    let app = conflict_builder("ask").start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    dave_holds_prod(&app).await;
+    click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+    let question = d
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("anyway?"))
+        .await
+        .expect("Alice is asked");
+
+    // Act
+    let cancelled = interact(
+        &app,
+        d.button(&format!("cancel:{id}"))
+            .on_message(question)
+            .user(ALICE, "alice")
+            .roles([SRE_ROLE]),
+    )
+    .await;
+
+    // Assert
+    assert!(
+        cancelled.title().contains("Cancelled"),
+        "{}",
+        cancelled.text()
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::Cancelled);
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    wait_card(d, &id, |c| title(c).starts_with("Cancelled")).await;
+}
+
+#[tokio::test]
+async fn approved_while_another_member_holds_the_port_is_refused_under_on_conflict_refuse() {
+    // Arrange
+    let app = conflict_builder("refuse").start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    dave_holds_prod(&app).await;
+
+    // Act
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: refused, saying who holds the port; the card and Alice say so.
+    assert_eq!(
+        approved.title(),
+        "Another member holds the port",
+        "{}",
+        approved.text()
+    );
+    assert!(
+        approved.text().contains(&format!("<@{DAVE}>")),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    let stored = grant(&app, &id).await;
+    assert_eq!(stored.state, GrantState::Failed);
+    let card = wait_card(d, &id, |c| title(c).starts_with("Approved, not opened")).await;
+    assert!(custom_ids(&card).is_empty(), "{card}");
+    assert!(all_text(&card).contains("on_conflict"), "{card}");
+    d.wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+        all_text(m).contains("on_conflict") && all_text(m).contains(&format!("<@{DAVE}>"))
+    })
+    .await
+    .expect("Alice is told who holds the port");
+    let log = audit_log(&app).await;
+    assert!(
+        log.iter()
+            .any(|r| r.event.action == AuditAction::AccessDenied
+                && r.event.detail["request_id"] == id.as_str()
+                && r.event.detail["code"] == "port_held"),
+        "the refusal is audited"
+    );
+}
+
+/// `/jit-admin map name:prod …` by the admin, with `approvers`.
+fn remap_prod(
+    d: &FakeDiscord,
+    approvers: &str,
+) -> crate::support::fake_discord::InteractionBuilder {
+    d.slash("jit-admin")
+        .subcommand("map")
+        .user(ADMIN, "admin")
+        .roles([crate::support::app::ADMIN_ROLE])
+        .string("name", "prod")
+        .option("role", 8, serde_json::json!(SRE_ROLE.to_string()))
+        .string("vms", "rg-prod/ops-01")
+        .string("ports", "ssh")
+        .string("max_duration", "3h")
+        .string("approvers", approvers)
+        .integer("approvals", 1)
+}
+
+#[tokio::test]
+async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
+    // Arrange: two requests wait; then an admin moves approval from role
+    // 300 to role 330.
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let first = ask_prod(&app, &[SRE_ROLE]).await.request_id();
+    let second = ask_prod(&app, &[SRE_ROLE]).await.request_id();
+    let changed = interact(&app, remap_prod(d, &format!("<@&{NEW_APPROVER_ROLE}>"))).await;
+    assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
+
+    // Act + Assert: Bob, who holds only the removed role, is refused.
+    let refused = click(&app, "approve", &first, BOB, &[APPROVER_ROLE]).await;
+    assert!(
+        refused.text().contains(&format!(
+            "approver role of this request can do that (<@&{NEW_APPROVER_ROLE}>)"
+        )),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(grant(&app, &first).await.state, GrantState::PendingApproval);
+    assert!(initiates(&app).is_empty());
+    // Carol, who holds the new role, approves.
+    let approved = click(&app, "approve", &first, CAROL, &[NEW_APPROVER_ROLE]).await;
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1);
+
+    // The mapping removed: nobody may approve the other request, and it
+    // is not opened; Alice can still cancel it.
+    let unmapped = interact(
+        &app,
+        d.slash("jit-admin")
+            .subcommand("unmap")
+            .user(ADMIN, "admin")
+            .roles([crate::support::app::ADMIN_ROLE])
+            .string("name", "prod"),
+    )
+    .await;
+    assert!(unmapped.title().contains("removed"), "{}", unmapped.text());
+    let gone = click(&app, "approve", &second, CAROL, &[NEW_APPROVER_ROLE]).await;
+    assert!(
+        gone.text().contains("Mapping prod was removed"),
+        "{}",
+        gone.text()
+    );
+    assert_eq!(
+        grant(&app, &second).await.state,
+        GrantState::PendingApproval
+    );
+    assert_eq!(initiates(&app).len(), 1);
+    let cancelled = click(&app, "cancel", &second, ALICE, &[SRE_ROLE]).await;
+    assert!(
+        cancelled.title().contains("cancelled"),
+        "{}",
+        cancelled.text()
+    );
+    let codes: Vec<String> = audit_log(&app)
+        .await
+        .iter()
+        .filter(|r| r.event.action == AuditAction::ActionRefused)
+        .map(|r| {
+            r.event.detail["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(codes, ["not_approver", "mapping_removed"]);
+}

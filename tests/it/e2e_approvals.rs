@@ -973,3 +973,65 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
         .collect();
     assert_eq!(codes, ["not_approver", "mapping_removed"]);
 }
+
+#[tokio::test]
+async fn jit_pending_answers_approvers_who_are_not_admins_and_refuses_others() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let id = ask_prod(&app, &[SRE_ROLE]).await.request_id();
+
+    // Act: an approver without an admin role, an admin, and an engineer.
+    let approver = interact(
+        &app,
+        d.slash("jit-pending")
+            .user(BOB, "bob")
+            .roles([APPROVER_ROLE]),
+    )
+    .await;
+    let admin = interact(
+        &app,
+        d.slash("jit-admin")
+            .subcommand("pending")
+            .user(ADMIN, "admin")
+            .roles([crate::support::app::ADMIN_ROLE]),
+    )
+    .await;
+    let engineer = interact(
+        &app,
+        d.slash("jit-pending").user(DAVE, "dave").roles([SRE_ROLE]),
+    )
+    .await;
+
+    // Assert
+    for reply in [&approver, &admin] {
+        assert_eq!(reply.title(), "1 pending requests", "{}", reply.text());
+        assert!(
+            reply.text().contains(&format!("Request {id}")),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(engineer.title(), "Not allowed", "{}", engineer.text());
+    assert!(
+        engineer.text().contains("for approvers"),
+        "{}",
+        engineer.text()
+    );
+    let refused = audit_log(&app)
+        .await
+        .into_iter()
+        .find(|r| r.event.action == AuditAction::ActionRefused)
+        .expect("the refusal is audited");
+    assert_eq!(refused.event.actor, format!("discord:{DAVE}"));
+    assert_eq!(refused.event.detail["code"], "not_approver");
+    // Registered for everyone: no default_member_permissions, unlike /jit-admin.
+    let commands = d.guild_commands(d.guild_id());
+    let pending = commands
+        .iter()
+        .find(|c| c["name"] == "jit-pending")
+        .expect("/jit-pending is registered");
+    assert!(pending["default_member_permissions"].is_null(), "{pending}");
+    let admin_command = commands.iter().find(|c| c["name"] == "jit-admin").unwrap();
+    assert_eq!(admin_command["default_member_permissions"], "0");
+}

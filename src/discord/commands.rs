@@ -359,26 +359,6 @@ mod tests {
                 .is_none_or(|options| options.is_empty()),
             "{pending}"
         );
-        let names: Vec<String> = definitions()
-            .into_iter()
-            .map(|c| {
-                serde_json::to_value(c).unwrap()["name"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "jit",
-                "jit-status",
-                "jit-ip",
-                "jit-who",
-                "jit-admin",
-                "jit-pending"
-            ]
-        );
     }
 
     #[test]

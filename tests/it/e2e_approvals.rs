@@ -9,40 +9,46 @@ use drawbridge::domain::{AuditAction, GrantState, RequestId};
 use serde_json::Value;
 
 use crate::e2e::{
-    BOB, Reply, WAIT, audit_log, grant, initiated_end, initiates, interact, jit, reply_to,
+    BOB, Reply, WAIT, audit_log, buttons_of, grant, initiated_end, initiates, interact, jit,
+    reply_to,
 };
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder};
-use crate::support::fake_discord::{FakeDiscord, USER_ID};
+use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, USER_ID};
 
 /// `discord.approvals_channel_id`.
-const APPROVALS: u64 = 7100;
+pub(crate) const APPROVALS: u64 = 7100;
 const APPROVER_ROLE: u64 = 300;
 const BREAK_GLASS_ROLE: u64 = 310;
 const ALERT_ROLE: u64 = 320;
 const CAROL: u64 = 6008;
 const ALICE: u64 = USER_ID;
 
-fn mappings(approvals: u32) -> String {
+/// A mapping of `role` to SSH on `rg-prod/ops-01`, with `more` lines.
+fn prod_mapping(name: &str, role: u64, more: &str) -> String {
     format!(
         r#"
 [[mapping]]
-name = "sre-web"
-roles = ["100"]
-vms = "web-*"
-ports = ["ssh"]
-max_duration = "3h"
-
-[[mapping]]
-name = "prod"
-roles = ["100"]
+name = "{name}"
+roles = ["{role}"]
 vms = "rg-prod/ops-01"
 ports = ["ssh"]
 max_duration = "3h"
-approvers = ["{APPROVER_ROLE}"]
-approvals = {approvals}
-break_glass = ["{BREAK_GLASS_ROLE}"]
+{more}
 "#
     )
+}
+
+/// `sre-web` (self-service) and `prod` needing `approvals`; also the
+/// mappings of the approval crash test.
+pub(crate) fn mappings(approvals: u32) -> String {
+    let prod = prod_mapping(
+        "prod",
+        SRE_ROLE,
+        &format!(
+            "approvers = [\"{APPROVER_ROLE}\"]\napprovals = {approvals}\nbreak_glass = [\"{BREAK_GLASS_ROLE}\"]"
+        ),
+    );
+    format!("{}\n{prod}", crate::support::app::DEFAULT_MAPPINGS)
 }
 
 fn builder(approvals: u32) -> TestAppBuilder {
@@ -60,6 +66,23 @@ async fn ask_prod(app: &TestApp, roles: &[u64]) -> Reply {
         jit(d, "ssh", "rg-prod/ops-01", "2h", roles).string("from", "203.0.113.7"),
     )
     .await
+}
+
+/// Azure's justification of `initiate` names the requester and the approver.
+fn assert_justification_names_alice_and_bob(initiate: &drawbridge::sandbox::CallRecord) {
+    let why = initiate.body.as_ref().unwrap()["justification"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
+        "{why}"
+    );
+}
+
+/// `reply`'s title is `title` and its text says `says`.
+fn assert_says(reply: &Reply, title: &str, says: &str) {
+    assert_eq!(reply.title(), title, "{}", reply.text());
+    assert!(reply.text().contains(says), "{}", reply.text());
 }
 
 /// The card of request `id` in the approvals channel, as last edited.
@@ -80,13 +103,7 @@ async fn wait_card(d: &FakeDiscord, id: &RequestId, pred: impl Fn(&Value) -> boo
 }
 
 fn custom_ids(message: &Value) -> Vec<String> {
-    message["components"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| b["custom_id"].as_str().map(str::to_owned))
-        .collect()
+    buttons_of(message).into_iter().map(|(_, id)| id).collect()
 }
 
 fn title(message: &Value) -> String {
@@ -192,14 +209,7 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
         end >= before + chrono::Duration::hours(2) - chrono::Duration::seconds(1),
         "the window starts at Bob's click: {end} vs {before}"
     );
-    let why = calls[0].body.as_ref().unwrap()["justification"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
-        "{why}"
-    );
+    assert_justification_names_alice_and_bob(&calls[0]);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
 
     // The card ends approved, without buttons; Alice's reply shows the grant and who approved.
@@ -613,23 +623,8 @@ async fn break_glass_without_a_role_or_a_reason_is_refused_audited_and_azure_is_
 
     // Assert: each is refused, saying what is missing, and audited as a
     // refused break-glass; nothing is stored or sent to Azure.
-    assert_eq!(
-        no_reason.title(),
-        "Break-glass refused",
-        "{}",
-        no_reason.text()
-    );
-    assert!(
-        no_reason.text().contains("needs a reason"),
-        "{}",
-        no_reason.text()
-    );
-    assert_eq!(no_role.title(), "Break-glass refused", "{}", no_role.text());
-    assert!(
-        no_role.text().contains("may not skip approval"),
-        "{}",
-        no_role.text()
-    );
+    assert_says(&no_reason, "Break-glass refused", "needs a reason");
+    assert_says(&no_role, "Break-glass refused", "may not skip approval");
     assert!(initiates(&app).is_empty());
     let log = audit_log(&app).await;
     for reply in [&no_reason, &no_role] {
@@ -667,26 +662,12 @@ const ADMIN: u64 = 6010;
 /// `prod` needing one approval, with `on_conflict = rule`, and
 /// `prod-oncall`, self-service for Dave's role.
 fn conflict_builder(rule: &str) -> TestAppBuilder {
-    let toml = format!(
-        r#"
-[[mapping]]
-name = "prod"
-roles = ["100"]
-vms = "rg-prod/ops-01"
-ports = ["ssh"]
-max_duration = "3h"
-approvers = ["{APPROVER_ROLE}"]
-approvals = 1
-on_conflict = "{rule}"
-
-[[mapping]]
-name = "prod-oncall"
-roles = ["{ONCALL_ROLE}"]
-vms = "rg-prod/ops-01"
-ports = ["ssh"]
-max_duration = "3h"
-"#
+    let prod = prod_mapping(
+        "prod",
+        SRE_ROLE,
+        &format!("approvers = [\"{APPROVER_ROLE}\"]\napprovals = 1\non_conflict = \"{rule}\""),
     );
+    let toml = prod + &prod_mapping("prod-oncall", ONCALL_ROLE, "");
     TestAppBuilder::default()
         .mappings(&toml)
         .env("DISCORD__APPROVALS_CHANNEL_ID", &APPROVALS.to_string())
@@ -705,35 +686,62 @@ async fn dave_holds_prod(app: &TestApp) -> Reply {
     held
 }
 
-fn buttons_of(message: &Value) -> Vec<(String, String)> {
-    message["components"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
-        .map(|b| {
-            (
-                b["label"].as_str().unwrap_or_default().to_owned(),
-                b["custom_id"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+/// Alice asks for prod, Dave then opens it himself, and Bob approves:
+/// Alice's request, Dave's and Bob's replies, and the question Alice's
+/// reply became (under `on_conflict = "ask"`).
+struct AskedAfterApproval {
+    asked: Reply,
+    dave: Reply,
+    approved: Reply,
+    question: Value,
+}
+
+async fn approve_while_dave_holds(app: &TestApp) -> AskedAfterApproval {
+    let asked = ask_prod(app, &[SRE_ROLE]).await;
+    let dave = dave_holds_prod(app).await;
+    let approved = click(app, "approve", &asked.request_id(), BOB, &[APPROVER_ROLE]).await;
+    let question = app
+        .discord
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("anyway?"))
+        .await
+        .expect("Alice's reply becomes the question");
+    AskedAfterApproval {
+        asked,
+        dave,
+        approved,
+        question,
+    }
+}
+
+/// Alice presses the question's button `custom_id`.
+async fn answer(app: &TestApp, question: &Value, custom_id: &str) -> Reply {
+    interact(
+        app,
+        app.discord
+            .button(custom_id)
+            .on_message(question.clone())
+            .user(ALICE, "alice")
+            .roles([SRE_ROLE]),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn approved_while_another_member_holds_the_port_the_requester_is_asked_first() {
-    // Arrange: Alice waits for approval; meanwhile Dave opens the port.
+    // Arrange + Act: Alice waits for approval; meanwhile Dave opens the
+    // port; then Bob approves.
     let app = conflict_builder("ask").start().await;
     let d = &app.discord;
-    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let AskedAfterApproval {
+        asked,
+        dave,
+        approved,
+        question,
+    } = approve_while_dave_holds(&app).await;
     let id = asked.request_id();
-    let dave = dave_holds_prod(&app).await;
-
-    // Act: Bob approves.
-    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
 
     // Assert: nothing reaches Azure yet; Bob and the card say Alice is
-    // asked first; her reply becomes the question, with its buttons.
+    // asked first; her reply became the question, with its buttons.
     assert!(
         approved
             .title()
@@ -749,10 +757,6 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
     .await;
     assert!(custom_ids(&card).is_empty(), "{card}");
     assert!(all_text(&card).contains(&format!("<@{BOB}>")), "{card}");
-    let question = d
-        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("anyway?"))
-        .await
-        .expect("Alice's reply becomes the question");
     assert!(
         all_text(&question).contains(&format!("is open for <@{DAVE}> until")),
         "{question}"
@@ -767,14 +771,7 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
     );
 
     // Act: Alice opens it anyway.
-    let opened = interact(
-        &app,
-        d.button(&format!("open-anyway:{id}"))
-            .on_message(question.clone())
-            .user(ALICE, "alice")
-            .roles([SRE_ROLE]),
-    )
-    .await;
+    let opened = answer(&app, &question, &format!("open-anyway:{id}")).await;
 
     // Assert: opened once, Azure's justification names Bob, Dave's window
     // ended, and the card ends approved and open.
@@ -785,14 +782,7 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
     );
     let calls = initiates(&app);
     assert_eq!(calls.len(), 2, "{calls:?}");
-    let why = calls[1].body.as_ref().unwrap()["justification"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
-        "{why}"
-    );
+    assert_justification_names_alice_and_bob(&calls[1]);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
     assert_eq!(
         grant(&app, &dave.request_id()).await.state,
@@ -806,25 +796,13 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
 async fn approved_and_asked_then_cancelled_tells_the_card_and_nothing_reaches_azure() {
     // Arrange
     let app = conflict_builder("ask").start().await;
-    let d = &app.discord;
-    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let AskedAfterApproval {
+        asked, question, ..
+    } = approve_while_dave_holds(&app).await;
     let id = asked.request_id();
-    dave_holds_prod(&app).await;
-    click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
-    let question = d
-        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("anyway?"))
-        .await
-        .expect("Alice is asked");
 
     // Act
-    let cancelled = interact(
-        &app,
-        d.button(&format!("cancel:{id}"))
-            .on_message(question)
-            .user(ALICE, "alice")
-            .roles([SRE_ROLE]),
-    )
-    .await;
+    let cancelled = answer(&app, &question, &format!("cancel:{id}")).await;
 
     // Assert
     assert!(
@@ -834,7 +812,7 @@ async fn approved_and_asked_then_cancelled_tells_the_card_and_nothing_reaches_az
     );
     assert_eq!(grant(&app, &id).await.state, GrantState::Cancelled);
     assert_eq!(initiates(&app).len(), 1, "only Dave's");
-    wait_card(d, &id, |c| title(c).starts_with("Cancelled")).await;
+    wait_card(&app.discord, &id, |c| title(c).starts_with("Cancelled")).await;
 }
 
 #[tokio::test]
@@ -882,15 +860,17 @@ async fn approved_while_another_member_holds_the_port_is_refused_under_on_confli
     );
 }
 
-/// `/jit-admin map name:prod …` by the admin, with `approvers`.
-fn remap_prod(
-    d: &FakeDiscord,
-    approvers: &str,
-) -> crate::support::fake_discord::InteractionBuilder {
+/// `/jit-admin <sub>` by the admin.
+fn admin(d: &FakeDiscord, sub: &str) -> InteractionBuilder {
     d.slash("jit-admin")
-        .subcommand("map")
+        .subcommand(sub)
         .user(ADMIN, "admin")
         .roles([crate::support::app::ADMIN_ROLE])
+}
+
+/// `/jit-admin map name:prod …` by the admin, with `approvers`.
+fn remap_prod(d: &FakeDiscord, approvers: &str) -> InteractionBuilder {
+    admin(d, "map")
         .string("name", "prod")
         .option("role", 8, serde_json::json!(SRE_ROLE.to_string()))
         .string("vms", "rg-prod/ops-01")
@@ -933,15 +913,7 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
 
     // The mapping removed: nobody may approve the other request, and it
     // is not opened; Alice can still cancel it.
-    let unmapped = interact(
-        &app,
-        d.slash("jit-admin")
-            .subcommand("unmap")
-            .user(ADMIN, "admin")
-            .roles([crate::support::app::ADMIN_ROLE])
-            .string("name", "prod"),
-    )
-    .await;
+    let unmapped = interact(&app, admin(d, "unmap").string("name", "prod")).await;
     assert!(unmapped.title().contains("removed"), "{}", unmapped.text());
     let gone = click(&app, "approve", &second, CAROL, &[NEW_APPROVER_ROLE]).await;
     assert!(
@@ -989,14 +961,7 @@ async fn jit_pending_answers_approvers_who_are_not_admins_and_refuses_others() {
             .roles([APPROVER_ROLE]),
     )
     .await;
-    let admin = interact(
-        &app,
-        d.slash("jit-admin")
-            .subcommand("pending")
-            .user(ADMIN, "admin")
-            .roles([crate::support::app::ADMIN_ROLE]),
-    )
-    .await;
+    let listed = interact(&app, admin(d, "pending")).await;
     let engineer = interact(
         &app,
         d.slash("jit-pending").user(DAVE, "dave").roles([SRE_ROLE]),
@@ -1004,20 +969,10 @@ async fn jit_pending_answers_approvers_who_are_not_admins_and_refuses_others() {
     .await;
 
     // Assert
-    for reply in [&approver, &admin] {
-        assert_eq!(reply.title(), "1 pending requests", "{}", reply.text());
-        assert!(
-            reply.text().contains(&format!("Request {id}")),
-            "{}",
-            reply.text()
-        );
+    for reply in [&approver, &listed] {
+        assert_says(reply, "1 pending requests", &format!("Request {id}"));
     }
-    assert_eq!(engineer.title(), "Not allowed", "{}", engineer.text());
-    assert!(
-        engineer.text().contains("for approvers"),
-        "{}",
-        engineer.text()
-    );
+    assert_says(&engineer, "Not allowed", "for approvers");
     let refused = audit_log(&app)
         .await
         .into_iter()

@@ -990,3 +990,42 @@ async fn jit_pending_answers_approvers_who_are_not_admins_and_refuses_others() {
     let admin_command = commands.iter().find(|c| c["name"] == "jit-admin").unwrap();
     assert_eq!(admin_command["default_member_permissions"], "0");
 }
+
+#[tokio::test]
+async fn approved_after_the_reply_token_expired_the_question_comes_by_dm() {
+    // Arrange: Alice's request waits past her reply's 15-minute token.
+    let clock = ManualClock::new(Utc::now());
+    let app = conflict_builder("ask").clock(clock.clone()).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    clock.advance(chrono::Duration::minutes(16));
+    dave_holds_prod(&app).await;
+
+    // Act
+    click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: the question reaches Alice by DM, with its buttons; her
+    // expired reply is left alone.
+    let asked_by_dm = |d: &FakeDiscord| {
+        d.dm_messages(ALICE)
+            .into_iter()
+            .find(|m| title(m).contains("anyway?"))
+    };
+    assert!(
+        d.wait_until(WAIT, |d| asked_by_dm(d).is_some()).await,
+        "Alice is asked by DM: {:?}",
+        d.dm_messages(ALICE)
+    );
+    let question = asked_by_dm(d).unwrap();
+    assert_eq!(
+        custom_ids(&question),
+        [format!("open-anyway:{id}"), format!("cancel:{id}")]
+    );
+    assert!(
+        !title(&d.interaction_response(asked.sent.id).unwrap()).contains("anyway?"),
+        "the expired reply is not edited"
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+}

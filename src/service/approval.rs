@@ -839,11 +839,11 @@ impl Service {
             "needed": request.needed,
         })))
         .await?;
-        let view = ApprovalView {
+        let view = self.with_current_rules(ApprovalView {
             grant,
             request,
             approvals,
-        };
+        });
         self.tell(tx, &view, "x").await
     }
 

@@ -20,6 +20,10 @@
 //! - The same member asking again is not asked: their new window replaces
 //!   their own. A mapping with `on_conflict = "refuse"` refuses instead,
 //!   naming who holds the port until when.
+//! - A request that waited for approvers meets the same rule when it is
+//!   approved ([`super::approval`]): the requester is asked then (on their
+//!   reply, or by DM once its token has expired), and Open anyway names the
+//!   approvers in Azure's justification; a Cancel edits the approval card.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;

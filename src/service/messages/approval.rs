@@ -124,7 +124,7 @@ pub fn approval_card(
             format!("Approved, requester asked first: {what}"),
             Tone::Warning,
             format!(
-                "{HELD_NOW} <@{}> is asked whether to end their window.",
+                "{HELD_NOW} <@{}> is asked whether to open it anyway, which ends the other member's window.",
                 grant.user_id
             ),
         ),
@@ -323,7 +323,7 @@ pub fn approver_reply(
             format!("Approved, requester asked first: {what}"),
             Tone::Warning,
             format!(
-                "{HELD_NOW} {who} is asked whether to end their window; the card shows the outcome."
+                "{HELD_NOW} {who} is asked whether to open it anyway, which ends the other member's window; the card shows the outcome."
             ),
         ),
         _ => (

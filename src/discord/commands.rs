@@ -22,6 +22,9 @@ pub const JIT_IP: &str = "jit-ip";
 pub const JIT_WHO: &str = "jit-who";
 /// `/jit-admin`.
 pub const JIT_ADMIN: &str = "jit-admin";
+/// `/jit-pending`: for approvers, who need not be admins, so it is not under
+/// `/jit-admin` (which Discord hides from non-admins).
+pub const JIT_PENDING: &str = "jit-pending";
 
 fn string(name: &str, description: &str) -> CreateCommandOption {
     CreateCommandOption::new(CommandOptionType::String, name, description)
@@ -48,7 +51,14 @@ fn subcommand(
 
 /// Every command Drawbridge registers.
 pub fn definitions() -> Vec<CreateCommand> {
-    vec![jit(), jit_status(), jit_ip(), jit_who(), jit_admin()]
+    vec![
+        jit(),
+        jit_status(),
+        jit_ip(),
+        jit_who(),
+        jit_admin(),
+        jit_pending(),
+    ]
 }
 
 fn jit() -> CreateCommand {
@@ -100,6 +110,13 @@ fn jit_who() -> CreateCommand {
         .add_option(
             string("vm", "The VM (default: every VM you may request)").set_autocomplete(true),
         )
+}
+
+/// Visible to every member (no `default_member_permissions`): approvers are
+/// rarely admins. The bot answers approvers and admins only.
+fn jit_pending() -> CreateCommand {
+    CreateCommand::new(JIT_PENDING)
+        .description("Requests waiting for approval (approvers and admins)")
 }
 
 fn jit_admin() -> CreateCommand {
@@ -326,6 +343,22 @@ mod tests {
         let limit = &admin["options"][4]["options"][2];
         assert_eq!(limit["min_value"], 1);
         assert_eq!(limit["max_value"], 50);
+    }
+
+    #[test]
+    fn jit_pending_is_visible_to_every_member_and_takes_no_options() {
+        let pending = command(JIT_PENDING);
+        assert!(
+            pending.get("default_member_permissions").is_none()
+                || pending["default_member_permissions"].is_null(),
+            "{pending}"
+        );
+        assert!(
+            pending["options"]
+                .as_array()
+                .is_none_or(|options| options.is_empty()),
+            "{pending}"
+        );
     }
 
     #[test]

@@ -8,18 +8,31 @@
 //! - **Decide**: Approve, Deny, Cancel and the timeout each try to move the
 //!   grant out of `pending_approval` in one write transaction; writers are
 //!   serialized, so of two at the same instant exactly one wins and the
-//!   other reads the decided state and is told.
+//!   other reads the decided state and is told. Who may approve, and how
+//!   many approvals are needed, come from the request's mapping as it is
+//!   at the click: an admin who takes a role out of `approvers` takes it
+//!   out of every pending request, and nobody approves a request whose
+//!   mapping was removed.
 //! - **Open** ([`Service::approve`]): the last approval re-checks the
-//!   request against today's mappings and the VM's policy, then opens the
-//!   window from that click (the end is computed then) and settles it as any
-//!   request.
+//!   request against today's mappings and the VM's policy. When another
+//!   member now holds the port from another address, the rule of
+//!   [`super::question`] applies: the requester is asked (Open anyway or
+//!   Cancel), or, under `on_conflict = "refuse"`, refused. Otherwise the
+//!   window opens from that click (the end is computed then) and is
+//!   settled as any request.
 //! - **Tell**: the card and the requester's reply are edited through the
 //!   outbox ([`OutboxKind::MessageEdit`], [`OutboxKind::InteractionEdit`],
-//!   which falls back to a DM once the interaction token has expired).
+//!   which falls back to a DM once the interaction token has expired). The
+//!   edits are written in the transaction of the state they show
+//!   (`Service::tell_if_approved`, called where a grant is settled), so a
+//!   crash after Azure opened the port loses none: the grant settled from
+//!   Azure's listing after the restart tells them then.
 //!
 //! Break-glass skips the wait for members with a `break_glass` role and a
 //! reason: the port opens at once, the alert role is pinged in the audit
-//! channel and a review card asks an approver to acknowledge it.
+//! channel and a review card asks an approver to acknowledge it. Without
+//! the role or the reason it is refused and audited, and Azure is not
+//! asked.
 
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -27,13 +40,14 @@ use sha2::{Digest as _, Sha256};
 use super::messages::approval as say;
 use super::phases::decide::{Ask, decide};
 use super::phases::{Admitted, Asking};
+use super::question::{self, PortHolder};
 use super::request::RequestError;
 use super::truth::Acting;
 use super::{Service, actor};
 use crate::chat::ChatMessage;
 use crate::domain::audit::format_time;
 use crate::domain::{
-    AuditAction, AuditEvent, GrantEvent, GrantState, Outcome, RequestId, RoleMapping,
+    AuditAction, AuditEvent, GrantEvent, GrantState, OnConflict, Outcome, RequestId, RoleMapping,
 };
 use crate::interactions::Invocation;
 use crate::store::{
@@ -56,6 +70,12 @@ pub enum ApprovalError {
         /// The approver roles, as mentions.
         roles: String,
     },
+    /// The request's mapping was removed since it was made: nobody is its
+    /// approver now.
+    #[error(
+        "Mapping {0} was removed since this request was made, so nobody can approve it now; the requester can Cancel it, or it expires."
+    )]
+    MappingRemoved(String),
     /// The requester clicked Approve or Deny on their own request.
     #[error(
         "You cannot approve or deny your own request; another approver must. Use Cancel to withdraw it."
@@ -91,6 +111,7 @@ impl ApprovalError {
             Self::NotFound => "stale_button",
             Self::Decided(_) => "already_decided",
             Self::NotApprover { .. } => "not_approver",
+            Self::MappingRemoved(_) => "mapping_removed",
             Self::OwnRequest => "own_request",
             Self::NotRequester => "not_requester",
             Self::ReasonRequired => "reason_required",
@@ -162,7 +183,7 @@ impl Service {
     /// a reason.
     ///
     /// # Errors
-    /// [`RequestError::Invalid`] naming what is missing.
+    /// [`RequestError::BreakGlass`] naming what is missing.
     pub(crate) fn check_break_glass(
         &self,
         asking: &Asking<'_>,
@@ -170,9 +191,9 @@ impl Service {
     ) -> Result<RoleMapping, RequestError> {
         let mapping = self
             .mapping_named(&admitted.mapping)
-            .ok_or_else(|| RequestError::Invalid("the mapping changed; ask again".into()))?;
+            .ok_or_else(|| RequestError::BreakGlass("the mapping changed; ask again".into()))?;
         if !mapping.approval.may_break_glass(&asking.who.member.roles) {
-            return Err(RequestError::Invalid(format!(
+            return Err(RequestError::BreakGlass(format!(
                 "break_glass: your roles may not skip approval on mapping {} (break-glass roles: {})",
                 mapping.name,
                 if mapping.approval.break_glass.is_empty() {
@@ -183,7 +204,7 @@ impl Service {
             )));
         }
         if asking.request.reason.is_none() {
-            return Err(RequestError::Invalid(
+            return Err(RequestError::BreakGlass(
                 "break_glass needs a reason: add reason:\"…\" saying why approval cannot wait"
                     .into(),
             ));
@@ -334,7 +355,23 @@ impl Service {
         view: &ApprovalView,
         stage: &str,
     ) -> Result<(), StoreError> {
-        let now = self.clock().now();
+        self.tell_card(tx, view, stage).await?;
+        if view.request.break_glass {
+            return Ok(());
+        }
+        let aliases = &self.config().aliases;
+        let reply = say::requester_view(&view.grant, &view.request, &view.approvals, aliases);
+        self.tell_requester(tx, &view.grant.request_id, reply, stage)
+            .await
+    }
+
+    /// Queues the edit of `view`'s card in the approvals channel.
+    async fn tell_card(
+        &self,
+        tx: &mut StoreTx,
+        view: &ApprovalView,
+        stage: &str,
+    ) -> Result<(), StoreError> {
         let id = &view.grant.request_id;
         let aliases = &self.config().aliases;
         let card = if view.request.break_glass {
@@ -347,22 +384,61 @@ impl Service {
             target: Some(id.to_string()),
             payload: json!({ "message": card }),
             idempotency_key: Some(key(&format!("c{stage}"), id)),
-            created_at: now,
+            created_at: self.clock().now(),
         })
         .await?;
-        if view.request.break_glass {
-            return Ok(());
-        }
-        let reply = say::requester_view(&view.grant, &view.request, &view.approvals, aliases);
+        Ok(())
+    }
+
+    /// Queues the edit of the requester's reply to `reply` (a DM once the
+    /// interaction token has expired).
+    async fn tell_requester(
+        &self,
+        tx: &mut StoreTx,
+        id: &RequestId,
+        reply: ChatMessage,
+        stage: &str,
+    ) -> Result<(), StoreError> {
         tx.enqueue(OutboxMessage {
             kind: OutboxKind::InteractionEdit,
             target: Some(id.to_string()),
             payload: json!({ "message": reply }),
             idempotency_key: Some(key(&format!("r{stage}"), id)),
-            created_at: now,
+            created_at: self.clock().now(),
         })
         .await?;
         Ok(())
+    }
+
+    /// Queues, inside the transaction `tx` that moved `grant` to where it
+    /// is now, the edits of its approval card and its requester's reply, if
+    /// it is an approved request: so a crash after the state change cannot
+    /// lose them, and a state settled after a restart (from Azure's
+    /// listing) tells them too. `stage` as in [`Self::tell`]; nothing for
+    /// other grants.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn tell_if_approved(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        stage: &str,
+    ) -> Result<(), StoreError> {
+        let id = &grant.request_id;
+        let Some(request) = tx.approval_request(id).await? else {
+            return Ok(());
+        };
+        if request.break_glass {
+            return Ok(());
+        }
+        let approvals = tx.approvals(id).await?;
+        let view = self.with_current_rules(ApprovalView {
+            grant: grant.clone(),
+            request,
+            approvals,
+        });
+        self.tell(tx, &view, stage).await
     }
 
     /// The request `request_id` with its approval request, in `tx`.
@@ -378,11 +454,11 @@ impl Service {
             .await?
             .ok_or(ApprovalError::NotFound)?;
         let approvals = tx.approvals(&id).await?;
-        Ok(ApprovalView {
+        Ok(self.with_current_rules(ApprovalView {
             grant,
             request,
             approvals,
-        })
+        }))
     }
 
     /// The request `request_id` as stored, for the replies and views.
@@ -403,20 +479,44 @@ impl Service {
             .await?
             .ok_or(ApprovalError::NotFound)?;
         let approvals = store.approvals(request_id).await?;
-        Ok(ApprovalView {
+        Ok(self.with_current_rules(ApprovalView {
             grant,
             request,
             approvals,
-        })
+        }))
     }
 
-    /// The member may decide `view`: an approver role now (from the
-    /// interaction), and not their own request.
+    /// `view` as its mapping is now: an admin may have changed the approver
+    /// roles or how many approvals are needed since the request was made,
+    /// and a click is judged by today's rules (a removed mapping leaves the
+    /// stored ones, and nobody may decide: [`Self::check_approver`]).
+    fn with_current_rules(&self, mut view: ApprovalView) -> ApprovalView {
+        if let Some(mapping) = self.mapping_named(&view.grant.mapping) {
+            view.request.approver_roles = mapping.approval.approvers.clone();
+            if view.grant.state == GrantState::PendingApproval && !view.request.break_glass {
+                view.request.needed = mapping.approval.approvals.max(1);
+            }
+        }
+        view
+    }
+
+    /// The member may decide `view`: an approver role of the request's
+    /// mapping as it is now (the roles from the interaction), and not their
+    /// own request.
     fn check_approver(&self, who: &Invocation, view: &ApprovalView) -> Result<(), ApprovalError> {
-        let roles = &view.request.approver_roles;
-        if !who.member.roles.iter().any(|r| roles.contains(r)) {
+        let Some(mapping) = self.mapping_named(&view.grant.mapping) else {
+            return Err(ApprovalError::MappingRemoved(
+                view.grant.mapping.to_string(),
+            ));
+        };
+        let roles = &mapping.approval.approvers;
+        if !mapping.approval.is_approver(&who.member.roles) {
             return Err(ApprovalError::NotApprover {
-                roles: crate::domain::mapping::role_mentions(roles),
+                roles: if roles.is_empty() {
+                    format!("mapping {} lists none now", mapping.name)
+                } else {
+                    crate::domain::mapping::role_mentions(roles)
+                },
             });
         }
         if who.member.user_id == view.grant.user_id {
@@ -479,44 +579,28 @@ impl Service {
             .await?;
         tx.commit().await?;
         let by = actor(who.member.user_id);
-        view.grant = match self.open_approved(&by, &view).await {
-            Ok(grant) => grant,
-            Err(e) => {
-                if let Ok(Some(grant)) = self.store().grant(&id).await {
-                    view.grant = grant;
-                }
-                self.tell_now(&view, "f").await;
-                return Err(e);
-            }
-        };
-        self.tell_now(&view, "g").await;
+        // The edits of the card and the requester's reply are queued with
+        // each state the grant reaches from here ([`Self::tell_if_approved`]).
+        let opened = self.open_approved(&by, &view).await;
+        self.wake_after(());
+        view.grant = opened?;
         Ok((view, true))
     }
 
-    /// Queues the edits for `view` in a transaction of their own (after
-    /// Azure answered); a failure is logged, the grant stands.
-    async fn tell_now(&self, view: &ApprovalView, stage: &str) {
-        let told = async {
-            let mut tx = self.store().begin().await?;
-            self.tell(&mut tx, view, stage).await?;
-            tx.commit().await
-        };
-        if let Err(e) = told.await {
-            tracing::error!(error.message = %e, "queueing the approval edits failed");
-        }
-        self.wake_after(());
-    }
-
     /// Decides an approved request again against today's mappings (with
-    /// the requester's roles at request time) and the VM's policy, then
-    /// opens it from now and settles it.
+    /// the requester's roles at request time) and the VM's policy; then,
+    /// when another member holds the port from another address, asks the
+    /// requester first or refuses, as the mapping's `on_conflict` says
+    /// ([`super::question`]); else opens it from now and settles it.
     async fn open_approved(&self, by: &str, view: &ApprovalView) -> Result<Grant, ApprovalError> {
         let grant = &view.grant;
         let target = match self.resolve_grant_vm(grant).await {
             Ok(target) => target,
             Err(e) => {
                 let error = RequestError::from(e);
-                self.refuse_approved(by, grant, &error.to_string()).await?;
+                let why = error.to_string();
+                self.refuse_approved(by, grant, &why, "no_longer_allowed")
+                    .await?;
                 return Err(error.into());
             }
         };
@@ -528,10 +612,19 @@ impl Service {
             source: &grant.source,
             reason: grant.reason.as_ref(),
         };
-        if let Err(refusal) = decide(&mappings, &target, &ask) {
-            let message = format!("No longer allowed when approved: {refusal}");
-            self.refuse_approved(by, grant, &message).await?;
-            return Err(RequestError::from(refusal).into());
+        let allowed = match decide(&mappings, &target, &ask) {
+            Ok(allowed) => allowed,
+            Err(refusal) => {
+                let message = format!("No longer allowed when approved: {refusal}");
+                self.refuse_approved(by, grant, &message, "no_longer_allowed")
+                    .await?;
+                return Err(RequestError::from(refusal).into());
+            }
+        };
+        if let Some(holder) = self.holder_for(grant).await? {
+            return self
+                .held_when_approved(by, view, &allowed.mapping, &holder)
+                .await;
         }
         let end = self.clock().now() + grant.duration.to_chrono();
         let why = approved_justification(grant, &view.approvals);
@@ -544,14 +637,64 @@ impl Service {
         Ok(settled?)
     }
 
-    /// Ends an approved request that is no longer allowed: `failed`, with
-    /// why, audited as refused; Azure is not asked.
-    async fn refuse_approved(&self, by: &str, grant: &Grant, why: &str) -> Result<(), StoreError> {
+    /// An approved request whose port another member holds now: with
+    /// `on_conflict = "ask"` the requester is asked (Open anyway or Cancel)
+    /// on their reply, or by DM once its token has expired, and the card
+    /// says so; with `refuse` it ends `failed`, saying who holds the port.
+    async fn held_when_approved(
+        &self,
+        by: &str,
+        view: &ApprovalView,
+        mapping: &crate::domain::MappingName,
+        holder: &PortHolder,
+    ) -> Result<Grant, ApprovalError> {
+        let grant = &view.grant;
+        let aliases = &self.config().aliases;
+        let rule = self
+            .mapping_named(mapping)
+            .map(|m| m.on_conflict)
+            .unwrap_or_default();
+        if rule == OnConflict::Refuse {
+            let message = question::refusal(holder, &grant.vm_name, mapping, aliases);
+            self.refuse_approved(by, grant, &message, "port_held")
+                .await?;
+            return Err(RequestError::PortHeld { message }.into());
+        }
         let now = self.clock().now();
         let id = &grant.request_id;
         let mut tx = self.store().begin().await?;
-        tx.transition_grant(id, &GrantEvent::Failed, now).await?;
+        let asked = tx
+            .transition_grant(id, &GrantEvent::AskedFirst, now)
+            .await?;
+        let asked_view = ApprovalView {
+            grant: asked.clone(),
+            request: view.request.clone(),
+            approvals: view.approvals.clone(),
+        };
+        self.tell_card(&mut tx, &asked_view, "q").await?;
+        let question = say::asked_after_approval(&asked, holder, &view.approvals, aliases);
+        self.tell_requester(&mut tx, id, question, "q").await?;
+        tx.commit().await?;
+        tracing::info!(approver = by, holder = %holder.user_id, "approved, but another member holds the port; the requester is asked first");
+        Ok(asked)
+    }
+
+    /// Ends an approved request that is no longer allowed: `failed`, with
+    /// why, audited as refused with `code`, the card and the requester
+    /// told in the same transaction; Azure is not asked.
+    async fn refuse_approved(
+        &self,
+        by: &str,
+        grant: &Grant,
+        why: &str,
+        code: &str,
+    ) -> Result<(), StoreError> {
+        let now = self.clock().now();
+        let id = &grant.request_id;
+        let mut tx = self.store().begin().await?;
+        let mut failed = tx.transition_grant(id, &GrantEvent::Failed, now).await?;
         tx.set_grant_failure(id, why).await?;
+        failed.failure = Some(why.to_owned());
         let event = AuditEvent::new(
             now,
             by,
@@ -562,10 +705,11 @@ impl Service {
         tx.append_audit(&event.with_detail(json!({
             "request_id": id.as_str(),
             "ports": grant.ports.to_string(),
-            "code": "no_longer_allowed",
+            "code": code,
             "reason": why,
         })))
         .await?;
+        self.tell_if_approved(&mut tx, &failed, "f").await?;
         tx.commit().await
     }
 
@@ -695,11 +839,11 @@ impl Service {
             "needed": request.needed,
         })))
         .await?;
-        let view = ApprovalView {
+        let view = self.with_current_rules(ApprovalView {
             grant,
             request,
             approvals,
-        };
+        });
         self.tell(tx, &view, "x").await
     }
 

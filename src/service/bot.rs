@@ -4,7 +4,8 @@
 //! It parses options and words replies; it never reads the store or decides
 //! who may do what: that is the [`Service`]'s. One file per command, as
 //! mini-redis does: `member` for `/jit`, `/jit-status`, `/jit-ip` and `/jit-who`,
-//! `admin` for `/jit-admin` (one file per subcommand below it).
+//! `admin` for `/jit-admin` (one file per subcommand below it), `approvals`
+//! for the approval buttons and `/jit-pending`.
 
 mod admin;
 mod approvals;
@@ -129,6 +130,7 @@ impl InteractionHandler for Bot {
             ("jit-ip", _) => member::ip(s, who, command).await,
             ("jit-who", _) => member::who(s, who, command).await,
             ("jit-admin", Some(sub)) => admin::run(s, who, sub, command).await,
+            ("jit-pending", _) => s.wake_after(approvals::pending(s, who).await),
             _ => notice(
                 "Unknown command",
                 Tone::Denied,

@@ -258,6 +258,7 @@ pub fn request_error(error: &RequestError, reference: &str) -> ChatMessage {
         RequestError::Denied(denial) => Card::new("Access denied", Tone::Denied).description(denial.to_string()),
         RequestError::Policy(violation) => Card::new("Not allowed by the VM's JIT policy", Tone::Denied).description(violation.to_string()),
         RequestError::PortHeld { message } => Card::new("Another member holds the port", Tone::Denied).description(message.clone()),
+        RequestError::BreakGlass(message) => Card::new("Break-glass refused", Tone::Denied).description(message.clone()),
         RequestError::Azure { message } => Card::new("Azure did not open the port", Tone::Error).description(message.clone()),
         RequestError::Unexpected(_) => Card::new("Something went wrong", Tone::Error).description(format!(
             "Drawbridge could not finish this request. An operator can find the details in the logs under reference {reference}."

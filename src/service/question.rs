@@ -20,6 +20,10 @@
 //! - The same member asking again is not asked: their new window replaces
 //!   their own. A mapping with `on_conflict = "refuse"` refuses instead,
 //!   naming who holds the port until when.
+//! - A request that waited for approvers meets the same rule when it is
+//!   approved ([`super::approval`]): the requester is asked then (on their
+//!   reply, or by DM once its token has expired), and Open anyway names the
+//!   approvers in Azure's justification; a Cancel edits the approval card.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
@@ -154,10 +158,16 @@ impl Service {
         };
         super::phases::decide(&self.mappings(), &target, &ask).map_err(RequestError::from)?;
         let now = self.clock().now();
+        // An approved request's justification names its approvers too.
+        let approvals = self.store().approvals(&grant.request_id).await?;
         let requested = self
             .answer(&grant, &GrantEvent::Confirmed, None, now)
             .await?;
-        Ok(self.open_requested(who, &target.vm, requested, now).await?)
+        let why = (!approvals.is_empty())
+            .then(|| super::approval::approved_justification(&requested, &approvals));
+        Ok(self
+            .open_requested_as(who, &target.vm, requested, now, why)
+            .await?)
     }
 
     /// Cancel: the asked grant is `cancelled`, audited; nothing reaches
@@ -239,6 +249,10 @@ impl Service {
         };
         if let Some(audit) = audit {
             tx.append_audit(&audit).await?;
+        }
+        if moved.state == GrantState::Cancelled {
+            // An approved request's card and reply say it ended here.
+            self.tell_if_approved(&mut tx, &moved, "n").await?;
         }
         match tx.commit().await {
             Ok(()) => Ok(moved),

@@ -50,6 +50,10 @@ pub enum RequestError {
     /// The VM's Azure JIT policy does not allow it.
     #[error("{0}")]
     Policy(PolicyViolation),
+    /// `break_glass:true` without a break-glass role of the mapping, or
+    /// without a reason; Azure is not asked.
+    #[error("{0}")]
+    BreakGlass(String),
     /// Another member holds the port and the mapping refuses to end their
     /// window (`on_conflict = "refuse"`); `message` names who, until when.
     #[error("{message}")]
@@ -109,6 +113,7 @@ impl RequestError {
             Self::Denied(denial) => (denial.code(), false),
             Self::Policy(_) => ("policy", false),
             Self::PortHeld { .. } => ("port_held", false),
+            Self::BreakGlass(_) => ("break_glass_refused", false),
             Self::Azure { .. } => ("azure_failed", true),
             Self::Unexpected(_) => (super::refusals::INTERNAL, true),
         }
@@ -123,6 +128,7 @@ impl RequestError {
             Self::Denied(denial) => Some((denial.code(), denial.to_string())),
             Self::Policy(violation) => Some(("policy", violation.to_string())),
             Self::PortHeld { message } => Some(("port_held", message.clone())),
+            Self::BreakGlass(why) => Some(("break_glass_refused", why.clone())),
             _ => None,
         }
     }
@@ -193,7 +199,13 @@ impl Service {
         };
         let admitted = self.admit(&asking).await?;
         let glass = match (break_glass, self.needs_approval(&admitted)) {
-            (true, Some(_)) => Some(self.check_break_glass(&asking, &admitted)?),
+            (true, Some(_)) => match self.check_break_glass(&asking, &admitted) {
+                Ok(mapping) => Some(mapping),
+                Err(refused) => {
+                    let target = admitted.target.identity.qualified();
+                    return Err(self.refused(&asking, &target, refused).await);
+                }
+            },
             (false, Some(mapping)) => return self.hold(&asking, &admitted, &mapping).await,
             (_, None) => None,
         };
@@ -237,12 +249,30 @@ impl Service {
         grant: Grant,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Grant, RequestError> {
+        self.open_requested_as(who, vm, grant, now, None).await
+    }
+
+    /// [`Service::open_requested`] with Azure's justification `why`, when
+    /// given (an approved request names its approvers), else the member's.
+    ///
+    /// # Errors
+    /// [`RequestError::Azure`] when Azure did not open it.
+    pub(crate) async fn open_requested_as(
+        &self,
+        who: &Invocation,
+        vm: &IndexedVm,
+        grant: Grant,
+        now: chrono::DateTime<chrono::Utc>,
+        why: Option<String>,
+    ) -> Result<Grant, RequestError> {
         let end = now + grant.duration.to_chrono();
-        let why = justification(
-            who,
-            &grant.request_id,
-            grant.reason.as_ref().map(|r| r.as_str()),
-        );
+        let why = why.unwrap_or_else(|| {
+            justification(
+                who,
+                &grant.request_id,
+                grant.reason.as_ref().map(|r| r.as_str()),
+            )
+        });
         let acting = Acting::of(&grant);
         let outcome = self.initiate(vm, &grant, end, why).await;
         let settled = self.settle_opened(who, vm, grant, outcome).await;
@@ -406,6 +436,9 @@ impl Service {
         let mut denied = detail.clone();
         denied["code"] = json!(code);
         denied["reason"] = json!(reason);
+        if matches!(error, RequestError::BreakGlass(_)) {
+            denied["break_glass"] = json!(true);
+        }
         let by = actor(asking.who.member.user_id);
         let received = AuditEvent::new(
             asking.now,

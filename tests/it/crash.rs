@@ -31,6 +31,7 @@ use drawbridge::store::{NewGrant, ScheduleKind, Store};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 
+use crate::e2e_approvals::APPROVALS;
 use crate::support::app::{AUDIT_CHANNEL, SUB_PROD, app_env};
 use crate::support::fake_discord::FakeDiscord;
 
@@ -249,14 +250,21 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The bot dies while Azure holds its initiate unanswered (Azure applied
-/// it): on restart the grant, left `requested`, is settled from Azure's
-/// listing exactly once, `active` with its timers, the member told, and
-/// Azure holds the one request; nothing is initiated again and our own
-/// request is not reported as made outside Drawbridge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
-    // Arrange
+/// The bot binary's surroundings for a kill during an initiate that Azure
+/// applies and never answers: the fakes, a database with `mappings`, the
+/// environment (a long Azure timeout, reconciliation every second) and
+/// the log file.
+struct Unclear {
+    discord: FakeDiscord,
+    azure: drawbridge::sandbox::RunningEmulator,
+    dir: tempfile::TempDir,
+    store: Store,
+    env: HashMap<String, String>,
+    log_path: std::path::PathBuf,
+    log: std::fs::File,
+}
+
+async fn unclear_setup(mappings: &str) -> Unclear {
     let discord = FakeDiscord::start().await;
     let azure = Emulator::new(Estate::sample(), Arc::new(SystemClock))
         .spawn()
@@ -266,7 +274,7 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
     let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
     let store = Store::open(&db).await.unwrap();
     let mappings = drawbridge::domain::mapping::MappingFile::parse(
-        crate::support::app::DEFAULT_MAPPINGS,
+        mappings,
         &drawbridge::domain::PortAliases::default(),
     )
     .unwrap();
@@ -279,6 +287,59 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
     env.insert("DRAWBRIDGE__AZURE__RECONCILE_INTERVAL".into(), "1s".into());
     let log_path = dir.path().join("drawbridge.log");
     let log = std::fs::File::create(&log_path).unwrap();
+    Unclear {
+        discord,
+        azure,
+        dir,
+        store,
+        env,
+        log_path,
+        log,
+    }
+}
+
+/// The SRE's `/jit ssh <vm> 2h from:203.0.113.7`.
+fn ssh_for_two_hours(
+    discord: &FakeDiscord,
+    vm: &str,
+) -> crate::support::fake_discord::InteractionBuilder {
+    discord
+        .slash("jit")
+        .string("port", "ssh")
+        .string("vm", vm)
+        .string("duration", "2h")
+        .string("from", "203.0.113.7")
+        .roles([crate::support::app::SRE_ROLE])
+}
+
+/// Waits until Azure applied the (hanging) initiate, then kills the bot.
+async fn kill_once_applied(azure: &drawbridge::sandbox::RunningEmulator, child: &mut Child) {
+    let applied = Instant::now();
+    while azure.emulator.jit_request_count() == 0 && applied.elapsed() < DRAIN {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(azure.emulator.jit_request_count(), 1, "Azure applied it");
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+}
+
+/// The bot dies while Azure holds its initiate unanswered (Azure applied
+/// it): on restart the grant, left `requested`, is settled from Azure's
+/// listing exactly once, `active` with its timers, the member told, and
+/// Azure holds the one request; nothing is initiated again and our own
+/// request is not reported as made outside Drawbridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
+    // Arrange
+    let Unclear {
+        discord,
+        azure,
+        dir: _dir,
+        store,
+        env,
+        log_path,
+        log,
+    } = unclear_setup(crate::support::app::DEFAULT_MAPPINGS).await;
     azure.emulator.inject(
         drawbridge::sandbox::Route::Initiate,
         drawbridge::sandbox::FaultRule::next(1, drawbridge::sandbox::Fault::HangAfterApply),
@@ -288,24 +349,10 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
     let mut child = start(&env, &log);
     assert!(discord.wait_until_ready(Duration::from_secs(20)).await);
     let sent = discord
-        .send_interaction(
-            discord
-                .slash("jit")
-                .string("port", "ssh")
-                .string("vm", "web-01")
-                .string("duration", "2h")
-                .string("from", "203.0.113.7")
-                .roles([crate::support::app::SRE_ROLE]),
-        )
+        .send_interaction(ssh_for_two_hours(&discord, "web-01"))
         .await;
     let id = RequestId::parse(&sent.id.to_string()).unwrap();
-    let applied = Instant::now();
-    while azure.emulator.jit_request_count() == 0 && applied.elapsed() < DRAIN {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(azure.emulator.jit_request_count(), 1, "Azure applied it");
-    child.kill().expect("SIGKILL");
-    child.wait().unwrap();
+    kill_once_applied(&azure, &mut child).await;
     let left = store.grant(&id).await.unwrap().unwrap();
     assert_eq!(left.state, drawbridge::domain::GrantState::Requested);
     let mut child = start(&env, &log);
@@ -367,4 +414,120 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
         .filter(|t| t.to == drawbridge::domain::GrantState::Active)
         .count();
     assert_eq!(opened, 1, "settled exactly once: {transitions:?}");
+}
+
+/// The approval card of `id` in the approvals channel, as last edited.
+fn approval_card(d: &FakeDiscord, id: &RequestId) -> Option<Value> {
+    let footer = format!("Request {id}");
+    d.channel_messages(APPROVALS)
+        .into_iter()
+        .find(|m| m["embeds"][0]["footer"]["text"] == footer.as_str())
+}
+
+fn has_buttons(message: &Value) -> bool {
+    message["components"]
+        .as_array()
+        .is_some_and(|rows| !rows.is_empty())
+}
+
+/// The bot dies after Azure opened an approved request but before the
+/// approval card and the requester's reply were edited: on restart the
+/// grant is settled from Azure's listing, and the card and the reply are
+/// edited then, each exactly once (they are written with the state that
+/// settles the grant, never after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_an_approved_open_reached_azure_still_edits_the_card_and_reply_once() {
+    // Arrange: prod needs one approval from role 300.
+    let Unclear {
+        discord,
+        azure,
+        dir: _dir,
+        store,
+        mut env,
+        log_path,
+        log,
+    } = unclear_setup(&crate::e2e_approvals::mappings(1)).await;
+    env.insert(
+        "DRAWBRIDGE__DISCORD__APPROVALS_CHANNEL_ID".into(),
+        APPROVALS.to_string(),
+    );
+    let mut child = start(&env, &log);
+    assert!(discord.wait_until_ready(Duration::from_secs(20)).await);
+    let asked = discord
+        .send_interaction(ssh_for_two_hours(&discord, "rg-prod/ops-01"))
+        .await;
+    let id = RequestId::parse(&asked.id.to_string()).unwrap();
+    assert!(
+        discord
+            .wait_until(DRAIN, |d| approval_card(d, &id)
+                .is_some_and(|c| has_buttons(&c)))
+            .await,
+        "the card is posted"
+    );
+    azure.emulator.inject(
+        drawbridge::sandbox::Route::Initiate,
+        drawbridge::sandbox::FaultRule::next(1, drawbridge::sandbox::Fault::HangAfterApply),
+    );
+
+    // Act: Bob approves; Azure applies the initiate and hangs; the bot is
+    // killed before anything is settled or edited.
+    discord
+        .send_interaction(
+            discord
+                .button(&format!("approve:{id}:1"))
+                .user(6007, "bob")
+                .roles([300]),
+        )
+        .await;
+    kill_once_applied(&azure, &mut child).await;
+    let left = store.grant(&id).await.unwrap().unwrap();
+    assert_eq!(left.state, drawbridge::domain::GrantState::Requested);
+    assert!(
+        approval_card(&discord, &id).is_some_and(|c| has_buttons(&c)),
+        "nothing was edited before the kill"
+    );
+    let mut child = start(&env, &log);
+    let granted = |m: &Value| text(m).contains("Access granted");
+    let edited = discord
+        .wait_until(DRAIN, |d| {
+            approval_card(d, &id).is_some_and(|c| !has_buttons(&c))
+                && d.interaction_response(asked.id)
+                    .is_some_and(|m| granted(&m))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for a second edit to show
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // Assert: the card ends approved and the reply shows the grant, each
+    // edited once; Azure holds the one request.
+    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let context = format!("log tail:\n{}", tail(&logs, 40));
+    assert!(edited, "the card and the reply are edited: {context}");
+    let card = approval_card(&discord, &id).unwrap();
+    assert!(
+        card["embeds"][0]["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Approved")),
+        "{card}"
+    );
+    let card_id = card["id"].as_str().unwrap().to_owned();
+    let card_edits = discord
+        .calls_to(
+            "PATCH",
+            &format!("/channels/{APPROVALS}/messages/{card_id}"),
+        )
+        .len();
+    assert_eq!(card_edits, 1, "the card is edited once: {context}");
+    let reply_edits = discord
+        .calls_to("PATCH", "/webhooks/")
+        .into_iter()
+        .filter(|c| c.body.to_string().contains("Access granted"))
+        .count();
+    assert_eq!(reply_edits, 1, "the reply is edited once: {context}");
+    assert_eq!(
+        store.grant(&id).await.unwrap().unwrap().state,
+        drawbridge::domain::GrantState::Active
+    );
+    assert_eq!(azure.emulator.initiate_calls().len(), 1, "never sent again");
 }

@@ -281,7 +281,14 @@ async fn commands_are_bulk_registered_to_the_guild_on_ready() {
         .collect();
     assert_eq!(
         names,
-        ["jit", "jit-status", "jit-ip", "jit-who", "jit-admin"]
+        [
+            "jit",
+            "jit-status",
+            "jit-ip",
+            "jit-who",
+            "jit-admin",
+            "jit-pending"
+        ]
     );
     let jit = &commands[0]["options"];
     for (i, name) in ["port", "vm", "duration"].iter().enumerate() {

@@ -82,24 +82,29 @@ impl Reply {
 
     /// The buttons' `(label, custom_id)`.
     pub fn buttons(&self) -> Vec<(String, String)> {
-        self.message["components"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
-            .map(|b| {
-                (
-                    b["label"].as_str().unwrap_or_default().to_owned(),
-                    b["custom_id"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
+        buttons_of(&self.message)
     }
 
     /// The request id this interaction started (its interaction id).
     pub fn request_id(&self) -> RequestId {
         RequestId::parse(&self.sent.id.to_string()).expect("interaction ids are request ids")
     }
+}
+
+/// A message's buttons, `(label, custom_id)`.
+pub(crate) fn buttons_of(message: &Value) -> Vec<(String, String)> {
+    message["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+        .map(|b| {
+            (
+                b["label"].as_str().unwrap_or_default().to_owned(),
+                b["custom_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Whether a reply message is final (the deferred "loading" state replaced).

@@ -9,40 +9,46 @@ use drawbridge::domain::{AuditAction, GrantState, RequestId};
 use serde_json::Value;
 
 use crate::e2e::{
-    BOB, Reply, WAIT, audit_log, grant, initiated_end, initiates, interact, jit, reply_to,
+    BOB, Reply, WAIT, audit_log, buttons_of, grant, initiated_end, initiates, interact, jit,
+    reply_to,
 };
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder};
-use crate::support::fake_discord::{FakeDiscord, USER_ID};
+use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, USER_ID};
 
 /// `discord.approvals_channel_id`.
-const APPROVALS: u64 = 7100;
+pub(crate) const APPROVALS: u64 = 7100;
 const APPROVER_ROLE: u64 = 300;
 const BREAK_GLASS_ROLE: u64 = 310;
 const ALERT_ROLE: u64 = 320;
 const CAROL: u64 = 6008;
 const ALICE: u64 = USER_ID;
 
-fn mappings(approvals: u32) -> String {
+/// A mapping of `role` to SSH on `rg-prod/ops-01`, with `more` lines.
+fn prod_mapping(name: &str, role: u64, more: &str) -> String {
     format!(
         r#"
 [[mapping]]
-name = "sre-web"
-roles = ["100"]
-vms = "web-*"
-ports = ["ssh"]
-max_duration = "3h"
-
-[[mapping]]
-name = "prod"
-roles = ["100"]
+name = "{name}"
+roles = ["{role}"]
 vms = "rg-prod/ops-01"
 ports = ["ssh"]
 max_duration = "3h"
-approvers = ["{APPROVER_ROLE}"]
-approvals = {approvals}
-break_glass = ["{BREAK_GLASS_ROLE}"]
+{more}
 "#
     )
+}
+
+/// `sre-web` (self-service) and `prod` needing `approvals`; also the
+/// mappings of the approval crash test.
+pub(crate) fn mappings(approvals: u32) -> String {
+    let prod = prod_mapping(
+        "prod",
+        SRE_ROLE,
+        &format!(
+            "approvers = [\"{APPROVER_ROLE}\"]\napprovals = {approvals}\nbreak_glass = [\"{BREAK_GLASS_ROLE}\"]"
+        ),
+    );
+    format!("{}\n{prod}", crate::support::app::DEFAULT_MAPPINGS)
 }
 
 fn builder(approvals: u32) -> TestAppBuilder {
@@ -60,6 +66,23 @@ async fn ask_prod(app: &TestApp, roles: &[u64]) -> Reply {
         jit(d, "ssh", "rg-prod/ops-01", "2h", roles).string("from", "203.0.113.7"),
     )
     .await
+}
+
+/// Azure's justification of `initiate` names the requester and the approver.
+fn assert_justification_names_alice_and_bob(initiate: &drawbridge::sandbox::CallRecord) {
+    let why = initiate.body.as_ref().unwrap()["justification"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
+        "{why}"
+    );
+}
+
+/// `reply`'s title is `title` and its text says `says`.
+fn assert_says(reply: &Reply, title: &str, says: &str) {
+    assert_eq!(reply.title(), title, "{}", reply.text());
+    assert!(reply.text().contains(says), "{}", reply.text());
 }
 
 /// The card of request `id` in the approvals channel, as last edited.
@@ -80,13 +103,7 @@ async fn wait_card(d: &FakeDiscord, id: &RequestId, pred: impl Fn(&Value) -> boo
 }
 
 fn custom_ids(message: &Value) -> Vec<String> {
-    message["components"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
-        .filter_map(|b| b["custom_id"].as_str().map(str::to_owned))
-        .collect()
+    buttons_of(message).into_iter().map(|(_, id)| id).collect()
 }
 
 fn title(message: &Value) -> String {
@@ -192,14 +209,7 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
         end >= before + chrono::Duration::hours(2) - chrono::Duration::seconds(1),
         "the window starts at Bob's click: {end} vs {before}"
     );
-    let why = calls[0].body.as_ref().unwrap()["justification"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        why.contains(&ALICE.to_string()) && why.contains(&BOB.to_string()),
-        "{why}"
-    );
+    assert_justification_names_alice_and_bob(&calls[0]);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
 
     // The card ends approved, without buttons; Alice's reply shows the grant and who approved.
@@ -594,4 +604,428 @@ async fn an_approver_whose_role_was_removed_before_clicking_is_refused() {
                 && r.event.detail["code"] == "not_approver"),
         "the refusal is audited"
     );
+}
+
+#[tokio::test]
+async fn break_glass_without_a_role_or_a_reason_is_refused_audited_and_azure_is_not_asked() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let glass = |roles: &[u64]| {
+        jit(d, "ssh", "rg-prod/ops-01", "1h", roles)
+            .string("from", "203.0.113.7")
+            .boolean("break_glass", true)
+    };
+
+    // Act: no reason (with the role), then no role (with a reason).
+    let no_reason = interact(&app, glass(&[SRE_ROLE, BREAK_GLASS_ROLE])).await;
+    let no_role = interact(&app, glass(&[SRE_ROLE]).string("reason", "outage")).await;
+
+    // Assert: each is refused, saying what is missing, and audited as a
+    // refused break-glass; nothing is stored or sent to Azure.
+    assert_says(&no_reason, "Break-glass refused", "needs a reason");
+    assert_says(&no_role, "Break-glass refused", "may not skip approval");
+    assert!(initiates(&app).is_empty());
+    let log = audit_log(&app).await;
+    for reply in [&no_reason, &no_role] {
+        let id = reply.request_id();
+        let denied = log
+            .iter()
+            .find(|r| {
+                r.event.action == AuditAction::AccessDenied
+                    && r.event.detail["request_id"] == id.as_str()
+            })
+            .unwrap_or_else(|| panic!("the refusal of {id} is audited: {log:?}"));
+        assert_eq!(denied.event.detail["code"], "break_glass_refused");
+        assert_eq!(denied.event.detail["break_glass"], true);
+        assert_eq!(denied.event.actor, format!("discord:{ALICE}"));
+        assert!(
+            app.store.grant(&id).await.unwrap().is_none(),
+            "nothing stored"
+        );
+    }
+    assert!(
+        !log.iter()
+            .any(|r| r.event.action == AuditAction::BreakGlassUsed),
+        "no break-glass was used"
+    );
+}
+
+/// A second approver role, which the tests move approval to.
+const NEW_APPROVER_ROLE: u64 = 330;
+/// Dave, on call: may open prod himself (mapping `prod-oncall`).
+const DAVE: u64 = 6009;
+const ONCALL_ROLE: u64 = 340;
+/// An admin (role 900).
+const ADMIN: u64 = 6010;
+
+/// `prod` needing one approval, with `on_conflict = rule`, and
+/// `prod-oncall`, self-service for Dave's role.
+fn conflict_builder(rule: &str) -> TestAppBuilder {
+    let prod = prod_mapping(
+        "prod",
+        SRE_ROLE,
+        &format!("approvers = [\"{APPROVER_ROLE}\"]\napprovals = 1\non_conflict = \"{rule}\""),
+    );
+    let toml = prod + &prod_mapping("prod-oncall", ONCALL_ROLE, "");
+    TestAppBuilder::default()
+        .mappings(&toml)
+        .env("DISCORD__APPROVALS_CHANNEL_ID", &APPROVALS.to_string())
+}
+
+/// Dave opens prod SSH himself, from his own address.
+async fn dave_holds_prod(app: &TestApp) -> Reply {
+    let held = interact(
+        app,
+        jit(&app.discord, "ssh", "rg-prod/ops-01", "2h", &[ONCALL_ROLE])
+            .string("from", "198.51.100.20")
+            .user(DAVE, "dave"),
+    )
+    .await;
+    assert!(held.title().contains("Access granted"), "{}", held.text());
+    held
+}
+
+/// Alice asks for prod, Dave then opens it himself, and Bob approves:
+/// Alice's request, Dave's and Bob's replies, and the question Alice's
+/// reply became (under `on_conflict = "ask"`).
+struct AskedAfterApproval {
+    asked: Reply,
+    dave: Reply,
+    approved: Reply,
+    question: Value,
+}
+
+async fn approve_while_dave_holds(app: &TestApp) -> AskedAfterApproval {
+    let asked = ask_prod(app, &[SRE_ROLE]).await;
+    let dave = dave_holds_prod(app).await;
+    let approved = click(app, "approve", &asked.request_id(), BOB, &[APPROVER_ROLE]).await;
+    let question = app
+        .discord
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("anyway?"))
+        .await
+        .expect("Alice's reply becomes the question");
+    AskedAfterApproval {
+        asked,
+        dave,
+        approved,
+        question,
+    }
+}
+
+/// Alice presses the question's button `custom_id`.
+async fn answer(app: &TestApp, question: &Value, custom_id: &str) -> Reply {
+    interact(
+        app,
+        app.discord
+            .button(custom_id)
+            .on_message(question.clone())
+            .user(ALICE, "alice")
+            .roles([SRE_ROLE]),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn approved_while_another_member_holds_the_port_the_requester_is_asked_first() {
+    // Arrange + Act: Alice waits for approval; meanwhile Dave opens the
+    // port; then Bob approves.
+    let app = conflict_builder("ask").start().await;
+    let d = &app.discord;
+    let AskedAfterApproval {
+        asked,
+        dave,
+        approved,
+        question,
+    } = approve_while_dave_holds(&app).await;
+    let id = asked.request_id();
+
+    // Assert: nothing reaches Azure yet; Bob and the card say Alice is
+    // asked first; her reply became the question, with its buttons.
+    assert!(
+        approved
+            .title()
+            .starts_with("Approved, requester asked first"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
+    let card = wait_card(d, &id, |c| {
+        title(c).starts_with("Approved, requester asked first")
+    })
+    .await;
+    assert!(custom_ids(&card).is_empty(), "{card}");
+    assert!(all_text(&card).contains(&format!("<@{BOB}>")), "{card}");
+    assert!(
+        all_text(&question).contains(&format!("is open for <@{DAVE}> until")),
+        "{question}"
+    );
+    assert!(all_text(&question).contains("was approved"), "{question}");
+    assert_eq!(
+        buttons_of(&question),
+        [
+            ("Open anyway".to_owned(), format!("open-anyway:{id}")),
+            ("Cancel".to_owned(), format!("cancel:{id}"))
+        ]
+    );
+
+    // Act: Alice opens it anyway.
+    let opened = answer(&app, &question, &format!("open-anyway:{id}")).await;
+
+    // Assert: opened once, Azure's justification names Bob, Dave's window
+    // ended, and the card ends approved and open.
+    assert!(
+        opened.title().contains("Access granted"),
+        "{}",
+        opened.text()
+    );
+    let calls = initiates(&app);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_justification_names_alice_and_bob(&calls[1]);
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    assert_eq!(
+        grant(&app, &dave.request_id()).await.state,
+        GrantState::Superseded
+    );
+    let done = wait_card(d, &id, |c| title(c).starts_with("Approved:")).await;
+    assert!(all_text(&done).contains("Open until"), "{done}");
+}
+
+#[tokio::test]
+async fn approved_and_asked_then_cancelled_tells_the_card_and_nothing_reaches_azure() {
+    // Arrange
+    let app = conflict_builder("ask").start().await;
+    let AskedAfterApproval {
+        asked, question, ..
+    } = approve_while_dave_holds(&app).await;
+    let id = asked.request_id();
+
+    // Act
+    let cancelled = answer(&app, &question, &format!("cancel:{id}")).await;
+
+    // Assert
+    assert!(
+        cancelled.title().contains("Cancelled"),
+        "{}",
+        cancelled.text()
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::Cancelled);
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    wait_card(&app.discord, &id, |c| title(c).starts_with("Cancelled")).await;
+}
+
+#[tokio::test]
+async fn approved_while_another_member_holds_the_port_is_refused_under_on_conflict_refuse() {
+    // Arrange
+    let app = conflict_builder("refuse").start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    dave_holds_prod(&app).await;
+
+    // Act
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: refused, saying who holds the port; the card and Alice say so.
+    assert_eq!(
+        approved.title(),
+        "Another member holds the port",
+        "{}",
+        approved.text()
+    );
+    assert!(
+        approved.text().contains(&format!("<@{DAVE}>")),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    let stored = grant(&app, &id).await;
+    assert_eq!(stored.state, GrantState::Failed);
+    let card = wait_card(d, &id, |c| title(c).starts_with("Approved, not opened")).await;
+    assert!(custom_ids(&card).is_empty(), "{card}");
+    assert!(all_text(&card).contains("on_conflict"), "{card}");
+    d.wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+        all_text(m).contains("on_conflict") && all_text(m).contains(&format!("<@{DAVE}>"))
+    })
+    .await
+    .expect("Alice is told who holds the port");
+    let log = audit_log(&app).await;
+    assert!(
+        log.iter()
+            .any(|r| r.event.action == AuditAction::AccessDenied
+                && r.event.detail["request_id"] == id.as_str()
+                && r.event.detail["code"] == "port_held"),
+        "the refusal is audited"
+    );
+}
+
+/// `/jit-admin <sub>` by the admin.
+fn admin(d: &FakeDiscord, sub: &str) -> InteractionBuilder {
+    d.slash("jit-admin")
+        .subcommand(sub)
+        .user(ADMIN, "admin")
+        .roles([crate::support::app::ADMIN_ROLE])
+}
+
+/// `/jit-admin map name:prod …` by the admin, with `approvers`.
+fn remap_prod(d: &FakeDiscord, approvers: &str) -> InteractionBuilder {
+    admin(d, "map")
+        .string("name", "prod")
+        .option("role", 8, serde_json::json!(SRE_ROLE.to_string()))
+        .string("vms", "rg-prod/ops-01")
+        .string("ports", "ssh")
+        .string("max_duration", "3h")
+        .string("approvers", approvers)
+        .integer("approvals", 1)
+}
+
+#[tokio::test]
+async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
+    // Arrange: two requests wait; then an admin moves approval from role
+    // 300 to role 330.
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let first = ask_prod(&app, &[SRE_ROLE]).await.request_id();
+    let second = ask_prod(&app, &[SRE_ROLE]).await.request_id();
+    let changed = interact(&app, remap_prod(d, &format!("<@&{NEW_APPROVER_ROLE}>"))).await;
+    assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
+
+    // Act + Assert: Bob, who holds only the removed role, is refused.
+    let refused = click(&app, "approve", &first, BOB, &[APPROVER_ROLE]).await;
+    assert!(
+        refused.text().contains(&format!(
+            "approver role of this request can do that (<@&{NEW_APPROVER_ROLE}>)"
+        )),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(grant(&app, &first).await.state, GrantState::PendingApproval);
+    assert!(initiates(&app).is_empty());
+    // Carol, who holds the new role, approves.
+    let approved = click(&app, "approve", &first, CAROL, &[NEW_APPROVER_ROLE]).await;
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1);
+
+    // The mapping removed: nobody may approve the other request, and it
+    // is not opened; Alice can still cancel it.
+    let unmapped = interact(&app, admin(d, "unmap").string("name", "prod")).await;
+    assert!(unmapped.title().contains("removed"), "{}", unmapped.text());
+    let gone = click(&app, "approve", &second, CAROL, &[NEW_APPROVER_ROLE]).await;
+    assert!(
+        gone.text().contains("Mapping prod was removed"),
+        "{}",
+        gone.text()
+    );
+    assert_eq!(
+        grant(&app, &second).await.state,
+        GrantState::PendingApproval
+    );
+    assert_eq!(initiates(&app).len(), 1);
+    let cancelled = click(&app, "cancel", &second, ALICE, &[SRE_ROLE]).await;
+    assert!(
+        cancelled.title().contains("cancelled"),
+        "{}",
+        cancelled.text()
+    );
+    let codes: Vec<String> = audit_log(&app)
+        .await
+        .iter()
+        .filter(|r| r.event.action == AuditAction::ActionRefused)
+        .map(|r| {
+            r.event.detail["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(codes, ["not_approver", "mapping_removed"]);
+}
+
+#[tokio::test]
+async fn jit_pending_answers_approvers_who_are_not_admins_and_refuses_others() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let id = ask_prod(&app, &[SRE_ROLE]).await.request_id();
+
+    // Act: an approver without an admin role, an admin, and an engineer.
+    let approver = interact(
+        &app,
+        d.slash("jit-pending")
+            .user(BOB, "bob")
+            .roles([APPROVER_ROLE]),
+    )
+    .await;
+    let listed = interact(&app, admin(d, "pending")).await;
+    let engineer = interact(
+        &app,
+        d.slash("jit-pending").user(DAVE, "dave").roles([SRE_ROLE]),
+    )
+    .await;
+
+    // Assert
+    for reply in [&approver, &listed] {
+        assert_says(reply, "1 pending requests", &format!("Request {id}"));
+    }
+    assert_says(&engineer, "Not allowed", "for approvers");
+    let refused = audit_log(&app)
+        .await
+        .into_iter()
+        .find(|r| r.event.action == AuditAction::ActionRefused)
+        .expect("the refusal is audited");
+    assert_eq!(refused.event.actor, format!("discord:{DAVE}"));
+    assert_eq!(refused.event.detail["code"], "not_approver");
+    // Registered for everyone: no default_member_permissions, unlike /jit-admin.
+    let commands = d.guild_commands(d.guild_id());
+    let pending = commands
+        .iter()
+        .find(|c| c["name"] == "jit-pending")
+        .expect("/jit-pending is registered");
+    assert!(pending["default_member_permissions"].is_null(), "{pending}");
+    let admin_command = commands.iter().find(|c| c["name"] == "jit-admin").unwrap();
+    assert_eq!(admin_command["default_member_permissions"], "0");
+}
+
+#[tokio::test]
+async fn approved_after_the_reply_token_expired_the_question_comes_by_dm() {
+    // Arrange: Alice's request waits past her reply's 15-minute token.
+    let clock = ManualClock::new(Utc::now());
+    let app = conflict_builder("ask").clock(clock.clone()).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    clock.advance(chrono::Duration::minutes(16));
+    dave_holds_prod(&app).await;
+
+    // Act
+    click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: the question reaches Alice by DM, with its buttons; her
+    // expired reply is left alone.
+    let asked_by_dm = |d: &FakeDiscord| {
+        d.dm_messages(ALICE)
+            .into_iter()
+            .find(|m| title(m).contains("anyway?"))
+    };
+    assert!(
+        d.wait_until(WAIT, |d| asked_by_dm(d).is_some()).await,
+        "Alice is asked by DM: {:?}",
+        d.dm_messages(ALICE)
+    );
+    let question = asked_by_dm(d).unwrap();
+    assert_eq!(
+        custom_ids(&question),
+        [format!("open-anyway:{id}"), format!("cancel:{id}")]
+    );
+    assert!(
+        !title(&d.interaction_response(asked.sent.id).unwrap()).contains("anyway?"),
+        "the expired reply is not edited"
+    );
+    assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
 }

@@ -53,16 +53,7 @@ pub(super) async fn run(
 async fn pending(s: &Service, who: &Invocation) -> Result<ChatMessage, AdminError> {
     use crate::service::approval::ApprovalError;
     match s.pending_requests(who).await {
-        Ok(views) => {
-            let rows: Vec<_> = views
-                .into_iter()
-                .map(|v| (v.grant, v.request, v.approvals))
-                .collect();
-            Ok(crate::service::messages::approval::pending_list(
-                &rows,
-                &s.config().aliases,
-            ))
-        }
+        Ok(views) => Ok(super::approvals::pending_list(s, views)),
         Err(ApprovalError::NotApprover { .. }) => Err(AdminError::Invalid(
             "/jit-admin pending is for approvers and admins".into(),
         )),

@@ -1,5 +1,7 @@
 //! The approval buttons: Approve, Deny (its form), Cancel and Acknowledge,
-//! to [`Service`]'s approval use cases ([`crate::service::approval`]).
+//! to [`Service`]'s approval use cases ([`crate::service::approval`]); and
+//! `/jit-pending`, the list of pending requests for approvers, who are often
+//! not admins and so cannot see `/jit-admin pending`.
 
 use crate::chat::{ButtonAction, Card, ChatMessage, Tone};
 use crate::interactions::Invocation;
@@ -35,6 +37,48 @@ pub(super) async fn button(s: &Service, who: &Invocation, action: &ButtonAction)
         Ok(message) => message,
         Err(e) => refused(s, who, action, &e).await,
     }
+}
+
+/// `/jit-pending`: every request waiting for approval, for approvers (a
+/// role listed in any mapping's `approvers`) and admins; anyone else is
+/// refused, and the refusal audited.
+pub(super) async fn pending(s: &Service, who: &Invocation) -> ChatMessage {
+    match s.pending_requests(who).await {
+        Ok(views) => pending_list(s, views),
+        Err(e) => {
+            if let ApprovalError::Unexpected(cause) = &e {
+                tracing::error!(reference = %who.id, error.message = %cause, error.cause_chain = ?cause, "listing pending requests failed");
+            }
+            let reason = match &e {
+                ApprovalError::Unexpected(_) => "internal error".to_owned(),
+                _ => NOT_APPROVER.to_owned(),
+            };
+            let failed = matches!(e, ApprovalError::Unexpected(_));
+            let refused = Refused::new("jit-pending", "", (e.audit_code(), failed), &reason);
+            s.audit_refusal(who, refused).await;
+            match e {
+                ApprovalError::Unexpected(_) => messages::request_error(
+                    &RequestError::Unexpected(anyhow::anyhow!("logged")),
+                    &who.id,
+                ),
+                _ => ChatMessage::card(
+                    Card::new("Not allowed", Tone::Denied).description(NOT_APPROVER),
+                ),
+            }
+        }
+    }
+}
+
+/// Why `/jit-pending` refuses a member.
+const NOT_APPROVER: &str = "/jit-pending lists the requests waiting for approval, for approvers (a role listed in any mapping's approvers) and admins. You hold neither kind of role.";
+
+/// The list of `views`, as `/jit-pending` and `/jit-admin pending` show it.
+pub(super) fn pending_list(s: &Service, views: Vec<ApprovalView>) -> ChatMessage {
+    let rows: Vec<_> = views
+        .into_iter()
+        .map(|v| (v.grant, v.request, v.approvals))
+        .collect();
+    say::pending_list(&rows, &s.config().aliases)
 }
 
 fn requester(view: &ApprovalView, s: &Service) -> ChatMessage {

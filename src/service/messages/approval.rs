@@ -9,7 +9,11 @@ use crate::chat::{
 };
 use crate::domain::mapping::role_mentions;
 use crate::domain::{GrantState, PortAliases};
+use crate::service::question::PortHolder;
 use crate::store::{Approval, ApprovalRequest, Grant};
+
+/// Why an approved request was not opened at once.
+const HELD_NOW: &str = "Approved, but another member now holds the port from another address, and Azure keeps one window per port.";
 
 /// `1 approval from <@&1>`.
 fn needs(pending: &ApprovalRequest) -> String {
@@ -115,6 +119,14 @@ pub fn approval_card(
                 .failure
                 .clone()
                 .unwrap_or_else(|| "Azure did not open the port.".into()),
+        ),
+        GrantState::Confirming => (
+            format!("Approved, requester asked first: {what}"),
+            Tone::Warning,
+            format!(
+                "{HELD_NOW} <@{}> is asked whether to open it anyway, which ends the other member's window.",
+                grant.user_id
+            ),
         ),
         _ => (
             format!("Approved: {what}"),
@@ -241,6 +253,30 @@ pub fn requester_view(
     ChatMessage::card(Card::new(title, tone).description(text).footer(footer))
 }
 
+/// The requester's reply once approved while another member holds the
+/// port: the question of [`super::question`] (Open anyway or Cancel), with
+/// who approved.
+pub fn asked_after_approval(
+    grant: &Grant,
+    holder: &PortHolder,
+    approvals: &[Approval],
+    aliases: &PortAliases,
+) -> ChatMessage {
+    let mut message = super::question(grant, Some(holder), aliases);
+    if let Some(card) = message.card.as_mut() {
+        card.description = card
+            .description
+            .take()
+            .map(|text| format!("Your request was approved. {text}"));
+        card.fields.push(crate::chat::Field {
+            name: "Approved by".into(),
+            value: approvers(approvals),
+            inline: false,
+        });
+    }
+    message
+}
+
 /// What an approver sees after Approve or Deny.
 pub fn approver_reply(
     grant: &Grant,
@@ -282,6 +318,13 @@ pub fn approver_reply(
                 .failure
                 .clone()
                 .unwrap_or_else(|| "Azure did not open the port.".into()),
+        ),
+        GrantState::Confirming => (
+            format!("Approved, requester asked first: {what}"),
+            Tone::Warning,
+            format!(
+                "{HELD_NOW} {who} is asked whether to open it anyway, which ends the other member's window; the card shows the outcome."
+            ),
         ),
         _ => (
             format!("Approved: {what}"),

@@ -97,6 +97,7 @@ impl Service {
         .await?;
         self.schedule_timers(&mut tx, id, initiated.end, now)
             .await?;
+        self.tell_if_approved(&mut tx, &grant, "g").await?;
         tx.commit().await?;
         Ok(grant)
     }
@@ -123,6 +124,7 @@ impl Service {
         );
         tx.append_audit(&audit.with_detail(json!({"request_id": id.as_str(), "error": message})))
             .await?;
+        self.tell_if_approved(&mut tx, &failed, "f").await?;
         tx.commit().await?;
         Ok(failed)
     }

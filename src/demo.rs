@@ -549,6 +549,7 @@ impl Demo {
         let held = self.output.hold().await;
         let reply = self.handler.command(&who, &command).await;
         self.show_reply(&reply);
+        self.output.collect();
         drop(held);
         self.settle().await;
     }
@@ -558,6 +559,7 @@ impl Demo {
         let held = self.output.hold().await;
         let reply = self.handler.button(&who, &action).await;
         self.show_reply(&reply);
+        self.output.collect();
         drop(held);
         self.settle().await;
     }
@@ -623,8 +625,15 @@ impl Demo {
     }
 
     /// Waits until no timer is due and the outbox has nothing to send now,
-    /// waking the workers as it goes.
+    /// waking the workers as it goes; then prints what was delivered, in a
+    /// fixed order (see [`Output::collect`]).
     async fn settle(&self) {
+        self.output.collect();
+        self.wait_for_workers().await;
+        self.output.flush();
+    }
+
+    async fn wait_for_workers(&self) {
         let wakers = self.app.service.wakers();
         let deadline = Instant::now() + SETTLE_LIMIT;
         loop {

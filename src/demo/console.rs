@@ -21,6 +21,19 @@ pub struct Output {
     /// Held while a command runs and its reply is printed, so messages the
     /// outbox delivers meanwhile come after the reply, as in Discord.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Deliveries collected while a step settles ([`Output::collect`]).
+    batch: Arc<Mutex<Option<Batch>>>,
+}
+
+/// What the outbox delivered during one step: what people see, then the
+/// audit channel's lines. The outbox sends the audit stream and the other
+/// messages independently, so their order between each other is not
+/// meaningful; printing them in this fixed order makes a transcript the
+/// same on every run.
+#[derive(Default)]
+struct Batch {
+    seen: Vec<String>,
+    audit: Vec<String>,
 }
 
 impl Output {
@@ -29,6 +42,37 @@ impl Output {
         Self {
             inner: Arc::new(Mutex::new(writer)),
             gate: Arc::new(tokio::sync::Mutex::new(())),
+            batch: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// From now until [`Output::flush`], deliveries are collected.
+    pub fn collect(&self) {
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        batch.get_or_insert_with(Batch::default);
+    }
+
+    /// Prints what was collected: messages first, audit lines after.
+    pub fn flush(&self) {
+        let taken = self.batch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for text in taken
+            .into_iter()
+            .flat_map(|b| b.seen.into_iter().chain(b.audit))
+        {
+            self.line(&text);
+        }
+    }
+
+    /// Prints a delivered message now, or collects it (see [`Batch`]).
+    fn deliver(&self, text: String, audit: bool) {
+        let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+        match batch.as_mut() {
+            Some(b) if audit => b.audit.push(text),
+            Some(b) => b.seen.push(text),
+            None => {
+                drop(batch);
+                self.line(&text);
+            }
         }
     }
 
@@ -283,13 +327,14 @@ impl ChatSender for ConsoleSender {
     ) -> Result<Option<u64>, SendError> {
         let _held = self.output.hold().await;
         let now = self.clock.now();
-        let text = if channel_id == self.audit_channel && message.card.is_some() {
+        let audit = channel_id == self.audit_channel && message.card.is_some();
+        let text = if audit {
             render_audit(message, &self.names, now)
         } else {
             let header = format!("[#{}]", self.names.channel(channel_id));
             render(&header, message, &self.names, now)
         };
-        self.output.line(&text);
+        self.output.deliver(text, audit);
         // Anyone may press a channel card's buttons (an approval card).
         remember_buttons(&self.last_buttons, CHANNEL_BUTTONS, message);
         Ok(Some(channel_id))
@@ -303,8 +348,8 @@ impl ChatSender for ConsoleSender {
     ) -> Result<(), SendError> {
         let _held = self.output.hold().await;
         let header = format!("[#{} (updated)]", self.names.channel(channel_id));
-        self.output
-            .line(&render(&header, message, &self.names, self.clock.now()));
+        let text = render(&header, message, &self.names, self.clock.now());
+        self.output.deliver(text, false);
         Ok(())
     }
 
@@ -323,8 +368,8 @@ impl ChatSender for ConsoleSender {
     ) -> Result<(), SendError> {
         let _held = self.output.hold().await;
         let header = format!("[DM → {}]", self.names.user(user_id));
-        self.output
-            .line(&render(&header, message, &self.names, self.clock.now()));
+        let text = render(&header, message, &self.names, self.clock.now());
+        self.output.deliver(text, false);
         remember_buttons(&self.last_buttons, user_id, message);
         Ok(())
     }

@@ -455,16 +455,22 @@ async fn initiate_direct_saying(
 
 // ------------------------------------------------------------ at scale
 
-/// 1,000 grants of mixed durations, created through the service at t0, then
+/// 300 grants of mixed durations, created through the service at t0, then
 /// the clock is moved in one-minute steps past the longest: every grant gets
 /// exactly one reminder and one expiry notice, each within the step of its
 /// due time, everything in due-time order, no reminder after its expiry.
+///
+/// 300, not more: each request reads its policy back, and the policy's
+/// request history grows with every grant, so creating them costs the
+/// square of their number (1,000 took five minutes of the suite). Far larger
+/// counts belong in a benchmark, not in the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_grants_each_get_one_reminder_then_one_expiry_in_time_order() {
+async fn three_hundred_grants_each_get_one_reminder_then_one_expiry_in_time_order() {
+    const GRANTS: u64 = 300;
     // Arrange
     let lab = Lab::new().await;
     let vms = ["web-01", "web-02", "web-03", "web-04"];
-    let grants: Vec<Grant> = futures_util::stream::iter(0..1000u64)
+    let grants: Vec<Grant> = futures_util::stream::iter(0..GRANTS)
         .map(|n| {
             let lab = &lab;
             // 15 min .. 3 h, spread so many end in the same minute.
@@ -481,7 +487,7 @@ async fn a_thousand_grants_each_get_one_reminder_then_one_expiry_in_time_order()
         .iter()
         .map(|g| (g.request_id.to_string(), g))
         .collect();
-    assert_eq!(by_id.len(), 1000);
+    assert_eq!(by_id.len(), GRANTS as usize);
     lab.deliver().await; // the audit events of the requests
     let before = lab.sent().len();
 
@@ -496,7 +502,11 @@ async fn a_thousand_grants_each_get_one_reminder_then_one_expiry_in_time_order()
         .filter(|s| s.dm.is_some())
         .cloned()
         .collect();
-    assert_eq!(dms.len(), 2000, "one reminder and one expiry per grant");
+    assert_eq!(
+        dms.len(),
+        2 * GRANTS as usize,
+        "one reminder and one expiry per grant"
+    );
     let mut per_grant: HashMap<String, (Vec<&Sent>, Vec<&Sent>)> = HashMap::new();
     let mut last_due = t0();
     for dm in &dms {
@@ -537,14 +547,20 @@ async fn a_thousand_grants_each_get_one_reminder_then_one_expiry_in_time_order()
         assert!(due >= last_due, "notices go out in due-time order");
         last_due = due;
     }
-    assert_eq!(per_grant.len(), 1000);
+    assert_eq!(per_grant.len(), GRANTS as usize);
     for (id, (reminders, expiries)) in &per_grant {
         assert_eq!((reminders.len(), expiries.len()), (1, 1), "grant {id}");
         assert!(reminders[0].at < expiries[0].at, "grant {id}");
     }
     assert!(lab.store().open_grants().await.unwrap().is_empty());
-    assert_eq!(lab.audit(AuditAction::ReminderSent).await.len(), 1000);
-    assert_eq!(lab.audit(AuditAction::AccessExpired).await.len(), 1000);
+    assert_eq!(
+        lab.audit(AuditAction::ReminderSent).await.len(),
+        GRANTS as usize
+    );
+    assert_eq!(
+        lab.audit(AuditAction::AccessExpired).await.len(),
+        GRANTS as usize
+    );
     assert!(lab.store().verify_audit().await.unwrap().is_intact());
     // Every state change is recorded with its time.
     let g = &grants[0];

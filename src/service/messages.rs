@@ -405,6 +405,7 @@ pub fn reminder(
         ),
         buttons: grant_buttons(grant),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -430,6 +431,7 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
         ),
         buttons: Vec::new(),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -454,6 +456,7 @@ pub fn displaced(
         ),
         buttons: Vec::new(),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -486,6 +489,7 @@ pub fn ended_by_azure(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
         ),
         buttons: Vec::new(),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 

@@ -22,6 +22,11 @@ async fn the_grant_card_shows_ssh_azureuser_at_the_public_ip() {
         reply.text()
     );
     assert_eq!(reply.field("Connect"), Some("`ssh azureuser@20.105.12.34`"));
+    assert!(
+        d.files_of(&reply.message).is_empty(),
+        "an ssh grant has no file: {}",
+        reply.message
+    );
     app.stop().await.expect("clean stop");
 }
 
@@ -83,5 +88,14 @@ max_duration = "2h"
         reply.text()
     );
     assert_eq!(reply.field("Connect"), Some("`mstsc /v:20.105.12.70`"));
+    // The ephemeral reply carries a .rdp file that opens the right host and port.
+    let files = d.files_of(&reply.message);
+    assert_eq!(files.len(), 1, "{}", reply.message);
+    let (name, data) = &files[0];
+    assert_eq!(name, "win-07.rdp");
+    let text = String::from_utf8(data.clone()).expect("an .rdp file is text");
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], "full address:s:20.105.12.70:3389", "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("username:s:")), "{text}");
     app.stop().await.expect("clean stop");
 }

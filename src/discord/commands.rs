@@ -162,6 +162,10 @@ fn jit_admin() -> CreateCommand {
                     "default_source",
                     "The source used when a request gives none",
                 ),
+                string(
+                    "ssh_user",
+                    "The login user the grant card shows in ssh user@host (before the VM's tag)",
+                ),
                 CreateCommandOption::new(
                     CommandOptionType::Boolean,
                     "require_reason",

@@ -8,6 +8,45 @@ use std::net::IpAddr;
 /// The tag naming the SSH user on a VM.
 pub const SSH_USER_TAG: &str = "drawbridge-ssh-user";
 
+/// A login name for `ssh user@host` (and the `.rdp` file's user): 1 to 64
+/// letters, digits, `.`, `_` or `-`, not starting with `-` or `.`, so that
+/// it is shown in a command as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SshUser(String);
+
+impl SshUser {
+    /// Checks a login name.
+    ///
+    /// # Errors
+    /// Says what a login name may hold.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let ok = (1..=64).contains(&input.len())
+            && !input.starts_with(['-', '.'])
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err(format!(
+                "`{}` is not a login name: 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `-` or `.`",
+                input.chars().take(64).collect::<String>()
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SshUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A VM's addresses as Azure reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
@@ -23,6 +62,16 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// This connection with the mapping's login user, which takes
+    /// precedence over the VM's tag and its admin user.
+    #[must_use]
+    pub fn with_user(mut self, user: Option<&SshUser>) -> Self {
+        if let Some(user) = user {
+            self.ssh_user = Some(user.to_string());
+        }
+        self
+    }
+
     /// Where to connect from the internet: the DNS name, else the public
     /// address; `None` for a VM with only a private address.
     pub fn public_host(&self) -> Option<String> {
@@ -182,6 +231,27 @@ mod tests {
         assert_eq!(rdp_file_name("rg-web/win-01"), "win-01.rdp");
         assert_eq!(rdp_file_name("odd name.x"), "odd-name-x.rdp");
         assert_eq!(rdp_file_name(""), "vm.rdp");
+    }
+
+    #[test]
+    fn the_mappings_user_wins_and_login_names_are_checked() {
+        let user = SshUser::parse("deploy").unwrap();
+        let c = conn(None, Some("20.1.2.3"), None).with_user(Some(&user));
+        assert_eq!(c.how_to_connect(22).as_deref(), Some("ssh deploy@20.1.2.3"));
+        let kept = conn(None, Some("20.1.2.3"), None).with_user(None);
+        assert_eq!(kept.ssh_user.as_deref(), Some("azureuser"));
+        for bad in [
+            "",
+            "-oProxyCommand=x",
+            ".hidden",
+            "a b",
+            "a;b",
+            "ü",
+            &"a".repeat(65),
+        ] {
+            assert!(SshUser::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(SshUser::parse("svc_deploy-2.x").is_ok());
     }
 
     #[test]

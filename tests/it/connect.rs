@@ -2,8 +2,10 @@
 //! Azure reports it (NIC → public IP, read through the emulator) with a
 //! ready command; a VM with only a private address says so.
 
+use serde_json::json;
+
 use crate::e2e::{interact, jit};
-use crate::support::app::{SRE_ROLE, TestAppBuilder, spawn_app};
+use crate::support::app::{ADMIN_ROLE, SRE_ROLE, TestAppBuilder, spawn_app};
 
 #[tokio::test]
 async fn the_grant_card_shows_ssh_azureuser_at_the_public_ip() {
@@ -97,5 +99,61 @@ max_duration = "2h"
     let lines: Vec<&str> = text.split("\r\n").collect();
     assert_eq!(lines[0], "full address:s:20.105.12.70:3389", "{text}");
     assert!(lines.iter().any(|l| l.starts_with("username:s:")), "{text}");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_mappings_ssh_user_is_on_the_card_before_the_vms_own() {
+    // Arrange: an admin maps role 300 to web-01 with a login user.
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let mapped = interact(
+        &app,
+        d.slash("jit-admin")
+            .subcommand("map")
+            .roles([ADMIN_ROLE])
+            .string("name", "deployers")
+            .option("role", 8, json!("300"))
+            .string("vms", "web-01")
+            .string("ports", "ssh")
+            .string("max_duration", "2h")
+            .string("ssh_user", "deploy"),
+    )
+    .await;
+    assert!(
+        mapped.title().starts_with("Mapping added"),
+        "{}",
+        mapped.text()
+    );
+    assert!(mapped.text().contains("ssh as deploy"), "{}", mapped.text());
+
+    // Act
+    let reply = interact(
+        &app,
+        jit(d, "ssh", "web-01", "1h", &[300]).string("from", "203.0.113.7"),
+    )
+    .await;
+
+    // Assert: the mapping's user, not the VM's azureuser.
+    assert!(
+        reply.title().starts_with("Access granted"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.field("Connect"), Some("`ssh deploy@20.105.12.34`"));
+    let bad = interact(
+        &app,
+        d.slash("jit-admin")
+            .subcommand("map")
+            .roles([ADMIN_ROLE])
+            .string("name", "bad")
+            .option("role", 8, json!("301"))
+            .string("vms", "web-01")
+            .string("ports", "ssh")
+            .string("max_duration", "2h")
+            .string("ssh_user", "-oProxyCommand=x"),
+    )
+    .await;
+    assert!(bad.text().contains("is not a login name"), "{}", bad.text());
     app.stop().await.expect("clean stop");
 }

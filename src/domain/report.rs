@@ -62,7 +62,8 @@ pub struct WeekSummary {
     pub hours_by_weekday: BTreeMap<String, [f64; 7]>,
     /// Requests refused.
     pub denials: u32,
-    /// Break-glass uses (Drawbridge has no break-glass path yet: always 0).
+    /// Break-glass uses: requests that skipped approval (the
+    /// `break_glass_used` audit events).
     pub break_glass: u32,
     /// VMs without a JIT policy, when known.
     pub without_jit: Option<Vec<String>>,

@@ -250,6 +250,11 @@ fn jit_admin() -> CreateCommand {
             "Requests waiting for approval (approvers and admins)",
             [],
         ))
+        .add_option(subcommand(
+            "report",
+            "Post the last seven days' access report (PNG and CSV) to the audit channel",
+            [],
+        ))
 }
 
 /// Registers [`definitions`] with one bulk overwrite to `discord.guild_id`,
@@ -338,7 +343,8 @@ mod tests {
         assert_eq!(
             subs,
             [
-                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable", "pending"
+                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable", "pending",
+                "report"
             ]
         );
         let map = &admin["options"][0]["options"];

@@ -9,6 +9,8 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc, Weekday};
 
 use super::GrantState;
 
+pub mod weekly;
+
 /// One grant as the report sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportGrant {

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::e2e::{interact, jit};
 use crate::support::app::{ADMIN_ROLE, SRE_ROLE, TestAppBuilder, spawn_app};
+use crate::support::fake_discord::{FakeDiscord, InteractionBuilder};
 
 #[tokio::test]
 async fn the_grant_card_shows_ssh_azureuser_at_the_public_ip() {
@@ -102,24 +103,25 @@ max_duration = "2h"
     app.stop().await.expect("clean stop");
 }
 
+/// An admin's `/jit-admin map` of `role` to SSH on web-01 with `ssh_user`.
+fn map_with_user(d: &FakeDiscord, name: &str, role: u64, user: &str) -> InteractionBuilder {
+    d.slash("jit-admin")
+        .subcommand("map")
+        .roles([ADMIN_ROLE])
+        .string("name", name)
+        .option("role", 8, json!(role.to_string()))
+        .string("vms", "web-01")
+        .string("ports", "ssh")
+        .string("max_duration", "2h")
+        .string("ssh_user", user)
+}
+
 #[tokio::test]
 async fn the_mappings_ssh_user_is_on_the_card_before_the_vms_own() {
     // Arrange: an admin maps role 300 to web-01 with a login user.
     let app = spawn_app().await;
     let d = &app.discord;
-    let mapped = interact(
-        &app,
-        d.slash("jit-admin")
-            .subcommand("map")
-            .roles([ADMIN_ROLE])
-            .string("name", "deployers")
-            .option("role", 8, json!("300"))
-            .string("vms", "web-01")
-            .string("ports", "ssh")
-            .string("max_duration", "2h")
-            .string("ssh_user", "deploy"),
-    )
-    .await;
+    let mapped = interact(&app, map_with_user(d, "deployers", 300, "deploy")).await;
     assert!(
         mapped.title().starts_with("Mapping added"),
         "{}",
@@ -141,19 +143,7 @@ async fn the_mappings_ssh_user_is_on_the_card_before_the_vms_own() {
         reply.text()
     );
     assert_eq!(reply.field("Connect"), Some("`ssh deploy@20.105.12.34`"));
-    let bad = interact(
-        &app,
-        d.slash("jit-admin")
-            .subcommand("map")
-            .roles([ADMIN_ROLE])
-            .string("name", "bad")
-            .option("role", 8, json!("301"))
-            .string("vms", "web-01")
-            .string("ports", "ssh")
-            .string("max_duration", "2h")
-            .string("ssh_user", "-oProxyCommand=x"),
-    )
-    .await;
+    let bad = interact(&app, map_with_user(d, "bad", 301, "-oProxyCommand=x")).await;
     assert!(bad.text().contains("is not a login name"), "{}", bad.text());
     app.stop().await.expect("clean stop");
 }

@@ -170,7 +170,8 @@ fn weekday_index(day: Weekday) -> usize {
 mod tests {
     use super::*;
 
-    fn at(text: &str) -> DateTime<Utc> {
+    /// An RFC 3339 time (also for [`weekly`]'s tests).
+    pub(super) fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)

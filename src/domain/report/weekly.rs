@@ -85,12 +85,7 @@ impl fmt::Display for WeeklySlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::domain::report::tests::at;
 
     #[test]
     fn the_setting_reads_a_weekday_and_a_utc_time_or_off() {

@@ -521,6 +521,7 @@ async fn autocomplete(args: &Args) {
             approvals_channel: None,
             audit_channel: None,
             alert_role: None,
+            weekly_report: None,
         },
     )
     .await

@@ -124,6 +124,7 @@ impl App {
                     .map(|c| c.get()),
                 audit_channel: settings.discord.audit_channel_id.map(|c| c.get()),
                 alert_role: settings.discord.alert_role_id,
+                weekly_report: settings.report.weekly,
             },
         )
         .await

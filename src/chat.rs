@@ -9,6 +9,10 @@
 use chrono::{DateTime, Local, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod attachment;
+
+pub use attachment::{Attachment, AttachmentError};
+
 /// The colour of an embed: what kind of news it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -267,6 +271,9 @@ pub struct ChatMessage {
     /// only these, and only where the content mentions them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ping_roles: Vec<u64>,
+    /// Files sent with it (at most [`attachment::MAX_FILES`] are sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl ChatMessage {
@@ -289,6 +296,12 @@ impl ChatMessage {
     /// Adds buttons.
     pub fn with_buttons(mut self, buttons: Vec<Button>) -> Self {
         self.buttons = buttons;
+        self
+    }
+
+    /// Adds a file.
+    pub fn with_attachment(mut self, file: Attachment) -> Self {
+        self.attachments.push(file);
         self
     }
 }

@@ -200,6 +200,13 @@ pub struct ReminderSettings {
     pub before: Vec<Duration>,
 }
 
+/// The weekly report in the audit channel.
+#[derive(Debug, Clone, Default)]
+pub struct ReportSettings {
+    /// When it is posted (`report.weekly`); `None`: never (`off` or unset).
+    pub weekly: Option<crate::domain::report::weekly::WeeklySlot>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LoggingSettings {
     pub format: LogFormat,
@@ -216,6 +223,7 @@ pub struct Settings {
     pub azure: AzureSettings,
     pub database: DatabaseSettings,
     pub reminders: ReminderSettings,
+    pub report: ReportSettings,
     /// Each member's rate of `/jit`, `/jit-ip` and button presses.
     pub limits: crate::domain::rate::RateLimit,
     /// The built-in port names plus `[ports.aliases]`.
@@ -348,6 +356,7 @@ impl Settings {
             },
             "database": without_password(&self.database.url),
             "reminders_before_secs": self.reminders.before.iter().map(Duration::as_secs).collect::<Vec<_>>(),
+            "report_weekly": self.report.weekly.map_or_else(|| "off".to_owned(), |w| w.to_string()),
         })
     }
 

@@ -3,8 +3,11 @@
 //! and coverage), plus its CSV.
 //!
 //! Drawn with plotters' bitmap backend into memory and encoded with `png`.
-//! The font is embedded (DejaVu Sans Mono, `assets/fonts/`), so the picture
-//! is the same on a slim container without any system fonts.
+//! The font is embedded (DejaVu Sans, `assets/fonts/`), so the picture is
+//! the same on a slim container without any system fonts. It is a
+//! proportional font on purpose: plotters' ab_glyph backend draws each glyph
+//! at the pen position without its left side bearing, which spreads a
+//! monospaced font's narrow glyphs (`.`, `-`) visibly apart.
 
 use std::sync::Once;
 
@@ -21,7 +24,7 @@ use crate::store::{AuditFilter, Store, StoreError};
 pub const WIDTH: u32 = 1200;
 pub const HEIGHT: u32 = 900;
 /// The embedded font (DejaVu fonts license, see `assets/fonts/LICENSE`).
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 /// The family name the charts ask for; registered to [`FONT`].
 const FAMILY: &str = "sans-serif";
 /// The background.
@@ -101,13 +104,13 @@ fn grants_chart(area: &Area<'_>, week: &WeekSummary) -> Result<(), RenderError> 
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(45)
-        .build_cartesian_2d((0u32..days).into_segmented(), 0u32..top)
+        .build_cartesian_2d(segments(days), 0u32..top)
         .map_err(fail)?;
     let first = week.first_day;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(days as usize + 1)
+        .x_labels(days as usize)
         .y_labels(top as usize + 1)
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(d) => (first + Duration::days(i64::from(*d)))
@@ -170,14 +173,14 @@ fn heat_map(area: &Area<'_>, week: &WeekSummary) -> Result<(), RenderError> {
         .margin(15)
         .x_label_area_size(30)
         .y_label_area_size(130)
-        .build_cartesian_2d((0u32..7).into_segmented(), (0u32..rows).into_segmented())
+        .build_cartesian_2d(segments(7), segments(rows))
         .map_err(fail)?;
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_labels(8)
-        .y_labels(rows as usize + 1)
+        .x_labels(7)
+        .y_labels(rows as usize)
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(d) => DAYS.get(*d as usize).copied().unwrap_or("").into(),
             _ => String::new(),
@@ -218,6 +221,14 @@ fn heat_map(area: &Area<'_>, week: &WeekSummary) -> Result<(), RenderError> {
     chart.draw_series(cells).map_err(fail)?;
     chart.draw_series(labels).map_err(fail)?;
     Ok(())
+}
+
+/// `n` segments, one per value `0..n`. Plotters' segmented range over
+/// `a..b` holds `b - a + 1` values, so `0..n` would add an empty column.
+fn segments(
+    n: u32,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordu32> {
+    (0u32..n.max(1) - 1).into_segmented()
 }
 
 /// The colour of `hours` on a scale up to `max`.
@@ -325,10 +336,10 @@ pub async fn gather(
         })
         .collect();
     let mut week = summarize(&grants, first_day, days, now);
-    week.denials = events
-        .iter()
-        .filter(|r| r.event.action == AuditAction::AccessDenied)
-        .count() as u32;
+    let count =
+        |action: AuditAction| events.iter().filter(|r| r.event.action == action).count() as u32;
+    week.denials = count(AuditAction::AccessDenied);
+    week.break_glass = count(AuditAction::BreakGlassUsed);
     Ok(week)
 }
 

@@ -56,6 +56,7 @@ pub mod replica;
 pub mod request;
 pub mod scheduler;
 pub mod truth;
+pub mod weekly;
 pub mod who;
 
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -93,6 +94,9 @@ pub struct ServiceConfig {
     pub audit_channel: Option<u64>,
     /// The role a break-glass request pings (`discord.alert_role_id`).
     pub alert_role: Option<RoleId>,
+    /// When the weekly report is posted to the audit channel
+    /// (`report.weekly`); `None`: only on `/jit-admin report`.
+    pub weekly_report: Option<crate::domain::report::weekly::WeeklySlot>,
 }
 
 /// The use cases; cheap to clone.

@@ -101,6 +101,7 @@ pub mod outbox;
 pub mod reconcile;
 pub mod schedule;
 pub mod settings;
+mod weekly;
 
 pub use approvals::{Approval, ApprovalRequest};
 pub use audit::{AuditFilter, AuditRecord, AuditVerification, BrokenLink};

@@ -71,6 +71,10 @@ pub struct MappingArgs {
     /// The source used when a member gives none.
     #[arg(long)]
     pub default_source: Option<String>,
+    /// The login user shown in `ssh user@host` on the grant card (before
+    /// the VM's `drawbridge-ssh-user` tag).
+    #[arg(long)]
+    pub ssh_user: Option<String>,
     /// Require a reason.
     #[arg(long)]
     pub require_reason: bool,
@@ -166,6 +170,7 @@ async fn add(
         sources: args.sources,
         allow_broad_sources: args.allow_broad_sources,
         default_source: args.default_source,
+        ssh_user: args.ssh_user,
         require_reason: args.require_reason,
         on_conflict: args
             .on_conflict

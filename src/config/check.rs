@@ -14,12 +14,14 @@ use super::raw::{
 };
 use super::{
     AzureSettings, ConfigProblem, DEFAULT_SOURCE, DatabaseSettings, DiscordMode, DiscordSettings,
-    HttpSettings, LogFormat, LoggingSettings, NOT_SET, OpsSettings, ReminderSettings, Settings,
+    HttpSettings, LogFormat, LoggingSettings, NOT_SET, OpsSettings, ReminderSettings,
+    ReportSettings, Settings,
 };
 use crate::azure::{AzureCloud, CredentialKind};
 use crate::domain::duration::parse_span_seconds;
 use crate::domain::port::{AliasError, PortAliases};
 use crate::domain::rate::RateLimit;
+use crate::domain::report::weekly::WeeklySlot;
 use crate::domain::{
     AccessDuration, PolicyDefaults, RoleId, Snowflake, SourcePrefix, SubscriptionId,
 };
@@ -212,6 +214,11 @@ pub(super) fn check(c: &mut Checker<'_>, raw: Raw) -> Settings {
         database: database(c, raw.database),
         reminders: ReminderSettings {
             before: c.list("reminders.before", &raw.reminders.before, parse_span),
+        },
+        report: ReportSettings {
+            weekly: c
+                .opt("report.weekly", &raw.report.weekly, WeeklySlot::parse)
+                .flatten(),
         },
         limits: limits(c, &raw.limits),
         ports: ports(c, &raw.ports),

@@ -15,6 +15,7 @@ pub(super) struct Raw {
     pub(super) azure: RawAzure,
     pub(super) database: RawDatabase,
     pub(super) reminders: RawReminders,
+    pub(super) report: RawReport,
     pub(super) limits: RawLimits,
     pub(super) ports: RawPorts,
     pub(super) logging: RawLogging,
@@ -98,6 +99,12 @@ pub(super) struct RawDatabase {
 pub(super) struct RawReminders {
     #[serde(deserialize_with = "one_or_many")]
     pub(super) before: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawReport {
+    pub(super) weekly: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

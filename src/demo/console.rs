@@ -240,6 +240,13 @@ pub fn render(header: &str, message: &ChatMessage, names: &Names, now: DateTime<
             .collect();
         lines.push(format!("{pad}{}", buttons.join("  ")));
     }
+    for file in &message.attachments {
+        lines.push(format!(
+            "{pad}[file {} · {} bytes]",
+            file.filename(),
+            file.data().len()
+        ));
+    }
     lines.join("\n")
 }
 

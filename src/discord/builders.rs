@@ -5,12 +5,13 @@
 //! failing: a reply that is cut short is better than no reply.
 
 use serenity::all::{
-    ButtonStyle as DiscordButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton,
-    CreateEmbed, CreateEmbedFooter, CreateInteractionResponseMessage, CreateMessage,
+    ButtonStyle as DiscordButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAttachment,
+    CreateButton, CreateEmbed, CreateEmbedFooter, CreateInteractionResponseMessage, CreateMessage,
     EditInteractionResponse, EditMessage, Nonce, RoleId, UserId,
 };
 use sha2::{Digest as _, Sha256};
 
+use crate::chat::attachment::MAX_FILES;
 use crate::chat::{ButtonStyle, Card, ChatMessage};
 
 /// Message content, at most.
@@ -61,6 +62,9 @@ pub fn edit_response(message: &ChatMessage) -> EditInteractionResponse {
     if let Some(content) = parts.content {
         edit = edit.content(content);
     }
+    for file in parts.files {
+        edit = edit.new_attachment(file);
+    }
     edit
 }
 
@@ -73,14 +77,16 @@ pub fn create_message(message: &ChatMessage, idempotency_key: &str) -> CreateMes
         .components(parts.rows)
         .allowed_mentions(mentions(parts.content.as_deref(), &parts.ping_roles))
         .nonce(Nonce::String(nonce(idempotency_key)))
-        .enforce_nonce(true);
+        .enforce_nonce(true)
+        .add_files(parts.files);
     if let Some(content) = parts.content {
         create = create.content(content);
     }
     create
 }
 
-/// An immediate ephemeral reply (interaction response type 4).
+/// An immediate ephemeral reply (interaction response type 4). It carries
+/// no files: in HTTP mode it is the inline JSON answer, which cannot.
 pub fn ephemeral_message(message: &ChatMessage) -> CreateInteractionResponseMessage {
     let parts = Parts::of(message);
     let mut reply = CreateInteractionResponseMessage::new()
@@ -104,6 +110,9 @@ pub fn edit_message(message: &ChatMessage) -> EditMessage {
         .allowed_mentions(mentions(parts.content.as_deref(), &parts.ping_roles));
     if let Some(content) = parts.content {
         edit = edit.content(content);
+    }
+    for file in parts.files {
+        edit = edit.new_attachment(file);
     }
     edit
 }
@@ -184,6 +193,8 @@ struct Parts {
     embeds: Vec<CreateEmbed>,
     rows: Vec<CreateActionRow>,
     ping_roles: Vec<u64>,
+    /// The message's files, at most [`MAX_FILES`].
+    files: Vec<CreateAttachment>,
 }
 
 impl Parts {
@@ -196,14 +207,23 @@ impl Parts {
         let embeds: Vec<CreateEmbed> = message.card.iter().map(embed).collect();
         let rows = button_rows(message);
         let content = match content {
-            None if embeds.is_empty() => Some(EMPTY_FALLBACK.to_owned()),
+            None if embeds.is_empty() && message.attachments.is_empty() => {
+                Some(EMPTY_FALLBACK.to_owned())
+            }
             other => other,
         };
+        let files = message
+            .attachments
+            .iter()
+            .take(MAX_FILES)
+            .map(|f| CreateAttachment::bytes(f.data().to_vec(), f.filename()))
+            .collect();
         Self {
             content,
             embeds,
             rows,
             ping_roles: message.ping_roles.clone(),
+            files,
         }
     }
 }
@@ -395,6 +415,7 @@ mod tests {
             card: Some(card),
             buttons: Vec::new(),
             ping_roles: Vec::new(),
+            attachments: Vec::new(),
         };
         let body = json_of(edit_response(&message));
         let text_len = |v: &Value| v.as_str().unwrap().chars().count();

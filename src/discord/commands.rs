@@ -162,6 +162,10 @@ fn jit_admin() -> CreateCommand {
                     "default_source",
                     "The source used when a request gives none",
                 ),
+                string(
+                    "ssh_user",
+                    "The login user the grant card shows in ssh user@host (before the VM's tag)",
+                ),
                 CreateCommandOption::new(
                     CommandOptionType::Boolean,
                     "require_reason",
@@ -244,6 +248,11 @@ fn jit_admin() -> CreateCommand {
         .add_option(subcommand(
             "pending",
             "Requests waiting for approval (approvers and admins)",
+            [],
+        ))
+        .add_option(subcommand(
+            "report",
+            "Post the last seven days' access report (PNG and CSV) to the audit channel",
             [],
         ))
 }
@@ -334,7 +343,8 @@ mod tests {
         assert_eq!(
             subs,
             [
-                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable", "pending"
+                "map", "unmap", "mappings", "explain", "audit", "coverage", "enable", "pending",
+                "report"
             ]
         );
         let map = &admin["options"][0]["options"];

@@ -18,6 +18,7 @@ use serenity::all::{
     CreateInteractionResponseMessage, CreateModal, InputTextStyle, Interaction, InteractionId,
     ModalInteraction, User,
 };
+use serenity::builder::Builder as _;
 use serenity::http::Http;
 use tokio::sync::oneshot;
 use tracing::{Instrument as _, Span, debug, error, info, info_span, warn};
@@ -389,11 +390,8 @@ impl Dispatcher {
         let edit = builders::edit_response(message);
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=EDIT_ATTEMPTS {
-            match self
-                .http
-                .edit_original_interaction_response(token, &edit, Vec::new())
-                .await
-            {
+            // The builder numbers the files (multipart) when there are any.
+            match edit.clone().execute(&*self.http, token).await {
                 Ok(_) => {
                     debug!(attempt, "reply shown");
                     return;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use serenity::all::{ChannelId, MessageId, UserId};
+use serenity::builder::Builder as _;
 use serenity::http::{Http, LightMethod, Request, Route};
 use tracing::{debug, instrument};
 
@@ -74,6 +75,9 @@ impl DiscordSender {
         idempotency_key: &str,
     ) -> Result<Option<u64>, SendError> {
         let create = builders::create_message(message, idempotency_key);
+        if !message.attachments.is_empty() {
+            return self.send_with_files(channel, create).await;
+        }
         let body = serde_json::to_vec(&create)
             .map_err(|e| SendError::Permanent(format!("message not serializable: {e}")))?;
         let request = Request::new(
@@ -89,6 +93,24 @@ impl DiscordSender {
             .and_then(|m| m["id"].as_str().map(str::to_owned));
         debug!(message_id = id.as_deref().unwrap_or("?"), "message sent");
         Ok(id.and_then(|i| i.parse().ok()))
+    }
+
+    /// Sends a message with files: serenity's builder numbers the files and
+    /// their `attachments` entries and sends them as multipart/form-data.
+    /// Discord's rate-limit headers are not read back on this path (the
+    /// bucket still paces it).
+    async fn send_with_files(
+        &self,
+        channel: ChannelId,
+        create: serenity::all::CreateMessage,
+    ) -> Result<Option<u64>, SendError> {
+        self.limits.acquire(&format!("channel:{channel}")).await;
+        let sent = create
+            .execute(&*self.http, (channel, None))
+            .await
+            .map_err(|e| classify(&e))?;
+        debug!(message_id = %sent.id, files = sent.attachments.len(), "message sent");
+        Ok(Some(sent.id.get()))
     }
 
     /// The DM channel with `user` (Discord returns the existing one when
@@ -133,6 +155,14 @@ impl ChatSender for DiscordSender {
     ) -> Result<(), SendError> {
         let channel = ChannelId::new(nonzero(channel_id, "channel")?);
         let message_id = MessageId::new(nonzero(message_id, "message")?);
+        if !message.attachments.is_empty() {
+            self.limits.acquire(&format!("channel:{channel}")).await;
+            return builders::edit_message(message)
+                .execute(&*self.http, (channel, message_id, None))
+                .await
+                .map(drop)
+                .map_err(|e| classify(&e));
+        }
         let body = serde_json::to_vec(&builders::edit_message(message))
             .map_err(|e| SendError::Permanent(format!("edit not serializable: {e}")))?;
         let request = Request::new(
@@ -152,13 +182,8 @@ impl ChatSender for DiscordSender {
     async fn edit_reply(&self, token: &str, message: &ChatMessage) -> Result<(), SendError> {
         // The token is the credential: never logged, never in an error.
         self.limits.acquire(EDIT_ROUTE).await;
-        match self
-            .http
-            .edit_original_interaction_response(
-                token,
-                &builders::edit_response(message),
-                Vec::new(),
-            )
+        match builders::edit_response(message)
+            .execute(&*self.http, token)
             .await
         {
             Ok(_) => Ok(()),

@@ -7,6 +7,7 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::connect::SshUser;
 use super::duration::AccessDuration;
 use super::ids::RoleId;
 use super::port::{PortAliases, PortSpec};
@@ -408,6 +409,9 @@ pub struct RoleMapping {
     pub allow_broad_sources: bool,
     /// The source used when the member gives none and has none saved.
     pub default_source: Option<SourcePrefix>,
+    /// The login user shown in `ssh user@host` (before the VM's
+    /// `drawbridge-ssh-user` tag and its admin user).
+    pub ssh_user: Option<SshUser>,
     /// Whether a reason must be given.
     pub require_reason: bool,
     /// When another member holds the port: ask first, or refuse.
@@ -515,6 +519,9 @@ pub struct MappingSpec {
     /// Source used when the member gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_source: Option<String>,
+    /// The login user for `ssh user@host` on the mapping's VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
     /// Whether a reason is required.
     #[serde(default)]
     pub require_reason: bool,
@@ -591,6 +598,12 @@ impl MappingSpec {
                 format!("{src} is outside the mapping's sources ({sources})"),
             ));
         }
+        let ssh_user = self
+            .ssh_user
+            .as_deref()
+            .map(SshUser::parse)
+            .transpose()
+            .map_err(|m| field("ssh_user", m))?;
         let on_conflict = self.on_conflict.unwrap_or_default();
         let approval = self.approval_rule()?;
         Ok(RoleMapping {
@@ -602,6 +615,7 @@ impl MappingSpec {
             sources,
             allow_broad_sources: self.allow_broad_sources,
             default_source,
+            ssh_user,
             require_reason: self.require_reason,
             on_conflict,
             approval,
@@ -661,6 +675,7 @@ impl RoleMapping {
             },
             allow_broad_sources: self.allow_broad_sources,
             default_source: self.default_source.map(|s| s.to_string()),
+            ssh_user: self.ssh_user.as_ref().map(ToString::to_string),
             require_reason: self.require_reason,
             on_conflict: (self.on_conflict != OnConflict::Ask).then_some(self.on_conflict),
             approver_role: None,
@@ -676,7 +691,7 @@ impl RoleMapping {
     /// single addresses`, with a loud warning when it reaches broad sources.
     pub fn describe(&self) -> String {
         format!(
-            "{}VMs {}, ports {}, up to {}, from {}{}{}{}",
+            "{}VMs {}, ports {}, up to {}, from {}{}{}{}{}",
             self.broad_warning()
                 .map(|w| format!("{w}: "))
                 .unwrap_or_default(),
@@ -697,7 +712,11 @@ impl RoleMapping {
                 format!(", {}", self.approval.describe())
             } else {
                 String::new()
-            }
+            },
+            self.ssh_user
+                .as_ref()
+                .map(|u| format!(", ssh as {u}"))
+                .unwrap_or_default()
         )
     }
 
@@ -812,6 +831,7 @@ ports = ["ssh", "8443"]
 max_duration = "4h"
 sources = ["203.0.113.0/24"]
 default_source = "203.0.113.10"
+ssh_user = "deploy"
 require_reason = true
 approver_role = "333"
 
@@ -832,7 +852,15 @@ allow_broad_sources = true
             PortSelector::Ports(PortSpec::from_numbers([22, 8443]).unwrap())
         );
         assert_eq!(mappings[1].sources, SourcePolicy::Any);
-        let again = MappingFile::parse(&MappingFile::render(&mappings), &aliases).unwrap();
+        assert_eq!(
+            mappings[0].ssh_user.as_ref().map(SshUser::as_str),
+            Some("deploy")
+        );
+        assert_eq!(mappings[1].ssh_user, None);
+        assert!(mappings[0].describe().ends_with(", ssh as deploy"));
+        let rendered = MappingFile::render(&mappings);
+        assert!(rendered.contains("ssh_user = \"deploy\""), "{rendered}");
+        let again = MappingFile::parse(&rendered, &aliases).unwrap();
         assert_eq!(again, mappings);
         // The older approver_role reads as one approver role.
         let approvers: Vec<u64> = mappings[0]
@@ -907,6 +935,7 @@ break_glass = ["60"]
             (base("default_source = \"203.0.113.0/24\""), "outside the mapping's sources"),
             (base("default_source = \"8.8.8.8\"\nsources = [\"10.1.0.0/16\"]"), "outside the mapping's sources"),
             (base("colour = \"red\""), "unknown field"),
+            (base("ssh_user = \"-oProxyCommand=x\""), "ssh_user"),
             ("[[mapping]]\nname = \"Bad Name\"\nroles=[\"1\"]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"2h\"".to_string(), "not a valid mapping name"),
             ("[[mapping]]\nname = \"m\"\nroles=[]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"2h\"".to_string(), "names no role"),
             ("[[mapping]]\nname = \"m\"\nroles=[\"1\"]\nvms=\"*\"\nports=[\"ssh\"]\nmax_duration=\"30h\"".to_string(), "max_duration"),

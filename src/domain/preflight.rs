@@ -83,6 +83,7 @@ pub mod bits {
     pub const VIEW_CHANNEL: u64 = 1 << 10;
     pub const SEND_MESSAGES: u64 = 1 << 11;
     pub const EMBED_LINKS: u64 = 1 << 14;
+    pub const ATTACH_FILES: u64 = 1 << 15;
 }
 
 /// What the bot needs in the audit channel, with the names Discord shows.
@@ -90,6 +91,8 @@ pub const NEEDED_CHANNEL_PERMISSIONS: &[(u64, &str)] = &[
     (bits::VIEW_CHANNEL, "VIEW_CHANNEL"),
     (bits::SEND_MESSAGES, "SEND_MESSAGES"),
     (bits::EMBED_LINKS, "EMBED_LINKS"),
+    // The weekly report's PNG and CSV.
+    (bits::ATTACH_FILES, "ATTACH_FILES"),
 ];
 
 /// A channel permission overwrite, for a role or for one member.
@@ -225,7 +228,10 @@ mod tests {
             member_id: 5,
             roles: vec![
                 (1, bits::VIEW_CHANNEL),
-                (7, bits::SEND_MESSAGES | bits::EMBED_LINKS),
+                (
+                    7,
+                    bits::SEND_MESSAGES | bits::EMBED_LINKS | bits::ATTACH_FILES,
+                ),
             ],
             member_roles: vec![7],
             overwrites: Vec::new(),

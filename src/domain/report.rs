@@ -9,6 +9,8 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc, Weekday};
 
 use super::GrantState;
 
+pub mod weekly;
+
 /// One grant as the report sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportGrant {
@@ -62,7 +64,8 @@ pub struct WeekSummary {
     pub hours_by_weekday: BTreeMap<String, [f64; 7]>,
     /// Requests refused.
     pub denials: u32,
-    /// Break-glass uses (Drawbridge has no break-glass path yet: always 0).
+    /// Break-glass uses: requests that skipped approval (the
+    /// `break_glass_used` audit events).
     pub break_glass: u32,
     /// VMs without a JIT policy, when known.
     pub without_jit: Option<Vec<String>>,
@@ -167,7 +170,8 @@ fn weekday_index(day: Weekday) -> usize {
 mod tests {
     use super::*;
 
-    fn at(text: &str) -> DateTime<Utc> {
+    /// An RFC 3339 time (also for [`weekly`]'s tests).
+    pub(super) fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)

@@ -152,7 +152,7 @@ async fn channel_line(
     channel: ChannelId,
 ) -> CheckLine {
     let what = format!("audit channel {channel}");
-    let fix_perms = "give the bot's role View Channel, Send Messages and Embed Links in that channel (Edit Channel → Permissions)";
+    let fix_perms = "give the bot's role View Channel, Send Messages, Embed Links and Attach Files in that channel (Edit Channel → Permissions)";
     let channel_json = match get(
         http,
         Route::Channel {

@@ -240,6 +240,26 @@ impl Service {
         Ok(self.jit().unprotected_vms().await?)
     }
 
+    /// `/jit-admin report`: queues the last seven days' report for the
+    /// audit channel (once per interaction).
+    ///
+    /// # Errors
+    /// [`AdminError::NotAdmin`]; `Invalid` without an audit channel;
+    /// `Unexpected` when the store or the drawing fails.
+    pub async fn report_now(
+        &self,
+        who: &Invocation,
+    ) -> Result<super::weekly::PostedReport, AdminError> {
+        use super::weekly::ReportError;
+        self.require_admin(who)?;
+        self.post_report_now(&who.id, self.clock().now())
+            .await
+            .map_err(|e| match e {
+                ReportError::NoAuditChannel => AdminError::Invalid(e.to_string()),
+                other => AdminError::Unexpected(other.into()),
+            })
+    }
+
     /// The latest audit events, oldest first: at most `limit` (1 to
     /// [`AUDIT_LIMIT_MAX`], default 10), no older than `since` (a span such
     /// as `2h` or `7d`) ago, by the Discord user `user` if given.

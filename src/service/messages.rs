@@ -12,10 +12,10 @@ use super::lifecycle::{CloseOutcome, Closed, GrantActionError};
 use super::question::{PortHolder, question_text};
 use super::request::RequestError;
 use crate::chat::{
-    Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, escape_markdown, time_full,
-    time_relative,
+    Attachment, Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, escape_markdown,
+    time_full, time_relative,
 };
-use crate::domain::connect::Connection;
+use crate::domain::connect::{Connection, RDP_PORT, rdp_file_name};
 use crate::domain::{AuditAction, GrantState, Outcome, PortAliases, SourcePrefix, UserId};
 use crate::store::{AuditRecord, Grant};
 
@@ -169,8 +169,21 @@ pub fn grant_with(
     } else if grant.state.is_open() {
         card = card.description(CONNECTIONS_NOTE);
     }
-    ChatMessage::card(card.footer(format!("Request {}", grant.request_id)))
-        .with_buttons(grant_buttons(grant))
+    let message = ChatMessage::card(card.footer(format!("Request {}", grant.request_id)))
+        .with_buttons(grant_buttons(grant));
+    match rdp_attachment(grant, connection) {
+        Some(file) => message.with_attachment(file),
+        None => message,
+    }
+}
+
+/// An open RDP grant's `.rdp` file, when the VM's address is known.
+fn rdp_attachment(grant: &Grant, connection: Option<&Connection>) -> Option<Attachment> {
+    if !grant.state.is_open() || !grant.ports.numbers().contains(&RDP_PORT) {
+        return None;
+    }
+    let text = connection?.rdp_file(RDP_PORT)?;
+    Attachment::new(&rdp_file_name(&grant.vm_name), text.into_bytes()).ok()
 }
 
 /// A one-time IP link: open it from the machine you connect from.
@@ -405,6 +418,7 @@ pub fn reminder(
         ),
         buttons: grant_buttons(grant),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -430,6 +444,7 @@ pub fn expired(grant: &Grant, late: bool, aliases: &PortAliases) -> ChatMessage 
         ),
         buttons: Vec::new(),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -454,6 +469,7 @@ pub fn displaced(
         ),
         buttons: Vec::new(),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 
@@ -486,6 +502,7 @@ pub fn ended_by_azure(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
         ),
         buttons: Vec::new(),
         ping_roles: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 

@@ -238,10 +238,12 @@ impl Scheduler {
         let store = self.service.store();
         let due = store.next_due(1).await?.first().map(|i| i.due_at);
         let lease_end = store.oldest_claim().await?.map(|at| at + lease());
-        Ok(match (due, lease_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        let weekly = self
+            .service
+            .config()
+            .weekly_report
+            .map(|w| w.next_after(self.service.clock().now()));
+        Ok([due, lease_end, weekly].into_iter().flatten().min())
     }
 
     /// Runs until cancelled: sleeps until the earliest pending item (or a
@@ -253,6 +255,11 @@ impl Scheduler {
         let mut moves = self.service.clock().moves();
         loop {
             let now = self.service.clock().now();
+            // Before the timers: a pass that queued a reminder has also
+            // looked at the weekly report.
+            if let Err(e) = self.service.post_weekly_report(now).await {
+                tracing::error!(error.message = %e, error.cause_chain = ?e, "posting the weekly report failed");
+            }
             match self.tick(now).await {
                 Ok(o) if o.reminders + o.expiries > 0 => outbox.notify_one(),
                 Ok(_) => {}

@@ -79,10 +79,26 @@ impl Service {
         })
     }
 
-    /// How to reach `grant`'s VM, read from Azure (cached in the index).
+    /// How to reach `grant`'s VM, read from Azure (cached in the index),
+    /// with the login user of the mapping that allowed it when it names one.
     pub async fn connection_of(&self, grant: &Grant) -> Option<Arc<Connection>> {
         let vm = self.jit().by_key(&VmKey::of(&grant.vm_id))?;
-        self.jit().connection(&vm).await
+        let connection = self.jit().connection(&vm).await?;
+        Some(self.with_mapping_user(grant, connection))
+    }
+
+    /// `connection` with the `ssh_user` of `grant`'s mapping, which takes
+    /// precedence over the VM's tag and admin user.
+    fn with_mapping_user(&self, grant: &Grant, connection: Arc<Connection>) -> Arc<Connection> {
+        let mappings = self.mappings();
+        match mappings
+            .iter()
+            .find(|m| m.name == grant.mapping)
+            .and_then(|m| m.ssh_user.as_ref())
+        {
+            Some(user) => Arc::new(Connection::clone(&connection).with_user(Some(user))),
+            None => connection,
+        }
     }
 
     /// VMs of the configured subscriptions without a JIT policy (the
@@ -96,7 +112,8 @@ impl Service {
 
     /// What was last read about `grant`'s VM, without asking Azure.
     pub fn cached_connection(&self, grant: &Grant) -> Option<Arc<Connection>> {
-        self.jit().cached_connection(&grant.vm_id)
+        let connection = self.jit().cached_connection(&grant.vm_id)?;
+        Some(self.with_mapping_user(grant, connection))
     }
 
     /// Every open grant with its holder's name (for autocomplete).

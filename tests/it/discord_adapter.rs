@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use drawbridge::chat::{Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone};
+use drawbridge::chat::{Attachment, Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone};
 use drawbridge::clock::{ManualClock, SharedClock, SystemClock};
 use drawbridge::config::{DiscordMode, DiscordSettings};
 use drawbridge::discord::{
@@ -43,6 +43,8 @@ struct Recorder {
     calls: Mutex<Calls>,
     delay: Duration,
     choices: usize,
+    /// A file every command reply carries.
+    file: Option<Attachment>,
 }
 
 impl Recorder {
@@ -55,6 +57,16 @@ impl Recorder {
             calls: Mutex::new(Calls::default()),
             delay,
             choices: 40,
+            file: None,
+        })
+    }
+
+    fn with_file(file: Attachment) -> Arc<Self> {
+        Arc::new(Self {
+            calls: Mutex::new(Calls::default()),
+            delay: Duration::ZERO,
+            choices: 40,
+            file: Some(file),
         })
     }
 
@@ -102,7 +114,11 @@ impl InteractionHandler for Recorder {
         };
         tokio::time::sleep(self.delay).await;
         self.calls().command_times[index].1 = Some(Instant::now());
-        Self::card(&who.id, "Access granted")
+        let reply = Self::card(&who.id, "Access granted");
+        match &self.file {
+            Some(file) => reply.with_attachment(file.clone()),
+            None => reply,
+        }
     }
 
     async fn autocomplete(&self, _who: &Invocation, query: &AutocompleteQuery) -> Vec<Choice> {
@@ -584,6 +600,29 @@ async fn shutdown_lets_the_interaction_in_flight_finish_and_returns_ok() {
     assert!(!status.is_connected());
 }
 
+#[tokio::test]
+async fn a_reply_with_a_file_is_edited_in_with_the_file() {
+    // Arrange
+    let fake = FakeDiscord::start().await;
+    let rdp = b"full address:s:20.1.2.3:3389\r\n".to_vec();
+    let handler = Recorder::with_file(Attachment::new("web-01.rdp", rdp.clone()).unwrap());
+    let gateway = Gateway::start(&fake, handler).await;
+
+    // Act
+    let sent = fake
+        .send_interaction(fake.slash("jit").string("vm", "web-01"))
+        .await;
+
+    // Assert
+    let original = fake
+        .wait_for_interaction_response(sent.id, WAIT, |m| embed_title(m).is_some())
+        .await
+        .expect("the original response is edited");
+    assert_eq!(embed_title(&original), Some("Access granted"));
+    assert_eq!(fake.files_of(&original), [("web-01.rdp".to_owned(), rdp)]);
+    gateway.stop().await.unwrap();
+}
+
 // ----- the sender ------------------------------------------------------------------------------
 
 fn sender(fake: &FakeDiscord) -> DiscordSender {
@@ -610,6 +649,38 @@ async fn posts_carry_a_nonce_and_a_repeated_key_posts_once() {
     assert_eq!(calls[0].body["nonce"], "audit-1");
     assert_eq!(calls[0].body["enforce_nonce"], true);
     assert_eq!(calls[0].body["allowed_mentions"]["parse"], json!([]));
+}
+
+#[tokio::test]
+async fn posts_with_files_carry_each_file_once() {
+    // Arrange
+    let fake = FakeDiscord::start().await;
+    let sender = sender(&fake);
+    let png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xfe];
+    let csv = b"kind,key,when,value\n".to_vec();
+    let message = ChatMessage::text("The week in access.")
+        .with_attachment(Attachment::new("week.png", png.clone()).unwrap())
+        .with_attachment(Attachment::new("week.csv", csv.clone()).unwrap());
+
+    // Act
+    let first = sender.post(CHANNEL_ID, &message, "weekly-1").await.unwrap();
+    let again = sender.post(CHANNEL_ID, &message, "weekly-1").await.unwrap();
+
+    // Assert
+    let posted = fake.channel_messages(CHANNEL_ID);
+    assert_eq!(posted.len(), 1, "the nonce holds for a post with files too");
+    assert_eq!(first, again);
+    assert_eq!(posted[0]["content"], "The week in access.");
+    assert_eq!(
+        fake.files_of(&posted[0]),
+        [("week.png".to_owned(), png), ("week.csv".to_owned(), csv)]
+    );
+    let call = &fake.calls_to("POST", &format!("/channels/{CHANNEL_ID}/messages"))[0];
+    assert!(
+        call.headers["content-type"].starts_with("multipart/form-data"),
+        "{call:?}"
+    );
+    assert_eq!(call.body["nonce"], "weekly-1");
 }
 
 #[tokio::test]

@@ -1361,3 +1361,181 @@ async fn each_command_registration_limit_refuses() {
     .await;
     assert_eq!(status, 200, "{answer}");
 }
+
+// ----- files: multipart/form-data as Discord takes it ----------------------------------------------
+
+const BOUNDARY: &str = "fake-boundary-7MA4YWxkTrZu0gW";
+
+/// A multipart body: `payload_json` (when given), then each part as (field name, file name, bytes).
+fn multipart(payload: Option<&Value>, parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    if let Some(payload) = payload {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"payload_json\"\r\n\r\n{payload}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, filename, data) in parts {
+        let filename = filename
+            .map(|f| format!("; filename=\"{f}\""))
+            .unwrap_or_default();
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// Posts a multipart `body` to the default channel: the status and answer.
+async fn post_form(fake: &FakeDiscord, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v10/channels/{CHANNEL_ID}/messages",
+            fake.base_url()
+        ))
+        .header("authorization", format!("Bot {TOKEN}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("the fake answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn files_sent_by_serenity_are_kept_with_their_message() {
+    // Arrange
+    let fake = FakeDiscord::start().await;
+    let http = http_for(&fake);
+    let png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0xff];
+    let message = CreateMessage::new()
+        .content("the week")
+        .add_file(serenity::all::CreateAttachment::bytes(
+            png.clone(),
+            "week.png",
+        ))
+        .add_file(serenity::all::CreateAttachment::bytes(
+            b"kind,key\n".to_vec(),
+            "week.csv",
+        ));
+
+    // Act
+    let sent = ChannelId::new(CHANNEL_ID)
+        .send_message(&http, message)
+        .await
+        .expect("a message with two files is taken");
+
+    // Assert
+    let names: Vec<&str> = sent
+        .attachments
+        .iter()
+        .map(|a| a.filename.as_str())
+        .collect();
+    assert_eq!(names, ["week.png", "week.csv"]);
+    assert_eq!(sent.attachments[0].size, png.len() as u32);
+    let posted = fake.channel_messages(CHANNEL_ID);
+    assert_eq!(
+        fake.files_of(&posted[0]),
+        [
+            ("week.png".to_owned(), png),
+            ("week.csv".to_owned(), b"kind,key\n".to_vec())
+        ]
+    );
+    let call = &fake.calls_to("POST", &format!("/channels/{CHANNEL_ID}/messages"))[0];
+    assert_eq!(call.body["content"], "the week");
+    assert_eq!(call.files.len(), 2);
+}
+
+#[tokio::test]
+async fn files_discord_refuses_are_refused_and_nothing_is_posted() {
+    // Arrange
+    let fake = FakeDiscord::start().await;
+    let entry = |n: u64| json!({"id": n, "filename": format!("f{n}.txt")});
+    let payload = |ids: &[u64]| json!({"content": "x", "attachments": ids.iter().map(|&n| entry(n)).collect::<Vec<_>>()});
+    let big = vec![0u8; crate::support::fake_discord::ATTACHMENT_SIZE_LIMIT + 1];
+    let eleven: Vec<(String, String)> = (0..11)
+        .map(|n| (format!("files[{n}]"), format!("f{n}.txt")))
+        .collect();
+    let eleven_parts: Vec<(&str, Option<&str>, &[u8])> = eleven
+        .iter()
+        .map(|(name, file)| (name.as_str(), Some(file.as_str()), b"x".as_slice()))
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "a file without its attachments entry",
+            multipart(Some(&payload(&[])), &[("files[0]", Some("f0.txt"), b"x")]),
+            400,
+        ),
+        (
+            "an entry naming another file",
+            multipart(Some(&payload(&[1])), &[("files[0]", Some("f0.txt"), b"x")]),
+            400,
+        ),
+        (
+            "a file over the guild's size limit",
+            multipart(Some(&payload(&[0])), &[("files[0]", Some("f0.txt"), &big)]),
+            413,
+        ),
+        (
+            "eleven files",
+            multipart(Some(&payload(&(0..11).collect::<Vec<_>>())), &eleven_parts),
+            400,
+        ),
+        (
+            "a field that is not payload_json or files[n]",
+            multipart(Some(&payload(&[])), &[("content", None, b"x")]),
+            400,
+        ),
+        (
+            "a file part without a file name",
+            multipart(Some(&payload(&[0])), &[("files[0]", None, b"x")]),
+            400,
+        ),
+        (
+            "a body that never closes",
+            multipart(Some(&payload(&[0])), &[("files[0]", Some("f0.txt"), b"x")])
+                .strip_suffix(format!("--{BOUNDARY}--\r\n").as_bytes())
+                .expect("the closing line")
+                .to_vec(),
+            400,
+        ),
+    ];
+
+    for (case, body, status) in cases {
+        // Act
+        let (got, answer) = post_form(&fake, body).await;
+        // Assert
+        assert_eq!(got, status, "{case}: {answer}");
+        assert!(answer["code"].is_u64(), "{case}: {answer}");
+    }
+    // An entry without a file, sent as plain JSON, is refused too.
+    let (status, answer) = post_message(&fake, payload(&[0])).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(fake.channel_messages(CHANNEL_ID).is_empty());
+
+    // Ten files, the largest at the limit, are taken.
+    let at_limit = vec![7u8; crate::support::fake_discord::ATTACHMENT_SIZE_LIMIT];
+    let mut ten: Vec<(&str, Option<&str>, &[u8])> = eleven_parts[..10].to_vec();
+    ten[0].2 = &at_limit;
+    let (status, answer) = post_form(
+        &fake,
+        multipart(Some(&payload(&(0..10).collect::<Vec<_>>())), &ten),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let posted = fake.channel_messages(CHANNEL_ID);
+    assert_eq!(posted[0]["attachments"].as_array().map(Vec::len), Some(10));
+    assert_eq!(fake.files_of(&posted[0])[0].1.len(), at_limit.len());
+}

@@ -40,5 +40,6 @@ mod shutdown;
 mod store;
 mod support;
 mod vm_index;
+mod weekly;
 mod who;
 mod worst_case;

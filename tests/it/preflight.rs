@@ -231,6 +231,24 @@ mod discord {
     }
 
     #[tokio::test]
+    async fn a_channel_without_attach_files_is_named_for_the_weekly_report() {
+        let (discord, _azure) = services(FakeDiscord::builder()).await;
+        discord.add_channel(
+            AUDIT_CHANNEL,
+            &[(BOT_ROLE_ID, false, 0, bits::ATTACH_FILES)],
+        );
+        let list = discord_checks(&discord, "fake-token").await;
+        let text = list.to_string();
+        assert!(!list.passed(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "✗ audit channel {AUDIT_CHANNEL}: the bot lacks ATTACH_FILES\n    fix: "
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_hidden_channel_a_public_bot_and_a_missing_commands_scope_each_fail() {
         let (discord, _azure) = services(FakeDiscord::builder().bot_public(true)).await;
         discord.hide_channel(AUDIT_CHANNEL);

@@ -110,6 +110,16 @@ async fn seed(db: &Path, now: DateTime<Utc>) {
         );
         store.append_audit(&denied).await.unwrap();
     }
+    for days_ago in [4, 1] {
+        let skipped = AuditEvent::new(
+            seed_time(now, days_ago, 3),
+            format!("discord:{}", MEMBERS[3].1),
+            AuditAction::BreakGlassUsed,
+            "rg-prod/win-07",
+            Outcome::Success,
+        );
+        store.append_audit(&skipped).await.unwrap();
+    }
     pool.close().await;
     store.close().await;
 }
@@ -148,6 +158,7 @@ async fn report_draws_the_seeded_week_into_a_png_and_a_csv() {
     );
     assert!(stdout.contains(": 11 grants,"), "{stdout}");
     assert!(stdout.contains("3 denials"), "{stdout}");
+    assert!(stdout.contains("2 break-glass uses"), "{stdout}");
     assert!(stdout.contains("Longest held: sam"), "{stdout}");
 
     // the picture: its size, the white background, a bar in the first
@@ -174,12 +185,34 @@ async fn report_draws_the_seeded_week_into_a_png_and_a_csv() {
         count([HEAT_FULL.0, HEAT_FULL.1, HEAT_FULL.2]) > 500,
         "the hottest cell is drawn"
     );
+    // No empty column after the last day: today's bar (rg-web, the third
+    // group) reaches the right end of the chart.
+    let today = GROUP_COLOURS[2];
+    let near_right_edge = (WIDTH - 60..WIDTH - 20)
+        .flat_map(|x| (100..400).map(move |y| (x, y)))
+        .any(|(x, y)| pixel(&data, x, y) == [today.0, today.1, today.2]);
+    assert!(
+        near_right_edge,
+        "the last day's bar ends at the chart's edge"
+    );
+    // No empty row above the first member nor column after Sunday: the
+    // heat map's cells reach the top and the right of its area.
+    let cell_at = |x: u32, y: u32| pixel(&data, x, y) != [255, 255, 255];
+    assert!(
+        (510..540).any(|y| cell_at(400, y)),
+        "the first member's row is at the top"
+    );
+    assert!(
+        (770..800).any(|x| cell_at(x, 700)),
+        "Sunday's column is at the right"
+    );
 
     // the numbers
     let csv = std::fs::read_to_string(&csv).expect("the CSV was written");
     assert!(csv.starts_with("kind,key,when,value\n"), "{csv}");
     assert!(csv.contains("hours_open,sam,"), "{csv}");
     assert!(csv.contains("denials,,,3"), "{csv}");
+    assert!(csv.contains("break_glass,,,2"), "{csv}");
 
     if std::env::var_os("DRAWBRIDGE_WRITE_DOCS").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/weekly-report.png");

@@ -7,6 +7,7 @@ mod enable;
 mod explain;
 mod map;
 mod mappings;
+mod report;
 mod unmap;
 
 use super::notice;
@@ -33,6 +34,7 @@ pub(super) async fn run(
         "coverage" => coverage::run(s, who).await,
         "enable" => enable::run(s, who, command).await,
         "pending" => pending(s, who).await,
+        "report" => report::run(s, who).await,
         other => Err(AdminError::Invalid(format!("unknown subcommand {other}"))),
     };
     let message = match result {

@@ -170,6 +170,7 @@ pub fn approval_card(
         } else {
             Vec::new()
         },
+        attachments: Vec::new(),
     }
 }
 
@@ -369,6 +370,7 @@ pub fn break_glass_alert(
         card: None,
         buttons: Vec::new(),
         ping_roles: alert_role.into_iter().collect(),
+        attachments: Vec::new(),
     }
 }
 

@@ -21,7 +21,8 @@
 //! it is invalidated ([`FakeDiscord::dispatch_interaction`]); command registration; the 3 s interaction callback window and double-ACK 40060;
 //! followups (first one after a type-5 defer edits the original), original-response edits and the
 //! 15 min token lifetime; DM channels; channel messages with `nonce` + `enforce_nonce`
-//! idempotency; and injected 5xx / 429 faults. Every REST call is recorded.
+//! idempotency; files sent as multipart/form-data ([`form`]), kept for
+//! [`FakeDiscord::files_of`]; and injected 5xx / 429 faults. Every REST call is recorded.
 //!
 //! It is strict about bodies as Discord is ([`limits`]): content, embed, component, autocomplete,
 //! `allowed_mentions` and command-registration limits, refused with 400 / 50035 and the field
@@ -30,6 +31,8 @@
 // Test-support code: each test binary uses a different subset of this API.
 #![allow(dead_code)]
 
+#[path = "fake_discord/form.rs"]
+pub mod form;
 #[path = "fake_discord/gateway.rs"]
 mod gateway;
 /// The default guild's roles, channels and install scopes.
@@ -65,6 +68,8 @@ pub const CHANNEL_ID: u64 = 5005;
 pub const BOT_USER_ID: u64 = 9009;
 /// The default invoking user of built interactions.
 pub const USER_ID: u64 = 6006;
+/// The guild's `attachment_size_limit` (a guild without boosts): larger files are refused.
+pub const ATTACHMENT_SIZE_LIMIT: usize = 10 * 1024 * 1024;
 /// Discord's epoch (2015-01-01) in Unix milliseconds, used to mint realistic snowflakes.
 const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 
@@ -201,8 +206,11 @@ pub struct RecordedCall {
     pub authorization: Option<String>,
     /// A subset of headers: `user-agent`, `content-type`, `x-audit-log-reason`.
     pub headers: BTreeMap<String, String>,
-    /// The JSON body; `Null` when empty, a `String` when not JSON (e.g. multipart).
+    /// The JSON body (of a multipart body: its `payload_json`); `Null` when empty, a `String`
+    /// when not JSON.
     pub body: Value,
+    /// The files of a multipart body ([`form`]).
+    pub files: Vec<form::Upload>,
     pub status: u16,
     /// True when the answer came from [`FakeDiscord::fail_next`] / [`FakeDiscord::fail_always`].
     pub injected_fault: bool,
@@ -367,6 +375,8 @@ struct State {
     messages: BTreeMap<u64, Vec<Value>>,
     /// (channel, nonce) → (message id, created) for `enforce_nonce`.
     nonces: HashMap<(u64, String), (u64, Instant)>,
+    /// Attachment id → the bytes uploaded ([`FakeDiscord::attachment_data`]).
+    files: HashMap<u64, Vec<u8>>,
     /// Recipient user id → DM channel id.
     dm_channels: BTreeMap<u64, u64>,
     /// (guild, user) → the guild member object `GET /guilds/{g}/members/{u}`
@@ -671,6 +681,23 @@ impl FakeDiscord {
             .get(&channel_id)
             .cloned()
             .unwrap_or_default()
+    }
+    /// The bytes of an attachment object of a message the fake holds (its `id`), as uploaded.
+    pub fn attachment_data(&self, attachment: &Value) -> Option<Vec<u8>> {
+        let id = rest::snowflake_field(&attachment["id"])?;
+        self.shared.lock().files.get(&id).cloned()
+    }
+    /// A message's files: (file name, bytes), in the message's order.
+    pub fn files_of(&self, message: &Value) -> Vec<(String, Vec<u8>)> {
+        message["attachments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                let name = a["filename"].as_str()?.to_owned();
+                Some((name, self.attachment_data(a)?))
+            })
+            .collect()
     }
     /// The DM channel created for `user_id`, if any.
     pub fn dm_channel(&self, user_id: u64) -> Option<u64> {

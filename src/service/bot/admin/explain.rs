@@ -27,11 +27,12 @@ pub(super) async fn run(
         .await?;
     let card = match &decision {
         Decision::Allow(a) => Card::new("Would be allowed", Tone::Success).description(format!(
-            "Mapping {} allows it on {} (maximum {}). {}",
+            "Mapping {} allows it on {} (maximum {}). {}{}",
             a.mapping,
             vm.qualified(),
             a.max_duration,
-            on_conflict(s, &a.mapping)
+            on_conflict(s, &a.mapping),
+            login_user(s, &a.mapping)
         )),
         Decision::Deny(d) => Card::new("Would be denied", Tone::Denied).description(d.to_string()),
     };
@@ -46,6 +47,16 @@ pub(super) async fn run(
         roles_text
     };
     Ok(ChatMessage::card(card.field("Roles", roles_text, false)))
+}
+
+/// ` The grant card shows ssh as deploy.` when the mapping names a login user.
+fn login_user(s: &Service, mapping: &MappingName) -> String {
+    s.mappings()
+        .iter()
+        .find(|m| m.name == *mapping)
+        .and_then(|m| m.ssh_user.as_ref())
+        .map(|u| format!(" The grant card shows ssh as {u}."))
+        .unwrap_or_default()
 }
 
 /// What the mapping does when another member holds the port.

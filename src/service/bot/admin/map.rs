@@ -34,6 +34,7 @@ pub(super) async fn run(
         sources: opt("sources").map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
         allow_broad_sources: opt("allow_broad_sources") == Some("true"),
         default_source: opt("default_source").map(str::to_string),
+        ssh_user: opt("ssh_user").map(str::to_string),
         require_reason: opt("require_reason") == Some("true"),
         on_conflict: opt("on_conflict")
             .map(OnConflict::parse)

@@ -18,6 +18,7 @@ pub mod bits {
     pub const VIEW_CHANNEL: u64 = 1 << 10;
     pub const SEND_MESSAGES: u64 = 1 << 11;
     pub const EMBED_LINKS: u64 = 1 << 14;
+    pub const ATTACH_FILES: u64 = 1 << 15;
     pub const READ_MESSAGE_HISTORY: u64 = 1 << 16;
 }
 
@@ -55,7 +56,10 @@ impl Guild {
                 (guild_id, everyone),
                 (
                     BOT_ROLE_ID,
-                    bits::VIEW_CHANNEL | bits::SEND_MESSAGES | bits::EMBED_LINKS,
+                    bits::VIEW_CHANNEL
+                        | bits::SEND_MESSAGES
+                        | bits::EMBED_LINKS
+                        | bits::ATTACH_FILES,
                 ),
             ],
             bot_roles: vec![BOT_ROLE_ID],

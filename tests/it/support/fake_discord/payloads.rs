@@ -204,7 +204,7 @@ impl InteractionBuilder {
             "channel": {"id": self.channel_id.to_string(), "type": if self.guild_id.is_some() { 0 } else { 1 }},
             "locale": self.locale,
             "entitlements": [],
-            "attachment_size_limit": 10_485_760,
+            "attachment_size_limit": super::ATTACHMENT_SIZE_LIMIT,
             "app_permissions": "2147483647",
             "authorizing_integration_owners": {},
             "context": if self.guild_id.is_some() { 0 } else { 1 },
@@ -331,7 +331,7 @@ pub(super) fn timestamp(now: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// Copies the message fields the bot may set (`content`, `embeds`, `components`, `flags`, `tts`,
-/// `nonce`) from a create/edit body onto `message`. Attachments are not modelled.
+/// `nonce`) from a create/edit body onto `message`. Files: [`super::form::apply_attachments`].
 pub(super) fn apply_message_body(message: &mut Value, body: &Value) {
     for key in ["content", "embeds", "components", "tts", "nonce"] {
         if let Some(value) = body.get(key).filter(|v| !v.is_null()) {

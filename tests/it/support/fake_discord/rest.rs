@@ -16,7 +16,7 @@ use super::payloads::{apply_message_body, message_json, timestamp, user_json};
 use super::{
     Callback, FailMode, InteractionKind, InteractionRecord, RecordedCall, RouteMatch, Shared, State,
 };
-use super::{Config, guild, limits};
+use super::{Config, form, guild, limits};
 
 const API_PREFIX: &str = "/api/v10";
 const EPHEMERAL: u64 = 1 << 6;
@@ -29,7 +29,12 @@ pub(super) fn strip_api_prefix(path: &str) -> Option<&str> {
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let app = Router::new().fallback(handle).with_state(shared);
+    // Room for ten files at the size limit: the fake's own rules refuse what is too large.
+    let limit = super::ATTACHMENT_SIZE_LIMIT * (form::MAX_FILES + 2);
+    let app = Router::new()
+        .fallback(handle)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(shared);
     let _ = axum::serve(listener, app).await;
 }
 
@@ -109,17 +114,26 @@ async fn handle(
     body: Bytes,
 ) -> Reply {
     let received_at = Instant::now();
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    };
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
+    };
+    let form = header("content-type")
+        .as_deref()
+        .and_then(form::boundary)
+        .map(|boundary| form::parse(&body, &boundary, super::ATTACHMENT_SIZE_LIMIT));
+    let (body, files, refused) = match form {
+        Some(Ok((payload, files))) => (payload, files, None),
+        Some(Err(refusal)) => (Value::Null, Vec::new(), Some(refusal)),
+        None if body.is_empty() => (Value::Null, Vec::new(), None),
+        None => (
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())),
+            Vec::new(),
+            None,
+        ),
     };
     let kept = ["user-agent", "content-type", "x-audit-log-reason"]
         .into_iter()
@@ -131,26 +145,33 @@ async fn handle(
         let route = strip_api_prefix(&path);
         let fault = route.and_then(|route| take_fault(st, &method, route));
         let injected_fault = fault.is_some();
-        let reply = match (fault, route) {
-            (Some(reply), _) => reply,
-            (None, Some(route)) => match take_rate_limit(st, &shared.config, route, received_at) {
-                Err(limited) => limited,
-                Ok(headers) => {
-                    let authorization = header("authorization");
-                    let request = Request {
-                        method: &method,
-                        authorization: authorization.as_ref(),
-                        route,
-                        query: query.as_deref(),
-                        body: &body,
-                        at: received_at,
-                    };
-                    let mut reply = route_request(st, &shared, &request);
-                    reply.headers.extend(headers);
-                    reply
+        let reply = match (fault, route, refused) {
+            (Some(reply), _, _) => reply,
+            (None, Some(_), Some(refusal)) => {
+                Reply::error(refusal.status, refusal.code, &refusal.message)
+            }
+            (None, Some(route), None) => {
+                match take_rate_limit(st, &shared.config, route, received_at) {
+                    Err(limited) => limited,
+                    Ok(headers) => {
+                        let authorization = header("authorization");
+                        let uploads = store_uploads(st, &files);
+                        let request = Request {
+                            method: &method,
+                            authorization: authorization.as_ref(),
+                            route,
+                            query: query.as_deref(),
+                            body: &body,
+                            uploads: &uploads,
+                            at: received_at,
+                        };
+                        let mut reply = route_request(st, &shared, &request);
+                        reply.headers.extend(headers);
+                        reply
+                    }
                 }
-            },
-            (None, None) => Reply::not_found(),
+            }
+            (None, None, _) => Reply::not_found(),
         };
         st.calls.push(RecordedCall {
             method: method.as_str().to_owned(),
@@ -159,6 +180,7 @@ async fn handle(
             authorization: header("authorization"),
             headers: kept,
             body: body.clone(),
+            files: files.clone(),
             status: reply.status,
             injected_fault,
             received_at,
@@ -173,7 +195,36 @@ struct Request<'a> {
     route: &'a str,
     query: Option<&'a str>,
     body: &'a Value,
+    /// The request's files as attachment objects, by `files[n]` index ([`store_uploads`]).
+    uploads: &'a [(u64, Value)],
     at: Instant,
+}
+
+/// Keeps the bytes of each uploaded file under a new attachment id and returns the attachment
+/// objects Discord would show for them, by `files[n]` index.
+/// The bytes are read back with [`super::FakeDiscord::attachment_data`]; the `url` is only
+/// Discord's shape (the fake serves no CDN).
+fn store_uploads(st: &mut State, files: &[form::Upload]) -> Vec<(u64, Value)> {
+    files
+        .iter()
+        .map(|file| {
+            let id = st.snowflake();
+            st.files.insert(id, file.data.clone());
+            let url = format!(
+                "https://cdn.discordapp.com/attachments/{id}/{}",
+                file.filename
+            );
+            let attachment = json!({
+                "id": id.to_string(),
+                "filename": file.filename,
+                "size": file.data.len(),
+                "url": url,
+                "proxy_url": url,
+                "content_type": file.content_type,
+            });
+            (file.index, attachment)
+        })
+        .collect()
 }
 
 fn take_fault(st: &mut State, method: &Method, route: &str) -> Option<Reply> {
@@ -567,6 +618,7 @@ pub(super) fn inline_response(st: &mut State, shared: &Shared, id: u64, body: &V
         route: "",
         query: None,
         body,
+        uploads: &[],
         at: Instant::now(),
     };
     callback(st, shared, &req, &id.to_string(), &token).status
@@ -592,6 +644,7 @@ fn callback(st: &mut State, shared: &Shared, req: &Request<'_>, id: &str, token:
         accept_callback(
             ix,
             req.body,
+            req.uploads,
             message_id,
             config.bot_user_id,
             &config.bot_username,
@@ -610,6 +663,7 @@ fn callback(st: &mut State, shared: &Shared, req: &Request<'_>, id: &str, token:
 fn accept_callback(
     ix: &mut InteractionRecord,
     body: &Value,
+    uploads: &[(u64, Value)],
     message_id: u64,
     bot_id: u64,
     bot_name: &str,
@@ -656,6 +710,9 @@ fn accept_callback(
             message["webhook_id"] = json!(app_id.to_string());
             message["application_id"] = json!(app_id.to_string());
             apply_message_body(&mut message, data);
+            if let Err(e) = form::apply_attachments(&mut message, data, uploads) {
+                return Reply::invalid_form(&format!("Invalid Form Body: data.{e}"));
+            }
             if kind == 5 {
                 let flags = data["flags"].as_u64().unwrap_or(0) & EPHEMERAL;
                 message["content"] = json!("");
@@ -666,6 +723,9 @@ fn accept_callback(
         }
         7 => {
             if let Some(original) = ix.original.as_mut() {
+                if let Err(e) = form::apply_attachments(original, data, uploads) {
+                    return Reply::invalid_form(&format!("Invalid Form Body: data.{e}"));
+                }
                 apply_message_body(original, data);
                 original["edited_timestamp"] = json!(timestamp(&chrono::Utc::now()));
             }
@@ -754,6 +814,9 @@ fn followup(st: &mut State, shared: &Shared, req: &Request<'_>, app: &str, token
         // Quirk (notes §6): the first followup after a type-5 defer edits the loading message,
         // keeping the defer's ephemeral flag.
         let ephemeral = original["flags"].as_u64().unwrap_or(0) & EPHEMERAL;
+        if let Err(e) = form::apply_attachments(original, req.body, req.uploads) {
+            return Reply::invalid_form(&format!("Invalid Form Body: {e}"));
+        }
         apply_message_body(original, req.body);
         original["flags"] = json!(ephemeral);
         ix.loading = false;
@@ -767,6 +830,9 @@ fn followup(st: &mut State, shared: &Shared, req: &Request<'_>, app: &str, token
     );
     message["webhook_id"] = json!(config.application_id.to_string());
     message["application_id"] = json!(config.application_id.to_string());
+    if let Err(e) = form::apply_attachments(&mut message, req.body, req.uploads) {
+        return Reply::invalid_form(&format!("Invalid Form Body: {e}"));
+    }
     apply_message_body(&mut message, req.body);
     ix.followups.push(message.clone());
     Reply::json(200, message)
@@ -798,6 +864,9 @@ fn webhook_message(
         return match method {
             "GET" => Reply::json(200, original.clone()),
             "PATCH" => {
+                if let Err(e) = form::apply_attachments(original, req.body, req.uploads) {
+                    return Reply::invalid_form(&format!("Invalid Form Body: {e}"));
+                }
                 apply_message_body(original, req.body);
                 let flags = original["flags"].as_u64().unwrap_or(0) & !LOADING;
                 original["flags"] = json!(flags);
@@ -823,6 +892,9 @@ fn webhook_message(
         "GET" => Reply::json(200, ix.followups[index].clone()),
         "PATCH" => {
             let followup = &mut ix.followups[index];
+            if let Err(e) = form::apply_attachments(followup, req.body, req.uploads) {
+                return Reply::invalid_form(&format!("Invalid Form Body: {e}"));
+            }
             apply_message_body(followup, req.body);
             followup["edited_timestamp"] = json!(now);
             Reply::json(200, followup.clone())
@@ -890,7 +962,12 @@ fn create_message(st: &mut State, shared: &Shared, req: &Request<'_>, channel: u
         body[key].as_str().is_none_or(str::is_empty)
             && body[key].as_array().is_none_or(Vec::is_empty)
     };
-    if empty("content") && empty("embeds") && empty("components") && empty("sticker_ids") {
+    if empty("content")
+        && empty("embeds")
+        && empty("components")
+        && empty("sticker_ids")
+        && req.uploads.is_empty()
+    {
         return Reply::error(400, 50006, "Cannot send an empty message");
     }
     // `enforce_nonce`: the same nonce in this channel within the window returns the first message.
@@ -913,6 +990,9 @@ fn create_message(st: &mut State, shared: &Shared, req: &Request<'_>, channel: u
         user_json(config.bot_user_id, &config.bot_username, true),
         &chrono::Utc::now(),
     );
+    if let Err(e) = form::apply_attachments(&mut message, body, req.uploads) {
+        return Reply::invalid_form(&format!("Invalid Form Body: {e}"));
+    }
     apply_message_body(&mut message, body);
     if let Some(nonce) = nonce {
         st.nonces.insert((channel, nonce), (id, req.at));
@@ -954,6 +1034,9 @@ fn channel_message(st: &mut State, req: &Request<'_>, channel: u64, message: u64
         "PATCH" => {
             if let Err(errors) = limits::message(req.body) {
                 return Reply::form_errors(errors);
+            }
+            if let Err(e) = form::apply_attachments(&mut messages[index], req.body, req.uploads) {
+                return Reply::invalid_form(&format!("Invalid Form Body: {e}"));
             }
             apply_message_body(&mut messages[index], req.body);
             messages[index]["edited_timestamp"] = json!(timestamp(&chrono::Utc::now()));

@@ -16,7 +16,6 @@ use crate::support::app::{
     AUDIT_CHANNEL, DEV_ROLE, SRE_ROLE, SUB_PROD, TestApp, TestAppBuilder, spawn_app,
 };
 use crate::support::fake_discord::{Callback, FakeDiscord, InteractionBuilder, SentInteraction};
-use crate::support::shown::assert_shown_matches_azure;
 
 /// Discord's limit for the first response.
 pub(crate) const ACK_LIMIT: Duration = Duration::from_secs(3);
@@ -337,8 +336,7 @@ async fn a_mapped_engineer_gets_ssh_on_web_01() {
         titles,
         ["Request received", "Access allowed", "Port opened"]
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -377,7 +375,7 @@ async fn a_member_without_a_mapped_role_is_denied_and_azure_sees_nothing() {
         [AuditAction::RequestReceived, AuditAction::AccessDenied]
     );
     audit_channel_matches_log(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -452,7 +450,7 @@ async fn autocomplete_offers_only_permitted_vms_without_calling_azure() {
         calls_before,
         "autocomplete never calls Azure"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// The sample estate plus a VM with Azure's longest names: a 90-character
@@ -569,8 +567,7 @@ async fn a_vm_with_the_longest_names_picked_from_autocomplete_is_granted() {
     let stored = grant(&app, &reply.request_id()).await;
     assert_eq!(stored.state, GrantState::Active);
     assert_eq!(stored.vm_name, format!("{rg}/{name}"));
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -582,7 +579,7 @@ async fn a_stale_vm_choice_is_refused_with_a_clear_message() {
 
     assert!(reply.text().contains("pick it again"), "{}", reply.text());
     assert!(initiates(&app).is_empty(), "nothing asked of Azure");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -623,8 +620,7 @@ async fn the_ack_never_waits_on_azure() {
     );
     assert!(reply.title().contains("Access granted"), "{}", reply.text());
     assert_eq!(initiates(&app).len(), 1);
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -642,8 +638,7 @@ async fn jit_status_lists_the_grant() {
     assert!(text.contains(&granted.sent.id.to_string()), "{text}");
     let other = interact(&app, d.slash("jit-status").user(BOB, "bob")).await;
     assert_eq!(other.title(), "No grants", "{}", other.text());
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -669,8 +664,7 @@ async fn a_saved_source_is_used_when_a_request_gives_none() {
         initiated_port(&calls[0])["allowedSourceAddressPrefix"],
         "203.0.113.9"
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -692,7 +686,7 @@ async fn a_request_without_any_source_says_how_to_give_one() {
         reply.description()
     );
     assert!(initiates(&app).is_empty());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// A role whose mapping reaches every VM: the only kind of member told
@@ -728,7 +722,7 @@ async fn a_vm_name_in_two_resource_groups_lists_both() {
         "{text}"
     );
     assert!(initiates(&app).is_empty());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -752,7 +746,7 @@ async fn a_vm_without_jit_says_an_admin_can_enable_it() {
         reply.description()
     );
     assert!(initiates(&app).is_empty());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// Requests web-01 with `fault` armed on initiate; returns the reply and
@@ -794,8 +788,7 @@ async fn azure_refusing_the_initiate_gives_a_clear_failure_and_a_failed_grant() 
             AuditAction::AccessFailed
         ]
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -826,8 +819,7 @@ async fn azure_failing_at_initiate_gives_a_clear_failure_and_a_failed_grant() {
         audit_actions_for(&app, &reply.request_id()).await.last(),
         Some(&AuditAction::AccessFailed)
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -862,8 +854,7 @@ async fn a_double_delivered_interaction_initiates_once() {
             AuditAction::AccessInitiated
         ]
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -911,5 +902,5 @@ async fn port_and_duration_autocomplete_follow_the_policy_and_the_mapping() {
         values(d.autocomplete_choices(durations.id).unwrap()),
         ["15m", "30m", "45m", "1h", "1h30m", "2h", "3h"]
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

@@ -89,7 +89,7 @@ async fn an_admin_maps_a_role_and_the_members_next_request_succeeds() {
             .iter()
             .any(|r| r.event.action == AuditAction::MappingRemoved)
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn a_non_admin_is_refused_every_admin_command() {
         app.azure.emulator.calls().iter().all(|c| c.method != "PUT"),
         "no policy was written"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -179,7 +179,7 @@ async fn explain_says_why_roles_would_be_allowed_or_denied() {
         too_long.description()
     );
     assert!(initiates(&app).is_empty(), "explain never opens anything");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -220,7 +220,7 @@ async fn coverage_lists_legacy_01_and_enable_makes_it_requestable() {
             .any(|r| r.event.action == AuditAction::PolicyEnabled
                 && r.event.target == "rg-legacy/legacy-01")
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -255,7 +255,7 @@ async fn audit_shows_the_latest_events_of_the_log() {
         last_three.last().map(|r| r.event.action),
         Some(AuditAction::AccessInitiated)
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// The resource id of `name` in `rg` of the sample's production subscription.
@@ -328,7 +328,7 @@ async fn two_enables_at_once_on_one_policy_both_end_up_in_azures_policy() {
         );
     }
     assert_eq!(policy_puts(&app), 2, "one write each, one after the other");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -364,7 +364,7 @@ async fn a_vm_already_in_another_policy_is_refused_naming_that_policy() {
             .policies_holding(&prod_vm("rg-legacy", "legacy-01")),
         ["rg-web/portal-made"]
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -395,5 +395,5 @@ async fn an_enable_a_portal_edit_overwrites_is_written_again_and_both_changes_st
         2,
         "written again once the read-back missed it"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

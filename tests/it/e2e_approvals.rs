@@ -242,6 +242,7 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
         mine.iter()
             .any(|r| r.event.action == AuditAction::AccessInitiated)
     );
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -285,6 +286,7 @@ async fn two_approvals_need_two_distinct_approvers() {
         approvers,
         [format!("discord:{BOB}"), format!("discord:{CAROL}")]
     );
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -339,6 +341,7 @@ async fn a_deny_asks_for_a_reason_alice_is_told_it_and_azure_sees_nothing() {
     let late = click(&app, "approve", &id, CAROL, &[APPROVER_ROLE]).await;
     assert!(late.text().contains("already denied"), "{}", late.text());
     assert!(initiates(&app).is_empty());
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -377,6 +380,7 @@ async fn a_request_nobody_decides_expires_and_the_card_and_alice_are_told() {
             .iter()
             .any(|r| r.event.action == AuditAction::ApprovalExpired)
     );
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -445,6 +449,7 @@ async fn approve_and_cancel_at_the_same_instant_have_exactly_one_outcome_a_hundr
     }
     // Azure saw one initiate per approval that won, and none for the rest.
     assert_eq!(initiates(&app).len(), approved);
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -468,6 +473,7 @@ async fn a_restart_while_pending_loses_nothing_and_approve_works_after_it() {
     assert_eq!(initiates(&app).len(), 1);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
     wait_card(&app.discord, &id, |c| custom_ids(c).is_empty()).await;
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -577,6 +583,7 @@ async fn break_glass_opens_at_once_pings_the_alert_role_and_posts_a_review_card(
         .find(|r| r.event.action == AuditAction::BreakGlassAcknowledged)
         .expect("the acknowledgement is audited");
     assert_eq!(acked.event.actor, format!("discord:{BOB}"));
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -604,6 +611,7 @@ async fn an_approver_whose_role_was_removed_before_clicking_is_refused() {
                 && r.event.detail["code"] == "not_approver"),
         "the refusal is audited"
     );
+    app.finish().await;
 }
 
 #[tokio::test]

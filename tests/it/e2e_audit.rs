@@ -117,7 +117,7 @@ async fn a_failing_audit_channel_delays_audit_messages_but_loses_and_duplicates_
             .iter()
             .all(|c| c.body["enforce_nonce"] == true && c.body["nonce"].is_string())
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -151,5 +151,5 @@ async fn audit_messages_of_concurrent_requests_keep_log_order() {
         4
     );
     assert_eq!(audit_log(&app).await.len(), records.len());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

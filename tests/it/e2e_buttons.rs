@@ -11,7 +11,6 @@ use crate::e2e::{
 };
 use crate::support::app::{SRE_ROLE, SUB_PROD, TestApp, spawn_app};
 use crate::support::fake_discord::USER_ID;
-use crate::support::shown::assert_shown_matches_azure;
 
 const ALICE: (u64, &str) = (USER_ID, "alice");
 
@@ -118,8 +117,7 @@ async fn extend_opens_a_longer_window_within_the_limits() {
         audit_actions_for(&app, &granted.request_id()).await.last(),
         Some(&AuditAction::AccessExtended)
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -174,8 +172,7 @@ async fn close_early_reinitiates_briefly_and_says_when_the_port_closes() {
     let again = press(&app, &granted, "Extend", ALICE).await;
     assert_eq!(again.title(), "Nothing changed", "{}", again.text());
     assert_eq!(initiates(&app).len(), 2);
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -199,6 +196,5 @@ async fn a_button_pressed_by_another_member_is_refused() {
         grant(&app, &granted.request_id()).await.state,
         GrantState::Active
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

@@ -76,7 +76,7 @@ async fn an_interaction_dispatched_into_a_reconnect_is_answered_after_the_resume
         "the held interaction was replayed on the new connection after the RESUME"
     );
     assert!(during.ack.received_at >= resumed_at);
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -143,5 +143,5 @@ async fn after_an_invalid_session_the_bot_identifies_again_and_earlier_work_comp
         "{reminder}"
     );
     audit_channel_matches_log(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

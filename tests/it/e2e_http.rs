@@ -75,7 +75,7 @@ async fn a_signed_request_is_deferred_and_granted() {
         ]
     );
     audit_channel_matches_log(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn denial_autocomplete_and_admin_mapping_work_the_same_over_http() {
         1,
         "only the granted request reached Azure"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -195,7 +195,7 @@ async fn a_bad_signature_gets_401_and_changes_nothing() {
             .unwrap()
             .is_none()
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -254,7 +254,7 @@ async fn a_double_posted_interaction_initiates_once() {
             AuditAction::AccessInitiated
         ]
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -278,5 +278,5 @@ async fn the_http_ack_never_waits_on_azure() {
     let reply = reply_to(d, delivery.sent).await;
     assert!(reply.ack.elapsed < ACK_LIMIT);
     assert!(reply.title().contains("Access granted"), "{}", reply.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

@@ -7,7 +7,6 @@ use drawbridge::domain::{AuditAction, GrantState};
 use crate::e2e::{BOB, Reply, audit_log, grant, interact, jit, ssh_web_01};
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
 use crate::support::fake_discord::USER_ID;
-use crate::support::shown::assert_shown_matches_azure;
 
 const BOB_SOURCE: &str = "198.51.100.20";
 
@@ -77,8 +76,7 @@ async fn bob_is_asked_first_and_nothing_reaches_azure_until_he_answers() {
         GrantState::Confirming
     );
     assert_eq!(app.azure.emulator.jit_request_count(), 1, "only Alice's");
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -126,8 +124,7 @@ async fn open_anyway_ends_alices_grant_and_tells_her_at_once() {
         r.event.action == AuditAction::AccessInitiated
             && r.event.detail["request_id"] == bob.request_id().as_str()
     }));
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -148,8 +145,7 @@ async fn the_question_outlives_a_restart() {
         grant(&app, &alice.request_id()).await.state,
         GrantState::Superseded
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -192,8 +188,7 @@ async fn cancel_changes_nothing_in_azure() {
         again.text()
     );
     assert_eq!(app.azure.emulator.initiate_calls().len(), before);
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -219,8 +214,7 @@ async fn only_the_member_asked_may_answer() {
         grant(&app, &bob.request_id()).await.state,
         GrantState::Confirming
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -266,8 +260,7 @@ async fn open_anyway_and_cancel_pressed_at_once_cannot_both_win() {
     assert!(!winner.description().contains("answered already"));
     let expected = if state == GrantState::Cancelled { 1 } else { 2 };
     assert_eq!(app.azure.emulator.jit_request_count(), expected, "{state}");
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -291,8 +284,7 @@ async fn the_same_member_asking_again_is_not_asked() {
         grant(&app, &first.request_id()).await.state,
         GrantState::Superseded
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -334,6 +326,5 @@ on_conflict = "refuse"
     assert!(audit_log(&app).await.iter().any(|r| {
         r.event.action == AuditAction::AccessDenied && r.event.detail["code"] == "port_held"
     }));
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

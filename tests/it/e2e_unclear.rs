@@ -12,7 +12,6 @@ use crate::e2e::{
 };
 use crate::support::app::{SUB_PROD, TestApp, TestAppBuilder};
 use crate::support::fake_discord::USER_ID;
-use crate::support::shown::assert_shown_matches_azure;
 
 /// An app whose ARM calls time out after 1 s, so a held answer fails fast.
 async fn app() -> TestApp {
@@ -62,7 +61,6 @@ async fn assert_settled_active(app: &TestApp, reply: &Reply, stored: &Grant) {
     );
     assert_eq!(initiates(app).len(), 1, "the initiate was not sent again");
     assert_eq!(app.azure.emulator.jit_request_count(), 1);
-    assert_shown_matches_azure(app).await;
 }
 
 #[tokio::test]
@@ -72,7 +70,7 @@ async fn an_initiate_applied_then_timed_out_settles_active() {
     let (reply, stored) = request_with(&app, Fault::HangAfterApply).await;
 
     assert_settled_active(&app, &reply, &stored).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -82,7 +80,7 @@ async fn an_initiate_applied_then_answered_500_settles_active() {
     let (reply, stored) = request_with(&app, Fault::ServerErrorAfterApply { status: 500 }).await;
 
     assert_settled_active(&app, &reply, &stored).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -92,7 +90,7 @@ async fn an_initiate_applied_with_a_truncated_body_settles_active() {
     let (reply, stored) = request_with(&app, Fault::TruncatedBody).await;
 
     assert_settled_active(&app, &reply, &stored).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -115,8 +113,7 @@ async fn an_initiate_azure_did_not_apply_fails_with_a_clear_message() {
     assert_eq!(stored.state, GrantState::Failed);
     assert!(timers(&app, &stored).await.is_empty());
     assert_eq!(app.azure.emulator.jit_request_count(), 0);
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// The read-back fails too: the member is told Drawbridge is checking, the
@@ -170,8 +167,7 @@ async fn an_unclear_initiate_whose_read_back_fails_is_settled_by_the_reconciler(
         "our own request is not reported as made outside Drawbridge"
     );
     app.azure.emulator.clear_faults();
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 // ----- extend without a clear answer ------------------------------------------------------------
@@ -240,7 +236,6 @@ async fn assert_extended(app: &TestApp, reply: &Reply, before: &Grant, after: &G
     );
     assert_eq!(initiates(app).len(), 2, "the extension was not sent again");
     assert_eq!(app.azure.emulator.jit_request_count(), 2);
-    assert_shown_matches_azure(app).await;
 }
 
 #[tokio::test]
@@ -251,7 +246,7 @@ async fn an_extend_applied_then_timed_out_settles_extended() {
     let (reply, after) = extend_with(&app, &granted, Fault::HangAfterApply).await;
 
     assert_extended(&app, &reply, &before, &after).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -263,7 +258,7 @@ async fn an_extend_applied_then_answered_500_settles_extended() {
         extend_with(&app, &granted, Fault::ServerErrorAfterApply { status: 500 }).await;
 
     assert_extended(&app, &reply, &before, &after).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -274,7 +269,7 @@ async fn an_extend_applied_with_a_truncated_body_settles_extended() {
     let (reply, after) = extend_with(&app, &granted, Fault::TruncatedBody).await;
 
     assert_extended(&app, &reply, &before, &after).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -296,8 +291,7 @@ async fn an_extend_azure_did_not_apply_leaves_the_grant_as_it_was() {
         [ScheduleKind::Reminder, ScheduleKind::Expiry]
     );
     assert_eq!(app.azure.emulator.jit_request_count(), 1);
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 // ----- the reconciler: our request open after all, and requests by others -----------------------
@@ -390,8 +384,7 @@ async fn a_failed_grant_azure_shows_open_by_our_identity_is_taken_back() {
             .any(|r| r.event.action == AuditAction::OpenedOutsideDrawbridge),
         "our own request is not reported as made outside Drawbridge"
     );
-    assert_shown_matches_azure(&app).await;
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -443,5 +436,5 @@ async fn a_portal_request_by_another_identity_naming_a_pending_grant_is_flagged(
         grant(&app, &pending.request_id).await.state,
         GrantState::Failed
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

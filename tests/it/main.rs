@@ -20,6 +20,7 @@ mod e2e_buttons;
 mod e2e_gateway;
 mod e2e_http;
 mod e2e_question;
+mod e2e_shown;
 mod e2e_unclear;
 mod emulator;
 mod emulator_tokens;

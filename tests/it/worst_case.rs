@@ -377,5 +377,5 @@ async fn admin_lists_at_their_longest_are_shown_and_say_what_they_leave_out() {
         mappings.text()
     );
     assert!(audit.title().contains("audit events"), "{}", audit.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

@@ -699,6 +699,23 @@ impl FakeDiscord {
             })
             .collect()
     }
+    /// Every channel's messages (DM channels among them) as last edited,
+    /// with the channel id: everything the bot posted outside replies.
+    pub fn all_channel_messages(&self) -> Vec<(u64, Value)> {
+        let st = self.shared.lock();
+        st.messages
+            .iter()
+            .flat_map(|(channel, messages)| messages.iter().map(|m| (*channel, m.clone())))
+            .collect()
+    }
+    /// The user a DM channel was opened for.
+    pub fn dm_recipient(&self, channel_id: u64) -> Option<u64> {
+        let st = self.shared.lock();
+        st.dm_channels
+            .iter()
+            .find(|(_, c)| **c == channel_id)
+            .map(|(u, _)| *u)
+    }
     /// The DM channel created for `user_id`, if any.
     pub fn dm_channel(&self, user_id: u64) -> Option<u64> {
         self.shared.lock().dm_channels.get(&user_id).copied()

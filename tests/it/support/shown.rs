@@ -1,30 +1,30 @@
 #![allow(dead_code)] // each test uses part of the harness
 //! What the bot shows about when a port closes, checked against the Azure
-//! emulator at the end of an end-to-end test (issue 11: "every 'open until'
-//! the bot shows matches the emulator's state").
+//! emulator at the end of every end-to-end test (issue 11: "every 'open
+//! until' the bot shows matches the emulator's state"); `TestApp::finish`
+//! calls [`assert_shown_matches_azure`].
 //!
-//! [`assert_shown_matches_azure`] asks `/jit-status` for every member with
-//! a grant, through the fake Discord, and reads the newest grant card each
-//! member was shown in reply to a command or button; then, per grant:
+//! It gathers everything the bot showed through the fake Discord (replies
+//! and their edits, followups, DMs, channel cards), reads each message's
+//! claims and holds them to Azure's requests ([`super::said`] has the
+//! rules); then asks `/jit-status` for every member with a grant and holds
+//! its answers to the same rules.
 //!
-//! - open by the bot's word (`active`, `extended`, `extending`, `closing`):
-//!   the end `/jit-status` and the newest card show is when Azure closes
-//!   the port for the grant's source, on every port of the grant;
-//! - closed early with its short window still ahead: Azure closes the port
-//!   then;
-//! - any other state: Azure shows the port closed for the grant's source,
-//!   unless another open grant of Drawbridge holds it.
+//! [`assert_ends_match_azure`] is the older, narrower check of given ends
+//! (the service-level lifecycle tests, which have no Discord, use it).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use drawbridge::domain::{GrantState, RequestId};
-use drawbridge::store::Grant;
+use drawbridge::domain::{AuditAction, GrantState, RequestId};
+use drawbridge::store::{AuditFilter, Grant};
 use serde_json::Value;
 
 use drawbridge::sandbox::RunningEmulator;
 
 use super::app::{SRE_ROLE, SUB_PROD, TestApp};
+use super::fake_discord::signing::Signer;
+use super::said::{self, Claim, Flagged};
 
 /// Azure writes 100 ns ticks; Discord timestamps are whole seconds.
 const SAME: TimeDelta = TimeDelta::seconds(1);
@@ -60,42 +60,23 @@ pub fn shown_end(text: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs, 0)
 }
 
-/// Per request id, the Window field of the newest card in a reply that
-/// shows an end (a refusal or a question shows none).
-fn newest_cards(app: &TestApp) -> HashMap<String, String> {
-    let mut cards = HashMap::new();
-    for (_, message) in app.discord.interaction_messages() {
-        for embed in message["embeds"].as_array().into_iter().flatten() {
-            let footer = embed["footer"]["text"].as_str().unwrap_or_default();
-            let Some(id) = footer.strip_prefix("Request ") else {
-                continue;
-            };
-            let window = embed["fields"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|f| f["name"] == "Window")
-                .and_then(|f| f["value"].as_str())
-                .unwrap_or_default();
-            if shown_end(window).is_some() {
-                cards.insert(id.to_owned(), window.to_owned());
-            }
-        }
-    }
-    cards
-}
-
 /// Per request id, what `/jit-status` shows `user`: (entry name, window).
 async fn status_of(app: &TestApp, user: u64) -> HashMap<String, (String, String)> {
-    let sent = app
+    let ask = app
         .discord
-        .send_interaction(
+        .slash("jit-status")
+        .user(user, &format!("user{user}"))
+        .roles([SRE_ROLE]);
+    let sent = match &app.endpoint {
+        // HTTP mode: signed as e2e_http's apps are (the test key).
+        Some(endpoint) => {
             app.discord
-                .slash("jit-status")
-                .user(user, &format!("user{user}"))
-                .roles([SRE_ROLE]),
-        )
-        .await;
+                .post_interaction(endpoint, ask, &Signer::test())
+                .await
+                .sent
+        }
+        None => app.discord.send_interaction(ask).await,
+    };
     let reply = crate::e2e::reply_to(&app.discord, sent).await;
     let mut shown = HashMap::new();
     for field in reply.message["embeds"][0]["fields"]
@@ -256,13 +237,120 @@ pub async fn assert_ends_match_azure(
     }
 }
 
-/// [`assert_ends_match_azure`] for a [`TestApp`]: what `/jit-status` shows
-/// every member with a grant (asked through the fake Discord; its state too)
-/// and the newest grant card in a reply.
-pub async fn assert_shown_matches_azure(app: &TestApp) {
+/// Every message the bot showed, each once as last edited: replies and
+/// their followups, DMs and channel posts (a button's copy of the message
+/// it is on counts once, at its newest).
+fn gathered_claims(app: &TestApp) -> Vec<Claim> {
+    let audit = app.settings.discord.audit_channel_id.map(|c| c.get());
+    let mut newest: HashMap<String, (String, Value, bool)> = HashMap::new();
+    let mut keep = |place: String, message: Value, history: bool| {
+        let id = message["id"].as_str().unwrap_or_default().to_owned();
+        let fresher = newest
+            .get(&id)
+            .is_none_or(|(_, old, _)| said::shown_at(old) <= said::shown_at(&message));
+        if fresher {
+            newest.insert(id, (place, message, history));
+        }
+    };
+    for (interaction, message) in app.discord.interaction_messages() {
+        keep(
+            format!("the reply to interaction {interaction}"),
+            message,
+            false,
+        );
+    }
+    for (channel, message) in app.discord.all_channel_messages() {
+        let place = match app.discord.dm_recipient(channel) {
+            Some(user) => format!("a DM to {user}"),
+            None => format!("channel {channel}"),
+        };
+        keep(place, message, Some(channel) == audit);
+    }
+    newest
+        .values()
+        .flat_map(|(place, message, history)| said::claims_in(message, place, *history))
+        .collect()
+}
+
+/// Waits until the outbox has delivered what the bot has decided to say
+/// (a notice held back by Discord's rate limits or a retry due within
+/// 5 s; up to 10 s), so that it has reached the fake Discord. Under a
+/// manual clock only what is due now is waited for.
+async fn settle_outbox(app: &TestApp) {
+    let raw = sqlx::SqlitePool::connect(&app.settings.database.url)
+        .await
+        .expect("the database opens");
+    let first = app.clock.now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let ahead = if app.clock.now() == first {
+        TimeDelta::zero()
+    } else {
+        TimeDelta::seconds(5)
+    };
+    for _ in 0..200 {
+        let horizon =
+            (app.clock.now() + ahead).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let due: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?",
+        )
+        .bind(horizon)
+        .fetch_one(&raw)
+        .await
+        .expect("the outbox is read");
+        if due.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    raw.close().await;
+}
+
+/// Each grant policy's requests as the emulator shows them now.
+async fn requests_of(azure: &RunningEmulator, grants: &[Grant]) -> HashMap<String, Vec<Value>> {
+    let mut policies = HashMap::new();
+    for grant in grants {
+        if !policies.contains_key(&grant.policy_id) {
+            let requests = policy_requests(azure, &grant.policy_id).await;
+            policies.insert(grant.policy_id.clone(), requests);
+        }
+    }
+    policies
+}
+
+/// Every way what the bot showed (replies, their edits, DMs, channel
+/// cards) misstates Azure now; see [`said`]. Empty when all is true.
+pub async fn shown_violations(app: &TestApp) -> Vec<String> {
+    settle_outbox(app).await;
     let now = app.clock.now();
     let grants = all_grants(app).await;
-    let cards = newest_cards(app);
+    let claims = gathered_claims(app);
+    let requests = requests_of(&app.azure, &grants).await;
+    let flagged: Vec<Flagged> = app
+        .store
+        .audit_events(&AuditFilter {
+            action: Some(AuditAction::OpenedOutsideDrawbridge),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("the audit log is read")
+        .iter()
+        .filter_map(|r| Flagged::from_detail(&r.event.detail))
+        .collect();
+    said::violations(&claims, &grants, &requests, &flagged, now)
+}
+
+/// Asserts that everything the bot showed is true by Azure
+/// ([`shown_violations`]); then asks `/jit-status` for every member with a
+/// grant (through the fake Discord), checks it names each grant's state,
+/// and asserts the same of its answers, now the newest word on each grant.
+pub async fn assert_shown_matches_azure(app: &TestApp) {
+    let wrong = shown_violations(app).await;
+    assert!(
+        wrong.is_empty(),
+        "what the bot showed is not what Azure shows:\n{}",
+        wrong.join("\n")
+    );
+    let grants = all_grants(app).await;
     let mut statuses = HashMap::new();
     for grant in &grants {
         let user = grant.user_id.get();
@@ -270,21 +358,35 @@ pub async fn assert_shown_matches_azure(app: &TestApp) {
             e.insert(status_of(app, user).await);
         }
     }
-    let mut shown = ShownEnds::new();
     for grant in &grants {
         let id = grant.request_id.as_str();
-        let ends = shown.entry(id.to_owned()).or_default();
-        if let Some((name, window)) = statuses[&grant.user_id.get()].get(id) {
+        if let Some((name, _)) = statuses[&grant.user_id.get()].get(id) {
+            let label = match grant.state {
+                GrantState::PendingApproval => "waiting for approval",
+                state => state.as_str(),
+            };
             assert!(
-                name.ends_with(grant.state.as_str()),
+                name.ends_with(label),
                 "/jit-status shows grant {id} as {name:?}, the bot has it {}",
                 grant.state
             );
-            ends.push(("/jit-status", shown_end(window)));
-        }
-        if let Some(window) = cards.get(id) {
-            ends.push(("the newest card", shown_end(window)));
         }
     }
-    assert_ends_match_azure(&app.azure, &grants, &shown, now).await;
+    let wrong = shown_violations(app).await;
+    assert!(
+        wrong.is_empty(),
+        "what /jit-status shows is not what Azure shows:\n{}",
+        wrong.join("\n")
+    );
+}
+
+impl TestApp {
+    /// The teardown of every end-to-end test: everything the bot showed
+    /// (replies, edits, DMs, channel cards) is true by the emulator
+    /// ([`assert_shown_matches_azure`]), then a clean stop. (Here, not in
+    /// `app.rs`: the benches share that file without this one.)
+    pub async fn finish(self) {
+        assert_shown_matches_azure(&self).await;
+        self.stop().await.expect("clean stop");
+    }
 }

@@ -250,6 +250,25 @@ pub fn question(grant: &Grant, holder: Option<&PortHolder>, aliases: &PortAliase
     ])
 }
 
+/// The reply to a question nobody answered in time
+/// ([`super::question::QUESTION_TIMEOUT`]).
+pub fn unanswered(grant: &Grant, aliases: &PortAliases) -> ChatMessage {
+    let minutes = super::question::QUESTION_TIMEOUT.num_minutes();
+    let card = Card::new(
+        format!(
+            "No answer: {} on {}",
+            grant.ports.describe(aliases),
+            grant.vm_name
+        ),
+        Tone::Info,
+    )
+    .description(format!(
+        "No answer within {minutes} minutes, so Drawbridge cancelled this request: nothing changed in Azure, and the other member keeps their access. Ask again with /jit if you still need it."
+    ))
+    .footer(format!("Request {}", grant.request_id));
+    ChatMessage::card(card)
+}
+
 /// A refusal or failure of a request, for the member.
 pub fn request_error(error: &RequestError, reference: &str) -> ChatMessage {
     let card = match error {

@@ -17,6 +17,10 @@
 //! - Cancel sends nothing to Azure. A question older than
 //!   [`QUESTION_LIFETIME`] is cancelled when answered: the port may have
 //!   changed hands since.
+//! - A question nobody answers is cancelled after [`QUESTION_TIMEOUT`] by a
+//!   durable timer (it outlives a restart): nothing reaches Azure, the reply
+//!   says so (the interaction token, 15 minutes, still works), and the
+//!   audit records it.
 //! - The same member asking again is not asked: their new window replaces
 //!   their own. A mapping with `on_conflict = "refuse"` refuses instead,
 //!   naming who holds the port until when.
@@ -37,11 +41,16 @@ use crate::domain::{
     RequestId, SourcePrefix, UserId,
 };
 use crate::interactions::Invocation;
-use crate::store::{Grant, StoreError};
+use crate::store::{Grant, OutboxKind, OutboxMessage, ScheduleKind, StoreError, StoreTx};
 
 /// How long a question can be answered; after that the port may have
 /// changed hands, and the member asks again.
 pub const QUESTION_LIFETIME: TimeDelta = TimeDelta::minutes(15);
+
+/// How long a question waits for an answer before the scheduler cancels
+/// it: under the 15 minutes an interaction token lives, so the reply can
+/// still be edited to say so.
+pub const QUESTION_TIMEOUT: TimeDelta = TimeDelta::minutes(10);
 
 /// Another member's open window on the ports a request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +256,8 @@ impl Service {
                 return Err(self.lost_answer(grant, e).await);
             }
         };
+        tx.cancel_schedule(&grant.request_id, &[ScheduleKind::QuestionTimeout], now)
+            .await?;
         if let Some(audit) = audit {
             tx.append_audit(&audit).await?;
         }
@@ -258,6 +269,49 @@ impl Service {
             Ok(()) => Ok(moved),
             Err(e) => Err(self.lost_answer(grant, e).await),
         }
+    }
+
+    /// The question timer, nobody having answered: `grant` (still
+    /// `confirming`) is cancelled, audited, and the member's reply edited to
+    /// say so, in `tx`. Nothing reaches Azure.
+    ///
+    /// # Errors
+    /// If the store fails (an answer that won meanwhile fails the
+    /// transition, and the caller's transaction is rolled back).
+    pub(crate) async fn expire_question(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let id = &grant.request_id;
+        let cancelled = tx.transition_grant(id, &GrantEvent::Cancelled, now).await?;
+        let holder = self.holder_for(grant).await?;
+        let audit = AuditEvent::new(
+            now,
+            "system",
+            AuditAction::AccessCancelled,
+            &grant.vm_name,
+            Outcome::Info,
+        )
+        .with_detail(json!({
+            "request_id": id.as_str(),
+            "unanswered": true,
+            "asked_at": crate::domain::audit::format_time(grant.state_changed_at),
+            "holder": holder.as_ref().map(|h| h.user_id.to_string()),
+            "holder_request_id": holder.as_ref().map(|h| h.request_id.as_str().to_owned()),
+        }));
+        tx.append_audit(&audit).await?;
+        let reply = super::messages::unanswered(&cancelled, &self.config().aliases);
+        tx.enqueue(OutboxMessage {
+            kind: OutboxKind::InteractionEdit,
+            target: Some(id.to_string()),
+            payload: json!({ "message": reply }),
+            idempotency_key: Some(format!("qt-{id}")),
+            created_at: now,
+        })
+        .await?;
+        Ok(())
     }
 
     /// What an answer that lost the claim says: the grant as it is now.

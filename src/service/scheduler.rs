@@ -148,6 +148,14 @@ impl Scheduler {
                 self.service.expire_pending(&mut tx, &grant, now).await?;
                 Handled::Expiry
             }
+            // Nobody answered the question: it is cancelled (an answer
+            // cancels this timer in the transaction that claims the grant).
+            (ScheduleKind::QuestionTimeout, Some(grant))
+                if grant.state == GrantState::Confirming =>
+            {
+                self.service.expire_question(&mut tx, &grant, now).await?;
+                Handled::Expiry
+            }
             _ => Handled::Skipped,
         };
         tx.commit().await?;

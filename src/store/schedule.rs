@@ -25,6 +25,8 @@ pub enum ScheduleKind {
     Expiry,
     /// A request pending approval expires unless decided first.
     ApprovalTimeout,
+    /// A question nobody answered (a `confirming` grant) is cancelled.
+    QuestionTimeout,
 }
 
 impl ScheduleKind {
@@ -33,6 +35,7 @@ impl ScheduleKind {
             Self::Reminder => "reminder",
             Self::Expiry => "expiry",
             Self::ApprovalTimeout => "approval_timeout",
+            Self::QuestionTimeout => "question_timeout",
         }
     }
 
@@ -41,6 +44,7 @@ impl ScheduleKind {
             "reminder" => Some(Self::Reminder),
             "expiry" => Some(Self::Expiry),
             "approval_timeout" => Some(Self::ApprovalTimeout),
+            "question_timeout" => Some(Self::QuestionTimeout),
             _ => None,
         }
     }

@@ -2,9 +2,12 @@
 //! port, so before Bob's request ends Alice's window he is asked, with Open
 //! anyway and Cancel (issue 11, "the port is the unit of truth").
 
+use std::time::Duration;
+
+use drawbridge::clock::ManualClock;
 use drawbridge::domain::{AuditAction, GrantState};
 
-use crate::e2e::{BOB, Reply, audit_log, grant, interact, jit, ssh_web_01};
+use crate::e2e::{BOB, Reply, WAIT, audit_log, grant, interact, jit, ssh_web_01};
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
 use crate::support::fake_discord::USER_ID;
 
@@ -326,5 +329,76 @@ on_conflict = "refuse"
     assert!(audit_log(&app).await.iter().any(|r| {
         r.event.action == AuditAction::AccessDenied && r.event.detail["code"] == "port_held"
     }));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_question_nobody_answers_is_cancelled_after_ten_minutes_and_azure_sees_nothing() {
+    // Arrange: Alice holds the port, Bob is asked; a redeploy in between
+    // (the timer is durable).
+    let clock = ManualClock::new(chrono::Utc::now());
+    let mut app = TestAppBuilder::default().clock(clock.clone()).start().await;
+    let (alice, bob) = alice_holds_and_bob_asks(&app).await;
+    let before = app.azure.emulator.initiate_calls().len();
+    app.restart().await;
+
+    // Act: nine minutes pass, then ten.
+    clock.advance(chrono::Duration::minutes(9));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        grant(&app, &bob.request_id()).await.state,
+        GrantState::Confirming,
+        "not before ten minutes"
+    );
+    clock.advance(chrono::Duration::minutes(1) + chrono::Duration::seconds(1));
+
+    // Assert: Bob's reply says nobody answered and nothing changed.
+    let told = app
+        .discord
+        .wait_for_interaction_response(bob.sent.id, WAIT, |m| {
+            m["embeds"][0]["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("No answer"))
+        })
+        .await
+        .unwrap_or_else(|| panic!("{:?}", app.discord.interaction_response(bob.sent.id)));
+    let text = told["embeds"][0]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("nothing changed in Azure"), "{text}");
+    assert!(
+        told["components"].as_array().is_none_or(Vec::is_empty),
+        "no buttons left: {told}"
+    );
+    assert_eq!(
+        grant(&app, &bob.request_id()).await.state,
+        GrantState::Cancelled
+    );
+    assert_eq!(
+        grant(&app, &alice.request_id()).await.state,
+        GrantState::Active
+    );
+    assert_eq!(app.azure.emulator.initiate_calls().len(), before);
+    let log = audit_log(&app).await;
+    let cancelled: Vec<_> = log
+        .iter()
+        .filter(|r| r.event.action == AuditAction::AccessCancelled)
+        .collect();
+    assert_eq!(cancelled.len(), 1, "audited once: {cancelled:?}");
+    assert_eq!(cancelled[0].event.actor, "system");
+    assert_eq!(cancelled[0].event.detail["unanswered"], true);
+    assert_eq!(
+        cancelled[0].event.detail["holder"].as_str(),
+        Some(USER_ID.to_string().as_str())
+    );
+
+    // A late answer changes nothing.
+    let late = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
+    assert!(
+        late.description().contains("answered already"),
+        "{}",
+        late.text()
+    );
+    assert_eq!(app.azure.emulator.initiate_calls().len(), before);
     app.finish().await;
 }

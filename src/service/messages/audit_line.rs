@@ -101,6 +101,16 @@ pub fn audit_line(event: &AuditEvent) -> String {
                 .map(|s| format!(", replaced by a request from {s}"))
                 .unwrap_or_default(),
         ),
+        AuditAction::AccessCancelled
+            if event.detail.get("unanswered") == Some(&Value::Bool(true)) =>
+        {
+            format!(
+                "cancelled the request for {target}: nobody answered whether to end {}'s access; nothing was sent to Azure",
+                d.text("holder")
+                    .map(|o| format!("<@{o}>"))
+                    .unwrap_or_else(|| "another member".into()),
+            )
+        }
         AuditAction::AccessCancelled => format!(
             "cancelled the request for {target} instead of ending {}'s access",
             d.text("holder")

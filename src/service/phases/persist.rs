@@ -3,14 +3,16 @@
 //! request id already stored is returned as it is, so one interaction never
 //! initiates twice. A grant whose member is first asked whether to end
 //! another member's window is stored `confirming` in the same transaction:
-//! the question lives in the database, so its buttons outlive a restart.
+//! the question lives in the database, so its buttons outlive a restart,
+//! with the timer that cancels it if nobody answers.
 
 use serde_json::json;
 
 use super::{Admitted, Asking};
 use crate::domain::{AuditAction, AuditEvent, GrantEvent, Outcome, Snowflake};
+use crate::service::question::QUESTION_TIMEOUT;
 use crate::service::{Service, actor};
-use crate::store::{InsertOutcome, NewGrant, StoreError, StoreTx};
+use crate::store::{InsertOutcome, NewGrant, ScheduleKind, StoreError, StoreTx};
 
 impl Service {
     /// Writes the admitted request as a `requested` grant inside `tx`, so
@@ -48,10 +50,15 @@ impl Service {
             })
             .await?;
         let outcome = match outcome {
-            InsertOutcome::Inserted(grant) if ask_first => InsertOutcome::Inserted(
-                tx.transition_grant(&grant.request_id, &GrantEvent::AskedFirst, asking.now)
-                    .await?,
-            ),
+            InsertOutcome::Inserted(grant) if ask_first => {
+                let asked = tx
+                    .transition_grant(&grant.request_id, &GrantEvent::AskedFirst, asking.now)
+                    .await?;
+                let due = asking.now + QUESTION_TIMEOUT;
+                tx.schedule(&asked.request_id, ScheduleKind::QuestionTimeout, due)
+                    .await?;
+                InsertOutcome::Inserted(asked)
+            }
             other => other,
         };
         if matches!(outcome, InsertOutcome::Inserted(_)) {

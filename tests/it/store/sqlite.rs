@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 18] = [
+const APPLIED: [(&str, &str); 19] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -82,6 +82,10 @@ const APPLIED: [(&str, &str); 18] = [
         "f87ad3f1dedc7ef2473606401f573c1b474947111db8498836030f6eb67fc29614b56fce0d28f1bfe172616aebb58cb4",
     ),
     (
+        "0070_question_timeout.sql",
+        "54e846566c6f2f722d652b7534acc026d81519a2513647a9a54f47c770bee4c3eff479727059bed3eb984990fc7cf194",
+    ),
+    (
         "0080_weekly_reports.sql",
         "ea944d4bf48d906ba12593eb59041bfc7e901d26645c1b9f4b133a3e02193d2c9847a98cc0dfc8419dc858cb72435f6f",
     ),
@@ -106,7 +110,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     assert_eq!(
         versions,
         (1..=8)
-            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 80])
+            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80])
             .collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
@@ -220,7 +224,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 80]
+        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80]
     );
 
     let id = RequestId::parse("req-old").unwrap();

@@ -37,7 +37,8 @@ const SAME: TimeDelta = TimeDelta::seconds(1);
 const END_PHRASES: [&str; 4] = ["→ ", "until ", "ends ", "closes "];
 
 /// Card titles that say the access is over, whatever times they show.
-const CLOSED_TITLES: [&str; 11] = [
+const CLOSED_TITLES: [&str; 12] = [
+    "No answer",
     "Expired",
     "Superseded",
     "Ended",

@@ -522,6 +522,7 @@ async fn autocomplete(args: &Args) {
             audit_channel: None,
             alert_role: None,
             weekly_report: None,
+            requestor_names: Vec::new(),
         },
     )
     .await

@@ -125,6 +125,7 @@ impl App {
                 audit_channel: settings.discord.audit_channel_id.map(|c| c.get()),
                 alert_role: settings.discord.alert_role_id,
                 weekly_report: settings.report.weekly,
+                requestor_names: settings.azure.requestor_names.clone(),
             },
         )
         .await

@@ -32,6 +32,7 @@ const LIST_KEYS: &[&str] = &[
     "discord.admin_role_ids",
     "azure.subscriptions",
     "azure.enable.ports",
+    "azure.requestor_names",
     "reminders.before",
     "http.trusted_proxies",
 ];
@@ -172,6 +173,10 @@ pub struct AzureSettings {
     pub reconcile_interval: Duration,
     /// Timeout of one ARM request.
     pub request_timeout: Duration,
+    /// The names Azure may write as `requestor` on Drawbridge's own
+    /// requests (a UPN or the identity's display name), besides the ids its
+    /// token names and the name Azure recorded on an earlier initiate.
+    pub requestor_names: Vec<String>,
     /// What `/jit-admin enable` configures (`[azure.enable]`).
     pub enable: PolicyDefaults,
 }
@@ -353,6 +358,7 @@ impl Settings {
                 "client_id": a.client_id,
                 "client_secret_set": a.client_secret.is_some(),
                 "subscriptions": a.subscriptions.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "requestor_names": a.requestor_names,
             },
             "database": without_password(&self.database.url),
             "reminders_before_secs": self.reminders.before.iter().map(Duration::as_secs).collect::<Vec<_>>(),

@@ -69,7 +69,7 @@ pub use entra::{
 };
 pub use estate::{Estate, EstateError, Os, PolicySeed, PolicyVmSeed, Subscription, VirtualMachine};
 pub use faults::{Fault, FaultRule, Route, Trigger};
-pub use jit::{NsgAccess, NsgRule, PortRule, SupersedeModel};
+pub use jit::{NsgAccess, NsgRule, PortRule, RequestorModel, SupersedeModel};
 pub use tls::TlsIdentity;
 
 use entra::Directory;
@@ -81,8 +81,13 @@ use tls::{TlsListener, TlsPeer};
 /// says otherwise: small, so every client exercises `nextLink`.
 pub const DEFAULT_PAGE_SIZE: usize = 5;
 
-/// The principal name written as `requestor` on initiate requests.
+/// The principal tokens are issued to (their `oid` and `appid`), written as
+/// `requestor` on initiate requests under [`RequestorModel::ObjectId`].
 pub const DEFAULT_PRINCIPAL: &str = "drawbridge-test-identity";
+
+/// The display name Azure shows as `requestor` for [`DEFAULT_PRINCIPAL`]
+/// under [`RequestorModel::Name`] (a managed identity has no UPN).
+pub const DEFAULT_PRINCIPAL_NAME: &str = "Drawbridge JIT";
 
 /// The emulated Azure. Cheap to clone: clones share one state.
 #[derive(Clone)]
@@ -130,6 +135,10 @@ struct State {
     token_lifetime: chrono::Duration,
     directory: Directory,
     supersede: SupersedeModel,
+    requestor: RequestorModel,
+    /// Principal → the name written as `requestor` under
+    /// [`RequestorModel::Name`] (the principal itself when absent).
+    requestor_names: HashMap<String, String>,
     /// What the permissions route reports the caller holds.
     granted_actions: Vec<String>,
     /// A portal edit that races the next policy PUT (see
@@ -251,6 +260,11 @@ impl Emulator {
             token_lifetime: chrono::Duration::hours(1),
             directory: Directory::new(),
             supersede: SupersedeModel::default(),
+            requestor: RequestorModel::default(),
+            requestor_names: HashMap::from([(
+                DEFAULT_PRINCIPAL.to_owned(),
+                DEFAULT_PRINCIPAL_NAME.to_owned(),
+            )]),
             granted_actions: crate::domain::preflight::NEEDED_ACTIONS
                 .iter()
                 .map(|a| (*a).to_owned())
@@ -271,6 +285,20 @@ impl Emulator {
     /// Which earlier requests an initiate supersedes from now on.
     pub fn set_supersede_model(&self, model: SupersedeModel) {
         self.state().supersede = model;
+    }
+
+    /// What Azure writes as `requestor` from now on.
+    pub fn set_requestor_model(&self, model: RequestorModel) {
+        self.state().requestor = model;
+    }
+
+    /// The name written as `requestor` for `principal`'s requests under
+    /// [`RequestorModel::Name`] (a UPN, or a service principal's display
+    /// name).
+    pub fn set_requestor_name(&self, principal: &str, name: impl Into<String>) {
+        self.state()
+            .requestor_names
+            .insert(principal.to_owned(), name.into());
     }
 
     /// The HTTP routes: ARM, the token endpoints and `/_emulator/*`.

@@ -97,6 +97,9 @@ pub struct ServiceConfig {
     /// When the weekly report is posted to the audit channel
     /// (`report.weekly`); `None`: only on `/jit-admin report`.
     pub weekly_report: Option<crate::domain::report::weekly::WeeklySlot>,
+    /// `azure.requestor_names`: names Azure may write as `requestor` on our
+    /// requests (part of our identity, [`Service::our_identity`]).
+    pub requestor_names: Vec<String>,
 }
 
 /// The use cases; cheap to clone.

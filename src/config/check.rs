@@ -378,6 +378,12 @@ fn azure(c: &mut Checker<'_>, a: RawAzure) -> AzureSettings {
             &a.request_timeout,
             Duration::from_secs(30),
         ),
+        requestor_names: a
+            .requestor_names
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect(),
         enable: enable(c, a.enable),
     };
     azure_requirements(c, &azure, audience_given);

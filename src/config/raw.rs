@@ -75,6 +75,8 @@ pub(super) struct RawAzure {
     pub(super) index_refresh: Option<String>,
     pub(super) reconcile_interval: Option<String>,
     pub(super) request_timeout: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub(super) requestor_names: Vec<String>,
     pub(super) enable: RawEnable,
 }
 

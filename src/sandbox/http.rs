@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::entra::{self, EntraError, TokenEndpoint, TokenRecord};
-use super::jit::{self, Policy, Rejection, VmRecord};
+use super::jit::{self, Policy, Rejection, RequestorModel, VmRecord};
 use super::tls::TlsPeer;
 use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorState, Trigger};
 
@@ -758,8 +758,16 @@ impl Emulator {
                     (Route::DeletePolicy, None) => Ok(StatusCode::NO_CONTENT.into_response()),
                     (Route::Initiate, Some(i)) => {
                         let model = state.supersede;
+                        let requestor = match state.requestor {
+                            RequestorModel::ObjectId => principal.to_owned(),
+                            RequestorModel::Name => state
+                                .requestor_names
+                                .get(principal)
+                                .cloned()
+                                .unwrap_or_else(|| principal.to_owned()),
+                        };
                         let answer =
-                            state.policies[i].initiate(body, now, principal, caller, model)?;
+                            state.policies[i].initiate(body, now, &requestor, caller, model)?;
                         Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
                     }
                     _ => Err(policy_not_found(&rg, &location, &name)),

@@ -49,6 +49,24 @@ impl SupersedeModel {
     }
 }
 
+/// What Azure writes as a request's `requestor`. The REST spec calls it
+/// "the identity of the person who made the request" and its examples show
+/// a UPN (`barbara@contoso.com`); for a service principal it may be its
+/// object id, its app id or its display name. Drawbridge must know its own
+/// requests under either, so the emulator models both (docs/operations.md,
+/// "Which requests are Drawbridge's").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestorModel {
+    /// The token's object id (`oid`): the bot can compare it with its own
+    /// token before its first initiate.
+    #[default]
+    ObjectId,
+    /// A sign-in or display name ([`super::Emulator::set_requestor_name`]),
+    /// which the token does not carry.
+    Name,
+}
+
 /// A JIT port rule (`JitNetworkAccessPortRule`), in the seed and on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

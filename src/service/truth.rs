@@ -60,9 +60,13 @@ impl Acting {
 
 impl Service {
     /// Drawbridge's own identity: what its credential's token names (known
-    /// before the first initiate), and the `requestor` Azure recorded on an
-    /// earlier initiate of ours. A request is ours only if Azure's
-    /// `requestor` is one of these.
+    /// before the first initiate), the configured `azure.requestor_names`,
+    /// and the `requestor` Azure recorded on an earlier initiate of ours. A
+    /// request is ours only if Azure's `requestor` is one of these: where
+    /// Azure writes a name the token does not carry and none is configured
+    /// or learned yet, our request is flagged as made outside Drawbridge
+    /// (never taken for ours by its text) until a clear initiate teaches the
+    /// name; the reconciler then takes it back.
     ///
     /// # Errors
     /// If neither is known (no token can be had and Azure never answered an
@@ -75,10 +79,17 @@ impl Service {
                 Vec::new()
             }
         };
-        if let Some(recorded) = self.store().our_requestor().await?
-            && !ids.iter().any(|i| i.eq_ignore_ascii_case(&recorded))
+        let recorded = self.store().our_requestor().await?;
+        for name in self
+            .config()
+            .requestor_names
+            .iter()
+            .cloned()
+            .chain(recorded)
         {
-            ids.push(recorded);
+            if !ids.iter().any(|i| i.eq_ignore_ascii_case(&name)) {
+                ids.push(name);
+            }
         }
         if ids.is_empty() {
             return Err(anyhow::anyhow!(

@@ -4,7 +4,7 @@
 //! one Azure did not apply is failed with a clear message.
 
 use drawbridge::domain::{AuditAction, GrantState};
-use drawbridge::sandbox::{Fault, FaultRule, Route};
+use drawbridge::sandbox::{DEFAULT_PRINCIPAL_NAME, Fault, FaultRule, RequestorModel, Route};
 use drawbridge::store::{Grant, ScheduleKind};
 
 use crate::e2e::{
@@ -436,5 +436,111 @@ async fn a_portal_request_by_another_identity_naming_a_pending_grant_is_flagged(
         grant(&app, &pending.request_id).await.state,
         GrantState::Failed
     );
+    app.finish().await;
+}
+
+/// Azure writes a name as `requestor` (a UPN or the identity's display
+/// name), which the bot's token does not carry.
+fn name_requestor(app: &TestApp) {
+    app.azure.emulator.set_requestor_model(RequestorModel::Name);
+}
+
+#[tokio::test]
+async fn under_a_name_requestor_an_unclear_first_initiate_settles_by_the_configured_name() {
+    let app = TestAppBuilder::default()
+        .env("AZURE__REQUEST_TIMEOUT", "1s")
+        .env("AZURE__REQUESTOR_NAMES", DEFAULT_PRINCIPAL_NAME)
+        .start()
+        .await;
+    name_requestor(&app);
+
+    let (reply, stored) = request_with(&app, Fault::ServerErrorAfterApply { status: 500 }).await;
+
+    assert_settled_active(&app, &reply, &stored).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn under_a_name_requestor_the_bot_learns_its_name_from_a_clear_initiate() {
+    let app = app().await;
+    name_requestor(&app);
+    let clear = interact(&app, ssh_web_01(&app.discord)).await;
+    assert!(clear.title().contains("Access granted"), "{}", clear.text());
+
+    // Bob's request, on another VM, has no clear answer.
+    app.azure.emulator.inject(
+        Route::Initiate,
+        FaultRule::next(1, Fault::ServerErrorAfterApply { status: 500 }),
+    );
+    let reply = interact(
+        &app,
+        crate::e2e::jit(
+            &app.discord,
+            "ssh",
+            "web-02",
+            "1h",
+            &[crate::support::app::SRE_ROLE],
+        )
+        .string("from", "198.51.100.20")
+        .user(crate::e2e::BOB, "bob"),
+    )
+    .await;
+
+    let stored = grant(&app, &reply.request_id()).await;
+    assert_eq!(stored.state, GrantState::Active, "{stored:?}");
+    assert!(reply.title().contains("Access granted"), "{}", reply.text());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn under_a_name_requestor_the_bot_never_takes_a_request_for_its_own_by_its_text() {
+    // Nothing tells the bot the name Azure writes for it: its own unclear
+    // request cannot be told from one typed in the portal naming the grant,
+    // so it is flagged, not taken; once a clear initiate teaches the name,
+    // the reconciler takes the grant back.
+    let app = reconciling_app().start().await;
+    name_requestor(&app);
+    let (reply, failed) = request_with(&app, Fault::ServerErrorAfterApply { status: 500 }).await;
+    assert_eq!(failed.state, GrantState::Failed, "{failed:?}");
+    assert!(
+        reply.text().contains("shows no request of ours"),
+        "{}",
+        reply.text()
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let flagged = loop {
+        let found = audit_log(&app)
+            .await
+            .into_iter()
+            .find(|r| r.event.action == AuditAction::OpenedOutsideDrawbridge);
+        if found.is_some() || tokio::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let flagged = flagged.expect("the request is flagged, naming Azure's requestor");
+    assert_eq!(flagged.event.detail["requestor"], DEFAULT_PRINCIPAL_NAME);
+    assert_eq!(
+        grant(&app, &failed.request_id).await.state,
+        GrantState::Failed
+    );
+
+    // Bob's clear request elsewhere teaches the bot its name.
+    let bob = interact(
+        &app,
+        crate::e2e::jit(
+            &app.discord,
+            "ssh",
+            "web-02",
+            "1h",
+            &[crate::support::app::SRE_ROLE],
+        )
+        .string("from", "198.51.100.20")
+        .user(crate::e2e::BOB, "bob"),
+    )
+    .await;
+    assert!(bob.title().contains("Access granted"), "{}", bob.text());
+    let back = settled_from(&app, &failed, GrantState::Failed).await;
+    assert_eq!(back.state, GrantState::Active, "{back:?}");
     app.finish().await;
 }

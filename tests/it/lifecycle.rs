@@ -22,7 +22,7 @@ use drawbridge::domain::{
     AccessRequest, AuditAction, GrantState, PortAliases, RequestId, RoleId, UserId,
 };
 use drawbridge::interactions::{ChatSender, Invocation, Member, SendError};
-use drawbridge::sandbox::{Emulator, Estate, RunningEmulator, SupersedeModel};
+use drawbridge::sandbox::{Emulator, Estate, RequestorModel, RunningEmulator, SupersedeModel};
 use drawbridge::sandbox::{Fault, FaultRule, Route};
 use drawbridge::service::Service;
 use drawbridge::service::delivery::Deliverer;
@@ -1136,11 +1136,22 @@ async fn a_request_made_outside_is_reported_once_even_across_restarts() {
 }
 
 /// Request ids are public: a portal initiate whose justification copies a
-/// real grant's text, on that grant's VM, is still flagged.
+/// real grant's text, on that grant's VM, is still flagged, whether Azure
+/// writes the object id or a name as `requestor`.
 #[tokio::test]
 async fn a_portal_request_naming_a_real_request_id_is_flagged_as_outside() {
+    portal_request_naming_a_real_request_id_is_flagged(RequestorModel::ObjectId).await;
+}
+
+#[tokio::test]
+async fn a_portal_request_naming_a_real_request_id_is_flagged_under_a_name_requestor() {
+    portal_request_naming_a_real_request_id_is_flagged(RequestorModel::Name).await;
+}
+
+async fn portal_request_naming_a_real_request_id_is_flagged(model: RequestorModel) {
     // Arrange
     let lab = Lab::new().await;
+    lab.azure.emulator.set_requestor_model(model);
     let grant = lab.request(7, "web-01", "1h").await;
     lab.azure.emulator.set_principal_name("barbara@contoso.com");
     let url = format!(

@@ -21,7 +21,10 @@
 //!    for one made outside Drawbridge ([`super::phases::unclear`]).
 //!    A grant still `requested` when the process started was interrupted
 //!    (the process died while asking Azure): it is marked `pending_azure`
-//!    first and settled the same way ([`Service::pend_interrupted`]).
+//!    first and settled the same way ([`Service::pend_interrupted`]), by
+//!    the holder of the reconcile lease only; with several replicas, only
+//!    once it is older than [`IN_FLIGHT`], as another live replica may
+//!    still be asking Azure ([`Reconciler::settle_interrupted`]).
 //! 4. **A grant we had failed or closed that Azure shows open** (our own
 //!    request, by identity) is put back under Drawbridge's care: `active`,
 //!    timers, audit, the owner told ([`super::truth`]).
@@ -65,6 +68,10 @@ use crate::store::{Grant, StoreError};
 pub const LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::hours(25);
 /// How long reported requests are remembered.
 const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::days(7);
+/// How long an initiate may still be under way at another live replica
+/// (its ARM call, retries included, well under this): with several
+/// replicas, a grant `requested` longer than this was interrupted.
+pub const IN_FLIGHT: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// Why a reconciliation round failed (it is retried on the next interval).
 #[derive(Debug, thiserror::Error)]
@@ -190,13 +197,37 @@ impl Reconciler {
         Ok(true)
     }
 
+    /// Marks the requests a dead process interrupted `pending_azure` for
+    /// the next round to settle ([`Service::pend_interrupted`]), if this
+    /// replica holds `lease` (the reconcile lease) at `now`: `None` if it
+    /// does not. One replica (SQLite) takes every request made before it
+    /// `started`; with several, another live replica's request may be under
+    /// way, so those older than [`IN_FLIGHT`] are taken, whoever made them.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub async fn settle_interrupted(
+        &self,
+        lease: &LeaseGate,
+        started: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>, StoreError> {
+        if !lease.hold(now).await {
+            return Ok(None);
+        }
+        let store = self.service.store();
+        let before = if store.single_replica() {
+            started
+        } else {
+            now - IN_FLIGHT
+        };
+        self.service.pend_interrupted(before, now).await.map(Some)
+    }
+
     /// Reconciles now and then every `every` until cancelled. Time between
     /// rounds is real time; "now" comes from the service's clock.
     pub async fn run(self, every: Duration, cancel: CancellationToken) {
         let started = self.service.clock().now();
-        if let Err(e) = self.service.pend_interrupted(started).await {
-            tracing::warn!(error.message = %e, "requests interrupted by a restart could not be marked for settling");
-        }
         let lease = LeaseGate::new(
             self.service.store().clone(),
             replica::RECONCILE,
@@ -205,10 +236,13 @@ impl Reconciler {
         );
         loop {
             let now = self.service.clock().now();
-            if lease.hold(now).await {
-                self.round(now).await;
-            } else {
-                tracing::debug!("another replica reconciles");
+            match self.settle_interrupted(&lease, started, now).await {
+                Ok(Some(_)) => self.round(now).await,
+                Ok(None) => tracing::debug!("another replica reconciles"),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "requests interrupted by a restart could not be marked for settling");
+                    self.round(now).await;
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,

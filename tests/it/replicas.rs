@@ -16,15 +16,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use drawbridge::clock::SystemClock;
+use drawbridge::app::App;
+use drawbridge::clock::{ManualClock, SystemClock};
+use drawbridge::config::{Settings, Sources};
+use drawbridge::domain::GrantState;
 use drawbridge::sandbox::{Emulator, Estate};
+use drawbridge::service::reconcile::{IN_FLIGHT, Reconciler};
+use drawbridge::service::replica::{self, LeaseGate};
 use drawbridge::store::Store;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 
 use crate::crash::{seed_grant, tail};
 use crate::store::backend::{Backend as _, Postgres};
-use crate::support::app::{AUDIT_CHANNEL, app_env};
+use crate::support::app::{AUDIT_CHANNEL, SUB_PROD, app_env};
 use crate::support::fake_discord::FakeDiscord;
 
 const REPLICAS: usize = 3;
@@ -217,3 +222,102 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
 
 /// An outbox row as the assertion reads it.
 type OutboxRow = (String, Option<String>, Option<String>, i64, Option<String>);
+
+/// A `requested` grant for web-01, asked `age` before `now`.
+async fn requested(store: &Store, id: &str, now: chrono::DateTime<Utc>, age: TimeDelta) {
+    use drawbridge::domain::mapping::MappingName;
+    use drawbridge::domain::{AccessDuration, PortSpec, RequestId, SourcePrefix, UserId};
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_grant(drawbridge::store::NewGrant {
+        request_id: RequestId::parse(id).unwrap(),
+        user_id: UserId::parse("800001").unwrap(),
+        guild_id: None,
+        channel_id: None,
+        vm_id: format!(
+            "/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/web-01"
+        ),
+        vm_name: "rg-web/web-01".into(),
+        policy_id: format!(
+            "/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default"
+        ),
+        ports: PortSpec::from_numbers([22]).unwrap(),
+        source: SourcePrefix::parse("203.0.113.7").unwrap(),
+        duration: AccessDuration::from_minutes(60).unwrap(),
+        reason: None,
+        mapping: MappingName::parse("sre-web").unwrap(),
+        requested_at: now - age,
+        interaction_token: None,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// With several replicas, only the holder of the reconcile lease marks
+/// interrupted requests for settling, and only those older than an
+/// initiate can take elsewhere: another live replica may still be asking
+/// Azure for a younger one.
+#[tokio::test]
+async fn only_the_reconcile_lease_holder_settles_interrupted_requests() {
+    let Some(pg) = Postgres::from_env() else {
+        eprintln!("skipped: DRAWBRIDGE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    // Arrange: one replica's service on a shared database; two requests
+    // still `requested`, one older than IN_FLIGHT, one younger.
+    let db = pg.empty().await;
+    let discord = FakeDiscord::start().await;
+    let clock = ManualClock::new(Utc::now());
+    let shared: Arc<dyn drawbridge::clock::Clock> = Arc::new(clock.clone());
+    let azure = Emulator::new(Estate::sample(), Arc::clone(&shared))
+        .spawn()
+        .await
+        .unwrap();
+    let settings = Settings::load(&Sources {
+        file: None,
+        env: Some(app_env(&discord, &azure.base_url, &db.url)),
+    })
+    .unwrap();
+    let app = App::build(settings, Arc::clone(&shared)).await.unwrap();
+    let store = app.service.store().clone();
+    let now = shared.now();
+    requested(&store, "old-1", now, IN_FLIGHT + TimeDelta::minutes(1)).await;
+    requested(&store, "young-1", now, TimeDelta::seconds(20)).await;
+    let reconciler = Reconciler::new(app.service.clone());
+    let ttl = TimeDelta::seconds(60);
+    let other = LeaseGate::new(store.clone(), replica::RECONCILE, "replica-other", ttl);
+    let mine = LeaseGate::new(store.clone(), replica::RECONCILE, "replica-mine", ttl);
+    let state = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let id = drawbridge::domain::RequestId::parse(id).unwrap();
+            store.grant(&id).await.unwrap().unwrap().state
+        }
+    };
+
+    // Act + Assert: while another replica holds the lease, nothing moves,
+    // even for a replica that started after both requests.
+    assert!(other.hold(now).await);
+    assert_eq!(
+        reconciler
+            .settle_interrupted(&mine, now, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(state("old-1").await, GrantState::Requested);
+    assert_eq!(state("young-1").await, GrantState::Requested);
+
+    // The holder lets go: the old request is marked, the young one left.
+    other.release(now).await;
+    assert_eq!(
+        reconciler
+            .settle_interrupted(&mine, now, now)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(state("old-1").await, GrantState::PendingAzure);
+    assert_eq!(state("young-1").await, GrantState::Requested);
+    drop(db);
+}

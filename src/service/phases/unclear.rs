@@ -191,22 +191,28 @@ impl Service {
     }
 
     /// After a restart: every grant still `requested` since before
-    /// `started` may have had its initiate sent by the process that died, so
-    /// it is `pending_azure` now and the reconciler settles it from Azure's
-    /// listing (active with its timers, or failed), never initiating again.
+    /// `before` may have had its initiate sent by a process that died, so it
+    /// is `pending_azure` now (at `now`) and the reconciler settles it from
+    /// Azure's listing (active with its timers, or failed), never initiating
+    /// again. Only the holder of the reconcile lease calls it
+    /// ([`crate::service::reconcile::Reconciler::settle_interrupted`]).
     /// Returns how many.
     ///
     /// # Errors
     /// If the store fails.
-    pub async fn pend_interrupted(&self, started: DateTime<Utc>) -> Result<usize, StoreError> {
+    pub async fn pend_interrupted(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let mut pended = 0;
         for grant in self.store().requested_grants().await? {
-            if grant.requested_at >= started {
+            if grant.requested_at >= before {
                 continue;
             }
             let mut tx = self.store().begin().await?;
             match tx
-                .transition_grant(&grant.request_id, &GrantEvent::Unclear, started)
+                .transition_grant(&grant.request_id, &GrantEvent::Unclear, now)
                 .await
             {
                 Ok(_) => {

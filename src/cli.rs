@@ -85,6 +85,10 @@ pub enum Command {
         /// the VM and port, or only one from the same source.
         #[arg(long, value_enum, default_value = "any-on-port")]
         supersede: Supersede,
+        /// What a request's `requestor` shows: the token's object id, or a
+        /// name (the test identity's display name "Drawbridge JIT").
+        #[arg(long, value_enum, default_value = "object-id")]
+        requestor: Requestor,
     },
     /// Apply database migrations.
     Migrate,
@@ -136,6 +140,13 @@ pub enum Supersede {
     SameSource,
 }
 
+/// `--requestor`: the emulator's [`crate::sandbox::RequestorModel`].
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Requestor {
+    ObjectId,
+    Name,
+}
+
 /// A failure the user caused, printed as is (no cause chain, no internals).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -158,6 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             identity_header,
             arm_audience,
             supersede,
+            requestor,
         } => {
             let supersede = match supersede {
                 Supersede::AnyOnPort => crate::sandbox::SupersedeModel::AnyOnPort,
@@ -168,6 +180,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 identity_header: identity_header.unwrap_or_default(),
                 arm_audience,
                 supersede,
+                requestor: match requestor {
+                    Requestor::ObjectId => crate::sandbox::RequestorModel::ObjectId,
+                    Requestor::Name => crate::sandbox::RequestorModel::Name,
+                },
             };
             emulate_azure::execute(listen, options).await
         }

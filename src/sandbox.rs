@@ -746,6 +746,8 @@ pub struct StandaloneOptions {
     pub arm_audience: Option<String>,
     /// Which earlier requests an initiate supersedes.
     pub supersede: SupersedeModel,
+    /// What a request's `requestor` shows.
+    pub requestor: RequestorModel,
 }
 
 /// Runs the emulator for `drawbridge emulate-azure` on `listener` until
@@ -766,6 +768,7 @@ pub async fn run_standalone(
         identity_header,
         arm_audience: None,
         supersede: SupersedeModel::default(),
+        requestor: RequestorModel::default(),
     };
     run_standalone_with(listener, options, shutdown).await
 }
@@ -784,6 +787,7 @@ pub async fn run_standalone_with(
         identity_header,
         arm_audience,
         supersede,
+        requestor,
     } = options;
     let estate = match &seed {
         Some(path) => Estate::from_file(path)
@@ -793,6 +797,7 @@ pub async fn run_standalone_with(
     let emulator = Emulator::new(estate, Arc::new(SystemClock));
     emulator.set_identity_header(identity_header);
     emulator.set_supersede_model(supersede);
+    emulator.set_requestor_model(requestor);
     let audience = match arm_audience {
         Some(audience) => {
             emulator.set_arm_audience(audience.clone());

@@ -49,17 +49,14 @@ pub(crate) struct Seeded {
 
 /// A grant on web-01 that ends at `end`, with its reminder at `reminder`
 /// (also used by `replicas.rs`).
-pub(crate) async fn seed_grant(
-    store: &Store,
-    n: u64,
-    reminder: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Seeded {
-    let request_id = RequestId::parse(&format!("crash-{n}")).unwrap();
-    let user = 800_000 + n;
-    let now = Utc::now();
-    let mut tx = store.begin().await.unwrap();
-    tx.insert_grant(NewGrant {
+/// A grant of `user` for SSH on the sample estate's web-01 from
+/// 203.0.113.7, asked at `requested_at`.
+pub(crate) fn web_01_grant(
+    request_id: &RequestId,
+    user: u64,
+    requested_at: DateTime<Utc>,
+) -> NewGrant {
+    NewGrant {
         request_id: request_id.clone(),
         user_id: UserId::parse(&user.to_string()).unwrap(),
         guild_id: Snowflake::from_u64(4004),
@@ -76,11 +73,24 @@ pub(crate) async fn seed_grant(
         duration: AccessDuration::from_minutes(5).unwrap(),
         reason: None,
         mapping: MappingName::parse("sre-web").unwrap(),
-        requested_at: now,
+        requested_at,
         interaction_token: None,
-    })
-    .await
-    .unwrap();
+    }
+}
+
+pub(crate) async fn seed_grant(
+    store: &Store,
+    n: u64,
+    reminder: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Seeded {
+    let request_id = RequestId::parse(&format!("crash-{n}")).unwrap();
+    let user = 800_000 + n;
+    let now = Utc::now();
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_grant(web_01_grant(&request_id, user, now))
+        .await
+        .unwrap();
     tx.transition_grant(&request_id, &GrantEvent::Initiated { end }, now)
         .await
         .unwrap();

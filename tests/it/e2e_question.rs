@@ -42,6 +42,30 @@ async fn press(app: &TestApp, reply: &Reply, label: &str, user: (u64, &str)) -> 
     .await
 }
 
+/// Bob's question ended `cancelled`; Alice's grant is still `active`.
+async fn assert_bob_cancelled_alice_active(app: &TestApp, bob: &Reply, alice: &Reply) {
+    assert_eq!(
+        grant(app, &bob.request_id()).await.state,
+        GrantState::Cancelled
+    );
+    assert_eq!(
+        grant(app, &alice.request_id()).await.state,
+        GrantState::Active
+    );
+}
+
+/// Bob presses Open anyway on a question already settled: he is told it
+/// was answered, and Azure still has `initiates` initiate calls.
+async fn open_anyway_changes_nothing(app: &TestApp, bob: &Reply, initiates: usize) {
+    let again = press(app, bob, "Open anyway", (BOB, "bob")).await;
+    assert!(
+        again.description().contains("answered already"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(app.azure.emulator.initiate_calls().len(), initiates);
+}
+
 /// Alice holds web-01 ssh; Bob asks for it from another address.
 async fn alice_holds_and_bob_asks(app: &TestApp) -> (Reply, Reply) {
     let alice = interact(app, ssh_web_01(&app.discord)).await;
@@ -172,25 +196,12 @@ async fn cancel_changes_nothing_in_azure() {
         cancelled.text()
     );
     assert_eq!(app.azure.emulator.initiate_calls().len(), before);
-    assert_eq!(
-        grant(&app, &bob.request_id()).await.state,
-        GrantState::Cancelled
-    );
-    assert_eq!(
-        grant(&app, &alice.request_id()).await.state,
-        GrantState::Active
-    );
+    assert_bob_cancelled_alice_active(&app, &bob, &alice).await;
     assert!(audit_log(&app).await.iter().any(|r| {
         r.event.action == AuditAction::AccessCancelled
             && r.event.detail["holder"].as_str() == Some(USER_ID.to_string().as_str())
     }));
-    let again = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
-    assert!(
-        again.description().contains("answered already"),
-        "{}",
-        again.text()
-    );
-    assert_eq!(app.azure.emulator.initiate_calls().len(), before);
+    open_anyway_changes_nothing(&app, &bob, before).await;
     app.finish().await;
 }
 
@@ -370,14 +381,7 @@ async fn a_question_nobody_answers_is_cancelled_after_ten_minutes_and_azure_sees
         told["components"].as_array().is_none_or(Vec::is_empty),
         "no buttons left: {told}"
     );
-    assert_eq!(
-        grant(&app, &bob.request_id()).await.state,
-        GrantState::Cancelled
-    );
-    assert_eq!(
-        grant(&app, &alice.request_id()).await.state,
-        GrantState::Active
-    );
+    assert_bob_cancelled_alice_active(&app, &bob, &alice).await;
     assert_eq!(app.azure.emulator.initiate_calls().len(), before);
     let log = audit_log(&app).await;
     let cancelled: Vec<_> = log
@@ -393,12 +397,6 @@ async fn a_question_nobody_answers_is_cancelled_after_ten_minutes_and_azure_sees
     );
 
     // A late answer changes nothing.
-    let late = press(&app, &bob, "Open anyway", (BOB, "bob")).await;
-    assert!(
-        late.description().contains("answered already"),
-        "{}",
-        late.text()
-    );
-    assert_eq!(app.azure.emulator.initiate_calls().len(), before);
+    open_anyway_changes_nothing(&app, &bob, before).await;
     app.finish().await;
 }

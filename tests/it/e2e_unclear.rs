@@ -324,6 +324,22 @@ async fn initiate_as(app: &TestApp, token: &str, justification: &str) {
     assert_eq!(response.status().as_u16(), 202);
 }
 
+/// The first request flagged as opened outside Drawbridge, waiting for
+/// the reconciler up to [`WAIT`].
+async fn first_flagged(app: &TestApp) -> Option<drawbridge::store::AuditRecord> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = audit_log(app)
+            .await
+            .into_iter()
+            .find(|r| r.event.action == AuditAction::OpenedOutsideDrawbridge);
+        if found.is_some() || tokio::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the grant leaves `state`.
 async fn settled_from(app: &TestApp, stored: &Grant, state: GrantState) -> Grant {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -419,24 +435,32 @@ async fn a_portal_request_by_another_identity_naming_a_pending_grant_is_flagged(
 
     let settled = settled_from(&app, &pending, GrantState::PendingAzure).await;
     assert_eq!(settled.state, GrantState::Failed, "{settled:?}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let flagged = loop {
-        let found = audit_log(&app)
-            .await
-            .into_iter()
-            .find(|r| r.event.action == AuditAction::OpenedOutsideDrawbridge);
-        if found.is_some() || tokio::time::Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    let flagged = flagged.expect("the portal request is flagged");
+    let flagged = first_flagged(&app)
+        .await
+        .expect("the portal request is flagged");
     assert_eq!(flagged.event.detail["requestor"], "mallory@contoso.example");
     assert_eq!(
         grant(&app, &pending.request_id).await.state,
         GrantState::Failed
     );
     app.finish().await;
+}
+
+/// Bob's clear `/jit ssh web-02 1h` from his own address.
+async fn bob_asks_for_web_02(app: &TestApp) -> Reply {
+    interact(
+        app,
+        crate::e2e::jit(
+            &app.discord,
+            "ssh",
+            "web-02",
+            "1h",
+            &[crate::support::app::SRE_ROLE],
+        )
+        .string("from", "198.51.100.20")
+        .user(crate::e2e::BOB, "bob"),
+    )
+    .await
 }
 
 /// Azure writes a name as `requestor` (a UPN or the identity's display
@@ -472,19 +496,7 @@ async fn under_a_name_requestor_the_bot_learns_its_name_from_a_clear_initiate() 
         Route::Initiate,
         FaultRule::next(1, Fault::ServerErrorAfterApply { status: 500 }),
     );
-    let reply = interact(
-        &app,
-        crate::e2e::jit(
-            &app.discord,
-            "ssh",
-            "web-02",
-            "1h",
-            &[crate::support::app::SRE_ROLE],
-        )
-        .string("from", "198.51.100.20")
-        .user(crate::e2e::BOB, "bob"),
-    )
-    .await;
+    let reply = bob_asks_for_web_02(&app).await;
 
     let stored = grant(&app, &reply.request_id()).await;
     assert_eq!(stored.state, GrantState::Active, "{stored:?}");
@@ -507,18 +519,9 @@ async fn under_a_name_requestor_the_bot_never_takes_a_request_for_its_own_by_its
         "{}",
         reply.text()
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let flagged = loop {
-        let found = audit_log(&app)
-            .await
-            .into_iter()
-            .find(|r| r.event.action == AuditAction::OpenedOutsideDrawbridge);
-        if found.is_some() || tokio::time::Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    let flagged = flagged.expect("the request is flagged, naming Azure's requestor");
+    let flagged = first_flagged(&app)
+        .await
+        .expect("the request is flagged, naming Azure's requestor");
     assert_eq!(flagged.event.detail["requestor"], DEFAULT_PRINCIPAL_NAME);
     assert_eq!(
         grant(&app, &failed.request_id).await.state,
@@ -526,19 +529,7 @@ async fn under_a_name_requestor_the_bot_never_takes_a_request_for_its_own_by_its
     );
 
     // Bob's clear request elsewhere teaches the bot its name.
-    let bob = interact(
-        &app,
-        crate::e2e::jit(
-            &app.discord,
-            "ssh",
-            "web-02",
-            "1h",
-            &[crate::support::app::SRE_ROLE],
-        )
-        .string("from", "198.51.100.20")
-        .user(crate::e2e::BOB, "bob"),
-    )
-    .await;
+    let bob = bob_asks_for_web_02(&app).await;
     assert!(bob.title().contains("Access granted"), "{}", bob.text());
     let back = settled_from(&app, &failed, GrantState::Failed).await;
     assert_eq!(back.state, GrantState::Active, "{back:?}");

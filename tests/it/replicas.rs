@@ -27,9 +27,9 @@ use drawbridge::store::Store;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 
-use crate::crash::{seed_grant, tail};
+use crate::crash::{seed_grant, tail, web_01_grant};
 use crate::store::backend::{Backend as _, Postgres};
-use crate::support::app::{AUDIT_CHANNEL, SUB_PROD, app_env};
+use crate::support::app::{AUDIT_CHANNEL, app_env};
 use crate::support::fake_discord::FakeDiscord;
 
 const REPLICAS: usize = 3;
@@ -225,31 +225,11 @@ type OutboxRow = (String, Option<String>, Option<String>, i64, Option<String>);
 
 /// A `requested` grant for web-01, asked `age` before `now`.
 async fn requested(store: &Store, id: &str, now: chrono::DateTime<Utc>, age: TimeDelta) {
-    use drawbridge::domain::mapping::MappingName;
-    use drawbridge::domain::{AccessDuration, PortSpec, RequestId, SourcePrefix, UserId};
+    let id = drawbridge::domain::RequestId::parse(id).unwrap();
     let mut tx = store.begin().await.unwrap();
-    tx.insert_grant(drawbridge::store::NewGrant {
-        request_id: RequestId::parse(id).unwrap(),
-        user_id: UserId::parse("800001").unwrap(),
-        guild_id: None,
-        channel_id: None,
-        vm_id: format!(
-            "/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/web-01"
-        ),
-        vm_name: "rg-web/web-01".into(),
-        policy_id: format!(
-            "/subscriptions/{SUB_PROD}/resourceGroups/rg-web/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default"
-        ),
-        ports: PortSpec::from_numbers([22]).unwrap(),
-        source: SourcePrefix::parse("203.0.113.7").unwrap(),
-        duration: AccessDuration::from_minutes(60).unwrap(),
-        reason: None,
-        mapping: MappingName::parse("sre-web").unwrap(),
-        requested_at: now - age,
-        interaction_token: None,
-    })
-    .await
-    .unwrap();
+    tx.insert_grant(web_01_grant(&id, 800_001, now - age))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 

@@ -408,6 +408,18 @@ fn invented_end(
     })
 }
 
+/// Whether another open grant of Drawbridge from `grant`'s source holds
+/// `port` of its VM (then Azure keeps the port open for that source).
+pub fn held_by_another(grants: &[Grant], grant: &Grant, port: u16) -> bool {
+    grants.iter().any(|g| {
+        g.request_id != grant.request_id
+            && g.state.is_open()
+            && g.vm_id.eq_ignore_ascii_case(&grant.vm_id)
+            && g.source == grant.source
+            && g.ports.numbers().contains(&port)
+    })
+}
+
 /// Whether the member holds a newer open grant of theirs on the same VM,
 /// ports and source that they were shown: asking again replaces one's own
 /// grant, and the newer grant's card speaks for the port.
@@ -455,15 +467,7 @@ fn newest_is_true(
         .map(Vec::as_slice)
         .unwrap_or_default();
     let source = grant.source.to_string();
-    let held_by_another = |port: u16| {
-        grants.iter().any(|g| {
-            g.request_id != grant.request_id
-                && g.state.is_open()
-                && g.vm_id.eq_ignore_ascii_case(&grant.vm_id)
-                && g.source == grant.source
-                && g.ports.numbers().contains(&port)
-        })
-    };
+    let held_by_another = |port: u16| held_by_another(grants, grant, port);
     let mut out = Vec::new();
     for claim in about.into_iter().filter(|c| c.shown_at == newest) {
         let ports = claim

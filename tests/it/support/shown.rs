@@ -194,15 +194,7 @@ pub async fn assert_ends_match_azure(
             .into_iter()
             .map(|n| (n, azure_until(requests, &grant.vm_id, n, &source, now)))
             .collect();
-        let held_by_another = |port: u16| {
-            grants.iter().any(|g| {
-                g.request_id != grant.request_id
-                    && g.state.is_open()
-                    && g.vm_id.eq_ignore_ascii_case(&grant.vm_id)
-                    && g.source == grant.source
-                    && g.ports.numbers().contains(&port)
-            })
-        };
+        let held_by_another = |port: u16| said::held_by_another(grants, grant, port);
         if grant.state.is_open() {
             for (place, end) in shown.get(id).into_iter().flatten() {
                 let end = end.unwrap_or_else(|| {

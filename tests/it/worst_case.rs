@@ -137,6 +137,10 @@ fn every_message() -> Vec<(String, ChatMessage)> {
         messages::expired(&grant, true, &aliases),
     ));
     all.push((
+        "question unanswered".into(),
+        messages::unanswered(&grant, &aliases),
+    ));
+    all.push((
         "ended by Azure".into(),
         messages::ended_by_azure(&ended, &aliases),
     ));

@@ -4,7 +4,9 @@
 //! ([`crate::domain::port_truth`]); the reconciler does the same for changes
 //! made outside the bot. A grant Azure shows ended becomes `superseded` (a
 //! newer request replaced it) or `ended` (Azure's reason): its owner gets a
-//! DM, it is audited, and its reminder and expiry are cancelled, in one
+//! DM (unless their own newer request from the same address replaced it:
+//! the port stays open for them, and that request's reply says until
+//! when), it is audited, and its reminder and expiry are cancelled, in one
 //! transaction.
 //!
 //! # Left alone
@@ -335,13 +337,18 @@ impl Service {
             Some(a) => messages::displaced(&ended, a.user_id, now, aliases),
             None => messages::ended_by_azure(&ended, aliases),
         };
-        tx.enqueue(delivery::dm_to_owner(
-            &ended,
-            &message,
-            notice_key(&grant.request_id),
-            now,
-        ))
-        .await?;
+        // The member's own newer request from the same address replaced it:
+        // the port stays open for them, and their newer reply says until
+        // when; "closed for your address" would be false.
+        if !acting.is_some_and(|a| replaces_own(grant, a)) {
+            tx.enqueue(delivery::dm_to_owner(
+                &ended,
+                &message,
+                notice_key(&grant.request_id),
+                now,
+            ))
+            .await?;
+        }
         tx.commit().await?;
         tracing::info!(request_id = %grant.request_id, state = %ended.state, "grant ended: Azure shows it closed");
         Ok(true)
@@ -379,6 +386,14 @@ fn ended_in_azure(
         .any(|p| matches!(p.view, PortView::Ended { .. }));
     let near_end = grant.end_time? <= read_at + END_SLACK;
     (!open && (superseded || (ended && !near_end))).then_some(truth)
+}
+
+/// Whether `acting` is `grant`'s member asking again from the same source.
+fn replaces_own(grant: &Grant, acting: &Acting) -> bool {
+    acting.user_id == grant.user_id
+        && acting
+            .source
+            .eq_ignore_ascii_case(&grant.source.to_string())
 }
 
 /// Whether `acting`'s request (another member's) is the newer one that

@@ -302,6 +302,40 @@ async fn the_same_member_asking_again_is_not_asked() {
 }
 
 #[tokio::test]
+async fn the_same_member_asking_again_from_the_same_address_is_not_told_the_port_closed() {
+    let app = spawn_app().await;
+    let first = interact(&app, ssh_web_01(&app.discord)).await;
+
+    let second = interact(&app, ssh_web_01(&app.discord)).await;
+
+    assert!(
+        second.title().contains("Access granted"),
+        "{}",
+        second.text()
+    );
+    assert_eq!(
+        grant(&app, &first.request_id()).await.state,
+        GrantState::Superseded
+    );
+    assert!(
+        audit_log(&app)
+            .await
+            .iter()
+            .any(|r| r.event.action == AuditAction::AccessEndedInAzure
+                && r.event.detail["request_id"] == first.request_id().as_str()),
+        "the replacement is audited"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dms = app.discord.dm_messages(USER_ID);
+    assert!(
+        dms.iter()
+            .all(|m| !m.to_string().contains("closed for your address")),
+        "the port is still open for this address: {dms:?}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_mapping_that_refuses_names_who_holds_the_port_until_when() {
     let app = TestAppBuilder::default()
         .mappings(

@@ -657,6 +657,7 @@ async fn break_glass_without_a_role_or_a_reason_is_refused_audited_and_azure_is_
             .any(|r| r.event.action == AuditAction::BreakGlassUsed),
         "no break-glass was used"
     );
+    app.finish().await;
 }
 
 /// A second approver role, which the tests move approval to.
@@ -798,6 +799,7 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
     );
     let done = wait_card(d, &id, |c| title(c).starts_with("Approved:")).await;
     assert!(all_text(&done).contains("Open until"), "{done}");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -821,6 +823,7 @@ async fn approved_and_asked_then_cancelled_tells_the_card_and_nothing_reaches_az
     assert_eq!(grant(&app, &id).await.state, GrantState::Cancelled);
     assert_eq!(initiates(&app).len(), 1, "only Dave's");
     wait_card(&app.discord, &id, |c| title(c).starts_with("Cancelled")).await;
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -866,6 +869,7 @@ async fn approved_while_another_member_holds_the_port_is_refused_under_on_confli
                 && r.event.detail["code"] == "port_held"),
         "the refusal is audited"
     );
+    app.finish().await;
 }
 
 /// `/jit-admin <sub>` by the admin.
@@ -952,6 +956,7 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
         })
         .collect();
     assert_eq!(codes, ["not_approver", "mapping_removed"]);
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -997,6 +1002,7 @@ async fn jit_pending_answers_approvers_who_are_not_admins_and_refuses_others() {
     assert!(pending["default_member_permissions"].is_null(), "{pending}");
     let admin_command = commands.iter().find(|c| c["name"] == "jit-admin").unwrap();
     assert_eq!(admin_command["default_member_permissions"], "0");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -1036,4 +1042,5 @@ async fn approved_after_the_reply_token_expired_the_question_comes_by_dm() {
     );
     assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
     assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    app.finish().await;
 }

@@ -44,7 +44,7 @@ async fn a_request_for_the_whole_internet_is_refused() {
         }
     }
     assert!(initiates(&app).is_empty(), "Azure was asked for nothing");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// `/jit-ip ::/0` would have been saved, and every later request opened to
@@ -91,7 +91,7 @@ async fn a_broad_saved_source_is_neither_saved_nor_used() {
         "{}",
         granted.text()
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// The `action_refused` audit records, as (action, code).
@@ -122,7 +122,7 @@ async fn a_request_from_another_guild_is_refused_and_audited() {
         refusals(&app).await,
         [("jit".to_owned(), "other_guild".to_owned())]
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// Commands registered globally worked in DMs.
@@ -143,7 +143,7 @@ async fn a_command_in_a_dm_is_refused_and_audited() {
         d.global_commands().is_empty() && !d.guild_commands(d.guild_id()).is_empty(),
         "the commands are registered to the guild only"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// Another member's Extend or Close early was refused, but never audited.
@@ -178,7 +178,7 @@ async fn a_strangers_button_is_refused_and_audited() {
             ("close".to_owned(), "not_owner".to_owned()),
         ]
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// The reminder DM's Extend always failed: a DM interaction carries no
@@ -253,7 +253,7 @@ async fn extend_from_the_reminder_dm_works_with_the_members_current_roles() {
         refused.text()
     );
     assert_eq!(initiates(&app).len(), 2, "Azure was not asked again");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// `/jit` resolved the VM before any role check: a member with no mapped
@@ -281,7 +281,7 @@ async fn a_member_without_mappings_is_refused_before_any_lookup() {
         calls_before,
         "Azure was not asked to look anything up"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// A VM outside the member's mappings was "mapped to none of your roles"
@@ -339,7 +339,7 @@ max_duration = "1h"
     let ops = interact(&app, ask("ops-01", 300).user(BOB, "bob")).await;
     assert!(ops.title().contains("Access granted"), "{}", ops.text());
     assert_eq!(ops.field("VM"), Some("rg-prod/ops-01"));
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// Autocomplete for the port and the duration answered differently for a
@@ -388,7 +388,7 @@ async fn autocomplete_reveals_nothing_about_vms_outside_the_members_mappings() {
             );
         }
     }
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// A member with no role flooded the audit channel with two posts per
@@ -449,7 +449,7 @@ async fn after_a_flood_of_refusals_a_grants_audit_message_arrives_within_5_s() {
         after < Duration::from_secs(5),
         "posted {after:?} after the grant"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// `reason:"[Approved by SecOps](https://evil)"` rendered as a link in the
@@ -505,7 +505,7 @@ async fn a_markdown_link_in_the_reason_is_shown_as_typed() {
         )),
         "{justification}"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// `/jit-admin <sub>` from an admin.
@@ -567,7 +567,7 @@ require_reason = true
     )
     .await;
     assert_eq!(reply.title(), "Would be allowed", "{}", reply.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// `map` took one role, so re-mapping a mapping of several roles silently
@@ -628,7 +628,7 @@ max_duration = "3h"
     )
     .await;
     assert!(dev.title().contains("Access granted"), "{}", dev.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// `check-config --mappings FILE` refuses a broad range without

@@ -77,7 +77,7 @@ async fn the_ops_endpoints_are_not_served_on_the_interactions_port() {
         .await
         .expect("the ops listener answers");
     assert_eq!(metrics.status(), 200, "the ops listener still serves them");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -127,7 +127,7 @@ async fn a_replayed_signed_button_runs_once() {
         "the replay ran the button again"
     );
     assert_eq!(initiates(&app).len(), 2, "the grant and one extension");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -158,7 +158,7 @@ async fn readyz_says_what_is_wrong_in_general_words() {
             .is_some_and(|t| t.contains("azure.arm_audience")),
         "{body}"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -336,7 +336,7 @@ async fn a_tampered_audit_row_is_detected_at_start_up() {
     assert!(started.event.detail["chain_head"]["hash"].is_string());
     assert_eq!(started.event.detail["config"]["discord"]["token_set"], true);
     assert!(!started.event.detail.to_string().contains("fake-token"));
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -358,7 +358,7 @@ async fn an_intact_chain_raises_no_alert() {
             .iter()
             .any(|m| m["embeds"][0]["title"] == "Audit chain broken")
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -396,5 +396,5 @@ async fn a_metrics_scrape_runs_no_database_query() {
 
     // Assert: every scrape was served from the cached gauges
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

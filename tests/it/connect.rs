@@ -30,7 +30,7 @@ async fn the_grant_card_shows_ssh_azureuser_at_the_public_ip() {
         "an ssh grant has no file: {}",
         reply.message
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -59,7 +59,7 @@ async fn a_dns_name_is_preferred_and_a_private_only_vm_says_so() {
             "This VM has no public address: connect over the VPN to 10.10.1.6 (ssh azureuser@10.10.1.6)."
         )
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -100,7 +100,7 @@ max_duration = "2h"
     let lines: Vec<&str> = text.split("\r\n").collect();
     assert_eq!(lines[0], "full address:s:20.105.12.70:3389", "{text}");
     assert!(lines.iter().any(|l| l.starts_with("username:s:")), "{text}");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 /// An admin's `/jit-admin map` of `role` to SSH on web-01 with `ssh_user`.
@@ -145,5 +145,5 @@ async fn the_mappings_ssh_user_is_on_the_card_before_the_vms_own() {
     assert_eq!(reply.field("Connect"), Some("`ssh deploy@20.105.12.34`"));
     let bad = interact(&app, map_with_user(d, "bad", 301, "-oProxyCommand=x")).await;
     assert!(bad.text().contains("is not a login name"), "{}", bad.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

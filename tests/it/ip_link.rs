@@ -135,7 +135,7 @@ async fn a_request_without_a_source_gets_a_link_whose_visit_saves_the_ip_and_gra
     assert!(page.contains("used already"), "{page}");
     let (look, page) = visit(&link, reqwest::Method::GET, None).await;
     assert_eq!(look, 410, "{page}");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -150,7 +150,7 @@ async fn a_forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(status, 200, "{saved}");
     assert!(saved.contains("Saved 127.0.0.1 for @sam"), "{saved}");
     assert!(!saved.contains("198.51.100.66"), "{saved}");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn behind_a_trusted_proxy_the_rightmost_untrusted_hop_is_saved() {
 
     assert_eq!(status, 200, "{saved}");
     assert!(saved.contains("Saved 198.51.100.7 for @sam"), "{saved}");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -183,7 +183,7 @@ async fn a_trusted_proxy_that_names_no_client_saves_nothing() {
     assert!(page.contains("could not tell"), "{page}");
     let user = drawbridge::domain::UserId::parse(&SAM.0.to_string()).unwrap();
     assert_eq!(app.store.saved_source(user).await.unwrap(), None);
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -199,5 +199,5 @@ async fn without_a_public_url_the_member_is_asked_for_from() {
         reply.text()
     );
     assert!(!reply.text().contains("/ip/"), "{}", reply.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

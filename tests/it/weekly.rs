@@ -109,7 +109,7 @@ async fn the_weekly_report_is_posted_at_its_time_once_even_across_a_restart() {
     // Assert: still one report (the outbox delivers in order: a second
     // post, queued before the reminder, would be there).
     assert_eq!(reports(&app.discord).len(), 1, "posted once");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -145,5 +145,5 @@ async fn jit_admin_report_posts_to_the_audit_channel_and_answers_the_admin() {
     let first_day = (Utc::now() - chrono::Duration::days(6)).date_naive();
     assert_is_report(d, &posted[0], &first_day.to_string());
     assert_eq!(reports(d).len(), 1, "the refused request posted nothing");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

@@ -55,7 +55,7 @@ async fn jit_who_lists_sams_open_grant_for_dana_without_sams_source() {
         .field("rg-web/web-01 · ssh (22)")
         .unwrap_or_else(|| panic!("Sam's grant: {}", admin.text()));
     assert!(admin_line.contains("from 203.0.113.7"), "{admin_line}");
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -80,7 +80,7 @@ async fn jit_who_keeps_to_the_vms_a_member_may_request() {
 
     assert_eq!(all.title(), "Nobody holds a port open", "{}", all.text());
     assert_eq!(one.title(), "VM not found", "{}", one.text());
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -115,5 +115,5 @@ async fn the_vm_autocomplete_marks_vms_with_open_grants() {
         names.iter().filter(|n| n.contains("open for")).count() == 1,
         "{names:?}"
     );
-    app.stop().await.expect("clean stop");
+    app.finish().await;
 }

@@ -1,5 +1,6 @@
-//! Several replicas on one PostgreSQL database (issue 14): three `drawbridge
-//! run` processes in HTTP mode share the database, the fake Discord and the
+//! Several replicas on one PostgreSQL database (issue 14). In gateway mode
+//! one replica holds the Discord session and a standby takes over when it
+//! dies. And three `drawbridge run` processes in HTTP mode share the database, the fake Discord and the
 //! Azure emulator, while reminders and expiries fall due. The replica doing
 //! the ordered work (the holder of the audit channel's lease) is killed with
 //! SIGKILL again and again, at random (seeded) moments, and restarted.
@@ -24,7 +25,7 @@ use serde_json::Value;
 
 use crate::crash::{seed_grant, tail};
 use crate::store::backend::{Backend as _, Postgres};
-use crate::support::app::{AUDIT_CHANNEL, app_env};
+use crate::support::app::{AUDIT_CHANNEL, SRE_ROLE, app_env};
 use crate::support::fake_discord::FakeDiscord;
 
 const REPLICAS: usize = 3;
@@ -34,6 +35,117 @@ const SEED: u64 = 0x5eed_0014;
 /// How long the replicas, left alone at the end, may take to deliver what
 /// is left: a dead holder's lease runs out after 15 s.
 const DRAIN: Duration = Duration::from_secs(45);
+
+/// A free TCP port on 127.0.0.1 (bound and released: a replica restarted
+/// on it keeps its address, as a pod behind a Service does).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Replicas of `drawbridge run` as child processes, each with its own log
+/// and fixed ports, so a restarted replica answers where it did.
+struct Cluster {
+    env: HashMap<String, String>,
+    dir: tempfile::TempDir,
+    logs: Vec<std::fs::File>,
+    children: Vec<Child>,
+    ops_ports: Vec<u16>,
+    http_ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn start(env: HashMap<String, String>, n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let logs: Vec<std::fs::File> = (0..n)
+            .map(|i| std::fs::File::create(dir.path().join(format!("replica{i}.log"))).unwrap())
+            .collect();
+        let mut cluster = Cluster {
+            env,
+            dir,
+            logs,
+            children: Vec::new(),
+            ops_ports: (0..n).map(|_| free_port()).collect(),
+            http_ports: (0..n).map(|_| free_port()).collect(),
+        };
+        cluster.children = (0..n).map(|i| cluster.spawn(i)).collect();
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let mut env = self.env.clone();
+        env.insert(
+            "DRAWBRIDGE__OPS__LISTEN".into(),
+            format!("127.0.0.1:{}", self.ops_ports[i]),
+        );
+        env.insert(
+            "DRAWBRIDGE__HTTP__LISTEN".into(),
+            format!("127.0.0.1:{}", self.http_ports[i]),
+        );
+        start(i, &env, &self.logs[i])
+    }
+
+    /// SIGKILLs replica `i` and starts it again at once.
+    fn kill_and_restart(&mut self, i: usize) {
+        self.kill(i);
+        self.children[i] = self.spawn(i);
+    }
+
+    fn kill(&mut self, i: usize) {
+        // Err only when it has exited already (a second kill).
+        let _ = self.children[i].kill();
+        self.children[i].wait().expect("the replica is reaped");
+    }
+
+    fn kill_all(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Replica `i`'s `/readyz` answer, `None` while it does not answer.
+    async fn readyz(&self, i: usize) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.ops_ports[i]);
+        let answer = reqwest::get(url).await.ok()?;
+        answer.json().await.ok()
+    }
+
+    /// Each replica's gateway role (`holder`, `standby`, or `down` when it
+    /// does not answer) and whether it is ready, by `/readyz`.
+    async fn gateway_roles(&self) -> Vec<(String, bool)> {
+        let mut roles = Vec::new();
+        for i in 0..self.children.len() {
+            let ready = self.readyz(i).await.unwrap_or(Value::Null);
+            roles.push((
+                ready["gateway"].as_str().unwrap_or("down").to_owned(),
+                ready["ready"].as_bool().unwrap_or(false),
+            ));
+        }
+        roles
+    }
+
+    /// The last lines of every replica's log.
+    fn log_tails(&self, lines: usize) -> String {
+        (0..self.children.len())
+            .map(|i| {
+                let path = self.dir.path().join(format!("replica{i}.log"));
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                format!("--- replica{i}:\n{}\n", tail(&text, lines))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 fn start(i: usize, env: &HashMap<String, String>, log: &std::fs::File) -> Child {
     Command::new(env!("CARGO_BIN_EXE_drawbridge"))
@@ -88,12 +200,7 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
         "DRAWBRIDGE__DISCORD__PUBLIC_KEY".into(),
         hex::encode(key.to_bytes()),
     );
-    env.insert("DRAWBRIDGE__HTTP__LISTEN".into(), "127.0.0.1:0".into());
-    let dir = tempfile::tempdir().unwrap();
-    let logs: Vec<std::fs::File> = (0..REPLICAS)
-        .map(|i| std::fs::File::create(dir.path().join(format!("replica{i}.log"))).unwrap())
-        .collect();
-    let mut children: Vec<Child> = (0..REPLICAS).map(|i| start(i, &env, &logs[i])).collect();
+    let mut cluster = Cluster::start(env, REPLICAS);
 
     // Act: kill the audit stream's holder (or, when none holds it, any
     // replica) every 0.4-1.5 s, and restart it at once.
@@ -109,9 +216,7 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
             }
             None => rng.random_range(0..REPLICAS),
         };
-        children[victim].kill().expect("SIGKILL");
-        children[victim].wait().unwrap();
-        children[victim] = start(victim, &env, &logs[victim]);
+        cluster.kill_and_restart(victim);
         kills += 1;
     }
     let audited = |d: &FakeDiscord, title: &str| {
@@ -136,18 +241,10 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // room for a duplicate to show
-    for child in &mut children {
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-    }
+    cluster.kill_all();
 
     // Assert
-    let log_tails: String = (0..REPLICAS)
-        .map(|i| {
-            let text = std::fs::read_to_string(dir.path().join(format!("replica{i}.log"))).unwrap();
-            format!("--- replica{i}:\n{}", tail(&text, 15))
-        })
-        .collect();
+    let log_tails = cluster.log_tails(15);
     let rows: Vec<OutboxRow> = {
         use sqlx::Connection as _;
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -217,3 +314,92 @@ async fn three_replicas_killed_at_random_send_every_notice_and_audit_post_once()
 
 /// An outbox row as the assertion reads it.
 type OutboxRow = (String, Option<String>, Option<String>, i64, Option<String>);
+
+/// Gateway mode with two replicas on one PostgreSQL database: one holds the
+/// gateway session (Discord delivers every event to every connected
+/// session, so a second would answer everything twice), the other stands
+/// by, and `/readyz` says which is which. When the holder is SIGKILLed the
+/// standby takes the session over within 15 s; never are two sessions
+/// connected at once, and each interaction is answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_gateway_mode_one_replica_holds_the_session_and_a_standby_takes_over_within_15_s() {
+    let Some(pg) = Postgres::from_env() else {
+        return;
+    };
+    // Arrange
+    let db = pg.empty().await;
+    let _store = Store::open(&db.url).await.unwrap();
+    let discord = FakeDiscord::start().await;
+    let azure = Emulator::new(Estate::sample(), Arc::new(SystemClock))
+        .spawn()
+        .await
+        .unwrap();
+    let mut cluster = Cluster::start(app_env(&discord, &azure.base_url, &db.url), 2);
+    let settled = |roles: &[(String, bool)]| {
+        let mut names: Vec<&str> = roles.iter().map(|(r, _)| r.as_str()).collect();
+        names.sort_unstable();
+        names == ["holder", "standby"] && roles.iter().all(|(_, ready)| *ready)
+    };
+    let started = Instant::now();
+    let mut seen = cluster.gateway_roles().await;
+    while !(settled(&seen) && discord.ready_sessions() == 1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "one holder and one standby, both ready: {seen:?}\n{}",
+            cluster.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = cluster.gateway_roles().await;
+    }
+    let holder = seen.iter().position(|(r, _)| r == "holder").unwrap();
+    let before = discord
+        .send_interaction(discord.slash("jit-status").roles([SRE_ROLE]))
+        .await;
+    let answered_before = discord.wait_for_callback(before.id, WAIT).await;
+
+    // Act
+    cluster.kill(holder);
+    let killed = Instant::now();
+    let took_over = discord
+        .wait_until(Duration::from_secs(30), |d| {
+            d.identifies().len() == 2 && d.ready_sessions() == 1
+        })
+        .await;
+    let takeover = killed.elapsed();
+    let after = discord
+        .send_interaction(discord.slash("jit-status").roles([SRE_ROLE]))
+        .await;
+    let answered_after = discord.wait_for_callback(after.id, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // room for a second answer
+    let standby = 1 - holder;
+    let now_holder = cluster.readyz(standby).await.unwrap_or(Value::Null);
+    let logs = cluster.log_tails(20);
+    cluster.kill_all();
+
+    // Assert
+    assert!(took_over, "the standby connected: {logs}");
+    eprintln!("replicas (gateway): takeover {takeover:?} after SIGKILL of the holder");
+    assert!(
+        takeover < Duration::from_secs(15),
+        "took over in {takeover:?}: {logs}"
+    );
+    assert_eq!(now_holder["gateway"], "holder", "{now_holder}");
+    for (what, sent, answered) in [
+        ("before", &before, answered_before),
+        ("after", &after, answered_after),
+    ] {
+        assert_eq!(answered.map(|c| c.status), Some(204), "{what}: {logs}");
+        assert_eq!(
+            discord.callbacks(sent.id).len(),
+            1,
+            "{what}: answered once, by one replica"
+        );
+    }
+    assert_eq!(
+        discord.peak_ready_sessions(),
+        1,
+        "never two gateway sessions at once"
+    );
+}
+
+const WAIT: Duration = Duration::from_secs(10);

@@ -47,14 +47,8 @@ pub(crate) struct Seeded {
     pub(crate) expiry_key: String,
 }
 
-/// A grant on web-01 that ends at `end`, with its reminder at `reminder`
-/// (also used by `replicas.rs`).
-pub(crate) async fn seed_grant(
-    store: &Store,
-    n: u64,
-    reminder: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Seeded {
+/// A grant on web-01 that ends at `end`, with its reminder at `reminder`.
+async fn seed_grant(store: &Store, n: u64, reminder: DateTime<Utc>, end: DateTime<Utc>) -> Seeded {
     let request_id = RequestId::parse(&format!("crash-{n}")).unwrap();
     let user = 800_000 + n;
     let now = Utc::now();

@@ -700,6 +700,14 @@ impl FakeDiscord {
             })
             .collect()
     }
+    /// Every message posted, in any channel (DM channels included), with its channel id.
+    pub fn all_messages(&self) -> Vec<(u64, Value)> {
+        let st = self.shared.lock();
+        st.messages
+            .iter()
+            .flat_map(|(channel, messages)| messages.iter().map(|m| (*channel, m.clone())))
+            .collect()
+    }
     /// The DM channel created for `user_id`, if any.
     pub fn dm_channel(&self, user_id: u64) -> Option<u64> {
         self.shared.lock().dm_channels.get(&user_id).copied()

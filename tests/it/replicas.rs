@@ -29,7 +29,6 @@
 //! Runs only with `DRAWBRIDGE_TEST_POSTGRES_URL` (see `store/backend.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,9 +42,9 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::crash::tail;
 use crate::store::backend::{Backend as _, Postgres};
-use crate::support::app::{AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, SUB_PROD, app_env};
+use crate::support::app::{AUDIT_CHANNEL, DEFAULT_MAPPINGS, SRE_ROLE, app_env};
+use crate::support::cluster::{Cluster, estate, post_signed, wait_until_up};
 use crate::support::fake_discord::signing::Signer;
 use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, SentInteraction};
 use crate::support::load::{justification_request_id, message_text};
@@ -88,138 +87,6 @@ CREATE TRIGGER compress_timer BEFORE INSERT ON schedule
     FOR EACH ROW EXECUTE FUNCTION compress_timer();
 "#;
 
-/// A free TCP port on 127.0.0.1 (bound and released: a replica restarted
-/// on it keeps its address, as a pod behind a Service does).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Replicas of `drawbridge run` as child processes, each with its own log
-/// and fixed ports, so a restarted replica answers where it did.
-struct Cluster {
-    env: HashMap<String, String>,
-    dir: tempfile::TempDir,
-    logs: Vec<std::fs::File>,
-    children: Vec<Child>,
-    ops_ports: Vec<u16>,
-    http_ports: Vec<u16>,
-}
-
-impl Cluster {
-    fn start(env: HashMap<String, String>, n: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let logs: Vec<std::fs::File> = (0..n)
-            .map(|i| std::fs::File::create(dir.path().join(format!("replica{i}.log"))).unwrap())
-            .collect();
-        let mut cluster = Cluster {
-            env,
-            dir,
-            logs,
-            children: Vec::new(),
-            ops_ports: (0..n).map(|_| free_port()).collect(),
-            http_ports: (0..n).map(|_| free_port()).collect(),
-        };
-        cluster.children = (0..n).map(|i| cluster.spawn(i)).collect();
-        cluster
-    }
-
-    fn spawn(&self, i: usize) -> Child {
-        let mut env = self.env.clone();
-        env.insert(
-            "DRAWBRIDGE__OPS__LISTEN".into(),
-            format!("127.0.0.1:{}", self.ops_ports[i]),
-        );
-        env.insert(
-            "DRAWBRIDGE__HTTP__LISTEN".into(),
-            format!("127.0.0.1:{}", self.http_ports[i]),
-        );
-        start(i, &env, &self.logs[i])
-    }
-
-    /// SIGKILLs replica `i` and starts it again at once.
-    fn kill_and_restart(&mut self, i: usize) {
-        self.kill(i);
-        self.children[i] = self.spawn(i);
-    }
-
-    fn kill(&mut self, i: usize) {
-        // Err only when it has exited already (a second kill).
-        let _ = self.children[i].kill();
-        self.children[i].wait().expect("the replica is reaped");
-    }
-
-    fn kill_all(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-    }
-
-    /// Replica `i`'s interactions endpoint (HTTP mode).
-    fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}/interactions", self.http_ports[i])
-    }
-
-    /// Replica `i`'s `/readyz` answer, `None` while it does not answer.
-    async fn readyz(&self, i: usize) -> Option<Value> {
-        let url = format!("http://127.0.0.1:{}/readyz", self.ops_ports[i]);
-        let answer = reqwest::get(url).await.ok()?;
-        answer.json().await.ok()
-    }
-
-    /// Each replica's gateway role (`holder`, `standby`, or `down` when it
-    /// does not answer) and whether it is ready, by `/readyz`.
-    async fn gateway_roles(&self) -> Vec<(String, bool)> {
-        let mut roles = Vec::new();
-        for i in 0..self.children.len() {
-            let ready = self.readyz(i).await.unwrap_or(Value::Null);
-            roles.push((
-                ready["gateway"].as_str().unwrap_or("down").to_owned(),
-                ready["ready"].as_bool().unwrap_or(false),
-            ));
-        }
-        roles
-    }
-
-    /// The last lines of every replica's log.
-    fn log_tails(&self, lines: usize) -> String {
-        (0..self.children.len())
-            .map(|i| {
-                let path = self.dir.path().join(format!("replica{i}.log"));
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                format!("--- replica{i}:\n{}\n", tail(&text, lines))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start(i: usize, env: &HashMap<String, String>, log: &std::fs::File) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info,serenity=warn,sqlx=warn")
-        // The replica id starts with the host name: it tells who holds a lease.
-        .env("HOSTNAME", format!("replica{i}"))
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.try_clone().unwrap())
-        .spawn()
-        .expect("the drawbridge binary starts")
-}
-
 fn nonce(m: &Value) -> Option<&str> {
     m["nonce"].as_str()
 }
@@ -228,29 +95,6 @@ fn nonce(m: &Value) -> Option<&str> {
 async fn holder_of(store: &Store, name: &str) -> Option<usize> {
     let lease = store.lease(name, Utc::now()).await.ok()??;
     (0..REPLICAS).find(|i| lease.holder.starts_with(&format!("replica{i}-")))
-}
-
-/// The sample estate's subscription with `n` VMs `web-000`… under one
-/// policy (SSH), so each request has a VM of its own.
-fn estate(n: usize) -> Estate {
-    use std::fmt::Write as _;
-    let mut toml = format!("[[subscriptions]]\nid = \"{SUB_PROD}\"\n");
-    for i in 0..n {
-        let _ = write!(
-            toml,
-            "[[subscriptions.vms]]\nname = \"web-{i:03}\"\nresourceGroup = \"rg-web\"\nlocation = \"westeurope\"\nos = \"linux\"\nprivateIp = \"10.0.{}.{}\"\n",
-            i / 250,
-            4 + i % 250
-        );
-    }
-    toml += "[[subscriptions.policies]]\nresourceGroup = \"rg-web\"\nlocation = \"westeurope\"\n";
-    for i in 0..n {
-        let _ = write!(
-            toml,
-            "[[subscriptions.policies.virtualMachines]]\nname = \"web-{i:03}\"\nports = [{{ number = 22, protocol = \"*\", allowedSourceAddressPrefix = \"*\", maxRequestAccessDuration = \"PT3H\" }}]\n"
-        );
-    }
-    Estate::from_toml_str(&toml).expect("the generated estate is valid")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -321,33 +165,14 @@ impl Members {
         if self.mode == Mode::Gateway {
             return self.discord.dispatch_interaction(interaction);
         }
-        let sent = self.discord.interaction_json(interaction);
-        let body = sent.body_bytes();
-        let first = (sent.id as usize) % self.endpoints.len();
-        for k in 0..self.endpoints.len() {
-            let endpoint = &self.endpoints[(first + k) % self.endpoints.len()];
-            let mut request = self
-                .http
-                .post(endpoint)
-                .header("content-type", "application/json")
-                .body(body.clone());
-            for (name, value) in self.signer.headers(&body) {
-                request = request.header(name, value);
-            }
-            match request.send().await {
-                Err(e) if e.is_connect() => continue,
-                Err(_) => break,
-                Ok(answer) => {
-                    let ok = answer.status() == 200;
-                    let reply: Value = answer.json().await.unwrap_or(Value::Null);
-                    if ok && reply.get("type").is_some() {
-                        self.discord.record_inline_response(sent.id, reply);
-                    }
-                    break;
-                }
-            }
-        }
-        sent
+        post_signed(
+            &self.discord,
+            &self.http,
+            &self.endpoints,
+            &self.signer,
+            interaction,
+        )
+        .await
     }
 }
 
@@ -480,18 +305,7 @@ async fn kill_test(mode: Mode) {
                 .wait_until(WAIT * 3, |d| d.ready_sessions() == 1)
                 .await
         }
-        Mode::Http => {
-            let mut up = false;
-            while !up && started.elapsed() < WAIT * 3 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let mut all = true;
-                for i in 0..REPLICAS {
-                    all &= cluster.readyz(i).await.is_some();
-                }
-                up = all;
-            }
-            up
-        }
+        Mode::Http => wait_until_up(&cluster, WAIT * 3).await,
     };
     assert!(up, "the replicas started: {}", cluster.log_tails(20));
 

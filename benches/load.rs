@@ -8,6 +8,9 @@
 //! cargo bench --bench load -- --rate 100         # 200 spread over 2 s: all in flight at once
 //! cargo bench --bench load -- --faults all       # azure,token,discord,gateway
 //! DRAWBRIDGE_LOAD_INTERACTIONS=50 cargo bench --bench load
+//! # N `drawbridge run` processes on PostgreSQL (DRAWBRIDGE_TEST_POSTGRES_URL), HTTP mode:
+//! cargo bench --bench load -- --replicas 3 --rate 50
+//! cargo bench --bench load -- --replicas 3 --arm-idle 60   # ARM reads of idle replicas
 //! ```
 //!
 //! Exits non-zero when a check fails (a missing reply, a request initiated
@@ -20,6 +23,8 @@ use std::time::Duration;
 #[path = "../tests/it/support"]
 mod support {
     pub mod app;
+    pub mod cluster;
+    pub mod cluster_load;
     pub mod fake_discord;
     pub mod load;
 }
@@ -29,10 +34,52 @@ use support::load::{AzureFaults, LoadConfig, start_and_run};
 fn usage() -> ! {
     eprintln!(
         "usage: load [--interactions N] [--rate PER_SEC] [--warmup N] [--latency-ms MS] [--timeout-s S] \
-         [--faults none|all|azure,token,discord,gateway]\n\
+         [--faults none|all|azure,token,discord,gateway] [--replicas N [--arm-idle SECONDS]]\n\
          env: DRAWBRIDGE_LOAD_INTERACTIONS, DRAWBRIDGE_LOAD_RATE, DRAWBRIDGE_LOAD_WARMUP, DRAWBRIDGE_LOAD_LATENCY_MS, DRAWBRIDGE_LOAD_FAULTS"
     );
     std::process::exit(2)
+}
+
+/// `--replicas N` and `--arm-idle SECONDS`, when given.
+fn replicas_args() -> (Option<usize>, Option<u64>) {
+    let mut replicas = None;
+    let mut idle = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--replicas" | "--arm-idle" => args.next().and_then(|v| v.parse::<u64>().ok()),
+            _ => continue,
+        };
+        let Some(value) = value else { usage() };
+        match arg.as_str() {
+            "--replicas" => replicas = Some(value.max(1) as usize),
+            _ => idle = Some(value.max(1)),
+        }
+    }
+    (replicas, idle)
+}
+
+/// The load against N replica processes on PostgreSQL, or their idle ARM
+/// reads.
+fn main_replicas(config: LoadConfig, n: usize, idle: Option<u64>) {
+    let Ok(admin) = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL") else {
+        eprintln!("--replicas needs DRAWBRIDGE_TEST_POSTGRES_URL (a PostgreSQL server)");
+        std::process::exit(2)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let summary = match idle {
+        Some(secs) => rt.block_on(support::cluster_load::arm_idle(
+            n,
+            Duration::from_secs(secs),
+            Duration::from_secs(10),
+            &admin,
+        )),
+        None => rt.block_on(support::cluster_load::run(&config, n, &admin)),
+    };
+    print!("{summary}");
 }
 
 fn config() -> LoadConfig {
@@ -53,6 +100,9 @@ fn config() -> LoadConfig {
             "--warmup" => warmup = args.next(),
             "--timeout-s" => timeout = args.next(),
             "--faults" => faults = args.next(),
+            "--replicas" | "--arm-idle" => {
+                args.next();
+            }
             // `cargo bench` passes `--bench`; ignore it and other libtest flags.
             "--bench" => {}
             "-h" | "--help" => usage(),
@@ -107,6 +157,9 @@ fn config() -> LoadConfig {
 
 fn main() {
     let config = config();
+    if let (Some(n), idle) = replicas_args() {
+        return main_replicas(config, n, idle);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -37,7 +37,7 @@ use crate::service::audit_watch::AuditWatch;
 use crate::service::bot::Bot;
 use crate::service::delivery::Deliverer;
 use crate::service::reconcile::Reconciler;
-use crate::service::replica::{self, LeaseGate};
+use crate::service::replica::{self, GatewayLease, LeaseGate};
 use crate::service::scheduler::Scheduler;
 use crate::service::{Service, ServiceConfig};
 use crate::store::Store;
@@ -363,8 +363,7 @@ impl App {
             self.pages(),
             stop.clone().cancelled_owned(),
         ));
-        let result =
-            crate::discord::run_gateway(&self.settings.discord, handler, status, shutdown).await;
+        let result = self.gateway(handler, status, shutdown).await;
         stop.cancel();
         match pages.await {
             Ok(Err(e)) => tracing::error!(error.message = %e, "the IP page listener failed"),
@@ -372,6 +371,48 @@ impl App {
             Ok(Ok(())) => {}
         }
         result
+    }
+
+    /// Gateway mode until `shutdown`: holds the Discord gateway session
+    /// while this replica holds the gateway lease (always, with one
+    /// replica), and stands by while another does (see
+    /// [`crate::service::replica`]).
+    async fn gateway(
+        &self,
+        handler: Arc<dyn InteractionHandler>,
+        status: crate::discord::GatewayStatus,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let _signal = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        }));
+        let lease = GatewayLease::new(self.service.store().clone(), Arc::clone(&self.clock));
+        loop {
+            status.set_standby(true);
+            let Some(tenure) = lease.acquire(&stop).await else {
+                return Ok(());
+            };
+            status.set_standby(false);
+            let result = crate::discord::run_gateway(
+                &self.settings.discord,
+                Arc::clone(&handler),
+                status.clone(),
+                tenure.clone(),
+                stop.clone().cancelled_owned(),
+            )
+            .await;
+            tenure.end();
+            if stop.is_cancelled() || result.is_err() {
+                lease.release().await;
+                return result;
+            }
+            tracing::info!("standing by for the gateway lease");
+        }
     }
 
     /// What `http.listen` serves beside the interactions endpoint: the IP
@@ -508,9 +549,7 @@ impl Server {
                 app.gateway_and_pages(bound.listener, handler, status, shutdown)
                     .await
             }
-            None => {
-                crate::discord::run_gateway(&app.settings.discord, handler, status, shutdown).await
-            }
+            None => app.gateway(handler, status, shutdown).await,
         };
         ops_stop.cancel();
         let _ = ops_server.await;

@@ -1,6 +1,9 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can
 //! do its job: database, Discord, an ARM token; which role this replica has
-//! among several: `active` with the leases it holds, or `standby`; and where
+//! among several: `active` with the leases it holds, or `standby`; in
+//! gateway mode whether it holds the gateway session (`holder`) or waits
+//! for it (`standby`, ready all the same: it takes over when the holder
+//! dies); and where
 //! the VM index stands, `loading` or `ready (N VMs)`, without failing on it:
 //! the bot answers while the index loads) and `/metrics` (Prometheus).
 //!
@@ -226,14 +229,18 @@ impl Ops {
     /// the leases of one-at-a-time work (listed), `standby` otherwise, and
     /// `unknown` when the database does not say.
     async fn role(&self) -> (&'static str, Vec<&'static str>) {
-        use crate::service::replica::{LEASES, replica_id};
+        use crate::service::replica::{GATEWAY, LEASES, replica_id};
+        // The gateway lease is taken in gateway mode only.
+        let leases = LEASES
+            .into_iter()
+            .filter(|l| *l != GATEWAY || matches!(self.transport, Transport::Gateway(_)));
         if self.store.single_replica() {
             // SQLite: the one replica does every leased job, without leases.
-            return ("active", LEASES.to_vec());
+            return ("active", leases.collect());
         }
         let now = self.clock.now();
         let mut held = Vec::new();
-        for name in LEASES {
+        for name in leases {
             match self.store.lease(name, now).await {
                 Ok(Some(lease)) if lease.holder == replica_id() => held.push(name),
                 Ok(_) => {}
@@ -264,7 +271,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         }
     };
     let discord = match &ops.transport {
-        Transport::Gateway(status) if status.is_connected() => Ok(()),
+        Transport::Gateway(status) if status.is_connected() || status.is_standby() => Ok(()),
         Transport::Gateway(_) => Err(GATEWAY_DOWN),
         Transport::Endpoint => Ok(()),
     };
@@ -288,11 +295,17 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         IndexState::Failed => "not loaded: Azure could not be listed yet".to_owned(),
         IndexState::Ready { vms } => format!("ready ({vms} VMs)"),
     };
+    let gateway = match &ops.transport {
+        Transport::Gateway(status) if status.is_standby() => Some("standby"),
+        Transport::Gateway(_) => Some("holder"),
+        Transport::Endpoint => None,
+    };
     let body = json!({
         "ready": ready,
         "replica": crate::service::replica::replica_id(),
         "role": role,
         "leases": held,
+        "gateway": gateway,
         "checks": {
             "database": show(&database),
             "discord": show(&discord),

@@ -1,5 +1,11 @@
 //! Gateway mode: interactions arrive over the websocket, acknowledgements go
 //! to the REST callback.
+//!
+//! With several replicas only the holder of the gateway lease connects
+//! ([`crate::service::replica::Tenure`]): Discord delivers every event to
+//! every session of a shard, so a second connected replica would answer
+//! every interaction a second time. The holder ignores events and closes
+//! its shard as soon as its tenure ends.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use super::dispatch::{Ack, Dispatcher};
 use super::errors;
 use crate::config::DiscordSettings;
 use crate::interactions::InteractionHandler;
+use crate::service::replica::Tenure;
 
 /// How long shutdown waits for interactions already being handled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,14 +34,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether the gateway is connected (READY or RESUMED and not since
-/// disconnected): for `/readyz`. Cheap to clone; all clones share one flag.
+/// disconnected), and whether this replica holds the gateway session or
+/// waits as a standby: for `/readyz`. Cheap to clone; all clones share the
+/// flags.
 #[derive(Clone, Debug, Default)]
 pub struct GatewayStatus {
     connected: Arc<AtomicBool>,
+    standby: Arc<AtomicBool>,
 }
 
 impl GatewayStatus {
-    /// A status that starts disconnected.
+    /// A status that starts disconnected, as the holder.
     pub fn new() -> Self {
         Self::default()
     }
@@ -44,18 +54,30 @@ impl GatewayStatus {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Whether this replica waits for another's gateway session to end.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Acquire)
+    }
+
+    /// Marks this replica a standby (`true`) or the holder.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Release);
+    }
+
     fn set(&self, connected: bool) {
         self.connected.store(connected, Ordering::Release);
     }
 }
 
-/// Runs the bot in gateway mode until `shutdown` completes.
+/// Runs the bot in gateway mode until `shutdown` completes or `tenure`
+/// ends.
 ///
 /// On READY the commands are registered (see [`commands::register`]); every
-/// interaction is dispatched in a task of its own. When `shutdown`
-/// completes: new interactions are ignored, the shard is closed (so Discord
-/// stops delivering to this process), interactions in flight get up to 10 s
-/// to finish their replies over REST, and the function returns `Ok`.
+/// interaction is dispatched in a task of its own while `tenure` is
+/// current. When `shutdown` completes or `tenure` ends: new interactions
+/// are ignored, the shard is closed (so Discord stops delivering to this
+/// process), interactions in flight get up to 10 s to finish their replies
+/// over REST, and the function returns `Ok`.
 ///
 /// # Errors
 ///
@@ -65,6 +87,7 @@ pub async fn run_gateway(
     settings: &DiscordSettings,
     handler: Arc<dyn InteractionHandler>,
     status: GatewayStatus,
+    tenure: Tenure,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     // Setup A (see `build_http`); never `.token()` on the builder afterwards:
@@ -79,6 +102,7 @@ pub async fn run_gateway(
         accepting: accepting.clone(),
         status: status.clone(),
         registered: AtomicBool::new(false),
+        tenure: tenure.clone(),
     };
     let mut client = ClientBuilder::new_with_http(http, GatewayIntents::GUILDS)
         .event_handler(events)
@@ -99,9 +123,10 @@ pub async fn run_gateway(
             };
         }
         () = shutdown => {}
+        () = tenure.lost() => {}
     }
 
-    info!(in_flight = tracker.len(), "shutting down the gateway");
+    info!(in_flight = tracker.len(), "closing the gateway");
     accepting.store(false, Ordering::Release);
     shard_manager.shutdown_all().await;
     status.set(false);
@@ -131,6 +156,8 @@ struct GatewayEvents {
     status: GatewayStatus,
     /// Commands are registered on the first READY that succeeds.
     registered: AtomicBool,
+    /// Events are handled only while it is current.
+    tenure: Tenure,
 }
 
 #[async_trait]
@@ -164,6 +191,10 @@ impl EventHandler for GatewayEvents {
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
         if !self.accepting.load(Ordering::Acquire) {
             info!(id = %interaction.id(), "shutting down: interaction ignored");
+            return;
+        }
+        if !self.tenure.is_current() {
+            warn!(id = %interaction.id(), fence = self.tenure.fence(), "the gateway lease has ended: interaction ignored");
             return;
         }
         let dispatcher = Dispatcher::new(ctx.http.clone(), self.handler.clone());

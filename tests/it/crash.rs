@@ -17,7 +17,7 @@
 //! already has.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,17 +112,7 @@ pub(crate) async fn seed_grant(
 }
 
 fn start(env: &HashMap<String, String>, log: &std::fs::File) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info,serenity=warn,sqlx=warn")
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.try_clone().unwrap())
-        .spawn()
-        .expect("the drawbridge binary starts")
+    crate::support::cluster::spawn_replica(0, env, log)
 }
 
 fn nonce(m: &Value) -> Option<&str> {

@@ -15,6 +15,7 @@ use drawbridge::domain::Snowflake;
 use drawbridge::interactions::{
     AutocompleteQuery, ChatSender, Choice, InteractionHandler, Invocation, SendError, SlashCommand,
 };
+use drawbridge::service::replica::Tenure;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -160,17 +161,21 @@ struct Gateway {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     status: GatewayStatus,
+    /// Ending it deposes this holder of the gateway session.
+    tenure: Tenure,
 }
 
 impl Gateway {
     async fn start(fake: &FakeDiscord, handler: Arc<Recorder>) -> Self {
         let settings = settings(fake);
         let status = GatewayStatus::new();
+        let tenure = Tenure::unbounded();
         let (trigger, shutdown) = oneshot::channel::<()>();
         let task = tokio::spawn({
             let status = status.clone();
+            let tenure = tenure.clone();
             async move {
-                run_gateway(&settings, handler, status, async {
+                run_gateway(&settings, handler, status, tenure, async {
                     let _ = shutdown.await;
                 })
                 .await
@@ -181,6 +186,7 @@ impl Gateway {
             shutdown: Some(trigger),
             task,
             status,
+            tenure,
         }
     }
 
@@ -272,6 +278,33 @@ async fn slash_jit_is_deferred_at_once_then_the_reply_is_edited_to_the_card() {
         assert!(callback.received_at < finished.expect("handler finished"));
     }
     gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deposed_gateway_holder_closes_its_session_and_answers_nothing_more() {
+    // Arrange
+    let fake = FakeDiscord::start().await;
+    let handler = Recorder::new();
+    let gateway = Gateway::start(&fake, handler.clone()).await;
+    assert_eq!(fake.ready_sessions(), 1);
+
+    // Act: the tenure ends (another replica took the lease, or it could
+    // not be renewed in time), and Discord keeps dispatching.
+    gateway.tenure.end();
+    let closed = fake.wait_until(WAIT, |f| f.ready_sessions() == 0).await;
+    let late = fake.dispatch_interaction(fake.slash("jit").string("vm", "web-01"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Assert
+    assert!(closed, "the shard is closed");
+    assert!(fake.callbacks(late.id).is_empty(), "nothing answered");
+    assert!(handler.calls().commands.is_empty());
+    assert!(!gateway.status.is_connected());
+    tokio::time::timeout(WAIT, gateway.task)
+        .await
+        .expect("run_gateway returns when the tenure ends")
+        .expect("run_gateway task")
+        .expect("a deposed holder stops cleanly");
 }
 
 #[tokio::test]

@@ -286,6 +286,41 @@ async fn a_second_ack_is_rejected_with_40060() {
 }
 
 #[tokio::test]
+async fn two_sessions_on_one_token_both_receive_an_interaction_and_the_second_ack_gets_40060() {
+    // Arrange: two processes of one bot connected at once (notes §8).
+    let fake = FakeDiscord::start().await;
+    let mut first = Bot::start(&fake).await;
+    assert!(
+        fake.wait_until(WAIT, |f| f.ready_sessions() == 1).await,
+        "the first session is ready"
+    );
+    let mut second = Bot::start(&fake).await;
+    assert!(
+        fake.wait_until(WAIT, |f| f.ready_sessions() == 2).await,
+        "the second session is ready beside the first"
+    );
+
+    // Act
+    let sent = fake.send_interaction(fake.slash("slow")).await;
+    let answers = [first.report("slow").await, second.report("slow").await];
+
+    // Assert: both got it; Discord took one answer and refused the other.
+    let refused: Vec<(u16, isize)> = answers
+        .into_iter()
+        .filter(Result::is_err)
+        .map(discord_error)
+        .collect();
+    assert_eq!(refused, vec![(400, 40060)]);
+    let mut statuses: Vec<u16> = fake.callbacks(sent.id).iter().map(|c| c.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![204, 400]);
+    assert_eq!(fake.identifies().len(), 2, "two sessions");
+    assert_eq!(fake.peak_ready_sessions(), 2);
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
 async fn a_callback_after_the_window_gets_10062() {
     let fake = FakeDiscord::builder()
         .callback_window(Duration::from_millis(100))

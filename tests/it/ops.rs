@@ -422,5 +422,7 @@ async fn readyz_names_the_replica_and_the_leases_it_holds() {
         .collect();
     assert!(leases.contains(&"outbox_audit"), "{ready}");
     assert!(leases.contains(&"reconcile"), "{ready}");
+    assert!(leases.contains(&"gateway"), "{ready}");
+    assert_eq!(ready["gateway"], "holder", "gateway mode: {ready}");
     assert_eq!(ready["replica"], drawbridge::service::replica::replica_id());
 }

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod child;
+pub mod cluster;
 pub mod fake_discord;
 pub mod ledger;
 pub mod load;

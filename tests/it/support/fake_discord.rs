@@ -17,7 +17,8 @@
 //! with explicit `#[path]`s so they resolve the same way in both inclusions.
 //!
 //! What it models: HELLO/IDENTIFY/READY, heartbeat ACKs, RESUME/RESUMED, scripted op 7, op 9 and
-//! close codes; a session's dispatches held while it reconnects and replayed on RESUME, lost when
+//! close codes; several sessions on one token at once, each receiving every dispatch (so two
+//! replicas connected at once both answer, and the second callback gets 40060); a session's dispatches held while it reconnects and replayed on RESUME, lost when
 //! it is invalidated ([`FakeDiscord::dispatch_interaction`]); command registration; the 3 s interaction callback window and double-ACK 40060;
 //! followups (first one after a type-5 defer edits the original), original-response edits and the
 //! 15 min token lifetime; DM channels; channel messages with `nonce` + `enforce_nonce`
@@ -971,23 +972,33 @@ impl FakeDiscord {
         })
         .await
     }
+    /// How many sessions have a ready gateway connection now (several replicas connected at
+    /// once each have one).
+    pub fn ready_sessions(&self) -> usize {
+        self.shared.lock().gateway.ready_sessions()
+    }
+    /// The most sessions that were ready at once so far.
+    pub fn peak_ready_sessions(&self) -> usize {
+        self.shared.lock().gateway.peak_ready
+    }
     /// The request URIs of gateway connections so far (serenity connects to `/?v=10`).
     pub fn gateway_connections(&self) -> Vec<String> {
         self.shared.lock().gateway.connect_uris.clone()
     }
-    /// Sends a dispatch `{"op":0,"s":N,"t":t,"d":d}` to the READY client; returns `N`.
+    /// Sends a dispatch `{"op":0,"s":N,"t":t,"d":d}` to every READY session; returns `N` (on the
+    /// newest connection's session).
     pub fn send_dispatch(&self, t: &str, d: Value) -> Option<u64> {
         self.shared.update(|st| st.gateway.dispatch(t, d))
     }
-    /// Sends op 7 RECONNECT: serenity reconnects and RESUMEs.
+    /// Sends op 7 RECONNECT on the newest connection: serenity reconnects and RESUMEs.
     pub fn send_reconnect(&self) {
         self.shared.update(|st| st.gateway.send_op(7, Value::Null));
     }
-    /// Sends op 9 INVALID_SESSION. `false` makes serenity re-identify (allow ~5 s).
+    /// Sends op 9 INVALID_SESSION on the newest connection. `false` makes serenity re-identify (allow ~5 s).
     pub fn send_invalid_session(&self, resumable: bool) {
         self.shared.update(|st| {
             if !resumable {
-                st.gateway.session = None;
+                st.gateway.invalidate_session();
             }
             st.gateway.send_op(9, Value::Bool(resumable))
         });
@@ -996,7 +1007,7 @@ impl FakeDiscord {
     pub fn request_heartbeat(&self) {
         self.shared.update(|st| st.gateway.send_op(1, Value::Null));
     }
-    /// Closes the current connection with `code` (4004 is fatal for serenity; 4000 resumes).
+    /// Closes the newest connection with `code` (4004 is fatal for serenity; 4000 resumes).
     pub fn close_gateway(&self, code: u16) {
         self.shared.update(|st| st.gateway.close(code));
     }
@@ -1008,7 +1019,7 @@ impl Drop for FakeDiscord {
             task.abort();
         }
         // Dropping the connection's sender ends its task and closes the socket.
-        self.shared.lock().gateway.current = None;
+        self.shared.lock().gateway.drop_connections();
     }
 }
 

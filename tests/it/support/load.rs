@@ -296,7 +296,7 @@ fn status_field(name: &str) -> Option<u64> {
 
 /// The request id in an initiate's justification
 /// (`Drawbridge request <id> by …`).
-fn justification_request_id(call: &CallRecord) -> Option<String> {
+pub fn justification_request_id(call: &CallRecord) -> Option<String> {
     let text = call.body.as_ref()?.get("justification")?.as_str()?;
     let rest = text.strip_prefix("Drawbridge request ")?;
     Some(rest.split_whitespace().next()?.to_string())

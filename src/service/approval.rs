@@ -105,6 +105,14 @@ impl From<StoreError> for ApprovalError {
 }
 
 impl ApprovalError {
+    /// Whether the use case audited this refusal itself: an approved
+    /// request refused at the last click (`access_denied` by the approver,
+    /// with the code and the reason) or that Azure did not open
+    /// (`access_failed`). The caller must not audit it a second time.
+    pub fn is_audited(&self) -> bool {
+        matches!(self, Self::Request(e) if !matches!(e, RequestError::Unexpected(_)))
+    }
+
     /// A short code for the audit log.
     pub fn audit_code(&self) -> &'static str {
         match self {

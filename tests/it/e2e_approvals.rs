@@ -850,13 +850,28 @@ async fn approved_while_another_member_holds_the_port_is_refused_under_on_confli
     })
     .await
     .expect("Alice is told who holds the port");
+    // One event for the one fact: the refusal, naming Bob (whose click it
+    // was) and why; not a second `action_refused` for the same click.
     let log = audit_log(&app).await;
+    let refusals: Vec<_> = log
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event.action,
+                AuditAction::AccessDenied | AuditAction::ActionRefused
+            ) && r.event.actor == format!("discord:{BOB}")
+        })
+        .collect();
+    assert_eq!(refusals.len(), 1, "audited once: {refusals:?}");
+    let refusal = &refusals[0].event;
+    assert_eq!(refusal.action, AuditAction::AccessDenied);
+    assert_eq!(refusal.detail["request_id"], id.as_str());
+    assert_eq!(refusal.detail["code"], "port_held");
     assert!(
-        log.iter()
-            .any(|r| r.event.action == AuditAction::AccessDenied
-                && r.event.detail["request_id"] == id.as_str()
-                && r.event.detail["code"] == "port_held"),
-        "the refusal is audited"
+        refusal.detail["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("<@{DAVE}>"))),
+        "{refusal:?}"
     );
 }
 

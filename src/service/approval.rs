@@ -674,6 +674,21 @@ impl Service {
         let asked = tx
             .transition_grant(id, &GrantEvent::AskedFirst, now)
             .await?;
+        let event = AuditEvent::new(
+            now,
+            by,
+            AuditAction::AskedAfterApproval,
+            &grant.vm_name,
+            Outcome::Info,
+        );
+        tx.append_audit(&event.with_detail(json!({
+            "request_id": id.as_str(),
+            "requester": actor(grant.user_id),
+            "holder": actor(holder.user_id),
+            "holder_request_id": holder.request_id.as_str(),
+            "ports": holder.ports.to_string(),
+        })))
+        .await?;
         let asked_view = ApprovalView {
             grant: asked.clone(),
             request: view.request.clone(),

@@ -762,6 +762,18 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
         "{question}"
     );
     assert!(all_text(&question).contains("was approved"), "{question}");
+    let log = audit_log(&app).await;
+    let asked_first: Vec<_> = log
+        .iter()
+        .filter(|r| r.event.action == AuditAction::AskedAfterApproval)
+        .collect();
+    assert_eq!(asked_first.len(), 1, "asking Alice is audited once");
+    assert_eq!(asked_first[0].event.actor, format!("discord:{BOB}"));
+    assert_eq!(asked_first[0].event.detail["request_id"], id.as_str());
+    assert_eq!(
+        asked_first[0].event.detail["holder"],
+        format!("discord:{DAVE}")
+    );
     assert_eq!(
         buttons_of(&question),
         [

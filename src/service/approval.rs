@@ -449,6 +449,17 @@ impl Service {
         self.tell(tx, &view, stage).await
     }
 
+    /// Whether the requester of `id` hears of its new grant through the
+    /// edits [`Self::tell_if_approved`] queues (an approved request; not a
+    /// break-glass one), so that no second notice is sent.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn told_by_reply(&self, id: &RequestId) -> Result<bool, StoreError> {
+        let request = self.store().approval_request(id).await?;
+        Ok(request.is_some_and(|r| !r.break_glass))
+    }
+
     /// The request `request_id` with its approval request, in `tx`.
     async fn view_in(
         &self,
@@ -585,6 +596,10 @@ impl Service {
         view.grant = tx.transition_grant(&id, &GrantEvent::Approved, now).await?;
         tx.cancel_schedule(&id, &[ScheduleKind::ApprovalTimeout], now)
             .await?;
+        // The card loses its buttons with the decision, not when Azure
+        // answers: "approved, opening…" (the requester's reply changes with
+        // the outcome, so a DM fallback tells them once).
+        self.tell_card(&mut tx, &view, "o").await?;
         tx.commit().await?;
         let by = actor(who.member.user_id);
         // The edits of the card and the requester's reply are queued with

@@ -6,6 +6,7 @@
 use chrono::Utc;
 use drawbridge::clock::ManualClock;
 use drawbridge::domain::{AuditAction, GrantState, RequestId};
+use drawbridge::sandbox::{Fault, FaultRule, Route};
 use serde_json::Value;
 
 use crate::e2e::{
@@ -1055,4 +1056,64 @@ async fn approved_after_the_reply_token_expired_the_question_comes_by_dm() {
     );
     assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
     assert_eq!(initiates(&app).len(), 1, "only Dave's");
+}
+
+/// Bob approves; Azure applies the initiate but its answer is lost, and
+/// neither the read-back nor the reconciler's listing works yet. The card
+/// loses its buttons at once and says Drawbridge is checking; once Azure
+/// answers again, the reconciler settles the grant and Alice is told once:
+/// her reply is edited to the grant, and no second notice comes by DM.
+#[tokio::test]
+async fn an_approved_request_settled_from_azures_listing_tells_alice_once() {
+    // Arrange
+    let app = builder(1)
+        .env("AZURE__REQUEST_TIMEOUT", "1s")
+        .env("AZURE__RECONCILE_INTERVAL", "1s")
+        .start()
+        .await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    wait_card(d, &id, |c| !custom_ids(c).is_empty()).await;
+    let emulator = &app.azure.emulator;
+    for route in [Route::GetPolicy, Route::ListPolicies] {
+        emulator.inject(route, FaultRule::always(Fault::ServerError { status: 503 }));
+    }
+    emulator.inject(
+        Route::Initiate,
+        FaultRule::next(1, Fault::ServerErrorAfterApply { status: 500 }),
+    );
+
+    // Act
+    click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: decided, so no buttons; the card says Azure is being asked.
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingAzure);
+    let checking = wait_card(d, &id, |c| {
+        title(c).starts_with("Approved, checking with Azure")
+    })
+    .await;
+    assert!(custom_ids(&checking).is_empty(), "{checking}");
+    d.wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+        title(m).contains("Checking with Azure")
+    })
+    .await
+    .expect("Alice's reply no longer offers Cancel");
+
+    // Act: Azure answers again; the reconciler settles the grant.
+    emulator.clear_faults();
+
+    // Assert: active; the card and Alice's reply say so; no DM.
+    d.wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("Access granted"))
+        .await
+        .expect("Alice's reply is edited to the grant");
+    wait_card(d, &id, |c| title(c).starts_with("Approved:")).await;
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    assert_eq!(initiates(&app).len(), 1, "never sent again");
+    let dm = d
+        .wait_until(std::time::Duration::from_secs(3), |d| {
+            !d.dm_messages(ALICE).is_empty()
+        })
+        .await;
+    assert!(!dm, "told twice: {:?}", d.dm_messages(ALICE));
 }

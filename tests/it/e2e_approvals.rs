@@ -896,8 +896,9 @@ fn admin(d: &FakeDiscord, sub: &str) -> InteractionBuilder {
         .roles([crate::support::app::ADMIN_ROLE])
 }
 
-/// `/jit-admin map name:prod …` by the admin, with `approvers`.
-fn remap_prod(d: &FakeDiscord, approvers: &str) -> InteractionBuilder {
+/// `/jit-admin map name:prod …` by the admin, with `approvers` and
+/// `approvals`.
+fn remap_prod(d: &FakeDiscord, approvers: &str, approvals: i64) -> InteractionBuilder {
     admin(d, "map")
         .string("name", "prod")
         .option("role", 8, serde_json::json!(SRE_ROLE.to_string()))
@@ -905,7 +906,7 @@ fn remap_prod(d: &FakeDiscord, approvers: &str) -> InteractionBuilder {
         .string("ports", "ssh")
         .string("max_duration", "3h")
         .string("approvers", approvers)
-        .integer("approvals", 1)
+        .integer("approvals", approvals)
 }
 
 #[tokio::test]
@@ -916,7 +917,7 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
     let d = &app.discord;
     let first = ask_prod(&app, &[SRE_ROLE]).await.request_id();
     let second = ask_prod(&app, &[SRE_ROLE]).await.request_id();
-    let changed = interact(&app, remap_prod(d, &format!("<@&{NEW_APPROVER_ROLE}>"))).await;
+    let changed = interact(&app, remap_prod(d, &format!("<@&{NEW_APPROVER_ROLE}>"), 1)).await;
     assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
 
     // Act + Assert: Bob, who holds only the removed role, is refused.
@@ -1116,4 +1117,33 @@ async fn an_approved_request_settled_from_azures_listing_tells_alice_once() {
         })
         .await;
     assert!(!dm, "told twice: {:?}", d.dm_messages(ALICE));
+}
+
+/// An admin sets `approvals = 0` on prod while Alice's request waits: the
+/// waiting request is not opened by nobody; it still needs one approver's
+/// click (docs/operations.md says so), and that click opens it.
+#[tokio::test]
+async fn a_request_waiting_when_its_mapping_becomes_self_service_still_needs_one_click() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    let changed = interact(&app, remap_prod(d, &format!("<@&{APPROVER_ROLE}>"), 0)).await;
+    assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
+
+    // Act: time passes for the scheduler; nothing opens by itself.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
+    assert!(initiates(&app).is_empty());
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(&app).len(), 1);
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
 }

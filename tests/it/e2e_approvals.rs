@@ -133,8 +133,11 @@ async fn click(app: &TestApp, verb: &str, id: &RequestId, user: u64, roles: &[u6
 
 #[tokio::test]
 async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts_at_his_click() {
-    // Arrange
-    let app = builder(1).start().await;
+    // Arrange: a manual clock, so that the window's start can be told
+    // apart from the time Alice asked.
+    let asked_at = Utc::now();
+    let clock = ManualClock::new(asked_at);
+    let app = builder(1).clock(clock.clone()).start().await;
     let d = &app.discord;
 
     // Act: Alice asks. Everything is checked, nothing reaches Azure.
@@ -195,8 +198,10 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
     assert!(own.text().contains("cannot approve"), "{}", own.text());
     assert!(initiates(&app).is_empty());
 
-    // Bob approves: the port opens now, for two hours from his click.
-    let before = Utc::now();
+    // Bob approves five minutes later: the port opens now, for two hours
+    // from his click, not from Alice's request.
+    clock.advance(chrono::Duration::minutes(5));
+    let clicked = asked_at + chrono::Duration::minutes(5);
     let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
     assert!(
         approved.title().starts_with("Approved"),
@@ -206,9 +211,10 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
     let calls = initiates(&app);
     assert_eq!(calls.len(), 1, "exactly one initiate: {calls:?}");
     let end = initiated_end(&calls[0]);
+    let from_click = end - (clicked + chrono::Duration::hours(2));
     assert!(
-        end >= before + chrono::Duration::hours(2) - chrono::Duration::seconds(1),
-        "the window starts at Bob's click: {end} vs {before}"
+        from_click.num_seconds().abs() <= 1,
+        "the window starts at Bob's click ({clicked}), not at Alice's request ({asked_at}): ends {end}"
     );
     assert_justification_names_alice_and_bob(&calls[0]);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);

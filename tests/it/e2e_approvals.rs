@@ -86,6 +86,17 @@ fn assert_says(reply: &Reply, title: &str, says: &str) {
     assert!(reply.text().contains(says), "{}", reply.text());
 }
 
+/// `approved`, an approver's reply, says approved, and Azure saw the one
+/// initiate.
+fn assert_opened_by_the_approval(app: &TestApp, approved: &Reply) {
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(app).len(), 1);
+}
+
 /// The card of request `id` in the approvals channel, as last edited.
 fn card(d: &FakeDiscord, id: &RequestId) -> Option<Value> {
     let footer = format!("Request {id}");
@@ -467,12 +478,7 @@ async fn a_restart_while_pending_loses_nothing_and_approve_works_after_it() {
     let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
 
     // Assert
-    assert!(
-        approved.title().starts_with("Approved"),
-        "{}",
-        approved.text()
-    );
-    assert_eq!(initiates(&app).len(), 1);
+    assert_opened_by_the_approval(&app, &approved);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
     wait_card(&app.discord, &id, |c| custom_ids(c).is_empty()).await;
 }
@@ -939,12 +945,7 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
     assert!(initiates(&app).is_empty());
     // Carol, who holds the new role, approves.
     let approved = click(&app, "approve", &first, CAROL, &[NEW_APPROVER_ROLE]).await;
-    assert!(
-        approved.title().starts_with("Approved"),
-        "{}",
-        approved.text()
-    );
-    assert_eq!(initiates(&app).len(), 1);
+    assert_opened_by_the_approval(&app, &approved);
 
     // The mapping removed: nobody may approve the other request, and it
     // is not opened; Alice can still cancel it.
@@ -1145,11 +1146,6 @@ async fn a_request_waiting_when_its_mapping_becomes_self_service_still_needs_one
     let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
 
     // Assert
-    assert!(
-        approved.title().starts_with("Approved"),
-        "{}",
-        approved.text()
-    );
-    assert_eq!(initiates(&app).len(), 1);
+    assert_opened_by_the_approval(&app, &approved);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
 }

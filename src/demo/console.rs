@@ -29,10 +29,13 @@ pub struct Output {
 /// audit channel's lines. The outbox sends the audit stream and the other
 /// messages independently, so their order between each other is not
 /// meaningful; printing them in this fixed order makes a transcript the
-/// same on every run.
+/// same on every run. Of two edits of one message in a step only the last
+/// is printed: whether the outbox sent an intermediate state before the
+/// next one was written depends on timing, and the message shows the last.
 #[derive(Default)]
 struct Batch {
-    seen: Vec<String>,
+    /// Each with the message it edits, if it is an edit.
+    seen: Vec<(Option<(u64, u64)>, String)>,
     audit: Vec<String>,
 }
 
@@ -57,7 +60,7 @@ impl Output {
         let taken = self.batch.lock().unwrap_or_else(|e| e.into_inner()).take();
         for text in taken
             .into_iter()
-            .flat_map(|b| b.seen.into_iter().chain(b.audit))
+            .flat_map(|b| b.seen.into_iter().map(|(_, text)| text).chain(b.audit))
         {
             self.line(&text);
         }
@@ -65,10 +68,21 @@ impl Output {
 
     /// Prints a delivered message now, or collects it (see [`Batch`]).
     fn deliver(&self, text: String, audit: bool) {
+        self.deliver_to(None, text, audit);
+    }
+
+    /// [`Output::deliver`] for an edit of message `edits` (channel,
+    /// message): collected, it replaces an earlier edit of that message.
+    fn deliver_to(&self, edits: Option<(u64, u64)>, text: String, audit: bool) {
         let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
         match batch.as_mut() {
             Some(b) if audit => b.audit.push(text),
-            Some(b) => b.seen.push(text),
+            Some(b) => {
+                if edits.is_some() {
+                    b.seen.retain(|(earlier, _)| *earlier != edits);
+                }
+                b.seen.push((edits, text));
+            }
             None => {
                 drop(batch);
                 self.line(&text);
@@ -350,13 +364,14 @@ impl ChatSender for ConsoleSender {
     async fn edit(
         &self,
         channel_id: u64,
-        _message_id: u64,
+        message_id: u64,
         message: &ChatMessage,
     ) -> Result<(), SendError> {
         let _held = self.output.hold().await;
         let header = format!("[#{} (updated)]", self.names.channel(channel_id));
         let text = render(&header, message, &self.names, self.clock.now());
-        self.output.deliver(text, false);
+        self.output
+            .deliver_to(Some((channel_id, message_id)), text, false);
         Ok(())
     }
 
@@ -388,6 +403,35 @@ mod tests {
 
     use super::*;
     use crate::chat::{Button, ButtonStyle, Card};
+
+    /// A writer whose text the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_step_prints_the_last_edit_of_a_message_where_it_was_delivered() {
+        let written = Shared::default();
+        let output = Output::new(Box::new(written.clone()));
+        output.collect();
+        output.deliver_to(Some((1, 9)), "card: opening".into(), false);
+        output.deliver("audit line".into(), true);
+        output.deliver_to(Some((1, 9)), "card: open".into(), false);
+        output.deliver_to(Some((1, 8)), "other card".into(), false);
+        output.deliver("DM".into(), false);
+        output.flush();
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "card: open\nother card\nDM\naudit line\n");
+    }
 
     #[test]
     fn cards_render_with_local_times_names_and_buttons() {

@@ -84,11 +84,14 @@ pub enum AuditAction {
     BreakGlassUsed,
     /// An approver acknowledged a break-glass request (the actor).
     BreakGlassAcknowledged,
+    /// The last approval (the actor) found the port held by another member,
+    /// so the requester is asked whether to open it anyway.
+    AskedAfterApproval,
 }
 
 impl AuditAction {
     /// Every kind, in the order above.
-    pub const ALL: [AuditAction; 25] = [
+    pub const ALL: [AuditAction; 26] = [
         Self::RequestReceived,
         Self::AccessAllowed,
         Self::AccessDenied,
@@ -114,6 +117,7 @@ impl AuditAction {
         Self::ApprovalExpired,
         Self::BreakGlassUsed,
         Self::BreakGlassAcknowledged,
+        Self::AskedAfterApproval,
     ];
 
     /// The snake_case name.
@@ -149,6 +153,7 @@ impl AuditAction {
             Self::ApprovalExpired => "approval_expired",
             Self::BreakGlassUsed => "break_glass_used",
             Self::BreakGlassAcknowledged => "break_glass_acknowledged",
+            Self::AskedAfterApproval => "asked_after_approval",
         }
     }
 

@@ -105,6 +105,14 @@ impl From<StoreError> for ApprovalError {
 }
 
 impl ApprovalError {
+    /// Whether the use case audited this refusal itself: an approved
+    /// request refused at the last click (`access_denied` by the approver,
+    /// with the code and the reason) or that Azure did not open
+    /// (`access_failed`). The caller must not audit it a second time.
+    pub fn is_audited(&self) -> bool {
+        matches!(self, Self::Request(e) if !matches!(e, RequestError::Unexpected(_)))
+    }
+
     /// A short code for the audit log.
     pub fn audit_code(&self) -> &'static str {
         match self {
@@ -441,6 +449,17 @@ impl Service {
         self.tell(tx, &view, stage).await
     }
 
+    /// Whether the requester of `id` hears of its new grant through the
+    /// edits [`Self::tell_if_approved`] queues (an approved request; not a
+    /// break-glass one), so that no second notice is sent.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn told_by_reply(&self, id: &RequestId) -> Result<bool, StoreError> {
+        let request = self.store().approval_request(id).await?;
+        Ok(request.is_some_and(|r| !r.break_glass))
+    }
+
     /// The request `request_id` with its approval request, in `tx`.
     async fn view_in(
         &self,
@@ -577,6 +596,10 @@ impl Service {
         view.grant = tx.transition_grant(&id, &GrantEvent::Approved, now).await?;
         tx.cancel_schedule(&id, &[ScheduleKind::ApprovalTimeout], now)
             .await?;
+        // The card loses its buttons with the decision, not when Azure
+        // answers: "approved, opening…" (the requester's reply changes with
+        // the outcome, so a DM fallback tells them once).
+        self.tell_card(&mut tx, &view, "o").await?;
         tx.commit().await?;
         let by = actor(who.member.user_id);
         // The edits of the card and the requester's reply are queued with
@@ -666,6 +689,21 @@ impl Service {
         let asked = tx
             .transition_grant(id, &GrantEvent::AskedFirst, now)
             .await?;
+        let event = AuditEvent::new(
+            now,
+            by,
+            AuditAction::AskedAfterApproval,
+            &grant.vm_name,
+            Outcome::Info,
+        );
+        tx.append_audit(&event.with_detail(json!({
+            "request_id": id.as_str(),
+            "requester": actor(grant.user_id),
+            "holder": actor(holder.user_id),
+            "holder_request_id": holder.request_id.as_str(),
+            "ports": holder.ports.to_string(),
+        })))
+        .await?;
         let asked_view = ApprovalView {
             grant: asked.clone(),
             request: view.request.clone(),

@@ -558,6 +558,7 @@ pub fn action_title(action: AuditAction) -> &'static str {
         AuditAction::ApprovalExpired => "Approval timed out",
         AuditAction::BreakGlassUsed => "⚠ Break-glass access",
         AuditAction::BreakGlassAcknowledged => "Break-glass acknowledged",
+        AuditAction::AskedAfterApproval => "Approved, requester asked first",
     }
 }
 

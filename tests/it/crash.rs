@@ -424,6 +424,13 @@ fn approval_card(d: &FakeDiscord, id: &RequestId) -> Option<Value> {
         .find(|m| m["embeds"][0]["footer"]["text"] == footer.as_str())
 }
 
+/// The card says the port is open (its final state, "Approved: …").
+fn is_open(card: &Value) -> bool {
+    card["embeds"][0]["title"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("Approved:"))
+}
+
 fn has_buttons(message: &Value) -> bool {
     message["components"]
         .as_array()
@@ -431,9 +438,10 @@ fn has_buttons(message: &Value) -> bool {
 }
 
 /// The bot dies after Azure opened an approved request but before the
-/// approval card and the requester's reply were edited: on restart the
-/// grant is settled from Azure's listing, and the card and the reply are
-/// edited then, each exactly once (they are written with the state that
+/// approval card and the requester's reply were edited to say so (the card
+/// may already say "approved, opening"): on restart the grant is settled
+/// from Azure's listing, and the card and the reply are edited to the open
+/// grant then, each exactly once (they are written with the state that
 /// settles the grant, never after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_an_approved_open_reached_azure_still_edits_the_card_and_reply_once() {
@@ -483,14 +491,14 @@ async fn sigkill_after_an_approved_open_reached_azure_still_edits_the_card_and_r
     let left = store.grant(&id).await.unwrap().unwrap();
     assert_eq!(left.state, drawbridge::domain::GrantState::Requested);
     assert!(
-        approval_card(&discord, &id).is_some_and(|c| has_buttons(&c)),
-        "nothing was edited before the kill"
+        approval_card(&discord, &id).is_some_and(|c| !is_open(&c)),
+        "the card does not say open before Azure's answer was written"
     );
     let mut child = start(&env, &log);
     let granted = |m: &Value| text(m).contains("Access granted");
     let edited = discord
         .wait_until(DRAIN, |d| {
-            approval_card(d, &id).is_some_and(|c| !has_buttons(&c))
+            approval_card(d, &id).is_some_and(|c| is_open(&c) && !has_buttons(&c))
                 && d.interaction_response(asked.id)
                     .is_some_and(|m| granted(&m))
         })
@@ -517,8 +525,10 @@ async fn sigkill_after_an_approved_open_reached_azure_still_edits_the_card_and_r
             "PATCH",
             &format!("/channels/{APPROVALS}/messages/{card_id}"),
         )
-        .len();
-    assert_eq!(card_edits, 1, "the card is edited once: {context}");
+        .into_iter()
+        .filter(|c| c.body.to_string().contains("Open until"))
+        .count();
+    assert_eq!(card_edits, 1, "the card is edited to open once: {context}");
     let reply_edits = discord
         .calls_to("PATCH", "/webhooks/")
         .into_iter()

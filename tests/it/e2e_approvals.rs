@@ -6,6 +6,7 @@
 use chrono::Utc;
 use drawbridge::clock::ManualClock;
 use drawbridge::domain::{AuditAction, GrantState, RequestId};
+use drawbridge::sandbox::{Fault, FaultRule, Route};
 use serde_json::Value;
 
 use crate::e2e::{
@@ -85,6 +86,17 @@ fn assert_says(reply: &Reply, title: &str, says: &str) {
     assert!(reply.text().contains(says), "{}", reply.text());
 }
 
+/// `approved`, an approver's reply, says approved, and Azure saw the one
+/// initiate.
+fn assert_opened_by_the_approval(app: &TestApp, approved: &Reply) {
+    assert!(
+        approved.title().starts_with("Approved"),
+        "{}",
+        approved.text()
+    );
+    assert_eq!(initiates(app).len(), 1);
+}
+
 /// The card of request `id` in the approvals channel, as last edited.
 fn card(d: &FakeDiscord, id: &RequestId) -> Option<Value> {
     let footer = format!("Request {id}");
@@ -132,8 +144,11 @@ async fn click(app: &TestApp, verb: &str, id: &RequestId, user: u64, roles: &[u6
 
 #[tokio::test]
 async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts_at_his_click() {
-    // Arrange
-    let app = builder(1).start().await;
+    // Arrange: a manual clock, so that the window's start can be told
+    // apart from the time Alice asked.
+    let asked_at = Utc::now();
+    let clock = ManualClock::new(asked_at);
+    let app = builder(1).clock(clock.clone()).start().await;
     let d = &app.discord;
 
     // Act: Alice asks. Everything is checked, nothing reaches Azure.
@@ -194,8 +209,10 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
     assert!(own.text().contains("cannot approve"), "{}", own.text());
     assert!(initiates(&app).is_empty());
 
-    // Bob approves: the port opens now, for two hours from his click.
-    let before = Utc::now();
+    // Bob approves five minutes later: the port opens now, for two hours
+    // from his click, not from Alice's request.
+    clock.advance(chrono::Duration::minutes(5));
+    let clicked = asked_at + chrono::Duration::minutes(5);
     let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
     assert!(
         approved.title().starts_with("Approved"),
@@ -205,9 +222,10 @@ async fn alice_cannot_approve_her_own_prod_request_bob_can_and_the_window_starts
     let calls = initiates(&app);
     assert_eq!(calls.len(), 1, "exactly one initiate: {calls:?}");
     let end = initiated_end(&calls[0]);
+    let from_click = end - (clicked + chrono::Duration::hours(2));
     assert!(
-        end >= before + chrono::Duration::hours(2) - chrono::Duration::seconds(1),
-        "the window starts at Bob's click: {end} vs {before}"
+        from_click.num_seconds().abs() <= 1,
+        "the window starts at Bob's click ({clicked}), not at Alice's request ({asked_at}): ends {end}"
     );
     assert_justification_names_alice_and_bob(&calls[0]);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
@@ -465,12 +483,7 @@ async fn a_restart_while_pending_loses_nothing_and_approve_works_after_it() {
     let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
 
     // Assert
-    assert!(
-        approved.title().starts_with("Approved"),
-        "{}",
-        approved.text()
-    );
-    assert_eq!(initiates(&app).len(), 1);
+    assert_opened_by_the_approval(&app, &approved);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
     wait_card(&app.discord, &id, |c| custom_ids(c).is_empty()).await;
     app.finish().await;
@@ -771,6 +784,18 @@ async fn approved_while_another_member_holds_the_port_the_requester_is_asked_fir
         "{question}"
     );
     assert!(all_text(&question).contains("was approved"), "{question}");
+    let log = audit_log(&app).await;
+    let asked_first: Vec<_> = log
+        .iter()
+        .filter(|r| r.event.action == AuditAction::AskedAfterApproval)
+        .collect();
+    assert_eq!(asked_first.len(), 1, "asking Alice is audited once");
+    assert_eq!(asked_first[0].event.actor, format!("discord:{BOB}"));
+    assert_eq!(asked_first[0].event.detail["request_id"], id.as_str());
+    assert_eq!(
+        asked_first[0].event.detail["holder"],
+        format!("discord:{DAVE}")
+    );
     assert_eq!(
         buttons_of(&question),
         [
@@ -861,13 +886,28 @@ async fn approved_while_another_member_holds_the_port_is_refused_under_on_confli
     })
     .await
     .expect("Alice is told who holds the port");
+    // One event for the one fact: the refusal, naming Bob (whose click it
+    // was) and why; not a second `action_refused` for the same click.
     let log = audit_log(&app).await;
+    let refusals: Vec<_> = log
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event.action,
+                AuditAction::AccessDenied | AuditAction::ActionRefused
+            ) && r.event.actor == format!("discord:{BOB}")
+        })
+        .collect();
+    assert_eq!(refusals.len(), 1, "audited once: {refusals:?}");
+    let refusal = &refusals[0].event;
+    assert_eq!(refusal.action, AuditAction::AccessDenied);
+    assert_eq!(refusal.detail["request_id"], id.as_str());
+    assert_eq!(refusal.detail["code"], "port_held");
     assert!(
-        log.iter()
-            .any(|r| r.event.action == AuditAction::AccessDenied
-                && r.event.detail["request_id"] == id.as_str()
-                && r.event.detail["code"] == "port_held"),
-        "the refusal is audited"
+        refusal.detail["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("<@{DAVE}>"))),
+        "{refusal:?}"
     );
     app.finish().await;
 }
@@ -880,8 +920,9 @@ fn admin(d: &FakeDiscord, sub: &str) -> InteractionBuilder {
         .roles([crate::support::app::ADMIN_ROLE])
 }
 
-/// `/jit-admin map name:prod …` by the admin, with `approvers`.
-fn remap_prod(d: &FakeDiscord, approvers: &str) -> InteractionBuilder {
+/// `/jit-admin map name:prod …` by the admin, with `approvers` and
+/// `approvals`.
+fn remap_prod(d: &FakeDiscord, approvers: &str, approvals: i64) -> InteractionBuilder {
     admin(d, "map")
         .string("name", "prod")
         .option("role", 8, serde_json::json!(SRE_ROLE.to_string()))
@@ -889,7 +930,7 @@ fn remap_prod(d: &FakeDiscord, approvers: &str) -> InteractionBuilder {
         .string("ports", "ssh")
         .string("max_duration", "3h")
         .string("approvers", approvers)
-        .integer("approvals", 1)
+        .integer("approvals", approvals)
 }
 
 #[tokio::test]
@@ -900,7 +941,7 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
     let d = &app.discord;
     let first = ask_prod(&app, &[SRE_ROLE]).await.request_id();
     let second = ask_prod(&app, &[SRE_ROLE]).await.request_id();
-    let changed = interact(&app, remap_prod(d, &format!("<@&{NEW_APPROVER_ROLE}>"))).await;
+    let changed = interact(&app, remap_prod(d, &format!("<@&{NEW_APPROVER_ROLE}>"), 1)).await;
     assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
 
     // Act + Assert: Bob, who holds only the removed role, is refused.
@@ -916,12 +957,7 @@ async fn approver_roles_at_the_click_come_from_the_mapping_as_it_is_now() {
     assert!(initiates(&app).is_empty());
     // Carol, who holds the new role, approves.
     let approved = click(&app, "approve", &first, CAROL, &[NEW_APPROVER_ROLE]).await;
-    assert!(
-        approved.title().starts_with("Approved"),
-        "{}",
-        approved.text()
-    );
-    assert_eq!(initiates(&app).len(), 1);
+    assert_opened_by_the_approval(&app, &approved);
 
     // The mapping removed: nobody may approve the other request, and it
     // is not opened; Alice can still cancel it.
@@ -1043,4 +1079,88 @@ async fn approved_after_the_reply_token_expired_the_question_comes_by_dm() {
     assert_eq!(grant(&app, &id).await.state, GrantState::Confirming);
     assert_eq!(initiates(&app).len(), 1, "only Dave's");
     app.finish().await;
+}
+
+/// Bob approves; Azure applies the initiate but its answer is lost, and
+/// neither the read-back nor the reconciler's listing works yet. The card
+/// loses its buttons at once and says Drawbridge is checking; once Azure
+/// answers again, the reconciler settles the grant and Alice is told once:
+/// her reply is edited to the grant, and no second notice comes by DM.
+#[tokio::test]
+async fn an_approved_request_settled_from_azures_listing_tells_alice_once() {
+    // Arrange
+    let app = builder(1)
+        .env("AZURE__REQUEST_TIMEOUT", "1s")
+        .env("AZURE__RECONCILE_INTERVAL", "1s")
+        .start()
+        .await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    wait_card(d, &id, |c| !custom_ids(c).is_empty()).await;
+    let emulator = &app.azure.emulator;
+    for route in [Route::GetPolicy, Route::ListPolicies] {
+        emulator.inject(route, FaultRule::always(Fault::ServerError { status: 503 }));
+    }
+    emulator.inject(
+        Route::Initiate,
+        FaultRule::next(1, Fault::ServerErrorAfterApply { status: 500 }),
+    );
+
+    // Act
+    click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert: decided, so no buttons; the card says Azure is being asked.
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingAzure);
+    let checking = wait_card(d, &id, |c| {
+        title(c).starts_with("Approved, checking with Azure")
+    })
+    .await;
+    assert!(custom_ids(&checking).is_empty(), "{checking}");
+    d.wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+        title(m).contains("Checking with Azure")
+    })
+    .await
+    .expect("Alice's reply no longer offers Cancel");
+
+    // Act: Azure answers again; the reconciler settles the grant.
+    emulator.clear_faults();
+
+    // Assert: active; the card and Alice's reply say so; no DM.
+    d.wait_for_interaction_response(asked.sent.id, WAIT, |m| title(m).contains("Access granted"))
+        .await
+        .expect("Alice's reply is edited to the grant");
+    wait_card(d, &id, |c| title(c).starts_with("Approved:")).await;
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    assert_eq!(initiates(&app).len(), 1, "never sent again");
+    let dm = d
+        .wait_until(std::time::Duration::from_secs(3), |d| {
+            !d.dm_messages(ALICE).is_empty()
+        })
+        .await;
+    assert!(!dm, "told twice: {:?}", d.dm_messages(ALICE));
+}
+
+/// An admin sets `approvals = 0` on prod while Alice's request waits: the
+/// waiting request is not opened by nobody; it still needs one approver's
+/// click (docs/operations.md says so), and that click opens it.
+#[tokio::test]
+async fn a_request_waiting_when_its_mapping_becomes_self_service_still_needs_one_click() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    let changed = interact(&app, remap_prod(d, &format!("<@&{APPROVER_ROLE}>"), 0)).await;
+    assert_eq!(changed.title(), "Mapping changed", "{}", changed.text());
+
+    // Act: time passes for the scheduler; nothing opens by itself.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
+    assert!(initiates(&app).is_empty());
+    let approved = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+
+    // Assert
+    assert_opened_by_the_approval(&app, &approved);
+    assert_eq!(grant(&app, &id).await.state, GrantState::Active);
 }

@@ -90,8 +90,8 @@ fn requester(view: &ApprovalView, s: &Service) -> ChatMessage {
     )
 }
 
-/// Audits the refusal (internal errors are logged, never shown) and says
-/// why.
+/// Audits the refusal, unless the use case did (internal errors are
+/// logged, never shown), and says why.
 async fn refused(
     s: &Service,
     who: &Invocation,
@@ -118,13 +118,15 @@ async fn refused(
         ApprovalError::Unexpected(_)
             | ApprovalError::Request(RequestError::Unexpected(_) | RequestError::Azure { .. })
     );
-    let refused = Refused::new(
-        action.verb(),
-        action.request_id(),
-        (e.audit_code(), failed),
-        &reason,
-    );
-    s.audit_refusal(who, refused).await;
+    if !e.is_audited() {
+        let refused = Refused::new(
+            action.verb(),
+            action.request_id(),
+            (e.audit_code(), failed),
+            &reason,
+        );
+        s.audit_refusal(who, refused).await;
+    }
     match e {
         ApprovalError::Request(error) => messages::request_error(error, &who.id),
         ApprovalError::Unexpected(_) => messages::request_error(

@@ -128,6 +128,16 @@ pub fn approval_card(
                 grant.user_id
             ),
         ),
+        GrantState::Requested => (
+            format!("Approved, opening: {what}"),
+            Tone::Info,
+            "Approved; Azure is asked to open the port.".to_owned(),
+        ),
+        GrantState::PendingAzure => (
+            format!("Approved, checking with Azure: {what}"),
+            Tone::Info,
+            "Approved; Azure gave no clear answer, so Drawbridge is checking whether the port opened. This card shows the outcome.".to_owned(),
+        ),
         _ => (
             format!("Approved: {what}"),
             Tone::Success,

@@ -215,6 +215,19 @@ pub fn audit_line(event: &AuditEvent) -> String {
                 .map(|u| actor(&u))
                 .unwrap_or_else(|| "a member".into()),
         ),
+        AuditAction::AskedAfterApproval => {
+            let requester = d
+                .text("requester")
+                .map(|u| actor(&u))
+                .unwrap_or_else(|| "a member".into());
+            format!(
+                "{} approved {requester}'s request for {target}, but {} holds the port from another address: {requester} is asked whether to open it anyway",
+                actor(&event.actor),
+                d.text("holder")
+                    .map(|u| actor(&u))
+                    .unwrap_or_else(|| "another member".into()),
+            )
+        }
     }
 }
 
@@ -460,6 +473,19 @@ mod tests {
         assert_eq!(
             imported,
             "imported the mappings: added a; changed b, c; 1 unchanged"
+        );
+    }
+
+    #[test]
+    fn asking_after_approval_names_the_approver_the_requester_and_the_holder() {
+        let line = audit_line(&event(
+            AuditAction::AskedAfterApproval,
+            "rg-prod/ops-01",
+            json!({"requester": "discord:1002", "holder": "discord:1003"}),
+        ));
+        assert_eq!(
+            line,
+            "<@1001> approved <@1002>'s request for rg-prod/ops-01, but <@1003> holds the port from another address: <@1002> is asked whether to open it anyway"
         );
     }
 

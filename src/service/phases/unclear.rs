@@ -50,6 +50,7 @@ impl Service {
         let pending = tx
             .transition_grant(&grant.request_id, &GrantEvent::Unclear, now)
             .await?;
+        self.tell_if_approved(&mut tx, &pending, "u").await?;
         tx.commit().await?;
         let records = match self.jit().policy_requests(vm).await {
             Ok(records) => records,
@@ -215,7 +216,8 @@ impl Service {
                 .transition_grant(&grant.request_id, &GrantEvent::Unclear, now)
                 .await
             {
-                Ok(_) => {
+                Ok(pending) => {
+                    self.tell_if_approved(&mut tx, &pending, "u").await?;
                     tx.commit().await?;
                     pended += 1;
                     tracing::warn!(request_id = %grant.request_id, "a request interrupted by a restart is settled from Azure");
@@ -255,6 +257,10 @@ impl Service {
                 }
             };
             settled_count += 1;
+            if grant.end_time.is_none() && self.told_by_reply(&grant.request_id).await? {
+                // Its reply edit, written with the settled state, told them.
+                continue;
+            }
             let message = messages::grant(&settled, &self.config().aliases);
             let key = notice_key(&grant.request_id);
             let mut tx = self.store().begin().await?;

@@ -22,6 +22,7 @@ mod support {
     pub mod app;
     pub mod fake_discord;
     pub mod load;
+    pub mod procfs;
 }
 
 use support::load::{AzureFaults, LoadConfig, start_and_run};

@@ -5,5 +5,6 @@ pub mod child;
 pub mod fake_discord;
 pub mod ledger;
 pub mod load;
+pub mod procfs;
 pub mod shown;
 pub mod tls;

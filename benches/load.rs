@@ -27,6 +27,7 @@ mod support {
     pub mod cluster_load;
     pub mod fake_discord;
     pub mod load;
+    pub mod procfs;
 }
 
 use support::load::{AzureFaults, LoadConfig, start_and_run};

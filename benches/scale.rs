@@ -22,16 +22,17 @@
 //! cargo bench --bench scale
 //! cargo bench --bench scale -- --vms 5000 --policies 50 --refreshes 3
 //! cargo bench --bench scale -- --autocomplete-only
+//! cargo bench --bench scale -- --child-only --child-env MALLOC_ARENA_MAX=2
+//! cargo bench --bench scale -- --child-only --bin /path/to/older/drawbridge
 //! ```
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge::clock::SystemClock;
-use drawbridge::domain::mapping::MappingSpec;
-use drawbridge::domain::{PortAliases, RoleId, RoleMapping};
+use drawbridge::domain::RoleId;
 use drawbridge::sandbox::{Emulator, Estate, Route};
 use drawbridge::store::Store;
 
@@ -42,6 +43,12 @@ mod support {
 }
 
 use support::fake_discord::FakeDiscord;
+
+/// What the child-process benches share.
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{FirstMapping, arm_jit, cpu_time, mappings, mib, runtime, service, status_kib, stop};
 
 const SUB: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
 const AUDIT_CHANNEL: u64 = 7007;
@@ -57,6 +64,12 @@ struct Args {
     idle: Duration,
     mappings: usize,
     queries: usize,
+    /// The binary to run instead of this build's (an older build, for a
+    /// before figure).
+    bin: Option<String>,
+    /// `K=V` set in the child's environment only (`LD_PRELOAD=…`,
+    /// `MALLOC_ARENA_MAX=2`), to compare allocators.
+    child_env: Vec<(String, String)>,
 }
 
 fn args() -> Args {
@@ -69,12 +82,14 @@ fn args() -> Args {
         idle: Duration::from_secs(5),
         mappings: 1_000,
         queries: 2_000,
+        bin: None,
+        child_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>| -> usize {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!(
-                "usage: scale [--vms N] [--policies N] [--page-size N] [--refreshes N] [--refresh-s S] [--idle-s S] [--mappings N] [--queries N]"
+                "usage: scale [--vms N] [--policies N] [--page-size N] [--refreshes N] [--refresh-s S] [--idle-s S] [--mappings N] [--queries N] [--bin PATH] [--child-env K=V]… [--autocomplete-only] [--child-only]"
             );
             std::process::exit(2)
         })
@@ -89,6 +104,12 @@ fn args() -> Args {
             "--idle-s" => a.idle = Duration::from_secs(num(it.next()) as u64),
             "--mappings" => a.mappings = num(it.next()),
             "--queries" => a.queries = num(it.next()),
+            "--bin" => a.bin = it.next(),
+            "--child-env" => {
+                if let Some((k, v)) = it.next().as_deref().and_then(|kv| kv.split_once('=')) {
+                    a.child_env.push((k.to_owned(), v.to_owned()));
+                }
+            }
             _ => {} // `--bench` and other libtest flags
         }
     }
@@ -136,49 +157,15 @@ fn estate(vms: usize, policies: usize) -> Estate {
     Estate::from_toml_str(&toml).expect("the generated estate is valid")
 }
 
-/// The member's mapping (one resource group) and `n - 1` others, each for
-/// its own role, of the shapes admins write.
-fn mappings(n: usize) -> Vec<RoleMapping> {
-    let aliases = PortAliases::default();
-    let spec = |name: String, role: u64, vms: String| MappingSpec {
-        name,
-        roles: vec![RoleId::parse(&role.to_string()).expect("role")],
-        vms,
-        ports: vec!["ssh".into()],
-        max_duration: "3h".into(),
-        sources: None,
-        allow_broad_sources: false,
-        default_source: None,
-        require_reason: false,
-        ..MappingSpec::default()
+/// The member's mapping (their one resource group) and `n - 1` others.
+fn member_mappings(n: usize) -> Vec<drawbridge::domain::RoleMapping> {
+    let vms = format!("rg:{}", rg(7));
+    let first = FirstMapping {
+        name: "member",
+        role: MEMBER_ROLE,
+        vms: &vms,
     };
-    std::iter::once(spec("member".into(), MEMBER_ROLE, format!("rg:{}", rg(7))))
-        .chain((1..n).map(|i| {
-            let vms = match i % 3 {
-                0 => format!("app{i}-*"),
-                1 => format!("rg:rg-team-{i}"),
-                _ => format!("rg-team-{i}/vm-{i}"),
-            };
-            spec(format!("m-{i:05}"), 1_000_000 + i as u64, vms)
-        }))
-        .map(|s| s.validate(&aliases).expect("valid mapping"))
-        .collect()
-}
-
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    mappings(first, n)
 }
 
 /// Resets VmHWM to the current RSS (Linux `clear_refs` value 5).
@@ -190,20 +177,6 @@ fn reset_peak(pid: u32) {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// ARM requests (not tokens) by route since `from` (a call id).
@@ -271,7 +244,7 @@ async fn run_child(args: &Args) {
     let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
     let store = Store::open(&db).await.expect("database opens");
     store
-        .import_mappings(&mappings(10), "bench", chrono::Utc::now())
+        .import_mappings(&member_mappings(10), "bench", chrono::Utc::now())
         .await
         .expect("mappings import");
     store.close().await;
@@ -298,7 +271,12 @@ async fn run_child(args: &Args) {
         ("LOGGING__FILTER", "warn".to_string()),
         ("OPS__LISTEN", ops.clone()),
     ];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drawbridge"));
+    let mut cmd = Command::new(
+        args.bin
+            .as_deref()
+            .unwrap_or(env!("CARGO_BIN_EXE_drawbridge")),
+    );
+    cmd.envs(args.child_env.iter().map(|(k, v)| (k, v)));
     cmd.arg("run")
         .env_remove("IDENTITY_ENDPOINT")
         .env_remove("IDENTITY_HEADER")
@@ -395,8 +373,9 @@ async fn run_child(args: &Args) {
     println!("spawn → /jit answered {}", show(&jit_answer));
     println!("spawn → autocomplete answered {}", show(&complete_answer));
     println!(
-        "spawn → VM index complete {}",
-        index_done.map_or("never".into(), ms)
+        "spawn → VM index complete {} (the child's CPU until now {})",
+        index_done.map_or("never".into(), ms),
+        cpu_time(pid).map_or("n/a".into(), ms)
     );
     println!(
         "ARM requests until now: {:?}",
@@ -414,6 +393,7 @@ async fn run_child(args: &Args) {
         let lists = list_policy_calls(&azure.emulator);
         let from = last_call_id(&azure.emulator);
         let before = status_kib(pid, "VmRSS");
+        let cpu_before = cpu_time(pid);
         reset_peak(pid);
         let t = Instant::now();
         while list_policy_calls(&azure.emulator) == lists
@@ -432,11 +412,13 @@ async fn run_child(args: &Args) {
         }
         let after = status_kib(pid, "VmRSS");
         rss.push(after.unwrap_or(0));
+        let cpu = cpu_time(pid).zip(cpu_before).map(|(a, b)| a - b);
         println!(
-            "refresh {n}: VmRSS before {}, peak during {}, after {}; ARM {:?}",
+            "refresh {n}: VmRSS before {}, peak during {}, after {}; CPU {}; ARM {:?}",
             mib(before),
             mib(status_kib(pid, "VmHWM")),
             mib(after),
+            cpu.map_or("n/a".into(), ms),
             arm_calls(&azure.emulator, from)
         );
     }
@@ -456,77 +438,22 @@ async fn run_child(args: &Args) {
 /// and `--mappings` mappings: the member's one mapping covers one resource
 /// group of `--policies`.
 async fn autocomplete(args: &Args) {
-    use drawbridge::azure::{
-        ArmClient, ArmClientOptions, ArmJit, AzureTokenSource, CredentialKind, CredentialOptions,
-        RetryPolicy, SharedVmIndex, index::DEFAULT_MISS_FLOOR,
-    };
-    use drawbridge::domain::PolicyDefaults;
-    use drawbridge::domain::rate::RateLimit;
-    use drawbridge::service::{Service, ServiceConfig};
     let clock: drawbridge::clock::SharedClock = Arc::new(SystemClock);
     let azure = Emulator::new(estate(args.vms, args.policies), Arc::clone(&clock))
         .spawn()
         .await
         .expect("emulator starts");
     azure.emulator.set_page_size(args.page_size);
-    let tokens = Arc::new(
-        AzureTokenSource::new(CredentialOptions {
-            kind: CredentialKind::ManagedIdentity,
-            tenant_id: None,
-            client_id: None,
-            client_secret: None,
-            user_assigned_id: None,
-            federated_token_file: None,
-            authority_host: url::Url::parse("https://login.invalid").expect("url"),
-            scope: "https://management.azure.com/.default".to_owned(),
-            managed_identity_endpoint: Some(url::Url::parse(&azure.base_url).expect("url")),
-            timeout: Duration::from_secs(30),
-            clock: Arc::clone(&clock),
-        })
-        .expect("credential"),
-    );
-    let arm = ArmClient::new(ArmClientOptions {
-        arm_endpoint: url::Url::parse(&azure.base_url).expect("url"),
-        token_source: tokens,
-        request_timeout: Duration::from_secs(60),
-        retry: RetryPolicy::default(),
-        clock: Arc::clone(&clock),
-    })
-    .expect("ARM client");
-    let jit = Arc::new(ArmJit::new(
-        arm,
-        SharedVmIndex::new(Arc::clone(&clock), DEFAULT_MISS_FLOOR),
-        vec![SUB.to_owned()],
-        PolicyDefaults::default(),
-    ));
+    let jit = arm_jit(&azure.base_url, SUB, &clock);
     let vms = jit.refresh().await.expect("the index builds");
     let dir = tempfile::tempdir().expect("temp dir");
     let db = format!("sqlite://{}", dir.path().join("ac.db").display());
     let store = Store::open(&db).await.expect("database opens");
     store
-        .import_mappings(&mappings(args.mappings), "bench", chrono::Utc::now())
+        .import_mappings(&member_mappings(args.mappings), "bench", chrono::Utc::now())
         .await
         .expect("mappings import");
-    let service = Service::new(
-        store,
-        jit as _,
-        clock,
-        ServiceConfig {
-            aliases: PortAliases::default(),
-            reminders_before: Vec::new(),
-            admin_roles: Vec::new(),
-            home_guild: None,
-            rate_limit: RateLimit::default(),
-            public_url: None,
-            approvals_channel: None,
-            audit_channel: None,
-            alert_role: None,
-            weekly_report: None,
-            requestor_names: Vec::new(),
-        },
-    )
-    .await
-    .expect("service");
+    let service = service(store, jit, clock).await;
     let roles = [RoleId::parse(&MEMBER_ROLE.to_string()).expect("role")];
     // Keystrokes a member types: prefixes of their VMs' names, substrings,
     // and misses.
@@ -570,14 +497,13 @@ async fn autocomplete(args: &Args) {
 
 fn main() {
     let args = args();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = runtime();
     if std::env::args().any(|a| a == "--autocomplete-only") {
         rt.block_on(autocomplete(&args));
         return;
     }
     rt.block_on(run_child(&args));
-    rt.block_on(autocomplete(&args));
+    if !std::env::args().any(|a| a == "--child-only") {
+        rt.block_on(autocomplete(&args));
+    }
 }

@@ -4,21 +4,20 @@
 //!
 //! Reports, per mapping count: start-up to READY (spawn → the gateway's
 //! READY sent) and to the slash commands registered; the child's RSS idle;
-//! then a burst of `/jit` interactions (ack latency measured by the fake)
-//! and the child's RSS and peak RSS after it.
+//! then a burst of `/jit` interactions (ack latency measured by the fake),
+//! the child's own CPU time for it per granted access (from the first send
+//! until its audit outbox is drained), and its RSS and peak RSS after it.
 //!
 //! ```text
 //! cargo bench --bench startup
 //! cargo bench --bench startup -- --mappings 10000 --interactions 200 --latency-ms 2000 --idle-s 5
 //! ```
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge::clock::SystemClock;
-use drawbridge::domain::mapping::MappingSpec;
-use drawbridge::domain::{PortAliases, RoleId, RoleMapping};
 use drawbridge::sandbox::{Emulator, Estate, Fault, FaultRule, Route};
 use drawbridge::store::Store;
 
@@ -30,6 +29,12 @@ mod support {
 
 use support::fake_discord::FakeDiscord;
 
+/// What the child-process benches share.
+#[path = "shared/mod.rs"]
+mod shared;
+
+use shared::{FirstMapping, cpu_time, mappings, mib, pct, runtime, status_kib, stop};
+
 const SUB_PROD: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
 const AUDIT_CHANNEL: u64 = 7007;
 const SRE_ROLE: u64 = 100;
@@ -39,6 +44,9 @@ struct Args {
     interactions: usize,
     latency: Duration,
     idle: Duration,
+    /// The binary to run instead of this build's (an older build, for a
+    /// before figure).
+    bin: Option<String>,
 }
 
 fn args() -> Args {
@@ -47,12 +55,13 @@ fn args() -> Args {
         interactions: 200,
         latency: Duration::from_secs(2),
         idle: Duration::from_secs(5),
+        bin: None,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>| -> u64 {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!(
-                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S]"
+                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S] [--bin PATH]"
             );
             std::process::exit(2)
         })
@@ -70,80 +79,15 @@ fn args() -> Args {
             "--interactions" => a.interactions = num(it.next()) as usize,
             "--latency-ms" => a.latency = Duration::from_millis(num(it.next())),
             "--idle-s" => a.idle = Duration::from_secs(num(it.next())),
+            "--bin" => a.bin = it.next(),
             _ => {} // `--bench` and other libtest flags
         }
     }
     a
 }
 
-/// `sre-web` (role 100 → web-*, SSH) and `n - 1` others, each for its own role.
-fn mappings(n: usize) -> Vec<RoleMapping> {
-    let aliases = PortAliases::default();
-    let spec = |name: String, role: u64, vms: String| MappingSpec {
-        name,
-        roles: vec![RoleId::parse(&role.to_string()).expect("role")],
-        vms,
-        ports: vec!["ssh".into()],
-        max_duration: "3h".into(),
-        sources: None,
-        allow_broad_sources: false,
-        default_source: None,
-        require_reason: false,
-        ..MappingSpec::default()
-    };
-    std::iter::once(spec("sre-web".into(), SRE_ROLE, "web-*".into()))
-        .chain((1..n).map(|i| {
-            let vms = match i % 3 {
-                0 => format!("app{i}-*"),
-                1 => format!("rg:rg-team-{i}"),
-                _ => format!("rg-team-{i}/vm-{i}"),
-            };
-            spec(format!("m-{i:05}"), 1_000_000 + i as u64, vms)
-        }))
-        .map(|s| s.validate(&aliases).expect("valid mapping"))
-        .collect()
-}
-
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 async fn one(n: usize, args: &Args) {
@@ -156,7 +100,18 @@ async fn one(n: usize, args: &Args) {
     let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
     let store = Store::open(&db).await.expect("database opens");
     store
-        .import_mappings(&mappings(n), "bench", chrono::Utc::now())
+        .import_mappings(
+            &mappings(
+                FirstMapping {
+                    name: "sre-web",
+                    role: SRE_ROLE,
+                    vms: "web-*",
+                },
+                n,
+            ),
+            "bench",
+            chrono::Utc::now(),
+        )
         .await
         .expect("mappings import");
     store.close().await;
@@ -181,7 +136,11 @@ async fn one(n: usize, args: &Args) {
         ("LOGGING__FILTER", "warn".to_string()),
         ("OPS__LISTEN", "127.0.0.1:0".to_string()),
     ];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drawbridge"));
+    let mut cmd = Command::new(
+        args.bin
+            .as_deref()
+            .unwrap_or(env!("CARGO_BIN_EXE_drawbridge")),
+    );
     cmd.arg("run")
         .env_remove("IDENTITY_ENDPOINT")
         .env_remove("IDENTITY_HEADER")
@@ -230,6 +189,8 @@ async fn one(n: usize, args: &Args) {
             }),
         );
         azure.emulator.clear_calls();
+        let audit_before = discord.channel_messages(AUDIT_CHANNEL).len();
+        let cpu_before = cpu_time(pid);
         let mut sent = Vec::new();
         for i in 0..args.interactions {
             let interaction = discord
@@ -295,7 +256,28 @@ async fn one(n: usize, args: &Args) {
             ms(acks.last().copied().unwrap_or_default()),
             acks.len(),
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The bot's own CPU for the burst: until its audit outbox is
+        // drained (no new audit message for 3 s: the sender paces itself
+        // by the channel's rate limit, so messages come in bursts).
+        let mut posted = discord.channel_messages(AUDIT_CHANNEL).len();
+        let mut quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = discord.channel_messages(AUDIT_CHANNEL).len();
+            if now != posted {
+                (posted, quiet) = (now, Instant::now());
+            }
+        }
+        // Includes the 3 quiet seconds, in which the bot idles.
+        let cpu = cpu_time(pid).zip(cpu_before).map(|(a, b)| a - b);
+        println!(
+            "{n} mappings: the bot's CPU for the burst {} = {} per granted access ({} audit messages posted)",
+            cpu.map_or("n/a".into(), ms),
+            cpu.filter(|_| granted > 0)
+                .map_or("n/a".into(), |c| ms(c / granted as u32)),
+            posted - audit_before
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
         println!(
             "{n} mappings: after the burst: VmRSS {}, VmHWM {}",
             mib(status_kib(pid, "VmRSS")),
@@ -307,10 +289,7 @@ async fn one(n: usize, args: &Args) {
 
 fn main() {
     let args = args();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = runtime();
     for &n in &args.mappings {
         rt.block_on(one(n, &args));
     }

@@ -267,6 +267,7 @@ impl Store {
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         Ok(StoreTx {
             tx: self.db.begin().await?,
+            audit_head: None,
         })
     }
 }
@@ -276,6 +277,10 @@ impl Store {
 #[derive(Debug)]
 pub struct StoreTx {
     tx: Tx,
+    /// The audit chain's head as this transaction left it, once read: the
+    /// head row is read (and on PostgreSQL locked) once per transaction,
+    /// however many events it appends.
+    audit_head: Option<(i64, String)>,
 }
 
 impl StoreTx {
@@ -305,6 +310,12 @@ pub fn display_url(url: &str) -> String {
 /// A time as stored.
 fn ts(at: DateTime<Utc>) -> String {
     format_time(at)
+}
+
+/// `at` as reading it back after [`ts`] gives it (to the microsecond), for
+/// rows returned without a read-back.
+fn as_stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
 }
 
 /// Reads a stored time back; `table` and `key` name the row for the error.

@@ -130,7 +130,7 @@ impl Service {
     /// # Errors
     /// If the store fails.
     pub async fn holder_for(&self, grant: &Grant) -> Result<Option<PortHolder>, StoreError> {
-        let open = self.store().open_grants().await?;
+        let open = self.store().open_grants_on(&grant.vm_id).await?;
         Ok(holder_of(
             &open,
             &grant.vm_id,

@@ -288,7 +288,10 @@ impl Service {
         asking: &Asking<'_>,
         admitted: &Admitted,
     ) -> Result<bool, RequestError> {
-        let open = self.store().open_grants().await?;
+        let open = self
+            .store()
+            .open_grants_on(&admitted.target.vm.vm_id)
+            .await?;
         let Some(holder) = question::holder_of(
             &open,
             &admitted.target.vm.vm_id,

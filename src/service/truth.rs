@@ -261,7 +261,7 @@ impl Service {
     ) -> Option<Vec<JitRequestRecord>> {
         let read_at = self.clock().now();
         let records = self.read_requests(vm).await.ok()?;
-        let others: Vec<Grant> = match self.store().open_grants().await {
+        let others: Vec<Grant> = match self.store().open_grants_on(&vm.vm_id).await {
             Ok(open) => open
                 .into_iter()
                 .filter(|g| {

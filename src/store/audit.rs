@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::backend::{with_read, with_tx};
 use super::outbox::{OutboxKind, OutboxMessage};
-use super::{Store, StoreError, StoreTx, ts};
+use super::{Store, StoreError, StoreTx, as_stored, ts};
 use crate::domain::audit::{GENESIS_HASH, format_time};
 use crate::domain::{AuditAction, AuditEvent, Outcome};
 
@@ -177,19 +177,13 @@ impl StoreTx {
         &mut self,
         event: &AuditEvent,
     ) -> Result<AuditRecord, StoreError> {
-        // PostgreSQL: this read takes `FOR UPDATE`; the head row is the
-        // chain's lock, held to the commit, so two replicas never fork it.
-        let sql = format!(
-            "SELECT seq, hash FROM audit_head WHERE id = 1{}",
-            self.tx.for_update()
-        );
-        let (head_seq, head_hash): (i64, String) = with_tx!(&mut self.tx, |c| {
-            sqlx::query_as(&sql).fetch_one(c).await
-        })
-        .context("reading the audit head")?;
+        let (head_seq, head_hash) = match self.audit_head.take() {
+            Some(head) => head,
+            None => self.read_audit_head().await?,
+        };
         let seq = head_seq + 1;
         let mut event = event.clone();
-        event.at = DateTime::from_timestamp_micros(event.at.timestamp_micros()).unwrap_or(event.at);
+        event.at = as_stored(event.at);
         let hash = event.chain_hash(seq, &head_hash);
         const INSERT: &str = "INSERT INTO audit_log
             (seq, at, actor, action, target, outcome, detail, prev_hash, hash)
@@ -219,12 +213,29 @@ impl StoreTx {
                 .map(|r| r.rows_affected())
         })
         .context("moving the audit head")?;
+        self.audit_head = Some((seq, hash.clone()));
         Ok(AuditRecord {
             seq,
             prev_hash: head_hash,
             hash,
             event,
         })
+    }
+
+    /// The head as the database holds it. PostgreSQL: this read takes `FOR
+    /// UPDATE`; the head row is the chain's lock, held to the commit, so
+    /// two replicas never fork it. Read once per transaction: later appends
+    /// in it go on from the head the last one left, which nobody else can
+    /// move meanwhile.
+    async fn read_audit_head(&mut self) -> Result<(i64, String), StoreError> {
+        let sql = format!(
+            "SELECT seq, hash FROM audit_head WHERE id = 1{}",
+            self.tx.for_update()
+        );
+        Ok(with_tx!(&mut self.tx, |c| {
+            sqlx::query_as(&sql).fetch_one(c).await
+        })
+        .context("reading the audit head")?)
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use super::backend::{with_read, with_tx};
-use super::{Store, StoreError, StoreTx, limit_i64, parse_opt_ts, parse_ts, ts};
+use super::{Store, StoreError, StoreTx, as_stored, limit_i64, parse_opt_ts, parse_ts, ts};
 use crate::domain::request::Reason;
 use crate::domain::{
     AccessDuration, GrantEvent, GrantState, MappingName, PortSpec, RequestId, Snowflake,
@@ -114,6 +114,35 @@ pub struct Grant {
     pub failure: Option<String>,
     pub azure_detail: Option<serde_json::Value>,
     pub interaction_token: Option<InteractionToken>,
+}
+
+impl NewGrant {
+    /// The grant as [`StoreTx::insert_grant`] stores it: `requested`, no
+    /// end time, failure or Azure detail yet.
+    fn into_grant(self) -> Grant {
+        let requested_at = as_stored(self.requested_at);
+        Grant {
+            request_id: self.request_id,
+            user_id: self.user_id,
+            guild_id: self.guild_id,
+            channel_id: self.channel_id,
+            vm_id: self.vm_id,
+            vm_name: self.vm_name,
+            policy_id: self.policy_id,
+            ports: self.ports,
+            source: self.source,
+            duration: self.duration,
+            reason: self.reason,
+            mapping: self.mapping,
+            state: GrantState::Requested,
+            requested_at,
+            end_time: None,
+            state_changed_at: requested_at,
+            failure: None,
+            azure_detail: None,
+            interaction_token: self.interaction_token,
+        }
+    }
 }
 
 /// What [`StoreTx::insert_grant`] did.
@@ -338,15 +367,15 @@ impl StoreTx {
         })
         .with_context(|| format!("inserting grant {}", new.request_id))?
             == 1;
+        if inserted {
+            // The row is what was just written: no read-back.
+            return Ok(InsertOutcome::Inserted(new.into_grant()));
+        }
         let grant = self
             .grant(&new.request_id)
             .await?
             .ok_or_else(|| StoreError::not_found("grant", new.request_id.as_str()))?;
-        Ok(if inserted {
-            InsertOutcome::Inserted(grant)
-        } else {
-            InsertOutcome::Duplicate(grant)
-        })
+        Ok(InsertOutcome::Duplicate(grant))
     }
 
     /// Applies `event` to the grant through the state machine, sets the end
@@ -371,7 +400,7 @@ impl StoreTx {
             .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))?;
         let next = grant.state.apply(event)?;
         let end = event_end(event).map(ts);
-        let now = ts(now);
+        let stamp = ts(now);
         const MOVE: &str = "UPDATE grants
             SET state = $1, state_changed_at = $2, end_time = COALESCE($3, end_time)
             WHERE request_id = $4 AND state = $5";
@@ -381,7 +410,7 @@ impl StoreTx {
         let updated = with_tx!(&mut self.tx, |c| {
             sqlx::query(MOVE)
                 .bind(next.as_str())
-                .bind(&now)
+                .bind(&stamp)
                 .bind(&end)
                 .bind(request_id.as_str())
                 .bind(grant.state.as_str())
@@ -404,15 +433,21 @@ impl StoreTx {
                 .bind(next.as_str())
                 .bind(event_name(event))
                 .bind(&end)
-                .bind(&now)
+                .bind(&stamp)
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected())
         })
         .with_context(|| format!("recording the transition of grant {request_id}"))?;
-        self.grant(request_id)
-            .await?
-            .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))
+        // The row is the one read under the lock with the columns just
+        // written: no read-back.
+        let at = as_stored(now);
+        Ok(Grant {
+            state: next,
+            state_changed_at: at,
+            end_time: event_end(event).map(as_stored).or(grant.end_time),
+            ..grant
+        })
     }
 
     /// Records why the grant failed, in words fit for the engineer.
@@ -577,6 +612,26 @@ impl Store {
         );
         let rows: Vec<GrantRow> = with_read!(&self.db, |c| sqlx::query_as(&sql).fetch_all(c).await)
             .context("listing open grants")?;
+        rows.into_iter().map(Grant::try_from).collect()
+    }
+
+    /// The open grants ([`GrantState::is_open`]) on one VM, by end time:
+    /// who holds its ports. Resource ids compare as Azure compares them,
+    /// ignoring ASCII case. A request reads these, not every open grant.
+    ///
+    /// # Errors
+    /// [`StoreError::CorruptRow`] or [`StoreError::Unexpected`].
+    pub async fn open_grants_on(&self, vm_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!(
+            "SELECT {GRANT_COLUMNS} FROM grants
+             WHERE state IN ({}) AND lower(vm_id) = lower($1)
+             ORDER BY end_time, request_id",
+            open_states_sql()
+        );
+        let rows: Vec<GrantRow> = with_read!(&self.db, |c| {
+            sqlx::query_as(&sql).bind(vm_id).fetch_all(c).await
+        })
+        .with_context(|| format!("listing the open grants on {vm_id}"))?;
         rows.into_iter().map(Grant::try_from).collect()
     }
 

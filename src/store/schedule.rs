@@ -95,6 +95,28 @@ impl TryFrom<ScheduleRow> for ScheduledItem {
 
 const SCHEDULE_COLUMNS: &str = "id, request_id, kind, due_at, claimed_at, claimed_by";
 
+/// The statement of [`Store::claim_due`]: `$1` now, `$2` the worker, `$3`
+/// the oldest claim still held (now minus the lease), `$4` the limit. `lock`
+/// is the backend's clause for the sub-select (`FOR UPDATE SKIP LOCKED` on
+/// PostgreSQL, empty on SQLite).
+///
+/// Its sub-select repeats the condition of the partial index
+/// `schedule_due` (`done_at IS NULL AND cancelled_at IS NULL`) so that the
+/// claim searches that index instead of scanning every timer ever
+/// scheduled; public so that a test can `EXPLAIN` exactly this statement.
+#[doc(hidden)]
+pub fn claim_due_sql(lock: &str) -> String {
+    format!(
+        "UPDATE schedule SET claimed_at = $1, claimed_by = $2
+         WHERE id IN (
+             SELECT id FROM schedule
+             WHERE done_at IS NULL AND cancelled_at IS NULL AND due_at <= $1
+               AND (claimed_at IS NULL OR claimed_at <= $3)
+             ORDER BY due_at, id LIMIT $4{lock})
+         RETURNING {SCHEDULE_COLUMNS}"
+    )
+}
+
 impl StoreTx {
     /// Schedules a `kind` timer for the grant at `due_at` and returns its id.
     /// Scheduling the same timer again returns the same id (and makes it
@@ -274,17 +296,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ScheduledItem>, StoreError> {
         let mut tx = self.begin().await?;
-        // PostgreSQL: the sub-select takes `FOR UPDATE SKIP LOCKED`.
-        let sql = format!(
-            "UPDATE schedule SET claimed_at = $1, claimed_by = $2
-             WHERE id IN (
-                 SELECT id FROM schedule
-                 WHERE done_at IS NULL AND cancelled_at IS NULL AND due_at <= $1
-                   AND (claimed_at IS NULL OR claimed_at <= $3)
-                 ORDER BY due_at, id LIMIT $4{lock})
-             RETURNING {SCHEDULE_COLUMNS}",
-            lock = tx.tx.skip_locked()
-        );
+        let sql = claim_due_sql(tx.tx.skip_locked());
         let rows: Vec<ScheduleRow> = with_tx!(&mut tx.tx, |c| {
             sqlx::query_as(&sql)
                 .bind(ts(now))

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod fake_discord;
 pub mod ledger;
 pub mod load;
+pub mod procfs;
 pub mod said;
 pub mod shown;
 pub mod tls;

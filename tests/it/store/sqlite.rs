@@ -259,3 +259,83 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
             .is_err()
     );
 }
+
+/// The plan SQLite picks for `sql` (with its parameters bound): one line a
+/// step, e.g. `SEARCH schedule USING INDEX schedule_due (due_at<?)`.
+async fn query_plan(url: &str, sql: &str, binds: &[&str]) -> Vec<String> {
+    use sqlx::Row as _;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let explain = format!("EXPLAIN QUERY PLAN {sql}");
+    let mut query = sqlx::query(&explain);
+    for bind in binds {
+        query = query.bind(*bind);
+    }
+    let rows = query.fetch_all(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("detail").unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_timer_claim_searches_the_pending_timers_index_instead_of_scanning_every_timer() {
+    // The schedule keeps every timer ever set (two a grant), and the
+    // scheduler claims due ones at every wake: at 100,000 grants a scan of
+    // the table would cost each claim 200,000 rows.
+    let db = Sqlite.fresh().await;
+    Sqlite
+        .exec(
+            &db,
+            "INSERT INTO grants (request_id, user_id, vm_id, vm_name, policy_id, ports, source,
+                 duration_minutes, mapping, state, requested_at, state_changed_at)
+             VALUES ('req-1', '42', '/subscriptions/sub/vm/web-01', 'rg/web-01',
+                 '/subscriptions/sub/jit/default', '22', '203.0.113.7', 60, 'sre-web',
+                 'active', '2026-11-22T00:00:00.000000Z', '2026-11-22T00:00:00.000000Z');
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO schedule (request_id, kind, due_at, done_at)
+             SELECT 'req-1', 'expiry',
+                 strftime('%Y-%m-%dT%H:%M:%S.000000Z', '2026-11-22', '+' || i || ' minutes'),
+                 CASE WHEN i % 50 = 0 THEN NULL ELSE '2026-11-22T00:00:00.000000Z' END
+             FROM n;",
+        )
+        .await;
+
+    let claim = drawbridge::store::schedule::claim_due_sql("");
+    let plan = query_plan(
+        &db.url,
+        &claim,
+        &[
+            "2026-11-23T00:00:00.000000Z",
+            "worker-1",
+            "2026-11-22T23:55:00.000000Z",
+            "10",
+        ],
+    )
+    .await;
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("SEARCH schedule USING INDEX schedule_due")),
+        "the claim does not search the pending timers' index: {plan:?}"
+    );
+    assert!(
+        !plan.iter().any(|step| step.starts_with("SCAN schedule")),
+        "the claim scans the schedule: {plan:?}"
+    );
+
+    // And the statement is the one the store runs: it claims what is due.
+    let claimed = db
+        .store
+        .claim_due(
+            time("2026-11-22T02:00:00Z"),
+            "worker-1",
+            chrono::Duration::minutes(5),
+            10,
+        )
+        .await
+        .unwrap();
+    let due: Vec<String> = claimed.iter().map(|t| t.due_at.to_rfc3339()).collect();
+    assert_eq!(
+        due,
+        ["2026-11-22T00:50:00+00:00", "2026-11-22T01:40:00+00:00"]
+    );
+}

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::app::{AUDIT_CHANNEL, SRE_ROLE, TestApp, TestAppBuilder};
 use super::fake_discord::{FailMode, RouteMatch};
+use super::procfs::{cpu_time, status_kib};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -140,6 +141,9 @@ pub struct LoadReport {
     pub ended_in_azure: usize,
     /// Audit messages posted (accepted) for the load.
     pub audit_messages: usize,
+    /// CPU time of this whole process (app, fakes, emulator and harness)
+    /// from the first send until the audit channel had every event.
+    pub cpu: Option<Duration>,
     /// Peak resident set of this process (`VmHWM`), KiB: harness, fakes,
     /// emulator and app together.
     pub peak_rss_kib: Option<u64>,
@@ -252,6 +256,17 @@ impl LoadReport {
             self.audit_messages,
             ms(self.drain)
         );
+        if let Some(cpu) = self.cpu {
+            s += &format!(
+                "CPU:           {} = {} per granted access (the whole process: app, fakes, emulator and harness; first send → audit drained)\n",
+                ms(cpu),
+                if granted == 0 {
+                    "n/a".to_string()
+                } else {
+                    ms(cpu / granted as u32)
+                }
+            );
+        }
         if let Some(kib) = self.peak_rss_kib {
             s += &format!(
                 "peak RSS:      {:.1} MiB (VmHWM of the whole in-process harness: app + fakes + emulator)\n",
@@ -274,24 +289,12 @@ impl LoadReport {
 
 /// `VmHWM` of this process, KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    status_field("VmHWM")
+    status_kib("self", "VmHWM")
 }
 
 /// `VmRSS` of this process, KiB.
 pub fn rss_kib() -> Option<u64> {
-    status_field("VmRSS")
-}
-
-fn status_field(name: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    status_kib("self", "VmRSS")
 }
 
 /// The request id in an initiate's justification
@@ -423,6 +426,7 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
 
     // The burst: distinct members, distinct request ids (the interaction ids).
     let n = config.interactions;
+    let cpu_before = cpu_time("self");
     let started = Instant::now();
     let mut sent = Vec::with_capacity(n);
     for i in 0..n {
@@ -589,6 +593,9 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
     // The audit channel: every stored event exactly once, in order.
     let drain_deadline = Duration::from_secs(60).min(config.deadline);
     let head = wait_for_audit_drain(app, drain_deadline).await;
+    let cpu = cpu_time("self")
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let records = app
         .store
         .audit_events(&AuditFilter::default())
@@ -661,6 +668,7 @@ pub async fn run(app: &TestApp, config: LoadConfig) -> LoadReport {
             .filter(|r| r.event.action == drawbridge::domain::AuditAction::AccessEndedInAzure)
             .count(),
         audit_messages: messages.len(),
+        cpu,
         peak_rss_kib: peak_rss_kib(),
         warmup_acks,
         problems,

@@ -969,6 +969,11 @@ async fn extend_and_close_early_at_once_reach_azure_once() {
         // principal's read bucket at 25 a second (the emulator too), so the
         // rounds keep under it rather than test throttling here.
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        // A second between rounds, as between two people's clicks: each
+        // round's read-back comes after the earlier rounds' changes, so it
+        // settles the grants its request superseded (with the clock frozen
+        // it could not tell, and the last round decided what they showed).
+        lab.clock.set(t0() + TimeDelta::seconds(n as i64));
         let grant = lab.request(n, "web-03", "1h").await;
         let id = grant.request_id.as_str();
         let before = lab.azure.emulator.initiate_calls().len();

@@ -408,12 +408,17 @@ fn invented_end(
     })
 }
 
-/// Whether another open grant of Drawbridge from `grant`'s source holds
-/// `port` of its VM (then Azure keeps the port open for that source).
-pub fn held_by_another(grants: &[Grant], grant: &Grant, port: u16) -> bool {
+/// Whether another grant of Drawbridge from `grant`'s source holds `port`
+/// of its VM at `now` (then Azure keeps the port open for that source): an
+/// open one, or one closed early whose last minutes are still running.
+pub fn held_by_another(grants: &[Grant], grant: &Grant, port: u16, now: DateTime<Utc>) -> bool {
+    let holds = |g: &Grant| {
+        g.state.is_open()
+            || (g.state == GrantState::ClosedEarly && g.end_time.is_some_and(|end| end > now))
+    };
     grants.iter().any(|g| {
         g.request_id != grant.request_id
-            && g.state.is_open()
+            && holds(g)
             && g.vm_id.eq_ignore_ascii_case(&grant.vm_id)
             && g.source == grant.source
             && g.ports.numbers().contains(&port)
@@ -467,7 +472,7 @@ fn newest_is_true(
         .map(Vec::as_slice)
         .unwrap_or_default();
     let source = grant.source.to_string();
-    let held_by_another = |port: u16| held_by_another(grants, grant, port);
+    let held_by_another = |port: u16| held_by_another(grants, grant, port, now);
     let mut out = Vec::new();
     for claim in about.into_iter().filter(|c| c.shown_at == newest) {
         let ports = claim

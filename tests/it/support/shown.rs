@@ -194,7 +194,7 @@ pub async fn assert_ends_match_azure(
             .into_iter()
             .map(|n| (n, azure_until(requests, &grant.vm_id, n, &source, now)))
             .collect();
-        let held_by_another = |port: u16| said::held_by_another(grants, grant, port);
+        let held_by_another = |port: u16| said::held_by_another(grants, grant, port, now);
         if grant.state.is_open() {
             for (place, end) in shown.get(id).into_iter().flatten() {
                 let end = end.unwrap_or_else(|| {

@@ -36,7 +36,7 @@ use crate::interactions::{ChatSender, InteractionHandler, MemberDirectory};
 use crate::service::audit_watch::AuditWatch;
 use crate::service::bot::Bot;
 use crate::service::delivery::Deliverer;
-use crate::service::reconcile::Reconciler;
+use crate::service::reconcile::{self, Reconciler};
 use crate::service::replica::{self, GatewayLease, LeaseGate};
 use crate::service::scheduler::Scheduler;
 use crate::service::{Service, ServiceConfig};
@@ -192,7 +192,11 @@ impl App {
             self.settings.discord.audit_channel_id.map(|c| c.get()),
         );
         tracker.spawn(deliverer.run(wakers.outbox.clone(), cancel.clone()));
-        let reconciler = Reconciler::new(self.service.clone());
+        let reconciler =
+            Reconciler::new(self.service.clone()).with_in_flight(reconcile::in_flight_for(
+                self.settings.azure.request_timeout,
+                RetryPolicy::default().max_total,
+            ));
         tracker.spawn(reconciler.run(self.settings.azure.reconcile_interval, cancel.clone()));
         tracker.spawn(self.index_refresh(cancel.clone()));
         let service = self.service.clone();

@@ -23,7 +23,7 @@
 //!    (the process died while asking Azure): it is marked `pending_azure`
 //!    first and settled the same way ([`Service::pend_interrupted`]), by
 //!    the holder of the reconcile lease only; with several replicas, only
-//!    once it is older than [`IN_FLIGHT`], as another live replica may
+//!    once it is older than an initiate can take ([`in_flight_for`]), as another live replica may
 //!    still be asking Azure ([`Reconciler::settle_interrupted`]).
 //! 4. **A grant we had failed or closed that Azure shows open** (our own
 //!    request, by identity) is put back under Drawbridge's care: `active`,
@@ -68,10 +68,24 @@ use crate::store::{Grant, StoreError};
 pub const LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::hours(25);
 /// How long reported requests are remembered.
 const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::days(7);
-/// How long an initiate may still be under way at another live replica
-/// (its ARM call, retries included, well under this): with several
-/// replicas, a grant `requested` longer than this was interrupted.
+/// How long an initiate may still be under way at another live replica,
+/// unless the app knows better ([`in_flight_for`]): with several replicas,
+/// a grant `requested` longer than this was interrupted.
 pub const IN_FLIGHT: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// The longest an initiate can still be under way at a live replica, from
+/// the ARM client's bounds: the initiate's own call, its retries of what
+/// Azure refused before applying (at most `retry_total` in all), and the
+/// read-back. A member whose replica died waits this long, not minutes.
+pub fn in_flight_for(
+    request_timeout: std::time::Duration,
+    retry_total: std::time::Duration,
+) -> chrono::TimeDelta {
+    let bound = request_timeout
+        .saturating_mul(2)
+        .saturating_add(retry_total);
+    chrono::TimeDelta::from_std(bound).map_or(IN_FLIGHT, |b| b.min(IN_FLIGHT))
+}
 
 /// Why a reconciliation round failed (it is retried on the next interval).
 #[derive(Debug, thiserror::Error)]
@@ -101,12 +115,23 @@ pub struct ReconcileOutcome {
 /// The reconciliation worker.
 pub struct Reconciler {
     service: Service,
+    in_flight: chrono::TimeDelta,
 }
 
 impl Reconciler {
     /// A reconciler reading Azure's requests through the service's port.
     pub fn new(service: Service) -> Self {
-        Self { service }
+        Self {
+            service,
+            in_flight: IN_FLIGHT,
+        }
+    }
+
+    /// Takes a `requested` grant as interrupted once older than
+    /// `in_flight` (with several replicas; see [`in_flight_for`]).
+    #[must_use]
+    pub fn with_in_flight(self, in_flight: chrono::TimeDelta) -> Self {
+        Self { in_flight, ..self }
     }
 
     /// Lists the policies once and reconciles them with the store at `now`.
@@ -202,7 +227,8 @@ impl Reconciler {
     /// replica holds `lease` (the reconcile lease) at `now`: `None` if it
     /// does not. One replica (SQLite) takes every request made before it
     /// `started`; with several, another live replica's request may be under
-    /// way, so those older than [`IN_FLIGHT`] are taken, whoever made them.
+    /// way, so those older than the in-flight bound are taken, whoever made
+    /// them.
     ///
     /// # Errors
     /// If the store fails.
@@ -219,7 +245,7 @@ impl Reconciler {
         let before = if store.single_replica() {
             started
         } else {
-            now - IN_FLIGHT
+            now - self.in_flight
         };
         self.service.pend_interrupted(before, now).await.map(Some)
     }

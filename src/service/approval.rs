@@ -460,6 +460,30 @@ impl Service {
         Ok(request.is_some_and(|r| !r.break_glass))
     }
 
+    /// An approved request whose question nobody answered: its card says it
+    /// ended, and the requester gets `message` (by DM once their reply's
+    /// token has expired), in `tx`. Nothing for a request without approval.
+    pub(crate) async fn tell_approved_unanswered(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        message: ChatMessage,
+    ) -> Result<bool, StoreError> {
+        let id = &grant.request_id;
+        let Some(request) = tx.approval_request(id).await? else {
+            return Ok(false);
+        };
+        let approvals = tx.approvals(id).await?;
+        let view = self.with_current_rules(ApprovalView {
+            grant: grant.clone(),
+            request,
+            approvals,
+        });
+        self.tell_card(tx, &view, "qt").await?;
+        self.tell_requester(tx, id, message, "qt").await?;
+        Ok(true)
+    }
+
     /// The request `request_id` with its approval request, in `tx`.
     async fn view_in(
         &self,
@@ -689,6 +713,13 @@ impl Service {
         let asked = tx
             .transition_grant(id, &GrantEvent::AskedFirst, now)
             .await?;
+        // Unanswered, the question lapses like any other (the scheduler).
+        tx.schedule(
+            id,
+            ScheduleKind::QuestionTimeout,
+            now + question::QUESTION_TIMEOUT,
+        )
+        .await?;
         let event = AuditEvent::new(
             now,
             by,

@@ -303,6 +303,12 @@ impl Service {
         }));
         tx.append_audit(&audit).await?;
         let reply = super::messages::unanswered(&cancelled, &self.config().aliases);
+        if self
+            .tell_approved_unanswered(tx, &cancelled, reply.clone())
+            .await?
+        {
+            return Ok(());
+        }
         tx.enqueue(OutboxMessage {
             kind: OutboxKind::InteractionEdit,
             target: Some(id.to_string()),

@@ -851,6 +851,45 @@ async fn approved_and_asked_then_cancelled_tells_the_card_and_nothing_reaches_az
     app.finish().await;
 }
 
+/// The question asked after approval lapses like any other: ten minutes
+/// without an answer cancel the request, the card and Alice say so, and
+/// Azure sees nothing more.
+#[tokio::test]
+async fn an_approved_request_whose_question_nobody_answers_is_cancelled_after_ten_minutes() {
+    // Arrange
+    let clock = ManualClock::new(Utc::now());
+    let app = conflict_builder("ask").clock(clock.clone()).start().await;
+    let AskedAfterApproval { asked, .. } = approve_while_dave_holds(&app).await;
+    let id = asked.request_id();
+
+    // Act
+    clock.advance(chrono::Duration::minutes(9));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        grant(&app, &id).await.state,
+        GrantState::Confirming,
+        "not before ten minutes"
+    );
+    clock.advance(chrono::Duration::minutes(1) + chrono::Duration::seconds(1));
+
+    // Assert
+    wait_card(&app.discord, &id, |c| title(c).starts_with("Cancelled")).await;
+    app.discord
+        .wait_for_interaction_response(asked.sent.id, WAIT, |m| {
+            title(m).starts_with("No answer") && all_text(m).contains("nothing changed in Azure")
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "Alice's reply says the request ended: {:?}",
+                app.discord.interaction_response(asked.sent.id)
+            )
+        });
+    assert_eq!(grant(&app, &id).await.state, GrantState::Cancelled);
+    assert_eq!(initiates(&app).len(), 1, "only Dave's");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn approved_while_another_member_holds_the_port_is_refused_under_on_conflict_refuse() {
     // Arrange

@@ -46,6 +46,7 @@ use super::truth::Acting;
 use super::{Service, actor};
 use crate::chat::ChatMessage;
 use crate::domain::audit::format_time;
+use crate::domain::connect::Connection;
 use crate::domain::{
     AuditAction, AuditEvent, GrantEvent, GrantState, OnConflict, Outcome, RequestId, RoleMapping,
 };
@@ -363,12 +364,30 @@ impl Service {
         view: &ApprovalView,
         stage: &str,
     ) -> Result<(), StoreError> {
+        self.tell_with(tx, view, stage, None).await
+    }
+
+    /// [`Self::tell`], the requester's reply saying how to connect through
+    /// `connection` (read before `tx` began: it may ask Azure).
+    async fn tell_with(
+        &self,
+        tx: &mut StoreTx,
+        view: &ApprovalView,
+        stage: &str,
+        connection: Option<&Connection>,
+    ) -> Result<(), StoreError> {
         self.tell_card(tx, view, stage).await?;
         if view.request.break_glass {
             return Ok(());
         }
         let aliases = &self.config().aliases;
-        let reply = say::requester_view(&view.grant, &view.request, &view.approvals, aliases);
+        let reply = say::requester_view_with(
+            &view.grant,
+            &view.request,
+            &view.approvals,
+            aliases,
+            connection,
+        );
         self.tell_requester(tx, &view.grant.request_id, reply, stage)
             .await
     }
@@ -433,6 +452,23 @@ impl Service {
         grant: &Grant,
         stage: &str,
     ) -> Result<(), StoreError> {
+        self.tell_if_approved_with(tx, grant, stage, None).await
+    }
+
+    /// [`Self::tell_if_approved`] for a grant that opened: the requester's
+    /// reply says how to connect through `connection`, as a self-service
+    /// grant's does. The caller reads it before `tx` began (it may ask
+    /// Azure, which no transaction waits on).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn tell_if_approved_with(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        stage: &str,
+        connection: Option<&Connection>,
+    ) -> Result<(), StoreError> {
         let id = &grant.request_id;
         let Some(request) = tx.approval_request(id).await? else {
             return Ok(());
@@ -446,7 +482,7 @@ impl Service {
             request,
             approvals,
         });
-        self.tell(tx, &view, stage).await
+        self.tell_with(tx, &view, stage, connection).await
     }
 
     /// Whether the requester of `id` hears of its new grant through the

@@ -2,11 +2,11 @@
 //! channel, the requester's reply at each stage, the approver's own reply,
 //! and break-glass's alert and review card. Pure.
 
-use super::grant as grant_card;
 use crate::chat::{
     Button, ButtonAction, ButtonStyle, Card, ChatMessage, Tone, escape_markdown, time_full,
     time_relative,
 };
+use crate::domain::connect::Connection;
 use crate::domain::mapping::role_mentions;
 use crate::domain::{GrantState, PortAliases};
 use crate::service::question::PortHolder;
@@ -192,6 +192,19 @@ pub fn requester_view(
     approvals: &[Approval],
     aliases: &PortAliases,
 ) -> ChatMessage {
+    requester_view_with(grant, pending, approvals, aliases, None)
+}
+
+/// [`requester_view`] with the VM's connection address, when known: an
+/// opened grant then says how to connect (and carries the `.rdp` file) as
+/// a self-service one does.
+pub fn requester_view_with(
+    grant: &Grant,
+    pending: &ApprovalRequest,
+    approvals: &[Approval],
+    aliases: &PortAliases,
+    connection: Option<&Connection>,
+) -> ChatMessage {
     let what = format!(
         "{} on {}",
         grant.ports.describe(aliases),
@@ -250,7 +263,7 @@ pub fn requester_view(
             ),
         ),
         _ => {
-            let mut message = grant_card(grant, aliases);
+            let mut message = super::grant_with(grant, aliases, connection);
             if let Some(card) = message.card.as_mut() {
                 card.fields.push(crate::chat::Field {
                     name: "Approved by".into(),

@@ -75,8 +75,15 @@ impl Service {
         grant: &Grant,
         initiated: &Initiated,
     ) -> Result<Grant, StoreError> {
-        let now = self.clock().now();
         let id = &grant.request_id;
+        // An approved requester is told in the transaction below how to
+        // connect; the address may be read from Azure, so before it begins.
+        let connection = if self.told_by_reply(id).await? {
+            self.connection_of(grant).await
+        } else {
+            None
+        };
+        let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         let event = GrantEvent::Initiated { end: initiated.end };
         let grant = tx.transition_grant(id, &event, now).await?;
@@ -97,7 +104,8 @@ impl Service {
         .await?;
         self.schedule_timers(&mut tx, id, initiated.end, now)
             .await?;
-        self.tell_if_approved(&mut tx, &grant, "g").await?;
+        self.tell_if_approved_with(&mut tx, &grant, "g", connection.as_deref())
+            .await?;
         tx.commit().await?;
         Ok(grant)
     }

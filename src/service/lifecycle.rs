@@ -143,7 +143,9 @@ pub struct Closed {
 }
 
 impl Service {
-    async fn owned_open_grant(
+    /// The grant `request_id` if it is `who`'s: not found, or not theirs,
+    /// refused.
+    pub(crate) async fn owned_grant(
         &self,
         who: &Invocation,
         request_id: &str,
@@ -157,6 +159,15 @@ impl Service {
         if grant.user_id != who.member.user_id {
             return Err(GrantActionError::NotOwner);
         }
+        Ok(grant)
+    }
+
+    async fn owned_open_grant(
+        &self,
+        who: &Invocation,
+        request_id: &str,
+    ) -> Result<Grant, GrantActionError> {
+        let grant = self.owned_grant(who, request_id).await?;
         if grant.state.is_claimed() {
             return Err(GrantActionError::Busy(grant.state));
         }

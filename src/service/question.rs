@@ -216,15 +216,7 @@ impl Service {
         who: &Invocation,
         request_id: &str,
     ) -> Result<Grant, GrantActionError> {
-        let id = RequestId::parse(request_id).map_err(|_| GrantActionError::NotFound)?;
-        let grant = self
-            .store()
-            .grant(&id)
-            .await?
-            .ok_or(GrantActionError::NotFound)?;
-        if grant.user_id != who.member.user_id {
-            return Err(GrantActionError::NotOwner);
-        }
+        let grant = self.owned_grant(who, request_id).await?;
         if grant.state != GrantState::Confirming {
             return Err(GrantActionError::Answered(grant.state));
         }

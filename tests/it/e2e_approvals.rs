@@ -1178,6 +1178,7 @@ async fn an_approved_request_settled_from_azures_listing_tells_alice_once() {
         })
         .await;
     assert!(!dm, "told twice: {:?}", d.dm_messages(ALICE));
+    app.finish().await;
 }
 
 /// An admin sets `approvals = 0` on prod while Alice's request waits: the
@@ -1202,4 +1203,5 @@ async fn a_request_waiting_when_its_mapping_becomes_self_service_still_needs_one
     // Assert
     assert_opened_by_the_approval(&app, &approved);
     assert_eq!(grant(&app, &id).await.state, GrantState::Active);
+    app.finish().await;
 }

@@ -116,6 +116,11 @@ async fn one(n: usize, args: &Args) {
         .expect("mappings import");
     store.close().await;
 
+    // A port of its own for the ops endpoints, so `/metrics` (the bot's own
+    // ack latency) can be read after the burst.
+    let ops_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let env = [
         ("DISCORD__TOKEN", "fake-token".to_string()),
         (
@@ -134,7 +139,7 @@ async fn one(n: usize, args: &Args) {
         ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
         ("DATABASE__URL", db.clone()),
         ("LOGGING__FILTER", "warn".to_string()),
-        ("OPS__LISTEN", "127.0.0.1:0".to_string()),
+        ("OPS__LISTEN", ops_addr.to_string()),
     ];
     let mut cmd = Command::new(
         args.bin
@@ -189,7 +194,7 @@ async fn one(n: usize, args: &Args) {
             }),
         );
         azure.emulator.clear_calls();
-        let audit_before = discord.channel_messages(AUDIT_CHANNEL).len();
+        let audit_before = discord.channel_message_count(AUDIT_CHANNEL);
         let cpu_before = cpu_time(pid);
         let mut sent = Vec::new();
         for i in 0..args.interactions {
@@ -256,14 +261,18 @@ async fn one(n: usize, args: &Args) {
             ms(acks.last().copied().unwrap_or_default()),
             acks.len(),
         );
+        println!(
+            "{n} mappings: the bot's own ack latency (its `interaction_ack_seconds`: dispatch → callback answered), acks at or under: {}",
+            bot_acks(ops_addr).await
+        );
         // The bot's own CPU for the burst: until its audit outbox is
         // drained (no new audit message for 3 s: the sender paces itself
         // by the channel's rate limit, so messages come in bursts).
-        let mut posted = discord.channel_messages(AUDIT_CHANNEL).len();
+        let mut posted = discord.channel_message_count(AUDIT_CHANNEL);
         let mut quiet = Instant::now();
         while quiet.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = discord.channel_messages(AUDIT_CHANNEL).len();
+            let now = discord.channel_message_count(AUDIT_CHANNEL);
             if now != posted {
                 (posted, quiet) = (now, Instant::now());
             }
@@ -285,6 +294,29 @@ async fn one(n: usize, args: &Args) {
         );
     }
     stop(child);
+}
+
+/// The bot's command ack histogram from its `/metrics`, as cumulative
+/// counts per bucket bound (`5 ms: 180, 10 ms: 199, …`).
+async fn bot_acks(ops: std::net::SocketAddr) -> String {
+    let body = match reqwest::get(format!("http://{ops}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => return format!("n/a ({e})"),
+    };
+    let prefix = "drawbridge_interaction_ack_seconds_bucket{";
+    body.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains("kind=\"command\""))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?;
+            let bound = match le.parse::<f64>() {
+                Ok(s) => format!("{} ms", s * 1000.0),
+                Err(_) => le.to_string(),
+            };
+            Some(format!("{bound}: {count}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() {

@@ -595,6 +595,11 @@ impl FakeDiscord {
             .cloned()
             .collect()
     }
+    /// Runs `f` on every REST call so far, in arrival order, without
+    /// copying them: for pollers (the load harness) that only look.
+    pub fn inspect_calls(&self, mut f: impl FnMut(&RecordedCall)) {
+        self.shared.lock().calls.iter().for_each(&mut f);
+    }
     /// Every callback attempt for the interaction, accepted or not.
     pub fn callbacks(&self, interaction_id: u64) -> Vec<Callback> {
         self.with_interaction(interaction_id, |ix| ix.callbacks.clone())
@@ -682,6 +687,14 @@ impl FakeDiscord {
             .get(&channel_id)
             .cloned()
             .unwrap_or_default()
+    }
+    /// How many messages were posted to the channel, without copying them.
+    pub fn channel_message_count(&self, channel_id: u64) -> usize {
+        self.shared
+            .lock()
+            .messages
+            .get(&channel_id)
+            .map_or(0, Vec::len)
     }
     /// The bytes of an attachment object of a message the fake holds (its `id`), as uploaded.
     pub fn attachment_data(&self, attachment: &Value) -> Option<Vec<u8>> {

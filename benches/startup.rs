@@ -310,8 +310,8 @@ async fn bot_acks(ops: std::net::SocketAddr) -> String {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let count = l.rsplit(' ').next()?;
             let bound = match le.parse::<f64>() {
-                Ok(s) => format!("{} ms", s * 1000.0),
-                Err(_) => le.to_string(),
+                Ok(s) if s.is_finite() => format!("{} ms", s * 1000.0),
+                _ => "all".to_string(),
             };
             Some(format!("{bound}: {count}"))
         })

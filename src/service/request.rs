@@ -274,6 +274,10 @@ impl Service {
             )
         });
         let acting = Acting::of(&grant);
+        // The member's own interaction is answered in line: its reply,
+        // written with the outcome, is held for the transport's show.
+        let _answering =
+            (who.id == grant.request_id.as_str()).then(|| self.answering(&grant.request_id));
         let outcome = self.initiate(vm, &grant, end, why).await;
         let settled = self.settle_opened(who, vm, grant, outcome).await;
         self.read_back(vm, &acting).await;

@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Service, replica};
 use crate::chat::ChatMessage;
-use crate::domain::RequestId;
+use crate::domain::{GrantState, RequestId};
 use crate::store::{Grant, OutboxKind, OutboxMessage, StoreError, StoreTx};
 
 /// How long a reply written for an in-line show is left to it: longer than
@@ -34,25 +34,18 @@ use crate::store::{Grant, OutboxKind, OutboxMessage, StoreError, StoreTx};
 /// died sees the reply soon after.
 pub const HOLD: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
-/// The replies this process is answering in line.
+tokio::task_local! {
+    /// The request whose own interaction the current task is settling in
+    /// line: only that task's settlement holds the reply row, never another
+    /// task's (the reconciler's) settling the same grant meanwhile.
+    static ANSWERING: RequestId;
+}
+
+/// The replies this process holds for an in-line show.
 #[derive(Debug, Default)]
 pub(crate) struct InLine {
-    /// Requests whose own interaction is being answered now.
-    answering: HashSet<RequestId>,
     /// Requests whose reply row this process holds, until the show reports.
     held: HashSet<RequestId>,
-}
-
-/// While alive, `id`'s reply is being answered in line by this process.
-pub(crate) struct Answering {
-    service: Service,
-    id: RequestId,
-}
-
-impl Drop for Answering {
-    fn drop(&mut self) {
-        self.service.in_line().answering.remove(&self.id);
-    }
 }
 
 /// The outbox key of `id`'s own reply, within Discord's 25-character nonce.
@@ -66,14 +59,11 @@ impl Service {
         self.inner.in_line.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks `id`'s reply as answered in line by this process until the
-    /// guard is dropped: its outcome's reply row is then written held.
-    pub(crate) fn answering(&self, id: &RequestId) -> Answering {
-        self.in_line().answering.insert(id.clone());
-        Answering {
-            service: self.clone(),
-            id: id.clone(),
-        }
+    /// Runs `settle`, the in-line settlement of `id` by the task answering
+    /// its own interaction: the reply row it writes is held for that task's
+    /// show.
+    pub(crate) async fn answering<T>(&self, id: &RequestId, settle: impl Future<Output = T>) -> T {
+        ANSWERING.scope(id.clone(), settle).await
     }
 
     /// Whether `grant`'s requester is told its outcome by an edit of their
@@ -89,8 +79,8 @@ impl Service {
     /// Queues, in the transaction `tx` that settled `grant`, the edit of its
     /// requester's own reply to `message`: for a request with an
     /// interaction token that approvers do not decide (those are told by
-    /// [`Self::tell_if_approved`]). Held for this process's in-line show
-    /// when it is answering that interaction now.
+    /// [`Self::tell_if_approved`]). Held for the in-line show when the
+    /// current task is answering that interaction ([`Self::answering`]).
     ///
     /// # Errors
     /// If the store fails.
@@ -121,19 +111,27 @@ impl Service {
                 created_at: now,
             })
             .await?;
-        let held = {
-            let mut in_line = self.in_line();
-            let answering = in_line.answering.contains(id);
-            if answering {
-                in_line.held.insert(id.clone());
-            }
-            answering
-        };
-        if held {
+        let answering = ANSWERING.try_with(|a| a == id).unwrap_or(false);
+        if answering {
+            self.in_line().held.insert(id.clone());
             tx.hold_outbox_row(row, replica::replica_id(), now + HOLD)
                 .await?;
         }
         Ok(())
+    }
+
+    /// `grant` as it is now when it was waiting for Azure (`pending_azure`):
+    /// the reconciler may have settled it while the request read the policy
+    /// back, and its reply row, written then, must not be overwritten by a
+    /// stale "checking with Azure" shown in line after it.
+    pub async fn as_settled_since(&self, grant: Grant) -> Grant {
+        if grant.state != GrantState::PendingAzure {
+            return grant;
+        }
+        match self.store().grant(&grant.request_id).await {
+            Ok(Some(now)) => now,
+            _ => grant,
+        }
     }
 
     /// The transport showed (`shown`) or could not show the reply of the

@@ -395,7 +395,11 @@ impl App {
                 stop.cancel();
             }
         }));
-        let lease = GatewayLease::new(self.service.store().clone(), Arc::clone(&self.clock));
+        let lease = GatewayLease::new(
+            self.service.store().clone(),
+            Arc::clone(&self.clock),
+            self.settings.discord.gateway_lease_ttl,
+        );
         loop {
             status.set_standby(true);
             let Some(tenure) = lease.acquire(&stop).await else {

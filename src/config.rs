@@ -119,6 +119,10 @@ pub struct DiscordSettings {
     pub alert_role_id: Option<RoleId>,
     /// Who may use `/jit-admin`.
     pub admin_role_ids: Vec<RoleId>,
+    /// Gateway mode with several replicas: how long the gateway lease
+    /// outlives its holder's last renewal, which bounds a standby's
+    /// takeover ([`crate::service::replica::GatewayTimings`]).
+    pub gateway_lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,13 @@ pub trait InteractionHandler: Send + Sync + 'static {
     async fn autocomplete(&self, who: &Invocation, query: &AutocompleteQuery) -> Vec<Choice>;
     /// A button press, after the transport has acknowledged it.
     async fn button(&self, who: &Invocation, action: &ButtonAction) -> ChatMessage;
+    /// The transport showed (`shown`), or gave up showing, the message
+    /// [`InteractionHandler::command`] returned for `who`'s command: a
+    /// reply also written to the outbox (a `/jit` outcome) is then
+    /// delivered, or left to the outbox at once. Nothing by default.
+    async fn replied(&self, who: &Invocation, shown: bool) {
+        let _ = (who, shown);
+    }
 }
 
 /// Why the directory could not answer.

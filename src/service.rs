@@ -36,7 +36,8 @@
 //! - [`truth`]: Azure's word on our grants, after every write;
 //!   [`question`]: asking before one member's request ends another's.
 //! - [`scheduler`], [`delivery`], [`reconcile`]: the workers (reminders and
-//!   expiry, the outbox, Azure's view compared with ours).
+//!   expiry, the outbox, Azure's view compared with ours); [`reply`]: the
+//!   `/jit` reply, written with the outcome it shows.
 
 pub mod admin;
 pub mod approval;
@@ -53,6 +54,7 @@ pub mod question;
 pub mod reconcile;
 pub mod refusals;
 pub mod replica;
+pub mod reply;
 pub mod request;
 pub mod scheduler;
 pub mod truth;
@@ -119,6 +121,8 @@ struct Inner {
     folder: Mutex<refusals::RefusalFolder>,
     /// Autocomplete's VM sets per set of applying mappings.
     allowed_cache: Mutex<autocomplete::AllowedCache>,
+    /// The `/jit` replies this process is answering in line.
+    in_line: Mutex<reply::InLine>,
 }
 
 /// Wake-ups for the workers: the scheduler when timers change, the outbox
@@ -159,6 +163,7 @@ impl Service {
                 limiter: Mutex::new(RateLimiter::new(limit)),
                 folder: Mutex::new(refusals::RefusalFolder::default()),
                 allowed_cache: Mutex::default(),
+                in_line: Mutex::default(),
             }),
         })
     }

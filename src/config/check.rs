@@ -284,6 +284,17 @@ fn discord(c: &mut Checker<'_>, d: RawDiscord) -> DiscordSettings {
         admin_role_ids: c.list("discord.admin_role_ids", &d.admin_role_ids, |s| {
             RoleId::parse(s).map_err(|e| e.to_string())
         }),
+        gateway_lease_ttl: c
+            .opt("discord.gateway_lease_ttl", &d.gateway_lease_ttl, |s| {
+                parse_span(s).and_then(|ttl| {
+                    if ttl < Duration::from_secs(2) {
+                        Err(format!("`{s}` is too short: at least 2s"))
+                    } else {
+                        Ok(ttl)
+                    }
+                })
+            })
+            .unwrap_or(crate::service::replica::GATEWAY_TTL),
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) struct RawDiscord {
     pub(super) alert_role_id: Option<String>,
     #[serde(deserialize_with = "one_or_many")]
     pub(super) admin_role_ids: Vec<String>,
+    pub(super) gateway_lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -245,9 +245,11 @@ impl Dispatcher {
         }
         info!(subcommand = slash.subcommand.as_deref(), "slash command");
         let handler = self.handler.clone();
+        let asked = who.clone();
         let message = guarded(async move { handler.command(&who, &slash).await }).await;
         metrics.interaction(&command.data.name, outcome_of(&message));
-        self.show(&command.token, &message).await;
+        let shown = self.show(&command.token, &message).await;
+        self.handler.replied(&asked, shown).await;
     }
 
     async fn autocomplete(&self, command: CommandInteraction, ack: Ack, received: Instant) {
@@ -385,8 +387,8 @@ impl Dispatcher {
     /// Replaces the deferred response with `message`. Retried a few times
     /// with backoff on 429, 5xx, network errors, and on "unknown webhook /
     /// message" (in HTTP mode the edit can reach Discord before the inline
-    /// acknowledgement has been processed).
-    async fn show(&self, token: &str, message: &ChatMessage) {
+    /// acknowledgement has been processed). Whether it was shown.
+    async fn show(&self, token: &str, message: &ChatMessage) -> bool {
         let edit = builders::edit_response(message);
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=EDIT_ATTEMPTS {
@@ -394,7 +396,7 @@ impl Dispatcher {
             match edit.clone().execute(&*self.http, token).await {
                 Ok(_) => {
                     debug!(attempt, "reply shown");
-                    return;
+                    return true;
                 }
                 Err(e) if attempt < EDIT_ATTEMPTS && edit_retryable(&e) => {
                     debug!(attempt, error = %errors::describe(&e), "retrying the reply");
@@ -403,10 +405,11 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     error!(attempt, error = %errors::describe(&e), "could not show the reply");
-                    return;
+                    return false;
                 }
             }
         }
+        false
     }
 }
 

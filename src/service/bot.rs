@@ -160,6 +160,10 @@ impl InteractionHandler for Bot {
         }
     }
 
+    async fn replied(&self, who: &Invocation, shown: bool) {
+        self.service.reply_shown(&who.id, shown).await;
+    }
+
     async fn button(&self, who: &Invocation, action: &ButtonAction) -> ChatMessage {
         let s = &self.service;
         let aliases = &s.config().aliases;

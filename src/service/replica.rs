@@ -6,7 +6,7 @@
 //! | `outbox_audit` | posts the audit channel, in log order | deliver their own claimed rows only |
 //! | `reconcile` | compares Azure's requests with the grants | nothing |
 //! | `index_refresh` | lists the JIT policies every `azure.index_refresh` | list every [`STANDBY_INDEX_PACE`] intervals |
-//! | `gateway` | holds the Discord gateway session (gateway mode) and answers interactions | wait, trying every [`GATEWAY_STANDBY_POLL`] |
+//! | `gateway` | holds the Discord gateway session (gateway mode) and answers interactions | wait, trying every tenth of the lease's time to live |
 //!
 //! Why the others still list, at a slower pace: each replica answers
 //! `/jit` from its own in-memory VM index, and a miss already refreshes it.
@@ -19,11 +19,12 @@
 //!
 //! The gateway lease is fenced ([`Tenure`]): Discord delivers every event to
 //! every connected session of a shard, so two replicas connected at once
-//! would both answer. The holder renews every [`GATEWAY_RENEW`] and counts
-//! its tenure as ending [`GATEWAY_MARGIN`] before the lease's expiry, from
-//! when its last successful renewal started (a monotonic clock); when it
-//! cannot renew by then, or finds the lease's fence changed, it stops
-//! answering and closes its shard, before any standby can take the lease.
+//! would both answer. The holder renews every fifth of the lease's time to
+//! live (`discord.gateway_lease_ttl`, [`GatewayTimings`]) and counts its
+//! tenure as ending three tenths of it before the lease's expiry, from when
+//! its last successful renewal started (a monotonic clock); when it cannot
+//! renew by then, or finds the lease's fence changed, it stops answering
+//! and closes its shard, before any standby can take the lease.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -45,17 +46,39 @@ pub const INDEX_REFRESH: &str = "index_refresh";
 pub const GATEWAY: &str = "gateway";
 /// Every lease, for `/readyz`.
 pub const LEASES: [&str; 4] = [OUTBOX_AUDIT, RECONCILE, INDEX_REFRESH, GATEWAY];
-/// The gateway lease's time to live. A standby takes over at most this
-/// long plus [`GATEWAY_STANDBY_POLL`] after the holder dies, then connects:
-/// within 15 s.
+/// The gateway lease's default time to live (`discord.gateway_lease_ttl`).
+/// A standby takes over at most this long plus a poll (1 s) after the
+/// holder dies, then connects: within 15 s.
 pub const GATEWAY_TTL: Duration = Duration::from_secs(10);
-/// How often the gateway holder renews its lease.
-pub const GATEWAY_RENEW: Duration = Duration::from_secs(2);
-/// How often a standby tries to take the gateway lease.
-pub const GATEWAY_STANDBY_POLL: Duration = Duration::from_secs(1);
-/// How long before its lease's expiry a holder that could not renew stops:
-/// room for closing the shard and for clock skew between replicas.
-pub const GATEWAY_MARGIN: Duration = Duration::from_secs(3);
+
+/// The gateway lease's pace, all in proportion to its time to live: 10 s
+/// gives a renewal every 2 s, a stop 3 s before the expiry and a standby
+/// poll every second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayTimings {
+    /// How long the lease outlives its last renewal.
+    pub ttl: Duration,
+    /// How often the holder renews it.
+    pub renew: Duration,
+    /// How long before the lease's expiry a holder that could not renew
+    /// stops: room for closing the shard and for clock skew between
+    /// replicas.
+    pub margin: Duration,
+    /// How often a standby tries to take it.
+    pub standby_poll: Duration,
+}
+
+impl GatewayTimings {
+    /// The timings of a lease living `ttl`.
+    pub fn for_ttl(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            renew: ttl / 5,
+            margin: ttl * 3 / 10,
+            standby_poll: ttl / 10,
+        }
+    }
+}
 /// A replica without the index lease lists once in this many intervals.
 pub const STANDBY_INDEX_PACE: u32 = 3;
 
@@ -214,20 +237,28 @@ impl Tenure {
 pub struct GatewayLease {
     gate: LeaseGate,
     clock: SharedClock,
+    timings: GatewayTimings,
 }
 
 impl GatewayLease {
-    /// The gateway lease on `store` for this replica.
-    pub fn new(store: Store, clock: SharedClock) -> Self {
-        let ttl = chrono::Duration::from_std(GATEWAY_TTL).unwrap_or(chrono::Duration::seconds(10));
+    /// The gateway lease on `store` for this replica, living `ttl`.
+    pub fn new(store: Store, clock: SharedClock, ttl: Duration) -> Self {
+        let timings = GatewayTimings::for_ttl(ttl);
+        let lease = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(10));
         Self {
-            gate: LeaseGate::new(store, GATEWAY, replica_id(), ttl),
+            gate: LeaseGate::new(store, GATEWAY, replica_id(), lease),
             clock,
+            timings,
         }
     }
 
+    /// The tenure's end for a renewal that started at `started`.
+    fn tenure_end(&self, started: Instant) -> Instant {
+        started + self.timings.ttl - self.timings.margin
+    }
+
     /// Waits until this replica holds the lease, trying every
-    /// [`GATEWAY_STANDBY_POLL`], then keeps renewing it in the background
+    /// [`GatewayTimings::standby_poll`], then keeps renewing it in the background
     /// until the tenure ends. `None` when `stop` is cancelled first. With
     /// one replica (SQLite) at once an unbounded tenure.
     pub async fn acquire(&self, stop: &CancellationToken) -> Option<Tenure> {
@@ -238,7 +269,7 @@ impl GatewayLease {
             let started = Instant::now();
             match self.gate.take(self.clock.now()).await {
                 Ok(Some(fence)) => {
-                    let tenure = Tenure::bounded(fence, started + GATEWAY_TTL - GATEWAY_MARGIN);
+                    let tenure = Tenure::bounded(fence, self.tenure_end(started));
                     tracing::info!(fence, "holding the gateway lease");
                     tokio::spawn(self.clone().keep(tenure.clone()));
                     return Some(tenure);
@@ -250,24 +281,24 @@ impl GatewayLease {
             }
             tokio::select! {
                 () = stop.cancelled() => return None,
-                () = tokio::time::sleep(GATEWAY_STANDBY_POLL) => {}
+                () = tokio::time::sleep(self.timings.standby_poll) => {}
             }
         }
     }
 
-    /// Renews the lease every [`GATEWAY_RENEW`]; ends `tenure` when the
+    /// Renews the lease every [`GatewayTimings::renew`]; ends `tenure` when the
     /// lease changed hands or could not be renewed before the tenure's end.
     async fn keep(self, tenure: Tenure) {
         loop {
             tokio::select! {
                 () = tenure.lost.cancelled() => return,
-                () = tokio::time::sleep(GATEWAY_RENEW) => {}
+                () = tokio::time::sleep(self.timings.renew) => {}
             }
             let Some(until) = tenure.until() else { return };
             let started = Instant::now();
             match tokio::time::timeout_at(until, self.gate.take(self.clock.now())).await {
                 Ok(Ok(Some(fence))) if fence == tenure.fence => {
-                    tenure.extend(started + GATEWAY_TTL - GATEWAY_MARGIN);
+                    tenure.extend(self.tenure_end(started));
                     continue;
                 }
                 Ok(Ok(_)) => {
@@ -310,6 +341,14 @@ mod tests {
     fn the_replica_id_is_stable_within_a_process() {
         assert_eq!(replica_id(), replica_id());
         assert!(replica_id().len() > 8);
+    }
+
+    #[test]
+    fn the_default_gateway_lease_keeps_its_pace() {
+        let t = GatewayTimings::for_ttl(GATEWAY_TTL);
+        assert_eq!(t.renew, Duration::from_secs(2));
+        assert_eq!(t.margin, Duration::from_secs(3));
+        assert_eq!(t.standby_poll, Duration::from_secs(1));
     }
 
     #[test]

@@ -274,8 +274,18 @@ impl Service {
             )
         });
         let acting = Acting::of(&grant);
-        let outcome = self.initiate(vm, &grant, end, why).await;
-        let settled = self.settle_opened(who, vm, grant, outcome).await;
+        let id = grant.request_id.clone();
+        let settle = async {
+            let outcome = self.initiate(vm, &grant, end, why).await;
+            self.settle_opened(who, vm, grant, outcome).await
+        };
+        // The member's own interaction is answered in line: its reply,
+        // written with the outcome, is held for the transport's show.
+        let settled = if who.id == id.as_str() {
+            self.answering(&id, settle).await
+        } else {
+            settle.await
+        };
         self.read_back(vm, &acting).await;
         settled
     }

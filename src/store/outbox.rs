@@ -213,6 +213,37 @@ impl StoreTx {
     }
 }
 
+impl StoreTx {
+    /// Claims row `id` for `worker` until `until`, in this transaction: a
+    /// row its writer delivers itself at once (the `/jit` reply, shown in
+    /// line) is left alone by every deliverer until then, and is theirs
+    /// after, should the writer die first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn hold_outbox_row(
+        &mut self,
+        id: i64,
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query(
+                "UPDATE outbox SET claimed_by = $1, claimed_until = $2
+                 WHERE id = $3 AND delivered_at IS NULL",
+            )
+            .bind(worker)
+            .bind(ts(until))
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .with_context(|| format!("holding outbox row {id}"))?;
+        Ok(())
+    }
+}
+
 /// `error` with the token segment of Discord `/webhooks/<id>/<token>` and
 /// `/interactions/<id>/<token>` paths, and the word after `Bot ` or
 /// `Bearer `, replaced by `[redacted]`.
@@ -434,6 +465,43 @@ impl Store {
             self.outbox_row_exists(id).await?;
         }
         Ok(())
+    }
+
+    /// Ends `worker`'s hold ([`StoreTx::hold_outbox_row`]) on the row keyed
+    /// `key`: delivered at `now` when `delivered`, else released so that a
+    /// deliverer sends it at once. A row another worker claimed since (the
+    /// hold ran out), or never held, is left as it is. Returns whether a
+    /// row changed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn end_hold(
+        &self,
+        key: &str,
+        worker: &str,
+        delivered: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let set = if delivered {
+            "delivered_at = $1, last_error = NULL"
+        } else {
+            "next_attempt_at = $1"
+        };
+        let sql = format!(
+            "UPDATE outbox SET {set}, claimed_by = NULL, claimed_until = NULL
+             WHERE idempotency_key = $2 AND claimed_by = $3 AND delivered_at IS NULL"
+        );
+        let updated = with_write!(&self.db, |c| {
+            sqlx::query(&sql)
+                .bind(ts(now))
+                .bind(key)
+                .bind(worker)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .with_context(|| format!("ending the hold on outbox row `{key}`"))?;
+        Ok(updated > 0)
     }
 
     /// One outbox row by id (delivered or not).

@@ -325,7 +325,8 @@ async fn kill_once_applied(azure: &drawbridge::sandbox::RunningEmulator, child: 
 
 /// The bot dies while Azure holds its initiate unanswered (Azure applied
 /// it): on restart the grant, left `requested`, is settled from Azure's
-/// listing exactly once, `active` with its timers, the member told, and
+/// listing exactly once, `active` with its timers, the member told (their
+/// `/jit` reply edited to say so, once; no DM while the reply works), and
 /// Azure holds the one request; nothing is initiated again and our own
 /// request is not reported as made outside Drawbridge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,12 +363,13 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         settled = store.grant(&id).await.unwrap().unwrap();
     }
-    let told = |d: &FakeDiscord| {
+    let dms = |d: &FakeDiscord| {
         d.dm_messages(crate::support::fake_discord::USER_ID)
             .iter()
             .filter(|m| text(m).contains("Access granted"))
             .count()
     };
+    let told = |d: &FakeDiscord| reply_edits(d, "Access granted") + dms(d);
     while told(&discord) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -384,6 +386,13 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
         "{context}"
     );
     assert_eq!(told(&discord), 1, "told once: {context}");
+    assert_eq!(dms(&discord), 0, "told in their reply: {context}");
+    assert!(
+        discord
+            .interaction_response(sent.id)
+            .is_some_and(|m| text(&m).contains("Access granted")),
+        "{context}"
+    );
     assert_eq!(azure.emulator.jit_request_count(), 1, "one Azure request");
     assert_eq!(azure.emulator.initiate_calls().len(), 1, "never sent again");
     let timers: Vec<ScheduleKind> = store
@@ -414,6 +423,152 @@ async fn sigkill_during_an_unclear_initiate_settles_it_once_on_restart() {
         .filter(|t| t.to == drawbridge::domain::GrantState::Active)
         .count();
     assert_eq!(opened, 1, "settled exactly once: {transitions:?}");
+}
+
+/// Edits of interaction replies that Discord accepted and that say `what`.
+fn reply_edits(d: &FakeDiscord, what: &str) -> usize {
+    d.calls_to("PATCH", "/webhooks/")
+        .into_iter()
+        .filter(|c| {
+            (200..300).contains(&c.status)
+                && c.path.ends_with("/messages/@original")
+                && c.body.to_string().contains(what)
+        })
+        .count()
+}
+
+/// Waits until `id`'s grant is `active` in the store.
+async fn wait_until_active(store: &Store, id: &RequestId) -> bool {
+    let deadline = Instant::now() + DRAIN;
+    while Instant::now() < deadline {
+        let grant = store.grant(id).await.unwrap();
+        if grant.is_some_and(|g| g.state == drawbridge::domain::GrantState::Active) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A `/jit` answered normally shows its reply once: the reply, also written
+/// to the outbox with the grant, is marked delivered by the in-line show
+/// and never sent again, not even after the outbox's hold on it ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_reply_shown_in_line_is_never_sent_again() {
+    // Arrange
+    let Unclear {
+        discord,
+        azure: _azure,
+        dir: _dir,
+        store,
+        env,
+        log_path,
+        log,
+    } = unclear_setup(crate::support::app::DEFAULT_MAPPINGS).await;
+    let mut child = start(&env, &log);
+    assert!(discord.wait_until_ready(Duration::from_secs(20)).await);
+
+    // Act
+    let sent = discord
+        .send_interaction(ssh_for_two_hours(&discord, "web-01"))
+        .await;
+    let shown = discord
+        .wait_until(DRAIN, |d| reply_edits(d, "Access granted") > 0)
+        .await;
+    let hold = drawbridge::service::reply::HOLD.to_std().unwrap();
+    tokio::time::sleep(hold + Duration::from_secs(3)).await; // past the hold, and a deliverer's tick
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // Assert
+    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let context = format!("log tail:\n{}", tail(&logs, 40));
+    assert!(shown, "the reply is shown: {context}");
+    assert_eq!(
+        reply_edits(&discord, "Access granted"),
+        1,
+        "shown once: {context}"
+    );
+    assert!(
+        discord
+            .interaction_response(sent.id)
+            .is_some_and(|m| text(&m).contains("Access granted"))
+    );
+    assert!(
+        discord
+            .dm_messages(crate::support::fake_discord::USER_ID)
+            .is_empty(),
+        "no DM: {context}"
+    );
+    let left = store.outbox_stats(Utc::now()).await.unwrap();
+    assert_eq!(left.depth, 0, "nothing left to send: {context}");
+}
+
+/// The bot dies after the grant's outcome was committed and before the
+/// member's `/jit` reply was edited to show it (Discord refuses the edits
+/// meanwhile): on restart, the reply written with the outcome is shown,
+/// exactly once, and Azure was asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_the_grants_commit_and_its_reply_still_shows_the_reply_once() {
+    // Arrange
+    let Unclear {
+        discord,
+        azure,
+        dir: _dir,
+        store,
+        env,
+        log_path,
+        log,
+    } = unclear_setup(crate::support::app::DEFAULT_MAPPINGS).await;
+    let mut child = start(&env, &log);
+    assert!(discord.wait_until_ready(Duration::from_secs(20)).await);
+    discord.fail_always(
+        crate::support::fake_discord::RouteMatch::EditOriginal,
+        crate::support::fake_discord::FailMode::Status(500),
+    );
+
+    // Act: the grant commits; the bot is killed before any edit got through.
+    let sent = discord
+        .send_interaction(ssh_for_two_hours(&discord, "web-01"))
+        .await;
+    let id = RequestId::parse(&sent.id.to_string()).unwrap();
+    let active = wait_until_active(&store, &id).await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let before_restart = reply_edits(&discord, "Access granted");
+    discord.clear_faults();
+    let mut child = start(&env, &log);
+    let shown = discord
+        .wait_until(DRAIN, |d| reply_edits(d, "Access granted") > 0)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for a second edit to show
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // Assert
+    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let context = format!("log tail:\n{}", tail(&logs, 40));
+    assert!(active, "the grant committed: {context}");
+    assert_eq!(before_restart, 0, "not shown before the kill");
+    assert!(shown, "the reply is shown after the restart: {context}");
+    assert_eq!(
+        reply_edits(&discord, "Access granted"),
+        1,
+        "shown once: {context}"
+    );
+    assert!(
+        discord
+            .interaction_response(sent.id)
+            .is_some_and(|m| text(&m).contains("Access granted")),
+        "{context}"
+    );
+    assert!(
+        discord
+            .dm_messages(crate::support::fake_discord::USER_ID)
+            .is_empty(),
+        "no DM while the token works: {context}"
+    );
+    assert_eq!(azure.emulator.initiate_calls().len(), 1, "Azure asked once");
 }
 
 /// The approval card of `id` in the approvals channel, as last edited.

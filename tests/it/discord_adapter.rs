@@ -153,6 +153,7 @@ fn settings(fake: &FakeDiscord) -> DiscordSettings {
         approvals_channel_id: None,
         alert_role_id: None,
         admin_role_ids: Vec::new(),
+        gateway_lease_ttl: drawbridge::service::replica::GATEWAY_TTL,
     }
 }
 

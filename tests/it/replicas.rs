@@ -14,8 +14,10 @@
 //!   claim's 10 s apart, so a reminder claimed by a killed replica is still
 //!   sent before the expiry), while the replicas run on the wall clock. A
 //!   grant settled more than a minute after its request would have no
-//!   reminder (its time is past when it is scheduled). The replica doing work (the audit stream's
-//!   holder, in gateway mode now and then the session's holder) is SIGKILLed
+//!   reminder (its time is past when it is scheduled). The replica doing
+//!   work (in HTTP mode the audit stream's holder; in gateway mode, two
+//!   kills in three, the session's holder, whose lease lives
+//!   [`GATEWAY_LEASE_TTL`] so that a takeover is quick) is SIGKILLed
 //!   [`KILLS`] times at random (seeded) moments and restarted at once. A
 //!   member whose interaction got no answer within Discord's 3 s asks again,
 //!   as members do.
@@ -26,7 +28,9 @@
 //!   message row reached Discord exactly once (by its nonce), the reminder
 //!   and expiry DMs and the audit posts among them, the audit posts in log
 //!   order and one per event; one accepted initiate per grant; no interaction
-//!   answered twice; the audit chain verifies.
+//!   answered twice; every acknowledged `/jit` whose grant was written got
+//!   its reply (through the outbox when its replica died before showing
+//!   it); the audit chain verifies.
 //!
 //! Runs only with `DRAWBRIDGE_TEST_POSTGRES_URL` (see `store/backend.rs`).
 
@@ -58,14 +62,25 @@ use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, SentInteract
 use crate::support::load::{justification_request_id, message_text};
 
 const REPLICAS: usize = 3;
-/// `/jit` requests per run (the issue asks 200; see BENCHMARKS.md).
-const REQUESTS: usize = 80;
-/// Requests sent per second.
+/// `/jit` requests per run, as the issue asks.
+const REQUESTS: usize = 200;
+/// Requests sent per second (6 overloads this shared 2-core machine under
+/// a load average of 14: members stop being answered within 3 s).
 const RATE: f64 = 4.0;
 const KILLS: usize = 20;
-/// Of which, in gateway mode, kills of the session's holder (each costs a
-/// takeover of about 10 s without a session).
-const GATEWAY_KILLS: usize = 3;
+/// In gateway mode, the gateway lease's time to live: a takeover after the
+/// holder's death takes about this long.
+const GATEWAY_LEASE_TTL: &str = "2s";
+/// How long a kill of the session's holder waits for a holder to kill (the
+/// previous one's takeover).
+const TAKEOVER: Duration = Duration::from_secs(6);
+
+/// Whether kill `k` is of the gateway session's holder, in gateway mode:
+/// two kills in three (the holder does the work); the third is of another
+/// replica, so that standbys' deaths are tested too.
+fn kills_session_holder(mode: Mode, k: usize) -> bool {
+    mode == Mode::Gateway && k % 3 != 2
+}
 const SEED: u64 = 0x5eed_0014;
 /// How long the replicas, left alone at the end, may take to settle what is
 /// left: a dead holder's leases and claims run out after 15-30 s.
@@ -298,6 +313,12 @@ async fn kill_test(mode: Mode) {
     // A request a killed replica left with Azure is settled by the next
     // reconciliation: every 5 s here, not every 5 minutes.
     env.insert("DRAWBRIDGE__AZURE__RECONCILE_INTERVAL".into(), "5s".into());
+    if mode == Mode::Gateway {
+        env.insert(
+            "DRAWBRIDGE__DISCORD__GATEWAY_LEASE_TTL".into(),
+            GATEWAY_LEASE_TTL.into(),
+        );
+    }
     if mode == Mode::Http {
         env.insert("DRAWBRIDGE__DISCORD__MODE".into(), "http".into());
         env.insert(
@@ -344,20 +365,20 @@ async fn kill_test(mode: Mode) {
     });
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     let mut victims: BTreeMap<&str, usize> = BTreeMap::new();
-    let gateway_turns: Vec<usize> = match mode {
-        Mode::Gateway => (0..GATEWAY_KILLS)
-            .map(|k| 2 + k * KILLS / GATEWAY_KILLS)
-            .collect(),
-        Mode::Http => Vec::new(),
-    };
     let gap = sending.as_millis() as u64 / KILLS as u64;
     for k in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(
             rng.random_range(gap / 3..gap * 5 / 3),
         ))
         .await;
+        if kills_session_holder(mode, k) {
+            // The last holder's takeover first: a dead holder is no victim.
+            discord
+                .wait_until(TAKEOVER, |d| d.ready_sessions() == 1)
+                .await;
+        }
         let session = holder_of(&store, "gateway").await;
-        let (role, victim) = if gateway_turns.contains(&k) {
+        let (role, victim) = if kills_session_holder(mode, k) {
             ("gateway holder", session)
         } else {
             // Another replica than the session's holder (in HTTP mode
@@ -474,6 +495,7 @@ async fn kill_test(mode: Mode) {
             .count()
     };
     let overtaken = timers.iter().filter(|t| t.2 == "reminder" && t.4).count();
+    let has_reminder = |id: &str| timers.iter().any(|t| t.1 == id && t.2 == "reminder");
     let mut per_grant: HashMap<&str, (usize, usize)> = HashMap::new();
     for (_, request, kind, done, _) in &timers {
         let entry = per_grant.entry(request.as_str()).or_default();
@@ -492,6 +514,10 @@ async fn kill_test(mode: Mode) {
             // A reminder whose claims died with one replica after another
             // can fall due after the expiry, which cancels it (a reminder
             // after the end is not sent): counted below.
+            // A request interrupted by a kill mid-initiate is settled by the
+            // reconciler after the in-flight bound (70 s), past its
+            // compressed reminder time: no reminder is scheduled then.
+            "expired" if !has_reminder(id) => timers.1 == 1,
             "expired" => timers.1 == 1 && timers.0 + reminders_overtaken(id) == 1,
             "superseded" => timers.1 == 0,
             _ => false,
@@ -527,13 +553,26 @@ async fn kill_test(mode: Mode) {
         .count();
     let unanswered = asked.iter().filter(|a| a.answered.is_none()).count();
     // Acknowledged, then the replica died. Without a grant written nothing
-    // happened (the member saw the request fail). With one, the reply is
-    // lost when the kill came between the grant's commit and the edit of
-    // the deferred reply, which is not sent through the outbox: the member
-    // learns of the grant from its reminder (counted, not yet a failure).
+    // happened (counted: the member asks again). With one, the reply is
+    // written with the grant's outcome and delivered by the outbox when
+    // the replica died before showing it: none may be lost.
     let (replies_lost, unreplied_lost): (Vec<u64>, Vec<u64>) = unreplied(&discord, &asked)
         .into_iter()
         .partition(|id| grants.contains_key(&id.to_string()));
+    for id in &replies_lost {
+        problems.push(format!(
+            "interaction {id}: its grant's reply was never shown"
+        ));
+    }
+    // A reply edited again (the replica died after showing it, before
+    // marking its row): the same message, so the member sees nothing new.
+    let mut edits: HashMap<String, usize> = HashMap::new();
+    for call in discord.calls_to("PATCH", "/webhooks/") {
+        if (200..300).contains(&call.status) && call.path.ends_with("/messages/@original") {
+            *edits.entry(call.path).or_default() += 1;
+        }
+    }
+    let edited_again = edits.values().filter(|n| **n > 1).count();
     let retries: usize = asked.iter().map(|a| a.sent.len() - 1).sum();
     if mode == Mode::Gateway && discord.peak_ready_sessions() > 1 {
         problems.push(format!(
@@ -546,7 +585,8 @@ async fn kill_test(mode: Mode) {
          (asking {:.0} s, settling {:.0} s); \
          {REQUESTS} members asked ({retries} asked again, {unanswered} never answered, \
          {} acknowledged by a replica killed before it wrote anything, \
-         {} replies lost to a kill after the grant was written): \
+         {} replies lost to a kill after the grant was written, \
+         {edited_again} replies edited again): \
          {granted} granted, grants {states:?}, {} initiates accepted; \
          {} reminders and {} expiry notices fired, {cancelled} timers cancelled \
          ({overtaken} reminders overtaken by their expiry); \
@@ -577,9 +617,11 @@ async fn kill_test(mode: Mode) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // Members give up after 5 tries; in gateway mode each kill of the
+    // session's holder leaves a gap nobody answers in (BENCHMARKS.md).
     assert!(
-        granted > REQUESTS / 2,
-        "most were granted: {summary}\n{logs}"
+        granted > REQUESTS / 4,
+        "a quarter at least were granted: {summary}\n{logs}"
     );
 }
 

@@ -63,6 +63,7 @@ pub(super) async fn jit(s: &Service, who: &Invocation, command: &SlashCommand) -
                 }
             }
             Ok(grant) => {
+                let grant = s.as_settled_since(grant).await;
                 let connection = s.connection_of(&grant).await;
                 messages::grant_with(&grant, aliases, connection.as_deref())
             }

@@ -17,7 +17,7 @@ use crate::interactions::Invocation;
 use crate::service::jit_port::{Initiated, JitError};
 use crate::service::lifecycle::{CloseOutcome, Closed, GrantActionError};
 use crate::service::request::RequestError;
-use crate::service::{Service, actor};
+use crate::service::{Service, actor, messages};
 use crate::store::{Grant, ScheduleKind, StoreError, StoreTx};
 
 const TIMERS: &[ScheduleKind] = &[ScheduleKind::Reminder, ScheduleKind::Expiry];
@@ -78,7 +78,7 @@ impl Service {
         let id = &grant.request_id;
         // An approved requester is told in the transaction below how to
         // connect; the address may be read from Azure, so before it begins.
-        let connection = if self.told_by_reply(id).await? {
+        let connection = if self.told_in_reply(grant).await? {
             self.connection_of(grant).await
         } else {
             None
@@ -106,6 +106,8 @@ impl Service {
             .await?;
         self.tell_if_approved_with(&mut tx, &grant, "g", connection.as_deref())
             .await?;
+        let reply = messages::grant_with(&grant, &self.config().aliases, connection.as_deref());
+        self.tell_own_reply(&mut tx, &grant, &reply).await?;
         tx.commit().await?;
         Ok(grant)
     }
@@ -133,6 +135,11 @@ impl Service {
         tx.append_audit(&audit.with_detail(json!({"request_id": id.as_str(), "error": message})))
             .await?;
         self.tell_if_approved(&mut tx, &failed, "f").await?;
+        let error = RequestError::Azure {
+            message: message.to_owned(),
+        };
+        let reply = messages::request_error(&error, id.as_str());
+        self.tell_own_reply(&mut tx, &failed, &reply).await?;
         tx.commit().await?;
         Ok(failed)
     }

@@ -257,7 +257,7 @@ impl Service {
                 }
             };
             settled_count += 1;
-            if grant.end_time.is_none() && self.told_by_reply(&grant.request_id).await? {
+            if grant.end_time.is_none() && self.told_in_reply(grant).await? {
                 // Its reply edit, written with the settled state, told them.
                 continue;
             }

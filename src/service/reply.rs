@@ -1,0 +1,167 @@
+//! The requester's own `/jit` reply, made durable (issue 14).
+//!
+//! The transport acknowledges a `/jit` at once and edits that deferred
+//! reply with the handler's answer. A replica killed between the commit
+//! of the grant's outcome and that edit used to leave the member looking
+//! at "thinking…" for good. So the outcome's transaction also writes the
+//! reply as an [`OutboxKind::InteractionEdit`] row, the mechanism approvals
+//! use for their requester's reply ([`super::approval`]), with DM fallback
+//! once the interaction token has expired.
+//!
+//! No added latency, never twice: when the replica is answering that very
+//! interaction in line, the row is written held by it
+//! ([`crate::store::StoreTx::hold_outbox_row`], for a [`HOLD`]), the
+//! transport shows the reply as before and then reports back
+//! ([`Service::reply_shown`]): shown, the row is marked delivered; not
+//! shown, it is released to the deliverers at once. A replica that dies
+//! first leaves the row to the others when the hold runs out. A grant
+//! settled where nobody is answering (the reconciler, after a restart)
+//! writes the row unheld, and the outbox delivers it.
+
+use std::collections::HashSet;
+use std::sync::MutexGuard;
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use super::{Service, replica};
+use crate::chat::ChatMessage;
+use crate::domain::{GrantState, RequestId};
+use crate::store::{Grant, OutboxKind, OutboxMessage, StoreError, StoreTx};
+
+/// How long a reply written for an in-line show is left to it: longer than
+/// the transport's attempts take, short enough that a member whose replica
+/// died sees the reply soon after.
+pub const HOLD: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+tokio::task_local! {
+    /// The request whose own interaction the current task is settling in
+    /// line: only that task's settlement holds the reply row, never another
+    /// task's (the reconciler's) settling the same grant meanwhile.
+    static ANSWERING: RequestId;
+}
+
+/// The replies this process holds for an in-line show.
+#[derive(Debug, Default)]
+pub(crate) struct InLine {
+    /// Requests whose reply row this process holds, until the show reports.
+    held: HashSet<RequestId>,
+}
+
+/// The outbox key of `id`'s own reply, within Discord's 25-character nonce.
+fn reply_key(id: &RequestId) -> String {
+    let digest = hex::encode(Sha256::digest(id.as_str()));
+    format!("rp-{}", &digest[..22])
+}
+
+impl Service {
+    fn in_line(&self) -> MutexGuard<'_, InLine> {
+        self.inner.in_line.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `settle`, the in-line settlement of `id` by the task answering
+    /// its own interaction: the reply row it writes is held for that task's
+    /// show.
+    pub(crate) async fn answering<T>(&self, id: &RequestId, settle: impl Future<Output = T>) -> T {
+        ANSWERING.scope(id.clone(), settle).await
+    }
+
+    /// Whether `grant`'s requester is told its outcome by an edit of their
+    /// reply written with it: an approved request's ([`Self::told_by_reply`]),
+    /// or any other with an interaction token ([`Self::tell_own_reply`]).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn told_in_reply(&self, grant: &Grant) -> Result<bool, StoreError> {
+        Ok(grant.interaction_token.is_some() || self.told_by_reply(&grant.request_id).await?)
+    }
+
+    /// Queues, in the transaction `tx` that settled `grant`, the edit of its
+    /// requester's own reply to `message`: for a request with an
+    /// interaction token that approvers do not decide (those are told by
+    /// [`Self::tell_if_approved`]). Held for the in-line show when the
+    /// current task is answering that interaction ([`Self::answering`]).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn tell_own_reply(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        message: &ChatMessage,
+    ) -> Result<(), StoreError> {
+        let id = &grant.request_id;
+        if grant.interaction_token.is_none() {
+            return Ok(());
+        }
+        if tx
+            .approval_request(id)
+            .await?
+            .is_some_and(|r| !r.break_glass)
+        {
+            return Ok(());
+        }
+        let now = self.clock().now();
+        let row = tx
+            .enqueue(OutboxMessage {
+                kind: OutboxKind::InteractionEdit,
+                target: Some(id.to_string()),
+                payload: json!({ "message": message }),
+                idempotency_key: Some(reply_key(id)),
+                created_at: now,
+            })
+            .await?;
+        let answering = ANSWERING.try_with(|a| a == id).unwrap_or(false);
+        if answering {
+            self.in_line().held.insert(id.clone());
+            tx.hold_outbox_row(row, replica::replica_id(), now + HOLD)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `grant` as it is now when it was waiting for Azure (`pending_azure`):
+    /// the reconciler may have settled it while the request read the policy
+    /// back, and its reply row, written then, must not be overwritten by a
+    /// stale "checking with Azure" shown in line after it.
+    pub async fn as_settled_since(&self, grant: Grant) -> Grant {
+        if grant.state != GrantState::PendingAzure {
+            return grant;
+        }
+        match self.store().grant(&grant.request_id).await {
+            Ok(Some(now)) => now,
+            _ => grant,
+        }
+    }
+
+    /// The transport showed (`shown`) or could not show the reply of the
+    /// interaction `interaction_id`: a reply row this process holds for it
+    /// is marked delivered, or released to the deliverers (and they are
+    /// woken). Errors are logged: the hold runs out by itself.
+    pub async fn reply_shown(&self, interaction_id: &str, shown: bool) {
+        let Ok(id) = RequestId::parse(interaction_id) else {
+            return;
+        };
+        if !self.in_line().held.remove(&id) {
+            return;
+        }
+        let ended = self
+            .store()
+            .end_hold(
+                &reply_key(&id),
+                replica::replica_id(),
+                shown,
+                self.clock().now(),
+            )
+            .await;
+        match ended {
+            Ok(true) if !shown => {
+                self.wakers().outbox.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not end the hold on a reply; it runs out by itself");
+            }
+        }
+    }
+}

@@ -474,7 +474,7 @@ async fn autocomplete(args: &Args) {
     let mut first = None;
     for q in &queries {
         let t = Instant::now();
-        let choices = service.complete_vm(&roles, q);
+        let choices = service.complete_vm(&roles, q).await;
         let took = t.elapsed();
         first.get_or_insert(took);
         std::hint::black_box(choices);

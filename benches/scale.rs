@@ -24,7 +24,12 @@
 //! cargo bench --bench scale -- --autocomplete-only
 //! cargo bench --bench scale -- --child-only --child-env MALLOC_ARENA_MAX=2
 //! cargo bench --bench scale -- --child-only --bin /path/to/older/drawbridge
+//! cargo bench --bench scale -- --child-only --vms 5000 --refreshes 0 --refresh-s 20 --reconcile-s 10 --arm-window 60 --arm-grants 30
 //! ```
+//!
+//! `--arm-window S` counts the ARM requests by operation over S seconds
+//! idle, then over S seconds with `--arm-grants N` `/jit` spread over them
+//! (`--reconcile-s`: the reconciler's interval, 1 h unless given).
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -61,6 +66,9 @@ struct Args {
     page_size: usize,
     refreshes: usize,
     refresh_every: u64,
+    reconcile_every: u64,
+    arm_window: u64,
+    arm_grants: usize,
     idle: Duration,
     mappings: usize,
     queries: usize,
@@ -79,6 +87,9 @@ fn args() -> Args {
         page_size: 1_000,
         refreshes: 10,
         refresh_every: 10,
+        reconcile_every: 3_600,
+        arm_window: 0,
+        arm_grants: 0,
         idle: Duration::from_secs(5),
         mappings: 1_000,
         queries: 2_000,
@@ -89,7 +100,7 @@ fn args() -> Args {
     let num = |v: Option<String>| -> usize {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!(
-                "usage: scale [--vms N] [--policies N] [--page-size N] [--refreshes N] [--refresh-s S] [--idle-s S] [--mappings N] [--queries N] [--bin PATH] [--child-env K=V]… [--autocomplete-only] [--child-only]"
+                "usage: scale [--vms N] [--policies N] [--page-size N] [--refreshes N] [--refresh-s S] [--reconcile-s S] [--arm-window S] [--arm-grants N] [--idle-s S] [--mappings N] [--queries N] [--bin PATH] [--child-env K=V]… [--autocomplete-only] [--child-only]"
             );
             std::process::exit(2)
         })
@@ -101,6 +112,9 @@ fn args() -> Args {
             "--page-size" => a.page_size = num(it.next()),
             "--refreshes" => a.refreshes = num(it.next()),
             "--refresh-s" => a.refresh_every = num(it.next()) as u64,
+            "--reconcile-s" => a.reconcile_every = num(it.next()) as u64,
+            "--arm-window" => a.arm_window = num(it.next()) as u64,
+            "--arm-grants" => a.arm_grants = num(it.next()),
             "--idle-s" => a.idle = Duration::from_secs(num(it.next()) as u64),
             "--mappings" => a.mappings = num(it.next()),
             "--queries" => a.queries = num(it.next()),
@@ -266,7 +280,10 @@ async fn run_child(args: &Args) {
         ("AZURE__MANAGED_IDENTITY_ENDPOINT", azure.base_url.clone()),
         ("AZURE__SUBSCRIPTIONS", SUB.to_string()),
         ("AZURE__INDEX_REFRESH", format!("{}s", args.refresh_every)),
-        ("AZURE__RECONCILE_INTERVAL", "1h".to_string()),
+        (
+            "AZURE__RECONCILE_INTERVAL",
+            format!("{}s", args.reconcile_every),
+        ),
         ("DATABASE__URL", db.clone()),
         ("LOGGING__FILTER", "warn".to_string()),
         ("OPS__LISTEN", ops.clone()),
@@ -431,7 +448,60 @@ async fn run_child(args: &Args) {
             (*last as f64 - *first as f64) / 1024.0
         );
     }
+    arm_windows(args, &discord, &azure.emulator).await;
     stop(child);
+}
+
+/// The ARM requests by operation over `--arm-window` seconds idle, then
+/// over as long again with `--arm-grants` `/jit` spread over it (each by
+/// another member, on another VM of the member's resource group).
+async fn arm_windows(args: &Args, discord: &FakeDiscord, emulator: &Emulator) {
+    if args.arm_window == 0 {
+        return;
+    }
+    let window = Duration::from_secs(args.arm_window);
+    let every = format!(
+        "index refresh every {} s, reconciliation every {} s",
+        args.refresh_every, args.reconcile_every
+    );
+    let from = last_call_id(emulator);
+    tokio::time::sleep(window).await;
+    println!(
+        "ARM over {window:?} idle ({every}): {:?}",
+        arm_calls(emulator, from)
+    );
+    if args.arm_grants == 0 {
+        return;
+    }
+    let from = last_call_id(emulator);
+    let per = args.vms.div_ceil(args.policies);
+    let gap = window / u32::try_from(args.arm_grants).unwrap_or(u32::MAX);
+    for i in 0..args.arm_grants {
+        let vm = 7 * per + i % per;
+        let name = format!(
+            "{}/vm-{vm:05}-{}",
+            rg(7),
+            ["web", "db", "app", "cache"][vm % 4]
+        );
+        discord
+            .send_interaction(
+                discord
+                    .slash("jit")
+                    .user(10_000 + i as u64, "member")
+                    .roles([MEMBER_ROLE])
+                    .string("port", "ssh")
+                    .string("vm", &name)
+                    .string("duration", "1h")
+                    .string("from", "203.0.113.7"),
+            )
+            .await;
+        tokio::time::sleep(gap).await;
+    }
+    println!(
+        "ARM over {window:?} with {} /jit ({every}): {:?}",
+        args.arm_grants,
+        arm_calls(emulator, from)
+    );
 }
 
 /// The real `Service::complete_vm` in this process over the same estate
@@ -474,7 +544,7 @@ async fn autocomplete(args: &Args) {
     let mut first = None;
     for q in &queries {
         let t = Instant::now();
-        let choices = service.complete_vm(&roles, q);
+        let choices = service.complete_vm(&roles, q).await;
         let took = t.elapsed();
         first.get_or_insert(took);
         std::hint::black_box(choices);

@@ -190,23 +190,62 @@ impl VmSelector {
 
     /// Whether `vm` is covered.
     pub fn matches(&self, vm: &VmIdentity) -> bool {
+        self.matches_at(
+            &vm.subscription,
+            vm.resource_group.as_str(),
+            vm.name.as_str(),
+        )
+    }
+
+    /// Whether the VM `name` in this subscription and resource group is
+    /// covered ([`VmSelector::matches`] without building a [`VmIdentity`]).
+    pub fn matches_at(
+        &self,
+        subscription: &SubscriptionId,
+        resource_group: &str,
+        name: &str,
+    ) -> bool {
         match self {
-            Self::All => true,
-            Self::Subscription(sub) => *sub == vm.subscription,
+            Self::AnyOf(all) => all
+                .iter()
+                .any(|s| s.matches_at(subscription, resource_group, name)),
+            one => one
+                .covers_place(subscription, resource_group)
+                .unwrap_or_else(|| one.may_match_name(name)),
+        }
+    }
+
+    /// Whether the VMs of one subscription and resource group are covered
+    /// by their place alone: `Some(true)` all of them, `Some(false)` none,
+    /// `None` when it depends on each VM's name (see
+    /// [`VmSelector::may_match_name`]). Lets a set of VMs be judged once
+    /// per place instead of once per VM.
+    pub fn covers_place(
+        &self,
+        subscription: &SubscriptionId,
+        resource_group: &str,
+    ) -> Option<bool> {
+        match self {
+            Self::All => Some(true),
+            Self::Subscription(sub) => Some(sub == subscription),
             Self::ResourceGroup(sub, rg) => {
-                sub.as_ref().is_none_or(|s| *s == vm.subscription)
-                    && rg.matches(vm.resource_group.as_str())
+                Some(sub.as_ref().is_none_or(|s| s == subscription) && rg.matches(resource_group))
             }
-            Self::Glob(pattern) => pattern.matches_with(
-                vm.name.as_str(),
-                glob::MatchOptions {
-                    case_sensitive: false,
-                    require_literal_separator: false,
-                    require_literal_leading_dot: false,
-                },
-            ),
-            Self::Exact(r) => r.designates(vm),
-            Self::AnyOf(all) => all.iter().any(|s| s.matches(vm)),
+            Self::Glob(_) => None,
+            Self::Exact(r) => (!r.is_in(subscription, resource_group)).then_some(false),
+            Self::AnyOf(all) => {
+                let verdicts: Vec<Option<bool>> = all
+                    .iter()
+                    .map(|s| s.covers_place(subscription, resource_group))
+                    .collect();
+                if verdicts.contains(&Some(true)) {
+                    Some(true)
+                } else if verdicts.iter().all(|v| *v == Some(false)) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
         }
     }
 }
@@ -818,6 +857,43 @@ mod tests {
         assert!(VmSelector::parse("web/*").is_err());
         assert!(VmSelector::parse("sub:nope").is_err());
         assert!(VmSelector::parse("[").is_err());
+    }
+
+    // See: issue 17 (autocomplete judges a place once for all its VMs).
+    #[test]
+    fn a_place_judged_alone_never_disagrees_with_the_vm_by_vm_answer() {
+        let vms = [
+            vm(A, "rg-prod", "Web-01"),
+            vm(A, "rg-prod", "db-01"),
+            vm(A, "rg-staging", "web-01"),
+            vm(B, "rg-prod", "web-01"),
+        ];
+        let selectors = [
+            "*",
+            &format!("sub:{A}")[..],
+            "rg:RG-PROD",
+            &format!("rg:{B}/rg-prod")[..],
+            "web-*",
+            "rg-staging/web-01",
+            &format!("{A}/rg-prod/db-01")[..],
+            "rg-staging/web-01, db-*",
+            "rg:rg-staging,rg-prod/web-01",
+        ];
+        for text in selectors {
+            let s = VmSelector::parse(text).unwrap();
+            for v in &vms {
+                let place = s.covers_place(&v.subscription, v.resource_group.as_str());
+                let whole = s.matches(v);
+                assert!(
+                    place.is_none_or(|p| p == whole),
+                    "{text} on {v:?}: place says {place:?}"
+                );
+            }
+        }
+        // An exact VM elsewhere does not let a glob's name match through.
+        let two = VmSelector::parse("rg-staging/db-01, web-*").unwrap();
+        assert!(!two.matches(&vm(A, "rg-prod", "db-01")));
+        assert!(two.matches(&vm(A, "rg-staging", "DB-01")));
     }
 
     #[test]

@@ -47,17 +47,21 @@ pub struct VmName(String);
 impl VmName {
     /// Validates a VM name.
     pub fn parse(input: &str) -> Result<Self, VmRefError> {
-        let ok = (1..=64).contains(&input.len())
-            && input.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && !input.ends_with(['.', '-'])
-            && input
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
+        if Self::is_valid(input) {
             Ok(Self(input.to_string()))
         } else {
             Err(VmRefError::BadName(shown(input)))
         }
+    }
+
+    /// Whether [`VmName::parse`] accepts `input` (without copying it).
+    pub fn is_valid(input: &str) -> bool {
+        (1..=64).contains(&input.len())
+            && input.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && !input.ends_with(['.', '-'])
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     }
 
     /// The name as written.
@@ -105,6 +109,9 @@ impl ResourceGroupName {
 
     /// Compares case-insensitively, as Azure does.
     pub fn matches(&self, other: &str) -> bool {
+        if self.0.is_ascii() && other.is_ascii() {
+            return self.0.eq_ignore_ascii_case(other);
+        }
         self.0.to_lowercase() == other.to_lowercase()
     }
 }
@@ -188,15 +195,17 @@ impl VmRef {
 
     /// Whether this reference designates `vm` (case-insensitive).
     pub fn designates(&self, vm: &VmIdentity) -> bool {
-        self.name.matches(vm.name.as_str())
-            && self
-                .resource_group
-                .as_ref()
-                .is_none_or(|rg| rg.matches(vm.resource_group.as_str()))
-            && self
-                .subscription
-                .as_ref()
-                .is_none_or(|s| *s == vm.subscription)
+        self.is_in(&vm.subscription, vm.resource_group.as_str())
+            && self.name.matches(vm.name.as_str())
+    }
+
+    /// Whether the VMs of this subscription and resource group may be the
+    /// one this reference designates (by their place alone, not their name).
+    pub fn is_in(&self, subscription: &SubscriptionId, resource_group: &str) -> bool {
+        self.resource_group
+            .as_ref()
+            .is_none_or(|rg| rg.matches(resource_group))
+            && self.subscription.as_ref().is_none_or(|s| s == subscription)
     }
 }
 

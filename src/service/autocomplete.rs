@@ -13,10 +13,19 @@
 //!
 //! Which VMs a member may see depends only on which mappings apply to their
 //! roles, so that set is computed once per set of applying mappings and
-//! kept ([`AllowedVms`]) until the index or the mappings are replaced. A
-//! keystroke then searches the member's own VMs only (1 % of the fleet is
-//! 500 names), or, for a member who sees most of the fleet, the index's
-//! search key with a membership test: never a mapping scan per VM.
+//! kept ([`AllowedVms`]) until the index or the mappings are replaced. The
+//! mappings that apply are found through a role → mappings table built
+//! once per mappings list, and a set is computed judging each place
+//! (subscription and resource group) once, not each VM's parsed identity:
+//! a resource-group or subscription mapping costs a pointer lookup per VM.
+//! A keystroke then searches the member's own VMs only (1 % of the fleet is
+//! 500 names, their lowercase names kept with the set), or, for a member
+//! who sees most of the fleet, the index's search key with a membership
+//! test: never a mapping scan per VM.
+//!
+//! The work runs on tokio's blocking pool ([`Service::complete_vm`] is
+//! async), so the dispatcher's 2 s budget can give up on a slow first
+//! query of a huge estate instead of waiting for it on a runtime thread.
 //!
 //! While the index is still loading, the one choice says so, and picking
 //! it sends what was typed (a `/jit` for a VM not yet indexed is looked up
@@ -29,7 +38,10 @@ use std::sync::Arc;
 use super::Service;
 use super::jit_port::IndexState;
 use crate::domain::authorize;
-use crate::domain::{AccessDuration, IndexedVm, PortSpec, RoleId, RoleMapping, VmKey, VmRef};
+use crate::domain::{
+    AccessDuration, IndexedVm, PortSpec, ResourceGroupName, RoleId, RoleMapping, SubscriptionId,
+    VmKey, VmName, VmRef,
+};
 use crate::interactions::Choice;
 
 /// The one choice while the index loads.
@@ -47,6 +59,8 @@ const SCAN_OWN_BELOW: usize = 5_000;
 #[derive(Debug)]
 struct AllowedVms {
     vms: Vec<Arc<IndexedVm>>,
+    /// Their lowercase names, when the set is small enough to scan.
+    names: Vec<Box<str>>,
     /// Their addresses, for a membership test when the set is large.
     members: HashSet<usize>,
 }
@@ -57,7 +71,107 @@ struct AllowedVms {
 pub(crate) struct AllowedCache {
     generation: u64,
     mappings: Option<Arc<Vec<RoleMapping>>>,
+    /// Each role's mappings (places in the list, ascending).
+    by_role: HashMap<RoleId, Vec<u32>>,
     sets: HashMap<Vec<u32>, Arc<AllowedVms>>,
+}
+
+impl AllowedCache {
+    /// Empty, for `mappings` at `generation`.
+    fn new(generation: u64, mappings: &Arc<Vec<RoleMapping>>) -> Self {
+        let mut by_role: HashMap<RoleId, Vec<u32>> = HashMap::new();
+        for (i, m) in mappings.iter().enumerate() {
+            let place = u32::try_from(i).unwrap_or(u32::MAX);
+            for role in &m.roles {
+                by_role.entry(*role).or_default().push(place);
+            }
+        }
+        Self {
+            generation,
+            mappings: Some(Arc::clone(mappings)),
+            by_role,
+            sets: HashMap::new(),
+        }
+    }
+
+    fn is_for(&self, generation: u64, mappings: &Arc<Vec<RoleMapping>>) -> bool {
+        self.generation == generation
+            && self
+                .mappings
+                .as_ref()
+                .is_some_and(|m| Arc::ptr_eq(m, mappings))
+    }
+
+    /// The places of the mappings that apply to `roles`, ascending.
+    fn applying(&self, roles: &[RoleId]) -> Vec<u32> {
+        let mut out: Vec<u32> = roles
+            .iter()
+            .filter_map(|r| self.by_role.get(r))
+            .flatten()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// What the chosen mappings say about the VMs of one place (subscription
+/// and resource group).
+enum PlaceVerdict {
+    /// The place's names fail validation: no VM there can be served.
+    Unusable,
+    /// No chosen mapping reaches the place.
+    Nothing,
+    /// Every VM there with a valid name.
+    Every,
+    /// Those whose names a mapping matches.
+    ByName(SubscriptionId),
+}
+
+fn judge_place(vm: &IndexedVm, chosen: &[&RoleMapping]) -> PlaceVerdict {
+    let (Ok(sub), Ok(rg)) = (
+        SubscriptionId::parse(&vm.subscription),
+        ResourceGroupName::parse(&vm.resource_group),
+    ) else {
+        return PlaceVerdict::Unusable;
+    };
+    let verdicts: Vec<Option<bool>> = chosen
+        .iter()
+        .map(|m| m.vms.covers_place(&sub, rg.as_str()))
+        .collect();
+    if verdicts.contains(&Some(true)) {
+        PlaceVerdict::Every
+    } else if verdicts.iter().all(|v| *v == Some(false)) {
+        PlaceVerdict::Nothing
+    } else {
+        PlaceVerdict::ByName(sub)
+    }
+}
+
+/// The VMs of `vms` that `chosen` cover, each place judged once (VMs of a
+/// place share its strings, so a place is known by their addresses).
+fn covered(vms: Vec<Arc<IndexedVm>>, chosen: &[&RoleMapping]) -> Vec<Arc<IndexedVm>> {
+    let mut places: HashMap<(usize, usize), PlaceVerdict> = HashMap::new();
+    vms.into_iter()
+        .filter(|vm| {
+            let place = (
+                vm.subscription.as_ptr() as usize,
+                vm.resource_group.as_ptr() as usize,
+            );
+            let verdict = places
+                .entry(place)
+                .or_insert_with(|| judge_place(vm, chosen));
+            VmName::is_valid(&vm.name)
+                && match verdict {
+                    PlaceVerdict::Unusable | PlaceVerdict::Nothing => false,
+                    PlaceVerdict::Every => true,
+                    PlaceVerdict::ByName(sub) => chosen
+                        .iter()
+                        .any(|m| m.vms.matches_at(sub, &vm.resource_group, &vm.name)),
+                }
+        })
+        .collect()
 }
 
 fn address(vm: &Arc<IndexedVm>) -> usize {
@@ -103,9 +217,9 @@ fn vm_choice(vm: &IndexedVm) -> Choice {
 
 /// The index's search over a member's own VMs (sorted by name): names
 /// starting with `query` (case-insensitive), then names containing it.
-fn search_own(vms: &[Arc<IndexedVm>], query: &str, limit: usize) -> Vec<Arc<IndexedVm>> {
+fn search_own(allowed: &AllowedVms, query: &str, limit: usize) -> Vec<Arc<IndexedVm>> {
+    let (vms, names) = (&allowed.vms, &allowed.names);
     let q = query.to_lowercase();
-    let names: Vec<String> = vms.iter().map(|v| v.name.to_lowercase()).collect();
     let starts = names.iter().map(|n| n.starts_with(&q));
     let mut out: Vec<Arc<IndexedVm>> = vms
         .iter()
@@ -133,24 +247,33 @@ const DURATION_STEPS: &[u32] = &[15, 30, 45, 60, 90, 120, 180, 240, 360, 480, 72
 impl Service {
     /// VMs the member's roles may request, best matches first; values are
     /// `rg/name`, so names that exist in several resource groups stay apart.
-    pub fn complete_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
+    ///
+    /// Runs on the blocking pool: a caller's timeout (the dispatcher's
+    /// budget) then holds even while a first query computes the member's
+    /// VM set, which then finishes for the next keystroke.
+    pub async fn complete_vm(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
+        let (service, roles, partial) = (self.clone(), roles.to_vec(), partial.to_owned());
+        match tokio::task::spawn_blocking(move || service.complete_vm_now(&roles, &partial)).await {
+            Ok(choices) => choices,
+            Err(e) => {
+                tracing::error!(error.message = %e, "the VM search failed; no suggestions");
+                Vec::new()
+            }
+        }
+    }
+
+    /// [`Service::complete_vm`] on the calling thread.
+    fn complete_vm_now(&self, roles: &[RoleId], partial: &str) -> Vec<Choice> {
         if let Some(waiting) = self.index_not_ready(partial) {
             return waiting;
         }
         let mappings = self.mappings();
-        let applying: Vec<u32> = mappings
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.applies_to(roles))
-            .map(|(i, _)| u32::try_from(i).unwrap_or(u32::MAX))
-            .collect();
-        if applying.is_empty() {
+        let Some(allowed) = self.allowed_vms(&mappings, roles) else {
             return Vec::new();
-        }
-        let allowed = self.allowed_vms(&mappings, applying);
+        };
         let query = partial.trim();
         let found = if allowed.vms.len() < SCAN_OWN_BELOW {
-            search_own(&allowed.vms, query, MAX_CHOICES)
+            search_own(&allowed, query, MAX_CHOICES)
         } else {
             self.jit().search(query, MAX_CHOICES, &|vm: &IndexedVm| {
                 allowed.members.contains(&(vm as *const IndexedVm as usize))
@@ -186,58 +309,59 @@ impl Service {
         }])
     }
 
-    /// The VMs the mappings at `applying` cover, computed once per index
+    /// The VMs the mappings that apply to `roles` cover (`None` when none
+    /// applies), computed once per set of applying mappings, index
     /// generation and mappings list.
-    fn allowed_vms(&self, mappings: &Arc<Vec<RoleMapping>>, applying: Vec<u32>) -> Arc<AllowedVms> {
+    fn allowed_vms(
+        &self,
+        mappings: &Arc<Vec<RoleMapping>>,
+        roles: &[RoleId],
+    ) -> Option<Arc<AllowedVms>> {
         let generation = self.jit().index_generation();
-        {
+        let applying = {
             let mut cache = self
                 .allowed_cache()
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let current = cache.generation == generation
-                && cache
-                    .mappings
-                    .as_ref()
-                    .is_some_and(|m| Arc::ptr_eq(m, mappings));
-            if !current || cache.sets.len() >= MAX_CACHED_SETS {
-                *cache = AllowedCache {
-                    generation,
-                    mappings: Some(Arc::clone(mappings)),
-                    sets: HashMap::new(),
-                };
+            if !cache.is_for(generation, mappings) || cache.sets.len() >= MAX_CACHED_SETS {
+                *cache = AllowedCache::new(generation, mappings);
+            }
+            let applying = cache.applying(roles);
+            if applying.is_empty() {
+                return None;
             }
             if let Some(found) = cache.sets.get(&applying) {
-                return Arc::clone(found);
+                return Some(Arc::clone(found));
             }
-        }
+            applying
+        };
         let chosen: Vec<&RoleMapping> = applying
             .iter()
             .filter_map(|&i| mappings.get(i as usize))
             .collect();
-        let vms: Vec<Arc<IndexedVm>> = self
-            .jit()
-            .indexed_vms()
-            .into_iter()
-            .filter(|vm| {
-                vm.identity()
-                    .is_some_and(|id| chosen.iter().any(|m| m.vms.matches(&id)))
-            })
-            .collect();
-        let members = if vms.len() < SCAN_OWN_BELOW {
-            HashSet::new()
-        } else {
-            vms.iter().map(address).collect()
-        };
-        let allowed = Arc::new(AllowedVms { vms, members });
+        let vms = covered(self.jit().indexed_vms(), &chosen);
+        let small = vms.len() < SCAN_OWN_BELOW;
+        let allowed = Arc::new(AllowedVms {
+            names: if small {
+                vms.iter().map(|v| v.name.to_lowercase().into()).collect()
+            } else {
+                Vec::new()
+            },
+            members: if small {
+                HashSet::new()
+            } else {
+                vms.iter().map(address).collect()
+            },
+            vms,
+        });
         let mut cache = self
             .allowed_cache()
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if cache.generation == generation {
+        if cache.is_for(generation, mappings) {
             cache.sets.insert(applying, Arc::clone(&allowed));
         }
-        allowed
+        Some(allowed)
     }
 
     /// What a `vm` option names: the text as typed, or for a picked
@@ -399,5 +523,213 @@ impl Service {
             })
             .take(MAX_CHOICES)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::{SharedClock, SystemClock};
+    use crate::domain::mapping::MappingFile;
+    use crate::domain::{JitRequestRecord, PolicyId, PortAliases};
+    use crate::service::ServiceConfig;
+    use crate::service::jit_port::{Enabled, Initiated, JitError, JitPort, OpenRequest};
+    use crate::store::Store;
+
+    const SUB: &str = "00000000-0000-0000-0000-00000000000a";
+
+    /// An index of two VMs (`web-01` in `rg-web`, `db-01` in `rg-data`)
+    /// whose listing waits until the test drops the gate's sender: a first
+    /// query over a huge estate, made as slow as the test wants.
+    struct HeldIndex {
+        gate: Mutex<Receiver<()>>,
+        /// How often the VMs were listed (a VM set computed).
+        listings: AtomicUsize,
+    }
+
+    fn vm(rg: &str, name: &str) -> Arc<IndexedVm> {
+        Arc::new(IndexedVm {
+            vm_id: format!(
+                "/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+            ),
+            subscription: SUB.into(),
+            resource_group: rg.into(),
+            name: name.into(),
+            location: "westeurope".into(),
+            policy: PolicyId::new(SUB, rg, "westeurope", "default")
+                .expect("policy id")
+                .into(),
+            ports: Vec::new().into(),
+        })
+    }
+
+    fn unreachable_azure() -> JitError {
+        JitError::NoAnswer {
+            message: "not in this test".into(),
+            detail: "not in this test".into(),
+            cause: anyhow::anyhow!("not in this test"),
+        }
+    }
+
+    #[async_trait]
+    impl JitPort for HeldIndex {
+        async fn resolve(&self, _: &VmRef) -> Result<Arc<IndexedVm>, JitError> {
+            Err(unreachable_azure())
+        }
+        fn resolve_cached(&self, _: &VmRef) -> Option<Arc<IndexedVm>> {
+            None
+        }
+        fn by_key(&self, _: &VmKey) -> Option<Arc<IndexedVm>> {
+            None
+        }
+        fn search(
+            &self,
+            _: &str,
+            _: usize,
+            _: &(dyn Fn(&IndexedVm) -> bool + Sync),
+        ) -> Vec<Arc<IndexedVm>> {
+            Vec::new()
+        }
+        fn index_state(&self) -> IndexState {
+            IndexState::Ready { vms: 2 }
+        }
+        fn index_generation(&self) -> u64 {
+            1
+        }
+        fn indexed_vms(&self) -> Vec<Arc<IndexedVm>> {
+            // Waits until the sender is dropped; the bound only ends a run
+            // of broken code, which then fails the test instead of hanging.
+            self.listings.fetch_add(1, Ordering::SeqCst);
+            let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+            vec![vm("rg-data", "db-01"), vm("rg-web", "web-01")]
+        }
+        async fn initiate(&self, _: &IndexedVm, _: &OpenRequest) -> Result<Initiated, JitError> {
+            Err(unreachable_azure())
+        }
+        async fn policy_requests(&self, _: &IndexedVm) -> Result<Vec<JitRequestRecord>, JitError> {
+            Err(unreachable_azure())
+        }
+        async fn enable(&self, _: &VmRef) -> Result<Enabled, JitError> {
+            Err(unreachable_azure())
+        }
+        async fn unprotected_vms(&self) -> Result<Vec<String>, JitError> {
+            Err(unreachable_azure())
+        }
+        async fn requests(&self) -> Result<Vec<JitRequestRecord>, JitError> {
+            Err(unreachable_azure())
+        }
+        async fn identity(&self) -> Result<Vec<String>, JitError> {
+            Err(unreachable_azure())
+        }
+    }
+
+    /// A service over [`HeldIndex`] whose one mapping gives role 100
+    /// resource group `rg-web`; the gate's sender opens the listing.
+    async fn service() -> (Service, Arc<HeldIndex>, Sender<()>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite://{}", dir.path().join("ac.db").display());
+        let store = Store::open(&db).await.expect("database opens");
+        let mappings = MappingFile::parse(
+            r#"
+[[mapping]]
+name = "web"
+roles = ["100"]
+vms = "rg:rg-web"
+ports = ["ssh"]
+max_duration = "3h"
+"#,
+            &PortAliases::default(),
+        )
+        .expect("mappings");
+        store
+            .import_mappings(&mappings, "test", chrono::Utc::now())
+            .await
+            .expect("mappings import");
+        let (release, gate) = mpsc::channel();
+        let jit = Arc::new(HeldIndex {
+            gate: Mutex::new(gate),
+            listings: AtomicUsize::new(0),
+        });
+        let clock: SharedClock = Arc::new(SystemClock);
+        let config = ServiceConfig {
+            aliases: PortAliases::default(),
+            reminders_before: Vec::new(),
+            admin_roles: Vec::new(),
+            home_guild: None,
+            rate_limit: crate::domain::rate::RateLimit::default(),
+            public_url: None,
+            approvals_channel: None,
+            audit_channel: None,
+            alert_role: None,
+            weekly_report: None,
+            requestor_names: Vec::new(),
+        };
+        let service = Service::new(store, Arc::clone(&jit) as _, clock, config)
+            .await
+            .expect("service");
+        (service, jit, release, dir)
+    }
+
+    fn names(choices: &[Choice]) -> Vec<&str> {
+        choices.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    // See: issue 17 (the 2 s autocomplete budget could not interrupt a
+    // search that ran on the runtime's thread).
+    #[tokio::test]
+    async fn a_slow_vm_search_leaves_the_answer_to_the_callers_budget() {
+        // Arrange
+        let (service, _, release, _dir) = service().await;
+        let roles = [RoleId::parse("100").expect("role")];
+
+        // Act: poll the search once, then take the other branch as the
+        // dispatcher's timeout would when its budget runs out.
+        let answered = tokio::select! {
+            biased;
+            choices = service.complete_vm(&roles, "") => Some(choices),
+            () = std::future::ready(()) => None,
+        };
+        drop(release);
+        let next = service.complete_vm(&roles, "").await;
+
+        // Assert
+        assert_eq!(
+            answered, None,
+            "the search held the caller until it finished, so no timeout could fire"
+        );
+        assert_eq!(
+            names(&next),
+            ["web-01 (rg-web)"],
+            "once the listing is there, the member sees their VMs only"
+        );
+    }
+
+    #[tokio::test]
+    async fn reloading_unchanged_mappings_keeps_the_members_vm_set() {
+        // Arrange
+        let (service, index, release, _dir) = service().await;
+        drop(release);
+        let roles = [RoleId::parse("100").expect("role")];
+        let before = service.complete_vm(&roles, "web").await;
+
+        // Act
+        service.reload_mappings().await.expect("reload");
+        let after = service.complete_vm(&roles, "web").await;
+
+        // Assert
+        assert_eq!(names(&after), names(&before));
+        assert_eq!(
+            index.listings.load(Ordering::SeqCst),
+            1,
+            "the periodic reload threw the member's VM set away"
+        );
     }
 }

@@ -148,7 +148,7 @@ impl InteractionHandler for Bot {
         let opt = |n: &str| query.options.get(n).map(String::as_str).unwrap_or_default();
         match (query.command.as_str(), query.focused.as_str()) {
             ("jit", "vm") | ("jit-who", "vm") => {
-                let choices = s.complete_vm(roles, &query.partial);
+                let choices = s.complete_vm(roles, &query.partial).await;
                 member::mark_open(s, choices).await
             }
             ("jit", "port") => s.complete_port(roles, opt("vm"), &query.partial),

@@ -16,6 +16,11 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+# make: jemalloc, the binary's allocator, is built from C source (gcc is in
+# the image already).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version ^0.1
 WORKDIR /app
 

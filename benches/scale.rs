@@ -25,11 +25,16 @@
 //! cargo bench --bench scale -- --child-only --child-env MALLOC_ARENA_MAX=2
 //! cargo bench --bench scale -- --child-only --bin /path/to/older/drawbridge
 //! cargo bench --bench scale -- --child-only --vms 5000 --refreshes 0 --refresh-s 20 --reconcile-s 10 --arm-window 60 --arm-grants 30
+//! cargo bench --bench scale -- --child-only --wrap "heaptrack -o /tmp/scale"
 //! ```
 //!
 //! `--arm-window S` counts the ARM requests by operation over S seconds
 //! idle, then over S seconds with `--arm-grants N` `/jit` spread over them
 //! (`--reconcile-s`: the reconciler's interval, 1 h unless given).
+//!
+//! `--wrap` starts the child under a command (heaptrack, say): RSS and CPU
+//! are then read from the binary's own process under it, and it is
+//! stopped with SIGTERM so that the wrapper can write its output.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -78,6 +83,9 @@ struct Args {
     /// `K=V` set in the child's environment only (`LD_PRELOAD=…`,
     /// `MALLOC_ARENA_MAX=2`), to compare allocators.
     child_env: Vec<(String, String)>,
+    /// A command (split at spaces) the child runs under, e.g.
+    /// `heaptrack -o /tmp/scale`.
+    wrap: Vec<String>,
 }
 
 fn args() -> Args {
@@ -95,12 +103,13 @@ fn args() -> Args {
         queries: 2_000,
         bin: None,
         child_env: Vec::new(),
+        wrap: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>| -> usize {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!(
-                "usage: scale [--vms N] [--policies N] [--page-size N] [--refreshes N] [--refresh-s S] [--reconcile-s S] [--arm-window S] [--arm-grants N] [--idle-s S] [--mappings N] [--queries N] [--bin PATH] [--child-env K=V]… [--autocomplete-only] [--child-only]"
+                "usage: scale [--vms N] [--policies N] [--page-size N] [--refreshes N] [--refresh-s S] [--reconcile-s S] [--arm-window S] [--arm-grants N] [--idle-s S] [--mappings N] [--queries N] [--bin PATH] [--child-env K=V]… [--wrap CMD] [--autocomplete-only] [--child-only]"
             );
             std::process::exit(2)
         })
@@ -119,6 +128,14 @@ fn args() -> Args {
             "--mappings" => a.mappings = num(it.next()),
             "--queries" => a.queries = num(it.next()),
             "--bin" => a.bin = it.next(),
+            "--wrap" => {
+                a.wrap = it
+                    .next()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+            }
             "--child-env" => {
                 if let Some((k, v)) = it.next().as_deref().and_then(|kv| kv.split_once('=')) {
                     a.child_env.push((k.to_owned(), v.to_owned()));
@@ -288,15 +305,26 @@ async fn run_child(args: &Args) {
         ("LOGGING__FILTER", "warn".to_string()),
         ("OPS__LISTEN", ops.clone()),
     ];
-    let mut cmd = Command::new(
-        args.bin
-            .as_deref()
-            .unwrap_or(env!("CARGO_BIN_EXE_drawbridge")),
-    );
+    let bin = args
+        .bin
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_drawbridge"));
+    let mut cmd = match args.wrap.split_first() {
+        Some((wrapper, wrapper_args)) => {
+            let mut cmd = Command::new(wrapper);
+            cmd.args(wrapper_args).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     cmd.envs(args.child_env.iter().map(|(k, v)| (k, v)));
     cmd.arg("run")
         .env_remove("IDENTITY_ENDPOINT")
         .env_remove("IDENTITY_HEADER")
+        // As in production: with backtraces on, a logged error's backtrace
+        // is symbolized and its debug-info caches (tens of MiB) stay.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -305,12 +333,16 @@ async fn run_child(args: &Args) {
     }
     let started = Instant::now();
     let child = cmd.spawn().expect("drawbridge starts");
-    let pid = child.id();
     if !discord.wait_until_ready(Duration::from_secs(120)).await {
         eprintln!("drawbridge did not get ready within 120 s");
         stop(child);
         std::process::exit(1);
     }
+    let pid = if args.wrap.is_empty() {
+        child.id()
+    } else {
+        running_under(child.id(), bin).expect("the binary runs under the wrapper")
+    };
     let ready = started.elapsed();
     // A member asks right away, by resource group and name, and types in
     // the VM option.
@@ -449,7 +481,36 @@ async fn run_child(args: &Args) {
         );
     }
     arm_windows(args, &discord, &azure.emulator).await;
-    stop(child);
+    if args.wrap.is_empty() {
+        stop(child);
+    } else {
+        // The binary itself, so that the wrapper sees it exit and writes
+        // its output.
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let mut child = child;
+        let _ = child.wait();
+    }
+}
+
+/// The process running `bin` among `pid`'s descendants (a wrapper's child).
+fn running_under(pid: u32, bin: &str) -> Option<u32> {
+    let want = std::fs::canonicalize(bin).ok()?;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if std::fs::read_link(format!("/proc/{p}/exe")).ok().as_ref() == Some(&want) {
+            return Some(p);
+        }
+        let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"));
+        todo.extend(
+            children
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    None
 }
 
 /// The ARM requests by operation over `--arm-window` seconds idle, then

@@ -111,7 +111,7 @@ impl ArmJit {
         let listed = *self.vms_listed_at.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.index.clock().now();
         if listed.is_none_or(|t| now >= t + VM_LIST_MAX_AGE)
-            && let Err(e) = self.list_all_vms().await
+            && let Err(e) = self.list_all_vms(&mut |_, _| {}).await
         {
             tracing::warn!(error.message = %e, "listing all VMs failed; keeping the old list");
         }
@@ -140,28 +140,34 @@ impl ArmJit {
         self.refresh().await.map(|_| true)
     }
 
-    /// Every VM of the subscriptions with its location; keeps those not
-    /// indexed for [`JitPort::resolve`].
-    async fn list_all_vms(&self) -> Result<Vec<(VmId, String)>, ArmError> {
-        let mut all = Vec::new();
-        for sub in &self.subscriptions {
-            for vm in self.arm.list_vms(sub).await? {
-                match VmId::parse(&vm.id) {
-                    Ok(id) => all.push((id, vm.location)),
-                    Err(e) => tracing::warn!(error = %e, "skipping a VM with an unreadable id"),
-                }
-            }
-        }
+    /// Streams every VM of the subscriptions (page by page, nothing of the
+    /// estate kept whole), handing each with its location to `also`; keeps
+    /// the ones not indexed for [`JitPort::resolve`] and returns them.
+    async fn list_all_vms(
+        &self,
+        also: &mut (dyn FnMut(&VmId, &str) + Send),
+    ) -> Result<Arc<Vec<VmId>>, ArmError> {
         let index = self.index.snapshot();
-        let unindexed: Vec<VmId> = all
-            .iter()
-            .filter(|(id, _)| !index.contains_id(&id.to_string()))
-            .map(|(id, _)| id.clone())
-            .collect();
-        *self.unindexed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(unindexed);
+        let mut unindexed = Vec::new();
+        for sub in &self.subscriptions {
+            self.arm
+                .each_vm(sub, &mut |vm| match VmId::parse(&vm.id) {
+                    Ok(id) => {
+                        also(&id, &vm.location);
+                        if !index.contains_id(&id.to_string()) {
+                            unindexed.push(id);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping a VM with an unreadable id"),
+                })
+                .await?;
+        }
+        unindexed.shrink_to_fit();
+        let unindexed = Arc::new(unindexed);
+        *self.unindexed.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&unindexed);
         *self.vms_listed_at.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(self.index.clock().now());
-        Ok(all)
+        Ok(unindexed)
     }
 
     fn lookup(index: &VmIndex, vm: &VmRef) -> Result<Arc<IndexedVm>, ResolveError> {
@@ -203,19 +209,22 @@ impl ArmJit {
 
     fn matching(all: &[VmId], vm: &VmRef) -> Vec<VmId> {
         all.iter()
-            .filter(|id| {
-                vm.name.matches(&id.name)
-                    && vm
-                        .resource_group
-                        .as_ref()
-                        .is_none_or(|rg| rg.matches(&id.resource_group))
-                    && vm
-                        .subscription
-                        .as_ref()
-                        .is_none_or(|s| s.as_str().eq_ignore_ascii_case(&id.subscription))
-            })
+            .filter(|id| Self::is_named(id, vm))
             .cloned()
             .collect()
+    }
+
+    /// Whether `vm` names the VM `id`.
+    fn is_named(id: &VmId, vm: &VmRef) -> bool {
+        vm.name.matches(&id.name)
+            && vm
+                .resource_group
+                .as_ref()
+                .is_none_or(|rg| rg.matches(&id.resource_group))
+            && vm
+                .subscription
+                .as_ref()
+                .is_none_or(|s| s.as_str().eq_ignore_ascii_case(&id.subscription))
     }
 }
 
@@ -276,15 +285,8 @@ impl JitPort for ArmJit {
         }
         // Only list the VMs again when the floor let us refresh.
         let exists_without_jit = match refreshed {
-            Some(_) => {
-                let all: Vec<VmId> = self
-                    .list_all_vms()
-                    .await?
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect();
-                !Self::matching(&all, vm).is_empty()
-            }
+            // An indexed VM would have resolved: the unindexed ones tell.
+            Some(_) => !Self::matching(&self.list_all_vms(&mut |_, _| {}).await?, vm).is_empty(),
             None => !Self::matching(
                 &self.unindexed.read().unwrap_or_else(|e| e.into_inner()),
                 vm,
@@ -391,12 +393,10 @@ impl JitPort for ArmJit {
     }
 
     async fn unprotected_vms(&self) -> Result<Vec<String>, JitError> {
-        let all = self.list_all_vms().await?;
-        let index = self.index.snapshot();
-        let mut out: Vec<String> = all
+        let unindexed = self.list_all_vms(&mut |_, _| {}).await?;
+        let mut out: Vec<String> = unindexed
             .iter()
-            .filter(|(id, _)| !index.contains_id(&id.to_string()))
-            .map(|(id, _)| format!("{}/{}", id.resource_group, id.name))
+            .map(|id| format!("{}/{}", id.resource_group, id.name))
             .collect();
         out.sort();
         Ok(out)
@@ -445,22 +445,20 @@ impl ArmJit {
     /// The one VM of the subscriptions `vm` names, with its location, from
     /// one list of the VMs.
     async fn enable_target(&self, vm: &VmRef) -> Result<(VmId, String), JitError> {
-        let all = self.list_all_vms().await?;
-        let ids: Vec<VmId> = all.iter().map(|(id, _)| id.clone()).collect();
-        match Self::matching(&ids, vm).as_slice() {
+        let mut found: Vec<(VmId, String)> = Vec::new();
+        self.list_all_vms(&mut |id, location| {
+            if Self::is_named(id, vm) {
+                found.push((id.clone(), location.to_owned()));
+            }
+        })
+        .await?;
+        match found.as_slice() {
             [] => Err(JitError::NoSuchVm {
                 name: vm.to_string(),
             }),
-            [one] => {
-                let location = all
-                    .iter()
-                    .find(|(id, _)| id == one)
-                    .map(|(_, l)| l.clone())
-                    .unwrap_or_default();
-                Ok((one.clone(), location))
-            }
+            [_] => Ok(found.swap_remove(0)),
             many => Err(JitError::Ambiguous {
-                candidates: many.iter().map(short_name).collect(),
+                candidates: many.iter().map(|(id, _)| short_name(id)).collect(),
             }),
         }
     }

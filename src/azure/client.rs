@@ -152,6 +152,21 @@ impl ArmClient {
     /// # Errors
     /// [`ArmError`]; `InvalidInput` when `subscription` is not a GUID.
     pub async fn list_vms(&self, subscription: &str) -> Result<Vec<ComputeVm>, ArmError> {
+        let mut vms = Vec::new();
+        self.each_vm(subscription, &mut |vm| vms.push(vm)).await?;
+        Ok(vms)
+    }
+
+    /// Every VM of a subscription, each handed to `sink` as it is parsed:
+    /// no page and no list of the estate is kept.
+    ///
+    /// # Errors
+    /// [`ArmError`]; `InvalidInput` when `subscription` is not a GUID.
+    pub async fn each_vm(
+        &self,
+        subscription: &str,
+        sink: &mut (dyn FnMut(ComputeVm) + Send),
+    ) -> Result<(), ArmError> {
         check_subscription(subscription)?;
         let url = self.url(
             &[
@@ -163,7 +178,7 @@ impl ArmClient {
             ],
             COMPUTE_API_VERSION,
         );
-        self.list_all(Operation::ListVms, url).await
+        self.list_each(Operation::ListVms, url, sink).await
     }
 
     /// The caller's effective permissions in a subscription, one entry per

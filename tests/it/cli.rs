@@ -683,3 +683,84 @@ fn emulate_azure_serves_the_jit_api_on_its_own() {
     let _ = child.wait();
     assert!(!listed["value"].as_array().unwrap().is_empty(), "{listed}");
 }
+
+/// `drawbridge` with the database at `url` (any backend).
+fn drawbridge_on(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(args)
+        .env_clear()
+        .env("DRAWBRIDGE__DATABASE__URL", url)
+        .output()
+        .expect("the binary runs")
+}
+
+/// `drawbridge migrate-store` moves a SQLite deployment onto PostgreSQL
+/// while the SQLite database is in use (another process holds an
+/// uncommitted write): the copy has every committed row, its audit chain
+/// verifies with `audit verify` on PostgreSQL, the mappings export the same,
+/// and a second run into the now busy database is refused without a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_copies_a_live_sqlite_database_into_postgres() {
+    use crate::store::backend::{Backend as _, Postgres};
+    let Some(postgres) = Postgres::from_env() else {
+        return;
+    };
+    // Arrange: mappings imported (audit events), a writer mid-transaction.
+    let (_dir, db) = setup();
+    let from = format!("sqlite://{}", db.display());
+    let target = postgres.empty().await;
+    let live = drawbridge::store::Store::open(&from).await.unwrap();
+    let (committed, _) = live.audit_head().await.unwrap();
+    let mut writing = live.begin().await.unwrap();
+    let uncommitted = drawbridge::domain::AuditEvent::new(
+        chrono::Utc::now(),
+        "discord:1",
+        drawbridge::domain::AuditAction::AccessDenied,
+        "rg/web-01",
+        drawbridge::domain::Outcome::Success,
+    );
+    writing.append_audit(&uncommitted).await.unwrap();
+
+    // Act
+    let copy = tokio::task::spawn_blocking({
+        let (from, to) = (from.clone(), target.url.clone());
+        move || drawbridge_on(&from, &["migrate-store", "--from", &from, "--to", &to])
+    })
+    .await
+    .unwrap();
+    writing.commit().await.unwrap();
+    let again = drawbridge_on(
+        &from,
+        &["migrate-store", "--from", &from, "--to", &target.url],
+    );
+
+    // Assert
+    let (stdout, stderr) = text(&copy);
+    assert!(copy.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "audit chain verified in the copy: {committed} events"
+        )),
+        "{stdout}"
+    );
+    let verify = drawbridge_on(&target.url, &["audit", "verify"]);
+    assert!(verify.status.success(), "{:?}", text(&verify));
+    assert!(
+        text(&verify).0.contains("audit log intact"),
+        "{:?}",
+        text(&verify)
+    );
+    let export = |url: &str| text(&drawbridge_on(url, &["mappings", "export"])).0;
+    assert_eq!(export(&target.url), export(&from));
+    assert!(export(&from).contains("sre-web"));
+    let (_, refused) = text(&again);
+    assert!(!again.status.success());
+    assert!(refused.contains("not empty"), "{refused}");
+    let (head, _) = drawbridge::store::Store::open(&target.url)
+        .await
+        .unwrap()
+        .audit_head()
+        .await
+        .unwrap();
+    assert_eq!(head, committed, "the refused copy changed nothing");
+}

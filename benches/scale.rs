@@ -393,8 +393,9 @@ async fn run_child(args: &Args) {
             None
         }
     };
-    let jit_answer = answered(jit.id).await;
-    let complete_answer = answered(complete.id).await;
+    // Both watched at once: the autocomplete's answer is not timed by the
+    // /jit's, which waits on Azure.
+    let (jit_answer, complete_answer) = tokio::join!(answered(jit.id), answered(complete.id));
     let mut index_done = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < deadline {

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use drawbridge::clock::SystemClock;
 use drawbridge::domain::RoleId;
-use drawbridge::sandbox::{Emulator, Estate, Route};
+use drawbridge::sandbox::{Emulator, Route};
 use drawbridge::store::Store;
 
 /// The integration tests' fake Discord, shared as it is.
@@ -58,7 +58,9 @@ use support::fake_discord::FakeDiscord;
 #[path = "shared/mod.rs"]
 mod shared;
 
-use shared::{FirstMapping, arm_jit, cpu_time, mappings, mib, runtime, service, status_kib, stop};
+use shared::{
+    FirstMapping, arm_jit, cpu_time, estate, mappings, mib, rg, runtime, service, status_kib, stop,
+};
 
 const SUB: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
 const AUDIT_CHANNEL: u64 = 7007;
@@ -147,47 +149,6 @@ fn args() -> Args {
     a
 }
 
-fn rg(p: usize) -> String {
-    format!("rg-scale-{p:03}")
-}
-
-/// `vms` VMs in `policies` resource groups, each group under one policy
-/// with SSH and RDP rules, as the TOML seed a large customer would write.
-fn estate(vms: usize, policies: usize) -> Estate {
-    use std::fmt::Write as _;
-    let mut toml = format!("[[subscriptions]]\nid = \"{SUB}\"\n");
-    let per = vms.div_ceil(policies);
-    for i in 0..vms {
-        let p = i / per;
-        let region = ["westeurope", "northeurope", "eastus"][p % 3];
-        let _ = write!(
-            toml,
-            "[[subscriptions.vms]]\nname = \"vm-{i:05}-{}\"\nresourceGroup = \"{}\"\nlocation = \"{region}\"\nos = \"linux\"\nprivateIp = \"10.{}.{}.{}\"\n",
-            ["web", "db", "app", "cache"][i % 4],
-            rg(p),
-            i / 65_536,
-            (i / 256) % 256,
-            i % 256
-        );
-    }
-    for p in 0..policies {
-        let region = ["westeurope", "northeurope", "eastus"][p % 3];
-        let _ = write!(
-            toml,
-            "[[subscriptions.policies]]\nresourceGroup = \"{}\"\nlocation = \"{region}\"\n",
-            rg(p)
-        );
-        for i in (p * per)..((p + 1) * per).min(vms) {
-            let _ = write!(
-                toml,
-                "[[subscriptions.policies.virtualMachines]]\nname = \"vm-{i:05}-{}\"\nports = [{{ number = 22, protocol = \"TCP\", allowedSourceAddressPrefix = \"*\", maxRequestAccessDuration = \"PT3H\" }}, {{ number = 3389, protocol = \"TCP\", allowedSourceAddressPrefix = \"*\", maxRequestAccessDuration = \"PT3H\" }}]\n",
-                ["web", "db", "app", "cache"][i % 4],
-            );
-        }
-    }
-    Estate::from_toml_str(&toml).expect("the generated estate is valid")
-}
-
 /// The member's mapping (their one resource group) and `n - 1` others.
 fn member_mappings(n: usize) -> Vec<drawbridge::domain::RoleMapping> {
     let vms = format!("rg:{}", rg(7));
@@ -257,7 +218,7 @@ fn free_port() -> u16 {
 
 async fn run_child(args: &Args) {
     let t0 = Instant::now();
-    let estate = estate(args.vms, args.policies);
+    let estate = estate(SUB, args.vms, args.policies);
     let discord = FakeDiscord::start().await;
     let azure = Emulator::new(estate, Arc::new(SystemClock))
         .spawn()
@@ -571,7 +532,7 @@ async fn arm_windows(args: &Args, discord: &FakeDiscord, emulator: &Emulator) {
 /// group of `--policies`.
 async fn autocomplete(args: &Args) {
     let clock: drawbridge::clock::SharedClock = Arc::new(SystemClock);
-    let azure = Emulator::new(estate(args.vms, args.policies), Arc::clone(&clock))
+    let azure = Emulator::new(estate(SUB, args.vms, args.policies), Arc::clone(&clock))
         .spawn()
         .await
         .expect("emulator starts");

@@ -11,14 +11,19 @@
 //! ```text
 //! cargo bench --bench startup
 //! cargo bench --bench startup -- --mappings 10000 --interactions 200 --latency-ms 2000 --idle-s 5
+//! cargo bench --bench startup -- --mappings 10 --vms 4   # 200 members on 4 VMs (each supersedes the last)
 //! ```
+//!
+//! By default each member asks for their own VM (an estate of as many VMs
+//! as interactions), the issue-17 scenario; `--vms N` shares N VMs among
+//! them instead.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge::clock::SystemClock;
-use drawbridge::sandbox::{Emulator, Estate, Fault, FaultRule, Route};
+use drawbridge::sandbox::{Emulator, Fault, FaultRule, Route};
 use drawbridge::store::Store;
 
 /// The integration tests' fake Discord, shared as it is.
@@ -33,7 +38,7 @@ use support::fake_discord::FakeDiscord;
 #[path = "shared/mod.rs"]
 mod shared;
 
-use shared::{FirstMapping, cpu_time, mappings, mib, pct, runtime, status_kib, stop};
+use shared::{FirstMapping, cpu_time, estate, mappings, mib, pct, runtime, status_kib, stop};
 
 const SUB_PROD: &str = "3f2b6c1e-8d4a-4c1e-9b7a-1a2b3c4d5e60";
 const AUDIT_CHANNEL: u64 = 7007;
@@ -44,6 +49,8 @@ struct Args {
     interactions: usize,
     latency: Duration,
     idle: Duration,
+    /// The VMs the members share; `None`: one VM each.
+    vms: Option<usize>,
     /// The binary to run instead of this build's (an older build, for a
     /// before figure).
     bin: Option<String>,
@@ -55,13 +62,14 @@ fn args() -> Args {
         interactions: 200,
         latency: Duration::from_secs(2),
         idle: Duration::from_secs(5),
+        vms: None,
         bin: None,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>| -> u64 {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!(
-                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S] [--bin PATH]"
+                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S] [--vms N] [--bin PATH]"
             );
             std::process::exit(2)
         })
@@ -79,11 +87,17 @@ fn args() -> Args {
             "--interactions" => a.interactions = num(it.next()) as usize,
             "--latency-ms" => a.latency = Duration::from_millis(num(it.next())),
             "--idle-s" => a.idle = Duration::from_secs(num(it.next())),
+            "--vms" => a.vms = Some((num(it.next()) as usize).max(1)),
             "--bin" => a.bin = it.next(),
             _ => {} // `--bench` and other libtest flags
         }
     }
     a
+}
+
+/// The name [`estate`] gives its VM `i`.
+fn vm_name(i: usize) -> String {
+    format!("vm-{i:05}-{}", ["web", "db", "app", "cache"][i % 4])
 }
 
 fn ms(d: Duration) -> String {
@@ -92,10 +106,14 @@ fn ms(d: Duration) -> String {
 
 async fn one(n: usize, args: &Args) {
     let discord = FakeDiscord::start().await;
-    let azure = Emulator::new(Estate::sample(), Arc::new(SystemClock))
-        .spawn()
-        .await
-        .expect("emulator starts");
+    let vms = args.vms.unwrap_or(args.interactions).max(1);
+    let azure = Emulator::new(
+        estate(SUB_PROD, vms, vms.div_ceil(50)),
+        Arc::new(SystemClock),
+    )
+    .spawn()
+    .await
+    .expect("emulator starts");
     let dir = tempfile::tempdir().expect("temp dir");
     let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
     let store = Store::open(&db).await.expect("database opens");
@@ -103,9 +121,9 @@ async fn one(n: usize, args: &Args) {
         .import_mappings(
             &mappings(
                 FirstMapping {
-                    name: "sre-web",
+                    name: "sre-fleet",
                     role: SRE_ROLE,
-                    vms: "web-*",
+                    vms: "vm-*",
                 },
                 n,
             ),
@@ -138,7 +156,11 @@ async fn one(n: usize, args: &Args) {
         ("AZURE__MANAGED_IDENTITY_ENDPOINT", azure.base_url.clone()),
         ("AZURE__SUBSCRIPTIONS", SUB_PROD.to_string()),
         ("DATABASE__URL", db.clone()),
-        ("LOGGING__FILTER", "warn".to_string()),
+        // `STARTUP_LOG=sqlx::query=debug` counts the statements, say.
+        (
+            "LOGGING__FILTER",
+            std::env::var("STARTUP_LOG").unwrap_or_else(|_| "warn".to_string()),
+        ),
         ("OPS__LISTEN", ops_addr.to_string()),
     ];
     let mut cmd = Command::new(
@@ -149,6 +171,11 @@ async fn one(n: usize, args: &Args) {
     cmd.arg("run")
         .env_remove("IDENTITY_ENDPOINT")
         .env_remove("IDENTITY_HEADER")
+        // anyhow captures a backtrace per error when these are set, and a
+        // logged error then symbolizes it (tens of MiB, and CPU): not the
+        // bot's cost as shipped.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -201,11 +228,12 @@ async fn one(n: usize, args: &Args) {
             let interaction = discord
                 .slash("jit")
                 .string("port", "ssh")
-                .string("vm", &format!("web-0{}", 1 + i % 4))
+                .string("vm", &vm_name(i % vms))
                 .string("duration", "1h")
-                // One address for all: from different addresses, members
-                // after the first on a VM would be asked first (Azure keeps
-                // one window per port) instead of reaching Azure.
+                // One address for all: when VMs are shared, members from
+                // different addresses after the first on a VM would be
+                // asked first (Azure keeps one window per port) instead of
+                // reaching Azure.
                 .string("from", "198.51.100.1")
                 .user(10_000_000 + i as u64, &format!("member{i}"))
                 .roles([SRE_ROLE]);
@@ -246,12 +274,22 @@ async fn one(n: usize, args: &Args) {
                     .is_some_and(|m| m.to_string().contains("Access granted"))
             })
             .count();
-        let arm = azure
-            .emulator
-            .calls()
+        let calls = azure.emulator.calls();
+        let arm = calls
             .iter()
             .filter(|c| c.route != Some(Route::Token))
             .count();
+        let mut by_route = std::collections::BTreeMap::<String, (usize, usize)>::new();
+        for c in calls.iter().filter(|c| c.route != Some(Route::Token)) {
+            let entry = by_route.entry(format!("{:?}", c.route)).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(c.status == 429);
+        }
+        let by_route = by_route
+            .iter()
+            .map(|(route, (n, throttled))| format!("{route} {n} ({throttled} throttled)"))
+            .collect::<Vec<_>>()
+            .join(", ");
         println!(
             "{n} mappings: {} /jit at once, Azure latency {:?}: ack p50 {} p99 {} max {} ({} acks); {replies} replies, {granted} granted; {arm} ARM requests",
             sent.len(),
@@ -261,6 +299,7 @@ async fn one(n: usize, args: &Args) {
             ms(acks.last().copied().unwrap_or_default()),
             acks.len(),
         );
+        println!("{n} mappings: ARM requests by operation: {by_route}");
         println!(
             "{n} mappings: the bot's own ack latency (its `interaction_ack_seconds`: dispatch → callback answered), acks at or under: {}",
             bot_acks(ops_addr).await

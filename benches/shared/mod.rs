@@ -64,6 +64,48 @@ pub fn mappings(first: FirstMapping<'_>, n: usize) -> Vec<RoleMapping> {
         .collect()
 }
 
+/// The resource group of policy `p` in [`estate`].
+pub fn rg(p: usize) -> String {
+    format!("rg-scale-{p:03}")
+}
+
+/// `vms` VMs in `policies` resource groups, each group under one policy
+/// with SSH and RDP rules, as the TOML seed a large customer would write.
+pub fn estate(sub: &str, vms: usize, policies: usize) -> drawbridge::sandbox::Estate {
+    use std::fmt::Write as _;
+    let mut toml = format!("[[subscriptions]]\nid = \"{sub}\"\n");
+    let per = vms.div_ceil(policies);
+    for i in 0..vms {
+        let p = i / per;
+        let region = ["westeurope", "northeurope", "eastus"][p % 3];
+        let _ = write!(
+            toml,
+            "[[subscriptions.vms]]\nname = \"vm-{i:05}-{}\"\nresourceGroup = \"{}\"\nlocation = \"{region}\"\nos = \"linux\"\nprivateIp = \"10.{}.{}.{}\"\n",
+            ["web", "db", "app", "cache"][i % 4],
+            rg(p),
+            i / 65_536,
+            (i / 256) % 256,
+            i % 256
+        );
+    }
+    for p in 0..policies {
+        let region = ["westeurope", "northeurope", "eastus"][p % 3];
+        let _ = write!(
+            toml,
+            "[[subscriptions.policies]]\nresourceGroup = \"{}\"\nlocation = \"{region}\"\n",
+            rg(p)
+        );
+        for i in (p * per)..((p + 1) * per).min(vms) {
+            let _ = write!(
+                toml,
+                "[[subscriptions.policies.virtualMachines]]\nname = \"vm-{i:05}-{}\"\nports = [{{ number = 22, protocol = \"TCP\", allowedSourceAddressPrefix = \"*\", maxRequestAccessDuration = \"PT3H\" }}, {{ number = 3389, protocol = \"TCP\", allowedSourceAddressPrefix = \"*\", maxRequestAccessDuration = \"PT3H\" }}]\n",
+                ["web", "db", "app", "cache"][i % 4],
+            );
+        }
+    }
+    drawbridge::sandbox::Estate::from_toml_str(&toml).expect("the generated estate is valid")
+}
+
 /// Nearest-rank percentile `p` (0–100) of sorted durations.
 pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -17,6 +17,8 @@
 //!   one paged list per subscription; autocomplete search. The entries are
 //!   the domain's [`IndexedVm`](crate::domain::IndexedVm); checking a request
 //!   against them is the domain's too ([`crate::domain::policy_check`]).
+//! * [`coalesce`]: read-backs of one policy share one read that began after
+//!   they asked.
 //! * [`wire`]: serde types of the API; [`ids`]: ARM id parsing; [`retry`]:
 //!   the retry policy; [`error`]: [`ArmError`] and request counts.
 //!
@@ -35,6 +37,7 @@
 pub mod arm_jit;
 pub mod client;
 pub mod cloud;
+pub mod coalesce;
 pub mod credential;
 pub mod error;
 pub mod ids;

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::client::ENABLE_POLICY_NAME;
+use super::coalesce::Coalescer;
 use super::ids::VmId;
 use super::wire::{JitRequest, Policy, RequestPort};
 use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
@@ -51,7 +52,16 @@ pub struct ArmJit {
     vms_listed_at: Mutex<Option<DateTime<Utc>>>,
     /// One lock per policy id (lowercase) that enable writes.
     enable_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Read-backs of one policy share a read that began after they asked.
+    read_backs: Coalescer<Vec<JitRequestRecord>>,
+    /// VM address reads in flight: beyond these, a card goes without.
+    address_reads: tokio::sync::Semaphore,
 }
+
+/// How many VMs' addresses are read at once (three reads each). A burst of
+/// grants on many new VMs would otherwise spend ARM's read bucket on
+/// addresses before the read-backs get it.
+const ADDRESS_READS: usize = 4;
 
 impl std::fmt::Debug for ArmJit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,6 +88,8 @@ impl ArmJit {
             unindexed: RwLock::new(Arc::new(Vec::new())),
             vms_listed_at: Mutex::new(None),
             enable_locks: Mutex::default(),
+            read_backs: Coalescer::default(),
+            address_reads: tokio::sync::Semaphore::new(ADDRESS_READS),
         }
     }
 
@@ -370,8 +382,13 @@ impl JitPort for ArmJit {
     }
 
     async fn policy_requests(&self, vm: &IndexedVm) -> Result<Vec<JitRequestRecord>, JitError> {
-        let policy = self.arm.get_policy(&vm.policy).await?;
-        Ok(records_of(&policy).collect())
+        let key = vm.policy.to_string().to_ascii_lowercase();
+        self.read_backs
+            .read(&key, || async {
+                let policy = self.arm.get_policy(&vm.policy).await?;
+                Ok(records_of(&policy).collect())
+            })
+            .await
     }
 
     async fn enable(&self, vm: &VmRef) -> Result<Enabled, JitError> {
@@ -414,6 +431,15 @@ impl JitPort for ArmJit {
         let _reading = gate.lock().await;
         if let Some(known) = self.index.connection(&vm.vm_id) {
             return Some(known);
+        }
+        // The address can be done without; the read-backs cannot.
+        let Ok(_slot) = self.address_reads.try_acquire() else {
+            tracing::debug!(vm = %vm.vm_id, "address reads busy: the card goes without the address");
+            return None;
+        };
+        if !self.arm.reads_plenty() {
+            tracing::debug!(vm = %vm.vm_id, "ARM read bucket under half: the card goes without the address");
+            return None;
         }
         match self.arm.connection(&vm.vm_id).await {
             Ok(found) => Some(self.index.remember_connection(&vm.vm_id, found)),

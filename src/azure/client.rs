@@ -128,6 +128,12 @@ impl ArmClient {
         &self.inner.stats
     }
 
+    /// Whether ARM's read bucket has at least half left, as last reported
+    /// ([`ReadPacer::plenty`]): reads that can be done without wait for it.
+    pub fn reads_plenty(&self) -> bool {
+        self.inner.pacer.plenty(std::time::Instant::now())
+    }
+
     /// All JIT policies of a subscription, every page.
     ///
     /// # Errors
@@ -353,7 +359,9 @@ impl ArmClient {
     /// How to reach the VM `vm_id`: its primary network interface's
     /// private address and public IP (with its DNS name), and the SSH
     /// user (the `drawbridge-ssh-user` tag, else the OS profile's admin
-    /// user). Three reads: VM, network interface, public IP.
+    /// user). Three reads: VM, network interface, public IP, each tried
+    /// once: the address can be done without, and a retry after a 429
+    /// would take reads from the bucket that read-backs need.
     ///
     /// # Errors
     /// [`ArmError`]; `InvalidInput` for a malformed VM id or a reference
@@ -361,7 +369,7 @@ impl ArmClient {
     pub async fn connection(&self, vm_id: &str) -> Result<Connection, ArmError> {
         VmId::parse(vm_id)?;
         let vm: VmDetail = self
-            .get_resource(Operation::GetVm, vm_id, COMPUTE_API_VERSION)
+            .get_resource_once(Operation::GetVm, vm_id, COMPUTE_API_VERSION)
             .await?;
         let ssh_user = vm.tags.get(SSH_USER_TAG).cloned().or_else(|| {
             vm.properties
@@ -389,7 +397,7 @@ impl ArmClient {
         };
         let nic_id = resource_id(&nic_ref.id, "Microsoft.Network/networkInterfaces")?;
         let nic: Nic = self
-            .get_resource(Operation::GetNic, &nic_id, NETWORK_API_VERSION)
+            .get_resource_once(Operation::GetNic, &nic_id, NETWORK_API_VERSION)
             .await?;
         let configs = &nic.properties.ip_configurations;
         let Some(config) = configs
@@ -407,7 +415,7 @@ impl ArmClient {
         if let Some(public) = &config.properties.public_ip_address {
             let ip_id = resource_id(&public.id, "Microsoft.Network/publicIPAddresses")?;
             let ip: PublicIp = self
-                .get_resource(Operation::GetPublicIp, &ip_id, NETWORK_API_VERSION)
+                .get_resource_once(Operation::GetPublicIp, &ip_id, NETWORK_API_VERSION)
                 .await?;
             connection.public_ip = ip
                 .properties
@@ -423,7 +431,8 @@ impl ArmClient {
         Ok(connection)
     }
 
-    async fn get_resource<T: DeserializeOwned>(
+    /// One read of the resource `id`, not retried.
+    async fn get_resource_once<T: DeserializeOwned>(
         &self,
         op: Operation,
         id: &str,
@@ -431,7 +440,13 @@ impl ArmClient {
     ) -> Result<T, ArmError> {
         let segments: Vec<&str> = id.trim_start_matches('/').split('/').collect();
         let url = self.url(&segments, api_version);
-        let body = self.send(op, Method::GET, url, None::<&()>).await?;
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..self.inner.retry
+        };
+        let body = self
+            .send_with(op, Method::GET, url, None::<&()>, once)
+            .await?;
         parse(op, &body)
     }
 
@@ -578,8 +593,20 @@ impl ArmClient {
         url: Url,
         body: Option<&B>,
     ) -> Result<Vec<u8>, ArmError> {
+        self.send_with(op, method, url, body, self.inner.retry)
+            .await
+    }
+
+    /// [`ArmClient::send`] with the retry `policy` given.
+    async fn send_with<B: Serialize + ?Sized>(
+        &self,
+        op: Operation,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        policy: RetryPolicy,
+    ) -> Result<Vec<u8>, ArmError> {
         let inner = &self.inner;
-        let policy = inner.retry;
         let body = body
             .map(serde_json::to_vec)
             .transpose()

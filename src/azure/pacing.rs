@@ -7,6 +7,8 @@
 //! estate (dozens of pages, and the reconciler's and the index's listings)
 //! must not drain the bucket the `/jit` read-backs need, so the pages of a
 //! list wait once the bucket is under 10 %, until it has refilled to 10 %.
+//! Reads that can be done without (a VM's address for the grant card) are
+//! made only while half the bucket is left.
 //!
 //! The bucket's size is not sent: it is taken as the larger of 250 and the
 //! highest remaining count seen, and its refill as 25 per second for a
@@ -26,6 +28,9 @@ pub const READ_BUCKET: u32 = 250;
 pub const READ_REFILL_PER_S: f64 = 25.0;
 /// Below this share of the bucket, reads wait.
 const LOW_SHARE: f64 = 0.10;
+/// From this share of the bucket up, reads that can be done without are
+/// made ([`ReadPacer::plenty`]).
+const PLENTY_SHARE: f64 = 0.5;
 /// The longest a page waits (an hourly bucket can be minutes from 10 %;
 /// a 429 with `Retry-After` still stops us if we guessed wrong).
 const MAX_WAIT: Duration = Duration::from_secs(10);
@@ -65,18 +70,40 @@ impl ReadPacer {
         let Some((remaining, at)) = state.last else {
             return Duration::ZERO;
         };
-        let bucket = f64::from(READ_BUCKET.max(state.highest));
-        let refill = if bucket <= f64::from(READ_BUCKET) {
-            READ_REFILL_PER_S
-        } else {
-            bucket / 3600.0
-        };
+        let (bucket, refill) = state.bucket();
         let missing = bucket * LOW_SHARE - f64::from(remaining);
         if missing <= 0.0 {
             return Duration::ZERO;
         }
         let wait = Duration::from_secs_f64(missing / refill).min(MAX_WAIT);
         wait.saturating_sub(now.saturating_duration_since(at))
+    }
+
+    /// Whether at least half the bucket is left at `now` (ARM's last count
+    /// plus the refill since): reads that can be done without, such as a
+    /// VM's address, are made only then, so that they never take what the
+    /// read-backs after writes need.
+    pub fn plenty(&self, now: Instant) -> bool {
+        let state = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((remaining, at)) = state.last else {
+            return true;
+        };
+        let (bucket, refill) = state.bucket();
+        let since = now.saturating_duration_since(at).as_secs_f64();
+        f64::from(remaining) + since * refill >= bucket * PLENTY_SHARE
+    }
+}
+
+impl State {
+    /// The bucket's size and refill per second, as far as ARM showed them.
+    fn bucket(&self) -> (f64, f64) {
+        let bucket = f64::from(READ_BUCKET.max(self.highest));
+        let refill = if bucket <= f64::from(READ_BUCKET) {
+            READ_REFILL_PER_S
+        } else {
+            bucket / 3600.0
+        };
+        (bucket, refill)
     }
 }
 
@@ -119,6 +146,20 @@ mod tests {
         // minutes, so the wait is capped.
         seen(&p, "100", t0);
         assert_eq!(p.delay(t0), MAX_WAIT);
+    }
+
+    #[test]
+    fn optional_reads_wait_for_half_the_bucket_counting_its_refill() {
+        let t0 = Instant::now();
+        let p = ReadPacer::default();
+        assert!(p.plenty(t0), "nothing seen yet");
+        seen(&p, "125", t0);
+        assert!(p.plenty(t0), "exactly half is enough");
+        seen(&p, "100", t0);
+        assert!(!p.plenty(t0));
+        // 25 reads short, at 25 per second.
+        assert!(!p.plenty(t0 + Duration::from_millis(900)));
+        assert!(p.plenty(t0 + Duration::from_secs(1)));
     }
 
     #[test]

@@ -711,6 +711,105 @@ async fn a_steady_state_grant_costs_exactly_one_arm_request() {
     assert_eq!(h.emulator().token_requests(), tokens_before);
 }
 
+/// Initiates SSH on the sample's `name` (resource group `rg-web`) for
+/// 45 minutes with `justification`.
+async fn initiate_web(h: &Harness, index: &SharedVmIndex, name: &str, justification: &str) {
+    let vm = index.snapshot().resolve(None, None, name).unwrap();
+    h.arm
+        .initiate(
+            &vm.policy,
+            &vm.vm_id,
+            &[22],
+            h.now() + TimeDelta::minutes(45),
+            "10.20.3.4/32",
+            justification,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_backs_asked_during_a_policy_read_share_the_next_read_and_see_their_writes() {
+    // Arrange: the web VMs share one policy; its reads take 300 ms.
+    let h = harness().await;
+    let jit = Arc::new(arm_jit(&h));
+    jit.refresh().await.unwrap();
+    let index = jit.index();
+    let web = |name: &str| index.snapshot().resolve(None, None, name).unwrap();
+    initiate_web(&h, index, "web-01", "first").await;
+    h.emulator().inject(
+        Route::GetPolicy,
+        FaultRule::always(Fault::Latency { millis: 300 }),
+    );
+    h.emulator().clear_calls();
+    let early = tokio::spawn({
+        let (jit, vm) = (Arc::clone(&jit), web("web-01"));
+        async move { jit.policy_requests(&vm).await }
+    });
+    while h.calls_to(Route::GetPolicy) == 0 {
+        tokio::task::yield_now().await;
+    }
+
+    // Act: a write after that read began, then eight read-backs at once
+    initiate_web(&h, index, "web-02", "second").await;
+    let asked: Vec<_> = ["web-01", "web-02", "web-03", "web-04"]
+        .iter()
+        .cycle()
+        .take(8)
+        .map(|name| {
+            let (jit, vm) = (Arc::clone(&jit), web(name));
+            tokio::spawn(async move { jit.policy_requests(&vm).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for a in asked {
+        answers.push(a.await.unwrap().unwrap());
+    }
+    early.await.unwrap().unwrap();
+
+    // Assert: two reads for nine read-backs; each later one shows the write
+    assert_eq!(h.calls_to(Route::GetPolicy), 2);
+    for records in &answers {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.justification.as_deref() == Some("second")),
+            "a read-back missed a write made before it asked: {records:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_vms_address_is_read_only_while_half_of_arms_read_bucket_is_left() {
+    // Arrange: the emulator's clock stands still, so its bucket does not
+    // refill; 130 reads leave 120 of 250.
+    let h = harness().await;
+    let jit = arm_jit(&h);
+    jit.refresh().await.unwrap();
+    let vm = jit
+        .index()
+        .snapshot()
+        .resolve(None, None, "web-01")
+        .unwrap();
+    while h.calls_to(Route::GetPolicy) < 130 {
+        h.arm.get_policy(&vm.policy).await.unwrap();
+    }
+    h.emulator().clear_calls();
+
+    // Act
+    let scarce = jit.connection(&vm).await;
+    let vm_reads_while_scarce = h.calls_to(Route::GetVm);
+    h.clock.advance(TimeDelta::seconds(10));
+    h.arm.get_policy(&vm.policy).await.unwrap();
+    let plenty = jit.connection(&vm).await;
+
+    // Assert: none read under half; read once the bucket was seen refilled
+    assert!(scarce.is_none());
+    assert_eq!(vm_reads_while_scarce, 0);
+    assert!(plenty.is_some_and(|c| c.private_ip.is_some()));
+    assert_eq!(h.calls_to(Route::GetVm), 1);
+}
+
 /// Run by [`managed_identity_from_environment_variables`] in a child process
 /// with `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` set; does nothing otherwise.
 #[tokio::test]

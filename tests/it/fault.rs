@@ -27,17 +27,19 @@ fn assert_clean(report: &LoadReport) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steady_state_costs_two_arm_requests_per_granted_access() {
+async fn steady_state_costs_at_most_two_arm_requests_per_granted_access() {
     // Act
     let report = start_and_run(short()).await;
 
     // Assert
     assert_clean(&report);
     assert_eq!(report.granted(), 40, "{}", report.summary());
-    assert_eq!(
-        report.arm_calls - report.address_calls,
-        2 * 40,
-        "the initiate and its read-back: {}",
+    // The initiate, and a read-back that read-backs of the same policy
+    // asked while another was on its way share (all four VMs are in one).
+    let read_backs = report.arm_calls - report.address_calls - report.initiate_calls;
+    assert!(
+        (1..40).contains(&read_backs),
+        "read-backs {read_backs}: {}",
         report.summary()
     );
     // The grant card's address: VM, NIC and public IP read once per VM

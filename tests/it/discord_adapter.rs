@@ -281,6 +281,109 @@ async fn slash_jit_is_deferred_at_once_then_the_reply_is_edited_to_the_card() {
     gateway.stop().await.unwrap();
 }
 
+/// A handler whose first command holds its worker thread, without
+/// yielding, until the test lets it go: the work of a burst that keeps the
+/// runtime busy.
+struct Hog {
+    hold: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    commands: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl InteractionHandler for Hog {
+    async fn command(&self, _who: &Invocation, _command: &SlashCommand) -> ChatMessage {
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let held = self.hold.lock().unwrap().take();
+        if let Some(release) = held {
+            let _ = release.recv_timeout(Duration::from_secs(30));
+        }
+        ChatMessage::text("done")
+    }
+
+    async fn autocomplete(&self, _who: &Invocation, _query: &AutocompleteQuery) -> Vec<Choice> {
+        Vec::new()
+    }
+
+    async fn button(&self, _who: &Invocation, _action: &ButtonAction) -> ChatMessage {
+        ChatMessage::text("done")
+    }
+}
+
+#[test]
+fn an_acknowledgement_does_not_wait_for_the_work_of_earlier_interactions() {
+    // Arrange: the fake on a runtime of its own; the bot's runtime has one
+    // worker, which the first command's work holds.
+    let runtime = |workers| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (fakes, bots) = (runtime(2), runtime(1));
+    let fake = fakes.block_on(FakeDiscord::start());
+    let (release, held) = std::sync::mpsc::channel();
+    let handler = Arc::new(Hog {
+        hold: Mutex::new(Some(held)),
+        commands: Default::default(),
+    });
+    let (trigger, shutdown) = oneshot::channel::<()>();
+    let gateway = bots.spawn({
+        let (settings, handler) = (settings(&fake), handler.clone());
+        async move {
+            let stop = async {
+                let _ = shutdown.await;
+            };
+            run_gateway(
+                &settings,
+                handler,
+                GatewayStatus::new(),
+                Tenure::unbounded(),
+                stop,
+            )
+            .await
+        }
+    });
+    let jit = |user: u64| {
+        fake.slash("jit")
+            .user(user, "alice")
+            .roles([111])
+            .string("port", "ssh")
+            .string("vm", "web-01")
+    };
+    assert!(
+        fakes.block_on(fake.wait_until_ready(WAIT)),
+        "gateway never READY"
+    );
+    let first = fakes.block_on(fake.send_interaction(jit(USER_ID)));
+    fakes.block_on(async {
+        let deadline = Instant::now() + WAIT;
+        while handler.commands.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the first command never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+
+    // Act: a second interaction while the first's work holds the worker
+    let second = fakes.block_on(fake.send_interaction(jit(USER_ID + 1)));
+    let ack = fakes.block_on(fake.wait_for_callback(second.id, WAIT));
+    release.send(()).unwrap();
+    let replies = [first.id, second.id].map(|id| {
+        fakes.block_on(
+            fake.wait_for_interaction_response(id, WAIT, |m| m["content"].as_str() == Some("done")),
+        )
+    });
+    let _ = trigger.send(());
+    let stopped = bots.block_on(gateway).unwrap();
+
+    // Assert
+    let ack = ack.expect("the second interaction was acknowledged while the first's work ran");
+    assert_eq!((ack.kind(), ack.status), (Some(5), 204));
+    assert!(replies.iter().all(Option::is_some), "{replies:?}");
+    assert!(stopped.is_ok(), "{stopped:?}");
+}
+
 #[tokio::test]
 async fn a_deposed_gateway_holder_closes_its_session_and_answers_nothing_more() {
     // Arrange

@@ -6,12 +6,6 @@
 //! message replaces the loading state through a REST edit of the original
 //! response. The modes differ only in how the acknowledgement travels
 //! ([`Ack`]).
-//!
-//! In gateway mode the acknowledgement is made on a runtime of its own
-//! (see `gateway`), and what follows it runs on the runtime of the use
-//! cases ([`Dispatcher::working_on`]): a burst of requests, each with its
-//! store writes and Azure calls, would otherwise queue the acknowledgements
-//! of the interactions behind it, and Discord gives each only 3 s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -159,47 +153,14 @@ fn ephemeral_text(text: &str) -> CreateInteractionResponse {
 /// Drives the handler for interactions of either mode.
 #[derive(Clone)]
 pub(crate) struct Dispatcher {
-    /// For the edits after an acknowledgement.
     http: Arc<Http>,
-    /// For the acknowledgements: a client of their own in gateway mode, so
-    /// that no acknowledgement waits on a connection the work's runtime
-    /// drives.
-    ack_http: Arc<Http>,
     handler: Arc<dyn InteractionHandler>,
-    /// Where the work after an acknowledgement runs; `None`: in line.
-    work: Option<tokio::runtime::Handle>,
 }
 
 impl Dispatcher {
     /// A dispatcher answering through `http`.
     pub(crate) fn new(http: Arc<Http>, handler: Arc<dyn InteractionHandler>) -> Self {
-        Self {
-            ack_http: http.clone(),
-            http,
-            handler,
-            work: None,
-        }
-    }
-
-    /// This dispatcher, acknowledging through `ack_http` and running what
-    /// follows each acknowledgement on `runtime` instead of in line.
-    pub(crate) fn working_on(self, ack_http: Arc<Http>, runtime: tokio::runtime::Handle) -> Self {
-        Self {
-            ack_http,
-            work: Some(runtime),
-            ..self
-        }
-    }
-
-    /// Runs `work` (what follows an acknowledgement) where
-    /// [`Dispatcher::working_on`] said, in the current span, to its end.
-    async fn after_ack(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let Some(runtime) = &self.work else {
-            return work.await;
-        };
-        if let Err(e) = runtime.spawn(work.instrument(Span::current())).await {
-            error!(error = %e, "the interaction's work ended abnormally");
-        }
+        Self { http, handler }
     }
 
     /// Handles one interaction to the end, in its own span (request id,
@@ -223,7 +184,7 @@ impl Dispatcher {
         match interaction {
             Interaction::Ping(ping) => {
                 ack.send(
-                    &self.ack_http,
+                    &self.http,
                     ping.id,
                     &ping.token,
                     CreateInteractionResponse::Pong,
@@ -255,7 +216,7 @@ impl Dispatcher {
             command.guild_id.map(|g| g.get()),
         ) else {
             ack.send(
-                &self.ack_http,
+                &self.http,
                 command.id,
                 &command.token,
                 ephemeral_text(INTERNAL_ERROR),
@@ -264,7 +225,7 @@ impl Dispatcher {
             return;
         };
         if !ack
-            .send(&self.ack_http, command.id, &command.token, deferred())
+            .send(&self.http, command.id, &command.token, deferred())
             .await
         {
             metrics.interaction(&command.data.name, "not_acknowledged");
@@ -283,17 +244,12 @@ impl Dispatcher {
             span.record("vm", vm);
         }
         info!(subcommand = slash.subcommand.as_deref(), "slash command");
-        let this = self.clone();
-        let (name, token) = (command.data.name.clone(), command.token.clone());
-        self.after_ack(async move {
-            let handler = this.handler.clone();
-            let asked = who.clone();
-            let message = guarded(async move { handler.command(&who, &slash).await }).await;
-            metrics.interaction(&name, outcome_of(&message));
-            let shown = this.show(&token, &message).await;
-            this.handler.replied(&asked, shown).await;
-        })
-        .await;
+        let handler = self.handler.clone();
+        let asked = who.clone();
+        let message = guarded(async move { handler.command(&who, &slash).await }).await;
+        metrics.interaction(&command.data.name, outcome_of(&message));
+        let shown = self.show(&command.token, &message).await;
+        self.handler.replied(&asked, shown).await;
     }
 
     async fn autocomplete(&self, command: CommandInteraction, ack: Ack, received: Instant) {
@@ -328,7 +284,7 @@ impl Dispatcher {
             CreateAutocompleteResponse::new().set_choices(autocomplete_choices(choices)),
         );
         if ack
-            .send(&self.ack_http, command.id, &command.token, response)
+            .send(&self.http, command.id, &command.token, response)
             .await
         {
             let metrics = crate::metrics::global();
@@ -353,7 +309,7 @@ impl Dispatcher {
         let (Some(action), Some(who)) = (action, who) else {
             info!("a button that is no longer valid was pressed");
             let reply = ephemeral_text(STALE_BUTTON);
-            ack.send(&self.ack_http, component.id, &component.token, reply)
+            ack.send(&self.http, component.id, &component.token, reply)
                 .await;
             metrics.interaction("button", "stale");
             return;
@@ -362,7 +318,7 @@ impl Dispatcher {
             // Deny asks for a reason first: the form is the response.
             let form = deny_form(id);
             if ack
-                .send(&self.ack_http, component.id, &component.token, form)
+                .send(&self.http, component.id, &component.token, form)
                 .await
             {
                 metrics.ack_latency("component", received.elapsed());
@@ -371,7 +327,7 @@ impl Dispatcher {
             return;
         }
         if !ack
-            .send(&self.ack_http, component.id, &component.token, deferred())
+            .send(&self.http, component.id, &component.token, deferred())
             .await
         {
             metrics.interaction("button", "not_acknowledged");
@@ -379,27 +335,10 @@ impl Dispatcher {
         }
         metrics.ack_latency("component", received.elapsed());
         info!(?action, "button");
-        self.press(who, action, "button", component.token.clone())
-            .await;
-    }
-
-    /// A button press or form acknowledged: the handler's answer replaces
-    /// the loading state.
-    async fn press(
-        &self,
-        who: Invocation,
-        action: ButtonAction,
-        kind: &'static str,
-        token: String,
-    ) {
-        let this = self.clone();
-        self.after_ack(async move {
-            let handler = this.handler.clone();
-            let message = guarded(async move { handler.button(&who, &action).await }).await;
-            crate::metrics::global().interaction(kind, outcome_of(&message));
-            this.show(&token, &message).await;
-        })
-        .await;
+        let handler = self.handler.clone();
+        let message = guarded(async move { handler.button(&who, &action).await }).await;
+        metrics.interaction("button", outcome_of(&message));
+        self.show(&component.token, &message).await;
     }
 
     /// A submitted form (MODAL_SUBMIT): the Deny form, with its reason, is
@@ -426,13 +365,12 @@ impl Dispatcher {
         let (Some(action), Some(who)) = (action, who) else {
             info!("a form that is no longer valid was submitted");
             let reply = ephemeral_text(STALE_BUTTON);
-            ack.send(&self.ack_http, modal.id, &modal.token, reply)
-                .await;
+            ack.send(&self.http, modal.id, &modal.token, reply).await;
             metrics.interaction("form", "stale");
             return;
         };
         if !ack
-            .send(&self.ack_http, modal.id, &modal.token, deferred())
+            .send(&self.http, modal.id, &modal.token, deferred())
             .await
         {
             metrics.interaction("form", "not_acknowledged");
@@ -440,7 +378,10 @@ impl Dispatcher {
         }
         metrics.ack_latency("modal", received.elapsed());
         info!(verb = action.verb(), "form");
-        self.press(who, action, "form", modal.token.clone()).await;
+        let handler = self.handler.clone();
+        let message = guarded(async move { handler.button(&who, &action).await }).await;
+        metrics.interaction("form", outcome_of(&message));
+        self.show(&modal.token, &message).await;
     }
 
     /// Replaces the deferred response with `message`. Retried a few times

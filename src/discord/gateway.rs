@@ -6,15 +6,6 @@
 //! every session of a shard, so a second connected replica would answer
 //! every interaction a second time. The holder ignores events and closes
 //! its shard as soon as its tenure ends.
-//!
-//! The shard (reading the websocket, parsing events) and every
-//! acknowledgement run on a runtime of their own, one thread
-//! ([`FrontRuntime`]); the work after each acknowledgement runs on the
-//! caller's runtime. A burst of 200 `/jit` keeps the caller's workers busy
-//! with store writes and Azure calls; on the same runtime the events and
-//! acknowledgements behind them waited their turn (issue 17: a p99 of
-//! 25 ms for the bot's own acknowledgement, against Discord's 3 s and our
-//! 10 ms target).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,7 +93,6 @@ pub async fn run_gateway(
     // Setup A (see `build_http`); never `.token()` on the builder afterwards:
     // it would replace this `Http` and lose the redirection.
     let http = super::build_http(settings)?;
-    let front = FrontRuntime::start().context("starting the gateway's runtime")?;
     let tracker = TaskTracker::new();
     let accepting = Arc::new(AtomicBool::new(true));
     let events = GatewayEvents {
@@ -113,27 +103,14 @@ pub async fn run_gateway(
         status: status.clone(),
         registered: AtomicBool::new(false),
         tenure: tenure.clone(),
-        work: tokio::runtime::Handle::current(),
-        work_http: Arc::new(super::build_http(settings)?),
     };
-    // Built on the gateway's runtime: the client starts its shard tasks
-    // where it is built.
-    let (built, manager) = tokio::sync::oneshot::channel();
-    let mut running = front.handle.spawn(async move {
-        let mut client = ClientBuilder::new_with_http(http, GatewayIntents::GUILDS)
-            .event_handler(events)
-            .await?;
-        let _ = built.send(client.shard_manager.clone());
-        client.start().await
-    });
-    let Ok(shard_manager) = manager.await else {
-        let failed = match running.await {
-            Ok(Err(e)) => anyhow::anyhow!(errors::describe(&e)),
-            Ok(Ok(())) => anyhow::anyhow!("the client stopped before it was built"),
-            Err(e) => anyhow::anyhow!("the gateway task failed: {e}"),
-        };
-        return Err(failed.context("building the Discord client"));
-    };
+    let mut client = ClientBuilder::new_with_http(http, GatewayIntents::GUILDS)
+        .event_handler(events)
+        .await
+        .map_err(|e| anyhow::anyhow!(errors::describe(&e)))
+        .context("building the Discord client")?;
+    let shard_manager = client.shard_manager.clone();
+    let mut running = tokio::spawn(async move { client.start().await });
 
     tokio::select! {
         ended = &mut running => {
@@ -181,44 +158,6 @@ struct GatewayEvents {
     registered: AtomicBool,
     /// Events are handled only while it is current.
     tenure: Tenure,
-    /// The runtime the work after each acknowledgement runs on.
-    work: tokio::runtime::Handle,
-    /// The REST client of that work (the shard's own, `ctx.http`, is the
-    /// acknowledgements'): each drives its connections on its runtime.
-    work_http: Arc<serenity::http::Http>,
-}
-
-/// The gateway's own runtime: one thread, for the shard and the
-/// acknowledgements. It is dropped on its thread (a runtime may not be
-/// dropped inside another's task), once [`FrontRuntime`] is dropped.
-struct FrontRuntime {
-    handle: tokio::runtime::Handle,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-/// How long the gateway's runtime waits for its blocking tasks (a DNS
-/// look-up, say) when it stops.
-const FRONT_STOP: Duration = Duration::from_secs(1);
-
-impl FrontRuntime {
-    fn start() -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("discord-gateway".into())
-            .spawn(move || {
-                // Ends when the sender is dropped.
-                let _ = runtime.block_on(stopped);
-                runtime.shutdown_timeout(FRONT_STOP);
-            })?;
-        Ok(Self {
-            handle,
-            _stop: stop,
-        })
-    }
 }
 
 #[async_trait]
@@ -258,8 +197,7 @@ impl EventHandler for GatewayEvents {
             warn!(id = %interaction.id(), fence = self.tenure.fence(), "the gateway lease has ended: interaction ignored");
             return;
         }
-        let dispatcher = Dispatcher::new(self.work_http.clone(), self.handler.clone())
-            .working_on(ctx.http.clone(), self.work.clone());
+        let dispatcher = Dispatcher::new(ctx.http.clone(), self.handler.clone());
         self.tracker
             .spawn(async move { dispatcher.dispatch(interaction, Ack::Rest).await });
     }

@@ -116,6 +116,8 @@ struct Inner {
     clock: SharedClock,
     config: ServiceConfig,
     mappings: RwLock<Arc<Vec<RoleMapping>>>,
+    /// The store's [`Store::mappings_version`] when `mappings` was read.
+    mappings_version: std::sync::atomic::AtomicI64,
     wakers: Wakers,
     limiter: Mutex<RateLimiter>,
     folder: Mutex<refusals::RefusalFolder>,
@@ -150,6 +152,7 @@ impl Service {
         clock: SharedClock,
         config: ServiceConfig,
     ) -> Result<Self, StoreError> {
+        let version = store.mappings_version().await?;
         let mappings = store.list_mappings(&config.aliases).await?;
         let limit = config.rate_limit;
         Ok(Self {
@@ -159,6 +162,7 @@ impl Service {
                 clock,
                 config,
                 mappings: RwLock::new(Arc::new(mappings)),
+                mappings_version: version.into(),
                 wakers: Wakers::default(),
                 limiter: Mutex::new(RateLimiter::new(limit)),
                 folder: Mutex::new(refusals::RefusalFolder::default()),
@@ -198,26 +202,35 @@ impl Service {
     }
 
     /// Re-reads the mappings from the store (after a change, or on an
-    /// interval so that several replicas agree). An unchanged list keeps
+    /// interval so that several replicas agree). When the store's count of
+    /// changes has not moved, nothing else is read; an unchanged list keeps
     /// the one in memory: what is computed from it (autocomplete's VM sets)
-    /// stays valid, and 10,000 mappings are not reallocated every interval.
+    /// stays valid, and 10,000 mappings are not read, parsed and compared
+    /// every interval.
     ///
     /// # Errors
     /// If the store fails.
     pub async fn reload_mappings(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let version = self.inner.store.mappings_version().await?;
+        if version == self.inner.mappings_version.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let fresh = self
             .inner
             .store
             .list_mappings(&self.inner.config.aliases)
             .await?;
-        if **self.mappings() == fresh {
-            return Ok(());
+        if **self.mappings() != fresh {
+            *self
+                .inner
+                .mappings
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         }
-        *self
-            .inner
-            .mappings
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        self.inner
+            .mappings_version
+            .store(version, Ordering::Release);
         Ok(())
     }
 

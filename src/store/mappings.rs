@@ -152,6 +152,7 @@ impl StoreTx {
                 .map(|r| r.rows_affected())
         })
         .with_context(|| format!("storing mapping `{}`", mapping.name))?;
+        self.bump_mappings_version().await?;
         Ok(match before {
             None => MappingChange::Added,
             Some(before) => MappingChange::Changed { before },
@@ -175,7 +176,25 @@ impl StoreTx {
                 .await
         })
         .with_context(|| format!("removing mapping `{name}`"))?;
+        if text.is_some() {
+            self.bump_mappings_version().await?;
+        }
         Ok(text.map(|t| read_spec(name.as_str(), &t).unwrap_or_else(|_| empty_spec(name))))
+    }
+
+    /// Counts a change of the mappings, in the transaction that makes it
+    /// ([`Store::mappings_version`]).
+    async fn bump_mappings_version(&mut self) -> Result<(), StoreError> {
+        const BUMP: &str = "INSERT INTO mappings_version (id, version) VALUES (1, 1)
+            ON CONFLICT (id) DO UPDATE SET version = mappings_version.version + 1";
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query(BUMP)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .context("counting a change of the mappings")?;
+        Ok(())
     }
 
     /// Replaces the whole set with `mappings` (an import) and reports the
@@ -230,11 +249,30 @@ impl StoreTx {
             .with_context(|| format!("removing mapping `{name}`"))?;
             diff.removed.push(parse_name(&name)?);
         }
+        if !diff.removed.is_empty() {
+            self.bump_mappings_version().await?;
+        }
         Ok(diff)
     }
 }
 
 impl Store {
+    /// How many times the mappings have changed: equal counts, equal
+    /// mappings. Read before [`Store::list_mappings`], so that a change
+    /// between the two is read again next time, never missed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn mappings_version(&self) -> Result<i64, StoreError> {
+        let version: Option<i64> = with_read!(&self.db, |c| {
+            sqlx::query_scalar("SELECT version FROM mappings_version WHERE id = 1")
+                .fetch_optional(c)
+                .await
+        })
+        .context("reading the mappings' version")?;
+        Ok(version.unwrap_or(0))
+    }
+
     /// Every mapping, by name, each validated with `aliases`.
     ///
     /// # Errors

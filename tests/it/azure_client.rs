@@ -810,6 +810,80 @@ async fn a_vms_address_is_read_only_while_half_of_arms_read_bucket_is_left() {
     assert_eq!(h.calls_to(Route::GetVm), 1);
 }
 
+/// The mappings file with one mapping, `web`, for VMs `vms`.
+fn web_mapping(vms: &str) -> Vec<drawbridge::domain::RoleMapping> {
+    let text = format!(
+        "[[mapping]]\nname = \"web\"\nroles = [\"100\"]\nvms = \"{vms}\"\nports = [\"ssh\"]\nmax_duration = \"3h\"\n"
+    );
+    drawbridge::domain::mapping::MappingFile::parse(
+        &text,
+        &drawbridge::domain::PortAliases::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_mappings_only_once_a_change_of_them_is_counted() {
+    // Arrange: the service over a database file, with one mapping.
+    use drawbridge::service::{Service, ServiceConfig};
+    use drawbridge::store::Store;
+    let h = harness().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("m.db").display());
+    let store = Store::open(&db).await.unwrap();
+    store
+        .import_mappings(&web_mapping("rg:rg-web"), "test", h.now())
+        .await
+        .unwrap();
+    let config = ServiceConfig {
+        aliases: drawbridge::domain::PortAliases::default(),
+        reminders_before: Vec::new(),
+        admin_roles: Vec::new(),
+        home_guild: None,
+        rate_limit: drawbridge::domain::rate::RateLimit::default(),
+        public_url: None,
+        approvals_channel: None,
+        audit_channel: None,
+        alert_role: None,
+        weekly_report: None,
+        requestor_names: Vec::new(),
+    };
+    let service = Service::new(
+        store,
+        Arc::new(arm_jit(&h)),
+        Arc::new(h.clock.clone()),
+        config,
+    )
+    .await
+    .unwrap();
+    let vms = |s: &Service| s.mappings()[0].to_spec().vms;
+    // A write to the table that no store made, so nothing counted it.
+    let raw = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let uncounted = sqlx::query("UPDATE mappings SET spec = replace(spec, 'rg-web', 'rg-raw')")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+
+    // Act: a reload; then another process's import (counted), a reload
+    service.reload_mappings().await.unwrap();
+    let after_uncounted = vms(&service);
+    let other = Store::open(&db).await.unwrap();
+    other
+        .import_mappings(&web_mapping("rg:rg-db"), "test", h.now())
+        .await
+        .unwrap();
+    service.reload_mappings().await.unwrap();
+
+    // Assert
+    assert_eq!(uncounted.rows_affected(), 1);
+    assert_eq!(
+        after_uncounted, "rg:rg-web",
+        "the reload read every mapping although no change was counted"
+    );
+    assert_eq!(vms(&service), "rg:rg-db", "a counted change was missed");
+}
+
 /// Run by [`managed_identity_from_environment_variables`] in a child process
 /// with `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` set; does nothing otherwise.
 #[tokio::test]

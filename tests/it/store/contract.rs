@@ -47,6 +47,7 @@ macro_rules! store_contract {
                 importing_two_mappings_with_one_name_changes_nothing,
                 add_and_remove_mapping_audit_only_real_changes,
                 a_stored_mapping_that_no_longer_validates_is_reported_not_dropped,
+                the_mappings_version_counts_each_change_of_the_mappings_and_nothing_else,
                 inserting_a_request_id_twice_returns_the_first_grant,
                 transitions_follow_the_state_machine_and_record_each_change,
                 an_invalid_transition_is_refused_and_changes_nothing,
@@ -532,6 +533,37 @@ pub async fn add_and_remove_mapping_audit_only_real_changes(b: &impl Backend) {
             AuditAction::MappingRemoved
         ]
     );
+}
+
+pub async fn the_mappings_version_counts_each_change_of_the_mappings_and_nothing_else(
+    b: &impl Backend,
+) {
+    let db = b.fresh().await;
+    let store = &db.store;
+    let version = || async { store.mappings_version().await.unwrap() };
+    let two = [mapping("alpha", "*", "2h"), mapping("bravo", "*", "2h")];
+    let empty = version().await;
+
+    store.import_mappings(&two, "cli", t0()).await.unwrap();
+    let imported = version().await;
+    store.import_mappings(&two, "cli", t0()).await.unwrap();
+    let same_again = version().await;
+    store
+        .import_mappings(&[mapping("alpha", "*", "3h")], "cli", t0())
+        .await
+        .unwrap();
+    let changed_and_removed = version().await;
+    let alpha = MappingName::parse("alpha").unwrap();
+    store.remove_mapping(&alpha, "admin", t0()).await.unwrap();
+    let removed = version().await;
+    store.remove_mapping(&alpha, "admin", t0()).await.unwrap();
+
+    assert_eq!(empty, 0);
+    assert!(imported > empty);
+    assert_eq!(same_again, imported, "an import that changed nothing");
+    assert!(changed_and_removed > imported);
+    assert!(removed > changed_and_removed);
+    assert_eq!(version().await, removed, "removing what is gone");
 }
 
 pub async fn a_stored_mapping_that_no_longer_validates_is_reported_not_dropped(b: &impl Backend) {

@@ -72,8 +72,10 @@ use crate::store::{Store, StoreError};
 pub use jit_port::{Initiated, JitError, JitPort, OpenRequest};
 pub use phases::resolve::{ResolveVmError, ResolvedVm, resolve_vm};
 
-/// What the use cases need from configuration.
-#[derive(Debug, Clone)]
+/// What the use cases need from configuration. The default is a bare
+/// service: no reminders, admins, channels or reports, the default port
+/// aliases and rate limit.
+#[derive(Debug, Clone, Default)]
 pub struct ServiceConfig {
     /// Port names: `ssh`, `rdp`, `winrm` and the configured aliases.
     pub aliases: PortAliases,

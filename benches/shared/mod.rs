@@ -15,7 +15,6 @@ use drawbridge::azure::{
 };
 use drawbridge::clock::SharedClock;
 use drawbridge::domain::PolicyDefaults;
-use drawbridge::domain::rate::RateLimit;
 use drawbridge::service::{Service, ServiceConfig};
 use drawbridge::store::Store;
 
@@ -181,24 +180,7 @@ pub fn arm_jit(base_url: &str, subscription: &str, clock: &SharedClock) -> Arc<A
 /// The use cases over `store` and `jit`: default aliases and rate limit,
 /// no admins, channels or reminder offsets configured.
 pub async fn service(store: Store, jit: Arc<ArmJit>, clock: SharedClock) -> Service {
-    Service::new(
-        store,
-        jit as _,
-        clock,
-        ServiceConfig {
-            aliases: PortAliases::default(),
-            reminders_before: Vec::new(),
-            admin_roles: Vec::new(),
-            home_guild: None,
-            rate_limit: RateLimit::default(),
-            public_url: None,
-            approvals_channel: None,
-            audit_channel: None,
-            alert_role: None,
-            weekly_report: None,
-            requestor_names: Vec::new(),
-        },
-    )
-    .await
-    .expect("service")
+    Service::new(store, jit as _, clock, ServiceConfig::default())
+        .await
+        .expect("service")
 }

@@ -659,19 +659,7 @@ max_duration = "3h"
             listings: AtomicUsize::new(0),
         });
         let clock: SharedClock = Arc::new(SystemClock);
-        let config = ServiceConfig {
-            aliases: PortAliases::default(),
-            reminders_before: Vec::new(),
-            admin_roles: Vec::new(),
-            home_guild: None,
-            rate_limit: crate::domain::rate::RateLimit::default(),
-            public_url: None,
-            approvals_channel: None,
-            audit_channel: None,
-            alert_role: None,
-            weekly_report: None,
-            requestor_names: Vec::new(),
-        };
+        let config = ServiceConfig::default();
         let service = Service::new(store, Arc::clone(&jit) as _, clock, config)
             .await
             .expect("service");

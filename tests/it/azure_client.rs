@@ -835,19 +835,7 @@ async fn a_reload_reads_the_mappings_only_once_a_change_of_them_is_counted() {
         .import_mappings(&web_mapping("rg:rg-web"), "test", h.now())
         .await
         .unwrap();
-    let config = ServiceConfig {
-        aliases: drawbridge::domain::PortAliases::default(),
-        reminders_before: Vec::new(),
-        admin_roles: Vec::new(),
-        home_guild: None,
-        rate_limit: drawbridge::domain::rate::RateLimit::default(),
-        public_url: None,
-        approvals_channel: None,
-        audit_channel: None,
-        alert_role: None,
-        weekly_report: None,
-        requestor_names: Vec::new(),
-    };
+    let config = ServiceConfig::default();
     let service = Service::new(
         store,
         Arc::new(arm_jit(&h)),

@@ -54,23 +54,24 @@ impl<T: Clone> Coalescer<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let slot = self.slot(key);
-        let ticket = slot.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        let answer = {
-            let mut last = slot.last.lock().await;
-            match &*last {
-                Some((covers, value)) if *covers >= ticket => Ok(value.clone()),
-                _ => {
-                    // Every ticket issued up to here asked before this read.
-                    let covers = slot.asked.load(Ordering::SeqCst);
-                    let fresh = read().await;
-                    *last = fresh.as_ref().ok().map(|v| (covers, v.clone()));
-                    fresh
-                }
-            }
+        let held = Held {
+            coalescer: self,
+            key,
+            slot: self.slot(key),
         };
-        self.release(key, slot);
-        answer
+        let slot = &held.slot;
+        let ticket = slot.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = slot.last.lock().await;
+        match &*last {
+            Some((covers, value)) if *covers >= ticket => Ok(value.clone()),
+            _ => {
+                // Every ticket issued up to here asked before this read.
+                let covers = slot.asked.load(Ordering::SeqCst);
+                let fresh = read().await;
+                *last = fresh.as_ref().ok().map(|v| (covers, v.clone()));
+                fresh
+            }
+        }
     }
 
     fn slot(&self, key: &str) -> Arc<Key<T>> {
@@ -84,10 +85,10 @@ impl<T: Clone> Coalescer<T> {
     }
 
     /// Forgets `key` once no caller holds it, so that answers are not kept.
-    fn release(&self, key: &str, slot: Arc<Key<T>>) {
+    fn release(&self, key: &str, slot: &Arc<Key<T>>) {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         // Clones are only made under this lock: the map's and ours left.
-        if Arc::strong_count(&slot) == 2 {
+        if Arc::strong_count(slot) == 2 {
             keys.remove(key);
         }
     }
@@ -96,6 +97,20 @@ impl<T: Clone> Coalescer<T> {
     #[cfg(test)]
     fn held(&self) -> usize {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A caller's hold on a key, released when the caller is done or dropped
+/// (a read-back cancelled mid-way leaves nothing behind).
+struct Held<'a, T: Clone> {
+    coalescer: &'a Coalescer<T>,
+    key: &'a str,
+    slot: Arc<Key<T>>,
+}
+
+impl<T: Clone> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        self.coalescer.release(self.key, &self.slot);
     }
 }
 
@@ -178,6 +193,22 @@ mod tests {
             );
         }
         assert_eq!(coalescer.held(), 0, "nothing is kept once read");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_leaves_nothing_held() {
+        let coalescer = Coalescer::<usize>::default();
+        let reads = Reads::new();
+
+        let cancelled = tokio::select! {
+            biased;
+            answer = coalescer.read("policy", || reads.gated()) => Some(answer),
+            () = std::future::ready(()) => None,
+        };
+
+        assert_eq!(cancelled, None);
+        assert_eq!(reads.started.load(Ordering::SeqCst), 1);
+        assert_eq!(coalescer.held(), 0);
     }
 
     #[tokio::test]

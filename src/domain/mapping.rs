@@ -233,21 +233,27 @@ impl VmSelector {
             }
             Self::Glob(_) => None,
             Self::Exact(r) => (!r.is_in(subscription, resource_group)).then_some(false),
-            Self::AnyOf(all) => {
-                let verdicts: Vec<Option<bool>> = all
-                    .iter()
-                    .map(|s| s.covers_place(subscription, resource_group))
-                    .collect();
-                if verdicts.contains(&Some(true)) {
-                    Some(true)
-                } else if verdicts.iter().all(|v| *v == Some(false)) {
-                    Some(false)
-                } else {
-                    None
-                }
-            }
+            Self::AnyOf(all) => any_covers_place(
+                all.iter()
+                    .map(|s| s.covers_place(subscription, resource_group)),
+            ),
         }
     }
+}
+
+/// Several selectors' [`VmSelector::covers_place`] verdicts on one place,
+/// as one selector listing them all would give it: `Some(true)` when any
+/// covers the place, `Some(false)` when none can, else `None` (by name).
+pub fn any_covers_place(verdicts: impl IntoIterator<Item = Option<bool>>) -> Option<bool> {
+    let mut none_can = true;
+    for verdict in verdicts {
+        match verdict {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => none_can = false,
+        }
+    }
+    none_can.then_some(false)
 }
 
 /// The form [`VmSelector::parse`] reads.

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use super::Service;
 use super::jit_port::IndexState;
 use crate::domain::authorize;
+use crate::domain::mapping::any_covers_place;
 use crate::domain::{
     AccessDuration, IndexedVm, PortSpec, ResourceGroupName, RoleId, RoleMapping, SubscriptionId,
     VmKey, VmName, VmRef,
@@ -136,16 +137,11 @@ fn judge_place(vm: &IndexedVm, chosen: &[&RoleMapping]) -> PlaceVerdict {
     ) else {
         return PlaceVerdict::Unusable;
     };
-    let verdicts: Vec<Option<bool>> = chosen
-        .iter()
-        .map(|m| m.vms.covers_place(&sub, rg.as_str()))
-        .collect();
-    if verdicts.contains(&Some(true)) {
-        PlaceVerdict::Every
-    } else if verdicts.iter().all(|v| *v == Some(false)) {
-        PlaceVerdict::Nothing
-    } else {
-        PlaceVerdict::ByName(sub)
+    let verdicts = chosen.iter().map(|m| m.vms.covers_place(&sub, rg.as_str()));
+    match any_covers_place(verdicts) {
+        Some(true) => PlaceVerdict::Every,
+        Some(false) => PlaceVerdict::Nothing,
+        None => PlaceVerdict::ByName(sub),
     }
 }
 

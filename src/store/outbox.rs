@@ -211,9 +211,7 @@ impl StoreTx {
             .map_err(StoreError::from),
         }
     }
-}
 
-impl StoreTx {
     /// Claims row `id` for `worker` until `until`, in this transaction: a
     /// row its writer delivers itself at once (the `/jit` reply, shown in
     /// line) is left alone by every deliverer until then, and is theirs

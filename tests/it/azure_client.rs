@@ -693,17 +693,7 @@ async fn a_steady_state_grant_costs_exactly_one_arm_request() {
         &source,
     )
     .unwrap();
-    h.arm
-        .initiate(
-            &vm.policy,
-            &vm.vm_id,
-            &[22],
-            h.now() + TimeDelta::minutes(45),
-            "10.20.3.4/32",
-            "bob: debug (req 2)",
-        )
-        .await
-        .unwrap();
+    initiate(&h, &index, "db-01", "bob: debug (req 2)").await;
 
     let calls = h.emulator().calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -711,9 +701,9 @@ async fn a_steady_state_grant_costs_exactly_one_arm_request() {
     assert_eq!(h.emulator().token_requests(), tokens_before);
 }
 
-/// Initiates SSH on the sample's `name` (resource group `rg-web`) for
-/// 45 minutes with `justification`.
-async fn initiate_web(h: &Harness, index: &SharedVmIndex, name: &str, justification: &str) {
+/// Initiates SSH from 10.20.3.4 on the sample's VM `name` for 45 minutes
+/// with `justification`.
+async fn initiate(h: &Harness, index: &SharedVmIndex, name: &str, justification: &str) {
     let vm = index.snapshot().resolve(None, None, name).unwrap();
     h.arm
         .initiate(
@@ -736,7 +726,7 @@ async fn read_backs_asked_during_a_policy_read_share_the_next_read_and_see_their
     jit.refresh().await.unwrap();
     let index = jit.index();
     let web = |name: &str| index.snapshot().resolve(None, None, name).unwrap();
-    initiate_web(&h, index, "web-01", "first").await;
+    initiate(&h, index, "web-01", "first").await;
     h.emulator().inject(
         Route::GetPolicy,
         FaultRule::always(Fault::Latency { millis: 300 }),
@@ -751,7 +741,7 @@ async fn read_backs_asked_during_a_policy_read_share_the_next_read_and_see_their
     }
 
     // Act: a write after that read began, then eight read-backs at once
-    initiate_web(&h, index, "web-02", "second").await;
+    initiate(&h, index, "web-02", "second").await;
     let asked: Vec<_> = ["web-01", "web-02", "web-03", "web-04"]
         .iter()
         .cycle()

@@ -32,8 +32,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CONNECTIONS: u32 = 4;
 /// Each read connection's page cache, in KiB (SQLite's negative
 /// `cache_size`). SQLite's default is 2,000 KiB per connection, and every
-/// read connection fills its own over time: with 10,000 mappings, read
-/// whole every 30 s, the four held about 13 MiB (issue 17). The file's
+/// read connection fills its own over time: with 10,000 mappings, then read
+/// whole by every 30 s reload, the four held about 13 MiB (issue 17). The file's
 /// pages stay in the OS cache, so a small one costs a copy, not a disk read.
 const READ_CACHE_KIB: &str = "-256";
 

@@ -37,7 +37,8 @@ pub use jit_policy::{
     PolicyPort, RequestedPort, RequestedVm, VmKey,
 };
 pub use mapping::{
-    MappingError, MappingName, OnConflict, PortSelector, RoleMapping, SourcePolicy, VmSelector,
+    MappingError, MappingName, OnConflict, PortSelector, RoleMapping, RoleSet, SourcePolicy,
+    VmSelector,
 };
 pub use policy_check::{PolicyViolation, check_request};
 pub use port::{Port, PortAliases, PortSpec, PortSpecError};

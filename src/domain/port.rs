@@ -150,7 +150,7 @@ impl PortAliases {
     }
 
     /// The best name for exactly this set of ports, if one exists.
-    pub fn name_for(&self, ports: &BTreeSet<Port>) -> Option<&str> {
+    pub fn name_for(&self, ports: &[Port]) -> Option<&str> {
         self.names
             .iter()
             .find(|(_, p)| p.len() == ports.len() && p.iter().all(|x| ports.contains(x)))
@@ -163,8 +163,12 @@ impl PortAliases {
 }
 
 /// One or more ports, sorted, without duplicates.
+///
+/// A boxed slice rather than a `BTreeSet`: every role mapping holds one,
+/// and a set's node is 48 bytes of heap for a spec that is almost always one
+/// or two ports (issue 17, the mapping set's memory).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PortSpec(BTreeSet<Port>);
+pub struct PortSpec(Box<[Port]>);
 
 impl PortSpec {
     /// Parses `ssh`, `22`, `ssh,8443`, `winrm` (two ports), or a configured
@@ -201,7 +205,7 @@ impl PortSpec {
                 return Err(PortSpecError::TooMany);
             }
         }
-        Ok(Self(ports))
+        Ok(Self(ports.into_iter().collect()))
     }
 
     /// A spec from port numbers; `None` if empty, too long or holding 0.
@@ -210,7 +214,8 @@ impl PortSpec {
             .into_iter()
             .map(Port::new)
             .collect::<Option<BTreeSet<_>>>()?;
-        (!ports.is_empty() && ports.len() <= MAX_PORTS_PER_REQUEST).then_some(Self(ports))
+        (!ports.is_empty() && ports.len() <= MAX_PORTS_PER_REQUEST)
+            .then(|| Self(ports.into_iter().collect()))
     }
 
     /// The ports, ascending.
@@ -225,12 +230,12 @@ impl PortSpec {
 
     /// Whether every port of `other` is in this spec.
     pub fn covers(&self, other: &PortSpec) -> bool {
-        other.0.is_subset(&self.0)
+        other.ports().all(|port| self.contains(port))
     }
 
     /// Whether this spec holds `port`.
     pub fn contains(&self, port: Port) -> bool {
-        self.0.contains(&port)
+        self.0.binary_search(&port).is_ok()
     }
 
     /// A human description such as `ssh (22)` or `22, 8443`.

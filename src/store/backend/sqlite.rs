@@ -30,12 +30,14 @@ use crate::store::{AppliedMigration, StoreError};
 /// How long a writer from another process is waited for before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CONNECTIONS: u32 = 4;
-/// Each read connection's page cache, in KiB (SQLite's negative
-/// `cache_size`). SQLite's default is 2,000 KiB per connection, and every
-/// read connection fills its own over time: with 10,000 mappings, then read
-/// whole by every 30 s reload, the four held about 13 MiB (issue 17). The file's
-/// pages stay in the OS cache, so a small one costs a copy, not a disk read.
-const READ_CACHE_KIB: &str = "-256";
+/// Each connection's page cache, in KiB (SQLite's negative `cache_size`).
+/// SQLite's default is 2,000 KiB per connection, and every connection fills
+/// its own over time: with 10,000 mappings the four read connections held
+/// about 13 MiB, and the writer, walking the import's 10,000 outbox rows,
+/// its full 2 MiB (issue 17). The file's pages stay in the OS cache, so a
+/// small one costs a copy, not a disk read; a write transaction touches a
+/// few dozen pages.
+const CACHE_KIB: &str = "-256";
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -80,7 +82,8 @@ impl SqliteDb {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("cache_size", CACHE_KIB);
         let write = pool_options()
             .max_connections(1)
             .connect_with(options.clone())
@@ -88,11 +91,7 @@ impl SqliteDb {
             .with_context(|| format!("opening the database `{url}`"))?;
         let read = pool_options()
             .max_connections(READ_CONNECTIONS)
-            .connect_with(
-                options
-                    .pragma("query_only", "ON")
-                    .pragma("cache_size", READ_CACHE_KIB),
-            )
+            .connect_with(options.pragma("query_only", "ON"))
             .await
             .with_context(|| format!("opening read connections to `{url}`"))?;
         Ok(SqliteDb { write, read })

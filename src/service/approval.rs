@@ -469,13 +469,28 @@ impl Service {
         stage: &str,
         connection: Option<&Connection>,
     ) -> Result<(), StoreError> {
-        let id = &grant.request_id;
-        let Some(request) = tx.approval_request(id).await? else {
+        let request = tx.approval_request(&grant.request_id).await?;
+        self.tell_if_approved_by(tx, grant, request, stage, connection)
+            .await
+    }
+
+    /// [`Self::tell_if_approved_with`] for a caller that has read `grant`'s
+    /// approval request in `tx` already (and needs it for more than this).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn tell_if_approved_by(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        request: Option<ApprovalRequest>,
+        stage: &str,
+        connection: Option<&Connection>,
+    ) -> Result<(), StoreError> {
+        let Some(request) = request.filter(|r| !r.break_glass) else {
             return Ok(());
         };
-        if request.break_glass {
-            return Ok(());
-        }
+        let id = &grant.request_id;
         let approvals = tx.approvals(id).await?;
         let view = self.with_current_rules(ApprovalView {
             grant: grant.clone(),

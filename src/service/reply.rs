@@ -90,15 +90,32 @@ impl Service {
         grant: &Grant,
         message: &ChatMessage,
     ) -> Result<(), StoreError> {
-        let id = &grant.request_id;
         if grant.interaction_token.is_none() {
             return Ok(());
         }
-        if tx
-            .approval_request(id)
+        let approvers_tell = tx
+            .approval_request(&grant.request_id)
             .await?
-            .is_some_and(|r| !r.break_glass)
-        {
+            .is_some_and(|r| !r.break_glass);
+        if approvers_tell {
+            return Ok(());
+        }
+        self.queue_own_reply(tx, grant, message).await
+    }
+
+    /// [`Self::tell_own_reply`] for a caller that knows approvers do not
+    /// decide `grant` (it read the approval request in `tx` already).
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn queue_own_reply(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        message: &ChatMessage,
+    ) -> Result<(), StoreError> {
+        let id = &grant.request_id;
+        if grant.interaction_token.is_none() {
             return Ok(());
         }
         let now = self.clock().now();

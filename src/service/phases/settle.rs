@@ -104,10 +104,15 @@ impl Service {
         .await?;
         self.schedule_timers(&mut tx, id, initiated.end, now)
             .await?;
-        self.tell_if_approved_with(&mut tx, &grant, "g", connection.as_deref())
+        // Read once: it says both who tells the requester and what.
+        let approval = tx.approval_request(id).await?;
+        let approvers_tell = approval.as_ref().is_some_and(|r| !r.break_glass);
+        self.tell_if_approved_by(&mut tx, &grant, approval, "g", connection.as_deref())
             .await?;
-        let reply = messages::grant_with(&grant, &self.config().aliases, connection.as_deref());
-        self.tell_own_reply(&mut tx, &grant, &reply).await?;
+        if !approvers_tell {
+            let reply = messages::grant_with(&grant, &self.config().aliases, connection.as_deref());
+            self.queue_own_reply(&mut tx, &grant, &reply).await?;
+        }
         tx.commit().await?;
         Ok(grant)
     }

@@ -892,6 +892,45 @@ mod tests {
     const A: &str = "00000000-0000-0000-0000-00000000000a";
     const B: &str = "00000000-0000-0000-0000-00000000000b";
 
+    fn role(n: u64) -> RoleId {
+        RoleId::parse(&n.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_role_set_is_sorted_without_duplicates_and_answers_membership() {
+        let set: RoleSet = [30, 10, 20, 10, 30].map(role).into_iter().collect();
+        assert_eq!(
+            set.iter().copied().collect::<Vec<_>>(),
+            [10, 20, 30].map(role)
+        );
+        assert_eq!((set.len(), set.first()), (3, Some(&role(10))));
+        assert!(set.contains(&role(20)) && !set.contains(&role(25)));
+        let fewer: RoleSet = [20, 40].map(role).into_iter().collect();
+        let dropped: Vec<RoleId> = set.difference(&fewer).copied().collect();
+        assert_eq!(dropped, [10, 30].map(role));
+        assert!(RoleSet::default().is_empty());
+    }
+
+    #[test]
+    fn a_mapping_applies_to_a_member_holding_any_of_its_roles() {
+        let mut mapping = MappingSpec {
+            name: "two-roles".into(),
+            roles: vec![role(7), role(3)],
+            vms: "*".into(),
+            ports: vec!["ssh".into()],
+            max_duration: "1h".into(),
+            ..MappingSpec::default()
+        }
+        .validate(&PortAliases::default())
+        .unwrap();
+        assert!(mapping.applies_to(&[role(1), role(7)]));
+        assert!(mapping.applies_to(&[role(3)]));
+        assert!(!mapping.applies_to(&[role(1), role(5)]));
+        mapping.roles = std::iter::once(role(5)).collect();
+        assert!(mapping.applies_to(&[role(1), role(5)]));
+        assert!(!mapping.applies_to(&[role(7)]));
+    }
+
     #[test]
     fn selectors_cover_what_they_say() {
         let web = vm(A, "rg-prod", "Web-01");

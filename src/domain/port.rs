@@ -271,6 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_covers_exactly_the_specs_whose_ports_it_holds() {
+        let spec = |s: &str| PortSpec::parse(s, &PortAliases::default()).unwrap();
+        let wide = spec("8443,ssh,rdp");
+        assert!(wide.covers(&spec("ssh")) && wide.covers(&spec("rdp,22")));
+        assert!(wide.covers(&wide));
+        assert!(!wide.covers(&spec("ssh,winrm")));
+        assert!(!spec("ssh").covers(&spec("ssh,rdp")));
+        assert!(wide.contains(Port::new(3389).unwrap()));
+        assert!(!wide.contains(Port::new(3390).unwrap()));
+        assert_eq!(wide.describe(&PortAliases::default()), "22, 3389, 8443");
+        assert_eq!(
+            spec("winrm").describe(&PortAliases::default()),
+            "winrm (5985, 5986)"
+        );
+    }
+
+    #[test]
     fn built_in_names_numbers_and_lists_parse() {
         let cases: &[(&str, &[u16])] = &[
             ("ssh", &[22]),

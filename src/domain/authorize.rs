@@ -234,12 +234,12 @@ pub fn authorize(mappings: &[RoleMapping], query: &AccessQuery<'_>) -> Decision 
     let source_ok: Vec<&RoleMapping> = duration_ok
         .iter()
         .copied()
-        .filter(|m| query.source.is_none_or(|s| m.sources.allows(s)))
+        .filter(|m| query.source.is_none_or(|s| m.sources().allows(s)))
         .collect();
     if let (true, Some(source)) = (source_ok.is_empty(), query.source) {
         let mut allowed: Vec<String> = duration_ok
             .iter()
-            .filter_map(|m| m.sources.hint())
+            .filter_map(|m| m.sources().hint())
             .collect();
         allowed.sort();
         allowed.dedup();
@@ -289,8 +289,8 @@ pub fn may_save_source(mappings: &[RoleMapping], roles: &[RoleId], source: &Sour
     source.is_single_address()
         || mappings.iter().any(|m| {
             m.applies_to(roles)
-                && matches!(m.sources, SourcePolicy::Within(_))
-                && m.sources.allows(source)
+                && matches!(m.sources(), SourcePolicy::Within(_))
+                && m.sources().allows(source)
         })
 }
 

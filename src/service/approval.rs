@@ -185,7 +185,7 @@ impl Service {
     /// and the member did not break the glass).
     pub(crate) fn needs_approval(&self, admitted: &Admitted) -> Option<RoleMapping> {
         self.mapping_named(&admitted.mapping)
-            .filter(|m| m.approval.is_required())
+            .filter(|m| m.approval().is_required())
     }
 
     /// Checks a break-glass request: the mapping's `break_glass` roles and
@@ -201,14 +201,14 @@ impl Service {
         let mapping = self
             .mapping_named(&admitted.mapping)
             .ok_or_else(|| RequestError::BreakGlass("the mapping changed; ask again".into()))?;
-        if !mapping.approval.may_break_glass(&asking.who.member.roles) {
+        if !mapping.approval().may_break_glass(&asking.who.member.roles) {
             return Err(RequestError::BreakGlass(format!(
                 "break_glass: your roles may not skip approval on mapping {} (break-glass roles: {})",
                 mapping.name,
-                if mapping.approval.break_glass.is_empty() {
+                if mapping.approval().break_glass.is_empty() {
                     "none".to_owned()
                 } else {
-                    crate::domain::mapping::role_mentions(&mapping.approval.break_glass)
+                    crate::domain::mapping::role_mentions(&mapping.approval().break_glass)
                 }
             )));
         }
@@ -241,10 +241,10 @@ impl Service {
             .await?;
         let request = ApprovalRequest {
             request_id: id.clone(),
-            needed: mapping.approval.approvals,
-            approver_roles: mapping.approval.approvers.clone(),
+            needed: mapping.approval().approvals,
+            approver_roles: mapping.approval().approvers.clone(),
             requester_roles: asking.who.member.roles.clone(),
-            expires_at: now + mapping.approval.timeout.to_chrono(),
+            expires_at: now + mapping.approval().timeout.to_chrono(),
             break_glass: false,
             card: None,
             decided_by: None,
@@ -290,7 +290,7 @@ impl Service {
         let request = ApprovalRequest {
             request_id: id.clone(),
             needed: 0,
-            approver_roles: mapping.approval.approvers.clone(),
+            approver_roles: mapping.approval().approvers.clone(),
             requester_roles: asking.who.member.roles.clone(),
             expires_at: now,
             break_glass: true,
@@ -586,9 +586,9 @@ impl Service {
     /// stored ones, and nobody may decide: [`Self::check_approver`]).
     fn with_current_rules(&self, mut view: ApprovalView) -> ApprovalView {
         if let Some(mapping) = self.mapping_named(&view.grant.mapping) {
-            view.request.approver_roles = mapping.approval.approvers.clone();
+            view.request.approver_roles = mapping.approval().approvers.clone();
             if view.grant.state == GrantState::PendingApproval && !view.request.break_glass {
-                view.request.needed = mapping.approval.approvals.max(1);
+                view.request.needed = mapping.approval().approvals.max(1);
             }
         }
         view
@@ -603,8 +603,8 @@ impl Service {
                 view.grant.mapping.to_string(),
             ));
         };
-        let roles = &mapping.approval.approvers;
-        if !mapping.approval.is_approver(&who.member.roles) {
+        let roles = &mapping.approval().approvers;
+        if !mapping.approval().is_approver(&who.member.roles) {
             return Err(ApprovalError::NotApprover {
                 roles: if roles.is_empty() {
                     format!("mapping {} lists none now", mapping.name)
@@ -1026,7 +1026,7 @@ impl Service {
         let approver = self
             .mappings()
             .iter()
-            .any(|m| m.approval.is_approver(roles));
+            .any(|m| m.approval().is_approver(roles));
         if !admin && !approver {
             return Err(ApprovalError::NotApprover {
                 roles: "an approver role of any mapping, or an admin role".into(),

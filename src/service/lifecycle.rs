@@ -489,7 +489,7 @@ fn extension_window(
         .unwrap_or(0);
     let wanted = (remaining + i64::from(grant.duration.minutes())).min(i64::from(u32::MAX));
     let max_allowed = authorize::mappings_for(mappings, &who.member.roles, &target.identity)
-        .filter(|m| m.ports.covers(&grant.ports) && m.sources.allows(&grant.source))
+        .filter(|m| m.ports.covers(&grant.ports) && m.sources().allows(&grant.source))
         .map(|m| m.max_duration)
         .max()
         .ok_or_else(|| {

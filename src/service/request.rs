@@ -414,7 +414,7 @@ impl Service {
             return Ok(saved);
         }
         authorize::mappings_for(mappings, &who.member.roles, &target.identity)
-            .find_map(|m| m.default_source)
+            .find_map(|m| m.default_source())
             .ok_or(RequestError::NoSource)
     }
 

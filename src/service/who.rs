@@ -94,7 +94,7 @@ impl Service {
         match mappings
             .iter()
             .find(|m| m.name == grant.mapping)
-            .and_then(|m| m.ssh_user.as_ref())
+            .and_then(|m| m.ssh_user())
         {
             Some(user) => Arc::new(Connection::clone(&connection).with_user(Some(user))),
             None => connection,

@@ -54,7 +54,7 @@ fn login_user(s: &Service, mapping: &MappingName) -> String {
     s.mappings()
         .iter()
         .find(|m| m.name == *mapping)
-        .and_then(|m| m.ssh_user.as_ref())
+        .and_then(|m| m.ssh_user())
         .map(|u| format!(" The grant card shows ssh as {u}."))
         .unwrap_or_default()
 }

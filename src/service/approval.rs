@@ -452,30 +452,17 @@ impl Service {
         grant: &Grant,
         stage: &str,
     ) -> Result<(), StoreError> {
-        self.tell_if_approved_with(tx, grant, stage, None).await
-    }
-
-    /// [`Self::tell_if_approved`] for a grant that opened: the requester's
-    /// reply says how to connect through `connection`, as a self-service
-    /// grant's does. The caller reads it before `tx` began (it may ask
-    /// Azure, which no transaction waits on).
-    ///
-    /// # Errors
-    /// If the store fails.
-    pub(crate) async fn tell_if_approved_with(
-        &self,
-        tx: &mut StoreTx,
-        grant: &Grant,
-        stage: &str,
-        connection: Option<&Connection>,
-    ) -> Result<(), StoreError> {
         let request = tx.approval_request(&grant.request_id).await?;
-        self.tell_if_approved_by(tx, grant, request, stage, connection)
+        self.tell_if_approved_by(tx, grant, request, stage, None)
             .await
     }
 
-    /// [`Self::tell_if_approved_with`] for a caller that has read `grant`'s
-    /// approval request in `tx` already (and needs it for more than this).
+    /// [`Self::tell_if_approved`] for a caller that has read `grant`'s
+    /// approval request in `tx` already (and needs it for more than this),
+    /// `request`. For a grant that opened, the requester's reply says how
+    /// to connect through `connection`, as a self-service grant's does; the
+    /// caller reads it before `tx` began (it may ask Azure, which no
+    /// transaction waits on).
     ///
     /// # Errors
     /// If the store fails.

@@ -33,10 +33,9 @@ const READ_CONNECTIONS: u32 = 4;
 /// Each connection's page cache, in KiB (SQLite's negative `cache_size`).
 /// SQLite's default is 2,000 KiB per connection, and every connection fills
 /// its own over time: with 10,000 mappings the four read connections held
-/// about 13 MiB, and the writer, walking the import's 10,000 outbox rows,
-/// its full 2 MiB (issue 17). The file's pages stay in the OS cache, so a
-/// small one costs a copy, not a disk read; a write transaction touches a
-/// few dozen pages.
+/// about 13 MiB, and the writer's may grow to its full 2 MiB as it walks
+/// an import's 10,000 outbox rows (issue 17). The file's pages stay in the
+/// OS cache, so a small one costs a copy, not a disk read.
 const CACHE_KIB: &str = "-256";
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");

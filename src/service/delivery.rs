@@ -68,6 +68,20 @@ pub const AUDIT_LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 /// under Discord's 15 minutes; later edits go by DM.
 const TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::seconds(14 * 60 + 30);
 
+/// How long a sent row may wait to be marked delivered. Until it is, a
+/// crash sends it again (with its nonce, so Discord keeps one message) and
+/// another replica may claim it again once [`CLAIM`] runs out: well under
+/// both.
+const MARK_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// Rows sent in a round and not marked delivered yet.
+#[derive(Debug, Default)]
+struct Sent {
+    ids: Vec<i64>,
+    /// When the first of them was sent.
+    since: Option<DateTime<Utc>>,
+}
+
 /// What one [`Deliverer::tick`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryOutcome {
@@ -180,7 +194,9 @@ impl Deliverer {
     }
 
     /// Sends what is due now, once. A failed audit row stops the audit rows
-    /// after it (order is kept); other kinds go on.
+    /// after it (order is kept); other kinds go on. What was sent is marked
+    /// delivered together, at the end of the round or once the first of it
+    /// is [`MARK_WITHIN`] old, even when the round ends in an error.
     ///
     /// # Errors
     /// If the store fails.
@@ -191,9 +207,27 @@ impl Deliverer {
             .store
             .claim_outbox_batch(now, &self.worker, CLAIM, audit_stream, BATCH)
             .await?;
+        let mut sent = Sent::default();
+        let outcome = self.send_all(rows, &mut sent).await;
+        self.mark(&mut sent).await?;
+        outcome
+    }
+
+    /// Sends `rows` in order, noting each one sent in `sent`.
+    async fn send_all(
+        &self,
+        rows: Vec<OutboxRow>,
+        sent: &mut Sent,
+    ) -> Result<DeliveryOutcome, StoreError> {
         let mut outcome = DeliveryOutcome::default();
         let mut audit_blocked = false;
         for row in rows {
+            if sent
+                .since
+                .is_some_and(|t| self.clock.now() - t >= MARK_WITHIN)
+            {
+                self.mark(sent).await?;
+            }
             if row.kind == OutboxKind::AuditChannel {
                 // Renewed before each post: a replica that lost the lease
                 // (paused past its expiry) stops before posting out of turn.
@@ -204,7 +238,8 @@ impl Deliverer {
             }
             match self.send(&row).await {
                 Ok(()) => {
-                    self.store.mark_delivered(row.id, self.clock.now()).await?;
+                    sent.since.get_or_insert_with(|| self.clock.now());
+                    sent.ids.push(row.id);
                     outcome.delivered += 1;
                 }
                 Err(SendError::Retry {
@@ -225,6 +260,13 @@ impl Deliverer {
             }
         }
         Ok(outcome)
+    }
+
+    /// Marks the rows in `sent` delivered, in one statement, and empties it.
+    async fn mark(&self, sent: &mut Sent) -> Result<(), StoreError> {
+        let ids = std::mem::take(&mut sent.ids);
+        sent.since = None;
+        self.store.mark_all_delivered(&ids, self.clock.now()).await
     }
 
     async fn permanent_failure(&self, row: &OutboxRow, reason: &str) -> Result<(), StoreError> {

@@ -119,20 +119,20 @@ impl Service {
             return Ok(());
         }
         let now = self.clock().now();
-        let row = tx
-            .enqueue(OutboxMessage {
-                kind: OutboxKind::InteractionEdit,
-                target: Some(id.to_string()),
-                payload: json!({ "message": message }),
-                idempotency_key: Some(reply_key(id)),
-                created_at: now,
-            })
-            .await?;
+        let row = OutboxMessage {
+            kind: OutboxKind::InteractionEdit,
+            target: Some(id.to_string()),
+            payload: json!({ "message": message }),
+            idempotency_key: Some(reply_key(id)),
+            created_at: now,
+        };
         let answering = ANSWERING.try_with(|a| a == id).unwrap_or(false);
         if answering {
             self.in_line().held.insert(id.clone());
-            tx.hold_outbox_row(row, replica::replica_id(), now + HOLD)
+            tx.enqueue_held(row, replica::replica_id(), now + HOLD)
                 .await?;
+        } else {
+            tx.enqueue(row).await?;
         }
         Ok(())
     }

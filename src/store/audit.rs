@@ -2,9 +2,9 @@
 //!
 //! Row `seq` stores `hash = event.chain_hash(seq, prev_hash)` where
 //! `prev_hash` is row `seq - 1`'s hash ([`GENESIS_HASH`] for row 1).
-//! `audit_head` holds the last seq and hash and moves in the same
-//! transaction as each append, so verification also notices a deleted last
-//! row. Each append enqueues an `audit_channel` outbox row in the same
+//! `audit_head` holds the last seq and hash and moves with each appended
+//! row (a trigger runs it inside the row's INSERT), so verification also
+//! notices a deleted last row. Each append enqueues an `audit_channel` outbox row in the same
 //! transaction, so the audit channel is fed in log order.
 
 use anyhow::Context as _;
@@ -203,16 +203,9 @@ impl StoreTx {
                 .await
                 .map(|r| r.rows_affected())
         })
+        // The INSERT moves `audit_head` too (trigger `audit_log_moves_head`,
+        // migration 0100), and fails unless `seq` is the head's next.
         .with_context(|| format!("appending audit row {seq}"))?;
-        with_tx!(&mut self.tx, |c| {
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                .bind(seq)
-                .bind(&hash)
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
-        })
-        .context("moving the audit head")?;
         self.audit_head = Some((seq, hash.clone()));
         Ok(AuditRecord {
             seq,

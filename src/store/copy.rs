@@ -11,8 +11,8 @@
 //! so a table a later migration adds is copied too. Every value travels as
 //! text and integer columns are cast back on the way in: the two backends
 //! store only `TEXT` and 64-bit integers (see the store's module docs).
-//! Audit rows go in one by one, each moving `audit_head` on, as the
-//! database's guards require; afterwards the target's chain is verified and
+//! Audit rows go in one by one, each INSERT moving `audit_head` on (a
+//! trigger), as the database's guards require; afterwards the target's chain is verified and
 //! its head compared with the source's.
 
 use anyhow::Context as _;
@@ -254,7 +254,7 @@ async fn write_rows(
     Ok(copied)
 }
 
-/// Audit rows in seq order, each followed by the head moving to it, as the
+/// Audit rows in seq order, each INSERT moving the head on to it, as the
 /// target's guards allow.
 async fn write_audit_rows(
     into: &mut Tx,
@@ -262,8 +262,8 @@ async fn write_audit_rows(
     rows: Vec<TextRow>,
 ) -> Result<u64, StoreError> {
     let at = |name: &str| columns.iter().position(|c| c.name == name);
-    let (Some(seq), Some(hash)) = (at("seq"), at("hash")) else {
-        return Err(anyhow::anyhow!("audit_log has no seq or hash column").into());
+    let Some(seq) = at("seq") else {
+        return Err(anyhow::anyhow!("audit_log has no seq column").into());
     };
     let insert = insert_sql("audit_log", columns);
     for row in &rows {
@@ -278,18 +278,9 @@ async fn write_audit_rows(
                 .await
                 .map(|r| r.rows_affected())
         })
-        .with_context(|| format!("copying audit row {seq_value}"))?;
-        with_tx!(into, |c| {
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                .bind(seq_value)
-                .bind(row[hash].clone())
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
-        })
-        .with_context(|| {
-            format!("moving the audit head to row {seq_value} (is the source's chain whole?)")
-        })?;
+        // The INSERT moves `audit_head` on (trigger `audit_log_moves_head`)
+        // and fails unless the row is the head's next.
+        .with_context(|| format!("copying audit row {seq_value} (is the source's chain whole?)"))?;
     }
     Ok(rows.len() as u64)
 }

@@ -393,6 +393,22 @@ impl StoreTx {
         event: &GrantEvent,
         now: DateTime<Utc>,
     ) -> Result<Grant, StoreError> {
+        self.transition_grant_noting(request_id, event, None, now)
+            .await
+    }
+
+    /// [`StoreTx::transition_grant`], recording what Azure answered
+    /// (`azure_detail`, when given) in the same statement.
+    ///
+    /// # Errors
+    /// As [`StoreTx::transition_grant`].
+    pub async fn transition_grant_noting(
+        &mut self,
+        request_id: &RequestId,
+        event: &GrantEvent,
+        azure_detail: Option<&serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, StoreError> {
         // PostgreSQL: this read takes `FOR UPDATE`.
         let grant = self
             .grant_for_update(request_id)
@@ -402,7 +418,8 @@ impl StoreTx {
         let end = event_end(event).map(ts);
         let stamp = ts(now);
         const MOVE: &str = "UPDATE grants
-            SET state = $1, state_changed_at = $2, end_time = COALESCE($3, end_time)
+            SET state = $1, state_changed_at = $2, end_time = COALESCE($3, end_time),
+                azure_detail = COALESCE($6, azure_detail)
             WHERE request_id = $4 AND state = $5";
         const RECORD: &str = "INSERT INTO grant_transitions
             (request_id, from_state, to_state, event, end_time, at)
@@ -414,6 +431,7 @@ impl StoreTx {
                 .bind(&end)
                 .bind(request_id.as_str())
                 .bind(grant.state.as_str())
+                .bind(azure_detail.map(ToString::to_string))
                 .execute(c)
                 .await
                 .map(|r| r.rows_affected())
@@ -446,6 +464,7 @@ impl StoreTx {
             state: next,
             state_changed_at: at,
             end_time: event_end(event).map(as_stored).or(grant.end_time),
+            azure_detail: azure_detail.cloned().or(grant.azure_detail),
             ..grant
         })
     }

@@ -171,6 +171,28 @@ impl StoreTx {
     /// characters or not printable ASCII; [`StoreError::Unexpected`] if the
     /// database fails.
     pub async fn enqueue(&mut self, message: OutboxMessage) -> Result<i64, StoreError> {
+        self.insert_outbox(message, None).await
+    }
+
+    /// [`StoreTx::enqueue`], the row held for `worker` until `until` as
+    /// [`StoreTx::hold_outbox_row`] holds one, written with the row.
+    ///
+    /// # Errors
+    /// As [`StoreTx::enqueue`].
+    pub async fn enqueue_held(
+        &mut self,
+        message: OutboxMessage,
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        self.insert_outbox(message, Some((worker, until))).await
+    }
+
+    async fn insert_outbox(
+        &mut self,
+        message: OutboxMessage,
+        held: Option<(&str, DateTime<Utc>)>,
+    ) -> Result<i64, StoreError> {
         let key = match message.idempotency_key {
             Some(key) => {
                 check_key(&key)?;
@@ -183,8 +205,9 @@ impl StoreTx {
         };
         let created_at = ts(message.created_at);
         const INSERT: &str = "INSERT INTO outbox
-            (kind, target, payload, idempotency_key, created_at, next_attempt_at)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            (kind, target, payload, idempotency_key, created_at, next_attempt_at,
+             claimed_by, claimed_until)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id";
         let inserted: Option<i64> = with_tx!(&mut self.tx, |c| {
@@ -195,21 +218,26 @@ impl StoreTx {
                 .bind(&key)
                 .bind(&created_at)
                 .bind(&created_at)
+                .bind(held.map(|(worker, _)| worker))
+                .bind(held.map(|(_, until)| ts(until)))
                 .fetch_optional(c)
                 .await
         })
         .with_context(|| format!("enqueueing outbox message `{key}`"))?;
-        match inserted {
-            Some(id) => Ok(id),
-            None => with_tx!(&mut self.tx, |c| {
-                sqlx::query_scalar("SELECT id FROM outbox WHERE idempotency_key = $1")
-                    .bind(&key)
-                    .fetch_one(c)
-                    .await
-            })
-            .with_context(|| format!("finding outbox message `{key}`"))
-            .map_err(StoreError::from),
+        if let Some(id) = inserted {
+            return Ok(id);
         }
+        let id = with_tx!(&mut self.tx, |c| {
+            sqlx::query_scalar("SELECT id FROM outbox WHERE idempotency_key = $1")
+                .bind(&key)
+                .fetch_one(c)
+                .await
+        })
+        .with_context(|| format!("finding outbox message `{key}`"))?;
+        if let Some((worker, until)) = held {
+            self.hold_outbox_row(id, worker, until).await?;
+        }
+        Ok(id)
     }
 
     /// Claims row `id` for `worker` until `until`, in this transaction: a
@@ -426,6 +454,44 @@ impl Store {
         if updated == 0 {
             self.outbox_row_exists(id).await?;
         }
+        Ok(())
+    }
+
+    /// Records that the rows `ids` were delivered at `now`, in one
+    /// statement: the deliverer marks what one round sent together.
+    /// Rows already marked, or not there, are left as they are.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn mark_all_delivered(
+        &self,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let Some((first, rest)) = ids.split_first() else {
+            return Ok(());
+        };
+        // The ids are integers read from the database: written into the
+        // SQL as they are, they cannot inject anything.
+        let list = rest
+            .iter()
+            .fold(first.to_string(), |list, id| format!("{list}, {id}"));
+        let sql = format!(
+            "UPDATE outbox SET delivered_at = $1, last_error = NULL,
+                 claimed_by = NULL, claimed_until = NULL
+             WHERE id IN ({list}) AND delivered_at IS NULL"
+        );
+        // Not kept prepared: each list is its own statement text, and would
+        // push the statements that repeat out of the connection's cache.
+        with_write!(&self.db, |c| {
+            sqlx::query(&sql)
+                .persistent(false)
+                .bind(ts(now))
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .with_context(|| format!("marking {} outbox rows delivered", ids.len()))?;
         Ok(())
     }
 

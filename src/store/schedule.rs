@@ -148,6 +148,51 @@ impl StoreTx {
         Ok(id)
     }
 
+    /// Schedules each of `timers` for the grant, as [`StoreTx::schedule`]
+    /// does one, in one statement.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails, including when no
+    /// grant has that request id.
+    pub async fn schedule_all(
+        &mut self,
+        request_id: &RequestId,
+        timers: &[(ScheduleKind, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        let mut timers: Vec<(&str, String)> = timers
+            .iter()
+            .map(|(kind, due)| (kind.as_str(), ts(*due)))
+            .collect();
+        // One row per timer: PostgreSQL refuses a statement that would
+        // update one row twice.
+        timers.sort_unstable();
+        timers.dedup();
+        if timers.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = (0..timers.len())
+            .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO schedule (request_id, kind, due_at) VALUES {}
+             ON CONFLICT (request_id, kind, due_at) DO UPDATE SET cancelled_at = NULL",
+            rows.join(", ")
+        );
+        with_tx!(&mut self.tx, |c| {
+            timers
+                .iter()
+                .fold(
+                    sqlx::query(&sql).bind(request_id.as_str()),
+                    |q, (kind, due)| q.bind(*kind).bind(due),
+                )
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .with_context(|| format!("scheduling {} timers of grant {request_id}", timers.len()))?;
+        Ok(())
+    }
+
     /// Cancels the grant's pending timers of these kinds (for example the
     /// reminder and expiry when it is extended or closed) and returns how
     /// many were cancelled.

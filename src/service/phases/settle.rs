@@ -86,8 +86,9 @@ impl Service {
         let now = self.clock().now();
         let mut tx = self.store().begin().await?;
         let event = GrantEvent::Initiated { end: initiated.end };
-        let grant = tx.transition_grant(id, &event, now).await?;
-        tx.set_azure_detail(id, &initiated.detail).await?;
+        let grant = tx
+            .transition_grant_noting(id, &event, Some(&initiated.detail), now)
+            .await?;
         let audit = AuditEvent::new(
             now,
             by,
@@ -279,17 +280,16 @@ impl Service {
         end: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        for before in &self.config().reminders_before {
-            let Ok(before) = chrono::Duration::from_std(*before) else {
-                continue;
-            };
-            let due = end - before;
-            if due > now {
-                tx.schedule(id, ScheduleKind::Reminder, due).await?;
-            }
-        }
-        tx.schedule(id, ScheduleKind::Expiry, end).await?;
-        Ok(())
+        let reminders = self
+            .config()
+            .reminders_before
+            .iter()
+            .filter_map(|before| chrono::Duration::from_std(*before).ok())
+            .map(|before| end - before)
+            .filter(|due| *due > now)
+            .map(|due| (ScheduleKind::Reminder, due));
+        let timers: Vec<_> = reminders.chain([(ScheduleKind::Expiry, end)]).collect();
+        tx.schedule_all(id, &timers).await
     }
 }
 

@@ -36,6 +36,7 @@ macro_rules! store_contract {
                 the_chain_verifies_after_many_appends,
                 audit_events_filter_by_time_actor_action_and_limit,
                 the_database_refuses_updates_and_deletes_of_audit_rows,
+                an_audit_row_goes_in_only_at_the_head_and_its_insert_moves_the_head,
                 editing_a_rows_target_detail_or_outcome_is_detected_at_that_seq,
                 a_rewritten_row_with_a_recomputed_hash_breaks_the_next_link,
                 deleting_middle_rows_is_detected,
@@ -56,6 +57,9 @@ macro_rules! store_contract {
                 states_and_timer_kinds_the_code_does_not_know_are_refused,
                 audit_rows_are_delivered_in_order_and_a_failed_one_holds_back_later_ones,
                 outbox_keys_deduplicate_and_stats_show_the_backlog,
+                rows_marked_delivered_together_are_exactly_those_named,
+                scheduling_several_timers_at_once_writes_each_once_and_revives_a_cancelled_one,
+                a_transition_records_azures_answer_in_the_same_step,
                 two_concurrent_claimers_never_get_the_same_timer,
                 a_stale_claim_is_reclaimed_after_its_lease,
                 cancelled_timers_are_not_due_and_not_due_timers_are_not_claimed,
@@ -208,6 +212,41 @@ pub async fn the_database_refuses_updates_and_deletes_of_audit_rows(b: &impl Bac
         assert!(err.contains("audit"), "{sql}: {err}");
     }
     assert!(db.store.verify_audit().await.unwrap().is_intact());
+}
+
+pub async fn an_audit_row_goes_in_only_at_the_head_and_its_insert_moves_the_head(b: &impl Backend) {
+    let db = b.fresh().await;
+    append_n(&db.store, 3).await;
+    let (_, head_hash) = db.store.audit_head().await.unwrap();
+    let insert = |seq: i64, hash: &str| {
+        format!(
+            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash)
+             VALUES ({seq}, '2026-11-30T10:00:00.000000Z', 'cli', 'mapping_added', 'm', 'success',
+                     '{{}}', '{head_hash}', '{hash}')"
+        )
+    };
+
+    let skipped = b.raw(&db.url, &insert(5, "five")).await.unwrap_err();
+    assert!(skipped.contains("audit_head"), "{skipped}");
+    assert_eq!(db.store.audit_head().await.unwrap().0, 3);
+
+    b.raw(&db.url, &insert(4, "four")).await.unwrap();
+    assert_eq!(
+        db.store.audit_head().await.unwrap(),
+        (4, "four".to_string())
+    );
+    // The previous release sets the head itself after its INSERT: to what
+    // the INSERT already set, which the head's guard lets pass.
+    b.raw(
+        &db.url,
+        "UPDATE audit_head SET seq = 4, hash = 'four' WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.store.audit_head().await.unwrap(),
+        (4, "four".to_string())
+    );
 }
 
 pub async fn editing_a_rows_target_detail_or_outcome_is_detected_at_that_seq(b: &impl Backend) {
@@ -1066,6 +1105,112 @@ pub async fn outbox_keys_deduplicate_and_stats_show_the_backlog(b: &impl Backend
     store.mark_delivered(generated, t0()).await.unwrap();
     let stats = store.outbox_stats(t0()).await.unwrap();
     assert_eq!((stats.depth, stats.oldest_age), (0, None));
+}
+
+pub async fn rows_marked_delivered_together_are_exactly_those_named(b: &impl Backend) {
+    let db = b.fresh().await;
+    let store = &db.store;
+    let mut ids = Vec::new();
+    for text in ["a", "b", "c"] {
+        ids.push(store.enqueue(dm(text, t0())).await.unwrap());
+    }
+    let delivered = |id: i64| async move { store.outbox_row(id).await.unwrap().delivered_at };
+
+    store.mark_all_delivered(&[], t0()).await.unwrap();
+    store
+        .mark_all_delivered(&[ids[0], ids[2]], t0() + Duration::seconds(1))
+        .await
+        .unwrap();
+    store
+        .mark_all_delivered(&[ids[0]], t0() + Duration::seconds(9))
+        .await
+        .unwrap();
+
+    let one_second = Some(t0() + Duration::seconds(1));
+    assert_eq!(
+        delivered(ids[0]).await,
+        one_second,
+        "marked once, at the first time"
+    );
+    assert_eq!(delivered(ids[1]).await, None);
+    assert_eq!(delivered(ids[2]).await, one_second);
+    let stats = store.outbox_stats(t0()).await.unwrap();
+    assert_eq!(stats.depth, 1);
+}
+
+pub async fn scheduling_several_timers_at_once_writes_each_once_and_revives_a_cancelled_one(
+    b: &impl Backend,
+) {
+    let db = b.fresh().await;
+    let id = RequestId::parse("req-timers").unwrap();
+    db.store
+        .insert_grant(new_grant("req-timers", 42, t0()))
+        .await
+        .unwrap();
+    let reminder = (ScheduleKind::Reminder, t0() + Duration::minutes(50));
+    let expiry = (ScheduleKind::Expiry, t0() + Duration::hours(1));
+    let pending = || async {
+        let due = db.store.next_due(10).await.unwrap();
+        due.iter().map(|t| (t.kind, t.due_at)).collect::<Vec<_>>()
+    };
+
+    let mut tx = db.store.begin().await.unwrap();
+    tx.schedule_all(&id, &[reminder, expiry, reminder])
+        .await
+        .unwrap();
+    tx.schedule_all(&id, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pending().await, vec![reminder, expiry]);
+
+    let mut tx = db.store.begin().await.unwrap();
+    tx.cancel_schedule(&id, &[ScheduleKind::Reminder], t0())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pending().await, vec![expiry]);
+
+    let mut tx = db.store.begin().await.unwrap();
+    tx.schedule_all(&id, &[reminder, expiry]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pending().await, vec![reminder, expiry]);
+}
+
+pub async fn a_transition_records_azures_answer_in_the_same_step(b: &impl Backend) {
+    let db = b.fresh().await;
+    let id = RequestId::parse("req-noted").unwrap();
+    db.store
+        .insert_grant(new_grant("req-noted", 42, t0()))
+        .await
+        .unwrap();
+    let answer = serde_json::json!({"id": "jit-req-9", "requestor": "drawbridge"});
+    let end = t0() + Duration::hours(2);
+
+    let mut tx = db.store.begin().await.unwrap();
+    let active = tx
+        .transition_grant_noting(&id, &GrantEvent::Initiated { end }, Some(&answer), t0())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(active.azure_detail.as_ref(), Some(&answer));
+    let stored = db.store.grant(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.end_time),
+        (GrantState::Active, Some(end))
+    );
+    assert_eq!(stored.azure_detail.as_ref(), Some(&answer));
+
+    // A transition that notes nothing keeps what Azure said.
+    let mut tx = db.store.begin().await.unwrap();
+    tx.transition_grant(
+        &id,
+        &GrantEvent::ExtendRequested,
+        t0() + Duration::minutes(1),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let stored = db.store.grant(&id).await.unwrap().unwrap();
+    assert_eq!(stored.azure_detail, Some(answer));
 }
 
 // ---------------------------------------------------------------- schedule

@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 20] = [
+const APPLIED: [(&str, &str); 21] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -93,6 +93,10 @@ const APPLIED: [(&str, &str); 20] = [
         "0090_mappings_version.sql",
         "4cb3f7d07304fdba22827dd9542f8b5ce1b2aa34f4a0dafffa6b579c27d270cf55696cab09a07225f35a476d29b00686",
     ),
+    (
+        "0100_audit_head_follows_appends.sql",
+        "e43152b88b0e13b30cd51fe9d065b2756ceac1fed3a0a2015ef92a01add7751f8ea8cea8650cb2c6f3a48ec80d7fc858",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -114,7 +118,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     assert_eq!(
         versions,
         (1..=8)
-            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90])
+            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100])
             .collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
@@ -228,7 +232,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90]
+        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100]
     );
 
     let id = RequestId::parse("req-old").unwrap();

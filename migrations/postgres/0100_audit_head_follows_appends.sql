@@ -1,0 +1,34 @@
+-- The head of the audit chain moves inside each row's INSERT, so an append
+-- is one statement instead of two (issue 17: each statement is a round trip
+-- to the database). It also means a row can only be appended at head + 1:
+-- the head's guard below refuses any other move, and with it the INSERT.
+
+CREATE FUNCTION audit_log_moves_head() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE audit_head SET seq = NEW.seq, hash = NEW.hash WHERE id = 1;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER audit_log_moves_head AFTER INSERT ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_log_moves_head();
+
+-- The head's guard, as in 0001, but an update that changes nothing passes:
+-- the previous release still sets the head after its INSERT, to the values
+-- this trigger already set (rolling upgrades).
+CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' THEN
+        RAISE EXCEPTION 'audit_head cannot be deleted';
+    END IF;
+    IF NEW.id = OLD.id AND NEW.seq = OLD.seq AND NEW.hash = OLD.hash THEN
+        RETURN NEW;
+    END IF;
+    IF NEW.id <> OLD.id
+       OR NEW.seq <> OLD.seq + 1
+       OR NOT EXISTS (SELECT 1 FROM audit_log WHERE seq = NEW.seq AND hash = NEW.hash) THEN
+        RAISE EXCEPTION 'audit_head only moves to the next appended row';
+    END IF;
+    RETURN NEW;
+END;
+$$;

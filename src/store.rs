@@ -135,6 +135,9 @@ use backend::{Db, Tx, with_read};
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// The audit head this process last wrote, where appends may start
+    /// from it (see [`audit::HeadGuess`]).
+    head_guess: audit::HeadGuess,
 }
 
 /// A migration applied by [`Store::migrate`].
@@ -192,6 +195,7 @@ impl Store {
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         Ok(Store {
             db: Db::connect(url, options).await?,
+            head_guess: audit::HeadGuess::default(),
         })
     }
 
@@ -206,6 +210,7 @@ impl Store {
     pub async fn open_read_only(url: &str) -> Result<Store, StoreError> {
         Ok(Store {
             db: Db::connect_read_only(url).await?,
+            head_guess: audit::HeadGuess::default(),
         })
     }
 
@@ -227,7 +232,11 @@ impl Store {
     /// [`StoreError::Unexpected`] if a migration fails or an applied one was
     /// edited.
     pub async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
-        self.db.migrate().await
+        let applied = self.db.migrate().await?;
+        // The schema now refuses an audit row that does not follow the head
+        // (migration 0100), so a guessed head is safe to append after.
+        self.head_guess.enable(self.db.single_replica());
+        Ok(applied)
     }
 
     /// Whether this store is shared by several replicas at most one at a
@@ -268,6 +277,7 @@ impl Store {
         Ok(StoreTx {
             tx: self.db.begin().await?,
             audit_head: None,
+            head_guess: self.head_guess.clone(),
         })
     }
 }
@@ -281,6 +291,8 @@ pub struct StoreTx {
     /// head row is read (and on PostgreSQL locked) once per transaction,
     /// however many events it appends.
     audit_head: Option<(i64, String)>,
+    /// Where the head this transaction leaves is kept for the next one.
+    head_guess: audit::HeadGuess,
 }
 
 impl StoreTx {
@@ -289,6 +301,12 @@ impl StoreTx {
     /// # Errors
     /// [`StoreError::Unexpected`] if the commit fails (nothing was written).
     pub async fn commit(self) -> Result<(), StoreError> {
+        // Kept before the commit is known to succeed: the next transaction
+        // may begin as soon as this one ends, and a head that was not
+        // written is only a guess the database refuses.
+        if let Some(head) = self.audit_head {
+            self.head_guess.keep(head);
+        }
         self.tx.commit().await
     }
 

@@ -1,7 +1,22 @@
 -- The head of the audit chain moves inside each row's INSERT, so an append
 -- is one statement instead of two (issue 17: each statement is a round trip
--- to the database). It also means a row can only be appended at head + 1:
--- the head's guard below refuses any other move, and with it the INSERT.
+-- to the database).
+--
+-- A row goes in only at the head: its seq the head's + 1 and its prev_hash
+-- the head's hash (the store reads the head FOR UPDATE first on this
+-- backend; the check is the same as on SQLite).
+CREATE FUNCTION audit_log_follows_head() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM audit_head
+                   WHERE id = 1 AND seq + 1 = NEW.seq AND hash = NEW.prev_hash) THEN
+        RAISE EXCEPTION 'audit_log rows go in only at audit_head: seq + 1, after its hash';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER audit_log_follows_head BEFORE INSERT ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_log_follows_head();
 
 CREATE FUNCTION audit_log_moves_head() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

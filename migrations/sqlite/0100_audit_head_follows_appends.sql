@@ -1,8 +1,18 @@
 -- The head of the audit chain moves inside each row's INSERT, so an append
 -- is one statement instead of two (issue 17: each statement is a hand-off
--- to the database's thread). It also means a row can only be appended at
--- head + 1: the head's guard below refuses any other move, and with it the
--- INSERT.
+-- to the database's thread).
+--
+-- A row goes in only at the head: its seq the head's + 1 and its prev_hash
+-- the head's hash. The database checks it, so the store may append after
+-- the head it last wrote without reading it first; when another process
+-- (a CLI command) appended meanwhile, the INSERT is refused and the store
+-- reads the head and appends again.
+CREATE TRIGGER audit_log_follows_head BEFORE INSERT ON audit_log
+WHEN NOT EXISTS (SELECT 1 FROM audit_head
+                 WHERE id = 1 AND seq + 1 = NEW.seq AND hash = NEW.prev_hash)
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log rows go in only at audit_head: seq + 1, after its hash');
+END;
 
 CREATE TRIGGER audit_log_moves_head AFTER INSERT ON audit_log
 BEGIN

@@ -290,6 +290,15 @@ fn requestor_of(detail: &str) -> Option<String> {
     value.get("requestor")?.as_str().map(str::to_string)
 }
 
+/// A transition about to be written: to `next` by `event` at `now`, with
+/// what Azure answered if the step records it.
+struct Step<'a> {
+    next: GrantState,
+    event: &'a GrantEvent,
+    azure_detail: Option<&'a serde_json::Value>,
+    now: DateTime<Utc>,
+}
+
 fn grant_by_id_sql() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE request_id = $1")
 }
@@ -415,34 +424,93 @@ impl StoreTx {
             .await?
             .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))?;
         let next = grant.state.apply(event)?;
-        let end = event_end(event).map(ts);
-        let stamp = ts(now);
+        let step = Step {
+            next,
+            event,
+            azure_detail,
+            now,
+        };
+        self.move_grant(&grant, &step, false).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "grant {request_id} changed while it was moved from {}",
+                grant.state
+            )
+            .into()
+        })
+    }
+
+    /// [`StoreTx::transition_grant_noting`] from `seen`, the grant as the
+    /// caller last read or wrote it: without reading it again while it is
+    /// still so (its state and when that changed are as seen). Otherwise as
+    /// [`StoreTx::transition_grant_noting`], from the grant as it is now.
+    ///
+    /// # Errors
+    /// As [`StoreTx::transition_grant`].
+    pub async fn transition_seen_grant(
+        &mut self,
+        seen: &Grant,
+        event: &GrantEvent,
+        azure_detail: Option<&serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, StoreError> {
+        if let Ok(next) = seen.state.apply(event) {
+            let step = Step {
+                next,
+                event,
+                azure_detail,
+                now,
+            };
+            if let Some(moved) = self.move_grant(seen, &step, true).await? {
+                return Ok(moved);
+            }
+        }
+        self.transition_grant_noting(&seen.request_id, event, azure_detail, now)
+            .await
+    }
+
+    /// Writes `step` from `grant` and records it; `None` when the grant's
+    /// state is no longer `grant`'s (or, with `as_seen`, when it changed
+    /// state at another time), and nothing was written.
+    async fn move_grant(
+        &mut self,
+        grant: &Grant,
+        step: &Step<'_>,
+        as_seen: bool,
+    ) -> Result<Option<Grant>, StoreError> {
         const MOVE: &str = "UPDATE grants
             SET state = $1, state_changed_at = $2, end_time = COALESCE($3, end_time),
                 azure_detail = COALESCE($6, azure_detail)
             WHERE request_id = $4 AND state = $5";
+        const MOVE_SEEN: &str = "UPDATE grants
+            SET state = $1, state_changed_at = $2, end_time = COALESCE($3, end_time),
+                azure_detail = COALESCE($6, azure_detail)
+            WHERE request_id = $4 AND state = $5 AND state_changed_at = $7";
         const RECORD: &str = "INSERT INTO grant_transitions
             (request_id, from_state, to_state, event, end_time, at)
             VALUES ($1, $2, $3, $4, $5, $6)";
+        let request_id = &grant.request_id;
+        let (next, event) = (step.next, step.event);
+        let end = event_end(event).map(ts);
+        let stamp = ts(step.now);
+        let detail = step.azure_detail.map(ToString::to_string);
         let updated = with_tx!(&mut self.tx, |c| {
-            sqlx::query(MOVE)
+            let query = sqlx::query(if as_seen { MOVE_SEEN } else { MOVE })
                 .bind(next.as_str())
                 .bind(&stamp)
                 .bind(&end)
                 .bind(request_id.as_str())
                 .bind(grant.state.as_str())
-                .bind(azure_detail.map(ToString::to_string))
-                .execute(c)
-                .await
-                .map(|r| r.rows_affected())
+                .bind(&detail);
+            let query = if as_seen {
+                query.bind(ts(grant.state_changed_at))
+            } else {
+                query
+            };
+            query.execute(c).await.map(|r| r.rows_affected())
         })
         .with_context(|| format!("moving grant {request_id} to {next}"))?;
         if updated != 1 {
-            return Err(anyhow::anyhow!(
-                "grant {request_id} changed while it was moved from {}",
-                grant.state
-            )
-            .into());
+            return Ok(None);
         }
         with_tx!(&mut self.tx, |c| {
             sqlx::query(RECORD)
@@ -457,16 +525,15 @@ impl StoreTx {
                 .map(|r| r.rows_affected())
         })
         .with_context(|| format!("recording the transition of grant {request_id}"))?;
-        // The row is the one read under the lock with the columns just
-        // written: no read-back.
-        let at = as_stored(now);
-        Ok(Grant {
+        // The row is the one read (under the lock, or as seen and unchanged
+        // since) with the columns just written: no read-back.
+        Ok(Some(Grant {
             state: next,
-            state_changed_at: at,
+            state_changed_at: as_stored(step.now),
             end_time: event_end(event).map(as_stored).or(grant.end_time),
-            azure_detail: azure_detail.cloned().or(grant.azure_detail),
-            ..grant
-        })
+            azure_detail: step.azure_detail.cloned().or(grant.azure_detail.clone()),
+            ..grant.clone()
+        }))
     }
 
     /// Records why the grant failed, in words fit for the engineer.

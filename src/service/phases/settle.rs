@@ -87,7 +87,7 @@ impl Service {
         let mut tx = self.store().begin().await?;
         let event = GrantEvent::Initiated { end: initiated.end };
         let grant = tx
-            .transition_grant_noting(id, &event, Some(&initiated.detail), now)
+            .transition_seen_grant(grant, &event, Some(&initiated.detail), now)
             .await?;
         let audit = AuditEvent::new(
             now,

@@ -18,7 +18,7 @@ use drawbridge::domain::{
 };
 use drawbridge::store::export::{Format, write_audit};
 use drawbridge::store::{
-    AuditFilter, InsertOutcome, InteractionToken, MappingChange, NewGrant, OutboxKind,
+    AuditFilter, Grant, InsertOutcome, InteractionToken, MappingChange, NewGrant, OutboxKind,
     OutboxMessage, ScheduleKind, Store, StoreError,
 };
 
@@ -37,6 +37,7 @@ macro_rules! store_contract {
                 audit_events_filter_by_time_actor_action_and_limit,
                 the_database_refuses_updates_and_deletes_of_audit_rows,
                 an_audit_row_goes_in_only_at_the_head_and_its_insert_moves_the_head,
+                appends_follow_rows_another_process_appended_meanwhile,
                 editing_a_rows_target_detail_or_outcome_is_detected_at_that_seq,
                 a_rewritten_row_with_a_recomputed_hash_breaks_the_next_link,
                 deleting_middle_rows_is_detected,
@@ -60,6 +61,7 @@ macro_rules! store_contract {
                 rows_marked_delivered_together_are_exactly_those_named,
                 scheduling_several_timers_at_once_writes_each_once_and_revives_a_cancelled_one,
                 a_transition_records_azures_answer_in_the_same_step,
+                a_transition_from_a_grant_as_seen_rereads_it_only_when_it_changed,
                 two_concurrent_claimers_never_get_the_same_timer,
                 a_stale_claim_is_reclaimed_after_its_lease,
                 cancelled_timers_are_not_due_and_not_due_timers_are_not_claimed,
@@ -228,6 +230,9 @@ pub async fn an_audit_row_goes_in_only_at_the_head_and_its_insert_moves_the_head
 
     let skipped = b.raw(&db.url, &insert(5, "five")).await.unwrap_err();
     assert!(skipped.contains("audit_head"), "{skipped}");
+    let unlinked = insert(4, "four").replace(&head_hash, "not-the-heads-hash");
+    let unlinked = b.raw(&db.url, &unlinked).await.unwrap_err();
+    assert!(unlinked.contains("audit_head"), "{unlinked}");
     assert_eq!(db.store.audit_head().await.unwrap().0, 3);
 
     b.raw(&db.url, &insert(4, "four")).await.unwrap();
@@ -247,6 +252,28 @@ pub async fn an_audit_row_goes_in_only_at_the_head_and_its_insert_moves_the_head
         db.store.audit_head().await.unwrap(),
         (4, "four".to_string())
     );
+}
+
+pub async fn appends_follow_rows_another_process_appended_meanwhile(b: &impl Backend) {
+    let db = b.fresh().await;
+    let other = Store::open(&db.url).await.unwrap();
+    append_n(&db.store, 2).await;
+
+    // A CLI command (another store on the same database) appends twice.
+    other.append_audit(&event(3)).await.unwrap();
+    other.append_audit(&event(4)).await.unwrap();
+    // The bot appends again: after the CLI's rows, not over them.
+    let record = db.store.append_audit(&event(5)).await.unwrap();
+    let mut tx = db.store.begin().await.unwrap();
+    let second = tx.append_audit(&event(6)).await.unwrap();
+    let third = tx.append_audit(&event(7)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!((record.seq, second.seq, third.seq), (5, 6, 7));
+    let verified = db.store.verify_audit().await.unwrap();
+    assert!(verified.is_intact(), "{verified:?}");
+    assert_eq!(verified.checked, 7);
+    assert_eq!(other.audit_head().await.unwrap().0, 7);
 }
 
 pub async fn editing_a_rows_target_detail_or_outcome_is_detected_at_that_seq(b: &impl Backend) {
@@ -1211,6 +1238,58 @@ pub async fn a_transition_records_azures_answer_in_the_same_step(b: &impl Backen
     tx.commit().await.unwrap();
     let stored = db.store.grant(&id).await.unwrap().unwrap();
     assert_eq!(stored.azure_detail, Some(answer));
+}
+
+pub async fn a_transition_from_a_grant_as_seen_rereads_it_only_when_it_changed(b: &impl Backend) {
+    let db = b.fresh().await;
+    let id = RequestId::parse("req-seen").unwrap();
+    let InsertOutcome::Inserted(requested) = db
+        .store
+        .insert_grant(new_grant("req-seen", 42, t0()))
+        .await
+        .unwrap()
+    else {
+        panic!("a new request id inserts");
+    };
+    let end = t0() + Duration::hours(2);
+    let at = |s: i64| t0() + Duration::seconds(s);
+
+    let mut tx = db.store.begin().await.unwrap();
+    let active = tx
+        .transition_seen_grant(&requested, &GrantEvent::Initiated { end }, None, at(2))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(active, db.store.grant(&id).await.unwrap().unwrap());
+
+    // Seen before it opened: the event does not apply to the grant as it is.
+    let mut tx = db.store.begin().await.unwrap();
+    let again = tx
+        .transition_seen_grant(&requested, &GrantEvent::Initiated { end }, None, at(3))
+        .await
+        .unwrap_err();
+    tx.rollback().await.unwrap();
+    assert!(
+        matches!(again, StoreError::InvalidTransition(_)),
+        "{again:?}"
+    );
+
+    // Seen in its state but not as it is: answered from the grant as it is.
+    let stale = Grant {
+        state_changed_at: at(1),
+        vm_name: "rg/stale".into(),
+        ..active.clone()
+    };
+    let mut tx = db.store.begin().await.unwrap();
+    let extending = tx
+        .transition_seen_grant(&stale, &GrantEvent::ExtendRequested, None, at(4))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(extending.state, GrantState::Extending);
+    assert_eq!(extending.vm_name, active.vm_name);
+    assert_eq!(extending, db.store.grant(&id).await.unwrap().unwrap());
+    assert_eq!(db.store.grant_transitions(&id).await.unwrap().len(), 2);
 }
 
 // ---------------------------------------------------------------- schedule

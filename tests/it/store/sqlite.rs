@@ -95,7 +95,7 @@ const APPLIED: [(&str, &str); 21] = [
     ),
     (
         "0100_audit_head_follows_appends.sql",
-        "e43152b88b0e13b30cd51fe9d065b2756ceac1fed3a0a2015ef92a01add7751f8ea8cea8650cb2c6f3a48ec80d7fc858",
+        "1074a3d6c5e0ac49daa143d607918aeb05b09f7bf8fbb0c3b75b1914e48f742dcf3f866d73bd3190b63b7895e8cb1c06",
     ),
 ];
 

@@ -1357,6 +1357,84 @@ async fn after_six_500s_in_a_row_the_audit_message_arrives_within_35_s_of_the_fi
     );
 }
 
+/// A [`ChatSender`] whose posts take a second each on the lab's clock, and
+/// that notes how many outbox rows were still undelivered as each began.
+struct SlowPoster {
+    store: Store,
+    clock: ManualClock,
+    undelivered: Mutex<Vec<u64>>,
+}
+
+#[async_trait]
+impl ChatSender for SlowPoster {
+    async fn post(&self, _: u64, _: &ChatMessage, _: &str) -> Result<Option<u64>, SendError> {
+        let now = self.clock.now();
+        let stats = self.store.outbox_stats(now).await.unwrap();
+        self.undelivered.lock().unwrap().push(stats.depth);
+        self.clock.set(now + TimeDelta::seconds(1));
+        Ok(None)
+    }
+
+    async fn edit(&self, _: u64, _: u64, _: &ChatMessage) -> Result<(), SendError> {
+        Err(SendError::Permanent("posts only".into()))
+    }
+
+    async fn edit_reply(&self, _: &str, _: &ChatMessage) -> Result<(), SendError> {
+        Err(SendError::Permanent("posts only".into()))
+    }
+
+    async fn direct(&self, _: u64, _: &ChatMessage, _: &str) -> Result<(), SendError> {
+        Err(SendError::Permanent("posts only".into()))
+    }
+}
+
+// See: issue 17 (a round's sends are marked delivered together).
+#[tokio::test]
+async fn posts_of_one_round_are_marked_delivered_within_a_second_of_being_sent() {
+    // Arrange: four audit events (the lab's own are delivered), and a
+    // sender whose posts take 1 s each.
+    let lab = Lab::new().await;
+    let store = lab.store().clone();
+    let earlier: Vec<i64> = store
+        .next_outbox_batch(lab.now(), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.id)
+        .collect();
+    store.mark_all_delivered(&earlier, lab.now()).await.unwrap();
+    for n in 0..4 {
+        let event = drawbridge::domain::AuditEvent::new(
+            lab.now(),
+            "discord:6006",
+            AuditAction::SourceSaved,
+            format!("event {n}"),
+            drawbridge::domain::Outcome::Info,
+        );
+        store.append_audit(&event).await.unwrap();
+    }
+    let sender = Arc::new(SlowPoster {
+        store: store.clone(),
+        clock: lab.clock.clone(),
+        undelivered: Mutex::default(),
+    });
+    let deliverer = Deliverer::new(
+        store.clone(),
+        sender.clone(),
+        Arc::new(lab.clock.clone()),
+        Some(AUDIT_CHANNEL),
+    );
+
+    // Act: one round sends all four.
+    let outcome = deliverer.tick().await.unwrap();
+
+    // Assert: the first two were marked once the first was a second old,
+    // before the third went out; the rest at the round's end.
+    assert_eq!(outcome.delivered, 4);
+    assert_eq!(*sender.undelivered.lock().unwrap(), vec![4, 4, 2, 2]);
+    assert_eq!(store.outbox_stats(lab.now()).await.unwrap().depth, 0);
+}
+
 // See: issue 15 (serenity's rate limiter is off; the bot learned of limits only from 429s).
 #[tokio::test]
 async fn three_hundred_audit_events_and_a_hundred_dms_go_out_in_order_without_a_429() {

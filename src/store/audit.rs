@@ -4,8 +4,9 @@
 //! `prev_hash` is row `seq - 1`'s hash ([`GENESIS_HASH`] for row 1).
 //! `audit_head` holds the last seq and hash and moves with each appended
 //! row (a trigger runs it inside the row's INSERT), so verification also
-//! notices a deleted last row. Each append enqueues an `audit_channel` outbox row in the same
-//! transaction, so the audit channel is fed in log order.
+//! notices a deleted last row. Each append enqueues an `audit_channel`
+//! outbox row in the same transaction, so the audit channel is fed in log
+//! order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -12,8 +12,8 @@
 //! text and integer columns are cast back on the way in: the two backends
 //! store only `TEXT` and 64-bit integers (see the store's module docs).
 //! Audit rows go in one by one, each INSERT moving `audit_head` on (a
-//! trigger), as the database's guards require; afterwards the target's chain is verified and
-//! its head compared with the source's.
+//! trigger), as the database's guards require; afterwards the target's
+//! chain is verified and its head compared with the source's.
 
 use anyhow::Context as _;
 use sqlx::Row as _;

@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 21] = [
+const APPLIED: [(&str, &str); 22] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -97,6 +97,10 @@ const APPLIED: [(&str, &str); 21] = [
         "0100_audit_head_follows_appends.sql",
         "1074a3d6c5e0ac49daa143d607918aeb05b09f7bf8fbb0c3b75b1914e48f742dcf3f866d73bd3190b63b7895e8cb1c06",
     ),
+    (
+        "0110_grants_by_vm.sql",
+        "54dfc312da0f845984d3a073d4d8cf99d7da0d4a3f8a832650481fe56d87fa03776e4e2dfd51c974313b5f8f943ad13f",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -118,7 +122,7 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     assert_eq!(
         versions,
         (1..=8)
-            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100])
+            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100, 110])
             .collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
@@ -232,7 +236,7 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100]
+        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100, 110]
     );
 
     let id = RequestId::parse("req-old").unwrap();
@@ -283,6 +287,51 @@ async fn query_plan(url: &str, sql: &str, binds: &[&str]) -> Vec<String> {
     rows.iter()
         .map(|r| r.try_get::<String, _>("detail").unwrap())
         .collect()
+}
+
+#[tokio::test]
+async fn listing_a_vms_open_grants_searches_the_vm_index_instead_of_every_open_grant() {
+    // Each request lists its VM's open grants twice: with 5,000 open
+    // grants on other VMs, walking the open grants costs each listing
+    // 5,000 rows.
+    let db = Sqlite.fresh().await;
+    Sqlite
+        .exec(
+            &db,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO grants (request_id, user_id, vm_id, vm_name, policy_id, ports, source,
+                 duration_minutes, mapping, state, requested_at, state_changed_at, end_time)
+             SELECT 'req-' || i, '42', '/subscriptions/sub/vm/vm-' || i, 'rg/vm-' || i,
+                 '/subscriptions/sub/jit/default', '22', '203.0.113.7', 60, 'sre-web',
+                 'active', '2026-11-22T00:00:00.000000Z', '2026-11-22T00:00:00.000000Z',
+                 '2026-11-22T01:00:00.000000Z'
+             FROM n;",
+        )
+        .await;
+
+    let list = drawbridge::store::grants::open_grants_on_sql();
+    let plan = query_plan(&db.url, &list, &["/subscriptions/SUB/vm/VM-77"]).await;
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("SEARCH grants USING INDEX grants_vm")),
+        "the listing does not search the VM index: {plan:?}"
+    );
+    assert!(
+        !plan.iter().any(
+            |step| step.starts_with("SCAN grants") || step.contains("USING INDEX grants_state")
+        ),
+        "the listing walks the grants: {plan:?}"
+    );
+
+    // And the statement is the one the store runs: it finds the VM's grant
+    // whatever the case of its id.
+    let open = db
+        .store
+        .open_grants_on("/subscriptions/SUB/vm/VM-77")
+        .await
+        .unwrap();
+    let ids: Vec<&str> = open.iter().map(|g| g.request_id.as_str()).collect();
+    assert_eq!(ids, ["req-77"]);
 }
 
 #[tokio::test]

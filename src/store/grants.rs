@@ -303,10 +303,9 @@ fn requestor_of(detail: &str) -> Option<String> {
     value.get("requestor")?.as_str().map(str::to_string)
 }
 
-/// A transition about to be written: to `next` by `event` at `now`, with
-/// what Azure answered if the step records it.
+/// A transition about to be written: `event` at `now`, with what Azure
+/// answered if the step records it.
 struct Step<'a> {
-    next: GrantState,
     event: &'a GrantEvent,
     azure_detail: Option<&'a serde_json::Value>,
     now: DateTime<Utc>,
@@ -431,25 +430,12 @@ impl StoreTx {
         azure_detail: Option<&serde_json::Value>,
         now: DateTime<Utc>,
     ) -> Result<Grant, StoreError> {
-        // PostgreSQL: this read takes `FOR UPDATE`.
-        let grant = self
-            .grant_for_update(request_id)
-            .await?
-            .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))?;
-        let next = grant.state.apply(event)?;
         let step = Step {
-            next,
             event,
             azure_detail,
             now,
         };
-        self.move_grant(&grant, &step, false).await?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "grant {request_id} changed while it was moved from {}",
-                grant.state
-            )
-            .into()
-        })
+        self.transition_locked(request_id, &step).await
     }
 
     /// [`StoreTx::transition_grant_noting`] from `seen`, the grant as the
@@ -466,24 +452,45 @@ impl StoreTx {
         azure_detail: Option<&serde_json::Value>,
         now: DateTime<Utc>,
     ) -> Result<Grant, StoreError> {
-        if let Ok(next) = seen.state.apply(event) {
-            let step = Step {
-                next,
-                event,
-                azure_detail,
-                now,
-            };
-            if let Some(moved) = self.move_grant(seen, &step, true).await? {
-                return Ok(moved);
-            }
+        let step = Step {
+            event,
+            azure_detail,
+            now,
+        };
+        match self.move_grant(seen, &step, true).await {
+            Ok(Some(moved)) => return Ok(moved),
+            // Stale: nothing was written; from the grant as it is.
+            Ok(None) | Err(StoreError::InvalidTransition(_)) => {}
+            Err(e) => return Err(e),
         }
-        self.transition_grant_noting(&seen.request_id, event, azure_detail, now)
-            .await
+        self.transition_locked(&seen.request_id, &step).await
+    }
+
+    /// Reads the grant under the lock and writes `step` from it.
+    async fn transition_locked(
+        &mut self,
+        request_id: &RequestId,
+        step: &Step<'_>,
+    ) -> Result<Grant, StoreError> {
+        // PostgreSQL: this read takes `FOR UPDATE`.
+        let grant = self
+            .grant_for_update(request_id)
+            .await?
+            .ok_or_else(|| StoreError::not_found("grant", request_id.as_str()))?;
+        self.move_grant(&grant, step, false).await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "grant {request_id} changed while it was moved from {}",
+                grant.state
+            )
+            .into()
+        })
     }
 
     /// Writes `step` from `grant` and records it; `None` when the grant's
     /// state is no longer `grant`'s (or, with `as_seen`, when it changed
     /// state at another time), and nothing was written.
+    /// [`StoreError::InvalidTransition`], before anything is written, when
+    /// the event does not apply to `grant`'s state.
     async fn move_grant(
         &mut self,
         grant: &Grant,
@@ -502,7 +509,8 @@ impl StoreTx {
             (request_id, from_state, to_state, event, end_time, at)
             VALUES ($1, $2, $3, $4, $5, $6)";
         let request_id = &grant.request_id;
-        let (next, event) = (step.next, step.event);
+        let event = step.event;
+        let next = grant.state.apply(event)?;
         let end = event_end(event).map(ts);
         let stamp = ts(step.now);
         let detail = step.azure_detail.map(ToString::to_string);

@@ -1357,6 +1357,20 @@ async fn after_six_500s_in_a_row_the_audit_message_arrives_within_35_s_of_the_fi
     );
 }
 
+/// Appends `count` audit events at `now`, each its own post.
+async fn append_events(store: &Store, now: DateTime<Utc>, count: usize) {
+    for n in 0..count {
+        let event = drawbridge::domain::AuditEvent::new(
+            now,
+            "discord:6006",
+            AuditAction::SourceSaved,
+            format!("event {n}"),
+            drawbridge::domain::Outcome::Info,
+        );
+        store.append_audit(&event).await.unwrap();
+    }
+}
+
 /// A [`ChatSender`] whose posts take a second each on the lab's clock, and
 /// that notes how many outbox rows were still undelivered as each began.
 struct SlowPoster {
@@ -1403,16 +1417,7 @@ async fn posts_of_one_round_are_marked_delivered_within_a_second_of_being_sent()
         .map(|row| row.id)
         .collect();
     store.mark_all_delivered(&earlier, lab.now()).await.unwrap();
-    for n in 0..4 {
-        let event = drawbridge::domain::AuditEvent::new(
-            lab.now(),
-            "discord:6006",
-            AuditAction::SourceSaved,
-            format!("event {n}"),
-            drawbridge::domain::Outcome::Info,
-        );
-        store.append_audit(&event).await.unwrap();
-    }
+    append_events(&store, lab.now(), 4).await;
     let sender = Arc::new(SlowPoster {
         store: store.clone(),
         clock: lab.clock.clone(),
@@ -1458,16 +1463,7 @@ async fn three_hundred_audit_events_and_a_hundred_dms_go_out_in_order_without_a_
         Arc::new(lab.clock.clone()),
         Some(AUDIT_CHANNEL),
     );
-    for n in 0..300 {
-        let event = drawbridge::domain::AuditEvent::new(
-            lab.now(),
-            "discord:6006",
-            AuditAction::SourceSaved,
-            format!("event {n}"),
-            drawbridge::domain::Outcome::Info,
-        );
-        lab.store().append_audit(&event).await.unwrap();
-    }
+    append_events(lab.store(), lab.now(), 300).await;
     for user in 0..100u64 {
         lab.store()
             .enqueue(drawbridge::store::OutboxMessage {

@@ -134,13 +134,22 @@ async fn report_draws_the_seeded_week_into_a_png_and_a_csv() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("week.db");
-    seed(&db, Utc::now()).await;
+    // The week up to yesterday's end: every seed, today's too, lies wholly
+    // in the past whatever the time of day the test runs.
+    let yesterday = Utc::now().date_naive().pred_opt().unwrap();
+    let end = yesterday
+        .and_hms_micro_opt(23, 59, 59, 999_999)
+        .unwrap()
+        .and_utc();
+    seed(&db, end).await;
     let png = dir.path().join("report.png");
     let csv = dir.path().join("report.csv");
 
     // Act
     let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .args(["report", "--since", "7d", "--out"])
+        .args(["report", "--since", "7d", "--until"])
+        .arg(yesterday.to_string())
+        .arg("--out")
         .arg(&png)
         .arg("--csv")
         .arg(&csv)

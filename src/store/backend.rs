@@ -78,14 +78,21 @@ pub(super) fn redacted(url: &str) -> String {
     }
 }
 
-/// Runs `$body` with `$c` bound to an executor for reads.
+/// Runs `$body` with `$c` bound to an executor for reads. `$body` returns
+/// a `Result<_, sqlx::Error>`: not getting a connection is such an error.
 macro_rules! with_read {
     ($db:expr, |$c:ident| $body:expr) => {
         match $db {
-            $crate::store::backend::Db::Sqlite(db) => {
-                let $c = db.read();
-                $body
-            }
+            $crate::store::backend::Db::Sqlite(db) => match db.read().await {
+                Ok(mut conn) => {
+                    let result = {
+                        let $c = &mut *conn;
+                        $body
+                    };
+                    conn.checked(result)
+                }
+                Err(e) => Err(e),
+            },
             $crate::store::backend::Db::Postgres(db) => {
                 let $c = db.read();
                 $body
@@ -99,10 +106,16 @@ macro_rules! with_read {
 macro_rules! with_write {
     ($db:expr, |$c:ident| $body:expr) => {
         match $db {
-            $crate::store::backend::Db::Sqlite(db) => {
-                let $c = db.write();
-                $body
-            }
+            $crate::store::backend::Db::Sqlite(db) => match db.write().await {
+                Ok(mut conn) => {
+                    let result = {
+                        let $c = &mut *conn;
+                        $body
+                    };
+                    conn.checked(result)
+                }
+                Err(e) => Err(e),
+            },
             $crate::store::backend::Db::Postgres(db) => {
                 let $c = db.write();
                 $body

@@ -34,6 +34,8 @@ macro_rules! store_contract {
             $crate::store::contract::store_contract!(@tests $backend;
                 a_fresh_database_migrates_and_migrating_again_is_a_no_op,
                 the_chain_verifies_after_many_appends,
+                a_transaction_dropped_before_commit_leaves_nothing_and_frees_the_database_at_once,
+                a_closed_store_refuses_work_with_an_error,
                 audit_events_filter_by_time_actor_action_and_limit,
                 the_database_refuses_updates_and_deletes_of_audit_rows,
                 an_audit_row_goes_in_only_at_the_head_and_its_insert_moves_the_head,
@@ -173,6 +175,54 @@ pub async fn the_chain_verifies_after_many_appends(b: &impl Backend) {
     let mut expected = event(7);
     expected.at = DateTime::from_timestamp_micros(expected.at.timestamp_micros()).unwrap();
     assert_eq!(all[6].event, expected);
+}
+
+/// A use case that fails half-way drops its transaction: what it wrote is
+/// gone, and the lock it held is given up then, not at the store's next use
+/// (another process, a CLI command, waits for SQLite's write lock and for
+/// PostgreSQL's row locks).
+pub async fn a_transaction_dropped_before_commit_leaves_nothing_and_frees_the_database_at_once(
+    b: &impl Backend,
+) {
+    let db = b.fresh().await;
+    let mut tx = db.store.begin().await.unwrap();
+    tx.append_audit(&event(1)).await.unwrap();
+    drop(tx);
+
+    // Another process writes the row the append locked; the store is idle.
+    let other = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        b.raw(&db.url, "UPDATE audit_head SET seq = seq WHERE id = 1"),
+    )
+    .await;
+    assert!(
+        matches!(other, Ok(Ok(()))),
+        "another process could not write after the drop: {other:?}"
+    );
+
+    assert_eq!(db.store.audit_head().await.unwrap().0, 0);
+    let record = db.store.append_audit(&event(2)).await.unwrap();
+    assert_eq!(record.seq, 1);
+    assert!(db.store.verify_audit().await.unwrap().is_intact());
+}
+
+/// After shutdown closed the store, a late caller gets an error at once
+/// instead of waiting for a connection.
+pub async fn a_closed_store_refuses_work_with_an_error(b: &impl Backend) {
+    let db = b.fresh().await;
+    append_n(&db.store, 1).await;
+    db.store.close().await;
+
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), db.store.audit_head()).await;
+    assert!(matches!(read, Ok(Err(_))), "{read:?}");
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        db.store.append_audit(&event(2)),
+    )
+    .await;
+    assert!(matches!(write, Ok(Err(_))), "{write:?}");
+    let begin = tokio::time::timeout(std::time::Duration::from_secs(5), db.store.begin()).await;
+    assert!(matches!(begin, Ok(Err(_))), "{:?}", begin.map(|r| r.err()));
 }
 
 pub async fn audit_events_filter_by_time_actor_action_and_limit(b: &impl Backend) {

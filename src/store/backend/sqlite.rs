@@ -210,7 +210,8 @@ impl DerefMut for SqliteConn {
 
 /// A transaction on a connection of its own until it ends: `BEGIN` (or
 /// `BEGIN IMMEDIATE`) was run, and `COMMIT` or `ROLLBACK` ends it. Dropped
-/// open, it is rolled back before its connection's next use.
+/// open, it is rolled back at once, and always before its connection's
+/// next use.
 #[derive(Debug)]
 pub(in crate::store) struct SqliteTx {
     conn: SqliteConn,

@@ -78,12 +78,13 @@ pub(super) fn redacted(url: &str) -> String {
     }
 }
 
-/// Runs `$body` with `$c` bound to an executor for reads. `$body` returns
-/// a `Result<_, sqlx::Error>`: not getting a connection is such an error.
-macro_rules! with_read {
-    ($db:expr, |$c:ident| $body:expr) => {
+/// Runs `$body` with `$c` bound to a connection `$db.$kind()` hands out
+/// (`read` or `write`). `$body` returns a `Result<_, sqlx::Error>`: not
+/// getting a connection is such an error.
+macro_rules! with_conn {
+    ($db:expr, $kind:ident, |$c:ident| $body:expr) => {
         match $db {
-            $crate::store::backend::Db::Sqlite(db) => match db.read().await {
+            $crate::store::backend::Db::Sqlite(db) => match db.$kind().await {
                 Ok(mut conn) => {
                     let result = {
                         let $c = &mut *conn;
@@ -94,33 +95,25 @@ macro_rules! with_read {
                 Err(e) => Err(e),
             },
             $crate::store::backend::Db::Postgres(db) => {
-                let $c = db.read();
+                let $c = db.$kind();
                 $body
             }
         }
     };
 }
 
+/// Runs `$body` with `$c` bound to an executor for reads (see `with_conn!`).
+macro_rules! with_read {
+    ($db:expr, |$c:ident| $body:expr) => {
+        $crate::store::backend::with_conn!($db, read, |$c| $body)
+    };
+}
+
 /// Runs `$body`, a single-statement write outside a [`Tx`], with `$c` bound
-/// to an executor for writes.
+/// to an executor for writes (see `with_conn!`).
 macro_rules! with_write {
     ($db:expr, |$c:ident| $body:expr) => {
-        match $db {
-            $crate::store::backend::Db::Sqlite(db) => match db.write().await {
-                Ok(mut conn) => {
-                    let result = {
-                        let $c = &mut *conn;
-                        $body
-                    };
-                    conn.checked(result)
-                }
-                Err(e) => Err(e),
-            },
-            $crate::store::backend::Db::Postgres(db) => {
-                let $c = db.write();
-                $body
-            }
-        }
+        $crate::store::backend::with_conn!($db, write, |$c| $body)
     };
 }
 
@@ -141,7 +134,7 @@ macro_rules! with_tx {
     };
 }
 
-pub(super) use {with_read, with_tx, with_write};
+pub(super) use {with_conn, with_read, with_tx, with_write};
 
 impl Db {
     /// Connects to the database `url` names, without migrating.

@@ -14,6 +14,13 @@
 //! 3. [`Store::mark_delivered`] on success, [`Store::mark_failed`] with the
 //!    next attempt time on failure.
 //!
+//! Edits (`interaction_edit`, `message_edit`) each carry the whole message
+//! their target names, so only a message's latest edit says what it should
+//! show. A message's edits go one at a time, oldest first, and an edit that
+//! a later one of the same message has made stale is marked delivered
+//! without being sent: a retried edit can never put back a state that is
+//! over (an approval card's buttons on a request already open).
+//!
 //! With several replicas, each worker claims what it sends
 //! ([`Store::claim_outbox_batch`]): other rows one by one under a short
 //! claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL), and the audit-channel rows
@@ -161,6 +168,19 @@ impl TryFrom<RawOutboxRow> for OutboxRow {
 const OUTBOX_COLUMNS: &str = "id, kind, target, payload, idempotency_key, created_at, attempts, \
                               next_attempt_at, delivered_at, last_error";
 
+/// Over the row `o`: it is not an edit, or every earlier edit of its
+/// message (same kind and target) is delivered or superseded. An edit
+/// carries the whole message, so a target's edits go one at a time, oldest
+/// first: an edit that failed and waits for its retry can never overwrite
+/// a later one, and two deliverers never send edits of one message at once.
+const AFTER_EARLIER_EDITS: &str = "(o.kind NOT IN ('interaction_edit', 'message_edit') \
+     OR NOT EXISTS (SELECT 1 FROM outbox AS earlier \
+                    WHERE earlier.target = o.target AND earlier.kind = o.kind \
+                      AND earlier.id < o.id AND earlier.delivered_at IS NULL))";
+
+/// What a superseded edit's `last_error` says: it was never sent.
+const SUPERSEDED: &str = "superseded by a later edit of the same message; not sent";
+
 impl StoreTx {
     /// Enqueues `message` and returns its id. If a row with the same
     /// idempotency key exists, nothing is written and that row's id is
@@ -268,6 +288,36 @@ impl StoreTx {
         .with_context(|| format!("holding outbox row {id}"))?;
         Ok(())
     }
+
+    /// Marks every pending edit that a later edit of the same message has
+    /// made stale as delivered, unsent ([`SUPERSEDED`]): it would only show
+    /// an older state. An edit a deliverer holds is left to it (sent, or
+    /// released and superseded then); the later edit waits for it
+    /// ([`AFTER_EARLIER_EDITS`]).
+    async fn supersede_stale_edits(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE outbox SET delivered_at = $1, last_error = $2
+             WHERE id IN (
+                 SELECT o.id FROM outbox AS o
+                 WHERE o.delivered_at IS NULL
+                   AND o.kind IN ('interaction_edit', 'message_edit')
+                   AND (o.claimed_until IS NULL OR o.claimed_until <= $1)
+                   AND EXISTS (SELECT 1 FROM outbox AS later
+                               WHERE later.target = o.target AND later.kind = o.kind
+                                 AND later.id > o.id){lock})",
+            lock = self.tx.skip_locked()
+        );
+        with_tx!(&mut self.tx, |c| {
+            sqlx::query(&sql)
+                .bind(ts(now))
+                .bind(SUPERSEDED)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected())
+        })
+        .context("superseding stale edits")?;
+        Ok(())
+    }
 }
 
 /// `error` with the token segment of Discord `/webhooks/<id>/<token>` and
@@ -363,6 +413,7 @@ impl Store {
                      SELECT 1 FROM outbox AS earlier
                      WHERE earlier.kind = 'audit_channel' AND earlier.delivered_at IS NULL
                        AND earlier.id < o.id AND earlier.next_attempt_at > $1))
+               AND {AFTER_EARLIER_EDITS}
              ORDER BY o.id LIMIT $2"
         );
         let rows: Vec<RawOutboxRow> = with_read!(&self.db, |c| {
@@ -395,14 +446,16 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let mut tx = self.begin().await?;
+        tx.supersede_stale_edits(now).await?;
         let sql = format!(
             "UPDATE outbox SET claimed_by = $2, claimed_until = $3
              WHERE id IN (
-                 SELECT id FROM outbox
-                 WHERE delivered_at IS NULL AND next_attempt_at <= $1
-                   AND kind <> 'audit_channel'
-                   AND (claimed_until IS NULL OR claimed_until <= $1)
-                 ORDER BY id LIMIT $4{lock})
+                 SELECT o.id FROM outbox AS o
+                 WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
+                   AND o.kind <> 'audit_channel'
+                   AND (o.claimed_until IS NULL OR o.claimed_until <= $1)
+                   AND {AFTER_EARLIER_EDITS}
+                 ORDER BY o.id LIMIT $4{lock})
              RETURNING {OUTBOX_COLUMNS}",
             lock = tx.tx.skip_locked()
         );

@@ -14,7 +14,9 @@ use crate::e2e::{
     reply_to,
 };
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder};
-use crate::support::fake_discord::{FakeDiscord, InteractionBuilder, USER_ID};
+use crate::support::fake_discord::{
+    FailMode, FakeDiscord, InteractionBuilder, RouteMatch, USER_ID,
+};
 
 /// `discord.approvals_channel_id`.
 pub(crate) const APPROVALS: u64 = 7100;
@@ -304,6 +306,57 @@ async fn two_approvals_need_two_distinct_approvers() {
         approvers,
         [format!("discord:{BOB}"), format!("discord:{CAROL}")]
     );
+    app.finish().await;
+}
+
+// An edit of the card that Discord failed is retried later; by then the
+// card may have moved on, and the retry would show approvers the buttons of
+// a request that is already open.
+#[tokio::test]
+async fn a_card_edit_that_failed_never_puts_back_a_state_the_card_has_left() {
+    // Arrange: a manual clock, so the failed edit's retry comes when the
+    // test says, after the card has moved on.
+    let clock = ManualClock::new(Utc::now());
+    let app = builder(2).clock(clock.clone()).start().await;
+    let d = &app.discord;
+    let asked = ask_prod(&app, &[SRE_ROLE]).await;
+    let id = asked.request_id();
+    wait_card(d, &id, |c| !custom_ids(c).is_empty()).await;
+    let card_edits = format!("/channels/{APPROVALS}/messages/");
+    d.fail_next(
+        RouteMatch::Prefix {
+            method: Some("PATCH".into()),
+            prefix: card_edits.clone(),
+        },
+        FailMode::Status(500),
+        1,
+    );
+
+    // Act: Bob's approval's card edit fails; Carol's approval opens it.
+    let first = click(&app, "approve", &id, BOB, &[APPROVER_ROLE]).await;
+    assert!(first.title().contains("1 of 2"), "{}", first.text());
+    d.wait_for_call(WAIT, |c| {
+        c.method == "PATCH" && c.route().starts_with(&card_edits) && c.injected_fault
+    })
+    .await
+    .expect("the card's edit after Bob's approval was tried");
+    let second = click(&app, "approve", &id, CAROL, &[APPROVER_ROLE]).await;
+    assert!(second.title().starts_with("Approved"), "{}", second.text());
+    wait_card(d, &id, |c| custom_ids(c).is_empty()).await;
+    // The failed edit's retry is due; everything is sent.
+    clock.advance(chrono::Duration::minutes(1));
+    let drained = tokio::time::timeout(WAIT, async {
+        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Assert: the card still says approved, without buttons.
+    assert!(drained.is_ok(), "the outbox did not drain");
+    let done = card(d, &id).unwrap();
+    assert!(custom_ids(&done).is_empty(), "{done}");
+    assert!(title(&done).starts_with("Approved"), "{done}");
     app.finish().await;
 }
 

@@ -74,6 +74,7 @@ macro_rules! store_contract {
                 replicas_racing_for_a_lease_get_exactly_one_holder,
                 outbox_claims_split_rows_between_replicas_and_a_dead_replicas_claims_run_out,
                 concurrent_outbox_claimers_never_get_the_same_row,
+                edits_of_one_message_go_one_at_a_time_and_a_stale_one_is_never_sent,
                 a_sqlite_database_copies_into_a_new_one_with_its_audit_chain_verified,
             );
         }
@@ -1799,6 +1800,102 @@ pub async fn outbox_claims_split_rows_between_replicas_and_a_dead_replicas_claim
     let mut taken: Vec<i64> = got.iter().map(|r| r.id).collect();
     taken.sort_unstable();
     assert_eq!(taken, dms_a[2..]);
+}
+
+/// An edit (`kind`) of the message `target`, keyed `key`.
+fn edit(kind: OutboxKind, target: &str, key: &str) -> OutboxMessage {
+    OutboxMessage {
+        kind,
+        target: Some(target.into()),
+        payload: serde_json::json!({"message": key}),
+        idempotency_key: Some(key.into()),
+        created_at: t0(),
+    }
+}
+
+fn ids(rows: &[drawbridge::store::OutboxRow]) -> Vec<i64> {
+    rows.iter().map(|r| r.id).collect()
+}
+
+// An edit carries the whole message: an older one sent after a newer one
+// (its retry, or another replica's send) would show a state that is over.
+pub async fn edits_of_one_message_go_one_at_a_time_and_a_stale_one_is_never_sent(b: &impl Backend) {
+    let db = b.fresh().await;
+    let store = &db.store;
+    let now = t0() + Duration::minutes(1);
+    let claim = Duration::seconds(15);
+    let card = OutboxKind::MessageEdit;
+    let first = store.enqueue(edit(card, "req-x", "cx-1")).await.unwrap();
+    let other_card = store.enqueue(edit(card, "req-y", "cy-1")).await.unwrap();
+    let a = store
+        .claim_outbox_batch(now, "a", claim, false, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&a), [first, other_card]);
+    store.mark_delivered(other_card, now).await.unwrap();
+
+    // While replica a sends card x's first edit, its second is written, and
+    // an edit of request x's reply (another message).
+    let second = store.enqueue(edit(card, "req-x", "cx-2")).await.unwrap();
+    let reply = store
+        .enqueue(edit(OutboxKind::InteractionEdit, "req-x", "rx-1"))
+        .await
+        .unwrap();
+    let b_rows = store
+        .claim_outbox_batch(now, "b", claim, false, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&b_rows), [reply], "the second edit waits for the first");
+    store.mark_delivered(reply, now).await.unwrap();
+
+    // a's send fails. Its retry would come after the second edit: it is
+    // dropped instead, and the second edit goes.
+    store
+        .mark_failed(first, "HTTP 500", now + Duration::seconds(1))
+        .await
+        .unwrap();
+    let later = now + Duration::seconds(2);
+    let got = store
+        .claim_outbox_batch(later, "b", claim, false, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), [second]);
+    let stale = store.outbox_row(first).await.unwrap();
+    assert_eq!(stale.delivered_at, Some(later), "{stale:?}");
+    assert!(
+        stale
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("superseded")),
+        "{stale:?}"
+    );
+    store.mark_delivered(second, later).await.unwrap();
+    let much_later = later + Duration::hours(2);
+    assert!(
+        store
+            .claim_outbox_batch(much_later, "c", claim, false, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.outbox_stats(much_later).await.unwrap().depth, 0);
+
+    // Two edits of one message waiting together: only the newer is sent.
+    let third = store.enqueue(edit(card, "req-x", "cx-3")).await.unwrap();
+    let fourth = store.enqueue(edit(card, "req-x", "cx-4")).await.unwrap();
+    let got = store
+        .claim_outbox_batch(much_later, "c", claim, false, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), [fourth]);
+    assert!(
+        store
+            .outbox_row(third)
+            .await
+            .unwrap()
+            .delivered_at
+            .is_some()
+    );
 }
 
 pub async fn concurrent_outbox_claimers_never_get_the_same_row(b: &impl Backend) {

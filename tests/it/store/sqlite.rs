@@ -12,7 +12,7 @@ use super::backend::{Backend as _, Sqlite};
 
 /// The SHA-384 of every migration as first applied; sqlx refuses to start on
 /// a database where an applied migration's checksum changed.
-const APPLIED: [(&str, &str); 22] = [
+const APPLIED: [(&str, &str); 23] = [
     (
         "0001_audit_log.sql",
         "1f1c92a0a060afef848e890a058b21bc007ba9d99786815570afb9a2f4aa419722717553a21bd263ebcb808eb72dbd9b",
@@ -101,6 +101,10 @@ const APPLIED: [(&str, &str); 22] = [
         "0110_grants_by_vm.sql",
         "54dfc312da0f845984d3a073d4d8cf99d7da0d4a3f8a832650481fe56d87fa03776e4e2dfd51c974313b5f8f943ad13f",
     ),
+    (
+        "0120_outbox_by_target.sql",
+        "c2e16fa4db0c32218998175fe02fabc372ab7e9c7d2d6ac9742df385bbc43a9d2b1f2d546dcfae1de7c8c24aa7143bbb",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {
@@ -122,7 +126,9 @@ async fn migrations_are_numbered_from_one_and_each_applies_once() {
     assert_eq!(
         versions,
         (1..=8)
-            .chain([20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100, 110])
+            .chain([
+                20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100, 110, 120
+            ])
             .collect::<Vec<i64>>()
     );
     assert_eq!(applied[2].description, "grants");
@@ -236,7 +242,9 @@ async fn a_database_of_the_flat_migrations_folder_opens_and_keeps_every_row() {
     let applied = store.migrate().await.unwrap();
     assert_eq!(
         applied.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100, 110]
+        [
+            8, 20, 21, 22, 35, 40, 45, 50, 51, 60, 70, 80, 90, 100, 110, 120
+        ]
     );
 
     let id = RequestId::parse("req-old").unwrap();

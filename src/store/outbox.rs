@@ -181,6 +181,44 @@ const AFTER_EARLIER_EDITS: &str = "(o.kind NOT IN ('interaction_edit', 'message_
 /// What a superseded edit's `last_error` says: it was never sent.
 const SUPERSEDED: &str = "superseded by a later edit of the same message; not sent";
 
+/// Marks delivered (`$1` the time, `$2` [`SUPERSEDED`]) every pending edit a
+/// later edit of its message has made stale, but not one a live claim holds
+/// (at `$1`); `lock` is the backend's `FOR UPDATE SKIP LOCKED`. Public so
+/// that a test can `EXPLAIN` exactly this statement.
+#[doc(hidden)]
+pub fn supersede_stale_edits_sql(lock: &str) -> String {
+    format!(
+        "UPDATE outbox SET delivered_at = $1, last_error = $2
+         WHERE id IN (
+             SELECT o.id FROM outbox AS o
+             WHERE o.delivered_at IS NULL
+               AND o.kind IN ('interaction_edit', 'message_edit')
+               AND (o.claimed_until IS NULL OR o.claimed_until <= $1)
+               AND EXISTS (SELECT 1 FROM outbox AS later
+                           WHERE later.target = o.target AND later.kind = o.kind
+                             AND later.id > o.id){lock})"
+    )
+}
+
+/// Claims for `$2` until `$3` up to `$4` due rows at `$1` that are not
+/// audit-channel rows, that no live claim holds, and that are not waiting
+/// for an earlier edit of their message; `lock` as above. Public so that a
+/// test can `EXPLAIN` exactly this statement.
+#[doc(hidden)]
+pub fn claim_outbox_sql(lock: &str) -> String {
+    format!(
+        "UPDATE outbox SET claimed_by = $2, claimed_until = $3
+         WHERE id IN (
+             SELECT o.id FROM outbox AS o
+             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
+               AND o.kind <> 'audit_channel'
+               AND (o.claimed_until IS NULL OR o.claimed_until <= $1)
+               AND {AFTER_EARLIER_EDITS}
+             ORDER BY o.id LIMIT $4{lock})
+         RETURNING {OUTBOX_COLUMNS}"
+    )
+}
+
 impl StoreTx {
     /// Enqueues `message` and returns its id. If a row with the same
     /// idempotency key exists, nothing is written and that row's id is
@@ -295,18 +333,7 @@ impl StoreTx {
     /// released and superseded then); the later edit waits for it
     /// ([`AFTER_EARLIER_EDITS`]).
     async fn supersede_stale_edits(&mut self, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE outbox SET delivered_at = $1, last_error = $2
-             WHERE id IN (
-                 SELECT o.id FROM outbox AS o
-                 WHERE o.delivered_at IS NULL
-                   AND o.kind IN ('interaction_edit', 'message_edit')
-                   AND (o.claimed_until IS NULL OR o.claimed_until <= $1)
-                   AND EXISTS (SELECT 1 FROM outbox AS later
-                               WHERE later.target = o.target AND later.kind = o.kind
-                                 AND later.id > o.id){lock})",
-            lock = self.tx.skip_locked()
-        );
+        let sql = supersede_stale_edits_sql(self.tx.skip_locked());
         with_tx!(&mut self.tx, |c| {
             sqlx::query(&sql)
                 .bind(ts(now))
@@ -447,18 +474,7 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let mut tx = self.begin().await?;
         tx.supersede_stale_edits(now).await?;
-        let sql = format!(
-            "UPDATE outbox SET claimed_by = $2, claimed_until = $3
-             WHERE id IN (
-                 SELECT o.id FROM outbox AS o
-                 WHERE o.delivered_at IS NULL AND o.next_attempt_at <= $1
-                   AND o.kind <> 'audit_channel'
-                   AND (o.claimed_until IS NULL OR o.claimed_until <= $1)
-                   AND {AFTER_EARLIER_EDITS}
-                 ORDER BY o.id LIMIT $4{lock})
-             RETURNING {OUTBOX_COLUMNS}",
-            lock = tx.tx.skip_locked()
-        );
+        let sql = claim_outbox_sql(tx.tx.skip_locked());
         let claimed: Vec<RawOutboxRow> = with_tx!(&mut tx.tx, |c| {
             sqlx::query_as(&sql)
                 .bind(ts(now))

@@ -343,6 +343,45 @@ async fn listing_a_vms_open_grants_searches_the_vm_index_instead_of_every_open_g
 }
 
 #[tokio::test]
+async fn each_outbox_claim_finds_a_messages_other_edits_through_the_target_index() {
+    // The outbox keeps its delivered rows: with 5,000 of them, a look-up of
+    // a message's other edits that walked the table would cost each claim
+    // 5,000 rows for every pending edit.
+    let db = Sqlite.fresh().await;
+    Sqlite
+        .exec(
+            &db,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO outbox (kind, target, payload, idempotency_key, created_at,
+                 next_attempt_at, delivered_at)
+             SELECT 'message_edit', 'req-' || (i % 500), '{}', 'k-' || i,
+                 '2026-11-22T00:00:00.000000Z', '2026-11-22T00:00:00.000000Z',
+                 '2026-11-22T00:00:01.000000Z'
+             FROM n;",
+        )
+        .await;
+
+    let now = "2026-11-22T01:00:00.000000Z";
+    let supersede = drawbridge::store::outbox::supersede_stale_edits_sql("");
+    let claim = drawbridge::store::outbox::claim_outbox_sql("");
+    for (sql, binds, alias) in [
+        (supersede, vec![now, "superseded"], "later"),
+        (claim, vec![now, "a", now, "10"], "earlier"),
+    ] {
+        let plan = query_plan(&db.url, &sql, &binds).await;
+        assert!(
+            plan.iter()
+                .any(|step| step.contains(&format!("SEARCH {alias} USING INDEX outbox_target"))),
+            "the other edits are not searched through the index: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "the statement walks the outbox: {plan:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_timer_claim_searches_the_pending_timers_index_instead_of_scanning_every_timer() {
     // The schedule keeps every timer ever set (two a grant), and the
     // scheduler claims due ones at every wake: at 100,000 grants a scan of

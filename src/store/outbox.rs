@@ -411,7 +411,9 @@ impl Store {
 
     /// Up to `limit` undelivered rows due at `now`, in id order, with
     /// `audit_channel` rows held back behind any earlier undelivered audit
-    /// row that is not due (head-of-line, so the channel keeps log order).
+    /// row that is not due (head-of-line, so the channel keeps log order),
+    /// and an edit held back behind any earlier undelivered edit of its
+    /// message.
     ///
     /// # Errors
     /// [`StoreError::CorruptRow`] for a row that cannot be read back;
@@ -456,7 +458,9 @@ impl Store {
 
     /// Claims due rows for `worker` until `now + claim`, in id order: up to
     /// `limit` rows that are not audit-channel rows and that no live claim
-    /// holds (another replica's rows are passed over, never waited for);
+    /// holds (another replica's rows are passed over, never waited for),
+    /// an edit only once every earlier edit of its message is delivered, and
+    /// after the stale edits are marked delivered unsent;
     /// then, when `audit_stream` (the caller holds the `outbox_audit`
     /// lease), the due audit-channel rows as [`Store::next_outbox_batch`]
     /// picks them, head-of-line order kept.

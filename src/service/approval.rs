@@ -267,7 +267,12 @@ impl Service {
             "expires": format_time(request.expires_at),
         })))
         .await?;
-        let card = say::approval_card(&grant, &request, &[], &self.config().aliases);
+        let aliases = &self.config().aliases;
+        // The requester's "waiting for approval" reply, written with the
+        // request: a crash before it is shown cannot lose it.
+        let waiting = say::requester_view(&grant, &request, &[], aliases);
+        self.queue_own_reply(tx, &grant, &waiting).await?;
+        let card = say::approval_card(&grant, &request, &[], aliases);
         self.post_card(tx, id, card, "apc", now).await?;
         Ok(grant)
     }

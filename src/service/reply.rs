@@ -6,7 +6,8 @@
 //! at "thinking…" for good. So the outcome's transaction also writes the
 //! reply as an [`OutboxKind::InteractionEdit`] row, the mechanism approvals
 //! use for their requester's reply ([`super::approval`]), with DM fallback
-//! once the interaction token has expired.
+//! once the interaction token has expired. A request that waits for
+//! approvers writes its "waiting for approval" reply the same way.
 //!
 //! No added latency, never twice: when the replica is answering that very
 //! interaction in line, the row is written held by it
@@ -103,8 +104,11 @@ impl Service {
         self.queue_own_reply(tx, grant, message).await
     }
 
-    /// [`Self::tell_own_reply`] for a caller that knows approvers do not
-    /// decide `grant` (it read the approval request in `tx` already).
+    /// [`Self::tell_own_reply`] without asking whether approvers decide
+    /// `grant`: for a caller that knows they do not (it read the approval
+    /// request in `tx` already), and for the "waiting for approval" reply
+    /// written with an approval request (approvers' decisions are later
+    /// edits of that reply).
     ///
     /// # Errors
     /// If the store fails.

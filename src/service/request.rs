@@ -344,15 +344,25 @@ impl Service {
         admitted: &Admitted,
         mapping: &RoleMapping,
     ) -> Result<Grant, RequestError> {
-        let mut tx = self.store().begin().await?;
-        let grant = match self.persist_in(&mut tx, asking, admitted, false).await? {
-            InsertOutcome::Inserted(grant) => {
-                self.hold_for_approval(&mut tx, asking, &grant, mapping)
-                    .await?
-            }
-            InsertOutcome::Duplicate(grant) => grant,
+        let store = async {
+            let mut tx = self.store().begin().await?;
+            let grant = match self.persist_in(&mut tx, asking, admitted, false).await? {
+                InsertOutcome::Inserted(grant) => {
+                    self.hold_for_approval(&mut tx, asking, &grant, mapping)
+                        .await?
+                }
+                InsertOutcome::Duplicate(grant) => grant,
+            };
+            tx.commit().await?;
+            Ok::<_, RequestError>(grant)
         };
-        tx.commit().await?;
+        // The member's own interaction is answered in line: the "waiting
+        // for approval" reply written with the request is held for its show.
+        let grant = if asking.who.id == asking.id.as_str() {
+            self.answering(asking.id, store).await?
+        } else {
+            store.await?
+        };
         Ok(self.wake_after(grant))
     }
 

@@ -360,6 +360,58 @@ async fn a_card_edit_that_failed_never_puts_back_a_state_the_card_has_left() {
     app.finish().await;
 }
 
+/// Alice's "waiting for approval" reply is written with her request. When
+/// Discord refuses every in-line edit of it, the outbox shows it once
+/// Discord takes edits again; before, nothing edited her reply until an
+/// approver decided, and she looked at "thinking…" meanwhile.
+#[tokio::test]
+async fn a_waiting_reply_discord_refused_in_line_is_shown_from_the_outbox_once() {
+    // Arrange
+    let app = builder(1).start().await;
+    let d = &app.discord;
+    d.fail_always(RouteMatch::EditOriginal, FailMode::Status(500));
+    let edits = |d: &FakeDiscord, failed: bool| {
+        d.calls()
+            .iter()
+            .filter(|c| {
+                c.method == "PATCH"
+                    && c.route().ends_with("/messages/@original")
+                    && c.injected_fault == failed
+            })
+            .count()
+    };
+
+    // Act: the in-line show tries five times and gives up; then Discord
+    // takes edits again.
+    let sent = d
+        .send_interaction(
+            jit(d, "ssh", "rg-prod/ops-01", "2h", &[SRE_ROLE]).string("from", "203.0.113.7"),
+        )
+        .await;
+    let gave_up = d.wait_until(WAIT, |d| edits(d, true) >= 5).await;
+    d.clear_faults();
+    let shown = d
+        .wait_for_interaction_response(sent.id, WAIT, |m| {
+            all_text(m).contains("Waiting for approval")
+        })
+        .await;
+
+    // Assert
+    assert!(gave_up, "the in-line show did not give up");
+    assert!(shown.is_some(), "the waiting reply was never shown");
+    let id = RequestId::parse(&sent.id.to_string()).unwrap();
+    assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
+    let drained = tokio::time::timeout(WAIT, async {
+        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the outbox did not drain");
+    assert_eq!(edits(d, false), 1, "shown once");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_deny_asks_for_a_reason_alice_is_told_it_and_azure_sees_nothing() {
     // Arrange

@@ -254,9 +254,21 @@ impl Scheduler {
         Ok([due, lease_end, weekly].into_iter().flatten().min())
     }
 
+    /// [`Self::tick`], waking the outbox when it queued messages and
+    /// logging a failure.
+    async fn tick_logged(&self, now: DateTime<Utc>, outbox: &Notify) {
+        match self.tick(now).await {
+            Ok(o) if o.reminders + o.expiries > 0 => outbox.notify_one(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error.message = %e, error.cause_chain = ?e, "scheduler tick failed")
+            }
+        }
+    }
+
     /// Runs until cancelled: sleeps until the earliest pending item (or a
     /// wake-up when a sooner one is scheduled, or the clock is moved), then
-    /// ticks.
+    /// ticks when something is due.
     pub async fn run(self, wake: Arc<Notify>, outbox: Arc<Notify>, cancel: CancellationToken) {
         // A clock that jumps (tests, the demo) wakes the loop when it moves:
         // nothing else would, and the sleep was computed on the old time.
@@ -268,13 +280,16 @@ impl Scheduler {
             if let Err(e) = self.service.post_weekly_report(now).await {
                 tracing::error!(error.message = %e, error.cause_chain = ?e, "posting the weekly report failed");
             }
-            match self.tick(now).await {
-                Ok(o) if o.reminders + o.expiries > 0 => outbox.notify_one(),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error.message = %e, error.cause_chain = ?e, "scheduler tick failed")
+            // Most wake-ups are a use case that wrote timers due later (a
+            // grant's reminder and expiry): the reads of `next_wake` say so,
+            // and the claim's write transaction is skipped.
+            let next = match self.next_wake().await {
+                Ok(next) if next.is_none_or(|at| at > now) => Ok(next),
+                _ => {
+                    self.tick_logged(now, &outbox).await;
+                    self.next_wake().await
                 }
-            }
+            };
             match self.service.flush_refusal_summaries(now).await {
                 Ok(0) => {}
                 Ok(_) => outbox.notify_one(),
@@ -282,7 +297,7 @@ impl Scheduler {
                     tracing::error!(error.message = %e, error.cause_chain = ?e, "posting refusal summaries failed")
                 }
             }
-            let sleep = match self.next_wake().await {
+            let sleep = match next {
                 Ok(Some(at)) => (at - self.service.clock().now())
                     .to_std()
                     .unwrap_or_default()

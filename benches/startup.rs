@@ -12,6 +12,7 @@
 //! cargo bench --bench startup
 //! cargo bench --bench startup -- --mappings 10000 --interactions 200 --latency-ms 2000 --idle-s 5
 //! cargo bench --bench startup -- --mappings 10 --vms 4   # 200 members on 4 VMs (each supersedes the last)
+//! cargo bench --bench startup -- --mappings 10 --rate 100 # the 200 sent at 100 a second, not at once
 //! ```
 //!
 //! By default each member asks for their own VM (an estate of as many VMs
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drawbridge::clock::SystemClock;
+use drawbridge::domain::mapping::MappingFile;
 use drawbridge::sandbox::{Emulator, Fault, FaultRule, Route};
 use drawbridge::store::Store;
 
@@ -52,8 +54,10 @@ struct Args {
     /// The VMs the members share; `None`: one VM each.
     vms: Option<usize>,
     /// The binary to run instead of this build's (an older build, for a
-    /// before figure).
+    /// before figure); it also creates and seeds the database.
     bin: Option<String>,
+    /// Interactions sent a second; `None`: all at once.
+    rate: Option<u64>,
 }
 
 fn args() -> Args {
@@ -64,12 +68,13 @@ fn args() -> Args {
         idle: Duration::from_secs(5),
         vms: None,
         bin: None,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>| -> u64 {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!(
-                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S] [--vms N] [--bin PATH]"
+                "usage: startup [--mappings N[,N…]] [--interactions N] [--latency-ms MS] [--idle-s S] [--vms N] [--rate PER_S] [--bin PATH]"
             );
             std::process::exit(2)
         })
@@ -89,6 +94,7 @@ fn args() -> Args {
             "--idle-s" => a.idle = Duration::from_secs(num(it.next())),
             "--vms" => a.vms = Some((num(it.next()) as usize).max(1)),
             "--bin" => a.bin = it.next(),
+            "--rate" => a.rate = Some(num(it.next()).max(1)),
             _ => {} // `--bench` and other libtest flags
         }
     }
@@ -116,23 +122,6 @@ async fn one(n: usize, args: &Args) {
     .expect("emulator starts");
     let dir = tempfile::tempdir().expect("temp dir");
     let db = format!("sqlite://{}", dir.path().join("drawbridge.db").display());
-    let store = Store::open(&db).await.expect("database opens");
-    store
-        .import_mappings(
-            &mappings(
-                FirstMapping {
-                    name: "sre-fleet",
-                    role: SRE_ROLE,
-                    vms: "vm-*",
-                },
-                n,
-            ),
-            "bench",
-            chrono::Utc::now(),
-        )
-        .await
-        .expect("mappings import");
-    store.close().await;
 
     // A port of its own for the ops endpoints, so `/metrics` (the bot's own
     // ack latency) can be read after the burst.
@@ -163,11 +152,42 @@ async fn one(n: usize, args: &Args) {
         ),
         ("OPS__LISTEN", ops_addr.to_string()),
     ];
-    let mut cmd = Command::new(
-        args.bin
-            .as_deref()
-            .unwrap_or(env!("CARGO_BIN_EXE_drawbridge")),
+    let bin = args
+        .bin
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_drawbridge"));
+    let seed = mappings(
+        FirstMapping {
+            name: "sre-fleet",
+            role: SRE_ROLE,
+            vms: "vm-*",
+        },
+        n,
     );
+    if args.bin.is_some() {
+        // Another build's schema may differ from this one's: it creates
+        // and seeds its own database.
+        let file = dir.path().join("mappings.toml");
+        std::fs::write(&file, MappingFile::render(&seed)).expect("mappings file written");
+        let mut import = Command::new(bin);
+        import.args(["mappings", "import"]).arg(&file);
+        for (k, v) in &env {
+            import.env(format!("DRAWBRIDGE__{k}"), v);
+        }
+        let status = import
+            .stdout(Stdio::null())
+            .status()
+            .expect("the binary runs");
+        assert!(status.success(), "{bin} mappings import failed");
+    } else {
+        let store = Store::open(&db).await.expect("database opens");
+        store
+            .import_mappings(&seed, "bench", chrono::Utc::now())
+            .await
+            .expect("mappings import");
+        store.close().await;
+    }
+    let mut cmd = Command::new(bin);
     cmd.arg("run")
         .env_remove("IDENTITY_ENDPOINT")
         .env_remove("IDENTITY_HEADER")
@@ -224,7 +244,15 @@ async fn one(n: usize, args: &Args) {
         let audit_before = discord.channel_message_count(AUDIT_CHANNEL);
         let cpu_before = cpu_time(pid);
         let mut sent = Vec::new();
+        let mut pace = args.rate.map(|r| {
+            let mut t = tokio::time::interval(Duration::from_secs(1) / r as u32);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            t
+        });
         for i in 0..args.interactions {
+            if let Some(t) = pace.as_mut() {
+                t.tick().await;
+            }
             let interaction = discord
                 .slash("jit")
                 .string("port", "ssh")
@@ -291,8 +319,10 @@ async fn one(n: usize, args: &Args) {
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "{n} mappings: {} /jit at once, Azure latency {:?}: ack p50 {} p99 {} max {} ({} acks); {replies} replies, {granted} granted; {arm} ARM requests",
+            "{n} mappings: {} /jit {}, Azure latency {:?}: ack p50 {} p99 {} max {} ({} acks); {replies} replies, {granted} granted; {arm} ARM requests",
             sent.len(),
+            args.rate
+                .map_or("at once".into(), |r| format!("at {r} a second")),
             args.latency,
             ms(pct(&acks, 50.0)),
             ms(pct(&acks, 99.0)),
@@ -319,7 +349,7 @@ async fn one(n: usize, args: &Args) {
         // Includes the 3 quiet seconds, in which the bot idles.
         let cpu = cpu_time(pid).zip(cpu_before).map(|(a, b)| a - b);
         println!(
-            "{n} mappings: the bot's CPU for the burst {} = {} per granted access ({} audit messages posted)",
+            "{n} mappings: the bot's CPU for the run {} = {} per granted access ({} audit messages posted)",
             cpu.map_or("n/a".into(), ms),
             cpu.filter(|_| granted > 0)
                 .map_or("n/a".into(), |c| ms(c / granted as u32)),

@@ -732,6 +732,44 @@ async fn a_crashed_workers_claims_are_taken_over_when_its_lease_runs_out() {
     assert_eq!(lab.dms_for(&grant.request_id).len(), 1);
 }
 
+/// The running loop, not only [`Scheduler::tick`]: a pass claims only when
+/// a timer is due by its reads, and a crashed worker's claim counts as due
+/// when its lease runs out.
+#[tokio::test]
+async fn the_running_scheduler_takes_a_crashed_workers_claim_over_when_its_lease_runs_out() {
+    // Arrange: worker-1 claims the reminder, then "crashes"; worker-2 runs.
+    let lab = Lab::new().await;
+    let grant = lab.request(4, "web-03", "1h").await;
+    let due = grant.end_time.unwrap() - TimeDelta::minutes(10);
+    let lease = TimeDelta::from_std(LEASE).unwrap();
+    lab.clock.set(due);
+    let claimed = lab.store().claim_due(due, "worker-1", lease, 10).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(Scheduler::new(lab.service.clone(), "worker-2").run(
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+        cancel.clone(),
+    ));
+
+    // Act: the lease runs out; the clock's move wakes the loop.
+    lab.clock.set(due + lease);
+    let mut reminded = 0;
+    for _ in 0..100 {
+        lab.deliver().await;
+        reminded = lab.dms_for(&grant.request_id).len();
+        if reminded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap();
+
+    // Assert
+    assert_eq!(claimed.unwrap().len(), 1, "worker-1 held the reminder");
+    assert_eq!(reminded, 1, "worker-2's loop sent the reminder once");
+}
+
 // ------------------------------------------------------------ extend, close early
 
 #[tokio::test]

@@ -28,6 +28,7 @@ use sha2::{Digest as _, Sha256};
 use super::{Service, replica};
 use crate::chat::ChatMessage;
 use crate::domain::{GrantState, RequestId};
+use crate::interactions::Invocation;
 use crate::store::{Grant, OutboxKind, OutboxMessage, StoreError, StoreTx};
 
 /// How long a reply written for an in-line show is left to it: longer than
@@ -60,11 +61,20 @@ impl Service {
         self.inner.in_line.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `settle`, the in-line settlement of `id` by the task answering
-    /// its own interaction: the reply row it writes is held for that task's
-    /// show.
-    pub(crate) async fn answering<T>(&self, id: &RequestId, settle: impl Future<Output = T>) -> T {
-        ANSWERING.scope(id.clone(), settle).await
+    /// Runs `settle`, the settlement of `id` by `who`'s task. When `who` is
+    /// answering `id`'s own interaction, it settles in line: the reply row
+    /// it writes is held for that task's show.
+    pub(crate) async fn answering<T>(
+        &self,
+        who: &Invocation,
+        id: &RequestId,
+        settle: impl Future<Output = T>,
+    ) -> T {
+        if who.id == id.as_str() {
+            ANSWERING.scope(id.clone(), settle).await
+        } else {
+            settle.await
+        }
     }
 
     /// Whether `grant`'s requester is told its outcome by an edit of their

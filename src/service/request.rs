@@ -281,11 +281,7 @@ impl Service {
         };
         // The member's own interaction is answered in line: its reply,
         // written with the outcome, is held for the transport's show.
-        let settled = if who.id == id.as_str() {
-            self.answering(&id, settle).await
-        } else {
-            settle.await
-        };
+        let settled = self.answering(who, &id, settle).await;
         self.read_back(vm, &acting).await;
         settled
     }
@@ -358,11 +354,7 @@ impl Service {
         };
         // The member's own interaction is answered in line: the "waiting
         // for approval" reply written with the request is held for its show.
-        let grant = if asking.who.id == asking.id.as_str() {
-            self.answering(asking.id, store).await?
-        } else {
-            store.await?
-        };
+        let grant = self.answering(asking.who, asking.id, store).await?;
         Ok(self.wake_after(grant))
     }
 

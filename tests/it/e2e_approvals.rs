@@ -71,6 +71,17 @@ async fn ask_prod(app: &TestApp, roles: &[u64]) -> Reply {
     .await
 }
 
+/// Whether the outbox empties within [`WAIT`].
+async fn outbox_drained(app: &TestApp) -> bool {
+    tokio::time::timeout(WAIT, async {
+        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Azure's justification of `initiate` names the requester and the approver.
 fn assert_justification_names_alice_and_bob(initiate: &drawbridge::sandbox::CallRecord) {
     let why = initiate.body.as_ref().unwrap()["justification"]
@@ -345,15 +356,10 @@ async fn a_card_edit_that_failed_never_puts_back_a_state_the_card_has_left() {
     wait_card(d, &id, |c| custom_ids(c).is_empty()).await;
     // The failed edit's retry is due; everything is sent.
     clock.advance(chrono::Duration::minutes(1));
-    let drained = tokio::time::timeout(WAIT, async {
-        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let drained = outbox_drained(&app).await;
 
     // Assert: the card still says approved, without buttons.
-    assert!(drained.is_ok(), "the outbox did not drain");
+    assert!(drained, "the outbox did not drain");
     let done = card(d, &id).unwrap();
     assert!(custom_ids(&done).is_empty(), "{done}");
     assert!(title(&done).starts_with("Approved"), "{done}");
@@ -401,13 +407,8 @@ async fn a_waiting_reply_discord_refused_in_line_is_shown_from_the_outbox_once()
     assert!(shown.is_some(), "the waiting reply was never shown");
     let id = RequestId::parse(&sent.id.to_string()).unwrap();
     assert_eq!(grant(&app, &id).await.state, GrantState::PendingApproval);
-    let drained = tokio::time::timeout(WAIT, async {
-        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(drained.is_ok(), "the outbox did not drain");
+    let drained = outbox_drained(&app).await;
+    assert!(drained, "the outbox did not drain");
     assert_eq!(edits(d, false), 1, "shown once");
     app.finish().await;
 }

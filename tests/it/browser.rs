@@ -14,9 +14,8 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::ip_link::{
-    app_with_links, free_port, link_in, request_without_source, wait_for_grant_reply,
-};
+use crate::ip_link::{app_with_links, link_in, request_without_source, wait_for_grant_reply};
+use crate::support::cluster::free_port;
 
 /// chromedriver, stopped when dropped.
 struct Driver {

@@ -9,18 +9,10 @@ use serde_json::Value;
 
 use crate::e2e::{Reply, grant, interact, jit};
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder};
+use crate::support::cluster::free_port;
 
 /// A user id of the fake Discord's default member.
 const SAM: (u64, &str) = (330_000_000_000_000_001, "sam");
-
-/// A free port on loopback, for `http.listen` (so that `http.public_url`
-/// can name it before the app binds it).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// An app with IP links on, the page at the returned base URL.
 pub(crate) async fn app_with_links(trusted_proxies: &str) -> (TestApp, String) {

@@ -16,13 +16,37 @@ use super::app::SUB_PROD;
 use super::fake_discord::signing::Signer;
 use super::fake_discord::{FakeDiscord, InteractionBuilder, SentInteraction};
 
-/// A free TCP port on 127.0.0.1 (bound and released: a replica restarted
-/// on it keeps its address, as a pod behind a Service does).
+/// A free TCP port on 127.0.0.1, for a child process (or a listener bound
+/// later) to bind: a replica restarted on it keeps its address, as a pod
+/// behind a Service does.
+///
+/// It is drawn below the kernel's ephemeral range (`ip_local_port_range`).
+/// A port bound and released inside that range can be handed to another
+/// socket before the child binds it: the local end of any connection a
+/// test running beside opens, or another `bind(0)`. The child then cannot
+/// listen, and a cluster of replicas never comes up.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use rand::Rng as _;
+    let below = ephemeral_start().unwrap_or(32_768).max(MIN_PORT + 1_000);
+    let mut rng = rand::rng();
+    (0..1_000)
+        .map(|_| rng.random_range(MIN_PORT..below))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
+/// The lowest port [`free_port`] hands out: above the well-known and most
+/// registered services' ports.
+const MIN_PORT: u16 = 20_000;
+
+/// The first port of the kernel's ephemeral range, on Linux.
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Replicas of `drawbridge run` as child processes, each with its own log

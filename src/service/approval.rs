@@ -153,7 +153,7 @@ pub struct ApprovalView {
 
 /// The outbox key `<prefix>-<digest of the request id>`: at most 25
 /// characters for any request id, one per message.
-fn key(prefix: &str, id: &RequestId) -> String {
+pub(crate) fn key(prefix: &str, id: &RequestId) -> String {
     let digest = hex::encode(Sha256::digest(id.as_str()));
     let room = 25usize.saturating_sub(prefix.len() + 1);
     format!("{prefix}-{}", &digest[..room.min(digest.len())])

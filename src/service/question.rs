@@ -7,8 +7,10 @@
 //! @A until 15:00 from another address; Azure keeps one window per port, so
 //! opening it for you ends theirs." with **Open anyway** and **Cancel**.
 //!
-//! - The question is B's grant, stored `confirming` before B sees it; the
-//!   buttons carry only the request id, so they work after a restart.
+//! - The question is B's grant, stored `confirming` before B sees it,
+//!   with the edit of B's reply that asks it in the outbox (shown in line,
+//!   delivered from the outbox when that fails); the buttons carry only
+//!   the request id, so they work after a restart.
 //! - Only B may answer. Each answer claims the grant out of `confirming` in
 //!   one transaction, so Open anyway and Cancel pressed at once cannot both
 //!   win; the loser is told.

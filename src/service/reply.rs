@@ -7,7 +7,9 @@
 //! reply as an [`OutboxKind::InteractionEdit`] row, the mechanism approvals
 //! use for their requester's reply ([`super::approval`]), with DM fallback
 //! once the interaction token has expired. A request that waits for
-//! approvers writes its "waiting for approval" reply the same way.
+//! approvers writes its "waiting for approval" reply the same way, and a
+//! request that asks first ([`super::question`]) its question, under a key
+//! of its own: the outcome's key is written again once the member answers.
 //!
 //! No added latency, never twice: when the replica is answering that very
 //! interaction in line, the row is written held by it
@@ -19,13 +21,12 @@
 //! settled where nobody is answering (the reconciler, after a restart)
 //! writes the row unheld, and the outbox delivers it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::MutexGuard;
 
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
-use super::{Service, replica};
+use super::{Service, approval, replica};
 use crate::chat::ChatMessage;
 use crate::domain::{GrantState, RequestId};
 use crate::interactions::Invocation;
@@ -46,14 +47,21 @@ tokio::task_local! {
 /// The replies this process holds for an in-line show.
 #[derive(Debug, Default)]
 pub(crate) struct InLine {
-    /// Requests whose reply row this process holds, until the show reports.
-    held: HashSet<RequestId>,
+    /// Requests whose reply row this process holds, until the show
+    /// reports, with that row's outbox key.
+    held: HashMap<RequestId, String>,
 }
 
-/// The outbox key of `id`'s own reply, within Discord's 25-character nonce.
+/// The outbox key of `id`'s own reply: its outcome, or its "waiting for
+/// approval" (within Discord's 25-character nonce).
 fn reply_key(id: &RequestId) -> String {
-    let digest = hex::encode(Sha256::digest(id.as_str()));
-    format!("rp-{}", &digest[..22])
+    approval::key("rp", id)
+}
+
+/// The outbox key of the question `id`'s reply asks first: not
+/// [`reply_key`], which the outcome uses once the member answers.
+fn question_key(id: &RequestId) -> String {
+    approval::key("rq", id)
 }
 
 impl Service {
@@ -128,6 +136,36 @@ impl Service {
         grant: &Grant,
         message: &ChatMessage,
     ) -> Result<(), StoreError> {
+        let key = reply_key(&grant.request_id);
+        self.queue_reply(tx, grant, message, key).await
+    }
+
+    /// Queues, in the transaction `tx` that stored `grant` asking first
+    /// ([`super::question`]), the edit of its requester's reply to the
+    /// question `message`, held for the in-line show as
+    /// [`Self::queue_own_reply`] is.
+    ///
+    /// # Errors
+    /// If the store fails.
+    pub(crate) async fn queue_question(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        message: &ChatMessage,
+    ) -> Result<(), StoreError> {
+        let key = question_key(&grant.request_id);
+        self.queue_reply(tx, grant, message, key).await
+    }
+
+    /// The edit of `grant`'s requester's reply to `message`, under `key`,
+    /// held when the current task answers that interaction in line.
+    async fn queue_reply(
+        &self,
+        tx: &mut StoreTx,
+        grant: &Grant,
+        message: &ChatMessage,
+        key: String,
+    ) -> Result<(), StoreError> {
         let id = &grant.request_id;
         if grant.interaction_token.is_none() {
             return Ok(());
@@ -137,12 +175,12 @@ impl Service {
             kind: OutboxKind::InteractionEdit,
             target: Some(id.to_string()),
             payload: json!({ "message": message }),
-            idempotency_key: Some(reply_key(id)),
+            idempotency_key: Some(key.clone()),
             created_at: now,
         };
         let answering = ANSWERING.try_with(|a| a == id).unwrap_or(false);
         if answering {
-            self.in_line().held.insert(id.clone());
+            self.in_line().held.insert(id.clone(), key);
             tx.enqueue_held(row, replica::replica_id(), now + HOLD)
                 .await?;
         } else {
@@ -173,17 +211,12 @@ impl Service {
         let Ok(id) = RequestId::parse(interaction_id) else {
             return;
         };
-        if !self.in_line().held.remove(&id) {
+        let Some(key) = self.in_line().held.remove(&id) else {
             return;
-        }
+        };
         let ended = self
             .store()
-            .end_hold(
-                &reply_key(&id),
-                replica::replica_id(),
-                shown,
-                self.clock().now(),
-            )
+            .end_hold(&key, replica::replica_id(), shown, self.clock().now())
             .await;
         match ended {
             Ok(true) if !shown => {

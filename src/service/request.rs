@@ -7,7 +7,7 @@ use serde_json::json;
 use super::phases::persist::request_detail;
 use super::phases::{Admitted, Ask, Asking, Refusal, ResolveVmError, ResolvedVm, decide};
 use super::truth::Acting;
-use super::{Service, actor, question};
+use super::{Service, actor, messages, question};
 use crate::domain::authorize;
 use crate::domain::{
     AccessRequest, AuditAction, AuditEvent, Denial, GrantState, IndexedVm, OnConflict, Outcome,
@@ -209,23 +209,14 @@ impl Service {
             (false, Some(mapping)) => return self.hold(&asking, &admitted, &mapping).await,
             (_, None) => None,
         };
-        let ask_first = self.ask_first(&asking, &admitted).await?;
-        let mut tx = self.store().begin().await?;
-        let grant = match self
-            .persist_in(&mut tx, &asking, &admitted, ask_first)
-            .await?
-        {
+        let holder = self.ask_first(&asking, &admitted).await?;
+        let store = self.store_request(&asking, &admitted, holder.as_ref(), glass.as_ref());
+        // The member's own interaction is answered in line: a question
+        // written with the request is held for its show.
+        let grant = match self.answering(who, &id, store).await? {
             InsertOutcome::Inserted(grant) => grant,
-            InsertOutcome::Duplicate(grant) => {
-                tx.commit().await?;
-                return Ok(self.first_outcome(grant).await?);
-            }
+            InsertOutcome::Duplicate(grant) => return Ok(self.first_outcome(grant).await?),
         };
-        if let Some(mapping) = &glass {
-            self.record_break_glass(&mut tx, &asking, &grant, mapping)
-                .await?;
-        }
-        tx.commit().await?;
         if glass.is_some() {
             self.wake_after(());
         }
@@ -235,6 +226,40 @@ impl Service {
         }
         self.open_requested(who, &admitted.target.vm, grant, asking.now)
             .await
+    }
+
+    /// Stores an admitted request in one transaction: `requested`, or
+    /// `confirming` with its question when `holder` holds the port (the
+    /// question's reply is written with it, so it is not lost to a crash or
+    /// a refused edit), marked break-glass under `glass`.
+    async fn store_request(
+        &self,
+        asking: &Asking<'_>,
+        admitted: &Admitted,
+        holder: Option<&question::PortHolder>,
+        glass: Option<&RoleMapping>,
+    ) -> Result<InsertOutcome, RequestError> {
+        let mut tx = self.store().begin().await?;
+        let grant = match self
+            .persist_in(&mut tx, asking, admitted, holder.is_some())
+            .await?
+        {
+            InsertOutcome::Inserted(grant) => grant,
+            seen @ InsertOutcome::Duplicate(_) => {
+                tx.commit().await?;
+                return Ok(seen);
+            }
+        };
+        if let Some(mapping) = glass {
+            self.record_break_glass(&mut tx, asking, &grant, mapping)
+                .await?;
+        }
+        if grant.state == GrantState::Confirming {
+            let asked = messages::question(&grant, holder, &self.config().aliases);
+            self.queue_question(&mut tx, &grant, &asked).await?;
+        }
+        tx.commit().await?;
+        Ok(InsertOutcome::Inserted(grant))
     }
 
     /// Initiates a `requested` grant for its duration from `now`, settles
@@ -286,14 +311,14 @@ impl Service {
         settled
     }
 
-    /// Whether the member must be asked before their request ends another
-    /// member's window on the port; refused (and audited) when the
-    /// mapping that allows it says `on_conflict = "refuse"`.
+    /// Who holds the port, when the member must be asked before their
+    /// request ends another member's window on it; refused (and audited)
+    /// when the mapping that allows it says `on_conflict = "refuse"`.
     async fn ask_first(
         &self,
         asking: &Asking<'_>,
         admitted: &Admitted,
-    ) -> Result<bool, RequestError> {
+    ) -> Result<Option<question::PortHolder>, RequestError> {
         let open = self
             .store()
             .open_grants_on(&admitted.target.vm.vm_id)
@@ -306,7 +331,7 @@ impl Service {
             asking.who.member.user_id,
             asking.now,
         ) else {
-            return Ok(false);
+            return Ok(None);
         };
         let mapping = self
             .mappings()
@@ -315,7 +340,7 @@ impl Service {
             .map(|m| m.on_conflict)
             .unwrap_or_default();
         match mapping {
-            OnConflict::Ask => Ok(true),
+            OnConflict::Ask => Ok(Some(holder)),
             OnConflict::Refuse => {
                 let target = admitted.target.identity.qualified();
                 let held = RequestError::PortHeld {

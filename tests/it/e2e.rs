@@ -111,6 +111,17 @@ fn is_final(message: &Value) -> bool {
     message["flags"].as_u64().unwrap_or(0) & LOADING == 0 && !message["edited_timestamp"].is_null()
 }
 
+/// Whether the outbox empties within [`WAIT`].
+pub(crate) async fn outbox_drained(app: &TestApp) -> bool {
+    tokio::time::timeout(WAIT, async {
+        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Sends `interaction` over the gateway and waits for the reply.
 pub(crate) async fn interact(app: &TestApp, interaction: InteractionBuilder) -> Reply {
     let sent = app.discord.send_interaction(interaction).await;

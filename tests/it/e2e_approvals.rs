@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::e2e::{
     BOB, Reply, WAIT, audit_log, buttons_of, grant, initiated_end, initiates, interact, jit,
-    reply_to,
+    outbox_drained, reply_to,
 };
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder};
 use crate::support::fake_discord::{
@@ -69,17 +69,6 @@ async fn ask_prod(app: &TestApp, roles: &[u64]) -> Reply {
         jit(d, "ssh", "rg-prod/ops-01", "2h", roles).string("from", "203.0.113.7"),
     )
     .await
-}
-
-/// Whether the outbox empties within [`WAIT`].
-async fn outbox_drained(app: &TestApp) -> bool {
-    tokio::time::timeout(WAIT, async {
-        while app.store.outbox_stats(app.clock.now()).await.unwrap().depth > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .is_ok()
 }
 
 /// Azure's justification of `initiate` names the requester and the approver.

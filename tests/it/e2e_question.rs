@@ -7,9 +7,11 @@ use std::time::Duration;
 use drawbridge::clock::ManualClock;
 use drawbridge::domain::{AuditAction, GrantState};
 
-use crate::e2e::{BOB, Reply, WAIT, audit_log, grant, interact, jit, ssh_web_01};
+use crate::e2e::{
+    BOB, Reply, WAIT, audit_log, grant, interact, jit, outbox_drained, reply_to, ssh_web_01,
+};
 use crate::support::app::{SRE_ROLE, TestApp, TestAppBuilder, spawn_app};
-use crate::support::fake_discord::USER_ID;
+use crate::support::fake_discord::{FailMode, FakeDiscord, RouteMatch, USER_ID};
 
 const BOB_SOURCE: &str = "198.51.100.20";
 
@@ -103,6 +105,78 @@ async fn bob_is_asked_first_and_nothing_reaches_azure_until_he_answers() {
         GrantState::Confirming
     );
     assert_eq!(app.azure.emulator.jit_request_count(), 1, "only Alice's");
+    app.finish().await;
+}
+
+/// The edits of the reply of the interaction with `token` that Discord
+/// took (`failed`: refused).
+fn reply_edits(d: &FakeDiscord, token: &str, failed: bool) -> usize {
+    d.calls()
+        .iter()
+        .filter(|c| {
+            c.method == "PATCH"
+                && c.route().contains(token)
+                && c.route().ends_with("/messages/@original")
+                && c.injected_fault == failed
+        })
+        .count()
+}
+
+/// Shown in line, Bob's question is not sent again from the outbox: the
+/// row written with it is marked shown.
+#[tokio::test]
+async fn a_question_shown_in_line_is_edited_into_the_reply_once() {
+    let app = spawn_app().await;
+
+    let (_alice, bob) = alice_holds_and_bob_asks(&app).await;
+
+    assert!(bob.title().contains("anyway?"), "{}", bob.text());
+    assert!(outbox_drained(&app).await, "the outbox did not drain");
+    assert_eq!(reply_edits(&app.discord, &bob.sent.token, false), 1);
+    app.finish().await;
+}
+
+/// Bob's question is written with his request. When Discord refuses every
+/// in-line edit of his reply, the outbox shows the question once Discord
+/// takes edits again, and he can answer it. Before, he looked at
+/// "thinking…" until the question timed out unanswered.
+#[tokio::test]
+async fn a_question_discord_refused_in_line_is_shown_from_the_outbox_and_answered() {
+    // Arrange
+    let app = spawn_app().await;
+    let d = &app.discord;
+    let alice = interact(&app, ssh_web_01(d)).await;
+    d.fail_always(RouteMatch::EditOriginal, FailMode::Status(500));
+
+    // Act: the in-line show tries five times and gives up; then Discord
+    // takes edits again.
+    let sent = d
+        .send_interaction(
+            jit(d, "ssh", "web-01", "1h", &[SRE_ROLE])
+                .string("from", BOB_SOURCE)
+                .user(BOB, "bob"),
+        )
+        .await;
+    let token = sent.token.clone();
+    let gave_up = d
+        .wait_until(WAIT, |d| reply_edits(d, &token, true) >= 5)
+        .await;
+    d.clear_faults();
+    let bob = reply_to(d, sent).await;
+    let drained = outbox_drained(&app).await;
+    let cancelled = press(&app, &bob, "Cancel", (BOB, "bob")).await;
+
+    // Assert
+    assert!(gave_up, "the in-line show did not give up");
+    assert!(bob.title().contains("anyway?"), "{}", bob.text());
+    assert!(drained, "the outbox did not drain");
+    assert_eq!(reply_edits(d, &token, false), 1, "shown once");
+    assert!(
+        cancelled.title().contains("Cancelled"),
+        "{}",
+        cancelled.text()
+    );
+    assert_bob_cancelled_alice_active(&app, &bob, &alice).await;
     app.finish().await;
 }
 

@@ -74,6 +74,16 @@ const TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::seconds(14 * 60 + 3
 /// both.
 const MARK_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
+/// How long a delivered row is kept before it is deleted: far longer than a
+/// producer can run again and look for its key (a retried step, a restart),
+/// and than Discord keeps a nonce. The audit itself is the audit log's.
+pub const OUTBOX_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
+/// How often a deliverer deletes delivered rows past [`OUTBOX_RETENTION`].
+const PRUNE_EVERY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// Rows deleted in one statement: a backlog of old rows goes a batch at a
+/// time, each a short write, with other writers in between.
+const PRUNE_BATCH: u32 = 500;
+
 /// Rows sent in a round and not marked delivered yet.
 #[derive(Debug, Default)]
 struct Sent {
@@ -211,6 +221,35 @@ impl Deliverer {
         let outcome = self.send_all(rows, &mut sent).await;
         self.mark(&mut sent).await?;
         outcome
+    }
+
+    /// Deletes the rows delivered more than [`OUTBOX_RETENTION`] ago, a
+    /// batch at a time, and returns how many went. A failure is logged: the
+    /// next round tries again.
+    pub async fn prune(&self) -> u64 {
+        let before = self.clock.now() - OUTBOX_RETENTION;
+        let mut deleted = 0;
+        loop {
+            let batch = match self.store.prune_delivered_outbox(before, PRUNE_BATCH).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "could not delete delivered outbox rows; next round tries again");
+                    break;
+                }
+            };
+            deleted += batch;
+            if batch < u64::from(PRUNE_BATCH) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                "deleted outbox rows delivered more than a week ago"
+            );
+        }
+        deleted
     }
 
     /// Sends `rows` in order, noting each one sent in `sent`.
@@ -454,6 +493,7 @@ impl Deliverer {
     /// otherwise waits for `wake` or a short poll interval (which also paces
     /// retries).
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
+        let mut next_prune = self.clock.now();
         loop {
             match self.tick().await {
                 Ok(outcome) if outcome.delivered > 0 && !cancel.is_cancelled() => continue,
@@ -461,6 +501,10 @@ impl Deliverer {
                 Err(e) => {
                     tracing::error!(error.message = %e, error.cause_chain = ?e, "outbox tick failed");
                 }
+            }
+            if self.clock.now() >= next_prune {
+                self.prune().await;
+                next_prune = self.clock.now() + PRUNE_EVERY;
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -28,6 +28,12 @@
 //! (see [`super::leases`]), so the channel keeps log order. A claim that runs
 //! out (its replica died) leaves the row to the others; the nonce keeps the
 //! resend from posting twice.
+//!
+//! A delivered row is kept a while, so that a producer running again soon
+//! after (a retried step, a replica's restart) finds its key and mints
+//! nothing, then deleted ([`Store::prune_delivered_outbox`]): a row is the
+//! whole message, a weekly report's files included, and the audit itself
+//! lives in the audit log, not here.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -639,6 +645,34 @@ impl Store {
         })
         .with_context(|| format!("ending the hold on outbox row `{key}`"))?;
         Ok(updated > 0)
+    }
+
+    /// Deletes up to `limit` rows delivered before `before`, those
+    /// delivered first first, and returns how many went. Rows not
+    /// delivered stay, however old.
+    ///
+    /// # Errors
+    /// [`StoreError::Unexpected`] if the database fails.
+    pub async fn prune_delivered_outbox(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let deleted = with_write!(&self.db, |c| {
+            sqlx::query(
+                "DELETE FROM outbox WHERE id IN (
+                     SELECT id FROM outbox
+                     WHERE delivered_at IS NOT NULL AND delivered_at < $1
+                     ORDER BY delivered_at, id LIMIT $2)",
+            )
+            .bind(ts(before))
+            .bind(limit_i64(limit))
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .context("deleting delivered outbox rows")?;
+        Ok(deleted)
     }
 
     /// One outbox row by id (delivered or not).

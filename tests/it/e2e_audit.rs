@@ -7,7 +7,9 @@ use chrono::Utc;
 use drawbridge::clock::ManualClock;
 use drawbridge::domain::AuditAction;
 
-use crate::e2e::{WAIT, audit_channel_matches_log, audit_log, interact, jit, ssh_web_01};
+use crate::e2e::{
+    WAIT, audit_channel_matches_log, audit_log, interact, jit, outbox_drained, ssh_web_01,
+};
 use crate::support::app::{AUDIT_CHANNEL, SRE_ROLE, TestApp, TestAppBuilder};
 use crate::support::fake_discord::{FailMode, RecordedCall, RouteMatch};
 
@@ -151,5 +153,46 @@ async fn audit_messages_of_concurrent_requests_keep_log_order() {
         4
     );
     assert_eq!(audit_log(&app).await.len(), records.len());
+    app.finish().await;
+}
+
+/// The running deliverer deletes outbox rows a week after their delivery,
+/// not a day before; the audit log keeps every event they carried.
+#[tokio::test]
+async fn delivered_outbox_rows_are_deleted_a_week_later_and_the_audit_log_stays() {
+    // Arrange: a grant, its audit posts and reply delivered.
+    let clock = ManualClock::new(Utc::now());
+    let app = TestAppBuilder::default().clock(clock.clone()).start().await;
+    let reply = interact(&app, ssh_web_01(&app.discord)).await;
+    assert!(reply.title().contains("Access granted"), "{}", reply.text());
+    assert!(outbox_drained(&app).await, "the outbox did not drain");
+    let first = app.store.outbox_row(1).await.expect("the first row");
+    assert!(first.delivered_at.is_some(), "{first:?}");
+    let kept = || async { app.store.outbox_row(first.id).await.is_ok() };
+
+    // Act: six days and 23 hours pass (the grant's expiry is posted
+    // meanwhile, and a deliverer round runs after it); then two hours more.
+    clock.advance(chrono::Duration::days(7) - chrono::Duration::hours(1));
+    assert!(outbox_drained(&app).await, "the expiry was not posted");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let kept_a_day_before = kept().await;
+    clock.advance(chrono::Duration::hours(2));
+    let deleted = tokio::time::timeout(WAIT, async {
+        while kept().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .is_ok();
+
+    // Assert
+    assert!(kept_a_day_before, "deleted before a week was up");
+    assert!(deleted, "not deleted a week after its delivery");
+    let log = audit_log(&app).await;
+    assert!(
+        log.iter()
+            .any(|r| r.event.action == AuditAction::AccessInitiated),
+        "the audit log lost the grant"
+    );
     app.finish().await;
 }

@@ -61,6 +61,7 @@ macro_rules! store_contract {
                 audit_rows_are_delivered_in_order_and_a_failed_one_holds_back_later_ones,
                 outbox_keys_deduplicate_and_stats_show_the_backlog,
                 rows_marked_delivered_together_are_exactly_those_named,
+                rows_delivered_before_the_cutoff_are_deleted_in_batches_and_pending_ones_stay,
                 scheduling_several_timers_at_once_writes_each_once_and_revives_a_cancelled_one,
                 a_transition_records_azures_answer_in_the_same_step,
                 a_transition_from_a_grant_as_seen_rereads_it_only_when_it_changed,
@@ -1214,6 +1215,52 @@ pub async fn rows_marked_delivered_together_are_exactly_those_named(b: &impl Bac
     assert_eq!(delivered(ids[2]).await, one_second);
     let stats = store.outbox_stats(t0()).await.unwrap();
     assert_eq!(stats.depth, 1);
+}
+
+pub async fn rows_delivered_before_the_cutoff_are_deleted_in_batches_and_pending_ones_stay(
+    b: &impl Backend,
+) {
+    // Arrange: four rows delivered at t0, one two days later, one pending
+    // since t0.
+    let db = b.fresh().await;
+    let store = &db.store;
+    let mut old = Vec::new();
+    for text in ["a", "b", "c", "d"] {
+        old.push(store.enqueue(dm(text, t0())).await.unwrap());
+    }
+    let recent = store.enqueue(dm("recent", t0())).await.unwrap();
+    let pending = store.enqueue(dm("pending", t0())).await.unwrap();
+    store.mark_all_delivered(&old, t0()).await.unwrap();
+    store
+        .mark_delivered(recent, t0() + Duration::days(2))
+        .await
+        .unwrap();
+
+    // Act: delete what was delivered before day one, three at a time.
+    let cutoff = t0() + Duration::days(1);
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        batches.push(store.prune_delivered_outbox(cutoff, 3).await.unwrap());
+    }
+
+    // Assert
+    assert_eq!(batches, [3, 1, 0]);
+    for id in old {
+        assert!(
+            matches!(store.outbox_row(id).await, Err(StoreError::NotFound { .. })),
+            "row {id} delivered at t0 is deleted"
+        );
+    }
+    assert!(
+        store
+            .outbox_row(recent)
+            .await
+            .unwrap()
+            .delivered_at
+            .is_some()
+    );
+    assert_eq!(store.outbox_row(pending).await.unwrap().delivered_at, None);
+    assert_eq!(store.outbox_stats(t0()).await.unwrap().depth, 1);
 }
 
 pub async fn scheduling_several_timers_at_once_writes_each_once_and_revives_a_cancelled_one(

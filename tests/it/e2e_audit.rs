@@ -196,3 +196,53 @@ async fn delivered_outbox_rows_are_deleted_a_week_later_and_the_audit_log_stays(
     );
     app.finish().await;
 }
+
+/// The bot's role loses Send Messages in the audit channel (an overwrite):
+/// Discord refuses every audit post 403/50013. Nothing is lost: the outbox
+/// tries again each minute, and once the permission is back the backlog is
+/// posted in log order, each event once.
+#[tokio::test]
+async fn audit_posts_the_channel_refuses_for_a_permission_wait_and_go_out_in_order_once_it_is_back()
+{
+    use crate::support::fake_discord::guild::{BOT_ROLE_ID, bits};
+    // Arrange
+    let clock = ManualClock::new(Utc::now());
+    let app = TestAppBuilder::default().clock(clock.clone()).start().await;
+    let d = &app.discord;
+    audit_channel_matches_log(&app).await;
+    let shown_before = d.channel_messages(AUDIT_CHANNEL).len();
+    let refused = || {
+        audit_posts(&app)
+            .iter()
+            .filter(|c| c.status == 403 && !c.injected_fault)
+            .count()
+    };
+
+    // Act: the permission is taken away, a grant is made, and each minute
+    // the post is refused again; then the permission is back.
+    d.add_channel(
+        AUDIT_CHANNEL,
+        &[(BOT_ROLE_ID, false, 0, bits::SEND_MESSAGES)],
+    );
+    let granted = interact(&app, ssh_web_01(d)).await;
+    advance_until(&app, &clock, || refused() >= 2).await;
+    let shown_while_refused = d.channel_messages(AUDIT_CHANNEL).len();
+    d.add_channel(AUDIT_CHANNEL, &[]);
+    let log_size = audit_log(&app).await.len();
+    advance_until(&app, &clock, || {
+        d.channel_messages(AUDIT_CHANNEL).len() >= log_size
+    })
+    .await;
+
+    // Assert
+    assert!(
+        granted.title().contains("Access granted"),
+        "{}",
+        granted.text()
+    );
+    assert_eq!(shown_while_refused, shown_before, "nothing got through");
+    let records = audit_channel_matches_log(&app).await;
+    let delivered = audit_posts(&app).iter().filter(|c| c.status == 200).count();
+    assert_eq!(delivered, records.len(), "each event was posted once");
+    app.finish().await;
+}

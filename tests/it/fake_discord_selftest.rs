@@ -1574,3 +1574,94 @@ async fn files_discord_refuses_are_refused_and_nothing_is_posted() {
     assert_eq!(posted[0]["attachments"].as_array().map(Vec::len), Some(10));
     assert_eq!(fake.files_of(&posted[0])[0].1.len(), at_limit.len());
 }
+
+// ----- permissions: the bot's posts are checked as Discord checks them ---------------------------
+
+/// The fake's answer (status, JSON error code) to a post of `message` to
+/// the default channel with `overwrites` on it.
+async fn post_with(
+    fake: &FakeDiscord,
+    overwrites: &[(u64, bool, u64, u64)],
+    message: Value,
+) -> (u16, u64) {
+    fake.add_channel(CHANNEL_ID, overwrites);
+    let (status, answer) = post_message(fake, message).await;
+    (status, answer["code"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_post_needs_view_channel_and_send_messages_after_every_overwrite() {
+    use crate::support::fake_discord::guild::{BOT_ROLE_ID, bits};
+    let fake = FakeDiscord::start().await;
+    let bot = fake.bot_user_id();
+    let (view, send) = (bits::VIEW_CHANNEL, bits::SEND_MESSAGES);
+    let hi = || json!({"content": "hi"});
+
+    let cases = [
+        ("no overwrites", vec![]),
+        ("@everyone denied", vec![(GUILD_ID, false, 0, send)]),
+        (
+            "the bot's role allows it back",
+            vec![(GUILD_ID, false, 0, send), (BOT_ROLE_ID, false, send, 0)],
+        ),
+        (
+            "the bot itself denied",
+            vec![(BOT_ROLE_ID, false, send, 0), (bot, true, 0, send)],
+        ),
+        ("@everyone may not see", vec![(GUILD_ID, false, 0, view)]),
+    ];
+    let mut answers = Vec::new();
+    for (case, overwrites) in cases {
+        answers.push((case, post_with(&fake, &overwrites, hi()).await));
+    }
+    fake.hide_channel(CHANNEL_ID);
+    let (hidden, _) = post_message(&fake, hi()).await;
+    fake.set_role_permissions(BOT_ROLE_ID, bits::ADMINISTRATOR);
+    let admin = post_with(&fake, &[(bot, true, 0, view | send)], hi()).await;
+
+    assert_eq!(
+        answers,
+        [
+            ("no overwrites", (200, 0)),
+            ("@everyone denied", (403, 50013)),
+            ("the bot's role allows it back", (200, 0)),
+            ("the bot itself denied", (403, 50013)),
+            ("@everyone may not see", (403, 50001)),
+        ]
+    );
+    assert_eq!(hidden, 403, "a channel the bot may not see");
+    assert_eq!(admin, (200, 0), "ADMINISTRATOR passes every overwrite");
+}
+
+#[tokio::test]
+async fn files_need_attach_files_where_text_does_not() {
+    use crate::support::fake_discord::guild::{BOT_ROLE_ID, bits};
+    let fake = FakeDiscord::start().await;
+    let deny_files = [
+        (GUILD_ID, false, 0, bits::ATTACH_FILES),
+        (BOT_ROLE_ID, false, 0, bits::ATTACH_FILES),
+    ];
+    fake.add_channel(CHANNEL_ID, &deny_files);
+    let text_only = json!({"content": "the week"});
+    let with_file = json!({
+        "content": "the week",
+        "attachments": [{"id": 0, "filename": "week.csv"}],
+    });
+
+    let (text, _) = post_message(&fake, text_only).await;
+    let (files, answer) = post_form(
+        &fake,
+        multipart(
+            Some(&with_file),
+            &[("files[0]", Some("week.csv"), b"kind\n")],
+        ),
+    )
+    .await;
+
+    assert_eq!(text, 200);
+    assert_eq!(
+        (files, answer["code"].as_u64()),
+        (403, Some(50013)),
+        "{answer}"
+    );
+}

@@ -6,6 +6,11 @@
 //! Like Discord, the fake does not compute permissions for these reads: it
 //! returns the objects, and a channel the bot may not see answers
 //! 403/50001 Missing Access (set with [`FakeDiscord::hide_channel`]).
+//!
+//! It does compute them for the bot's posts, as Discord does
+//! ([`Guild::bot_permissions`]): a post to a channel of the guild where the
+//! bot may not see is refused 403/50001, and one where it may not send (or
+//! attach files, for a post with files) 403/50013 Missing Permissions.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +20,7 @@ use super::{FakeDiscord, payloads};
 
 /// Permission bits the fake's defaults use (Discord's developer docs).
 pub mod bits {
+    pub const ADMINISTRATOR: u64 = 1 << 3;
     pub const VIEW_CHANNEL: u64 = 1 << 10;
     pub const SEND_MESSAGES: u64 = 1 << 11;
     pub const EMBED_LINKS: u64 = 1 << 14;
@@ -34,6 +40,27 @@ pub(super) struct Channel {
     pub overwrites: Vec<Value>,
     /// The bot may not see it: reads answer 403/50001.
     pub hidden: bool,
+}
+
+/// A permission overwrite as Discord sends it, read back.
+struct Overwrite {
+    id: u64,
+    /// For a member (type 1), else for a role.
+    member: bool,
+    allow: u64,
+    deny: u64,
+}
+
+impl Overwrite {
+    fn of(v: &Value) -> Option<Self> {
+        let bits = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
+        Some(Self {
+            id: v["id"].as_str()?.parse().ok()?,
+            member: v["type"].as_u64()? == 1,
+            allow: bits("allow")?,
+            deny: bits("deny")?,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,6 +93,46 @@ impl Guild {
             channels: BTreeMap::from([(channel_id, Channel::default())]),
             commands_scope: true,
         }
+    }
+
+    /// The bot's permissions in `channel_id`, computed as Discord does:
+    /// @everyone's and the bot's roles' bits (everything with
+    /// ADMINISTRATOR), then the channel's overwrites for @everyone, for the
+    /// bot's roles together, and for the bot itself, each taking its deny
+    /// away before adding its allow. `None` for a channel not in the guild;
+    /// `Some(0)` for one the bot may not see at all.
+    pub fn bot_permissions(&self, guild_id: u64, bot_id: u64, channel_id: u64) -> Option<u64> {
+        let channel = self.channels.get(&channel_id)?;
+        if channel.hidden {
+            return Some(0);
+        }
+        let role = |id: u64| self.roles.iter().find(|(r, _)| *r == id).map_or(0, |r| r.1);
+        let base = self
+            .bot_roles
+            .iter()
+            .fold(role(guild_id), |p, r| p | role(*r));
+        if base & bits::ADMINISTRATOR != 0 {
+            return Some(u64::MAX);
+        }
+        let overwrites: Vec<Overwrite> = channel
+            .overwrites
+            .iter()
+            .filter_map(Overwrite::of)
+            .collect();
+        let sum = |applies: &dyn Fn(&Overwrite) -> bool| {
+            overwrites
+                .iter()
+                .filter(|o| applies(o))
+                .fold((0, 0), |(allow, deny), o| (allow | o.allow, deny | o.deny))
+        };
+        let everyone = sum(&|o| !o.member && o.id == guild_id);
+        let roles = sum(&|o| !o.member && o.id != guild_id && self.bot_roles.contains(&o.id));
+        let member = sum(&|o| o.member && o.id == bot_id);
+        Some(
+            [everyone, roles, member]
+                .into_iter()
+                .fold(base, |p, (allow, deny)| (p & !deny) | allow),
+        )
     }
 
     /// The guild object (`GET /guilds/{id}`), with the fields preflight and

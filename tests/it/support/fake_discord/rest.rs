@@ -944,8 +944,31 @@ fn create_dm(st: &mut State, req: &Request<'_>) -> Reply {
     )
 }
 
+/// Discord's refusal of the bot's post to `channel` (with files when
+/// `files`), by the bot's permissions there: 403/50001 Missing Access
+/// without VIEW_CHANNEL, 403/50013 Missing Permissions without
+/// SEND_MESSAGES, or without ATTACH_FILES for files. Channels outside the
+/// guild (DM channels) are not checked.
+fn post_refused(st: &State, config: &Config, channel: u64, files: bool) -> Option<Reply> {
+    use guild::bits::{ATTACH_FILES, SEND_MESSAGES, VIEW_CHANNEL};
+    let perms = st
+        .guild
+        .bot_permissions(config.guild_id, config.bot_user_id, channel)?;
+    let needed = SEND_MESSAGES | if files { ATTACH_FILES } else { 0 };
+    if perms & VIEW_CHANNEL == 0 {
+        Some(Reply::error(403, 50001, "Missing Access"))
+    } else if perms & needed != needed {
+        Some(Reply::error(403, 50013, "Missing Permissions"))
+    } else {
+        None
+    }
+}
+
 fn create_message(st: &mut State, shared: &Shared, req: &Request<'_>, channel: u64) -> Reply {
     let config = &shared.config;
+    if let Some(refused) = post_refused(st, config, channel, !req.uploads.is_empty()) {
+        return refused;
+    }
     let body = req.body;
     let nonce = match &body["nonce"] {
         Value::String(s) => Some(s.clone()),

@@ -433,8 +433,15 @@ fn page(items: Vec<Value>, parts: &Parts, page_size: usize) -> Result<Response, 
             .and_then(|h| h.to_str().ok())
             .unwrap_or("127.0.0.1");
         let version = query_param(query, "api-version").unwrap_or_default();
+        // The scheme the list was asked over: ARM's links are https, and
+        // a client refuses a link to another origin.
+        let scheme = if parts.extensions.get::<ConnectInfo<TlsPeer>>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let next = format!(
-            "http://{host}{}?api-version={version}&$skipToken={end}",
+            "{scheme}://{host}{}?api-version={version}&$skipToken={end}",
             parts.uri.path()
         );
         body["nextLink"] = json!(next);

@@ -112,6 +112,23 @@ impl World {
             .expect("the binary runs")
     }
 
+    /// [`World::env`] with a client secret the emulator's Entra knows.
+    fn client_secret_env(&self) -> HashMap<String, String> {
+        self.emulator().add_client_secret(APP, SECRET);
+        let mut env = self.env("client_secret");
+        env.insert(
+            "DRAWBRIDGE__AZURE__AUTHORITY_HOST".into(),
+            self.https().into(),
+        );
+        env.insert(
+            "DRAWBRIDGE__AZURE__TENANT_ID".into(),
+            DEFAULT_TENANT_ID.into(),
+        );
+        env.insert("DRAWBRIDGE__AZURE__CLIENT_ID".into(), APP.into());
+        env.insert("DRAWBRIDGE__AZURE__CLIENT_SECRET".into(), SECRET.into());
+        env
+    }
+
     /// The emulator listed the policies with a token, and every token was
     /// asked for ARM's audience at `endpoint`.
     fn assert_listed_with_arm_tokens(&self, endpoint: TokenEndpoint, output: &Output) {
@@ -273,24 +290,36 @@ async fn workload_identity_exchanges_the_federated_token_file() {
 async fn client_secret_gets_arm_tokens_from_the_v2_endpoint_over_https() {
     // Arrange
     let world = World::start().await;
-    world.emulator().add_client_secret(APP, SECRET);
-    let mut env = world.env("client_secret");
-    env.insert(
-        "DRAWBRIDGE__AZURE__AUTHORITY_HOST".into(),
-        world.https().into(),
-    );
-    env.insert(
-        "DRAWBRIDGE__AZURE__TENANT_ID".into(),
-        DEFAULT_TENANT_ID.into(),
-    );
-    env.insert("DRAWBRIDGE__AZURE__CLIENT_ID".into(), APP.into());
-    env.insert("DRAWBRIDGE__AZURE__CLIENT_SECRET".into(), SECRET.into());
+    let env = world.client_secret_env();
 
     // Act
     let output = world.explain(&env).await;
 
     // Assert
     world.assert_listed_with_arm_tokens(TokenEndpoint::EntraV2, &output);
+}
+
+/// ARM's lists link their next page over https: with one policy a page,
+/// the binary follows every link of the listing to its end.
+#[tokio::test]
+async fn a_list_of_many_pages_over_https_is_followed_to_its_end() {
+    // Arrange
+    let world = World::start().await;
+    world.emulator().set_page_size(1);
+    let env = world.client_secret_env();
+
+    // Act
+    let output = world.explain(&env).await;
+
+    // Assert
+    world.assert_listed_with_arm_tokens(TokenEndpoint::EntraV2, &output);
+    let pages = world
+        .emulator()
+        .calls()
+        .iter()
+        .filter(|c| c.route == Some(Route::ListPolicies) && c.status == 200)
+        .count();
+    assert!(pages > 1, "one page only: {pages}");
 }
 
 #[tokio::test]

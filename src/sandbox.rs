@@ -20,11 +20,14 @@
 //! - `entra`: the tenant: known resources, app registrations, the v2 token
 //!   endpoint, the audience rules ([`TokenRecord`]).
 //! - `tls`: serving over https ([`TlsIdentity`]).
+//! - `throttle`: ARM's token buckets for reads, writes and deletes, and
+//!   the `Retry-After` a client must wait out.
 //! - `http`: the axum routes (ARM, token endpoints, `/_emulator/*` control).
 //!
 //! Each ARM call is checked in Azure's order: bearer token and its audience
-//! (401), path (404 or 405), `api-version` (400), subscription (400/404), then
-//! any injected fault, then the operation itself.
+//! (401), path (404 or 405), `api-version` (400), subscription (400/404),
+//! the caller's request bucket (429, and the remaining count in ARM's
+//! header), then any injected fault, then the operation itself.
 //!
 //! # Audiences
 //! Every token endpoint refuses a resource the tenant does not know with
@@ -46,6 +49,7 @@ mod estate;
 mod faults;
 mod http;
 mod jit;
+mod throttle;
 mod tls;
 
 use std::collections::HashMap;
@@ -116,9 +120,8 @@ struct Inner {
 
 /// Everything mutable, behind one lock that is never held across an await.
 struct State {
-    /// ARM's read bucket per (principal, subscription), lowercase: the
-    /// reads left and when that was counted.
-    read_buckets: HashMap<(String, String), (f64, DateTime<Utc>)>,
+    /// ARM's request buckets per principal, subscription and kind.
+    buckets: throttle::Buckets,
     vms: Vec<VmRecord>,
     subscriptions: Vec<String>,
     /// Lower-cased (subscription, resource group) pairs that exist.
@@ -244,7 +247,7 @@ impl Emulator {
             }
         }
         let state = State {
-            read_buckets: HashMap::new(),
+            buckets: throttle::Buckets::default(),
             vms,
             subscriptions: estate.subscriptions.iter().map(|s| s.id.clone()).collect(),
             resource_groups,

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::entra::{self, EntraError, TokenEndpoint, TokenRecord};
 use super::jit::{self, Policy, Rejection, RequestorModel, VmRecord};
+use super::throttle::OpKind;
 use super::tls::TlsPeer;
 use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorState, Trigger};
 
@@ -404,12 +405,6 @@ fn is_compute_version(version: &str) -> bool {
         && matches!((parse(date), parse(OLDEST_COMPUTE_API_VERSION)), (Some(d), Some(oldest)) if d >= oldest)
 }
 
-/// The header ARM answers every read with: reads left in the bucket.
-const REMAINING_READS: &str = "x-ms-ratelimit-remaining-subscription-reads";
-/// ARM's subscription read bucket (since 2024) and its refill per second.
-const READ_BUCKET: f64 = 250.0;
-const READ_REFILL_PER_S: f64 = 25.0;
-
 /// One page of `items` as ARM lists it, with an absolute `nextLink`.
 fn page(items: Vec<Value>, parts: &Parts, page_size: usize) -> Result<Response, ArmError> {
     let query = parts.uri.query();
@@ -602,15 +597,14 @@ impl Emulator {
             query_param(parts.uri.query(), "api-version").as_deref(),
         )?;
         self.state().check_subscription(target.subscription())?;
-        let reads_left = (parts.method == Method::GET)
-            .then(|| self.take_read(&principal, target.subscription()))
-            .transpose()?;
+        let kind = OpKind::of(&parts.method);
+        let left = self.take_request(&principal, target.subscription(), kind)?;
         let after = self.apply_fault(route).await?;
         let mut response = self.operate(parts, target, route, body, &principal, caller)?;
-        if let Some(left) = reads_left {
+        if let Some(header) = kind.remaining_header() {
             response
                 .headers_mut()
-                .insert(REMAINING_READS, HeaderValue::from(left));
+                .insert(header, HeaderValue::from(left));
         }
         match after {
             Some(fault) => self.strike_after(fault, response).await,
@@ -618,33 +612,26 @@ impl Emulator {
         }
     }
 
-    /// Takes one read from the caller's bucket for `sub`, as ARM's token
-    /// bucket throttling does: 250 reads, refilled at 25 a second; empty,
-    /// ARM answers 429 with `Retry-After`. Returns the reads left, which
-    /// ARM sends in `x-ms-ratelimit-remaining-subscription-reads`.
-    fn take_read(&self, principal: &str, sub: &str) -> Result<u32, ArmError> {
+    /// Takes one request of `kind` from the caller's bucket for `sub`, as
+    /// ARM's token-bucket throttling does ([`throttle`]): the count left,
+    /// which ARM reports in a header; empty (or a 429's wait not over),
+    /// 429 with `Retry-After`.
+    fn take_request(&self, principal: &str, sub: &str, kind: OpKind) -> Result<u32, ArmError> {
         let now = self.now();
-        let mut state = self.state();
-        let key = (principal.to_owned(), sub.to_ascii_lowercase());
-        let (left, at) = state.read_buckets.entry(key).or_insert((READ_BUCKET, now));
-        let refilled = if *at < now {
-            (now - *at).num_milliseconds() as f64 / 1000.0 * READ_REFILL_PER_S
-        } else {
-            0.0
-        };
-        *left = (*left + refilled).min(READ_BUCKET);
-        *at = now.max(*at);
-        if *left < 1.0 {
+        let taken = self.state().buckets.take(principal, sub, kind, now);
+        taken.map_err(|refused| {
+            let seconds = refused.retry_after_s;
             let mut throttled = ArmError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "SubscriptionRequestsThrottled",
-                "Number of 'read' requests for subscription exceeded the limit. Please try again after 1 seconds.",
+                format!(
+                    "Number of '{}' requests for subscription exceeded the limit. Please try again after {seconds} seconds.",
+                    kind.word()
+                ),
             );
-            throttled.retry_after = Some(1);
-            return Err(throttled);
-        }
-        *left -= 1.0;
-        Ok(*left as u32)
+            throttled.retry_after = Some(seconds.into());
+            throttled
+        })
     }
 
     /// The operation itself, on the emulated state.

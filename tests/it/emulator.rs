@@ -724,6 +724,64 @@ async fn a_newer_request_revokes_the_open_one_and_requests_expire_by_the_clock()
     assert_eq!(port_status(&policy, 1), pair("Revoked", "Expired"));
 }
 
+/// ARM's write bucket: 200 writes, counted down in
+/// `x-ms-ratelimit-remaining-subscription-writes`, then 429 with
+/// `Retry-After`. A write sent before that wait is over is not processed
+/// (and gets a new wait); after it, writes go through again.
+#[tokio::test]
+async fn writes_are_throttled_after_200_and_an_early_retry_is_not_processed() {
+    // Arrange
+    let azure = Azure::sample().await;
+    let web = policy_path("rg-web");
+    let web01 = vm_id("rg-web", "web-01");
+    let end = start_time() + chrono::Duration::hours(1);
+    let body = initiate_body(&web01, 22, end, "203.0.113.7");
+    let url = azure.url(&format!("{web}/initiate?{SEC}"));
+    let initiate = || async {
+        let response = azure
+            .http
+            .post(&url)
+            .bearer_auth(&azure.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let left = header("x-ms-ratelimit-remaining-subscription-writes");
+        (response.status(), left, header("retry-after"))
+    };
+
+    // Act
+    let mut left = Vec::new();
+    for _ in 0..200 {
+        let (status, remaining, _) = initiate().await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        left.push(remaining.expect("the writes left"));
+    }
+    let refused = initiate().await;
+    azure.clock.advance(chrono::Duration::milliseconds(500));
+    let early = initiate().await;
+    azure.clock.advance(chrono::Duration::milliseconds(500));
+    let after = initiate().await;
+
+    // Assert
+    assert_eq!((left[0].as_str(), left[199].as_str()), ("199", "0"));
+    assert_eq!(
+        (refused.0, refused.2.as_deref()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("1"))
+    );
+    assert_eq!(early.0, StatusCode::TOO_MANY_REQUESTS, "not processed");
+    assert_eq!(after.0, StatusCode::ACCEPTED);
+    let (_, policy) = azure.get(&format!("{web}?{SEC}")).await;
+    let requests = policy["properties"]["requests"].as_array().unwrap().len();
+    assert_eq!(requests, 201, "the refused initiates left no request");
+}
+
 #[tokio::test]
 async fn the_nsg_allow_rule_lives_from_initiate_until_end_time() {
     // Arrange

@@ -35,8 +35,14 @@ pub fn missing_actions(entries: &[PermissionEntry]) -> Vec<&'static str> {
     NEEDED_ACTIONS
         .iter()
         .copied()
-        .filter(|needed| !entries.iter().any(|e| entry_grants(e, needed)))
+        .filter(|needed| !grants(entries, needed))
         .collect()
+}
+
+/// Whether some entry grants `action`, as [`missing_actions`] decides it.
+#[must_use]
+pub fn grants(entries: &[PermissionEntry], action: &str) -> bool {
+    entries.iter().any(|e| entry_grants(e, action))
 }
 
 fn entry_grants(entry: &PermissionEntry, needed: &str) -> bool {

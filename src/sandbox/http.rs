@@ -22,6 +22,7 @@ use super::jit::{self, Policy, Rejection, RequestorModel, VmRecord};
 use super::throttle::OpKind;
 use super::tls::TlsPeer;
 use super::{CallRecord, Emulator, Fault, FaultRule, Route, State as EmulatorState, Trigger};
+use crate::domain::preflight::{self, PermissionEntry};
 
 /// The only api-version of the JIT API the emulator speaks.
 const SECURITY_API_VERSION: &str = "2020-01-01";
@@ -405,6 +406,17 @@ fn is_compute_version(version: &str) -> bool {
         && matches!((parse(date), parse(OLDEST_COMPUTE_API_VERSION)), (Some(d), Some(oldest)) if d >= oldest)
 }
 
+/// ARM's 403 for a `principal` without `action` over `scope`.
+fn authorization_failed(principal: &str, action: &str, scope: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::FORBIDDEN,
+        "AuthorizationFailed",
+        format!(
+            "The client '{principal}' with object id '{principal}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials."
+        ),
+    )
+}
+
 /// One page of `items` as ARM lists it, with an absolute `nextLink`.
 fn page(items: Vec<Value>, parts: &Parts, page_size: usize) -> Result<Response, ArmError> {
     let query = parts.uri.query();
@@ -597,6 +609,7 @@ impl Emulator {
             query_param(parts.uri.query(), "api-version").as_deref(),
         )?;
         self.state().check_subscription(target.subscription())?;
+        self.check_authorized(route, target.subscription())?;
         let kind = OpKind::of(&parts.method);
         let left = self.take_request(&principal, target.subscription(), kind)?;
         let after = self.apply_fault(route).await?;
@@ -610,6 +623,29 @@ impl Emulator {
             Some(fault) => self.strike_after(fault, response).await,
             None => Ok(response),
         }
+    }
+
+    /// Azure's role-based access check: the route's action must be among
+    /// the caller's granted actions ([`Emulator::set_granted_actions`]),
+    /// else 403 `AuthorizationFailed` naming it. Reading one's own
+    /// permissions needs no grant.
+    fn check_authorized(&self, route: Route, sub: &str) -> Result<(), ArmError> {
+        if route == Route::ListPermissions {
+            return Ok(());
+        }
+        let state = self.state();
+        let entry = PermissionEntry {
+            actions: state.granted_actions.clone(),
+            not_actions: Vec::new(),
+        };
+        if preflight::grants(&[entry], route.action()) {
+            return Ok(());
+        }
+        Err(authorization_failed(
+            &state.principal,
+            route.action(),
+            &format!("/subscriptions/{sub}"),
+        ))
     }
 
     /// Takes one request of `kind` from the caller's bucket for `sub`, as
@@ -843,14 +879,10 @@ impl Emulator {
                 )
             }),
             Some(Fault::ServerError { status }) => Err(server_error(status)),
-            Some(Fault::Forbidden) => Err(ArmError::new(
-                StatusCode::FORBIDDEN,
-                "AuthorizationFailed",
-                format!(
-                    "The client '{principal}' with object id '{principal}' does not have authorization to perform action '{}' over scope '/subscriptions' or the scope is invalid. If access was recently granted, please refresh your credentials. (injected fault)",
-                    route.action(),
-                    principal = self.state().principal
-                ),
+            Some(Fault::Forbidden) => Err(authorization_failed(
+                &self.state().principal,
+                route.action(),
+                "/subscriptions",
             )),
             Some(Fault::Latency { millis }) => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;

@@ -319,7 +319,12 @@ async fn spec_examples_are_accepted_and_answers_have_the_documented_shapes() {
     assert_eq!(requests.len(), 1, "history kept, body's requests ignored");
     assert_eq!(requests[0]["requestor"], "drawbridge-test-identity");
 
-    // DELETE: 200, then 204 with no body, then GET is 404
+    // DELETE (an action Drawbridge's role does not hold): 200, then 204
+    // with no body, then GET is 404
+    let delete_action = "Microsoft.Security/locations/jitNetworkAccessPolicies/delete";
+    azure
+        .emulator()
+        .set_granted_actions(vec!["Microsoft.Security/*".into(), delete_action.into()]);
     let delete = example("DeleteJitNetworkAccessPolicy_example");
     let (status, _) = azure
         .call(Method::DELETE, &example_path(&delete), None)
@@ -780,6 +785,48 @@ async fn writes_are_throttled_after_200_and_an_early_retry_is_not_processed() {
     let (_, policy) = azure.get(&format!("{web}?{SEC}")).await;
     let requests = policy["properties"]["requests"].as_array().unwrap().len();
     assert_eq!(requests, 201, "the refused initiates left no request");
+}
+
+/// Azure's role check: an operation whose action the caller's role lacks
+/// is refused 403 `AuthorizationFailed`, naming the action; nothing
+/// changes, and what the role allows still works.
+#[tokio::test]
+async fn an_action_the_role_lacks_is_refused_403_naming_it() {
+    // Arrange: Drawbridge's role without initiate.
+    let azure = Azure::sample().await;
+    let initiate = "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action";
+    let granted = drawbridge::domain::preflight::NEEDED_ACTIONS
+        .iter()
+        .filter(|a| **a != initiate)
+        .map(|a| (*a).to_owned())
+        .collect();
+    azure.emulator().set_granted_actions(granted);
+    let web = policy_path("rg-web");
+    let body = initiate_body(
+        &vm_id("rg-web", "web-01"),
+        22,
+        start_time() + chrono::Duration::hours(1),
+        "203.0.113.7",
+    );
+
+    // Act
+    let (refused, error) = azure.initiate(&web, &body).await;
+    let (read, policy) = azure.get(&format!("{web}?{SEC}")).await;
+    let (deleted, _) = azure
+        .call(Method::DELETE, &format!("{web}?{SEC}"), None)
+        .await;
+
+    // Assert
+    assert_eq!(refused, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&error), "AuthorizationFailed");
+    assert!(error_message(&error).contains(initiate), "{error}");
+    assert_eq!(read, StatusCode::OK);
+    assert_eq!(
+        policy["properties"]["requests"],
+        json!([]),
+        "nothing opened"
+    );
+    assert_eq!(deleted, StatusCode::FORBIDDEN, "delete is not in the role");
 }
 
 #[tokio::test]

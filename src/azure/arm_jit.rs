@@ -31,6 +31,7 @@ use super::ids::VmId;
 use super::wire::{JitRequest, Policy, RequestPort};
 use super::{ArmClient, ArmError, ResolveError, SharedVmIndex, VmIndex};
 use crate::domain::connect::Connection;
+use crate::domain::jit_policy;
 use crate::domain::{
     IndexedVm, JitRequestRecord, PolicyDefaults, PolicyId, RequestedPort, RequestedVm, VmKey, VmRef,
 };
@@ -393,6 +394,14 @@ impl JitPort for ArmJit {
 
     async fn enable(&self, vm: &VmRef) -> Result<Enabled, JitError> {
         let (target, location) = self.enable_target(vm).await?;
+        if !jit_policy::names_fit(ENABLE_POLICY_NAME, &target.name) {
+            return Err(JitError::NamesTooLong {
+                vm: short_name(&target),
+                policy: ENABLE_POLICY_NAME.to_owned(),
+                limit: jit_policy::JIT_NAMES_LIMIT,
+                total: ENABLE_POLICY_NAME.chars().count() + target.name.chars().count(),
+            });
+        }
         let policy = PolicyId::new(
             &target.subscription,
             &target.resource_group,

@@ -16,6 +16,19 @@ use super::ids::RequestId;
 use super::source::SourcePrefix;
 use super::vm::{ResourceGroupName, SubscriptionId, VmIdentity, VmName};
 
+/// Azure's limit on a JIT policy's name and the name of a VM it covers,
+/// together, in characters: "The policy name, together with the targeted
+/// VM name, must not exceed a total of 56 characters" (Microsoft's JIT
+/// usage docs).
+pub const JIT_NAMES_LIMIT: usize = 56;
+
+/// Whether policy `policy` may cover the VM named `vm` under
+/// [`JIT_NAMES_LIMIT`].
+#[must_use]
+pub fn names_fit(policy: &str, vm: &str) -> bool {
+    policy.chars().count() + vm.chars().count() <= JIT_NAMES_LIMIT
+}
+
 /// Why a string is not a JIT policy resource id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid JIT policy resource id: {0:?}")]

@@ -755,7 +755,8 @@ impl Emulator {
                         Ok(Json(state.policies[i].to_json(now)).into_response())
                     }
                     (Route::PutPolicy, index) => {
-                        let update = jit::parse_policy_update(body, &sub, &location, &state.vms)?;
+                        let update =
+                            jit::parse_policy_update(body, &sub, &location, &name, &state.vms)?;
                         let i = index.unwrap_or_else(|| {
                             state.policies.push(Policy {
                                 subscription: sub,

@@ -788,12 +788,15 @@ pub(crate) struct PolicyUpdate {
     pub virtual_machines: Vec<PolicyVm>,
 }
 
-/// Validates a PUT body for a policy in `subscription` at `location`.
+/// Validates a PUT body for the policy `name` in `subscription` at
+/// `location`; each VM's name and `name` together are within Azure's 56
+/// characters.
 /// Read-only fields (`id`, `name`, `requests`, …) are ignored.
 pub(crate) fn parse_policy_update(
     body: &[u8],
     subscription: &str,
     location: &str,
+    name: &str,
     vms: &[VmRecord],
 ) -> Result<PolicyUpdate, Rejection> {
     let body: PolicyBody = parse_json(body)?;
@@ -820,6 +823,13 @@ pub(crate) fn parse_policy_update(
             return Err(Rejection::bad(format!(
                 "virtual machine '{}' is in '{}', not in the policy's location '{location}'",
                 vm.vm.name, vm.vm.location
+            )));
+        }
+        if !crate::domain::jit_policy::names_fit(name, &vm.vm.name) {
+            return Err(Rejection::bad(format!(
+                "the policy name '{name}' and the virtual machine name '{}' together exceed {} characters",
+                vm.vm.name,
+                crate::domain::jit_policy::JIT_NAMES_LIMIT
             )));
         }
         if !seen.insert(vm.id.to_lowercase()) {

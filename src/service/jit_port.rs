@@ -47,6 +47,21 @@ pub enum JitError {
         /// The covering policy, `resource-group/name`.
         policy: String,
     },
+    /// Azure does not let the policy cover a VM of so long a name
+    /// ([`crate::domain::jit_policy::JIT_NAMES_LIMIT`]); nothing was written.
+    #[error(
+        "{vm} cannot be put under JIT by /jit-admin enable: Azure allows at most {limit} characters for the policy's name ({policy}) and the VM's name together, and they have {total}. Enable it in a policy with a shorter name in the Azure portal"
+    )]
+    NamesTooLong {
+        /// The VM, `resource-group/name`.
+        vm: String,
+        /// The policy's name.
+        policy: String,
+        /// The limit.
+        limit: usize,
+        /// Both names' characters.
+        total: usize,
+    },
     /// Azure answered and did not do it: nothing changed in Azure.
     #[error("Azure refused: {cause}")]
     Refused {
@@ -80,7 +95,8 @@ impl JitError {
             Self::NotUnderJit { .. }
             | Self::NoSuchVm { .. }
             | Self::Ambiguous { .. }
-            | Self::AlreadyCovered { .. } => self.to_string(),
+            | Self::AlreadyCovered { .. }
+            | Self::NamesTooLong { .. } => self.to_string(),
             Self::Refused { message, .. } | Self::NoAnswer { message, .. } => message.clone(),
         }
     }

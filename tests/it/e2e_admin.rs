@@ -296,6 +296,42 @@ fn policy_puts(app: &TestApp) -> usize {
         .count()
 }
 
+/// A VM whose name, with the policy's (`default`), is over Azure's 56
+/// characters cannot be enabled: the admin is told why and what to do,
+/// and nothing is written to Azure (which would refuse it).
+#[tokio::test]
+async fn enable_refuses_a_vm_whose_name_and_the_policys_are_over_56_characters() {
+    // Arrange: a VM of 50 characters without JIT.
+    let long = format!("legacy-{}", "x".repeat(43));
+    let mut estate = Estate::sample();
+    let prod = &mut estate.subscriptions[0];
+    let mut vm = prod
+        .vms
+        .iter()
+        .find(|v| v.name == "legacy-01")
+        .expect("the sample has legacy-01")
+        .clone();
+    vm.name.clone_from(&long);
+    vm.private_ip = "10.50.0.6".parse().unwrap();
+    prod.vms.push(vm);
+    let app = TestAppBuilder::default().estate(estate).start().await;
+
+    // Act
+    let reply = enable(&app, &long).await;
+
+    // Assert
+    assert_eq!(reply.title(), "That did not work", "{}", reply.text());
+    assert!(
+        reply
+            .description()
+            .contains("at most 56 characters for the policy's name (default) and the VM's name together, and they have 57"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(policy_puts(&app), 0, "nothing written");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn two_enables_at_once_on_one_policy_both_end_up_in_azures_policy() {
     let app = TestAppBuilder::default()

@@ -883,6 +883,47 @@ async fn the_nsg_allow_rule_lives_from_initiate_until_end_time() {
     assert_eq!(azure.emulator().nsg_rules(&web01), before);
 }
 
+/// Azure's limit on a policy's name and a VM's name together, 56
+/// characters: a PUT of `default` covering a VM of 50 characters is
+/// refused, one of 49 is taken.
+#[tokio::test]
+async fn a_policy_whose_name_and_a_vms_exceed_56_characters_is_refused() {
+    // Arrange
+    let (long, fits) = ("v".repeat(50), "w".repeat(49));
+    let mut estate = Estate::sample();
+    let prod = &mut estate.subscriptions[0];
+    let legacy = prod
+        .vms
+        .iter()
+        .find(|v| v.name == "legacy-01")
+        .unwrap()
+        .clone();
+    for (name, ip) in [(&long, "10.50.0.8"), (&fits, "10.50.0.9")] {
+        let mut vm = legacy.clone();
+        vm.name.clone_from(name);
+        vm.private_ip = ip.parse().unwrap();
+        prod.vms.push(vm);
+    }
+    let azure = Azure::start(estate).await;
+    let policy = format!("{}?{SEC}", policy_path("rg-legacy"));
+    let put = |vm: &str| {
+        json!({"kind": "Basic", "properties": {"virtualMachines": [{
+            "id": vm_id("rg-legacy", vm),
+            "ports": [{"number": 22, "protocol": "*", "allowedSourceAddressPrefix": "*",
+                       "maxRequestAccessDuration": "PT3H"}],
+        }]}})
+    };
+
+    // Act
+    let (refused, error) = azure.call(Method::PUT, &policy, Some(&put(&long))).await;
+    let (taken, _) = azure.call(Method::PUT, &policy, Some(&put(&fits))).await;
+
+    // Assert
+    assert_eq!(refused, StatusCode::BAD_REQUEST);
+    assert!(error_message(&error).contains("56 characters"), "{error}");
+    assert_eq!(taken, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn put_validates_the_body_and_replaces_the_vm_list() {
     // Arrange

@@ -70,7 +70,8 @@ pub async fn resolve_vm(jit: &dyn JitPort, vm: &VmRef) -> Result<ResolvedVm, Res
         JitError::Ambiguous { candidates } => ResolveVmError::Ambiguous { candidates },
         azure @ (JitError::Refused { .. }
         | JitError::NoAnswer { .. }
-        | JitError::AlreadyCovered { .. }) => {
+        | JitError::AlreadyCovered { .. }
+        | JitError::NamesTooLong { .. }) => {
             tracing::error!(error.message = %azure, error.cause_chain = ?azure, "VM lookup failed");
             ResolveVmError::Azure {
                 message: azure.user_message(),
